@@ -1,0 +1,222 @@
+//! The `hsm-bridge` subcommands (design section 6b). Output for scripts with `--json`;
+//! errors are one line on stderr and a non-zero exit.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::Error;
+use crate::config::Config;
+use crate::hsm::{Hsm, KeyInfo, KeyRef};
+use crate::wrap::{self, Algorithm, WrappingKey};
+
+#[derive(Debug, Parser)]
+#[command(name = "hsm-bridge", version, about = "Moves keys from a PKCS#11 HSM into OCI Vault, wrapped for the vault")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the secret and private keys on the token, and whether each may be exported.
+    Keys {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Wrap one key for an RSA wrapping public key, as OCI's ImportKey(Version) takes it.
+    Wrap {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        key: KeyArg,
+        /// PEM public key (SubjectPublicKeyInfo or PKCS#1) to wrap for.
+        #[arg(long, value_name = "PEM_FILE")]
+        wrapping_key: PathBuf,
+        /// RSA_OAEP_AES_SHA256 (any key) or RSA_OAEP_SHA256 (AES keys, where the HSM does OAEP-SHA256).
+        #[arg(long, default_value = "RSA_OAEP_AES_SHA256")]
+        algorithm: String,
+        /// Where to write the raw wrapped bytes (OCI's keyMaterial before base64).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Run the known-answer self-test and report which wrap mode the token supports.
+    Selftest {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct KeyArg {
+    /// CKA_LABEL of the key, exact.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// CKA_ID of the key, hex.
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
+}
+
+impl KeyArg {
+    fn key_ref(&self) -> Result<KeyRef, Error> {
+        match (&self.label, &self.id) {
+            (Some(l), _) => Ok(KeyRef::Label(l.clone())),
+            (None, Some(h)) => wrap::unhex(h)
+                .filter(|b| !b.is_empty())
+                .map(KeyRef::Id)
+                .ok_or_else(|| Error::Usage(format!("--id {h:?} is not hex"))),
+            (None, None) => Err(Error::Usage("give --label or --id".into())),
+        }
+    }
+}
+
+fn open(config: &Path) -> Result<(Config, Hsm), Error> {
+    let cfg = Config::load(config)?;
+    let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+    Ok((cfg, hsm))
+}
+
+/// Runs one subcommand; what it prints goes to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Io(e.to_string());
+    match cli.command {
+        Command::Keys { common } => {
+            let (_, hsm) = open(&common.config)?;
+            let keys = hsm.list_keys()?;
+            if common.json {
+                let rows: Vec<_> = keys.iter().map(|k| key_json(&hsm, k)).collect();
+                writeln!(out, "{}", serde_json::Value::Array(rows)).map_err(io)?;
+            } else {
+                writeln!(out, "{:<28} {:<18} {:<10} {:<11} {:<9} exportable", "label", "id", "type", "extractable", "sensitive").map_err(io)?;
+                for k in &keys {
+                    let export = match hsm.export_check(k) {
+                        Ok(_) => "yes".to_string(),
+                        Err(e) => format!("no: {}", short_reason(&e.to_string())),
+                    };
+                    writeln!(
+                        out,
+                        "{:<28} {:<18} {:<10} {:<11} {:<9} {}",
+                        k.label,
+                        wrap::hex(&k.id),
+                        k.describe(),
+                        k.extractable,
+                        k.sensitive,
+                        export
+                    )
+                    .map_err(io)?;
+                }
+            }
+            hsm.close();
+        }
+        Command::Wrap { common, key, wrapping_key, algorithm, out: out_file } => {
+            let alg: Algorithm = algorithm.parse()?;
+            let key = key.key_ref()?;
+            let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
+            let (cfg, hsm) = open(&common.config)?;
+            let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
+            let wrapped = hsm.wrap(&key, &wk, alg)?;
+            write_atomically(&out_file, &wrapped.material)?;
+            if common.json {
+                let v = json!({
+                    "algorithm": wrapped.algorithm.as_str(),
+                    "mode": wrapped.mode.as_str(),
+                    "shape": {"algorithm": wrapped.shape.algorithm.as_str(), "length": wrapped.shape.length},
+                    "wrapping_key_sha256": wk.fingerprint(),
+                    "bytes": wrapped.material.len(),
+                    "key": {"label": wrapped.key.label, "id_hex": wrap::hex(&wrapped.key.id)},
+                });
+                writeln!(out, "{v}").map_err(io)?;
+            } else {
+                writeln!(
+                    out,
+                    "wrapped {} ({}) with {} in {} mode for RSA-{} key sha256:{}: {} bytes written to {}",
+                    wrapped.key.name(),
+                    wrapped.shape.describe(),
+                    wrapped.algorithm,
+                    wrapped.mode,
+                    wk.bits,
+                    wk.fingerprint(),
+                    wrapped.material.len(),
+                    out_file.display()
+                )
+                .map_err(io)?;
+            }
+            hsm.close();
+        }
+        Command::Selftest { common } => {
+            let (_, hsm) = open(&common.config)?;
+            let report = hsm.selftest_report();
+            if common.json {
+                let v = serde_json::to_string_pretty(report).map_err(|e| Error::Io(e.to_string()))?;
+                writeln!(out, "{v}").map_err(io)?;
+            } else {
+                write!(out, "{}", report.to_text()).map_err(io)?;
+            }
+            hsm.close();
+        }
+    }
+    Ok(())
+}
+
+fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {
+    let (algorithm, length) = match k.shape() {
+        Some(s) => (s.algorithm.as_str().to_string(), s.length),
+        None => (k.key_type.to_string(), k.length),
+    };
+    json!({
+        "label": k.label,
+        "id_hex": wrap::hex(&k.id),
+        "algorithm": algorithm,
+        "length": length,
+        "extractable": k.extractable,
+        "sensitive": k.sensitive,
+        "exportable": hsm.export_check(k).is_ok(),
+    })
+}
+
+/// The part of a refusal after "may not be exported: ".
+fn short_reason(msg: &str) -> &str {
+    msg.split_once("may not be exported: ").map_or(msg, |(_, r)| r)
+}
+
+fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::Io(format!("wrapping key {}: {e}", path.display())))?;
+    let mut buf = Vec::new();
+    f.take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Io(format!("wrapping key {}: {e}", path.display())))?;
+    Ok(buf)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, so a failed run
+/// never leaves a half-written file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let err = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::Usage(format!("--out {} names no file", path.display())))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}

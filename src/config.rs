@@ -1,0 +1,462 @@
+//! The typed TOML config (design section 6b): parsing, `${VAR}` expansion, path resolution
+//! and validation. Every error names the file, and where it can, the line and the key.
+//!
+//! The config holds paths to secrets (PIN file), never the secrets themselves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: {msg}")]
+    Invalid { file: String, msg: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub hsm: HsmConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub oci: OciConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The file this was loaded from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub plaintext: bool,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            plaintext: false,
+            clients: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    pub subject_cn: String,
+    pub operations: Vec<Operation>,
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    List,
+    Wrap,
+    Import,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// The PKCS#11 library.
+    pub module: PathBuf,
+    /// Environment set before the module loads. Values that start with `./` or `../` are
+    /// paths relative to the config file.
+    #[serde(default)]
+    pub module_env: BTreeMap<String, String>,
+    pub token_label: String,
+    pub pin_file: Option<PathBuf>,
+    pub pin_env: Option<String>,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    #[serde(default)]
+    pub wrap_mode: WrapModeSetting,
+}
+
+fn default_sessions() -> usize {
+    4
+}
+
+/// `hsm.wrap_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WrapModeSetting {
+    #[default]
+    Auto,
+    HsmNative,
+    HsmTwoStep,
+    Hybrid,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Label globs of keys that may leave; the key must also be CKA_EXTRACTABLE.
+    /// Default: none.
+    #[serde(default)]
+    pub exportable: Vec<String>,
+    #[serde(default)]
+    pub caller_wrapping_keys: CallerWrappingKeys,
+    #[serde(default)]
+    pub pinned_wrapping_keys: Vec<String>,
+    #[serde(default = "yes")]
+    pub allow_hybrid: bool,
+    #[serde(default = "default_min_bits")]
+    pub min_wrapping_key_bits: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            exportable: Vec::new(),
+            caller_wrapping_keys: CallerWrappingKeys::default(),
+            pinned_wrapping_keys: Vec::new(),
+            allow_hybrid: true,
+            min_wrapping_key_bits: default_min_bits(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_min_bits() -> u32 {
+    2048
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerWrappingKeys {
+    Any,
+    Pinned,
+    #[default]
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciConfig {
+    #[serde(default = "default_endpoints")]
+    pub allowed_endpoints: Vec<String>,
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub connections: BTreeMap<String, OciConnection>,
+}
+
+impl Default for OciConfig {
+    fn default() -> Self {
+        OciConfig {
+            allowed_endpoints: default_endpoints(),
+            ca_bundle: None,
+            timeout_ms: default_timeout_ms(),
+            max_attempts: default_attempts(),
+            connections: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_endpoints() -> Vec<String> {
+    vec!["https://*.kms.*.oraclecloud.com".into()]
+}
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+fn default_attempts() -> u32 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciConnection {
+    pub config_file: PathBuf,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+}
+
+fn default_profile() -> String {
+    "DEFAULT".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON-lines file, or "-" for stderr.
+    #[serde(default = "default_audit")]
+    pub path: PathBuf,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { path: default_audit() }
+    }
+}
+
+fn default_audit() -> PathBuf {
+    "-".into()
+}
+
+impl Config {
+    /// Reads, expands, resolves and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |msg: String| ConfigError::Invalid { file: file.clone(), msg };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        Self::parse(&text, path).map_err(err)
+    }
+
+    /// Parses config text as if it came from `path` (relative paths resolve against its
+    /// folder). Errors are one line: `line:col: message` where the position is known.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        // First pass on the text itself, so unknown keys and wrong types come with a line.
+        if let Err(e) = toml::from_str::<Config>(text) {
+            return Err(one_line_toml_error(text, &e));
+        }
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| one_line_toml_error(text, &e))?;
+        expand_vars(&mut value, &mut Vec::new())?;
+        let mut cfg = Config::deserialize(value).map_err(|e| e.message().to_string())?;
+        cfg.path = path.to_path_buf();
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        cfg.resolve_paths(&base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix("~") {
+                if let Some(home) = std::env::var_os("HOME") {
+                    *p = PathBuf::from(home).join(rest);
+                }
+            } else if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.hsm.module);
+        for v in self.hsm.module_env.values_mut() {
+            if v.starts_with("./") || v.starts_with("../") {
+                *v = base.join(&*v).display().to_string();
+            }
+        }
+        self.hsm.pin_file.as_mut().map(fix);
+        self.server.tls_cert.as_mut().map(fix);
+        self.server.tls_key.as_mut().map(fix);
+        self.server.client_ca.as_mut().map(fix);
+        if let Some(ca) = self.oci.ca_bundle.as_mut() {
+            if ca.as_os_str().is_empty() {
+                self.oci.ca_bundle = None;
+            } else {
+                fix(ca);
+            }
+        }
+        for c in self.oci.connections.values_mut() {
+            fix(&mut c.config_file);
+        }
+        if self.audit.path != Path::new("-") {
+            fix(&mut self.audit.path);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let h = &self.hsm;
+        match (&h.pin_file, &h.pin_env) {
+            (Some(_), Some(_)) => {
+                return Err("hsm: set pin_file or pin_env, not both".into());
+            }
+            (None, None) => {
+                return Err("hsm: set pin_file (a file of mode 0600) or pin_env".into());
+            }
+            _ => {}
+        }
+        if h.token_label.is_empty() || h.token_label.len() > 32 {
+            return Err("hsm.token_label must be 1 to 32 bytes".into());
+        }
+        if !(1..=256).contains(&h.sessions) {
+            return Err(format!("hsm.sessions = {} is out of range 1..=256", h.sessions));
+        }
+        if self.policy.min_wrapping_key_bits < 2048 {
+            return Err(format!(
+                "policy.min_wrapping_key_bits = {} is below 2048, which is not allowed",
+                self.policy.min_wrapping_key_bits
+            ));
+        }
+        if h.wrap_mode == WrapModeSetting::Hybrid && !self.policy.allow_hybrid {
+            return Err("hsm.wrap_mode = \"hybrid\" but policy.allow_hybrid = false".into());
+        }
+        for fp in &self.policy.pinned_wrapping_keys {
+            if fp.len() != 64 || crate::wrap::unhex(fp).is_none() {
+                return Err(format!(
+                    "policy.pinned_wrapping_keys: {fp:?} is not a hex SHA-256 (64 hex digits)"
+                ));
+            }
+        }
+        for pattern in self.policy.exportable.iter() {
+            if pattern.is_empty() {
+                return Err("policy.exportable: empty pattern".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Replaces `${NAME}` in every string value with the environment variable NAME. An unset
+/// variable is an error that names it and the key.
+fn expand_vars(v: &mut toml::Value, at: &mut Vec<String>) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) => {
+            if s.contains("${") {
+                *s = expand_str(s).map_err(|var| {
+                    format!("{}: environment variable {var} is not set", at.join("."))
+                })?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                at.push(i.to_string());
+                expand_vars(item, at)?;
+                at.pop();
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                at.push(k.clone());
+                expand_vars(item, at)?;
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| name.to_string())?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "t"
+pin_file = "pin"
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/hb/hsm-bridge.toml"))
+    }
+
+    #[test]
+    fn minimal_config_and_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.hsm.pin_file.as_deref(), Some(Path::new("/etc/hb/pin")));
+        assert_eq!(c.hsm.sessions, 4);
+        assert_eq!(c.hsm.wrap_mode, WrapModeSetting::Auto);
+        assert!(c.policy.exportable.is_empty(), "nothing leaves unless configured");
+        assert_eq!(c.policy.caller_wrapping_keys, CallerWrappingKeys::None);
+        assert_eq!(c.policy.min_wrapping_key_bits, 2048);
+        assert_eq!(c.audit.path, Path::new("-"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = parse(&format!("{MIN}pin = \"1234\"\n")).unwrap_err();
+        assert!(e.contains("unknown field `pin`"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+        let e = parse(&format!("{MIN}[policy]\nexportables = []\n")).unwrap_err();
+        assert!(e.contains("exportables"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values() {
+        let e = parse(&MIN.replace("pin_file = \"pin\"", "pin_file = \"p\"\npin_env = \"X\""))
+            .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = parse(&format!("{MIN}wrap_mode = \"fast\"\n")).unwrap_err();
+        assert!(e.contains("fast"), "{e}");
+        let e = parse(&format!("{MIN}sessions = 0\n")).unwrap_err();
+        assert!(e.contains("sessions"), "{e}");
+        let e = parse(&format!("{MIN}[policy]\nmin_wrapping_key_bits = 1024\n")).unwrap_err();
+        assert!(e.contains("1024"), "{e}");
+        let e = parse(&format!("{MIN}[policy]\npinned_wrapping_keys = [\"abc\"]\n")).unwrap_err();
+        assert!(e.contains("abc"), "{e}");
+    }
+
+    #[test]
+    fn env_expansion_and_relative_paths() {
+        // SAFETY (test only): a variable no other test reads.
+        unsafe { std::env::set_var("HB_TEST_TOKEN_LABEL", "from-env") };
+        let text = MIN.replace("\"t\"", "\"${HB_TEST_TOKEN_LABEL}\"")
+            + "module_env = { SOFTHSM2_CONF = \"../s/softhsm2.conf\", OTHER = \"plain\" }\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.hsm.token_label, "from-env");
+        assert_eq!(c.hsm.module_env["SOFTHSM2_CONF"], "/etc/hb/../s/softhsm2.conf");
+        assert_eq!(c.hsm.module_env["OTHER"], "plain");
+        let e = parse(&MIN.replace("\"t\"", "\"${HB_TEST_SURELY_UNSET}\"")).unwrap_err();
+        assert!(e.contains("HB_TEST_SURELY_UNSET") && e.contains("hsm.token_label"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! The crate's top-level error: one variant per layer, each displayed as one line.
+
+use crate::config::ConfigError;
+use crate::hsm::HsmError;
+use crate::wrap::WrapError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error(transparent)]
+    Wrap(#[from] WrapError),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Usage(String),
+}

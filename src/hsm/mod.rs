@@ -1,0 +1,342 @@
+//! PKCS#11: loading the module, finding the token, logging in once, a pool of sessions,
+//! key lookup with a handle cache, the start-up self-test and the wrap modes.
+//!
+//! Key values never come out of here in clear: the token wraps them. The PIN is held in
+//! a zeroizing secret and never logged.
+
+pub mod keys;
+pub mod modes;
+pub mod pin;
+pub mod pool;
+pub mod raw;
+pub mod selftest;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use crate::config::{HsmConfig, PolicyConfig};
+use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
+pub use keys::{KeyInfo, KeyRef};
+pub use modes::WrapMode;
+
+/// Errors from the HSM layer. Each displays as one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    #[error("PKCS#11 module {0} does not exist (hsm.module)")]
+    ModuleMissing(String),
+    #[error("cannot load PKCS#11 module {path}: {why}")]
+    ModuleLoad { path: String, why: String },
+    #[error("no token labelled {label:?}; tokens present: {present}")]
+    TokenNotFound { label: String, present: String },
+    #[error("login to token {token:?} failed: {why}")]
+    Login { token: String, why: String },
+    #[error("{0}")]
+    Pin(String),
+    #[error("no secret or private key with {0} on the token")]
+    KeyNotFound(String),
+    #[error("{count} secret/private keys have {key}; refusing to guess: give the key a unique label or use its id")]
+    Ambiguous { key: String, count: usize },
+    #[error("key {key} may not be exported: {why}")]
+    NotExportable { key: String, why: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("self-test: {0}")]
+    SelfTest(String),
+    #[error("{op} failed: {}", ck_error_text(.err))]
+    Pkcs11 { op: &'static str, err: CkError },
+    #[error("C_WrapKey with {mechanism} failed: {}", ckr_name(*.rv))]
+    WrapCall { mechanism: String, rv: RvError },
+    #[error("all {0} HSM sessions stayed busy; try again")]
+    Busy(usize),
+    #[error(transparent)]
+    Wrap(#[from] WrapError),
+}
+
+impl HsmError {
+    pub fn pkcs11(op: &'static str, err: CkError) -> Self {
+        HsmError::Pkcs11 { op, err }
+    }
+}
+
+/// The PKCS#11 name of a return value: `RvError::MechanismInvalid` -> `CKR_MECHANISM_INVALID`.
+pub fn ckr_name(rv: RvError) -> String {
+    let debug = format!("{rv:?}");
+    let mut out = String::from("CKR");
+    for c in debug.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+fn ck_error_text(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, _) => ckr_name(*rv),
+        other => other.to_string(),
+    }
+}
+
+/// The result of one wrap.
+#[derive(Debug, Clone)]
+pub struct Wrapped {
+    /// OCI `keyMaterial`, before base64.
+    pub material: Vec<u8>,
+    pub algorithm: Algorithm,
+    pub mode: WrapMode,
+    pub shape: KeyShape,
+    pub key: KeyInfo,
+}
+
+/// An open, logged-in token with a pool of sessions and a chosen wrap mode.
+pub struct Hsm {
+    pkcs11: Pkcs11,
+    raw: raw::RawModule,
+    token_label: String,
+    pool: pool::Pool,
+    sessions: usize,
+    cache: Mutex<HashMap<KeyRef, ObjectHandle>>,
+    report: selftest::Report,
+    mode: WrapMode,
+    exportable: Vec<String>,
+    min_wrapping_key_bits: u32,
+}
+
+/// How long a caller waits for a free session before `Busy`.
+const SESSION_WAIT: Duration = Duration::from_secs(30);
+
+impl Hsm {
+    /// Loads the module, finds the token, logs in, opens the session pool and runs the
+    /// self-test. Fails with the reason if any step does, or if the configured wrap mode is
+    /// impossible on this token.
+    pub fn open(cfg: &HsmConfig, policy: &PolicyConfig) -> Result<Hsm, HsmError> {
+        let module = cfg.module.display().to_string();
+        if !cfg.module.is_file() {
+            return Err(HsmError::ModuleMissing(module));
+        }
+        raw::set_module_env(&cfg.module_env);
+        let pin: AuthPin = match (&cfg.pin_file, &cfg.pin_env) {
+            (Some(f), _) => pin::from_file(f)?,
+            (None, Some(v)) => pin::from_env(v)?,
+            (None, None) => return Err(HsmError::Pin("no PIN source configured".into())),
+        };
+        let load_err = |why: String| HsmError::ModuleLoad { path: module.clone(), why };
+        let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| load_err(e.to_string()))?;
+        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(load_err(format!("C_Initialize: {e}"))),
+        }
+        let raw = raw::RawModule::open(&cfg.module).map_err(load_err)?;
+
+        let (slot, token) = find_token(&pkcs11, &cfg.token_label)?;
+        let login_session = pkcs11
+            .open_ro_session(slot)
+            .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?;
+        match login_session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(rv, _)) => {
+                let why = match rv {
+                    RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)".to_string(),
+                    RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)".to_string(),
+                    RvError::UserPinNotInitialized => {
+                        "the user PIN is not initialised (CKR_USER_PIN_NOT_INITIALIZED)".to_string()
+                    }
+                    other => ckr_name(other),
+                };
+                return Err(HsmError::Login { token: cfg.token_label.clone(), why });
+            }
+            Err(e) => return Err(HsmError::Login { token: cfg.token_label.clone(), why: e.to_string() }),
+        }
+        drop(pin);
+        let mut sessions = vec![login_session];
+        while sessions.len() < cfg.sessions {
+            sessions.push(
+                pkcs11
+                    .open_ro_session(slot)
+                    .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?,
+            );
+        }
+
+        let listed = raw.mechanism_list(slot.id()).unwrap_or_default();
+        let report = selftest::run(
+            &raw,
+            &sessions[0],
+            &listed,
+            token,
+            cfg.wrap_mode,
+            policy.allow_hybrid,
+        )?;
+        let mode = match report.chosen_mode.as_str() {
+            "hsm-native" => WrapMode::HsmNative,
+            "hsm-two-step" => WrapMode::HsmTwoStep,
+            _ => WrapMode::Hybrid,
+        };
+        tracing::info!(mode = %mode, token = %cfg.token_label, "token ready");
+        Ok(Hsm {
+            pkcs11,
+            raw,
+            token_label: cfg.token_label.clone(),
+            sessions: sessions.len(),
+            pool: pool::Pool::new(sessions),
+            cache: Mutex::new(HashMap::new()),
+            report,
+            mode,
+            exportable: policy.exportable.clone(),
+            min_wrapping_key_bits: policy.min_wrapping_key_bits,
+        })
+    }
+
+    pub fn mode(&self) -> WrapMode {
+        self.mode
+    }
+
+    pub fn selftest_report(&self) -> &selftest::Report {
+        &self.report
+    }
+
+    pub fn token_label(&self) -> &str {
+        &self.token_label
+    }
+
+    pub fn min_wrapping_key_bits(&self) -> u32 {
+        self.min_wrapping_key_bits
+    }
+
+    fn session(&self) -> Result<pool::Lease<'_>, HsmError> {
+        self.pool.get(SESSION_WAIT).ok_or(HsmError::Busy(self.sessions))
+    }
+
+    /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
+    pub fn find_key(&self, key: &KeyRef) -> Result<KeyInfo, HsmError> {
+        let s = self.session()?;
+        self.find_key_in(&s, key)
+    }
+
+    fn find_key_in(&self, s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied();
+        if let Some(handle) = cached {
+            // A handle can go stale (key deleted, handle reused): check it still names
+            // the same key, else fall back to a search.
+            if let Ok(Some(info)) = keys::read_info(s, handle) {
+                if keys::still_matches(&info, key) {
+                    return Ok(info);
+                }
+            }
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        }
+        let info = keys::find(s, key)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), info.handle);
+        Ok(info)
+    }
+
+    /// Every secret and private key on the token.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, HsmError> {
+        keys::list(&*self.session()?)
+    }
+
+    /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
+    /// token must allow it out, and policy must list it.
+    pub fn export_check(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
+        let refuse = |why: String| HsmError::NotExportable { key: info.name(), why };
+        let shape = info.shape().ok_or_else(|| {
+            refuse(format!("it is {}; OCI imports only AES and RSA keys", info.describe()))
+        })?;
+        if !shape.importable() {
+            return Err(refuse(format!(
+                "it is {}; OCI imports AES-128/192/256 and RSA-2048/3072/4096",
+                shape.describe()
+            )));
+        }
+        if !info.extractable {
+            return Err(refuse("the token marks it not extractable (CKA_EXTRACTABLE = false)".into()));
+        }
+        if info.wrap_with_trusted {
+            return Err(refuse(
+                "it is CKA_WRAP_WITH_TRUSTED and OCI's wrapping key is not a trusted key on this token".into(),
+            ));
+        }
+        if !self.exportable_by_policy(info) {
+            return Err(refuse(format!(
+                "its label {:?} matches no pattern in policy.exportable",
+                info.label
+            )));
+        }
+        Ok(shape)
+    }
+
+    /// Whether `policy.exportable` lists the key's label.
+    pub fn exportable_by_policy(&self, info: &KeyInfo) -> bool {
+        crate::policy::any_match(&self.exportable, &info.label)
+    }
+
+    /// Wraps the key `key` names for `wk` with `alg`, after the export checks.
+    pub fn wrap(&self, key: &KeyRef, wk: &WrappingKey, alg: Algorithm) -> Result<Wrapped, HsmError> {
+        if wk.bits < self.min_wrapping_key_bits {
+            return Err(HsmError::Wrap(WrapError::WrappingKey(format!(
+                "RSA-{} is below the minimum of {} bits (policy.min_wrapping_key_bits)",
+                wk.bits, self.min_wrapping_key_bits
+            ))));
+        }
+        let s = self.session()?;
+        let info = self.find_key_in(&s, key)?;
+        let shape = self.export_check(&info)?;
+        let target = modes::Target { handle: info.handle, shape };
+        let started = Instant::now();
+        let material = modes::wrap(&self.raw, &s, &self.report.caps, self.mode, alg, target, wk)?;
+        tracing::debug!(key = %info.name(), shape = %shape.describe(), alg = %alg, mode = %self.mode,
+            micros = started.elapsed().as_micros() as u64, "wrapped");
+        Ok(Wrapped { material, algorithm: alg, mode: self.mode, shape, key: info })
+    }
+
+    /// Closes every session, logs out and finalises the module.
+    pub fn close(self) {
+        let sessions = self.pool.drain();
+        if let Some(s) = sessions.first() {
+            let _ = s.logout();
+        }
+        drop(sessions);
+        self.pkcs11.finalize().ok();
+    }
+}
+
+fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, selftest::TokenSummary), HsmError> {
+    let slots = pkcs11
+        .get_slots_with_token()
+        .map_err(|e| HsmError::pkcs11("C_GetSlotList", e))?;
+    let mut present = Vec::new();
+    for slot in slots {
+        let Ok(info) = pkcs11.get_token_info(slot) else { continue };
+        let l = info.label().trim_end().to_string();
+        if l == label {
+            let fw = info.firmware_version();
+            return Ok((
+                slot,
+                selftest::TokenSummary {
+                    label: l,
+                    manufacturer: info.manufacturer_id().trim_end().to_string(),
+                    model: info.model().trim_end().to_string(),
+                    firmware: format!("{}.{}", fw.major(), fw.minor()),
+                },
+            ));
+        }
+        if !l.is_empty() {
+            present.push(format!("{l:?}"));
+        }
+    }
+    Err(HsmError::TokenNotFound {
+        label: label.to_string(),
+        present: if present.is_empty() { "none".into() } else { present.join(", ") },
+    })
+}

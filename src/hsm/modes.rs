@@ -1,0 +1,291 @@
+//! The three wrap modes (design section 4). Each turns a target key handle into OCI key
+//! material for a wrapping public key. The target is never read in clear: the token wraps
+//! it. Only hybrid mode holds key material on the host: the one-time key K, and on a token
+//! that pads PKCS#8, the private key for as long as it takes to strip the padding; both in
+//! zeroizing buffers.
+
+use std::fmt;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::HsmError;
+use super::raw::{CK_MECHANISM_TYPE, RawModule, WrapMechanism};
+use crate::wrap::envelope::{TRANSPORT_KEY_LEN, check_layout, kwp_len};
+use crate::wrap::soft::{OaepHash, kwp_unwrap, kwp_wrap, oaep_encrypt};
+use crate::wrap::verify::{Pkcs8Fit, pkcs8_fit};
+use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrapError, WrappingKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrapMode {
+    HsmNative,
+    HsmTwoStep,
+    Hybrid,
+}
+
+impl WrapMode {
+    pub const ALL: [WrapMode; 3] = [WrapMode::HsmNative, WrapMode::HsmTwoStep, WrapMode::Hybrid];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WrapMode::HsmNative => "hsm-native",
+            WrapMode::HsmTwoStep => "hsm-two-step",
+            WrapMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl fmt::Display for WrapMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the self-test proved the token does.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    /// The mechanism number that is RFC 5649 on this token.
+    pub kwp: Option<CK_MECHANISM_TYPE>,
+    /// `CKM_RSA_PKCS_OAEP` honours SHA-256 / MGF1-SHA-256.
+    pub oaep_sha256: bool,
+    /// `CKM_RSA_AES_KEY_WRAP` gives exactly OCI's `RSA_OAEP_AES_SHA256`.
+    pub native: bool,
+    /// How private keys come out of the KWP mechanism; `None` if not established.
+    pub pkcs8_kwp: Option<Pkcs8Fit>,
+    /// How private keys come out of `CKM_RSA_AES_KEY_WRAP`; `None` if not established.
+    pub pkcs8_native: Option<Pkcs8Fit>,
+}
+
+/// A key to wrap: its handle and OCI shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub handle: ObjectHandle,
+    pub shape: KeyShape,
+}
+
+/// A session object destroyed when this goes out of scope.
+pub struct SessionObject<'a> {
+    session: &'a Session,
+    pub handle: ObjectHandle,
+}
+
+impl<'a> SessionObject<'a> {
+    pub fn new(session: &'a Session, handle: ObjectHandle) -> Self {
+        SessionObject { session, handle }
+    }
+}
+
+impl Drop for SessionObject<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.session.destroy_object(self.handle) {
+            tracing::warn!("could not destroy a session object: {e}");
+        }
+    }
+}
+
+/// Imports `wk` as a session public key with CKA_WRAP.
+pub fn import_wrapping_key<'a>(
+    s: &'a Session,
+    wk: &WrappingKey,
+) -> Result<SessionObject<'a>, HsmError> {
+    let handle = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Token(false),
+            Attribute::Private(false),
+            Attribute::Wrap(true),
+            Attribute::Encrypt(true),
+            Attribute::Modulus(wk.modulus.clone()),
+            Attribute::PublicExponent(wk.exponent.clone()),
+        ])
+        .map_err(|e| HsmError::pkcs11("C_CreateObject (wrapping public key)", e))?;
+    Ok(SessionObject { session: s, handle })
+}
+
+/// Creates a session AES key with value `k`, usable only to wrap. The template's copy of
+/// `k` is zeroized before returning.
+pub fn session_aes_from<'a>(s: &'a Session, k: &[u8]) -> Result<SessionObject<'a>, HsmError> {
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Value(k.to_vec()),
+    ];
+    let created = s.create_object(&template);
+    for a in template.iter_mut() {
+        if let Attribute::Value(v) = a {
+            v.zeroize();
+        }
+    }
+    let handle = created.map_err(|e| HsmError::pkcs11("C_CreateObject (session AES key)", e))?;
+    Ok(SessionObject { session: s, handle })
+}
+
+/// Generates a session AES-256 key in the token that can wrap and be wrapped.
+pub fn session_aes_generate(s: &Session) -> Result<SessionObject<'_>, HsmError> {
+    let handle = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(true),
+                Attribute::Wrap(true),
+                Attribute::ValueLen((TRANSPORT_KEY_LEN as u64).into()),
+            ],
+        )
+        .map_err(|e| HsmError::pkcs11("C_GenerateKey (session AES-256)", e))?;
+    Ok(SessionObject { session: s, handle })
+}
+
+/// Output size to offer `C_WrapKey` so that one call is enough.
+fn size_hint(shape: KeyShape) -> usize {
+    match shape.algorithm {
+        KeyAlgorithm::Aes => kwp_len(shape.length),
+        // PKCS#8 of an RSA key with an n-byte modulus is about 4.5 n + 70 bytes.
+        KeyAlgorithm::Rsa => 5 * shape.length + 128,
+    }
+}
+
+/// Wraps `target` for `wk` with `alg`, in `mode`.
+pub fn wrap(
+    raw: &RawModule,
+    s: &Session,
+    caps: &Capabilities,
+    mode: WrapMode,
+    alg: Algorithm,
+    target: Target,
+    wk: &WrappingKey,
+) -> Result<Vec<u8>, HsmError> {
+    let call = |mech, wrapping: ObjectHandle, key: ObjectHandle, hint: usize| {
+        raw.wrap_key(s.handle(), mech, wrapping.handle(), key.handle(), hint)
+            .map_err(|rv| HsmError::WrapCall { mechanism: describe(mech), rv })
+    };
+    let k_len = wk.modulus_len();
+    let material = match alg {
+        Algorithm::RsaOaepSha256 => {
+            if target.shape.algorithm != KeyAlgorithm::Aes {
+                return Err(HsmError::Refused(format!(
+                    "RSA_OAEP_SHA256 can carry only AES keys; a {} key does not fit in one RSA block: use RSA_OAEP_AES_SHA256",
+                    target.shape.describe()
+                )));
+            }
+            if !caps.oaep_sha256 {
+                return Err(HsmError::Refused(
+                    "RSA_OAEP_SHA256 needs the HSM to do RSA-OAEP with SHA-256 itself, and the self-test found this token cannot: use RSA_OAEP_AES_SHA256".into(),
+                ));
+            }
+            let wk_obj = import_wrapping_key(s, wk)?;
+            call(WrapMechanism::RsaOaepSha256, wk_obj.handle, target.handle, k_len)?
+        }
+        Algorithm::RsaOaepAesSha256 => {
+            if target.shape.algorithm == KeyAlgorithm::Rsa {
+                check_rsa_export(caps, mode)?;
+            }
+            let kwp = caps.kwp.map(WrapMechanism::Kwp);
+            let hint = size_hint(target.shape);
+            match mode {
+                WrapMode::HsmNative => {
+                    if !caps.native {
+                        return Err(unavailable(mode));
+                    }
+                    let wk_obj = import_wrapping_key(s, wk)?;
+                    call(WrapMechanism::RsaAesKeyWrapSha256, wk_obj.handle, target.handle, k_len + hint)?
+                }
+                WrapMode::HsmTwoStep => {
+                    let (Some(kwp), true) = (kwp, caps.oaep_sha256) else {
+                        return Err(unavailable(mode));
+                    };
+                    let k = session_aes_generate(s)?;
+                    let c2 = call(kwp, k.handle, target.handle, hint)?;
+                    let wk_obj = import_wrapping_key(s, wk)?;
+                    let mut out = call(WrapMechanism::RsaOaepSha256, wk_obj.handle, k.handle, k_len)?;
+                    out.extend_from_slice(&c2);
+                    out
+                }
+                WrapMode::Hybrid => {
+                    let Some(kwp) = kwp else {
+                        return Err(unavailable(mode));
+                    };
+                    let mut k = Zeroizing::new([0u8; TRANSPORT_KEY_LEN]);
+                    getrandom::fill(&mut k[..])
+                        .map_err(|e| HsmError::Refused(format!("OS random source failed: {e}")))?;
+                    let c2 = {
+                        let k_obj = session_aes_from(s, &k[..])?;
+                        call(kwp, k_obj.handle, target.handle, hint)?
+                    };
+                    let c2 = match (target.shape.algorithm, caps.pkcs8_kwp) {
+                        (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => strip_and_rewrap(&k[..], &c2)?,
+                        _ => c2,
+                    };
+                    let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, &k[..])?;
+                    out.extend_from_slice(&c2);
+                    out
+                }
+            }
+        }
+    };
+    check_layout(alg, target.shape, k_len, &material)?;
+    Ok(material)
+}
+
+/// On a token that pads PKCS#8: opens C2 under K, checks that only zero padding follows
+/// the DER, and re-wraps the exact DER. The private key is in host memory only inside
+/// this function, in a zeroizing buffer.
+fn strip_and_rewrap(k: &[u8], c2: &[u8]) -> Result<Vec<u8>, HsmError> {
+    let blob = kwp_unwrap(k, c2)?;
+    let der_len = match pkcs8_fit(&blob) {
+        Ok(Pkcs8Fit::Exact) => blob.len(),
+        Ok(Pkcs8Fit::ZeroPadded(n)) => blob.len() - n,
+        Err(why) => return Err(HsmError::Wrap(WrapError::Crypto(format!(
+            "the token's wrap of the private key did not hold PKCS#8: {why}"
+        )))),
+    };
+    Ok(kwp_wrap(k, &blob[..der_len])?)
+}
+
+fn check_rsa_export(caps: &Capabilities, mode: WrapMode) -> Result<(), HsmError> {
+    let fit = match mode {
+        WrapMode::HsmNative => caps.pkcs8_native,
+        WrapMode::HsmTwoStep | WrapMode::Hybrid => caps.pkcs8_kwp,
+    };
+    match (mode, fit) {
+        (_, Some(Pkcs8Fit::Exact)) | (WrapMode::Hybrid, Some(Pkcs8Fit::ZeroPadded(_))) => Ok(()),
+        (_, Some(Pkcs8Fit::ZeroPadded(n))) => Err(HsmError::Refused(format!(
+            "{mode} cannot export RSA keys on this token: it pads PKCS#8 with zero bytes ({n} on the self-test key), which OCI rejects, and only hybrid mode can strip them"
+        ))),
+        (_, None) => Err(HsmError::Refused(format!(
+            "{mode} cannot export RSA keys on this token: the self-test could not show that it wraps private keys as exact PKCS#8"
+        ))),
+    }
+}
+
+fn unavailable(mode: WrapMode) -> HsmError {
+    HsmError::Refused(format!("wrap mode {mode} is not available on this token (see hsm-bridge selftest)"))
+}
+
+/// Name and number of a wrap mechanism, for messages.
+pub fn describe(m: WrapMechanism) -> String {
+    match m {
+        WrapMechanism::RsaAesKeyWrapSha256 => "CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP SHA-256".into(),
+        WrapMechanism::RsaOaepSha256 => "CKM_RSA_PKCS_OAEP with SHA-256".into(),
+        WrapMechanism::Kwp(n) => format!("{} ({n:#x})", kwp_name(n)),
+    }
+}
+
+pub fn kwp_name(n: CK_MECHANISM_TYPE) -> &'static str {
+    match n {
+        super::raw::CKM_AES_KEY_WRAP_KWP => "CKM_AES_KEY_WRAP_KWP",
+        super::raw::CKM_AES_KEY_WRAP_PAD => "CKM_AES_KEY_WRAP_PAD",
+        super::raw::CKM_LUNA_AES_KWP => "CKM_LUNA_AES_KWP",
+        _ => "vendor KWP",
+    }
+}

@@ -1,0 +1,158 @@
+//! The only `unsafe` in the crate: PKCS#11 calls that `cryptoki` cannot express.
+//!
+//! - `C_GetMechanismList` unfiltered: `cryptoki` drops numbers it has no name for, among
+//!   them `CKM_RSA_AES_KEY_WRAP` (0x1054) and `CKM_AES_KEY_WRAP_KWP` (0x210B).
+//! - `C_WrapKey` with those mechanisms and their parameter structs, in one pre-sized call
+//!   (`cryptoki`'s `wrap_key` asks for the size first, and SoftHSM does the whole wrap
+//!   twice).
+//! - Setting the module's environment (`hsm.module_env`) before it loads.
+//!
+//! The module is opened a second time with `dlopen`, which returns the same, already
+//! initialised library; session and object handles from `cryptoki` are valid here. Nothing
+//! here sees key material in clear: the outputs are ciphertexts.
+
+use std::ffi::c_void;
+use std::path::Path;
+use std::ptr;
+
+use cryptoki::error::{Rv, RvError};
+use cryptoki_sys as sys;
+
+pub use sys::{CK_MECHANISM_TYPE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_SLOT_ID};
+
+/// `CKM_RSA_AES_KEY_WRAP`.
+pub const CKM_RSA_AES_KEY_WRAP: CK_MECHANISM_TYPE = sys::CKM_RSA_AES_KEY_WRAP;
+/// `CKM_AES_KEY_WRAP_KWP` (PKCS#11 3.0 name for RFC 5649).
+pub const CKM_AES_KEY_WRAP_KWP: CK_MECHANISM_TYPE = sys::CKM_AES_KEY_WRAP_KWP;
+/// `CKM_AES_KEY_WRAP_PAD`; RFC 5649 on SoftHSM2, something else on other tokens.
+pub const CKM_AES_KEY_WRAP_PAD: CK_MECHANISM_TYPE = sys::CKM_AES_KEY_WRAP_PAD;
+/// Thales Luna's vendor RFC 5649.
+pub const CKM_LUNA_AES_KWP: CK_MECHANISM_TYPE = 0x8000_0171;
+/// `CKM_RSA_PKCS_OAEP`.
+pub const CKM_RSA_PKCS_OAEP: CK_MECHANISM_TYPE = sys::CKM_RSA_PKCS_OAEP;
+
+/// A wrap mechanism with the parameters OCI's formats need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrapMechanism {
+    /// `CKM_RSA_AES_KEY_WRAP` with a 256-bit AES key and OAEP SHA-256 / MGF1-SHA-256.
+    RsaAesKeyWrapSha256,
+    /// `CKM_RSA_PKCS_OAEP` with SHA-256 / MGF1-SHA-256, empty label.
+    RsaOaepSha256,
+    /// RFC 5649 under the given mechanism number, no parameters.
+    Kwp(CK_MECHANISM_TYPE),
+}
+
+/// The library, opened a second time for raw calls.
+pub struct RawModule {
+    lib: sys::Pkcs11,
+}
+
+impl RawModule {
+    /// Opens the module at `path` (already loaded and initialised by `cryptoki`).
+    pub fn open(path: &Path) -> Result<Self, String> {
+        // SAFETY: loading a PKCS#11 library runs its initialisers; this is the same file
+        // `cryptoki` has just loaded, so dlopen returns the existing instance.
+        let lib = unsafe { sys::Pkcs11::new(path) }.map_err(|e| e.to_string())?;
+        if lib.C_WrapKey.is_err() || lib.C_GetMechanismList.is_err() {
+            return Err("the module does not export C_WrapKey / C_GetMechanismList".into());
+        }
+        Ok(RawModule { lib })
+    }
+
+    /// Every mechanism number the slot lists, including ones `cryptoki` has no name for.
+    pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>, RvError> {
+        let mut count: sys::CK_ULONG = 0;
+        // SAFETY: size query with a null buffer, as the standard allows.
+        check(unsafe { self.lib.C_GetMechanismList(slot, ptr::null_mut(), &mut count) })?;
+        let mut list = vec![0 as CK_MECHANISM_TYPE; count as usize];
+        // SAFETY: `list` has room for `count` entries; the token writes at most that many
+        // and updates `count`.
+        check(unsafe { self.lib.C_GetMechanismList(slot, list.as_mut_ptr(), &mut count) })?;
+        list.truncate(count as usize);
+        Ok(list)
+    }
+
+    /// `C_WrapKey` with `mech`, into a buffer of `size_hint` bytes; one call when the hint
+    /// is big enough, a size query and a second call otherwise.
+    pub fn wrap_key(
+        &self,
+        session: CK_SESSION_HANDLE,
+        mech: WrapMechanism,
+        wrapping_key: CK_OBJECT_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        size_hint: usize,
+    ) -> Result<Vec<u8>, RvError> {
+        let mut oaep = sys::CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: sys::CKM_SHA256,
+            mgf: sys::CKG_MGF1_SHA256,
+            source: sys::CKZ_DATA_SPECIFIED,
+            pSourceData: ptr::null_mut(),
+            ulSourceDataLen: 0,
+        };
+        let mut rsa_aes = sys::CK_RSA_AES_KEY_WRAP_PARAMS {
+            ulAESKeyBits: 256,
+            pOAEPParams: &mut oaep,
+        };
+        let (number, param, param_len): (_, *mut c_void, usize) = match mech {
+            WrapMechanism::RsaAesKeyWrapSha256 => (
+                CKM_RSA_AES_KEY_WRAP,
+                (&mut rsa_aes as *mut sys::CK_RSA_AES_KEY_WRAP_PARAMS).cast(),
+                size_of::<sys::CK_RSA_AES_KEY_WRAP_PARAMS>(),
+            ),
+            WrapMechanism::RsaOaepSha256 => (
+                CKM_RSA_PKCS_OAEP,
+                (&mut oaep as *mut sys::CK_RSA_PKCS_OAEP_PARAMS).cast(),
+                size_of::<sys::CK_RSA_PKCS_OAEP_PARAMS>(),
+            ),
+            WrapMechanism::Kwp(n) => (n, ptr::null_mut(), 0),
+        };
+        let mut mechanism = sys::CK_MECHANISM {
+            mechanism: number,
+            pParameter: param,
+            ulParameterLen: param_len as sys::CK_ULONG,
+        };
+        let mut out = vec![0u8; size_hint.max(1)];
+        let mut len = out.len() as sys::CK_ULONG;
+        // SAFETY: `mechanism` and the parameter structs it points to live on this stack
+        // frame for the whole call; `out` has `len` writable bytes.
+        let rv = unsafe {
+            self.lib.C_WrapKey(session, &mut mechanism, wrapping_key, key, out.as_mut_ptr(), &mut len)
+        };
+        match Rv::from(rv) {
+            Rv::Ok => {}
+            Rv::Error(RvError::BufferTooSmall) => {
+                // `len` now holds the size needed.
+                out = vec![0u8; len as usize];
+                // SAFETY: as above, with `out` resized to the length the token asked for.
+                check(unsafe {
+                    self.lib.C_WrapKey(session, &mut mechanism, wrapping_key, key, out.as_mut_ptr(), &mut len)
+                })?;
+            }
+            Rv::Error(e) => return Err(e),
+        }
+        out.truncate(len as usize);
+        Ok(out)
+    }
+}
+
+fn check(rv: sys::CK_RV) -> Result<(), RvError> {
+    match Rv::from(rv) {
+        Rv::Ok => Ok(()),
+        Rv::Error(e) => Err(e),
+    }
+}
+
+/// Sets `hsm.module_env` before the module loads (SoftHSM reads `SOFTHSM2_CONF`, Luna
+/// `ChrystokiConfigurationPath`, during `C_Initialize`).
+pub fn set_module_env<'a>(vars: impl IntoIterator<Item = (&'a String, &'a String)>) {
+    for (k, v) in vars {
+        if std::env::var_os(k).as_deref() == Some(std::ffi::OsStr::new(v)) {
+            continue;
+        }
+        // SAFETY: called once, while opening the token and before the module loads. Rust's
+        // own environment access is serialised by std; the residual risk is a C library on
+        // another thread calling getenv at this instant, which the CLI and daemon avoid by
+        // opening the token before starting other threads.
+        unsafe { std::env::set_var(k, v) };
+    }
+}

@@ -1,0 +1,566 @@
+//! The known-answer self-test: proves, with keys made for the purpose, which wrap
+//! mechanisms on this token produce exactly OCI's formats, and so which wrap mode to use.
+//!
+//! It makes a throw-away RSA-2048 key pair in software, imports the public half as a
+//! session key, wraps session keys whose values it knows with each candidate mechanism,
+//! and opens the result in software (OpenSSL for OAEP, `aes-kw` for RFC 5649). A mechanism
+//! counts only if the bytes are exactly right; a token's name or listed mechanisms decide
+//! nothing. All objects it creates are session objects, destroyed when it ends.
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::Session;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::HsmError;
+use super::modes::{self, Capabilities, SessionObject, Target, WrapMode, describe, kwp_name};
+use super::raw::{
+    CK_MECHANISM_TYPE, CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, CKM_LUNA_AES_KWP,
+    CKM_RSA_AES_KEY_WRAP, CKM_RSA_PKCS_OAEP, RawModule, WrapMechanism,
+};
+use crate::config::WrapModeSetting;
+use crate::wrap::verify::{Pkcs8Fit, judge_envelope, judge_kwp, judge_oaep_sha256, open_envelope, pkcs8_fit};
+use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrappingKey};
+
+/// KWP candidates, in order of preference.
+const KWP_CANDIDATES: [CK_MECHANISM_TYPE; 3] =
+    [CKM_AES_KEY_WRAP_KWP, CKM_LUNA_AES_KWP, CKM_AES_KEY_WRAP_PAD];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MechanismFinding {
+    pub mechanism: String,
+    pub number: String,
+    pub listed: bool,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeFinding {
+    pub mode: &'static str,
+    pub ok: bool,
+    /// Result for an AES-256 target.
+    pub aes: String,
+    /// Result for an RSA-2048 target.
+    pub rsa: String,
+    #[serde(skip)]
+    pub aes_ok: bool,
+    #[serde(skip)]
+    pub rsa_ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub token: TokenSummary,
+    pub mechanisms: Vec<MechanismFinding>,
+    pub kwp_mechanism: Option<String>,
+    /// "exact", "zero-padded (N bytes on the probe key)", or why it is unknown.
+    pub pkcs8_from_kwp: String,
+    pub rsa_oaep_sha256: bool,
+    pub modes: Vec<ModeFinding>,
+    pub wrap_mode_setting: String,
+    pub chosen_mode: String,
+    pub chosen_because: String,
+    #[serde(skip)]
+    pub caps: Capabilities,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenSummary {
+    pub label: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub firmware: String,
+}
+
+fn ok_detail(r: &Result<String, String>) -> (bool, String) {
+    match r {
+        Ok(s) => (true, s.clone()),
+        Err(s) => (false, s.clone()),
+    }
+}
+
+/// Software key pair for the test; its PKCS#8 length is not a multiple of 8, so a token
+/// that pads shows it.
+fn software_key() -> Result<PKey<Private>, HsmError> {
+    let e = |e: openssl::error::ErrorStack| HsmError::SelfTest(format!("software RSA key: {e}"));
+    for _ in 0..64 {
+        let rsa = Rsa::generate(2048).map_err(e)?;
+        let key = PKey::from_rsa(rsa).map_err(e)?;
+        let der = key.private_key_to_pkcs8().map_err(e)?;
+        if der.len() % 8 != 0 {
+            return Ok(key);
+        }
+    }
+    Err(HsmError::SelfTest("could not make a probe key".into()))
+}
+
+fn import_private<'a>(s: &'a Session, key: &PKey<Private>) -> Result<SessionObject<'a>, HsmError> {
+    let rsa = key.rsa().map_err(|e| HsmError::SelfTest(e.to_string()))?;
+    let part = |b: Option<&openssl::bn::BigNumRef>| b.map(|b| b.to_vec()).unwrap_or_default();
+    let handle = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(true),
+            Attribute::Modulus(rsa.n().to_vec()),
+            Attribute::PublicExponent(rsa.e().to_vec()),
+            Attribute::PrivateExponent(rsa.d().to_vec()),
+            Attribute::Prime1(part(rsa.p())),
+            Attribute::Prime2(part(rsa.q())),
+            Attribute::Exponent1(part(rsa.dmp1())),
+            Attribute::Exponent2(part(rsa.dmq1())),
+            Attribute::Coefficient(part(rsa.iqmp())),
+        ])
+        .map_err(|e| HsmError::pkcs11("C_CreateObject (probe private key)", e))?;
+    Ok(SessionObject::new(s, handle))
+}
+
+fn generate_private(s: &Session) -> Result<(SessionObject<'_>, Vec<u8>), HsmError> {
+    let (public, private) = s
+        .generate_key_pair(
+            &Mechanism::RsaPkcsKeyPairGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ModulusBits(2048u64.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+            ],
+            &[
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(true),
+            ],
+        )
+        .map_err(|e| HsmError::pkcs11("C_GenerateKeyPair (probe key)", e))?;
+    let _ = s.destroy_object(public);
+    let private = SessionObject::new(s, private);
+    let modulus = match s.get_attributes(private.handle, &[AttributeType::Modulus]) {
+        Ok(attrs) => attrs.into_iter().find_map(|a| match a {
+            Attribute::Modulus(m) => Some(m),
+            _ => None,
+        }),
+        Err(_) => None,
+    }
+    .ok_or_else(|| HsmError::SelfTest("probe key has no readable CKA_MODULUS".into()))?;
+    Ok((private, modulus))
+}
+
+/// Checks that `blob` (a private key as it came out of a wrap) is PKCS#8 of the key with
+/// `modulus`, and says whether it is exact or zero-padded.
+fn judge_private(blob: &[u8], modulus: &[u8]) -> Result<Pkcs8Fit, String> {
+    let fit = pkcs8_fit(blob)?;
+    let der_len = match fit {
+        Pkcs8Fit::Exact => blob.len(),
+        Pkcs8Fit::ZeroPadded(n) => blob.len() - n,
+    };
+    let key = PKey::private_key_from_pkcs8(&blob[..der_len])
+        .map_err(|_| "the unwrapped private key is not PKCS#8".to_string())?;
+    let n = key.rsa().map_err(|_| "the unwrapped key is not RSA".to_string())?.n().to_vec();
+    if n != modulus {
+        return Err("the unwrapped private key is a different key".into());
+    }
+    Ok(fit)
+}
+
+fn fit_text(fit: Pkcs8Fit) -> String {
+    match fit {
+        Pkcs8Fit::Exact => "exact".into(),
+        Pkcs8Fit::ZeroPadded(n) => format!("zero-padded ({n} bytes on the probe key)"),
+    }
+}
+
+/// Runs the self-test on session `s` and picks the mode for `setting`.
+pub fn run(
+    raw: &RawModule,
+    s: &Session,
+    listed: &[CK_MECHANISM_TYPE],
+    token: TokenSummary,
+    setting: WrapModeSetting,
+    allow_hybrid: bool,
+) -> Result<Report, HsmError> {
+    let sw_key = software_key()?;
+    let sw_pub = PKey::public_key_from_der(&sw_key.public_key_to_der().map_err(|e| HsmError::SelfTest(e.to_string()))?)
+        .map_err(|e| HsmError::SelfTest(e.to_string()))?;
+    let wk = WrappingKey::from_pem(
+        &sw_pub.public_key_to_pem().map_err(|e| HsmError::SelfTest(e.to_string()))?,
+        2048,
+    )?;
+    let wk_obj = modes::import_wrapping_key(s, &wk)?;
+
+    // A known AES-256 target, extractable.
+    let mut t_val = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut t_val[..]).map_err(|e| HsmError::SelfTest(e.to_string()))?;
+    let t_obj = known_aes_target(s, &t_val[..])?;
+    let aes_target = Target {
+        handle: t_obj.handle,
+        shape: KeyShape { algorithm: KeyAlgorithm::Aes, length: 32 },
+    };
+
+    let mut caps = Capabilities::default();
+    let mut mechanisms = Vec::new();
+    let call = |mech, wrapping: &SessionObject<'_>, key: &SessionObject<'_>| {
+        raw.wrap_key(s.handle(), mech, wrapping.handle.handle(), key.handle.handle(), 4096)
+            .map_err(|rv| format!("C_WrapKey: {}", rv_name(rv)))
+    };
+
+    // RFC 5649 under each candidate number, with a known KEK.
+    let mut kek = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut kek[..]).map_err(|e| HsmError::SelfTest(e.to_string()))?;
+    let kek_obj = modes::session_aes_from(s, &kek[..])?;
+    for n in KWP_CANDIDATES {
+        let r = call(WrapMechanism::Kwp(n), &kek_obj, &t_obj)
+            .and_then(|out| judge_kwp(&kek[..], &out, &t_val[..]))
+            .map(|()| "RFC 5649 verified".to_string());
+        if r.is_ok() && caps.kwp.is_none() {
+            caps.kwp = Some(n);
+        }
+        let (ok, detail) = ok_detail(&r);
+        mechanisms.push(MechanismFinding {
+            mechanism: kwp_name(n).into(),
+            number: format!("{n:#x}"),
+            listed: listed.contains(&n),
+            ok,
+            detail,
+        });
+    }
+
+    // OAEP with SHA-256 in the token.
+    let r = call(WrapMechanism::RsaOaepSha256, &wk_obj, &t_obj)
+        .and_then(|out| judge_oaep_sha256(&sw_key, &out, &t_val[..]))
+        .map(|()| "OAEP SHA-256 / MGF1-SHA-256 verified".to_string());
+    caps.oaep_sha256 = r.is_ok();
+    let (ok, detail) = ok_detail(&r);
+    mechanisms.push(MechanismFinding {
+        mechanism: "CKM_RSA_PKCS_OAEP (SHA-256)".into(),
+        number: format!("{CKM_RSA_PKCS_OAEP:#x}"),
+        listed: listed.contains(&CKM_RSA_PKCS_OAEP),
+        ok,
+        detail,
+    });
+
+    // One-shot CKM_RSA_AES_KEY_WRAP.
+    let r = call(WrapMechanism::RsaAesKeyWrapSha256, &wk_obj, &t_obj)
+        .and_then(|out| judge_envelope(&sw_key, &out, &t_val[..]))
+        .map(|()| "RSA_OAEP_AES_SHA256 layout verified".to_string());
+    caps.native = r.is_ok();
+    let (ok, detail) = ok_detail(&r);
+    mechanisms.push(MechanismFinding {
+        mechanism: "CKM_RSA_AES_KEY_WRAP".into(),
+        number: format!("{CKM_RSA_AES_KEY_WRAP:#x}"),
+        listed: listed.contains(&CKM_RSA_AES_KEY_WRAP),
+        ok,
+        detail,
+    });
+
+    // How private keys come out: needs a probe private key in the token.
+    let probe = probe_private(s, &sw_key);
+    let mut pkcs8_from_kwp = String::from("not tested: no RFC 5649 mechanism");
+    if let Ok((p_obj, modulus)) = &probe {
+        if let Some(n) = caps.kwp {
+            let r = call(WrapMechanism::Kwp(n), &kek_obj, p_obj).and_then(|out| {
+                let blob = crate::wrap::soft::kwp_unwrap(&kek[..], &out).map_err(|e| e.to_string())?;
+                judge_private(&blob, modulus)
+            });
+            caps.pkcs8_kwp = r.as_ref().ok().copied();
+            pkcs8_from_kwp = match r {
+                Ok(fit) => fit_text(fit),
+                Err(e) => format!("broken: {e}"),
+            };
+        }
+        if caps.native {
+            caps.pkcs8_native = call(WrapMechanism::RsaAesKeyWrapSha256, &wk_obj, p_obj)
+                .and_then(|out| open_envelope(&sw_key, &out))
+                .and_then(|blob| judge_private(&blob, modulus))
+                .ok();
+        }
+    } else if let Err(e) = &probe {
+        pkcs8_from_kwp = format!("not tested: {e}");
+    }
+
+    // Each mode end to end, through the same code that serves real requests.
+    let finding_of = |name: &str| -> String {
+        mechanisms
+            .iter()
+            .find(|m| m.mechanism == name)
+            .map(|m| m.detail.clone())
+            .unwrap_or_default()
+    };
+    let no_kwp = "needs an RFC 5649 mechanism, and none of 0x210b, 0x80000171, 0x210a wraps exactly".to_string();
+    let mut found = Vec::new();
+    for mode in WrapMode::ALL {
+        let missing = match mode {
+            WrapMode::HsmNative if !caps.native => Some(format!(
+                "needs CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP SHA-256: {}",
+                finding_of("CKM_RSA_AES_KEY_WRAP")
+            )),
+            WrapMode::HsmTwoStep if caps.kwp.is_none() => Some(no_kwp.clone()),
+            WrapMode::HsmTwoStep if !caps.oaep_sha256 => Some(format!(
+                "needs CKM_RSA_PKCS_OAEP with SHA-256 in the token: {}",
+                finding_of("CKM_RSA_PKCS_OAEP (SHA-256)")
+            )),
+            WrapMode::Hybrid if !allow_hybrid => Some("forbidden by policy.allow_hybrid = false".into()),
+            WrapMode::Hybrid if caps.kwp.is_none() => Some(no_kwp.clone()),
+            _ => None,
+        };
+        if let Some(why) = missing {
+            found.push(ModeFinding {
+                mode: mode.as_str(),
+                ok: false,
+                aes: why.clone(),
+                rsa: why,
+                aes_ok: false,
+                rsa_ok: false,
+            });
+            continue;
+        }
+        let aes = modes::wrap(raw, s, &caps, mode, Algorithm::RsaOaepAesSha256, aes_target, &wk)
+            .map_err(|e| e.to_string())
+            .and_then(|out| judge_envelope(&sw_key, &out, &t_val[..]))
+            .map(|()| "exact".to_string());
+        let rsa = match &probe {
+            Ok((p_obj, modulus)) => {
+                let target = Target {
+                    handle: p_obj.handle,
+                    shape: KeyShape { algorithm: KeyAlgorithm::Rsa, length: 256 },
+                };
+                modes::wrap(raw, s, &caps, mode, Algorithm::RsaOaepAesSha256, target, &wk)
+                    .map_err(|e| e.to_string())
+                    .and_then(|out| open_envelope(&sw_key, &out))
+                    .and_then(|blob| judge_private(&blob, modulus))
+                    .and_then(|fit| match fit {
+                        Pkcs8Fit::Exact => Ok(match (mode, caps.pkcs8_kwp) {
+                            (WrapMode::Hybrid, Some(Pkcs8Fit::ZeroPadded(_))) => {
+                                "exact, after stripping the token's PKCS#8 padding".to_string()
+                            }
+                            _ => "exact".to_string(),
+                        }),
+                        Pkcs8Fit::ZeroPadded(n) => Err(format!("PKCS#8 carries {n} padding bytes")),
+                    })
+            }
+            Err(e) => Err(format!("not tested: {e}")),
+        };
+        found.push(ModeFinding {
+            mode: mode.as_str(),
+            ok: aes.is_ok() && rsa.is_ok(),
+            aes_ok: aes.is_ok(),
+            rsa_ok: rsa.is_ok(),
+            aes: aes.unwrap_or_else(|e| e),
+            rsa: rsa.unwrap_or_else(|e| e),
+        });
+    }
+    drop(kek_obj);
+    drop(t_obj);
+    drop(wk_obj);
+
+    let (chosen, because) = choose(&found, setting)?;
+    Ok(Report {
+        token,
+        mechanisms,
+        kwp_mechanism: caps.kwp.map(|n| describe(WrapMechanism::Kwp(n))),
+        pkcs8_from_kwp,
+        rsa_oaep_sha256: caps.oaep_sha256,
+        modes: found,
+        wrap_mode_setting: setting_name(setting).into(),
+        chosen_mode: chosen.as_str().into(),
+        chosen_because: because,
+        caps,
+    })
+}
+
+fn known_aes_target<'a>(s: &'a Session, value: &[u8]) -> Result<SessionObject<'a>, HsmError> {
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Value(value.to_vec()),
+    ];
+    let r = s.create_object(&template);
+    for a in template.iter_mut() {
+        if let Attribute::Value(v) = a {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
+    let handle = r.map_err(|e| HsmError::pkcs11("C_CreateObject (probe AES key)", e))?;
+    Ok(SessionObject::new(s, handle))
+}
+
+/// A private key in the token to probe PKCS#8 handling: the software key imported, or,
+/// where the token refuses private-key import, one generated inside it.
+fn probe_private<'a>(
+    s: &'a Session,
+    sw_key: &PKey<Private>,
+) -> Result<(SessionObject<'a>, Vec<u8>), String> {
+    match import_private(s, sw_key) {
+        Ok(obj) => {
+            let n = sw_key.rsa().map_err(|e| e.to_string())?.n().to_vec();
+            Ok((obj, n))
+        }
+        Err(import_err) => generate_private(s)
+            .map_err(|e| format!("{import_err}; and {e}")),
+    }
+}
+
+fn choose(found: &[ModeFinding], setting: WrapModeSetting) -> Result<(WrapMode, String), HsmError> {
+    let finding = |m: WrapMode| found.iter().find(|f| f.mode == m.as_str()).expect("all modes tested");
+    let forced = match setting {
+        WrapModeSetting::Auto => None,
+        WrapModeSetting::HsmNative => Some(WrapMode::HsmNative),
+        WrapModeSetting::HsmTwoStep => Some(WrapMode::HsmTwoStep),
+        WrapModeSetting::Hybrid => Some(WrapMode::Hybrid),
+    };
+    if let Some(m) = forced {
+        let f = finding(m);
+        if !f.aes_ok {
+            return Err(HsmError::SelfTest(format!(
+                "wrap_mode = \"{m}\" is configured, but this token cannot do it: {}",
+                f.aes
+            )));
+        }
+        let because = if f.rsa_ok {
+            "configured".to_string()
+        } else {
+            format!("configured; RSA keys will be refused: {}", f.rsa)
+        };
+        return Ok((m, because));
+    }
+    if let Some(m) = WrapMode::ALL.into_iter().find(|&m| finding(m).ok) {
+        return Ok((m, "first mode, in the order hsm-native, hsm-two-step, hybrid, that passed for AES and RSA".into()));
+    }
+    if let Some(m) = WrapMode::ALL.into_iter().find(|&m| finding(m).aes_ok) {
+        let why = format!("no mode passed for RSA; RSA keys will be refused: {}", finding(m).rsa);
+        return Ok((m, why));
+    }
+    let reasons: Vec<String> = found.iter().map(|f| format!("{}: {}", f.mode, f.aes)).collect();
+    Err(HsmError::SelfTest(format!(
+        "no wrap mode works on this token ({})",
+        reasons.join("; ")
+    )))
+}
+
+fn setting_name(s: WrapModeSetting) -> &'static str {
+    match s {
+        WrapModeSetting::Auto => "auto",
+        WrapModeSetting::HsmNative => "hsm-native",
+        WrapModeSetting::HsmTwoStep => "hsm-two-step",
+        WrapModeSetting::Hybrid => "hybrid",
+    }
+}
+
+/// `CKR_...` name for a PKCS#11 return value.
+pub fn rv_name(rv: cryptoki::error::RvError) -> String {
+    super::ckr_name(rv)
+}
+
+impl Report {
+    /// The human form printed by `hsm-bridge selftest`.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "token: {} ({} {}, firmware {})\nmechanisms:\n",
+            self.token.label, self.token.manufacturer, self.token.model, self.token.firmware
+        );
+        for m in &self.mechanisms {
+            out += &format!(
+                "  {:<28} {:<11} {:<10} {}: {}\n",
+                m.mechanism,
+                m.number,
+                if m.listed { "listed" } else { "not listed" },
+                if m.ok { "ok" } else { "rejected" },
+                m.detail
+            );
+        }
+        out += &format!(
+            "RFC 5649 mechanism: {}\nPKCS#8 from RFC 5649 wrap: {}\nRSA_OAEP_SHA256 (AES keys): {}\nmodes:\n",
+            self.kwp_mechanism.as_deref().unwrap_or("none"),
+            self.pkcs8_from_kwp,
+            if self.rsa_oaep_sha256 { "available" } else { "unavailable: the token does not do OAEP with SHA-256" }
+        );
+        for f in &self.modes {
+            out += &if f.aes_ok {
+                format!(
+                    "  {:<13} {:<8} AES: {}; RSA: {}\n",
+                    f.mode,
+                    if f.ok { "ok" } else { "partial" },
+                    f.aes,
+                    f.rsa
+                )
+            } else {
+                format!("  {:<13} rejected {}\n", f.mode, f.aes)
+            };
+        }
+        out += &format!(
+            "chosen: {} (wrap_mode = {}; {})\n",
+            self.chosen_mode, self.wrap_mode_setting, self.chosen_because
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(mode: WrapMode, aes: bool, rsa: bool) -> ModeFinding {
+        ModeFinding {
+            mode: mode.as_str(),
+            ok: aes && rsa,
+            aes: if aes { "exact".into() } else { "no".into() },
+            rsa: if rsa { "exact".into() } else { "pads".into() },
+            aes_ok: aes,
+            rsa_ok: rsa,
+        }
+    }
+
+    #[test]
+    fn auto_prefers_hsm_modes_that_do_everything() {
+        let f = [
+            finding(WrapMode::HsmNative, false, false),
+            finding(WrapMode::HsmTwoStep, true, true),
+            finding(WrapMode::Hybrid, true, true),
+        ];
+        assert_eq!(choose(&f, WrapModeSetting::Auto).unwrap().0, WrapMode::HsmTwoStep);
+        // A token that pads PKCS#8: two-step cannot do RSA, hybrid can.
+        let f = [
+            finding(WrapMode::HsmNative, false, false),
+            finding(WrapMode::HsmTwoStep, true, false),
+            finding(WrapMode::Hybrid, true, true),
+        ];
+        assert_eq!(choose(&f, WrapModeSetting::Auto).unwrap().0, WrapMode::Hybrid);
+        // Same, hybrid forbidden: two-step, with RSA refused and said so.
+        let f = [
+            finding(WrapMode::HsmNative, false, false),
+            finding(WrapMode::HsmTwoStep, true, false),
+            finding(WrapMode::Hybrid, false, true),
+        ];
+        let (m, why) = choose(&f, WrapModeSetting::Auto).unwrap();
+        assert_eq!(m, WrapMode::HsmTwoStep);
+        assert!(why.contains("RSA keys will be refused"), "{why}");
+    }
+
+    #[test]
+    fn forced_mode_must_work() {
+        let f = [
+            finding(WrapMode::HsmNative, false, false),
+            finding(WrapMode::HsmTwoStep, false, false),
+            finding(WrapMode::Hybrid, true, true),
+        ];
+        let e = choose(&f, WrapModeSetting::HsmTwoStep).unwrap_err().to_string();
+        assert!(e.contains("hsm-two-step") && e.contains("cannot"), "{e}");
+        assert_eq!(choose(&f, WrapModeSetting::Hybrid).unwrap().0, WrapMode::Hybrid);
+        let none = [
+            finding(WrapMode::HsmNative, false, false),
+            finding(WrapMode::HsmTwoStep, false, false),
+            finding(WrapMode::Hybrid, false, false),
+        ];
+        assert!(choose(&none, WrapModeSetting::Auto).is_err());
+    }
+}

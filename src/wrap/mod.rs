@@ -1,0 +1,59 @@
+//! Pure functions around OCI's import formats: the envelope, wrapping-key parsing and
+//! validation, and the software OAEP / RFC 5649 used by hybrid mode and by the self-test.
+//!
+//! Nothing here talks to the HSM. Key material that passes through here (the one-time
+//! AES key K, a padded PKCS#8 blob being re-wrapped) lives only in zeroizing buffers.
+
+pub mod envelope;
+pub mod soft;
+pub mod verify;
+pub mod wrapping_key;
+
+pub use envelope::{Algorithm, KeyAlgorithm, KeyShape};
+pub use wrapping_key::WrappingKey;
+
+/// Errors from parsing outside input and from the software crypto.
+#[derive(Debug, thiserror::Error)]
+pub enum WrapError {
+    #[error("wrapping key: {0}")]
+    WrappingKey(String),
+    #[error("unknown wrapping algorithm {0:?}: expected RSA_OAEP_AES_SHA256 or RSA_OAEP_SHA256")]
+    UnknownAlgorithm(String),
+    #[error("{0}")]
+    Crypto(String),
+}
+
+/// Lower-case hex, for fingerprints and CKA_ID.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Parses hex (either case, no separators). `None` on odd length or a non-hex character.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex(&[0x00, 0xab, 0x10]), "00ab10");
+        assert_eq!(unhex("00AB10"), Some(vec![0x00, 0xab, 0x10]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex(""), Some(vec![]));
+    }
+}

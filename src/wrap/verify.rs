@@ -1,0 +1,224 @@
+//! Opening OCI key material in software and judging whether a token's output is exactly
+//! what was asked for. The self-test's decisions are these functions, so they are pure
+//! and tested with crafted bytes.
+
+use openssl::pkey::{HasPrivate, PKeyRef};
+use zeroize::Zeroizing;
+
+use super::envelope::TRANSPORT_KEY_LEN;
+use super::soft::{OaepHash, kwp_unwrap, oaep_decrypt};
+
+/// How a private key's PKCS#8 came out of an RFC 5649 unwrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pkcs8Fit {
+    /// Exactly the DER, as OCI needs.
+    Exact,
+    /// The DER followed by this many zero bytes (SoftHSM2 before 2.7 pads to 8).
+    ZeroPadded(usize),
+}
+
+/// Accepts `ct` only if it is RSA-OAEP with SHA-256 and MGF1-SHA-256 of `expected`.
+pub fn judge_oaep_sha256<T: HasPrivate>(
+    key: &PKeyRef<T>,
+    ct: &[u8],
+    expected: &[u8],
+) -> Result<(), String> {
+    match oaep_decrypt(key, OaepHash::Sha256, ct) {
+        Ok(pt) if pt[..] == *expected => Ok(()),
+        Ok(_) => Err("OAEP-SHA256 decrypts, but to a different value than was wrapped".into()),
+        Err(_) if oaep_decrypt(key, OaepHash::Sha1, ct).is_ok() => Err(
+            "the output decrypts only as OAEP with SHA-1: the token ignored the SHA-256 parameters"
+                .into(),
+        ),
+        Err(_) => Err("the output is not RSA-OAEP with SHA-256 / MGF1-SHA-256".into()),
+    }
+}
+
+/// Accepts `ct` only if it is RFC 5649 of `expected` under `kek`.
+pub fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), String> {
+    let pt = kwp_unwrap(kek, ct).map_err(|_| {
+        format!("the output ({} bytes) is not RFC 5649 under the given key", ct.len())
+    })?;
+    if pt[..] == *expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "RFC 5649 unwraps to {} bytes that differ from the {} bytes wrapped",
+            pt.len(),
+            expected.len()
+        ))
+    }
+}
+
+/// Splits `RSA_OAEP_AES_SHA256` material and opens both halves: returns the target
+/// bytes as wrapped (for a private key, possibly padded PKCS#8).
+pub fn open_envelope<T: HasPrivate>(
+    key: &PKeyRef<T>,
+    material: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let k = key
+        .rsa()
+        .map_err(|e| format!("not an RSA key: {e}"))?
+        .size() as usize;
+    if material.len() <= k {
+        return Err(format!("{} bytes is too short for a {k}-byte RSA part", material.len()));
+    }
+    let (c1, c2) = material.split_at(k);
+    let kek = oaep_decrypt(key, OaepHash::Sha256, c1).map_err(|_| {
+        if oaep_decrypt(key, OaepHash::Sha1, c1).is_ok() {
+            "the RSA part decrypts only as OAEP with SHA-1: the token ignored the SHA-256 parameters"
+                .to_string()
+        } else {
+            "the RSA part is not RSA-OAEP with SHA-256 / MGF1-SHA-256".to_string()
+        }
+    })?;
+    if kek.len() != TRANSPORT_KEY_LEN {
+        return Err(format!(
+            "the RSA part carries a {}-byte key, not an AES-256 key",
+            kek.len()
+        ));
+    }
+    kwp_unwrap(&kek, c2).map_err(|_| "the AES part is not RFC 5649 under the RSA part's key".into())
+}
+
+/// Accepts `material` only if it is `RSA_OAEP_AES_SHA256` of exactly `expected`.
+pub fn judge_envelope<T: HasPrivate>(
+    key: &PKeyRef<T>,
+    material: &[u8],
+    expected: &[u8],
+) -> Result<(), String> {
+    let pt = open_envelope(key, material)?;
+    if pt[..] == *expected {
+        Ok(())
+    } else {
+        Err("the envelope opens to different bytes than were wrapped".into())
+    }
+}
+
+/// Total length of the DER element at the start of `der` (tag, length, contents), if its
+/// header is a well-formed SEQUENCE header.
+pub fn der_sequence_len(der: &[u8]) -> Option<usize> {
+    if *der.first()? != 0x30 {
+        return None;
+    }
+    let first = *der.get(1)? as usize;
+    if first < 0x80 {
+        return Some(2 + first);
+    }
+    let n = first & 0x7f;
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let mut len = 0usize;
+    for i in 0..n {
+        len = (len << 8) | *der.get(2 + i)? as usize;
+    }
+    if len < 0x80 {
+        return None; // not minimal DER
+    }
+    Some(2 + n + len)
+}
+
+/// Classifies an unwrapped PKCS#8 blob: exact DER, or DER plus 1..7 zero bytes. Anything
+/// else (truncated, non-zero trailing bytes, not a SEQUENCE) is an error.
+pub fn pkcs8_fit(blob: &[u8]) -> Result<Pkcs8Fit, String> {
+    let len = der_sequence_len(blob).ok_or("the unwrapped private key is not DER")?;
+    if len > blob.len() {
+        return Err(format!(
+            "the unwrapped private key is truncated: DER says {len} bytes, got {}",
+            blob.len()
+        ));
+    }
+    let rest = &blob[len..];
+    if rest.is_empty() {
+        Ok(Pkcs8Fit::Exact)
+    } else if rest.len() < 8 && rest.iter().all(|&b| b == 0) {
+        Ok(Pkcs8Fit::ZeroPadded(rest.len()))
+    } else {
+        Err(format!(
+            "the unwrapped private key has {} unexpected bytes after its DER",
+            rest.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wrap::soft::{kwp_wrap, oaep_encrypt};
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+
+    fn rsa() -> PKey<openssl::pkey::Private> {
+        PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn oaep_judge_accepts_sha256_rejects_sha1_with_reason() {
+        let key = rsa();
+        let k = [9u8; 32];
+        let good = oaep_encrypt(&key, OaepHash::Sha256, &k).unwrap();
+        assert_eq!(judge_oaep_sha256(&key, &good, &k), Ok(()));
+        assert!(judge_oaep_sha256(&key, &good, &[8u8; 32]).is_err());
+        // What SoftHSM 2.7.0 does when asked for 0x1054 with SHA-256: SHA-1 output.
+        let sha1 = oaep_encrypt(&key, OaepHash::Sha1, &k).unwrap();
+        let why = judge_oaep_sha256(&key, &sha1, &k).unwrap_err();
+        assert!(why.contains("SHA-1"), "{why}");
+        let why = judge_oaep_sha256(&key, &[0u8; 256], &k).unwrap_err();
+        assert!(why.contains("not RSA-OAEP"), "{why}");
+    }
+
+    #[test]
+    fn envelope_judge() {
+        let key = rsa();
+        let kek = [3u8; 32];
+        let target = [5u8; 24];
+        let c2 = kwp_wrap(&kek, &target).unwrap();
+        let mut good = oaep_encrypt(&key, OaepHash::Sha256, &kek).unwrap();
+        good.extend_from_slice(&c2);
+        assert_eq!(judge_envelope(&key, &good, &target), Ok(()));
+
+        let mut sha1 = oaep_encrypt(&key, OaepHash::Sha1, &kek).unwrap();
+        sha1.extend_from_slice(&c2);
+        let why = judge_envelope(&key, &sha1, &target).unwrap_err();
+        assert!(why.contains("SHA-1"), "{why}");
+
+        // A 16-byte transport key is not what OCI documents.
+        let mut short = oaep_encrypt(&key, OaepHash::Sha256, &[3u8; 16]).unwrap();
+        short.extend_from_slice(&c2);
+        assert!(judge_envelope(&key, &short, &target).unwrap_err().contains("16-byte"));
+
+        // Halves swapped (AES part first) must not pass.
+        let mut swapped = c2.clone();
+        swapped.extend_from_slice(&good[..256]);
+        assert!(judge_envelope(&key, &swapped, &target).is_err());
+        assert!(judge_kwp(&kek, &c2, &target).is_ok());
+        assert!(judge_kwp(&kek, &c2, &[5u8; 16]).is_err());
+    }
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(der_sequence_len(&[0x30, 0x03, 1, 2, 3]), Some(5));
+        assert_eq!(der_sequence_len(&[0x30, 0x82, 0x04, 0xbd]), Some(4 + 0x4bd));
+        assert_eq!(der_sequence_len(&[0x30, 0x81, 0x05]), None, "non-minimal");
+        assert_eq!(der_sequence_len(&[0x02, 0x01]), None);
+        assert_eq!(der_sequence_len(&[0x30]), None);
+        assert_eq!(der_sequence_len(&[0x30, 0x80]), None, "indefinite length");
+    }
+
+    #[test]
+    fn pkcs8_padding_classification() {
+        let der = rsa().private_key_to_pkcs8().unwrap();
+        assert_eq!(pkcs8_fit(&der), Ok(Pkcs8Fit::Exact));
+        let mut padded = der.clone();
+        padded.extend_from_slice(&[0, 0, 0]);
+        assert_eq!(pkcs8_fit(&padded), Ok(Pkcs8Fit::ZeroPadded(3)));
+        let mut junk = der.clone();
+        junk.extend_from_slice(&[0, 1]);
+        assert!(pkcs8_fit(&junk).is_err());
+        let mut long = der.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert!(pkcs8_fit(&long).is_err());
+        assert!(pkcs8_fit(&der[..der.len() - 1]).unwrap_err().contains("truncated"));
+    }
+}
