@@ -13,7 +13,11 @@ use crate::hsm::{Hsm, KeyInfo, KeyRef};
 use crate::wrap::{self, Algorithm, WrappingKey};
 
 #[derive(Debug, Parser)]
-#[command(name = "hsm-bridge", version, about = "Moves keys from a PKCS#11 HSM into OCI Vault, wrapped for the vault")]
+#[command(
+    name = "hsm-bridge",
+    version,
+    about = "Moves keys from a PKCS#11 HSM into OCI Vault, wrapped for the vault"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -100,7 +104,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 let rows: Vec<_> = keys.iter().map(|k| key_json(&hsm, k)).collect();
                 writeln!(out, "{}", serde_json::Value::Array(rows)).map_err(io)?;
             } else {
-                writeln!(out, "{:<28} {:<18} {:<10} {:<11} {:<9} exportable", "label", "id", "type", "extractable", "sensitive").map_err(io)?;
+                writeln!(
+                    out,
+                    "{:<28} {:<18} {:<10} {:<11} {:<9} exportable",
+                    "label", "id", "type", "extractable", "sensitive"
+                )
+                .map_err(io)?;
                 for k in &keys {
                     let export = match hsm.export_check(k) {
                         Ok(_) => "yes".to_string(),
@@ -121,7 +130,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             }
             hsm.close();
         }
-        Command::Wrap { common, key, wrapping_key, algorithm, out: out_file } => {
+        Command::Wrap {
+            common,
+            key,
+            wrapping_key,
+            algorithm,
+            out: out_file,
+        } => {
             let alg: Algorithm = algorithm.parse()?;
             let key = key.key_ref()?;
             let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
@@ -160,7 +175,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             let (_, hsm) = open(&common.config)?;
             let report = hsm.selftest_report();
             if common.json {
-                let v = serde_json::to_string_pretty(report).map_err(|e| Error::Io(e.to_string()))?;
+                let v =
+                    serde_json::to_string_pretty(report).map_err(|e| Error::Io(e.to_string()))?;
                 writeln!(out, "{v}").map_err(io)?;
             } else {
                 write!(out, "{}", report.to_text()).map_err(io)?;
@@ -189,7 +205,8 @@ fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {
 
 /// The part of a refusal after "may not be exported: ".
 fn short_reason(msg: &str) -> &str {
-    msg.split_once("may not be exported: ").map_or(msg, |(_, r)| r)
+    msg.split_once("may not be exported: ")
+        .map_or(msg, |(_, r)| r)
 }
 
 fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
@@ -206,9 +223,18 @@ fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
 /// never leaves a half-written file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let err = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::Usage(format!("--out {} names no file", path.display())))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("--out {} names no file", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -217,7 +217,9 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { path: default_audit() }
+        AuditConfig {
+            path: default_audit(),
+        }
     }
 }
 
@@ -229,7 +231,10 @@ impl Config {
     /// Reads, expands, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let err = |msg: String| ConfigError::Invalid { file: file.clone(), msg };
+        let err = |msg: String| ConfigError::Invalid {
+            file: file.clone(),
+            msg,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         Self::parse(&text, path).map_err(err)
     }
@@ -241,7 +246,8 @@ impl Config {
         if let Err(e) = toml::from_str::<Config>(text) {
             return Err(one_line_toml_error(text, &e));
         }
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| one_line_toml_error(text, &e))?;
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| one_line_toml_error(text, &e))?;
         expand_vars(&mut value, &mut Vec::new())?;
         let mut cfg = Config::deserialize(value).map_err(|e| e.message().to_string())?;
         cfg.path = path.to_path_buf();
@@ -304,7 +310,10 @@ impl Config {
             return Err("hsm.token_label must be 1 to 32 bytes".into());
         }
         if !(1..=256).contains(&h.sessions) {
-            return Err(format!("hsm.sessions = {} is out of range 1..=256", h.sessions));
+            return Err(format!(
+                "hsm.sessions = {} is out of range 1..=256",
+                h.sessions
+            ));
         }
         if self.policy.min_wrapping_key_bits < 2048 {
             return Err(format!(
@@ -348,12 +357,10 @@ fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
 /// variable is an error that names it and the key.
 fn expand_vars(v: &mut toml::Value, at: &mut Vec<String>) -> Result<(), String> {
     match v {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = expand_str(s).map_err(|var| {
-                    format!("{}: environment variable {var} is not set", at.join("."))
-                })?;
-            }
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand_str(s).map_err(|var| {
+                format!("{}: environment variable {var} is not set", at.join("."))
+            })?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -414,7 +421,10 @@ pin_file = "pin"
         assert_eq!(c.hsm.pin_file.as_deref(), Some(Path::new("/etc/hb/pin")));
         assert_eq!(c.hsm.sessions, 4);
         assert_eq!(c.hsm.wrap_mode, WrapModeSetting::Auto);
-        assert!(c.policy.exportable.is_empty(), "nothing leaves unless configured");
+        assert!(
+            c.policy.exportable.is_empty(),
+            "nothing leaves unless configured"
+        );
         assert_eq!(c.policy.caller_wrapping_keys, CallerWrappingKeys::None);
         assert_eq!(c.policy.min_wrapping_key_bits, 2048);
         assert_eq!(c.audit.path, Path::new("-"));
@@ -427,7 +437,9 @@ pin_file = "pin"
         assert!(e.contains("line 6"), "{e}");
         let e = parse(&format!("{MIN}[policy]\nexportables = []\n")).unwrap_err();
         assert!(e.contains("exportables"), "{e}");
-        let e = Config::load(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+        let e = Config::load(Path::new("/nonexistent/x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
     }
 
@@ -442,7 +454,10 @@ pin_file = "pin"
         assert!(e.contains("sessions"), "{e}");
         let e = parse(&format!("{MIN}[policy]\nmin_wrapping_key_bits = 1024\n")).unwrap_err();
         assert!(e.contains("1024"), "{e}");
-        let e = parse(&format!("{MIN}[policy]\npinned_wrapping_keys = [\"abc\"]\n")).unwrap_err();
+        let e = parse(&format!(
+            "{MIN}[policy]\npinned_wrapping_keys = [\"abc\"]\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("abc"), "{e}");
     }
 
@@ -454,9 +469,15 @@ pin_file = "pin"
             + "module_env = { SOFTHSM2_CONF = \"../s/softhsm2.conf\", OTHER = \"plain\" }\n";
         let c = parse(&text).unwrap();
         assert_eq!(c.hsm.token_label, "from-env");
-        assert_eq!(c.hsm.module_env["SOFTHSM2_CONF"], "/etc/hb/../s/softhsm2.conf");
+        assert_eq!(
+            c.hsm.module_env["SOFTHSM2_CONF"],
+            "/etc/hb/../s/softhsm2.conf"
+        );
         assert_eq!(c.hsm.module_env["OTHER"], "plain");
         let e = parse(&MIN.replace("\"t\"", "\"${HB_TEST_SURELY_UNSET}\"")).unwrap_err();
-        assert!(e.contains("HB_TEST_SURELY_UNSET") && e.contains("hsm.token_label"), "{e}");
+        assert!(
+            e.contains("HB_TEST_SURELY_UNSET") && e.contains("hsm.token_label"),
+            "{e}"
+        );
     }
 }

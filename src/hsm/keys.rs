@@ -54,7 +54,10 @@ impl KeyInfo {
             (ObjectClass::PRIVATE_KEY, KeyType::RSA) => KeyAlgorithm::Rsa,
             _ => return None,
         };
-        Some(KeyShape { algorithm, length: self.length })
+        Some(KeyShape {
+            algorithm,
+            length: self.length,
+        })
     }
 
     /// "AES-256", "RSA-3072", "EC private key", ...
@@ -64,14 +67,22 @@ impl KeyInfo {
             None => format!(
                 "{} {}",
                 self.key_type,
-                if self.class == ObjectClass::PRIVATE_KEY { "private key" } else { "secret key" }
+                if self.class == ObjectClass::PRIVATE_KEY {
+                    "private key"
+                } else {
+                    "secret key"
+                }
             ),
         }
     }
 
     /// How the key is named in messages: its label, or its id when it has none.
     pub fn name(&self) -> String {
-        if self.label.is_empty() { format!("id {}", hex(&self.id)) } else { self.label.clone() }
+        if self.label.is_empty() {
+            format!("id {}", hex(&self.id))
+        } else {
+            self.label.clone()
+        }
     }
 }
 
@@ -122,9 +133,7 @@ pub fn read_info(s: &Session, handle: ObjectHandle) -> Result<Option<KeyInfo>, C
         return Ok(None);
     }
     info.length = match &info.modulus {
-        Some(m) if info.key_type == KeyType::RSA => {
-            m.iter().skip_while(|&&b| b == 0).count()
-        }
+        Some(m) if info.key_type == KeyType::RSA => m.iter().skip_while(|&&b| b == 0).count(),
         _ => value_len,
     };
     Ok(Some(info))
@@ -153,7 +162,10 @@ pub fn find(s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
     match found.len() {
         0 => Err(HsmError::KeyNotFound(key.to_string())),
         1 => Ok(found.pop().expect("one element")),
-        n => Err(HsmError::Ambiguous { key: key.to_string(), count: n }),
+        n => Err(HsmError::Ambiguous {
+            key: key.to_string(),
+            count: n,
+        }),
     }
 }
 

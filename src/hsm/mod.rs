@@ -42,7 +42,9 @@ pub enum HsmError {
     Pin(String),
     #[error("no secret or private key with {0} on the token")]
     KeyNotFound(String),
-    #[error("{count} secret/private keys have {key}; refusing to guess: give the key a unique label or use its id")]
+    #[error(
+        "{count} secret/private keys have {key}; refusing to guess: give the key a unique label or use its id"
+    )]
     Ambiguous { key: String, count: usize },
     #[error("key {key} may not be exported: {why}")]
     NotExportable { key: String, why: String },
@@ -129,7 +131,10 @@ impl Hsm {
             (None, Some(v)) => pin::from_env(v)?,
             (None, None) => return Err(HsmError::Pin("no PIN source configured".into())),
         };
-        let load_err = |why: String| HsmError::ModuleLoad { path: module.clone(), why };
+        let load_err = |why: String| HsmError::ModuleLoad {
+            path: module.clone(),
+            why,
+        };
         let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| load_err(e.to_string()))?;
         match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -152,9 +157,17 @@ impl Hsm {
                     }
                     other => ckr_name(other),
                 };
-                return Err(HsmError::Login { token: cfg.token_label.clone(), why });
+                return Err(HsmError::Login {
+                    token: cfg.token_label.clone(),
+                    why,
+                });
             }
-            Err(e) => return Err(HsmError::Login { token: cfg.token_label.clone(), why: e.to_string() }),
+            Err(e) => {
+                return Err(HsmError::Login {
+                    token: cfg.token_label.clone(),
+                    why: e.to_string(),
+                });
+            }
         }
         drop(pin);
         let mut sessions = vec![login_session];
@@ -212,7 +225,9 @@ impl Hsm {
     }
 
     fn session(&self) -> Result<pool::Lease<'_>, HsmError> {
-        self.pool.get(SESSION_WAIT).ok_or(HsmError::Busy(self.sessions))
+        self.pool
+            .get(SESSION_WAIT)
+            .ok_or(HsmError::Busy(self.sessions))
     }
 
     /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
@@ -222,16 +237,24 @@ impl Hsm {
     }
 
     fn find_key_in(&self, s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
-        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied();
         if let Some(handle) = cached {
             // A handle can go stale (key deleted, handle reused): check it still names
             // the same key, else fall back to a search.
-            if let Ok(Some(info)) = keys::read_info(s, handle) {
-                if keys::still_matches(&info, key) {
-                    return Ok(info);
-                }
+            if let Ok(Some(info)) = keys::read_info(s, handle)
+                && keys::still_matches(&info, key)
+            {
+                return Ok(info);
             }
-            self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
         }
         let info = keys::find(s, key)?;
         self.cache
@@ -249,9 +272,15 @@ impl Hsm {
     /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
     /// token must allow it out, and policy must list it.
     pub fn export_check(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
-        let refuse = |why: String| HsmError::NotExportable { key: info.name(), why };
+        let refuse = |why: String| HsmError::NotExportable {
+            key: info.name(),
+            why,
+        };
         let shape = info.shape().ok_or_else(|| {
-            refuse(format!("it is {}; OCI imports only AES and RSA keys", info.describe()))
+            refuse(format!(
+                "it is {}; OCI imports only AES and RSA keys",
+                info.describe()
+            ))
         })?;
         if !shape.importable() {
             return Err(refuse(format!(
@@ -260,7 +289,9 @@ impl Hsm {
             )));
         }
         if !info.extractable {
-            return Err(refuse("the token marks it not extractable (CKA_EXTRACTABLE = false)".into()));
+            return Err(refuse(
+                "the token marks it not extractable (CKA_EXTRACTABLE = false)".into(),
+            ));
         }
         if info.wrap_with_trusted {
             return Err(refuse(
@@ -282,7 +313,12 @@ impl Hsm {
     }
 
     /// Wraps the key `key` names for `wk` with `alg`, after the export checks.
-    pub fn wrap(&self, key: &KeyRef, wk: &WrappingKey, alg: Algorithm) -> Result<Wrapped, HsmError> {
+    pub fn wrap(
+        &self,
+        key: &KeyRef,
+        wk: &WrappingKey,
+        alg: Algorithm,
+    ) -> Result<Wrapped, HsmError> {
         if wk.bits < self.min_wrapping_key_bits {
             return Err(HsmError::Wrap(WrapError::WrappingKey(format!(
                 "RSA-{} is below the minimum of {} bits (policy.min_wrapping_key_bits)",
@@ -292,12 +328,21 @@ impl Hsm {
         let s = self.session()?;
         let info = self.find_key_in(&s, key)?;
         let shape = self.export_check(&info)?;
-        let target = modes::Target { handle: info.handle, shape };
+        let target = modes::Target {
+            handle: info.handle,
+            shape,
+        };
         let started = Instant::now();
         let material = modes::wrap(&self.raw, &s, &self.report.caps, self.mode, alg, target, wk)?;
         tracing::debug!(key = %info.name(), shape = %shape.describe(), alg = %alg, mode = %self.mode,
             micros = started.elapsed().as_micros() as u64, "wrapped");
-        Ok(Wrapped { material, algorithm: alg, mode: self.mode, shape, key: info })
+        Ok(Wrapped {
+            material,
+            algorithm: alg,
+            mode: self.mode,
+            shape,
+            key: info,
+        })
     }
 
     /// Closes every session, logs out and finalises the module.
@@ -317,7 +362,9 @@ fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, selftest::TokenSumm
         .map_err(|e| HsmError::pkcs11("C_GetSlotList", e))?;
     let mut present = Vec::new();
     for slot in slots {
-        let Ok(info) = pkcs11.get_token_info(slot) else { continue };
+        let Ok(info) = pkcs11.get_token_info(slot) else {
+            continue;
+        };
         let l = info.label().trim_end().to_string();
         if l == label {
             let fw = info.firmware_version();
@@ -337,6 +384,10 @@ fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, selftest::TokenSumm
     }
     Err(HsmError::TokenNotFound {
         label: label.to_string(),
-        present: if present.is_empty() { "none".into() } else { present.join(", ") },
+        present: if present.is_empty() {
+            "none".into()
+        } else {
+            present.join(", ")
+        },
     })
 }

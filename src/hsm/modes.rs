@@ -167,7 +167,10 @@ pub fn wrap(
 ) -> Result<Vec<u8>, HsmError> {
     let call = |mech, wrapping: ObjectHandle, key: ObjectHandle, hint: usize| {
         raw.wrap_key(s.handle(), mech, wrapping.handle(), key.handle(), hint)
-            .map_err(|rv| HsmError::WrapCall { mechanism: describe(mech), rv })
+            .map_err(|rv| HsmError::WrapCall {
+                mechanism: describe(mech),
+                rv,
+            })
     };
     let k_len = wk.modulus_len();
     let material = match alg {
@@ -184,7 +187,12 @@ pub fn wrap(
                 ));
             }
             let wk_obj = import_wrapping_key(s, wk)?;
-            call(WrapMechanism::RsaOaepSha256, wk_obj.handle, target.handle, k_len)?
+            call(
+                WrapMechanism::RsaOaepSha256,
+                wk_obj.handle,
+                target.handle,
+                k_len,
+            )?
         }
         Algorithm::RsaOaepAesSha256 => {
             if target.shape.algorithm == KeyAlgorithm::Rsa {
@@ -198,7 +206,12 @@ pub fn wrap(
                         return Err(unavailable(mode));
                     }
                     let wk_obj = import_wrapping_key(s, wk)?;
-                    call(WrapMechanism::RsaAesKeyWrapSha256, wk_obj.handle, target.handle, k_len + hint)?
+                    call(
+                        WrapMechanism::RsaAesKeyWrapSha256,
+                        wk_obj.handle,
+                        target.handle,
+                        k_len + hint,
+                    )?
                 }
                 WrapMode::HsmTwoStep => {
                     let (Some(kwp), true) = (kwp, caps.oaep_sha256) else {
@@ -207,7 +220,8 @@ pub fn wrap(
                     let k = session_aes_generate(s)?;
                     let c2 = call(kwp, k.handle, target.handle, hint)?;
                     let wk_obj = import_wrapping_key(s, wk)?;
-                    let mut out = call(WrapMechanism::RsaOaepSha256, wk_obj.handle, k.handle, k_len)?;
+                    let mut out =
+                        call(WrapMechanism::RsaOaepSha256, wk_obj.handle, k.handle, k_len)?;
                     out.extend_from_slice(&c2);
                     out
                 }
@@ -223,7 +237,9 @@ pub fn wrap(
                         call(kwp, k_obj.handle, target.handle, hint)?
                     };
                     let c2 = match (target.shape.algorithm, caps.pkcs8_kwp) {
-                        (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => strip_and_rewrap(&k[..], &c2)?,
+                        (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => {
+                            strip_and_rewrap(&k[..], &c2)?
+                        }
                         _ => c2,
                     };
                     let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, &k[..])?;
@@ -245,9 +261,11 @@ fn strip_and_rewrap(k: &[u8], c2: &[u8]) -> Result<Vec<u8>, HsmError> {
     let der_len = match pkcs8_fit(&blob) {
         Ok(Pkcs8Fit::Exact) => blob.len(),
         Ok(Pkcs8Fit::ZeroPadded(n)) => blob.len() - n,
-        Err(why) => return Err(HsmError::Wrap(WrapError::Crypto(format!(
-            "the token's wrap of the private key did not hold PKCS#8: {why}"
-        )))),
+        Err(why) => {
+            return Err(HsmError::Wrap(WrapError::Crypto(format!(
+                "the token's wrap of the private key did not hold PKCS#8: {why}"
+            ))));
+        }
     };
     Ok(kwp_wrap(k, &blob[..der_len])?)
 }
@@ -269,13 +287,17 @@ fn check_rsa_export(caps: &Capabilities, mode: WrapMode) -> Result<(), HsmError>
 }
 
 fn unavailable(mode: WrapMode) -> HsmError {
-    HsmError::Refused(format!("wrap mode {mode} is not available on this token (see hsm-bridge selftest)"))
+    HsmError::Refused(format!(
+        "wrap mode {mode} is not available on this token (see hsm-bridge selftest)"
+    ))
 }
 
 /// Name and number of a wrap mechanism, for messages.
 pub fn describe(m: WrapMechanism) -> String {
     match m {
-        WrapMechanism::RsaAesKeyWrapSha256 => "CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP SHA-256".into(),
+        WrapMechanism::RsaAesKeyWrapSha256 => {
+            "CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP SHA-256".into()
+        }
         WrapMechanism::RsaOaepSha256 => "CKM_RSA_PKCS_OAEP with SHA-256".into(),
         WrapMechanism::Kwp(n) => format!("{} ({n:#x})", kwp_name(n)),
     }

@@ -38,7 +38,9 @@ pub fn from_file(path: &Path) -> Result<AuthPin, HsmError> {
 /// Reads the PIN from the environment variable `name`.
 pub fn from_env(name: &str) -> Result<AuthPin, HsmError> {
     let value = Zeroizing::new(std::env::var(name).map_err(|_| {
-        HsmError::Pin(format!("environment variable {name} (hsm.pin_env) is not set"))
+        HsmError::Pin(format!(
+            "environment variable {name} (hsm.pin_env) is not set"
+        ))
     })?);
     from_bytes(value.as_bytes()).map_err(|m| HsmError::Pin(format!("{name}: {m}")))
 }
@@ -79,7 +81,9 @@ mod tests {
         std::fs::write(&p, b"\n").unwrap();
         assert!(from_file(&p).unwrap_err().to_string().contains("empty"));
         assert!(from_file(&dir.path().join("nope")).is_err());
-        let e = from_env("HB_TEST_PIN_SURELY_UNSET").unwrap_err().to_string();
+        let e = from_env("HB_TEST_PIN_SURELY_UNSET")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("HB_TEST_PIN_SURELY_UNSET"), "{e}");
     }
 }

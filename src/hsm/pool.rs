@@ -20,7 +20,10 @@ pub struct Lease<'a> {
 
 impl Pool {
     pub fn new(sessions: Vec<Session>) -> Self {
-        Pool { idle: Mutex::new(sessions), returned: Condvar::new() }
+        Pool {
+            idle: Mutex::new(sessions),
+            returned: Condvar::new(),
+        }
     }
 
     /// Waits up to `wait` for an idle session; `None` if none came free in time.
@@ -29,7 +32,10 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(session) = idle.pop() {
-                return Some(Lease { pool: self, session: Some(session) });
+                return Some(Lease {
+                    pool: self,
+                    session: Some(session),
+                });
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             idle = self
@@ -49,14 +55,20 @@ impl Pool {
 impl Deref for Lease<'_> {
     type Target = Session;
     fn deref(&self) -> &Session {
-        self.session.as_ref().expect("a lease holds its session until dropped")
+        self.session
+            .as_ref()
+            .expect("a lease holds its session until dropped")
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(s);
             self.pool.returned.notify_one();
         }
     }

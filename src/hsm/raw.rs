@@ -63,11 +63,17 @@ impl RawModule {
     pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>, RvError> {
         let mut count: sys::CK_ULONG = 0;
         // SAFETY: size query with a null buffer, as the standard allows.
-        check(unsafe { self.lib.C_GetMechanismList(slot, ptr::null_mut(), &mut count) })?;
+        check(unsafe {
+            self.lib
+                .C_GetMechanismList(slot, ptr::null_mut(), &mut count)
+        })?;
         let mut list = vec![0 as CK_MECHANISM_TYPE; count as usize];
         // SAFETY: `list` has room for `count` entries; the token writes at most that many
         // and updates `count`.
-        check(unsafe { self.lib.C_GetMechanismList(slot, list.as_mut_ptr(), &mut count) })?;
+        check(unsafe {
+            self.lib
+                .C_GetMechanismList(slot, list.as_mut_ptr(), &mut count)
+        })?;
         list.truncate(count as usize);
         Ok(list)
     }
@@ -116,7 +122,14 @@ impl RawModule {
         // SAFETY: `mechanism` and the parameter structs it points to live on this stack
         // frame for the whole call; `out` has `len` writable bytes.
         let rv = unsafe {
-            self.lib.C_WrapKey(session, &mut mechanism, wrapping_key, key, out.as_mut_ptr(), &mut len)
+            self.lib.C_WrapKey(
+                session,
+                &mut mechanism,
+                wrapping_key,
+                key,
+                out.as_mut_ptr(),
+                &mut len,
+            )
         };
         match Rv::from(rv) {
             Rv::Ok => {}
@@ -125,7 +138,14 @@ impl RawModule {
                 out = vec![0u8; len as usize];
                 // SAFETY: as above, with `out` resized to the length the token asked for.
                 check(unsafe {
-                    self.lib.C_WrapKey(session, &mut mechanism, wrapping_key, key, out.as_mut_ptr(), &mut len)
+                    self.lib.C_WrapKey(
+                        session,
+                        &mut mechanism,
+                        wrapping_key,
+                        key,
+                        out.as_mut_ptr(),
+                        &mut len,
+                    )
                 })?;
             }
             Rv::Error(e) => return Err(e),

@@ -22,7 +22,9 @@ use super::raw::{
     CKM_RSA_AES_KEY_WRAP, CKM_RSA_PKCS_OAEP, RawModule, WrapMechanism,
 };
 use crate::config::WrapModeSetting;
-use crate::wrap::verify::{Pkcs8Fit, judge_envelope, judge_kwp, judge_oaep_sha256, open_envelope, pkcs8_fit};
+use crate::wrap::verify::{
+    Pkcs8Fit, judge_envelope, judge_kwp, judge_oaep_sha256, open_envelope, pkcs8_fit,
+};
 use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrappingKey};
 
 /// KWP candidates, in order of preference.
@@ -162,7 +164,11 @@ fn judge_private(blob: &[u8], modulus: &[u8]) -> Result<Pkcs8Fit, String> {
     };
     let key = PKey::private_key_from_pkcs8(&blob[..der_len])
         .map_err(|_| "the unwrapped private key is not PKCS#8".to_string())?;
-    let n = key.rsa().map_err(|_| "the unwrapped key is not RSA".to_string())?.n().to_vec();
+    let n = key
+        .rsa()
+        .map_err(|_| "the unwrapped key is not RSA".to_string())?
+        .n()
+        .to_vec();
     if n != modulus {
         return Err("the unwrapped private key is a different key".into());
     }
@@ -186,10 +192,16 @@ pub fn run(
     allow_hybrid: bool,
 ) -> Result<Report, HsmError> {
     let sw_key = software_key()?;
-    let sw_pub = PKey::public_key_from_der(&sw_key.public_key_to_der().map_err(|e| HsmError::SelfTest(e.to_string()))?)
-        .map_err(|e| HsmError::SelfTest(e.to_string()))?;
+    let sw_pub = PKey::public_key_from_der(
+        &sw_key
+            .public_key_to_der()
+            .map_err(|e| HsmError::SelfTest(e.to_string()))?,
+    )
+    .map_err(|e| HsmError::SelfTest(e.to_string()))?;
     let wk = WrappingKey::from_pem(
-        &sw_pub.public_key_to_pem().map_err(|e| HsmError::SelfTest(e.to_string()))?,
+        &sw_pub
+            .public_key_to_pem()
+            .map_err(|e| HsmError::SelfTest(e.to_string()))?,
         2048,
     )?;
     let wk_obj = modes::import_wrapping_key(s, &wk)?;
@@ -200,14 +212,23 @@ pub fn run(
     let t_obj = known_aes_target(s, &t_val[..])?;
     let aes_target = Target {
         handle: t_obj.handle,
-        shape: KeyShape { algorithm: KeyAlgorithm::Aes, length: 32 },
+        shape: KeyShape {
+            algorithm: KeyAlgorithm::Aes,
+            length: 32,
+        },
     };
 
     let mut caps = Capabilities::default();
     let mut mechanisms = Vec::new();
     let call = |mech, wrapping: &SessionObject<'_>, key: &SessionObject<'_>| {
-        raw.wrap_key(s.handle(), mech, wrapping.handle.handle(), key.handle.handle(), 4096)
-            .map_err(|rv| format!("C_WrapKey: {}", rv_name(rv)))
+        raw.wrap_key(
+            s.handle(),
+            mech,
+            wrapping.handle.handle(),
+            key.handle.handle(),
+            4096,
+        )
+        .map_err(|rv| format!("C_WrapKey: {}", rv_name(rv)))
     };
 
     // RFC 5649 under each candidate number, with a known KEK.
@@ -265,7 +286,8 @@ pub fn run(
     if let Ok((p_obj, modulus)) = &probe {
         if let Some(n) = caps.kwp {
             let r = call(WrapMechanism::Kwp(n), &kek_obj, p_obj).and_then(|out| {
-                let blob = crate::wrap::soft::kwp_unwrap(&kek[..], &out).map_err(|e| e.to_string())?;
+                let blob =
+                    crate::wrap::soft::kwp_unwrap(&kek[..], &out).map_err(|e| e.to_string())?;
                 judge_private(&blob, modulus)
             });
             caps.pkcs8_kwp = r.as_ref().ok().copied();
@@ -292,7 +314,9 @@ pub fn run(
             .map(|m| m.detail.clone())
             .unwrap_or_default()
     };
-    let no_kwp = "needs an RFC 5649 mechanism, and none of 0x210b, 0x80000171, 0x210a wraps exactly".to_string();
+    let no_kwp =
+        "needs an RFC 5649 mechanism, and none of 0x210b, 0x80000171, 0x210a wraps exactly"
+            .to_string();
     let mut found = Vec::new();
     for mode in WrapMode::ALL {
         let missing = match mode {
@@ -305,7 +329,9 @@ pub fn run(
                 "needs CKM_RSA_PKCS_OAEP with SHA-256 in the token: {}",
                 finding_of("CKM_RSA_PKCS_OAEP (SHA-256)")
             )),
-            WrapMode::Hybrid if !allow_hybrid => Some("forbidden by policy.allow_hybrid = false".into()),
+            WrapMode::Hybrid if !allow_hybrid => {
+                Some("forbidden by policy.allow_hybrid = false".into())
+            }
             WrapMode::Hybrid if caps.kwp.is_none() => Some(no_kwp.clone()),
             _ => None,
         };
@@ -320,29 +346,48 @@ pub fn run(
             });
             continue;
         }
-        let aes = modes::wrap(raw, s, &caps, mode, Algorithm::RsaOaepAesSha256, aes_target, &wk)
-            .map_err(|e| e.to_string())
-            .and_then(|out| judge_envelope(&sw_key, &out, &t_val[..]))
-            .map(|()| "exact".to_string());
+        let aes = modes::wrap(
+            raw,
+            s,
+            &caps,
+            mode,
+            Algorithm::RsaOaepAesSha256,
+            aes_target,
+            &wk,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|out| judge_envelope(&sw_key, &out, &t_val[..]))
+        .map(|()| "exact".to_string());
         let rsa = match &probe {
             Ok((p_obj, modulus)) => {
                 let target = Target {
                     handle: p_obj.handle,
-                    shape: KeyShape { algorithm: KeyAlgorithm::Rsa, length: 256 },
+                    shape: KeyShape {
+                        algorithm: KeyAlgorithm::Rsa,
+                        length: 256,
+                    },
                 };
-                modes::wrap(raw, s, &caps, mode, Algorithm::RsaOaepAesSha256, target, &wk)
-                    .map_err(|e| e.to_string())
-                    .and_then(|out| open_envelope(&sw_key, &out))
-                    .and_then(|blob| judge_private(&blob, modulus))
-                    .and_then(|fit| match fit {
-                        Pkcs8Fit::Exact => Ok(match (mode, caps.pkcs8_kwp) {
-                            (WrapMode::Hybrid, Some(Pkcs8Fit::ZeroPadded(_))) => {
-                                "exact, after stripping the token's PKCS#8 padding".to_string()
-                            }
-                            _ => "exact".to_string(),
-                        }),
-                        Pkcs8Fit::ZeroPadded(n) => Err(format!("PKCS#8 carries {n} padding bytes")),
-                    })
+                modes::wrap(
+                    raw,
+                    s,
+                    &caps,
+                    mode,
+                    Algorithm::RsaOaepAesSha256,
+                    target,
+                    &wk,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|out| open_envelope(&sw_key, &out))
+                .and_then(|blob| judge_private(&blob, modulus))
+                .and_then(|fit| match fit {
+                    Pkcs8Fit::Exact => Ok(match (mode, caps.pkcs8_kwp) {
+                        (WrapMode::Hybrid, Some(Pkcs8Fit::ZeroPadded(_))) => {
+                            "exact, after stripping the token's PKCS#8 padding".to_string()
+                        }
+                        _ => "exact".to_string(),
+                    }),
+                    Pkcs8Fit::ZeroPadded(n) => Err(format!("PKCS#8 carries {n} padding bytes")),
+                })
             }
             Err(e) => Err(format!("not tested: {e}")),
         };
@@ -405,13 +450,17 @@ fn probe_private<'a>(
             let n = sw_key.rsa().map_err(|e| e.to_string())?.n().to_vec();
             Ok((obj, n))
         }
-        Err(import_err) => generate_private(s)
-            .map_err(|e| format!("{import_err}; and {e}")),
+        Err(import_err) => generate_private(s).map_err(|e| format!("{import_err}; and {e}")),
     }
 }
 
 fn choose(found: &[ModeFinding], setting: WrapModeSetting) -> Result<(WrapMode, String), HsmError> {
-    let finding = |m: WrapMode| found.iter().find(|f| f.mode == m.as_str()).expect("all modes tested");
+    let finding = |m: WrapMode| {
+        found
+            .iter()
+            .find(|f| f.mode == m.as_str())
+            .expect("all modes tested")
+    };
     let forced = match setting {
         WrapModeSetting::Auto => None,
         WrapModeSetting::HsmNative => Some(WrapMode::HsmNative),
@@ -437,10 +486,16 @@ fn choose(found: &[ModeFinding], setting: WrapModeSetting) -> Result<(WrapMode, 
         return Ok((m, "first mode, in the order hsm-native, hsm-two-step, hybrid, that passed for AES and RSA".into()));
     }
     if let Some(m) = WrapMode::ALL.into_iter().find(|&m| finding(m).aes_ok) {
-        let why = format!("no mode passed for RSA; RSA keys will be refused: {}", finding(m).rsa);
+        let why = format!(
+            "no mode passed for RSA; RSA keys will be refused: {}",
+            finding(m).rsa
+        );
         return Ok((m, why));
     }
-    let reasons: Vec<String> = found.iter().map(|f| format!("{}: {}", f.mode, f.aes)).collect();
+    let reasons: Vec<String> = found
+        .iter()
+        .map(|f| format!("{}: {}", f.mode, f.aes))
+        .collect();
     Err(HsmError::SelfTest(format!(
         "no wrap mode works on this token ({})",
         reasons.join("; ")
@@ -482,7 +537,11 @@ impl Report {
             "RFC 5649 mechanism: {}\nPKCS#8 from RFC 5649 wrap: {}\nRSA_OAEP_SHA256 (AES keys): {}\nmodes:\n",
             self.kwp_mechanism.as_deref().unwrap_or("none"),
             self.pkcs8_from_kwp,
-            if self.rsa_oaep_sha256 { "available" } else { "unavailable: the token does not do OAEP with SHA-256" }
+            if self.rsa_oaep_sha256 {
+                "available"
+            } else {
+                "unavailable: the token does not do OAEP with SHA-256"
+            }
         );
         for f in &self.modes {
             out += &if f.aes_ok {
@@ -527,14 +586,20 @@ mod tests {
             finding(WrapMode::HsmTwoStep, true, true),
             finding(WrapMode::Hybrid, true, true),
         ];
-        assert_eq!(choose(&f, WrapModeSetting::Auto).unwrap().0, WrapMode::HsmTwoStep);
+        assert_eq!(
+            choose(&f, WrapModeSetting::Auto).unwrap().0,
+            WrapMode::HsmTwoStep
+        );
         // A token that pads PKCS#8: two-step cannot do RSA, hybrid can.
         let f = [
             finding(WrapMode::HsmNative, false, false),
             finding(WrapMode::HsmTwoStep, true, false),
             finding(WrapMode::Hybrid, true, true),
         ];
-        assert_eq!(choose(&f, WrapModeSetting::Auto).unwrap().0, WrapMode::Hybrid);
+        assert_eq!(
+            choose(&f, WrapModeSetting::Auto).unwrap().0,
+            WrapMode::Hybrid
+        );
         // Same, hybrid forbidden: two-step, with RSA refused and said so.
         let f = [
             finding(WrapMode::HsmNative, false, false),
@@ -553,9 +618,14 @@ mod tests {
             finding(WrapMode::HsmTwoStep, false, false),
             finding(WrapMode::Hybrid, true, true),
         ];
-        let e = choose(&f, WrapModeSetting::HsmTwoStep).unwrap_err().to_string();
+        let e = choose(&f, WrapModeSetting::HsmTwoStep)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hsm-two-step") && e.contains("cannot"), "{e}");
-        assert_eq!(choose(&f, WrapModeSetting::Hybrid).unwrap().0, WrapMode::Hybrid);
+        assert_eq!(
+            choose(&f, WrapModeSetting::Hybrid).unwrap().0,
+            WrapMode::Hybrid
+        );
         let none = [
             finding(WrapMode::HsmNative, false, false),
             finding(WrapMode::HsmTwoStep, false, false),

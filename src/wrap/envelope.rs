@@ -104,7 +104,7 @@ pub fn check_layout(
         // modulus itself long.
         (Algorithm::RsaOaepAesSha256, KeyAlgorithm::Rsa) => {
             material.len() > modulus_len + shape.length
-                && (material.len() - modulus_len) % 8 == 0
+                && (material.len() - modulus_len).is_multiple_of(8)
         }
     };
     if ok {
@@ -151,11 +151,17 @@ mod tests {
 
     #[test]
     fn layout_check() {
-        let aes = KeyShape { algorithm: KeyAlgorithm::Aes, length: 32 };
+        let aes = KeyShape {
+            algorithm: KeyAlgorithm::Aes,
+            length: 32,
+        };
         assert!(check_layout(Algorithm::RsaOaepAesSha256, aes, 512, &[0; 552]).is_ok());
         assert!(check_layout(Algorithm::RsaOaepAesSha256, aes, 512, &[0; 551]).is_err());
         assert!(check_layout(Algorithm::RsaOaepSha256, aes, 512, &[0; 512]).is_ok());
-        let rsa = KeyShape { algorithm: KeyAlgorithm::Rsa, length: 256 };
+        let rsa = KeyShape {
+            algorithm: KeyAlgorithm::Rsa,
+            length: 256,
+        };
         assert!(check_layout(Algorithm::RsaOaepAesSha256, rsa, 512, &[0; 512 + 1232]).is_ok());
         assert!(check_layout(Algorithm::RsaOaepAesSha256, rsa, 512, &[0; 512 + 40]).is_err());
     }

@@ -37,7 +37,10 @@ pub fn judge_oaep_sha256<T: HasPrivate>(
 /// Accepts `ct` only if it is RFC 5649 of `expected` under `kek`.
 pub fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), String> {
     let pt = kwp_unwrap(kek, ct).map_err(|_| {
-        format!("the output ({} bytes) is not RFC 5649 under the given key", ct.len())
+        format!(
+            "the output ({} bytes) is not RFC 5649 under the given key",
+            ct.len()
+        )
     })?;
     if pt[..] == *expected {
         Ok(())
@@ -61,7 +64,10 @@ pub fn open_envelope<T: HasPrivate>(
         .map_err(|e| format!("not an RSA key: {e}"))?
         .size() as usize;
     if material.len() <= k {
-        return Err(format!("{} bytes is too short for a {k}-byte RSA part", material.len()));
+        return Err(format!(
+            "{} bytes is too short for a {k}-byte RSA part",
+            material.len()
+        ));
     }
     let (c1, c2) = material.split_at(k);
     let kek = oaep_decrypt(key, OaepHash::Sha256, c1).map_err(|_| {
@@ -186,7 +192,11 @@ mod tests {
         // A 16-byte transport key is not what OCI documents.
         let mut short = oaep_encrypt(&key, OaepHash::Sha256, &[3u8; 16]).unwrap();
         short.extend_from_slice(&c2);
-        assert!(judge_envelope(&key, &short, &target).unwrap_err().contains("16-byte"));
+        assert!(
+            judge_envelope(&key, &short, &target)
+                .unwrap_err()
+                .contains("16-byte")
+        );
 
         // Halves swapped (AES part first) must not pass.
         let mut swapped = c2.clone();
@@ -219,6 +229,10 @@ mod tests {
         let mut long = der.clone();
         long.extend_from_slice(&[0; 8]);
         assert!(pkcs8_fit(&long).is_err());
-        assert!(pkcs8_fit(&der[..der.len() - 1]).unwrap_err().contains("truncated"));
+        assert!(
+            pkcs8_fit(&der[..der.len() - 1])
+                .unwrap_err()
+                .contains("truncated")
+        );
     }
 }

@@ -27,7 +27,12 @@ pub struct WrappingKey {
 
 impl std::fmt::Debug for WrappingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WrappingKey(RSA-{}, sha256 {})", self.bits, self.fingerprint())
+        write!(
+            f,
+            "WrappingKey(RSA-{}, sha256 {})",
+            self.bits,
+            self.fingerprint()
+        )
     }
 }
 
@@ -88,7 +93,9 @@ impl WrappingKey {
             )));
         }
         if bits > MAX_BITS {
-            return Err(bad(format!("RSA-{bits} is above the maximum of {MAX_BITS} bits")));
+            return Err(bad(format!(
+                "RSA-{bits} is above the maximum of {MAX_BITS} bits"
+            )));
         }
         // e = 1 would make "encryption" the identity: OAEP's masking is unkeyed, so K
         // would be readable by anyone. An even e is not an RSA key at all.
@@ -126,7 +133,11 @@ mod tests {
 
     fn rsa_pem(bits: u32) -> (Vec<u8>, Vec<u8>, Rsa<openssl::pkey::Private>) {
         let rsa = Rsa::generate(bits).unwrap();
-        (rsa.public_key_to_pem().unwrap(), rsa.public_key_to_pem_pkcs1().unwrap(), rsa)
+        (
+            rsa.public_key_to_pem().unwrap(),
+            rsa.public_key_to_pem_pkcs1().unwrap(),
+            rsa,
+        )
     }
 
     #[test]
@@ -148,8 +159,8 @@ mod tests {
         let (spki, _, rsa) = rsa_pem(1024);
         assert!(err(&spki, 2048).contains("RSA-1024 is below the minimum of 2048"));
 
-        let ec = EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap())
-            .unwrap();
+        let ec =
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
         let ec_pem = PKey::from_ec_key(ec).unwrap().public_key_to_pem().unwrap();
         assert!(err(&ec_pem, 2048).contains("EC key"));
 

@@ -1,0 +1,475 @@
+//! Test helpers: a SoftHSM2 token made for this test binary and seeded with keys whose
+//! values the test knows, the real `hsm-bridge` binary, and an independent unwrap with the
+//! openssl command line.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const TOKEN: &str = "hsm-bridge-test";
+pub const PIN: &str = "test-user-pin-8271";
+
+pub fn module() -> String {
+    std::env::var("HSM_BRIDGE_PKCS11_MODULE")
+        .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
+}
+
+/// A wrapping key pair on disk.
+pub struct KeyPair {
+    pub private_pem: PathBuf,
+    pub public_pem: PathBuf,
+}
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    /// The config for this token; policy.exportable = ["test-*"].
+    pub config: PathBuf,
+    /// Known values of the AES test keys, by label.
+    pub aes: HashMap<&'static str, Vec<u8>>,
+    pub wk4096: KeyPair,
+    pub wk2048: KeyPair,
+    pub wk1024: KeyPair,
+    pub ec_public_pem: PathBuf,
+}
+
+/// Known-value AES keys: label, CKA_ID, length.
+pub const AES_KEYS: [(&str, &str, usize); 3] = [
+    ("test-aes-128", "1001", 16),
+    ("test-aes-192", "1002", 24),
+    ("test-aes-256", "1003", 32),
+];
+/// RSA keys generated inside the token: label, CKA_ID, bits.
+pub const RSA_KEYS: [(&str, &str, u32); 3] = [
+    ("test-rsa-2048", "2001", 2048),
+    ("test-rsa-3072", "2002", 3072),
+    ("test-rsa-4096", "2003", 4096),
+];
+
+pub fn fixture() -> &'static Fixture {
+    static FX: OnceLock<Fixture> = OnceLock::new();
+    FX.get_or_init(make_fixture)
+}
+
+fn make_fixture() -> Fixture {
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fixture-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tokens")).unwrap();
+    std::fs::write(
+        dir.join("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    write_private(&dir.join("user-pin"), format!("{PIN}\n").as_bytes());
+
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--so-pin",
+            "test-so-pin-1",
+            "--pin",
+            PIN,
+        ])
+        .output()
+        .expect("softhsm2-util not found: run ./softhsm-setup.sh first");
+    assert!(
+        out.status.success(),
+        "init-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut fx = Fixture {
+        config: dir.join("hsm-bridge.toml"),
+        aes: HashMap::new(),
+        wk4096: keypair(
+            &dir,
+            "wk4096",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:4096",
+            ],
+        ),
+        wk2048: keypair(
+            &dir,
+            "wk2048",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        ),
+        wk1024: keypair(
+            &dir,
+            "wk1024",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:1024",
+            ],
+        ),
+        ec_public_pem: keypair(
+            &dir,
+            "ec",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+        )
+        .public_pem,
+        dir,
+    };
+
+    for (label, id, len) in AES_KEYS {
+        let value = random(len);
+        write_aes(&fx, label, id, &value, true);
+        fx.aes.insert(label, value);
+    }
+    write_aes(&fx, "test-locked-aes-256", "3001", &random(32), false);
+    write_aes(&fx, "test-dup", "3002", &random(32), true);
+    write_aes(&fx, "test-dup", "3003", &random(32), true);
+    write_aes(&fx, "other-aes-256", "3004", &random(32), true);
+    for (label, id, bits) in RSA_KEYS {
+        p11_ok(
+            &fx,
+            &[
+                "--keypairgen",
+                "--key-type",
+                &format!("rsa:{bits}"),
+                "--label",
+                label,
+                "--id",
+                id,
+                "--extractable",
+                "--sensitive",
+            ],
+        );
+    }
+    p11_ok(
+        &fx,
+        &[
+            "--keypairgen",
+            "--key-type",
+            "rsa:1024",
+            "--label",
+            "test-rsa-1024",
+            "--id",
+            "2004",
+            "--extractable",
+            "--sensitive",
+        ],
+    );
+    p11_ok(
+        &fx,
+        &[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "test-ec-p256",
+            "--id",
+            "4001",
+            "--extractable",
+            "--sensitive",
+        ],
+    );
+
+    write_config(&fx, "hsm-bridge.toml", |c| c);
+    fx
+}
+
+/// Writes a config next to the token, after `edit` has changed the base text.
+pub fn write_config(fx: &Fixture, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let base = format!(
+        r#"[hsm]
+module = "{}"
+module_env = {{ SOFTHSM2_CONF = "./softhsm2.conf" }}
+token_label = "{TOKEN}"
+pin_file = "./user-pin"
+sessions = 2
+wrap_mode = "auto"
+
+[policy]
+exportable = ["test-*"]
+"#,
+        module()
+    );
+    let path = fx.dir.join(name);
+    std::fs::write(&path, edit(base)).unwrap();
+    path
+}
+
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn random(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    openssl::rand::rand_bytes(&mut v).unwrap();
+    v
+}
+
+fn write_aes(fx: &Fixture, label: &str, id: &str, value: &[u8], extractable: bool) {
+    let f = fx.dir.join(format!("{id}.key"));
+    write_private(&f, value);
+    let key_type = format!("AES:{}", value.len());
+    let mut args = vec![
+        "--write-object",
+        f.to_str().unwrap(),
+        "--type",
+        "secrkey",
+        "--key-type",
+        &key_type,
+        "--label",
+        label,
+        "--id",
+        id,
+        "--sensitive",
+        "--usage-decrypt",
+    ];
+    if extractable {
+        args.push("--extractable");
+    }
+    p11_ok(fx, &args);
+    std::fs::remove_file(&f).unwrap();
+}
+
+/// pkcs11-tool against the test token, logged in.
+pub fn p11(fx: &Fixture, args: &[&str]) -> Output {
+    Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", fx.dir.join("softhsm2.conf"))
+        .args([
+            "--module",
+            &module(),
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            PIN,
+        ])
+        .args(args)
+        .output()
+        .expect("pkcs11-tool not found: run ./softhsm-setup.sh first")
+}
+
+fn p11_ok(fx: &Fixture, args: &[&str]) {
+    let out = p11(fx, args);
+    assert!(
+        out.status.success(),
+        "pkcs11-tool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> KeyPair {
+    let private_pem = dir.join(format!("{name}.key.pem"));
+    let public_pem = dir.join(format!("{name}.pub.pem"));
+    let mut args: Vec<&str> = genpkey.to_vec();
+    args.extend(["-out", private_pem.to_str().unwrap()]);
+    openssl_ok(&args);
+    openssl_ok(&[
+        "pkey",
+        "-in",
+        private_pem.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public_pem.to_str().unwrap(),
+    ]);
+    KeyPair {
+        private_pem,
+        public_pem,
+    }
+}
+
+/// Runs the openssl command line; panics with its stderr on failure.
+pub fn openssl_ok(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl command line");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The real binary.
+pub fn hsm_bridge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
+        .args(args)
+        .env_remove("SOFTHSM2_CONF")
+        .output()
+        .unwrap()
+}
+
+/// Runs the binary and expects success; returns stdout.
+pub fn hsm_bridge_ok(args: &[&str]) -> String {
+    let out = hsm_bridge(args);
+    assert!(
+        out.status.success(),
+        "hsm-bridge {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs the binary and expects a refusal: non-zero exit, exactly one line on stderr, no
+/// panic. Returns that line.
+pub fn hsm_bridge_refuses(args: &[&str]) -> String {
+    let out = hsm_bridge(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "hsm-bridge {args:?} should have failed"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit code for {args:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one line on stderr, got: {stderr}");
+    lines[0].to_string()
+}
+
+/// Opens OCI key material with the openssl command line (not the code under test):
+/// OAEP-SHA256 / MGF1-SHA256 decrypt of the first modulus-length bytes, then
+/// `enc -d -id-aes256-wrap-pad` of the rest; or the OAEP decrypt alone for RSA_OAEP_SHA256.
+pub fn openssl_unwrap(
+    material: &Path,
+    wrapping_private: &Path,
+    modulus_len: usize,
+    algorithm: &str,
+) -> Vec<u8> {
+    let bytes = std::fs::read(material).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let oaep = |input: &Path, output: &Path| {
+        openssl_ok(&[
+            "pkeyutl",
+            "-decrypt",
+            "-inkey",
+            wrapping_private.to_str().unwrap(),
+            "-in",
+            input.to_str().unwrap(),
+            "-out",
+            output.to_str().unwrap(),
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha256",
+        ]);
+    };
+    match algorithm {
+        "RSA_OAEP_SHA256" => {
+            assert_eq!(bytes.len(), modulus_len);
+            oaep(material, &p("key"));
+            std::fs::read(p("key")).unwrap()
+        }
+        "RSA_OAEP_AES_SHA256" => {
+            assert!(bytes.len() > modulus_len);
+            std::fs::write(p("c1"), &bytes[..modulus_len]).unwrap();
+            std::fs::write(p("c2"), &bytes[modulus_len..]).unwrap();
+            oaep(&p("c1"), &p("k"));
+            let k = std::fs::read(p("k")).unwrap();
+            assert_eq!(k.len(), 32, "the transport key must be AES-256");
+            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+            openssl_ok(&[
+                "enc",
+                "-d",
+                "-id-aes256-wrap-pad",
+                "-iv",
+                "A65959A6",
+                "-K",
+                &hex,
+                "-in",
+                p("c2").to_str().unwrap(),
+                "-out",
+                p("key").to_str().unwrap(),
+            ]);
+            std::fs::read(p("key")).unwrap()
+        }
+        other => panic!("unknown algorithm {other}"),
+    }
+}
+
+/// Checks that `der` is an exact PKCS#8 RSA private key (re-encoding it gives the same
+/// bytes, so no trailing padding) whose key is consistent, and returns its modulus as the
+/// openssl command line prints it.
+pub fn pkcs8_modulus(der: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("k.der");
+    write_private(&f, der);
+    let f = f.to_str().unwrap();
+    let reencoded = openssl_ok(&[
+        "pkcs8", "-topk8", "-nocrypt", "-inform", "DER", "-in", f, "-outform", "DER",
+    ]);
+    assert_eq!(reencoded, der, "unwrapped key is not exact PKCS#8 DER");
+    openssl_ok(&["pkey", "-inform", "DER", "-in", f, "-check", "-noout"]);
+    let m = openssl_ok(&["rsa", "-inform", "DER", "-in", f, "-modulus", "-noout"]);
+    String::from_utf8(m).unwrap().trim().to_string()
+}
+
+/// The token's modulus for the key pair with `label`, read from its public key object
+/// with pkcs11-tool, as the openssl command line prints it.
+pub fn token_modulus(p11: impl Fn(&[&str]) -> Output, label: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pub.der");
+    let out = p11(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--label",
+        label,
+        "--output-file",
+        f.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "read pubkey {label}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = openssl_ok(&[
+        "rsa",
+        "-pubin",
+        "-inform",
+        "DER",
+        "-in",
+        f.to_str().unwrap(),
+        "-modulus",
+        "-noout",
+    ]);
+    String::from_utf8(m).unwrap().trim().to_string()
+}
+
+/// Reads `selftest --json` for a config.
+pub fn selftest_json(config: &Path) -> serde_json::Value {
+    let out = hsm_bridge_ok(&["selftest", "--config", config.to_str().unwrap(), "--json"]);
+    serde_json::from_str(&out).unwrap()
+}
