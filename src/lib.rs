@@ -8,10 +8,12 @@
 //! - [`wrap`]: pure functions: OCI's envelope, wrapping-key parsing, software OAEP / KWP.
 //! - [`policy`]: which keys may leave.
 //! - [`cli`]: the `hsm-bridge` subcommands.
+//! - [`hardening`]: no core dumps, non-dumpable process.
 
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod hardening;
 pub mod hsm;
 pub mod policy;
 pub mod wrap;

@@ -13,6 +13,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = hsm_bridge::hardening::no_core_dumps() {
+        eprintln!("hsm-bridge: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut stdout = std::io::stdout().lock();
     match hsm_bridge::cli::run(cli, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,

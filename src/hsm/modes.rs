@@ -311,3 +311,55 @@ pub fn kwp_name(n: CK_MECHANISM_TYPE) -> &'static str {
         _ => "vendor KWP",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(kwp: Option<Pkcs8Fit>, native: Option<Pkcs8Fit>) -> Capabilities {
+        Capabilities {
+            pkcs8_kwp: kwp,
+            pkcs8_native: native,
+            ..Capabilities::default()
+        }
+    }
+
+    #[test]
+    fn rsa_export_on_a_token_that_pads_pkcs8_is_hybrid_only() {
+        let padded = caps(Some(Pkcs8Fit::ZeroPadded(7)), Some(Pkcs8Fit::ZeroPadded(7)));
+        assert!(check_rsa_export(&padded, WrapMode::Hybrid).is_ok());
+        for mode in [WrapMode::HsmNative, WrapMode::HsmTwoStep] {
+            let e = check_rsa_export(&padded, mode).unwrap_err().to_string();
+            assert!(
+                e.contains("pads PKCS#8") && e.contains("only hybrid"),
+                "{e}"
+            );
+        }
+        let exact = caps(Some(Pkcs8Fit::Exact), Some(Pkcs8Fit::Exact));
+        for mode in WrapMode::ALL {
+            assert!(check_rsa_export(&exact, mode).is_ok());
+        }
+        // Native exact but KWP unknown: only native may export RSA.
+        let mixed = caps(None, Some(Pkcs8Fit::Exact));
+        assert!(check_rsa_export(&mixed, WrapMode::HsmNative).is_ok());
+        let e = check_rsa_export(&mixed, WrapMode::Hybrid)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("could not show"), "{e}");
+    }
+
+    #[test]
+    fn rsa_size_hint_covers_pkcs8() {
+        // RSA-4096 PKCS#8 is about 2,375 bytes; one C_WrapKey call must be enough.
+        let s = KeyShape {
+            algorithm: KeyAlgorithm::Rsa,
+            length: 512,
+        };
+        assert!(size_hint(s) >= kwp_len(2400));
+        let a = KeyShape {
+            algorithm: KeyAlgorithm::Aes,
+            length: 24,
+        };
+        assert_eq!(size_hint(a), 32);
+    }
+}
