@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use common::*;
 
@@ -30,20 +30,7 @@ fn dev_token() -> (String, String) {
 
 fn dev_p11(args: &[&str]) -> Output {
     let (conf, pin) = dev_token();
-    Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", conf)
-        .args([
-            "--module",
-            &module(),
-            "--token-label",
-            "hsm-bridge-dev",
-            "--login",
-            "--pin",
-            &pin,
-        ])
-        .args(args)
-        .output()
-        .unwrap()
+    pkcs11_tool(Path::new(&conf), "hsm-bridge-dev", &pin, args)
 }
 
 /// AES-ECB of a zero block under `key`, by the openssl command line.

@@ -117,40 +117,36 @@ impl RawModule {
             pParameter: param,
             ulParameterLen: param_len as sys::CK_ULONG,
         };
-        let mut out = vec![0u8; size_hint.max(1)];
-        let mut len = out.len() as sys::CK_ULONG;
-        // SAFETY: `mechanism` and the parameter structs it points to live on this stack
-        // frame for the whole call; `out` has `len` writable bytes.
-        let rv = unsafe {
-            self.lib.C_WrapKey(
-                session,
-                &mut mechanism,
-                wrapping_key,
-                key,
-                out.as_mut_ptr(),
-                &mut len,
-            )
+        let mut wrap_into = |out: &mut Vec<u8>| -> (sys::CK_RV, usize) {
+            let mut len = out.len() as sys::CK_ULONG;
+            // SAFETY: `mechanism` and the parameter structs it points to live on this
+            // stack frame for the whole call; `out` has `len` writable bytes.
+            let rv = unsafe {
+                self.lib.C_WrapKey(
+                    session,
+                    &mut mechanism,
+                    wrapping_key,
+                    key,
+                    out.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            (rv, len as usize)
         };
+        let mut out = vec![0u8; size_hint.max(1)];
+        let (rv, mut len) = wrap_into(&mut out);
         match Rv::from(rv) {
             Rv::Ok => {}
             Rv::Error(RvError::BufferTooSmall) => {
-                // `len` now holds the size needed.
-                out = vec![0u8; len as usize];
-                // SAFETY: as above, with `out` resized to the length the token asked for.
-                check(unsafe {
-                    self.lib.C_WrapKey(
-                        session,
-                        &mut mechanism,
-                        wrapping_key,
-                        key,
-                        out.as_mut_ptr(),
-                        &mut len,
-                    )
-                })?;
+                // `len` now holds the size the token needs.
+                out = vec![0u8; len];
+                let (rv, again) = wrap_into(&mut out);
+                check(rv)?;
+                len = again;
             }
             Rv::Error(e) => return Err(e),
         }
-        out.truncate(len as usize);
+        out.truncate(len);
         Ok(out)
     }
 }

@@ -150,52 +150,31 @@ fn make_fixture() -> Fixture {
     write_aes(&fx, "test-dup", "3003", &random(32), true);
     write_aes(&fx, "other-aes-256", "3004", &random(32), true);
     for (label, id, bits) in RSA_KEYS {
-        p11_ok(
-            &fx,
-            &[
-                "--keypairgen",
-                "--key-type",
-                &format!("rsa:{bits}"),
-                "--label",
-                label,
-                "--id",
-                id,
-                "--extractable",
-                "--sensitive",
-            ],
-        );
+        generate_pair(&fx, &format!("rsa:{bits}"), label, id);
     }
-    p11_ok(
-        &fx,
-        &[
-            "--keypairgen",
-            "--key-type",
-            "rsa:1024",
-            "--label",
-            "test-rsa-1024",
-            "--id",
-            "2004",
-            "--extractable",
-            "--sensitive",
-        ],
-    );
-    p11_ok(
-        &fx,
-        &[
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--label",
-            "test-ec-p256",
-            "--id",
-            "4001",
-            "--extractable",
-            "--sensitive",
-        ],
-    );
+    generate_pair(&fx, "rsa:1024", "test-rsa-1024", "2004");
+    generate_pair(&fx, "EC:prime256v1", "test-ec-p256", "4001");
 
     write_config(&fx, "hsm-bridge.toml", |c| c);
     fx
+}
+
+/// A key pair generated inside the token; the private key extractable and sensitive.
+fn generate_pair(fx: &Fixture, key_type: &str, label: &str, id: &str) {
+    p11_ok(
+        fx,
+        &[
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--label",
+            label,
+            "--id",
+            id,
+            "--extractable",
+            "--sensitive",
+        ],
+    );
 }
 
 /// Writes a config next to the token, after `edit` has changed the base text.
@@ -257,16 +236,21 @@ fn write_aes(fx: &Fixture, label: &str, id: &str, value: &[u8], extractable: boo
 
 /// pkcs11-tool against the test token, logged in.
 pub fn p11(fx: &Fixture, args: &[&str]) -> Output {
+    pkcs11_tool(&fx.dir.join("softhsm2.conf"), TOKEN, PIN, args)
+}
+
+/// pkcs11-tool against the SoftHSM2 token `token` of the store `softhsm2_conf`, logged in.
+pub fn pkcs11_tool(softhsm2_conf: &Path, token: &str, pin: &str, args: &[&str]) -> Output {
     Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", fx.dir.join("softhsm2.conf"))
+        .env("SOFTHSM2_CONF", softhsm2_conf)
         .args([
             "--module",
             &module(),
             "--token-label",
-            TOKEN,
+            token,
             "--login",
             "--pin",
-            PIN,
+            pin,
         ])
         .args(args)
         .output()
