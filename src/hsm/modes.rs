@@ -105,17 +105,30 @@ pub fn import_wrapping_key<'a>(
     Ok(SessionObject { session: s, handle })
 }
 
-/// Creates a session AES key with value `k`, usable only to wrap. The template's copy of
-/// `k` is zeroized before returning.
-pub fn session_aes_from<'a>(s: &'a Session, k: &[u8]) -> Result<SessionObject<'a>, HsmError> {
+/// What a session AES key made from a known value is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AesRole {
+    /// Wraps other keys; cannot itself leave the token (hybrid mode's K, the self-test's KEK).
+    Wrapping,
+    /// Is wrapped; extractable (the self-test's known AES target).
+    Target,
+}
+
+/// Creates a session AES key with value `k`. The template's copy of `k` is zeroized
+/// before returning.
+pub fn session_aes<'a>(
+    s: &'a Session,
+    k: &[u8],
+    role: AesRole,
+) -> Result<SessionObject<'a>, HsmError> {
     let mut template = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::Token(false),
         Attribute::Private(true),
         Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Wrap(true),
+        Attribute::Extractable(role == AesRole::Target),
+        Attribute::Wrap(role == AesRole::Wrapping),
         Attribute::Value(k.to_vec()),
     ];
     let created = s.create_object(&template);
@@ -233,7 +246,7 @@ pub fn wrap(
                     getrandom::fill(&mut k[..])
                         .map_err(|e| HsmError::Refused(format!("OS random source failed: {e}")))?;
                     let c2 = {
-                        let k_obj = session_aes_from(s, &k[..])?;
+                        let k_obj = session_aes(s, &k[..], AesRole::Wrapping)?;
                         call(kwp, k_obj.handle, target.handle, hint)?
                     };
                     let c2 = match (target.shape.algorithm, caps.pkcs8_kwp) {

@@ -16,7 +16,9 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::HsmError;
-use super::modes::{self, Capabilities, SessionObject, Target, WrapMode, describe, kwp_name};
+use super::modes::{
+    self, AesRole, Capabilities, SessionObject, Target, WrapMode, describe, kwp_name,
+};
 use super::raw::{
     CK_MECHANISM_TYPE, CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD, CKM_LUNA_AES_KWP,
     CKM_RSA_AES_KEY_WRAP, CKM_RSA_PKCS_OAEP, RawModule, WrapMechanism,
@@ -192,24 +194,16 @@ pub fn run(
     allow_hybrid: bool,
 ) -> Result<Report, HsmError> {
     let sw_key = software_key()?;
-    let sw_pub = PKey::public_key_from_der(
-        &sw_key
-            .public_key_to_der()
-            .map_err(|e| HsmError::SelfTest(e.to_string()))?,
-    )
-    .map_err(|e| HsmError::SelfTest(e.to_string()))?;
-    let wk = WrappingKey::from_pem(
-        &sw_pub
-            .public_key_to_pem()
-            .map_err(|e| HsmError::SelfTest(e.to_string()))?,
-        2048,
-    )?;
+    let sw_pem = sw_key
+        .public_key_to_pem()
+        .map_err(|e| HsmError::SelfTest(e.to_string()))?;
+    let wk = WrappingKey::from_pem(&sw_pem, 2048)?;
     let wk_obj = modes::import_wrapping_key(s, &wk)?;
 
     // A known AES-256 target, extractable.
     let mut t_val = Zeroizing::new([0u8; 32]);
     getrandom::fill(&mut t_val[..]).map_err(|e| HsmError::SelfTest(e.to_string()))?;
-    let t_obj = known_aes_target(s, &t_val[..])?;
+    let t_obj = modes::session_aes(s, &t_val[..], AesRole::Target)?;
     let aes_target = Target {
         handle: t_obj.handle,
         shape: KeyShape {
@@ -234,7 +228,7 @@ pub fn run(
     // RFC 5649 under each candidate number, with a known KEK.
     let mut kek = Zeroizing::new([0u8; 32]);
     getrandom::fill(&mut kek[..]).map_err(|e| HsmError::SelfTest(e.to_string()))?;
-    let kek_obj = modes::session_aes_from(s, &kek[..])?;
+    let kek_obj = modes::session_aes(s, &kek[..], AesRole::Wrapping)?;
     for n in KWP_CANDIDATES {
         let r = call(WrapMechanism::Kwp(n), &kek_obj, &t_obj)
             .and_then(|out| judge_kwp(&kek[..], &out, &t_val[..]))
@@ -417,26 +411,6 @@ pub fn run(
         chosen_because: because,
         caps,
     })
-}
-
-fn known_aes_target<'a>(s: &'a Session, value: &[u8]) -> Result<SessionObject<'a>, HsmError> {
-    let mut template = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(true),
-        Attribute::Value(value.to_vec()),
-    ];
-    let r = s.create_object(&template);
-    for a in template.iter_mut() {
-        if let Attribute::Value(v) = a {
-            zeroize::Zeroize::zeroize(v);
-        }
-    }
-    let handle = r.map_err(|e| HsmError::pkcs11("C_CreateObject (probe AES key)", e))?;
-    Ok(SessionObject::new(s, handle))
 }
 
 /// A private key in the token to probe PKCS#8 handling: the software key imported, or,
