@@ -9,8 +9,23 @@
 #         (extractable, sensitive), and demo-locked-aes-256 (not extractable);
 #   - writes .softhsm/env with export lines for scripts and tests.
 #
+# With --with-kryoptic, also: builds the kryoptic PKCS#11 soft token (pinned version, from
+# its crates.io source, with its own lock file) once into .kryoptic/ (git-ignored), and
+# creates a second dev token "hsm-bridge-kryoptic" with the same demo keys under
+# .softhsm/kryoptic/. kryoptic does RSA-OAEP with SHA-256 and RFC 5649 inside the token, so
+# the HSM-only wrap modes can be tested; SoftHSM2 2.6.1 cannot.
+#
 # Idempotent: a second run installs nothing, creates nothing, rewrites nothing, and exits 0.
 set -euo pipefail
+
+with_kryoptic=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-kryoptic) with_kryoptic=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) printf 'softhsm-setup: unknown argument %s (known: --with-kryoptic)\n' "$arg" >&2; exit 2 ;;
+    esac
+done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dir="$here/.softhsm"
@@ -22,6 +37,10 @@ die() { printf 'softhsm-setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- packages -------------------------------------------------------------------------
 packages=(softhsm2 opensc openssl libssl-dev pkg-config gcc libc6-dev ca-certificates)
+if ((with_kryoptic)); then
+    # bindgen needs libclang (not the whole clang); the sqlite token store needs libsqlite3.
+    packages+=(libclang1-14 libclang-common-14-dev libsqlite3-dev)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -69,27 +88,103 @@ if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$token_
 fi
 
 # --- demo keys ------------------------------------------------------------------------
-p11() { pkcs11-tool --module "$module" --token-label "$token_label" --login --pin "$user_pin" "$@"; }
-existing="$(p11 --list-objects 2>/dev/null | sed -n 's/^[[:space:]]*label:[[:space:]]*//p')"
-have() { grep -qx "$1" <<<"$existing"; }
+# seed_demo_keys MODULE TOKEN PIN: creates the demo keys the token lacks, inside the token.
+seed_demo_keys() {
+    local module="$1" token="$2" pin="$3" existing
+    p11() { pkcs11-tool --module "$module" --token-label "$token" --login --pin "$pin" "$@"; }
+    existing="$(p11 --list-objects 2>/dev/null | sed -n 's/^[[:space:]]*label:[[:space:]]*//p')"
+    # label, CKA_ID, pkcs11-tool arguments
+    seed() {
+        local label="$1" id="$2"
+        shift 2
+        if grep -qx "$label" <<<"$existing"; then
+            return
+        fi
+        say "seeding $label in $token"
+        p11 --label "$label" --id "$id" "$@" >/dev/null 2>&1 || die "could not create $label in $token"
+    }
+    seed demo-aes-128 0101 --keygen --key-type AES:16 --extractable --sensitive --usage-decrypt
+    seed demo-aes-192 0102 --keygen --key-type AES:24 --extractable --sensitive --usage-decrypt
+    seed demo-aes-256 0103 --keygen --key-type AES:32 --extractable --sensitive --usage-decrypt
+    seed demo-rsa-2048 0201 --keypairgen --key-type rsa:2048 --extractable --sensitive
+    seed demo-rsa-3072 0202 --keypairgen --key-type rsa:3072 --extractable --sensitive
+    seed demo-rsa-4096 0203 --keypairgen --key-type rsa:4096 --extractable --sensitive
+    seed demo-locked-aes-256 0301 --keygen --key-type AES:32 --sensitive --usage-decrypt
+}
+seed_demo_keys "$module" "$token_label" "$user_pin"
 
-# label, CKA_ID, pkcs11-tool arguments
-seed() {
-    local label="$1" id="$2"
-    shift 2
-    if have "$label"; then
+# --- kryoptic (optional) --------------------------------------------------------------
+kryoptic_version="1.5.4"
+# Debian 12's OpenSSL 3.0 cannot build the default feature set (EdDSA needs 3.2);
+# "minimal" has the sqlite store, AES, RSA, ECDSA and hashes, linked to the system libcrypto.
+kryoptic_features="kryoptic-lib/minimal,kryoptic-lib/dynamic"
+kryoptic_dir="$here/.kryoptic"
+kryoptic_module="$kryoptic_dir/libkryoptic_pkcs11.so"
+kryoptic_stamp="$kryoptic_dir/BUILT"
+kryoptic_token="hsm-bridge-kryoptic"
+kt="$dir/kryoptic"
+
+build_kryoptic() {
+    local want="kryoptic $kryoptic_version features $kryoptic_features"
+    if [ -f "$kryoptic_module" ] && [ "$(cat "$kryoptic_stamp" 2>/dev/null)" = "$want" ]; then
         return
     fi
-    say "seeding $label"
-    p11 --label "$label" --id "$id" "$@" >/dev/null 2>&1 || die "could not create $label"
+    command -v cargo >/dev/null || die "cargo is needed to build kryoptic"
+    say "building kryoptic $kryoptic_version from its crates.io source (about a minute)"
+    mkdir -p "$kryoptic_dir/fetch/src"
+    # A throw-away crate whose only job is to make cargo download the pinned source.
+    printf '[package]\nname = "kryoptic-fetch"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n[dependencies]\nkryoptic = { version = "=%s", default-features = false }\n' \
+        "$kryoptic_version" >"$kryoptic_dir/fetch/Cargo.toml"
+    : >"$kryoptic_dir/fetch/src/lib.rs"
+    (cd "$kryoptic_dir/fetch" && cargo fetch -q) || die "could not fetch the kryoptic $kryoptic_version source"
+    local crate
+    crate="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"kryoptic-$kryoptic_version.crate" 2>/dev/null | head -n 1)"
+    [ -n "$crate" ] || die "kryoptic-$kryoptic_version.crate is not in cargo's registry cache"
+    rm -rf "$kryoptic_dir/src"
+    mkdir -p "$kryoptic_dir/src"
+    tar -xzf "$crate" -C "$kryoptic_dir/src" --strip-components=1
+    (cd "$kryoptic_dir/src" && cargo build -q --release --locked --no-default-features \
+        --features "$kryoptic_features" --target-dir "$kryoptic_dir/target") \
+        || die "kryoptic build failed"
+    cp "$kryoptic_dir/target/release/libkryoptic_pkcs11.so" "$kryoptic_module.tmp"
+    mv "$kryoptic_module.tmp" "$kryoptic_module"
+    printf '%s\n' "$want" >"$kryoptic_stamp"
 }
-seed demo-aes-128 0101 --keygen --key-type AES:16 --extractable --sensitive --usage-decrypt
-seed demo-aes-192 0102 --keygen --key-type AES:24 --extractable --sensitive --usage-decrypt
-seed demo-aes-256 0103 --keygen --key-type AES:32 --extractable --sensitive --usage-decrypt
-seed demo-rsa-2048 0201 --keypairgen --key-type rsa:2048 --extractable --sensitive
-seed demo-rsa-3072 0202 --keypairgen --key-type rsa:3072 --extractable --sensitive
-seed demo-rsa-4096 0203 --keypairgen --key-type rsa:4096 --extractable --sensitive
-seed demo-locked-aes-256 0301 --keygen --key-type AES:32 --sensitive --usage-decrypt
+
+setup_kryoptic_token() {
+    mkdir -p "$kt"
+    local kconf="$kt/kryoptic.conf" text
+    text="# Written by softhsm-setup.sh: the kryoptic dev token.
+[[slots]]
+slot = 1
+dbtype = \"sqlite\"
+dbargs = \"$kt/token.sql\""
+    if [ ! -f "$kconf" ] || [ "$(cat "$kconf")" != "$text" ]; then
+        printf '%s\n' "$text" >"$kconf"
+    fi
+    for f in user-pin so-pin; do
+        [ -s "$kt/$f" ] || new_pin >"$kt/$f"
+        chmod 600 "$kt/$f"
+    done
+    local upin spin
+    upin="$(cat "$kt/user-pin")"
+    spin="$(cat "$kt/so-pin")"
+    if ! KRYOPTIC_CONF="$kconf" pkcs11-tool --module "$kryoptic_module" --list-token-slots 2>/dev/null \
+        | grep -q "token label[[:space:]]*:[[:space:]]*$kryoptic_token[[:space:]]*$"; then
+        say "creating token $kryoptic_token in $kt"
+        KRYOPTIC_CONF="$kconf" pkcs11-tool --module "$kryoptic_module" --slot 1 --init-token \
+            --label "$kryoptic_token" --so-pin "$spin" >/dev/null 2>&1 || die "kryoptic init-token failed"
+        KRYOPTIC_CONF="$kconf" pkcs11-tool --module "$kryoptic_module" --token-label "$kryoptic_token" \
+            --login --login-type so --so-pin "$spin" --init-pin --pin "$upin" >/dev/null 2>&1 \
+            || die "kryoptic init-pin failed"
+    fi
+    KRYOPTIC_CONF="$kconf" seed_demo_keys "$kryoptic_module" "$kryoptic_token" "$upin"
+}
+
+if ((with_kryoptic)); then
+    build_kryoptic
+    setup_kryoptic_token
+fi
 
 # --- environment for scripts and tests ------------------------------------------------
 env_text="# Written by softhsm-setup.sh. Source it: . .softhsm/env
@@ -97,7 +192,19 @@ export SOFTHSM2_CONF=$conf
 export HSM_BRIDGE_PKCS11_MODULE=$module
 export HSM_BRIDGE_TOKEN_LABEL=$token_label
 export HSM_BRIDGE_PIN_FILE=$dir/user-pin"
+# The kryoptic lines are there whenever its token is, so a plain run changes nothing.
+if [ -f "$kryoptic_module" ] && [ -f "$kt/kryoptic.conf" ]; then
+    env_text="$env_text
+export KRYOPTIC_CONF=$kt/kryoptic.conf
+export HSM_BRIDGE_KRYOPTIC_MODULE=$kryoptic_module
+export HSM_BRIDGE_KRYOPTIC_TOKEN_LABEL=$kryoptic_token
+export HSM_BRIDGE_KRYOPTIC_PIN_FILE=$kt/user-pin"
+fi
 if [ ! -f "$dir/env" ] || [ "$(cat "$dir/env")" != "$env_text" ]; then
     printf '%s\n' "$env_text" >"$dir/env"
 fi
-say "ready: token $token_label, 7 demo keys, environment in .softhsm/env"
+if ((with_kryoptic)); then
+    say "ready: tokens $token_label and $kryoptic_token, 7 demo keys each, environment in .softhsm/env"
+else
+    say "ready: token $token_label, 7 demo keys, environment in .softhsm/env"
+fi

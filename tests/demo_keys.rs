@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use common::*;
@@ -15,22 +15,64 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn dev_token() -> (String, String) {
-    let env = repo().join(".softhsm/env");
-    assert!(
-        env.exists(),
-        "the dev token is missing: run ./softhsm-setup.sh first"
-    );
-    let pin = std::fs::read_to_string(repo().join(".softhsm/user-pin")).unwrap();
-    (
-        repo().join(".softhsm/softhsm2.conf").display().to_string(),
-        pin.trim().to_string(),
-    )
+/// A dev token made by softhsm-setup.sh and the shipped config that serves it.
+struct DevToken {
+    config: PathBuf,
+    module: String,
+    conf: (&'static str, PathBuf),
+    label: &'static str,
+    pin: String,
 }
 
-fn dev_p11(args: &[&str]) -> Output {
-    let (conf, pin) = dev_token();
-    pkcs11_tool(Path::new(&conf), "hsm-bridge-dev", &pin, args)
+impl DevToken {
+    fn softhsm() -> DevToken {
+        let conf = repo().join(".softhsm/softhsm2.conf");
+        assert!(
+            conf.exists(),
+            "the dev token is missing: run ./softhsm-setup.sh first"
+        );
+        DevToken {
+            config: repo().join("config/hsm-bridge.toml"),
+            module: module(),
+            conf: ("SOFTHSM2_CONF", conf),
+            label: "hsm-bridge-dev",
+            pin: read_pin(".softhsm/user-pin"),
+        }
+    }
+
+    /// `None` only when the kryoptic tests are explicitly skipped.
+    fn kryoptic() -> Option<DevToken> {
+        let module = kryoptic()?.module.clone();
+        let conf = repo().join(".softhsm/kryoptic/kryoptic.conf");
+        assert!(
+            conf.exists(),
+            "the kryoptic dev token is missing: run ./softhsm-setup.sh --with-kryoptic"
+        );
+        Some(DevToken {
+            config: repo().join("config/hsm-bridge-kryoptic.toml"),
+            module,
+            conf: ("KRYOPTIC_CONF", conf),
+            label: "hsm-bridge-kryoptic",
+            pin: read_pin(".softhsm/kryoptic/user-pin"),
+        })
+    }
+
+    fn p11(&self, args: &[&str]) -> Output {
+        pkcs11_tool(
+            &self.module,
+            (self.conf.0, &self.conf.1),
+            self.label,
+            &self.pin,
+            args,
+        )
+    }
+}
+
+fn read_pin(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// AES-ECB of a zero block under `key`, by the openssl command line.
@@ -53,12 +95,12 @@ fn kcv_of(key: &[u8]) -> Vec<u8> {
 
 /// AES-ECB of a zero block under the token's key with CKA_ID `id`, by the token.
 /// (pkcs11-tool's --encrypt selects the key by --id; it ignores --label.)
-fn token_kcv(id: &str) -> Vec<u8> {
+fn token_kcv(token: &DevToken, id: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let zero = dir.path().join("zero");
     let out = dir.path().join("kcv");
     std::fs::write(&zero, [0u8; 16]).unwrap();
-    let o = dev_p11(&[
+    let o = token.p11(&[
         "--encrypt",
         "--mechanism",
         "AES-ECB",
@@ -74,10 +116,19 @@ fn token_kcv(id: &str) -> Vec<u8> {
 }
 
 #[test]
-fn every_demo_key_wraps_and_unwraps_to_the_right_key() {
-    dev_token();
-    let config = repo().join("config/hsm-bridge.toml");
-    let config = config.to_str().unwrap();
+fn softhsm_demo_keys_wrap_and_unwrap_to_the_right_key() {
+    demo_keys_wrap_and_unwrap_to_the_right_key(&DevToken::softhsm());
+}
+
+#[test]
+fn kryoptic_demo_keys_wrap_and_unwrap_to_the_right_key() {
+    if let Some(token) = DevToken::kryoptic() {
+        demo_keys_wrap_and_unwrap_to_the_right_key(&token);
+    }
+}
+
+fn demo_keys_wrap_and_unwrap_to_the_right_key(token: &DevToken) {
+    let config = token.config.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wk_private = dir.path().join("wk.key.pem");
     let wk_public = dir.path().join("wk.pub.pem");
@@ -124,14 +175,14 @@ fn every_demo_key_wraps_and_unwraps_to_the_right_key() {
         if label.starts_with("demo-aes") {
             assert_eq!(
                 kcv_of(&key),
-                token_kcv(id),
+                token_kcv(token, id),
                 "{label}: the unwrapped key is not the token's"
             );
         } else {
             let m = pkcs8_modulus(&key);
             assert_eq!(
                 m,
-                token_modulus(dev_p11, label),
+                token_modulus(|a| token.p11(a), label),
                 "{label}: the unwrapped key is not the token's"
             );
         }

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 
-fn cfg() -> String {
-    fixture().config.to_str().unwrap().to_string()
+fn cfg(fx: &Fixture) -> String {
+    fx.config.to_str().unwrap().to_string()
 }
 
 fn wrap_args<'a>(
@@ -22,15 +22,13 @@ fn wrap_args<'a>(
     a
 }
 
-#[test]
-fn aes_keys_unwrap_to_their_known_values() {
-    let fx = fixture();
-    let config = cfg();
+fn aes_keys_unwrap_to_their_known_values(fx: &Fixture) {
+    let config = cfg(fx);
     let dir = tempfile::tempdir().unwrap();
     let rsa_oaep_sha256 = selftest_json(&fx.config)["rsa_oaep_sha256"]
         .as_bool()
         .unwrap();
-    for (wk, modulus_len) in [(&fx.wk4096, 512), (&fx.wk2048, 256)] {
+    for (wk, modulus_len) in [(&fx.wk.wk4096, 512), (&fx.wk.wk2048, 256)] {
         let wk_pub = wk.public_pem.to_str().unwrap();
         for (label, _, len) in AES_KEYS {
             // RSA_OAEP_AES_SHA256: always possible for AES keys.
@@ -63,7 +61,7 @@ fn aes_keys_unwrap_to_their_known_values() {
             println!(
                 "{label}: RSA_OAEP_AES_SHA256 under RSA-{} in {} mode: ok",
                 modulus_len * 8,
-                v["mode"]
+                v["mode"].as_str().unwrap()
             );
 
             // RSA_OAEP_SHA256: only where the token does OAEP-SHA256 itself.
@@ -88,10 +86,8 @@ fn aes_keys_unwrap_to_their_known_values() {
     }
 }
 
-#[test]
-fn rsa_keys_unwrap_to_exact_pkcs8_of_the_token_key() {
-    let fx = fixture();
-    let config = cfg();
+fn rsa_keys_unwrap_to_exact_pkcs8_of_the_token_key(fx: &Fixture) {
+    let config = cfg(fx);
     let dir = tempfile::tempdir().unwrap();
     for (label, id, bits) in RSA_KEYS {
         let out = dir.path().join(format!("{label}.bin"));
@@ -103,10 +99,10 @@ fn rsa_keys_unwrap_to_exact_pkcs8_of_the_token_key() {
         } else {
             vec!["--label", label]
         };
-        let wk = fx.wk4096.public_pem.to_str().unwrap();
+        let wk = fx.wk.wk4096.public_pem.to_str().unwrap();
         let text = hsm_bridge_ok(&wrap_args(&config, &key, wk, "RSA_OAEP_AES_SHA256", o));
         assert!(text.contains(&format!("RSA-{bits}")), "{text}");
-        let der = openssl_unwrap(&out, &fx.wk4096.private_pem, 512, "RSA_OAEP_AES_SHA256");
+        let der = openssl_unwrap(&out, &fx.wk.wk4096.private_pem, 512, "RSA_OAEP_AES_SHA256");
         let modulus = pkcs8_modulus(&der);
         assert_eq!(
             modulus,
@@ -120,16 +116,14 @@ fn rsa_keys_unwrap_to_exact_pkcs8_of_the_token_key() {
     }
 }
 
-#[test]
-fn pkcs1_wrapping_key_is_accepted_and_fingerprinted_as_spki() {
-    let fx = fixture();
+fn pkcs1_wrapping_key_is_accepted_and_fingerprinted_as_spki(fx: &Fixture) {
     let dir = tempfile::tempdir().unwrap();
     let pkcs1 = dir.path().join("wk.pkcs1.pem");
     openssl_ok(&[
         "rsa",
         "-pubin",
         "-in",
-        fx.wk2048.public_pem.to_str().unwrap(),
+        fx.wk.wk2048.public_pem.to_str().unwrap(),
         "-RSAPublicKey_out",
         "-out",
         pkcs1.to_str().unwrap(),
@@ -138,7 +132,7 @@ fn pkcs1_wrapping_key_is_accepted_and_fingerprinted_as_spki() {
         "pkey",
         "-pubin",
         "-in",
-        fx.wk2048.public_pem.to_str().unwrap(),
+        fx.wk.wk2048.public_pem.to_str().unwrap(),
         "-outform",
         "DER",
     ]);
@@ -158,19 +152,17 @@ fn pkcs1_wrapping_key_is_accepted_and_fingerprinted_as_spki() {
     let v: serde_json::Value = serde_json::from_str(&hsm_bridge_ok(&args)).unwrap();
     assert_eq!(v["wrapping_key_sha256"], want);
     assert_eq!(
-        openssl_unwrap(&out, &fx.wk2048.private_pem, 256, "RSA_OAEP_AES_SHA256"),
+        openssl_unwrap(&out, &fx.wk.wk2048.private_pem, 256, "RSA_OAEP_AES_SHA256"),
         fx.aes["test-aes-256"]
     );
 }
 
-#[test]
-fn refusals_are_one_clear_line() {
-    let fx = fixture();
-    let config = cfg();
+fn refusals_are_one_clear_line(fx: &Fixture) {
+    let config = cfg(fx);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never.bin");
     let o = out.to_str().unwrap();
-    let wk = fx.wk4096.public_pem.to_str().unwrap();
+    let wk = fx.wk.wk4096.public_pem.to_str().unwrap();
     let refuse = |key: &[&str], wk: &str, alg: &str| {
         hsm_bridge_refuses(&wrap_args(&config, key, wk, alg, o))
     };
@@ -213,13 +205,13 @@ fn refusals_are_one_clear_line() {
     // Wrapping keys.
     let l = refuse(
         &["--label", "test-aes-256"],
-        fx.ec_public_pem.to_str().unwrap(),
+        fx.wk.ec_public_pem.to_str().unwrap(),
         "RSA_OAEP_AES_SHA256",
     );
     assert!(l.contains("EC key"), "{l}");
     let l = refuse(
         &["--label", "test-aes-256"],
-        fx.wk1024.public_pem.to_str().unwrap(),
+        fx.wk.wk1024.public_pem.to_str().unwrap(),
         "RSA_OAEP_AES_SHA256",
     );
     assert!(l.contains("RSA-1024 is below the minimum of 2048"), "{l}");
@@ -236,7 +228,7 @@ fn refusals_are_one_clear_line() {
     );
     assert!(l.contains("does not parse"), "{l}");
     let big = dir.path().join("big.pem");
-    let mut bytes = std::fs::read(&fx.wk4096.public_pem).unwrap();
+    let mut bytes = std::fs::read(&fx.wk.wk4096.public_pem).unwrap();
     bytes.resize(17 * 1024, b'\n');
     std::fs::write(&big, bytes).unwrap();
     let l = refuse(
@@ -254,9 +246,7 @@ fn refusals_are_one_clear_line() {
     assert!(!out.exists(), "no refused wrap may write --out");
 }
 
-#[test]
-fn config_and_token_refusals() {
-    let fx = fixture();
+fn config_and_token_refusals(fx: &Fixture) {
     let keys = |c: &std::path::Path| hsm_bridge_refuses(&["keys", "--config", c.to_str().unwrap()]);
 
     let wrong = fx.dir.join("wrong-pin");
@@ -285,7 +275,7 @@ fn config_and_token_refusals() {
     assert!(!l.contains(PIN));
 
     let c = write_config(fx, "no-module.toml", |t| {
-        t.replace(&module(), "/nonexistent/libpkcs11.so")
+        t.replace(&fx.module, "/nonexistent/libpkcs11.so")
     });
     let l = keys(&c);
     assert!(
@@ -322,9 +312,7 @@ fn config_and_token_refusals() {
     assert!(l.contains("/nonexistent/hsm-bridge.toml"), "{l}");
 }
 
-#[test]
-fn pin_from_environment_works() {
-    let fx = fixture();
+fn pin_from_environment_works(fx: &Fixture) {
     let c = write_config(fx, "pin-env-ok.toml", |t| {
         t.replace("pin_file = \"./user-pin\"", "pin_env = \"HB_TEST_PIN\"")
     });
@@ -340,11 +328,9 @@ fn pin_from_environment_works() {
     );
 }
 
-#[test]
-fn keys_lists_shapes_and_exportability() {
-    let fx = fixture();
+fn keys_lists_shapes_and_exportability(fx: &Fixture) {
     let v: serde_json::Value =
-        serde_json::from_str(&hsm_bridge_ok(&["keys", "--config", &cfg(), "--json"])).unwrap();
+        serde_json::from_str(&hsm_bridge_ok(&["keys", "--config", &cfg(fx), "--json"])).unwrap();
     let rows = v.as_array().unwrap();
     let row = |label: &str| -> Vec<&serde_json::Value> {
         rows.iter().filter(|r| r["label"] == label).collect()
@@ -369,14 +355,11 @@ fn keys_lists_shapes_and_exportability() {
     );
     assert_eq!(row("test-ec-p256")[0]["exportable"], false);
     assert_eq!(row("test-dup").len(), 2);
-    let _ = fx;
 }
 
-#[test]
-fn selftest_on_softhsm_chooses_hybrid_and_says_why() {
-    let fx = fixture();
+fn selftest_chooses_a_proven_mode_and_says_why(fx: &Fixture) {
     let v = selftest_json(&fx.config);
-    let text = hsm_bridge_ok(&["selftest", "--config", &cfg()]);
+    let text = hsm_bridge_ok(&["selftest", "--config", &cfg(fx)]);
     println!("{text}");
     let modes = v["modes"].as_array().unwrap();
     let mode = |m: &str| modes.iter().find(|f| f["mode"] == m).unwrap().clone();
@@ -422,9 +405,7 @@ fn selftest_on_softhsm_chooses_hybrid_and_says_why() {
     }
 }
 
-#[test]
-fn forcing_a_mode_the_token_cannot_do_fails_at_start() {
-    let fx = fixture();
+fn forcing_a_mode_the_token_cannot_do_fails_at_start(fx: &Fixture) {
     let v = selftest_json(&fx.config);
     let modes = v["modes"].as_array().unwrap();
     for m in ["hsm-native", "hsm-two-step", "hybrid"] {
@@ -458,3 +439,103 @@ fn forcing_a_mode_the_token_cannot_do_fails_at_start() {
         );
     }
 }
+
+/// Every mode the self-test passes, forced in the config, produces keys that open to the
+/// right values (on kryoptic: hybrid as well as the chosen hsm-two-step).
+fn every_working_mode_forced_wraps_correctly(fx: &Fixture) {
+    let v = selftest_json(&fx.config);
+    let dir = tempfile::tempdir().unwrap();
+    let wk = &fx.wk.wk4096;
+    for f in v["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ok"] == true)
+    {
+        let m = f["mode"].as_str().unwrap();
+        let c = write_config(fx, &format!("forced-{m}-wraps.toml"), |t| {
+            t.replace("wrap_mode = \"auto\"", &format!("wrap_mode = \"{m}\""))
+        });
+        let c = c.to_str().unwrap();
+        for (label, expect_rsa) in [("test-aes-192", false), ("test-rsa-2048", true)] {
+            let out = dir.path().join(format!("{m}-{label}.bin"));
+            let mut args = wrap_args(
+                c,
+                &["--label", label],
+                wk.public_pem.to_str().unwrap(),
+                "RSA_OAEP_AES_SHA256",
+                out.to_str().unwrap(),
+            );
+            args.push("--json");
+            let j: serde_json::Value = serde_json::from_str(&hsm_bridge_ok(&args)).unwrap();
+            assert_eq!(j["mode"], m);
+            let key = openssl_unwrap(&out, &wk.private_pem, 512, "RSA_OAEP_AES_SHA256");
+            if expect_rsa {
+                assert_eq!(pkcs8_modulus(&key), token_modulus(|a| p11(fx, a), label));
+            } else {
+                assert_eq!(key, fx.aes[label]);
+            }
+        }
+        println!(
+            "{:?}: forced {m}: AES-192 and RSA-2048 open to the right keys",
+            fx.kind
+        );
+    }
+}
+
+/// Runs every test above on one token, as a module named after it.
+macro_rules! on_token {
+    ($token:ident, $fixture:expr) => {
+        mod $token {
+            use super::*;
+
+            fn fx() -> Option<&'static Fixture> {
+                $fixture
+            }
+
+            #[test]
+            fn aes_keys_unwrap_to_their_known_values() {
+                fx().map(super::aes_keys_unwrap_to_their_known_values);
+            }
+            #[test]
+            fn rsa_keys_unwrap_to_exact_pkcs8_of_the_token_key() {
+                fx().map(super::rsa_keys_unwrap_to_exact_pkcs8_of_the_token_key);
+            }
+            #[test]
+            fn pkcs1_wrapping_key_is_accepted_and_fingerprinted_as_spki() {
+                fx().map(super::pkcs1_wrapping_key_is_accepted_and_fingerprinted_as_spki);
+            }
+            #[test]
+            fn refusals_are_one_clear_line() {
+                fx().map(super::refusals_are_one_clear_line);
+            }
+            #[test]
+            fn config_and_token_refusals() {
+                fx().map(super::config_and_token_refusals);
+            }
+            #[test]
+            fn pin_from_environment_works() {
+                fx().map(super::pin_from_environment_works);
+            }
+            #[test]
+            fn keys_lists_shapes_and_exportability() {
+                fx().map(super::keys_lists_shapes_and_exportability);
+            }
+            #[test]
+            fn selftest_chooses_a_proven_mode_and_says_why() {
+                fx().map(super::selftest_chooses_a_proven_mode_and_says_why);
+            }
+            #[test]
+            fn every_working_mode_forced_wraps_correctly() {
+                fx().map(super::every_working_mode_forced_wraps_correctly);
+            }
+            #[test]
+            fn forcing_a_mode_the_token_cannot_do_fails_at_start() {
+                fx().map(super::forcing_a_mode_the_token_cannot_do_fails_at_start);
+            }
+        }
+    };
+}
+
+on_token!(softhsm, Some(common::softhsm()));
+on_token!(kryoptic, common::kryoptic());

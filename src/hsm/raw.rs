@@ -8,7 +8,8 @@
 //! - Setting the module's environment (`hsm.module_env`) before it loads.
 //!
 //! The module is opened a second time with `dlopen`, which returns the same, already
-//! initialised library; session and object handles from `cryptoki` are valid here. Nothing
+//! initialised library, and called through its `C_GetFunctionList` table; session and
+//! object handles from `cryptoki` are valid here. Nothing
 //! here sees key material in clear: the outputs are ciphertexts.
 
 use std::ffi::c_void;
@@ -42,9 +43,24 @@ pub enum WrapMechanism {
     Kwp(CK_MECHANISM_TYPE),
 }
 
-/// The library, opened a second time for raw calls.
+/// The library, opened a second time for raw calls through its function list (many
+/// modules export only `C_GetFunctionList`, not the functions themselves).
 pub struct RawModule {
-    lib: sys::Pkcs11,
+    /// Keeps the library mapped while the function pointers below are in use.
+    _lib: sys::Pkcs11,
+    wrap_key_fn: unsafe extern "C" fn(
+        sys::CK_SESSION_HANDLE,
+        *mut sys::CK_MECHANISM,
+        sys::CK_OBJECT_HANDLE,
+        sys::CK_OBJECT_HANDLE,
+        *mut sys::CK_BYTE,
+        *mut sys::CK_ULONG,
+    ) -> sys::CK_RV,
+    mechanism_list_fn: unsafe extern "C" fn(
+        sys::CK_SLOT_ID,
+        *mut CK_MECHANISM_TYPE,
+        *mut sys::CK_ULONG,
+    ) -> sys::CK_RV,
 }
 
 impl RawModule {
@@ -53,27 +69,38 @@ impl RawModule {
         // SAFETY: loading a PKCS#11 library runs its initialisers; this is the same file
         // `cryptoki` has just loaded, so dlopen returns the existing instance.
         let lib = unsafe { sys::Pkcs11::new(path) }.map_err(|e| e.to_string())?;
-        if lib.C_WrapKey.is_err() || lib.C_GetMechanismList.is_err() {
-            return Err("the module does not export C_WrapKey / C_GetMechanismList".into());
+        if lib.C_GetFunctionList.is_err() {
+            return Err("the module does not export C_GetFunctionList".into());
         }
-        Ok(RawModule { lib })
+        let mut list: *mut sys::CK_FUNCTION_LIST = ptr::null_mut();
+        // SAFETY: C_GetFunctionList writes a pointer to the module's static function
+        // list, valid for as long as the library stays loaded (`_lib` keeps it loaded).
+        check(unsafe { lib.C_GetFunctionList(&mut list) })
+            .map_err(|rv| format!("C_GetFunctionList: {rv}"))?;
+        if list.is_null() {
+            return Err("C_GetFunctionList returned no list".into());
+        }
+        // SAFETY: `list` is non-null and points to the module's CK_FUNCTION_LIST.
+        let (wrap, mechs) = unsafe { ((*list).C_WrapKey, (*list).C_GetMechanismList) };
+        match (wrap, mechs) {
+            (Some(wrap_key_fn), Some(mechanism_list_fn)) => Ok(RawModule {
+                _lib: lib,
+                wrap_key_fn,
+                mechanism_list_fn,
+            }),
+            _ => Err("the module's function list has no C_WrapKey / C_GetMechanismList".into()),
+        }
     }
 
     /// Every mechanism number the slot lists, including ones `cryptoki` has no name for.
     pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>, RvError> {
         let mut count: sys::CK_ULONG = 0;
         // SAFETY: size query with a null buffer, as the standard allows.
-        check(unsafe {
-            self.lib
-                .C_GetMechanismList(slot, ptr::null_mut(), &mut count)
-        })?;
+        check(unsafe { (self.mechanism_list_fn)(slot, ptr::null_mut(), &mut count) })?;
         let mut list = vec![0 as CK_MECHANISM_TYPE; count as usize];
         // SAFETY: `list` has room for `count` entries; the token writes at most that many
         // and updates `count`.
-        check(unsafe {
-            self.lib
-                .C_GetMechanismList(slot, list.as_mut_ptr(), &mut count)
-        })?;
+        check(unsafe { (self.mechanism_list_fn)(slot, list.as_mut_ptr(), &mut count) })?;
         list.truncate(count as usize);
         Ok(list)
     }
@@ -122,7 +149,7 @@ impl RawModule {
             // SAFETY: `mechanism` and the parameter structs it points to live on this
             // stack frame for the whole call; `out` has `len` writable bytes.
             let rv = unsafe {
-                self.lib.C_WrapKey(
+                (self.wrap_key_fn)(
                     session,
                     &mut mechanism,
                     wrapping_key,

@@ -11,10 +11,38 @@ use std::sync::OnceLock;
 
 pub const TOKEN: &str = "hsm-bridge-test";
 pub const PIN: &str = "test-user-pin-8271";
+const SO_PIN: &str = "test-so-pin-1";
 
+/// The SoftHSM2 module (Debian's path unless the environment names another).
 pub fn module() -> String {
     std::env::var("HSM_BRIDGE_PKCS11_MODULE")
         .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
+}
+
+/// The kryoptic module that `./softhsm-setup.sh --with-kryoptic` builds.
+pub fn kryoptic_module() -> PathBuf {
+    std::env::var_os("HSM_BRIDGE_KRYOPTIC_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".kryoptic/libkryoptic_pkcs11.so")
+        })
+}
+
+/// Which software token a fixture runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    SoftHsm,
+    Kryoptic,
+}
+
+impl TokenKind {
+    /// The environment variable that points the module at its configuration.
+    fn conf_var(self) -> &'static str {
+        match self {
+            TokenKind::SoftHsm => "SOFTHSM2_CONF",
+            TokenKind::Kryoptic => "KRYOPTIC_CONF",
+        }
+    }
 }
 
 /// A wrapping key pair on disk.
@@ -23,16 +51,25 @@ pub struct KeyPair {
     pub public_pem: PathBuf,
 }
 
-pub struct Fixture {
-    pub dir: PathBuf,
-    /// The config for this token; policy.exportable = ["test-*"].
-    pub config: PathBuf,
-    /// Known values of the AES test keys, by label.
-    pub aes: HashMap<&'static str, Vec<u8>>,
+/// Wrapping keys, made once per test process.
+pub struct WrappingKeys {
     pub wk4096: KeyPair,
     pub wk2048: KeyPair,
     pub wk1024: KeyPair,
     pub ec_public_pem: PathBuf,
+}
+
+pub struct Fixture {
+    pub kind: TokenKind,
+    pub dir: PathBuf,
+    pub module: String,
+    /// The module's configuration file (softhsm2.conf / kryoptic.conf).
+    pub conf: PathBuf,
+    /// The config for this token; policy.exportable = ["test-*"].
+    pub config: PathBuf,
+    /// Known values of the AES test keys, by label.
+    pub aes: HashMap<&'static str, Vec<u8>>,
+    pub wk: &'static WrappingKeys,
 }
 
 /// Known-value AES keys: label, CKA_ID, length.
@@ -48,98 +85,184 @@ pub const RSA_KEYS: [(&str, &str, u32); 3] = [
     ("test-rsa-4096", "2003", 4096),
 ];
 
-pub fn fixture() -> &'static Fixture {
-    static FX: OnceLock<Fixture> = OnceLock::new();
-    FX.get_or_init(make_fixture)
-}
-
-fn make_fixture() -> Fixture {
+fn process_dir(what: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fixture-{name}"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{what}-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tokens")).unwrap();
-    std::fs::write(
-        dir.join("softhsm2.conf"),
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn wrapping_keys() -> &'static WrappingKeys {
+    static WK: OnceLock<WrappingKeys> = OnceLock::new();
+    WK.get_or_init(|| {
+        let dir = process_dir("wrapping-keys");
+        WrappingKeys {
+            wk4096: keypair(
+                &dir,
+                "wk4096",
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:4096",
+                ],
+            ),
+            wk2048: keypair(
+                &dir,
+                "wk2048",
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                ],
+            ),
+            wk1024: keypair(
+                &dir,
+                "wk1024",
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:1024",
+                ],
+            ),
+            ec_public_pem: keypair(
+                &dir,
+                "ec",
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ],
+            )
+            .public_pem,
+        }
+    })
+}
+
+/// The SoftHSM2 test token of this test process.
+pub fn softhsm() -> &'static Fixture {
+    static FX: OnceLock<Fixture> = OnceLock::new();
+    FX.get_or_init(|| make_fixture(TokenKind::SoftHsm, module()))
+}
+
+/// The kryoptic test token of this test process. Without the kryoptic module the tests
+/// fail, saying how to build it; `HSM_BRIDGE_SKIP_KRYOPTIC=1` turns that into a loud skip
+/// (`.ci/run` never sets it).
+pub fn kryoptic() -> Option<&'static Fixture> {
+    static FX: OnceLock<Fixture> = OnceLock::new();
+    let module = kryoptic_module();
+    if !module.is_file() {
+        let msg = format!(
+            "kryoptic PKCS#11 module missing at {}: run ./softhsm-setup.sh --with-kryoptic",
+            module.display()
+        );
+        if std::env::var("HSM_BRIDGE_SKIP_KRYOPTIC").as_deref() == Ok("1") {
+            eprintln!("\n*** SKIPPED on kryoptic: {msg} ***\n");
+            return None;
+        }
+        panic!("{msg} (or set HSM_BRIDGE_SKIP_KRYOPTIC=1 to skip the kryoptic tests)");
+    }
+    Some(FX.get_or_init(|| make_fixture(TokenKind::Kryoptic, module.display().to_string())))
+}
+
+fn make_fixture(kind: TokenKind, module: String) -> Fixture {
+    let dir = process_dir(&format!("{kind:?}").to_lowercase());
+    let conf = match kind {
+        TokenKind::SoftHsm => {
+            std::fs::create_dir_all(dir.join("tokens")).unwrap();
+            let conf = dir.join("softhsm2.conf");
+            let text = format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.join("tokens").display()
+            );
+            std::fs::write(&conf, text).unwrap();
+            let out = Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &conf)
+                .args([
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    TOKEN,
+                    "--so-pin",
+                    SO_PIN,
+                    "--pin",
+                    PIN,
+                ])
+                .output()
+                .expect("softhsm2-util not found: run ./softhsm-setup.sh first");
+            assert!(
+                out.status.success(),
+                "init-token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            conf
+        }
+        TokenKind::Kryoptic => {
+            // Each test process has its own sqlite token file: two processes writing one
+            // token at once lose operations.
+            let conf = dir.join("kryoptic.conf");
+            let text = format!(
+                "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
+                dir.join("token.sql").display()
+            );
+            std::fs::write(&conf, text).unwrap();
+            let tool = |args: &[&str]| {
+                let out = Command::new("pkcs11-tool")
+                    .env("KRYOPTIC_CONF", &conf)
+                    .args(["--module", &module])
+                    .args(args)
+                    .output()
+                    .expect("pkcs11-tool not found: run ./softhsm-setup.sh first");
+                assert!(
+                    out.status.success(),
+                    "pkcs11-tool {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            tool(&[
+                "--slot",
+                "1",
+                "--init-token",
+                "--label",
+                TOKEN,
+                "--so-pin",
+                SO_PIN,
+            ]);
+            tool(&[
+                "--token-label",
+                TOKEN,
+                "--login",
+                "--login-type",
+                "so",
+                "--so-pin",
+                SO_PIN,
+                "--init-pin",
+                "--pin",
+                PIN,
+            ]);
+            conf
+        }
+    };
     write_private(&dir.join("user-pin"), format!("{PIN}\n").as_bytes());
 
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            TOKEN,
-            "--so-pin",
-            "test-so-pin-1",
-            "--pin",
-            PIN,
-        ])
-        .output()
-        .expect("softhsm2-util not found: run ./softhsm-setup.sh first");
-    assert!(
-        out.status.success(),
-        "init-token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
     let mut fx = Fixture {
+        kind,
         config: dir.join("hsm-bridge.toml"),
+        conf,
+        module,
         aes: HashMap::new(),
-        wk4096: keypair(
-            &dir,
-            "wk4096",
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:4096",
-            ],
-        ),
-        wk2048: keypair(
-            &dir,
-            "wk2048",
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ],
-        ),
-        wk1024: keypair(
-            &dir,
-            "wk1024",
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:1024",
-            ],
-        ),
-        ec_public_pem: keypair(
-            &dir,
-            "ec",
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ],
-        )
-        .public_pem,
+        wk: wrapping_keys(),
         dir,
     };
-
     for (label, id, len) in AES_KEYS {
         let value = random(len);
         write_aes(&fx, label, id, &value, true);
@@ -182,7 +305,7 @@ pub fn write_config(fx: &Fixture, name: &str, edit: impl FnOnce(String) -> Strin
     let base = format!(
         r#"[hsm]
 module = "{}"
-module_env = {{ SOFTHSM2_CONF = "./softhsm2.conf" }}
+module_env = {{ {} = "./{}" }}
 token_label = "{TOKEN}"
 pin_file = "./user-pin"
 sessions = 2
@@ -191,7 +314,9 @@ wrap_mode = "auto"
 [policy]
 exportable = ["test-*"]
 "#,
-        module()
+        fx.module,
+        fx.kind.conf_var(),
+        fx.conf.file_name().unwrap().to_string_lossy()
     );
     let path = fx.dir.join(name);
     std::fs::write(&path, edit(base)).unwrap();
@@ -236,16 +361,23 @@ fn write_aes(fx: &Fixture, label: &str, id: &str, value: &[u8], extractable: boo
 
 /// pkcs11-tool against the test token, logged in.
 pub fn p11(fx: &Fixture, args: &[&str]) -> Output {
-    pkcs11_tool(&fx.dir.join("softhsm2.conf"), TOKEN, PIN, args)
+    pkcs11_tool(&fx.module, (fx.kind.conf_var(), &fx.conf), TOKEN, PIN, args)
 }
 
-/// pkcs11-tool against the SoftHSM2 token `token` of the store `softhsm2_conf`, logged in.
-pub fn pkcs11_tool(softhsm2_conf: &Path, token: &str, pin: &str, args: &[&str]) -> Output {
+/// pkcs11-tool on `module` (configured by the variable and file `conf`) against the token
+/// `token`, logged in.
+pub fn pkcs11_tool(
+    module: &str,
+    conf: (&str, &Path),
+    token: &str,
+    pin: &str,
+    args: &[&str],
+) -> Output {
     Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", softhsm2_conf)
+        .env(conf.0, conf.1)
         .args([
             "--module",
-            &module(),
+            module,
             "--token-label",
             token,
             "--login",
@@ -305,6 +437,7 @@ pub fn hsm_bridge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
         .args(args)
         .env_remove("SOFTHSM2_CONF")
+        .env_remove("KRYOPTIC_CONF")
         .output()
         .unwrap()
 }
