@@ -10,7 +10,7 @@
 #   - writes .softhsm/env with export lines for scripts and tests.
 #
 # With --with-kryoptic, also: builds the kryoptic PKCS#11 soft token (pinned version, from
-# its crates.io source, with its own lock file) once into .kryoptic/ (git-ignored), and
+# its published crate source via cargo, with its own lock file) once into .kryoptic/ (git-ignored), and
 # creates a second dev token "hsm-bridge-kryoptic" with the same demo keys under
 # .softhsm/kryoptic/. kryoptic does RSA-OAEP with SHA-256 and RFC 5649 inside the token, so
 # the HSM-only wrap modes can be tested; SoftHSM2 2.6.1 cannot.
@@ -130,7 +130,7 @@ build_kryoptic() {
         return
     fi
     command -v cargo >/dev/null || die "cargo is needed to build kryoptic"
-    say "building kryoptic $kryoptic_version from its crates.io source (about a minute)"
+    say "building kryoptic $kryoptic_version from its published crate source (about a minute)"
     mkdir -p "$kryoptic_dir/fetch/src"
     # A throw-away crate whose only job is to make cargo download the pinned source.
     printf '[package]\nname = "kryoptic-fetch"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n[dependencies]\nkryoptic = { version = "=%s", default-features = false }\n' \
