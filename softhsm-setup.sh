@@ -36,7 +36,7 @@ say() { printf 'softhsm-setup: %s\n' "$*"; }
 die() { printf 'softhsm-setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- packages -------------------------------------------------------------------------
-packages=(softhsm2 opensc openssl libssl-dev pkg-config gcc libc6-dev ca-certificates)
+packages=(softhsm2 opensc openssl libssl-dev pkg-config gcc libc6-dev ca-certificates protobuf-compiler)
 if ((with_kryoptic)); then
     # bindgen needs libclang (not the whole clang); the sqlite token store needs libsqlite3.
     packages+=(libclang1-14 libclang-common-14-dev libsqlite3-dev)

@@ -52,17 +52,17 @@ fn main() {
     ] {
         let key = KeyRef::Label(label.into());
         for alg in algorithms {
-            if let Err(e) = hsm.wrap(&key, &wk, alg) {
+            if let Err(e) = hsm.wrap(&key, &wk, alg, None) {
                 println!("{label:<16} {:<20} refused: {e}", alg.as_str());
                 continue;
             }
             for _ in 0..20 {
-                hsm.wrap(&key, &wk, alg).unwrap();
+                hsm.wrap(&key, &wk, alg, None).unwrap();
             }
             let mut times: Vec<Duration> = (0..iterations)
                 .map(|_| {
                     let t = Instant::now();
-                    std::hint::black_box(hsm.wrap(&key, &wk, alg).unwrap());
+                    std::hint::black_box(hsm.wrap(&key, &wk, alg, None).unwrap());
                     t.elapsed()
                 })
                 .collect();

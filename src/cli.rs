@@ -25,6 +25,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gRPC daemon (KeySourceBridge, health, reflection) until SIGTERM or SIGINT.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
     /// List the secret and private keys on the token, and whether each may be exported.
     Keys {
         #[command(flatten)]
@@ -74,6 +83,21 @@ pub struct KeyArg {
     pub id: Option<String>,
 }
 
+impl Cli {
+    /// Whether logs should be JSON lines.
+    pub fn log_json(&self) -> bool {
+        matches!(self.command, Command::Serve { log_json: true, .. })
+    }
+
+    /// The default log level: info for the daemon, warnings only for one-shot commands.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Serve { .. } => "info",
+            _ => "warn",
+        }
+    }
+}
+
 impl KeyArg {
     fn key_ref(&self) -> Result<KeyRef, Error> {
         match (&self.label, &self.id) {
@@ -97,9 +121,12 @@ fn open(config: &Path) -> Result<(Config, Hsm), Error> {
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Io(e.to_string());
     match cli.command {
+        Command::Serve { config, .. } => {
+            crate::service::server::serve(Config::load(&config)?)?;
+        }
         Command::Keys { common } => {
             let (_, hsm) = open(&common.config)?;
-            let keys = hsm.list_keys()?;
+            let keys = hsm.list_keys(None)?;
             if common.json {
                 let rows: Vec<_> = keys.iter().map(|k| key_json(&hsm, k)).collect();
                 writeln!(out, "{}", serde_json::Value::Array(rows)).map_err(io)?;
@@ -142,7 +169,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
             let (cfg, hsm) = open(&common.config)?;
             let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
-            let wrapped = hsm.wrap(&key, &wk, alg)?;
+            let wrapped = hsm.wrap(&key, &wk, alg, None)?;
             write_atomically(&out_file, &wrapped.material)?;
             if common.json {
                 let v = json!({
@@ -190,7 +217,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
 fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {
     let (algorithm, length) = match k.shape() {
         Some(s) => (s.algorithm.as_str().to_string(), s.length),
-        None => (k.key_type.to_string(), k.length),
+        None => (k.key_type_name(), k.length),
     };
     json!({
         "label": k.label,

@@ -41,8 +41,22 @@ pub struct ServerConfig {
     pub client_ca: Option<PathBuf>,
     #[serde(default)]
     pub plaintext: bool,
+    /// Calls that may wait for an HSM session beyond those being served; past this a
+    /// call gets RESOURCE_EXHAUSTED at once.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// How long SIGTERM/SIGINT waits for calls in flight before the daemon exits anyway.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+}
+
+fn default_max_queue() -> usize {
+    64
+}
+fn default_grace() -> u64 {
+    30
 }
 
 impl Default for ServerConfig {
@@ -53,6 +67,8 @@ impl Default for ServerConfig {
             tls_key: None,
             client_ca: None,
             plaintext: false,
+            max_queue: default_max_queue(),
+            shutdown_grace_secs: default_grace(),
             clients: Vec::new(),
         }
     }
@@ -62,7 +78,7 @@ fn default_listen() -> String {
     "127.0.0.1:50051".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub name: String,
@@ -479,5 +495,124 @@ pin_file = "pin"
             e.contains("HB_TEST_SURELY_UNSET") && e.contains("hsm.token_label"),
             "{e}"
         );
+    }
+}
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ServerConfig {
+    /// Checks that the listener, TLS and clients settings make a safe combination:
+    /// plain text only on loopback or a Unix socket and only with `plaintext = true`; TLS
+    /// needs a certificate, its key and a client CA, because callers are identified by
+    /// their certificate. Errors name the setting.
+    pub fn listen(&self) -> Result<Listen, String> {
+        let listen = match self.listen.strip_prefix("unix:") {
+            Some("") => return Err("server.listen = \"unix:\" names no socket path".into()),
+            Some(path) => Listen::Unix(PathBuf::from(path)),
+            None => Listen::Tcp(self.listen.parse().map_err(|_| {
+                format!(
+                    "server.listen = {:?} is not host:port with an IP address (e.g. \"127.0.0.1:50051\") or unix:/path",
+                    self.listen
+                )
+            })?),
+        };
+        let tls_set = self.tls_cert.is_some() || self.tls_key.is_some() || self.client_ca.is_some();
+        match (&listen, self.plaintext) {
+            (Listen::Unix(_), false) => Err(
+                "server.listen is a Unix socket, which is served in plain text only: set server.plaintext = true (the socket is created with mode 0600)".into(),
+            ),
+            (_, true) if tls_set => Err(
+                "server.plaintext = true together with tls_cert/tls_key/client_ca: choose one".into(),
+            ),
+            (Listen::Tcp(addr), true) if !addr.ip().is_loopback() => Err(format!(
+                "server.plaintext = true is allowed only on loopback addresses or Unix sockets, not {addr}"
+            )),
+            (_, true) => Ok(listen),
+            (Listen::Tcp(_), false) => {
+                let missing: Vec<&str> = [
+                    ("server.tls_cert", self.tls_cert.is_none()),
+                    ("server.tls_key", self.tls_key.is_none()),
+                    ("server.client_ca", self.client_ca.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, absent)| absent.then_some(name))
+                .collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "TLS listener needs {} (callers are identified by client certificate); or, on loopback only, set server.plaintext = true",
+                        missing.join(", ")
+                    ));
+                }
+                if self.clients.is_empty() {
+                    return Err("server.client_ca is set but no [[server.clients]] is configured: no caller could do anything".into());
+                }
+                let mut seen = std::collections::HashSet::new();
+                for c in &self.clients {
+                    if !seen.insert(&c.subject_cn) {
+                        return Err(format!("two [[server.clients]] have subject_cn = {:?}", c.subject_cn));
+                    }
+                }
+                Ok(listen)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    fn server(listen: &str, plaintext: bool, tls: bool) -> ServerConfig {
+        let mut s = ServerConfig {
+            listen: listen.into(),
+            plaintext,
+            ..ServerConfig::default()
+        };
+        if tls {
+            s.tls_cert = Some("c".into());
+            s.tls_key = Some("k".into());
+            s.client_ca = Some("ca".into());
+            s.clients.push(ClientConfig {
+                name: "a".into(),
+                subject_cn: "a".into(),
+                operations: vec![Operation::List],
+                keys: vec!["*".into()],
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn listener_combinations() {
+        assert!(server("127.0.0.1:1", true, false).listen().is_ok());
+        assert!(server("[::1]:1", true, false).listen().is_ok());
+        assert!(server("unix:/run/hb.sock", true, false).listen().is_ok());
+        assert!(server("0.0.0.0:1", false, true).listen().is_ok());
+        let e = server("0.0.0.0:1", true, false).listen().unwrap_err();
+        assert!(
+            e.contains("server.plaintext") && e.contains("0.0.0.0:1"),
+            "{e}"
+        );
+        let e = server("unix:/run/hb.sock", false, false)
+            .listen()
+            .unwrap_err();
+        assert!(e.contains("server.plaintext = true"), "{e}");
+        let e = server("127.0.0.1:1", false, false).listen().unwrap_err();
+        assert!(
+            e.contains("server.tls_cert") && e.contains("server.client_ca"),
+            "{e}"
+        );
+        let e = server("127.0.0.1:1", true, true).listen().unwrap_err();
+        assert!(e.contains("choose one"), "{e}");
+        let e = server("localhost:50051", true, false).listen().unwrap_err();
+        assert!(e.contains("IP address"), "{e}");
+        let mut dup = server("0.0.0.0:1", false, true);
+        dup.clients.push(dup.clients[0].clone());
+        assert!(dup.listen().unwrap_err().contains("subject_cn"));
     }
 }

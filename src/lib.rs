@@ -7,6 +7,8 @@
 //!   self-test that proves which wrap mechanisms are real, and the three wrap modes.
 //! - [`wrap`]: pure functions: OCI's envelope, wrapping-key parsing, software OAEP / KWP.
 //! - [`policy`]: which keys may leave.
+//! - [`service`]: the gRPC daemon: caller identity, per-caller policy, bounded HSM queue,
+//!   audit, health, reflection, graceful shutdown.
 //! - [`cli`]: the `hsm-bridge` subcommands.
 //! - [`hardening`]: no core dumps, non-dumpable process.
 
@@ -16,6 +18,17 @@ pub mod error;
 pub mod hardening;
 pub mod hsm;
 pub mod policy;
+pub mod service;
 pub mod wrap;
 
 pub use error::Error;
+
+/// The gRPC API (`proto/hsmbridge/v1/bridge.proto`), generated at build time.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("hsmbridge.v1");
+
+    /// The encoded descriptor set of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/hsmbridge_descriptor.bin"));
+}

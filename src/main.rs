@@ -7,18 +7,23 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = hsm_bridge::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("HSM_BRIDGE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
+    let filter = EnvFilter::try_from_env("HSM_BRIDGE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(cli.default_log_level()));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if cli.log_json() {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     if let Err(e) = hsm_bridge::hardening::no_core_dumps() {
         eprintln!("hsm-bridge: {e}");
         return ExitCode::FAILURE;
     }
-    let mut stdout = std::io::stdout().lock();
-    match hsm_bridge::cli::run(cli, &mut stdout) {
+    // Not locked for the whole run: the daemon's threads print too.
+    match hsm_bridge::cli::run(cli, &mut std::io::stdout()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hsm-bridge: {e}");

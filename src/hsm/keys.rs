@@ -60,13 +60,19 @@ impl KeyInfo {
         })
     }
 
+    /// The PKCS#11 key type without its prefix: "AES", "RSA", "EC", "DES3", ...
+    pub fn key_type_name(&self) -> String {
+        let t = self.key_type.to_string();
+        t.strip_prefix("CKK_").map(str::to_string).unwrap_or(t)
+    }
+
     /// "AES-256", "RSA-3072", "EC private key", ...
     pub fn describe(&self) -> String {
         match self.shape() {
             Some(s) => s.describe(),
             None => format!(
                 "{} {}",
-                self.key_type,
+                self.key_type_name(),
                 if self.class == ObjectClass::PRIVATE_KEY {
                     "private key"
                 } else {

@@ -47,9 +47,16 @@ pub enum HsmError {
     )]
     Ambiguous { key: String, count: usize },
     #[error("key {key} may not be exported: {why}")]
-    NotExportable { key: String, why: String },
+    NotExportable {
+        key: String,
+        why: String,
+        refusal: ExportRefusal,
+    },
     #[error("{0}")]
     Refused(String),
+    /// The caller may not touch this key (caller policy, decided above this layer).
+    #[error("{0}")]
+    Denied(String),
     #[error("self-test: {0}")]
     SelfTest(String),
     #[error("{op} failed: {}", ck_error_text(.err))]
@@ -58,6 +65,10 @@ pub enum HsmError {
     WrapCall { mechanism: String, rv: RvError },
     #[error("all {0} HSM sessions stayed busy; try again")]
     Busy(usize),
+    #[error(
+        "the deadline passed before an HSM session was free; the HSM did no work for this call"
+    )]
+    DeadlineExceeded,
     #[error(transparent)]
     Wrap(#[from] WrapError),
 }
@@ -66,6 +77,17 @@ impl HsmError {
     pub fn pkcs11(op: &'static str, err: CkError) -> Self {
         HsmError::Pkcs11 { op, err }
     }
+}
+
+/// Who says a key may not leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportRefusal {
+    /// The token: not CKA_EXTRACTABLE, or wrap-with-trusted only.
+    Token,
+    /// OCI: a key type or size it does not import.
+    Shape,
+    /// This daemon's policy.exportable.
+    Policy,
 }
 
 /// The PKCS#11 name of a return value: `RvError::MechanismInvalid` -> `CKR_MECHANISM_INVALID`.
@@ -102,6 +124,7 @@ pub struct Wrapped {
 /// An open, logged-in token with a pool of sessions and a chosen wrap mode.
 pub struct Hsm {
     pkcs11: Pkcs11,
+    slot: Slot,
     raw: raw::RawModule,
     token_label: String,
     pool: pool::Pool,
@@ -196,6 +219,7 @@ impl Hsm {
         tracing::info!(mode = %mode, token = %cfg.token_label, "token ready");
         Ok(Hsm {
             pkcs11,
+            slot,
             raw,
             token_label: cfg.token_label.clone(),
             sessions: sessions.len(),
@@ -224,15 +248,39 @@ impl Hsm {
         self.min_wrapping_key_bits
     }
 
-    fn session(&self) -> Result<pool::Lease<'_>, HsmError> {
-        self.pool
-            .get(SESSION_WAIT)
-            .ok_or(HsmError::Busy(self.sessions))
+    /// A free session, waiting at most until `deadline` (or 30 s without one). A call
+    /// whose deadline has passed gets no session, so the HSM does no work for it.
+    fn session(&self, deadline: Option<Instant>) -> Result<pool::Lease<'_>, HsmError> {
+        let now = Instant::now();
+        let wait = match deadline {
+            Some(d) if d <= now => return Err(HsmError::DeadlineExceeded),
+            Some(d) => (d - now).min(SESSION_WAIT),
+            None => SESSION_WAIT,
+        };
+        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        match self.pool.get(wait) {
+            Some(_) | None if expired() => Err(HsmError::DeadlineExceeded),
+            Some(lease) => Ok(lease),
+            None => Err(HsmError::Busy(self.sessions)),
+        }
+    }
+
+    /// Whether the token still answers (for health checks).
+    pub fn check_token(&self) -> Result<(), HsmError> {
+        self.pkcs11
+            .get_token_info(self.slot)
+            .map(|_| ())
+            .map_err(|e| HsmError::pkcs11("C_GetTokenInfo", e))
+    }
+
+    /// Number of sessions in the pool.
+    pub fn sessions(&self) -> usize {
+        self.sessions
     }
 
     /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
-    pub fn find_key(&self, key: &KeyRef) -> Result<KeyInfo, HsmError> {
-        let s = self.session()?;
+    pub fn find_key(&self, key: &KeyRef, deadline: Option<Instant>) -> Result<KeyInfo, HsmError> {
+        let s = self.session(deadline)?;
         self.find_key_in(&s, key)
     }
 
@@ -265,44 +313,54 @@ impl Hsm {
     }
 
     /// Every secret and private key on the token.
-    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, HsmError> {
-        keys::list(&*self.session()?)
+    pub fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
+        keys::list(&*self.session(deadline)?)
     }
 
     /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
     /// token must allow it out, and policy must list it.
     pub fn export_check(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
-        let refuse = |why: String| HsmError::NotExportable {
+        let refuse = |refusal, why: String| HsmError::NotExportable {
             key: info.name(),
             why,
+            refusal,
         };
         let shape = info.shape().ok_or_else(|| {
-            refuse(format!(
-                "it is {}; OCI imports only AES and RSA keys",
-                info.describe()
-            ))
+            refuse(
+                ExportRefusal::Shape,
+                format!(
+                    "it is {}; OCI imports only AES and RSA keys",
+                    info.describe()
+                ),
+            )
         })?;
         if !shape.importable() {
-            return Err(refuse(format!(
-                "it is {}; OCI imports AES-128/192/256 and RSA-2048/3072/4096",
-                shape.describe()
-            )));
+            return Err(refuse(
+                ExportRefusal::Shape,
+                format!(
+                    "it is {}; OCI imports AES-128/192/256 and RSA-2048/3072/4096",
+                    shape.describe()
+                ),
+            ));
         }
         if !info.extractable {
             return Err(refuse(
+                ExportRefusal::Token,
                 "the token marks it not extractable (CKA_EXTRACTABLE = false)".into(),
             ));
         }
         if info.wrap_with_trusted {
-            return Err(refuse(
-                "it is CKA_WRAP_WITH_TRUSTED and OCI's wrapping key is not a trusted key on this token".into(),
+            return Err(refuse(ExportRefusal::Token, "it is CKA_WRAP_WITH_TRUSTED and OCI's wrapping key is not a trusted key on this token".into(),
             ));
         }
         if !self.exportable_by_policy(info) {
-            return Err(refuse(format!(
-                "its label {:?} matches no pattern in policy.exportable",
-                info.label
-            )));
+            return Err(refuse(
+                ExportRefusal::Policy,
+                format!(
+                    "its label {:?} matches no pattern in policy.exportable",
+                    info.label
+                ),
+            ));
         }
         Ok(shape)
     }
@@ -312,12 +370,27 @@ impl Hsm {
         crate::policy::any_match(&self.exportable, &info.label)
     }
 
-    /// Wraps the key `key` names for `wk` with `alg`, after the export checks.
+    /// Wraps the key `key` names for `wk` with `alg`, after the export checks. With a
+    /// deadline, gives up (before any HSM work) if no session is free in time.
     pub fn wrap(
         &self,
         key: &KeyRef,
         wk: &WrappingKey,
         alg: Algorithm,
+        deadline: Option<Instant>,
+    ) -> Result<Wrapped, HsmError> {
+        self.wrap_if(key, wk, alg, deadline, |_| Ok(()))
+    }
+
+    /// As [`Hsm::wrap`], with `permit` asked about the key found (a caller's label
+    /// patterns, for a key named by id) before anything is wrapped.
+    pub fn wrap_if(
+        &self,
+        key: &KeyRef,
+        wk: &WrappingKey,
+        alg: Algorithm,
+        deadline: Option<Instant>,
+        permit: impl FnOnce(&KeyInfo) -> Result<(), String>,
     ) -> Result<Wrapped, HsmError> {
         if wk.bits < self.min_wrapping_key_bits {
             return Err(HsmError::Wrap(WrapError::WrappingKey(format!(
@@ -325,8 +398,9 @@ impl Hsm {
                 wk.bits, self.min_wrapping_key_bits
             ))));
         }
-        let s = self.session()?;
+        let s = self.session(deadline)?;
         let info = self.find_key_in(&s, key)?;
+        permit(&info).map_err(HsmError::Denied)?;
         let shape = self.export_check(&info)?;
         let target = modes::Target {
             handle: info.handle,

@@ -3,6 +3,8 @@
 //! openssl command line.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -85,7 +87,7 @@ pub const RSA_KEYS: [(&str, &str, u32); 3] = [
     ("test-rsa-4096", "2003", 4096),
 ];
 
-fn process_dir(what: &str) -> PathBuf {
+pub fn process_dir(what: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{what}-{name}"));

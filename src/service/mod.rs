@@ -1,0 +1,592 @@
+//! The `KeySourceBridge` gRPC service: authenticates the caller, applies per-caller and
+//! export policy, queues HSM work with a bound, and writes the audit record of every
+//! export attempt before answering. `tonic::Status` is built here and nowhere below.
+//!
+//! The service never sees key material in clear: the HSM layer returns ciphertext.
+
+pub mod audit;
+pub mod auth;
+pub mod queue;
+pub mod server;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::{CallerWrappingKeys, Operation};
+use crate::hsm::{Hsm, HsmError, KeyInfo, KeyRef};
+use crate::proto::{self, key_source_bridge_server::KeySourceBridge};
+use crate::wrap::{self, Algorithm, WrappingKey};
+use audit::{Audit, Record, now_rfc3339};
+use auth::{Authenticator, Caller};
+use queue::{HsmQueue, Refused};
+
+/// Everything a call needs, shared by all calls.
+pub struct Bridge {
+    hsm: Arc<Hsm>,
+    auth: Authenticator,
+    audit: Arc<Audit>,
+    /// Admission to the HSM: bounded, fair, deadline-aware.
+    queue: HsmQueue,
+    caller_wrapping_keys: CallerWrappingKeys,
+    pinned: Vec<String>,
+    min_wrapping_key_bits: u32,
+}
+
+/// Default and largest ListSourceKeys page.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+impl Bridge {
+    pub fn new(
+        hsm: Arc<Hsm>,
+        auth: Authenticator,
+        audit: Arc<Audit>,
+        max_queue: usize,
+        policy: &crate::config::PolicyConfig,
+    ) -> Bridge {
+        Bridge {
+            queue: HsmQueue::new(hsm.sessions(), max_queue),
+            hsm,
+            auth,
+            audit,
+            caller_wrapping_keys: policy.caller_wrapping_keys,
+            pinned: policy
+                .pinned_wrapping_keys
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            min_wrapping_key_bits: policy.min_wrapping_key_bits,
+        }
+    }
+
+    /// Waits until every queued or running HSM call has finished (for shutdown).
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.queue.drain(within).await
+    }
+
+    /// Runs `work` on a blocking thread with an HSM session, if the queue has room; gives
+    /// up at the call's deadline. A call still waiting for a session at its deadline never
+    /// reaches the HSM.
+    async fn on_hsm<T: Send + 'static>(
+        &self,
+        deadline: Option<Instant>,
+        work: impl FnOnce(&Hsm, Option<Instant>) -> Result<T, HsmError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let admission = self.queue.admit(deadline).await.map_err(|r| match r {
+            Refused::Full { capacity } => Status::resource_exhausted(format!(
+                "the HSM queue is full ({capacity} calls in progress or waiting; server.max_queue); retry with backoff"
+            )),
+            Refused::Deadline => status::status(&HsmError::DeadlineExceeded),
+            Refused::Closed => Status::unavailable("the daemon is shutting down"),
+        })?;
+        let hsm = self.hsm.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _admission = admission;
+            work(&hsm, deadline)
+        });
+        let joined = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), task)
+                .await
+                .map_err(|_| status::status(&HsmError::DeadlineExceeded))?,
+            None => task.await,
+        };
+        joined
+            .map_err(|e| Status::internal(format!("HSM worker failed: {e}")))?
+            .map_err(|e| status::status(&e))
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        self.auth.identify(req).map_err(|why| {
+            Status::unauthenticated(format!(
+                "{why}; ask the operator to add your certificate's CN to server.clients"
+            ))
+        })
+    }
+}
+
+/// The audit record of an export attempt in progress. If the call is dropped before it
+/// answers (the caller cancelled, or its deadline passed on its side), the record is still
+/// written, saying whether the HSM had started on it.
+struct AuditOnDrop {
+    audit: Arc<Audit>,
+    rec: Option<Record>,
+    /// Set by the HSM worker when it starts.
+    hsm_started: Arc<AtomicBool>,
+}
+
+impl AuditOnDrop {
+    fn new(audit: Arc<Audit>, rec: Record) -> Self {
+        AuditOnDrop {
+            audit,
+            rec: Some(rec),
+            hsm_started: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn record(&mut self) -> &mut Record {
+        self.rec
+            .as_mut()
+            .expect("the record is taken only once, at the end")
+    }
+
+    /// The record, for the normal path that writes it with the call's result.
+    fn take(&mut self) -> Record {
+        self.rec
+            .take()
+            .expect("the record is taken only once, at the end")
+    }
+}
+
+impl Drop for AuditOnDrop {
+    fn drop(&mut self) {
+        let Some(mut rec) = self.rec.take() else {
+            return;
+        };
+        rec.time = now_rfc3339();
+        rec.outcome = "refused";
+        rec.code = "CANCELLED";
+        rec.reason = Some(if self.hsm_started.load(Ordering::SeqCst) {
+            "the caller cancelled or its deadline passed while the HSM was working; the result was discarded".into()
+        } else {
+            "the caller cancelled or its deadline passed before an HSM session was free; the HSM did no work for this call".into()
+        });
+        if rec.caller.is_empty() {
+            rec.caller = "unknown".into();
+        }
+        if let Err(e) = self.audit.write(&rec) {
+            tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
+        }
+    }
+}
+
+/// The call's deadline from `grpc-timeout`, moved earlier by a quarter of the timeout (at
+/// most 100 ms): the client's and the transport's own timers answer CANCELLED at the
+/// deadline, so this service must answer DEADLINE_EXCEEDED, and have it arrive, first.
+fn deadline<T>(req: &Request<T>) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let margin = (timeout / 4).min(Duration::from_millis(100));
+    Some(Instant::now() + timeout - margin)
+}
+
+/// `x-request-id` if it is short printable text, else a fresh random id.
+fn request_id<T>(req: &Request<T>) -> String {
+    if let Some(v) = req
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 64
+        && v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v.to_string();
+    }
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    wrap::hex(&b)
+}
+
+fn key_ref(k: Option<&proto::KeyRef>) -> Result<KeyRef, Status> {
+    match k.and_then(|k| k.key.as_ref()) {
+        Some(proto::key_ref::Key::Label(l)) if !l.is_empty() => Ok(KeyRef::Label(l.clone())),
+        Some(proto::key_ref::Key::IdHex(h)) => wrap::unhex(h)
+            .filter(|b| !b.is_empty())
+            .map(KeyRef::Id)
+            .ok_or_else(|| Status::invalid_argument(format!("source_key.id_hex {h:?} is not hex"))),
+        _ => Err(Status::invalid_argument(
+            "source_key: give a label or an id_hex",
+        )),
+    }
+}
+
+fn algorithm(v: i32) -> Result<Algorithm, Status> {
+    match proto::WrappingAlgorithm::try_from(v) {
+        Ok(proto::WrappingAlgorithm::Unspecified | proto::WrappingAlgorithm::RsaOaepAesSha256) => {
+            Ok(Algorithm::RsaOaepAesSha256)
+        }
+        Ok(proto::WrappingAlgorithm::RsaOaepSha256) => Ok(Algorithm::RsaOaepSha256),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "algorithm {v} is not a WrappingAlgorithm"
+        ))),
+    }
+}
+
+fn proto_algorithm(a: Algorithm) -> proto::WrappingAlgorithm {
+    match a {
+        Algorithm::RsaOaepAesSha256 => proto::WrappingAlgorithm::RsaOaepAesSha256,
+        Algorithm::RsaOaepSha256 => proto::WrappingAlgorithm::RsaOaepSha256,
+    }
+}
+
+fn shape(s: wrap::KeyShape) -> proto::KeyShape {
+    proto::KeyShape {
+        algorithm: s.algorithm.as_str().into(),
+        length: s.length as u32,
+    }
+}
+
+fn source_key(hsm: &Hsm, k: &KeyInfo) -> proto::SourceKey {
+    let check = hsm.export_check(k);
+    proto::SourceKey {
+        label: k.label.clone(),
+        id_hex: wrap::hex(&k.id),
+        shape: k.shape().map(shape),
+        key_type: k.key_type_name(),
+        extractable: k.extractable,
+        sensitive: k.sensitive,
+        exportable: check.is_ok(),
+        not_exportable_reason: check.err().map(|e| e.to_string()).unwrap_or_default(),
+    }
+}
+
+fn denied(op: &str, caller: &Caller) -> Status {
+    Status::permission_denied(format!(
+        "{} may not call {op}; the operator grants operations in server.clients",
+        caller.display
+    ))
+}
+
+fn may_not_touch(caller: &Caller, label: &str) -> String {
+    format!(
+        "{} may not touch key {label:?} (its key patterns: {})",
+        caller.display,
+        caller.keys.join(", ")
+    )
+}
+
+/// Page token: hex of the last key's label and id, so paging is stable when keys come and go.
+fn page_token(k: &KeyInfo) -> String {
+    format!("{}.{}", wrap::hex(k.label.as_bytes()), wrap::hex(&k.id))
+}
+
+fn parse_page_token(t: &str) -> Result<Option<(String, Vec<u8>)>, Status> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument("page_token is not one this service returned");
+    let (l, i) = t.split_once('.').ok_or_else(bad)?;
+    let label = String::from_utf8(wrap::unhex(l).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok(Some((label, wrap::unhex(i).ok_or_else(bad)?)))
+}
+
+impl Bridge {
+    /// Writes the audit record for an export attempt that ends with `result`. A failed
+    /// write turns success into a refusal: nothing leaves without its record.
+    fn audit<T>(&self, mut rec: Record, result: Result<T, Status>) -> Result<T, Status> {
+        rec.time = now_rfc3339();
+        match &result {
+            Ok(_) => {
+                rec.outcome = "allowed";
+                rec.code = "OK";
+            }
+            Err(s) => {
+                rec.outcome = match s.code() {
+                    Code::Internal | Code::Unavailable | Code::Unknown => "failed",
+                    _ => "refused",
+                };
+                rec.code = status::code_name(s.code());
+                rec.reason = Some(s.message().to_string());
+            }
+        }
+        if let Err(e) = self.audit.write(&rec) {
+            tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
+            if result.is_ok() {
+                return Err(Status::unavailable(format!(
+                    "the audit log could not be written ({e}); the export was refused"
+                )));
+            }
+        }
+        result
+    }
+
+    async fn wrap_key_inner(
+        &self,
+        req: Request<proto::WrapKeyRequest>,
+        guard: &mut AuditOnDrop,
+    ) -> Result<proto::WrapKeyResponse, Status> {
+        let hsm_started = guard.hsm_started.clone();
+        let rec = guard.record();
+        let deadline = deadline(&req);
+        let caller = self.caller(&req)?;
+        rec.caller = caller.display.clone();
+        if !caller.may(Operation::Wrap) {
+            return Err(denied("WrapKey", &caller));
+        }
+        let body = req.into_inner();
+        let key = key_ref(body.source_key.as_ref())?;
+        match &key {
+            KeyRef::Label(l) => rec.source_key_label = Some(l.clone()),
+            KeyRef::Id(id) => rec.source_key_id_hex = Some(wrap::hex(id)),
+        }
+        if let KeyRef::Label(l) = &key
+            && !caller.may_touch(l)
+        {
+            return Err(Status::permission_denied(may_not_touch(&caller, l)));
+        }
+        let alg = algorithm(body.algorithm)?;
+        rec.algorithm = Some(alg.as_str());
+        let wk = WrappingKey::from_pem(
+            body.wrapping_public_key_pem.as_bytes(),
+            self.min_wrapping_key_bits,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let fp = wk.fingerprint();
+        rec.wrapping_key_sha256 = Some(fp.clone());
+        match self.caller_wrapping_keys {
+            CallerWrappingKeys::Any => {}
+            CallerWrappingKeys::None => {
+                return Err(Status::permission_denied(
+                    "WrapKey with a caller's wrapping key is off (policy.caller_wrapping_keys = \"none\"); use ImportKeyVersion, which fetches the vault's key itself",
+                ));
+            }
+            CallerWrappingKeys::Pinned if self.pinned.contains(&fp) => {}
+            CallerWrappingKeys::Pinned => {
+                return Err(Status::permission_denied(format!(
+                    "wrapping key sha256:{fp} is not in policy.pinned_wrapping_keys"
+                )));
+            }
+        }
+        let allowed = caller.clone();
+        let wrapped = self
+            .on_hsm(deadline, move |hsm, d| {
+                hsm_started.store(true, Ordering::SeqCst);
+                hsm.wrap_if(&key, &wk, alg, d, |info| {
+                    if allowed.may_touch(&info.label) {
+                        Ok(())
+                    } else {
+                        Err(may_not_touch(&allowed, &info.label))
+                    }
+                })
+            })
+            .await?;
+        rec.source_key_label = Some(wrapped.key.label.clone());
+        rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
+        rec.mode = Some(wrapped.mode.as_str());
+        Ok(proto::WrapKeyResponse {
+            wrapped_key_material: wrapped.material,
+            shape: Some(shape(wrapped.shape)),
+            wrapping_key_sha256: fp,
+            mode: wrapped.mode.as_str().into(),
+            algorithm: proto_algorithm(wrapped.algorithm) as i32,
+        })
+    }
+
+    /// Imports are not built yet: authenticated, authorised, audited, then UNIMPLEMENTED.
+    fn import_attempt<T>(
+        &self,
+        req: &Request<T>,
+        op: &'static str,
+        key: Option<&proto::KeyRef>,
+        oci_key_id: Option<String>,
+    ) -> Result<(), Status> {
+        let mut rec = Record {
+            request_id: request_id(req),
+            operation: op,
+            oci_key_id,
+            ..Record::default()
+        };
+        let result = (|| {
+            let caller = self.caller(req)?;
+            rec.caller = caller.display.clone();
+            if !caller.may(Operation::Import) {
+                return Err(denied(op, &caller));
+            }
+            match key_ref(key)? {
+                KeyRef::Label(l) => rec.source_key_label = Some(l),
+                KeyRef::Id(id) => rec.source_key_id_hex = Some(wrap::hex(&id)),
+            }
+            Err(Status::unimplemented(format!(
+                "{op} is not implemented in this version of hsm-bridge; use WrapKey with the vault's wrapping key and call OCI yourself"
+            )))
+        })();
+        if rec.caller.is_empty() {
+            rec.caller = "unauthenticated".into();
+        }
+        self.audit(rec, result)
+    }
+}
+
+#[tonic::async_trait]
+impl KeySourceBridge for Bridge {
+    async fn list_source_keys(
+        &self,
+        req: Request<proto::ListSourceKeysRequest>,
+    ) -> Result<Response<proto::ListSourceKeysResponse>, Status> {
+        let deadline = deadline(&req);
+        let caller = self.caller(&req)?;
+        if !caller.may(Operation::List) {
+            return Err(denied("ListSourceKeys", &caller));
+        }
+        let body = req.into_inner();
+        let page = match body.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = parse_page_token(&body.page_token)?;
+        let keys = self.on_hsm(deadline, |hsm, d| hsm.list_keys(d)).await?;
+        let mut visible = keys
+            .iter()
+            .filter(|k| caller.may_touch(&k.label))
+            .filter(|k| !body.exportable_only || self.hsm.export_check(k).is_ok())
+            .filter(|k| {
+                after
+                    .as_ref()
+                    .is_none_or(|(l, i)| (&k.label, &k.id) > (l, i))
+            })
+            .peekable();
+        let mut out = Vec::new();
+        while out.len() < page {
+            match visible.next() {
+                Some(k) => out.push(k),
+                None => break,
+            }
+        }
+        let next_page_token = match (visible.peek(), out.last()) {
+            (Some(_), Some(last)) => page_token(last),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListSourceKeysResponse {
+            keys: out.into_iter().map(|k| source_key(&self.hsm, k)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_source_key(
+        &self,
+        req: Request<proto::GetSourceKeyRequest>,
+    ) -> Result<Response<proto::SourceKey>, Status> {
+        let deadline = deadline(&req);
+        let caller = self.caller(&req)?;
+        if !caller.may(Operation::List) {
+            return Err(denied("GetSourceKey", &caller));
+        }
+        let key = key_ref(req.get_ref().source_key.as_ref())?;
+        if let KeyRef::Label(l) = &key
+            && !caller.may_touch(l)
+        {
+            return Err(Status::permission_denied(may_not_touch(&caller, l)));
+        }
+        let info = self
+            .on_hsm(deadline, move |hsm, d| hsm.find_key(&key, d))
+            .await?;
+        if !caller.may_touch(&info.label) {
+            return Err(Status::permission_denied(may_not_touch(
+                &caller,
+                &info.label,
+            )));
+        }
+        Ok(Response::new(source_key(&self.hsm, &info)))
+    }
+
+    async fn wrap_key(
+        &self,
+        req: Request<proto::WrapKeyRequest>,
+    ) -> Result<Response<proto::WrapKeyResponse>, Status> {
+        let mut guard = AuditOnDrop::new(
+            self.audit.clone(),
+            Record {
+                request_id: request_id(&req),
+                operation: "WrapKey",
+                ..Record::default()
+            },
+        );
+        let result = self.wrap_key_inner(req, &mut guard).await;
+        let mut rec = guard.take();
+        if rec.caller.is_empty() {
+            rec.caller = match &result {
+                Err(s) if s.code() == Code::Unauthenticated => {
+                    format!("unauthenticated: {}", s.message())
+                }
+                _ => "unknown".into(),
+            };
+        }
+        self.audit(rec, result).map(Response::new)
+    }
+
+    async fn import_key_version(
+        &self,
+        req: Request<proto::ImportKeyVersionRequest>,
+    ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
+        let (key, ocid) = (
+            req.get_ref().source_key.clone(),
+            req.get_ref().oci_key_id.clone(),
+        );
+        self.import_attempt(&req, "ImportKeyVersion", key.as_ref(), Some(ocid))?;
+        Err(Status::internal(
+            "unreachable: import_attempt always refuses",
+        ))
+    }
+
+    async fn import_key(
+        &self,
+        req: Request<proto::ImportKeyRequest>,
+    ) -> Result<Response<proto::ImportKeyResponse>, Status> {
+        let key = req.get_ref().source_key.clone();
+        self.import_attempt(&req, "ImportKey", key.as_ref(), None)?;
+        Err(Status::internal(
+            "unreachable: import_attempt always refuses",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_parsing() {
+        let mut r = Request::new(());
+        assert!(deadline(&r).is_none());
+        r.metadata_mut()
+            .insert("grpc-timeout", "250m".parse().unwrap());
+        let d = deadline(&r).unwrap();
+        let left = d - Instant::now();
+        assert!(
+            left <= Duration::from_millis(245) && left > Duration::from_millis(200),
+            "{left:?}"
+        );
+        r.metadata_mut()
+            .insert("grpc-timeout", "bogus".parse().unwrap());
+        assert!(deadline(&r).is_none());
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut r = Request::new(());
+        assert_eq!(request_id(&r).len(), 16);
+        r.metadata_mut()
+            .insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(request_id(&r), "abc-123");
+        r.metadata_mut()
+            .insert("x-request-id", "has space".parse().unwrap());
+        assert_ne!(request_id(&r), "has space");
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        assert_eq!(parse_page_token("").unwrap(), None);
+        let t = format!("{}.{}", wrap::hex(b"demo-aes-256"), "0103");
+        assert_eq!(
+            parse_page_token(&t).unwrap(),
+            Some(("demo-aes-256".into(), vec![1, 3]))
+        );
+        assert_eq!(
+            parse_page_token("zz").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}

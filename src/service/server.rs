@@ -1,0 +1,260 @@
+//! `hsm-bridge serve`: opens the token (login, self-test) before any thread starts, then
+//! serves `KeySourceBridge`, `grpc.health.v1.Health` and server reflection until SIGTERM or
+//! SIGINT; then stops accepting, lets calls in flight finish (bounded by
+//! `server.shutdown_grace_secs`), closes the sessions, logs out and finalises the module.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use super::Bridge;
+use super::audit::Audit;
+use super::auth::Authenticator;
+use crate::Error;
+use crate::config::{Config, Listen};
+use crate::hsm::Hsm;
+use crate::proto::key_source_bridge_server::KeySourceBridgeServer;
+
+/// Largest request accepted; the biggest legitimate one (a 16 KiB PEM) is far below.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The service name health reports on, besides "".
+const SERVICE_NAME: &str = "hsmbridge.v1.KeySourceBridge";
+/// How often the token is checked for the health service.
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until a signal; `Ok` after a clean shutdown.
+pub fn serve(cfg: Config) -> Result<(), Error> {
+    let fail = |m: String| Error::Usage(m);
+    let listen = cfg.server.listen().map_err(&fail)?;
+    let tls = match &listen {
+        Listen::Tcp(_) if !cfg.server.plaintext => Some(tls_config(&cfg)?),
+        _ => None,
+    };
+    let auth = match &tls {
+        Some(_) => Authenticator::Certificates(cfg.server.clients.clone()),
+        None => Authenticator::Local,
+    };
+    let audit = Arc::new(Audit::open(&cfg.audit.path).map_err(&fail)?);
+    // Opened before the runtime starts threads: the module's environment is set here.
+    let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
+    tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
+    let bridge = Arc::new(Bridge::new(
+        hsm.clone(),
+        auth,
+        audit,
+        cfg.server.max_queue,
+        &cfg.policy,
+    ));
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let result = runtime.block_on(run(listen, tls, bridge, hsm.clone(), grace));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match Arc::try_unwrap(hsm) {
+        Ok(hsm) => {
+            hsm.close();
+            tracing::info!("sessions closed, logged out, module finalised");
+        }
+        Err(_) => tracing::warn!("HSM work still running at exit; the module was not finalised"),
+    }
+    result
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Usage(format!("{what} {}: {e}", path.display())))
+}
+
+fn tls_config(cfg: &Config) -> Result<ServerTlsConfig, Error> {
+    let s = &cfg.server;
+    let (Some(cert), Some(key), Some(ca)) = (&s.tls_cert, &s.tls_key, &s.client_ca) else {
+        return Err(Error::Usage(
+            "TLS needs server.tls_cert, server.tls_key and server.client_ca".into(),
+        ));
+    };
+    let mode = std::fs::metadata(key)
+        .map_err(|e| Error::Usage(format!("server.tls_key {}: {e}", key.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::Usage(format!(
+            "server.tls_key {}: mode {:04o} lets group or others read the private key; run chmod 600 on it",
+            key.display(),
+            mode & 0o777
+        )));
+    }
+    let identity = Identity::from_pem(read(cert, "server.tls_cert")?, read(key, "server.tls_key")?);
+    Ok(ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(Certificate::from_pem(read(ca, "server.client_ca")?)))
+}
+
+async fn run(
+    listen: Listen,
+    tls: Option<ServerTlsConfig>,
+    bridge: Arc<Bridge>,
+    hsm: Arc<Hsm>,
+    grace: Duration,
+) -> Result<(), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let probe = {
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut serving = true;
+            loop {
+                tokio::time::sleep(HEALTH_EVERY).await;
+                let h = hsm.clone();
+                let ok = matches!(
+                    tokio::task::spawn_blocking(move || h.check_token()).await,
+                    Ok(Ok(()))
+                );
+                if ok != serving {
+                    serving = ok;
+                    let status = if ok {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    tracing::warn!(serving = ok, "token health changed");
+                    for name in ["", SERVICE_NAME] {
+                        health.set_service_status(name, status).await;
+                    }
+                }
+            }
+        })
+    };
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Io(format!("reflection: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Io(format!("reflection: {e}")))?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Usage(format!("TLS configuration: {e}")))?;
+    }
+    let api = KeySourceBridgeServer::from_arc(bridge.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let router = builder
+        .add_service(api)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let server = match listen {
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| Error::Io(e.to_string()))?;
+            announce(&local.to_string());
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
+            )
+        }
+        Listen::Unix(path) => {
+            let listener = bind_unix(&path)?;
+            announce(&format!("unix:{}", path.display()));
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped),
+            )
+        }
+    };
+
+    let signal = wait_for_signal().await;
+    tracing::info!(
+        "{signal}: no new calls; waiting up to {}s for calls in flight",
+        grace.as_secs()
+    );
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let _ = stop_tx.send(());
+    probe.abort();
+    let finished = tokio::time::timeout(grace, server).await;
+    let drained = bridge.drain(Duration::from_secs(1).max(grace / 10)).await;
+    match finished {
+        Ok(Ok(Ok(()))) if drained => Ok(()),
+        Ok(Ok(Ok(()))) => Err(Error::Io("HSM work was still running at shutdown".into())),
+        Ok(Ok(Err(e))) => Err(Error::Io(format!("server: {e}"))),
+        Ok(Err(e)) => Err(Error::Io(format!("server task: {e}"))),
+        Err(_) => Err(Error::Io(format!(
+            "calls still in flight after {}s (server.shutdown_grace_secs); exiting anyway",
+            grace.as_secs()
+        ))),
+    }
+}
+
+/// Tells whoever started the daemon where it listens (port 0 gets a real port).
+fn announce(addr: &str) {
+    tracing::info!(%addr, "listening");
+    println!("hsm-bridge: listening on {addr}");
+}
+
+/// Binds a Unix socket that only this user can connect to: created under umask 0177 so
+/// it is never group/other-accessible, not even for an instant. A stale socket file is
+/// replaced; any other file at the path is an error.
+fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)
+                .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        } else {
+            return Err(Error::Usage(format!(
+                "server.listen: {} exists and is not a socket",
+                path.display()
+            )));
+        }
+    }
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener =
+        bound.map_err(|e| Error::Io(format!("cannot listen on {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon could not stop cleanly; keep serving.
+        std::future::pending::<()>().await;
+        unreachable!()
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

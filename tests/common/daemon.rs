@@ -1,0 +1,200 @@
+//! The real `hsm-bridge serve` process for black-box tests: TLS material from
+//! tests/make-test-certs.sh, a config around a test token, and gRPC clients.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::{Fixture, process_dir, write_config};
+
+/// Test certificates, made once per test process.
+pub fn certs() -> &'static PathBuf {
+    static CERTS: OnceLock<PathBuf> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = process_dir("certs");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-test-certs.sh");
+        let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "make-test-certs.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// The clients every TLS daemon config knows.
+pub const CLIENTS: &str = r#"
+[[server.clients]]
+name = "cckm"
+subject_cn = "cckm.example"
+operations = ["list", "wrap", "import"]
+keys = ["*"]
+
+[[server.clients]]
+name = "limited"
+subject_cn = "limited.example"
+operations = ["list", "wrap"]
+keys = ["test-aes-*"]
+"#;
+
+/// A daemon config on `fx`'s token: `policy` lines go into [policy]; `server` replaces
+/// the default TLS [server] lines. Returns the config and its audit log.
+pub fn daemon_config(
+    fx: &Fixture,
+    name: &str,
+    policy: &str,
+    server: Option<&str>,
+) -> (PathBuf, PathBuf) {
+    let c = certs();
+    let audit = fx.dir.join(format!("audit-{name}.jsonl"));
+    let _ = std::fs::remove_file(&audit);
+    let server = match server {
+        Some(s) => s.to_string(),
+        None => format!(
+            "listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
+            c.join("server.pem").display(),
+            c.join("server.key").display(),
+            c.join("ca.pem").display()
+        ),
+    };
+    let config = write_config(fx, &format!("daemon-{name}.toml"), |base| {
+        format!(
+            "{base}{policy}\n\n[server]\n{server}\n{CLIENTS}\n[audit]\npath = \"{}\"\n",
+            audit.display()
+        )
+    });
+    (config, audit)
+}
+
+pub struct Daemon {
+    child: Child,
+    /// "127.0.0.1:PORT" or "unix:/path".
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `hsm-bridge serve` and waits for it to say where it listens.
+    pub fn start(config: &Path, extra_args: &[&str]) -> Daemon {
+        let log = config.with_extension("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(extra_args)
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("KRYOPTIC_CONF")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("hsm-bridge: listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "daemon did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Daemon {
+            addr: addr.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A TLS channel, with the client certificate `who` (e.g. "cckm") or none.
+    pub async fn channel(&self, who: Option<&str>) -> Result<Channel, tonic::transport::Error> {
+        let c = certs();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(c.join("ca.pem")).unwrap(),
+            ))
+            .domain_name("localhost");
+        if let Some(who) = who {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(c.join(format!("{who}.pem"))).unwrap(),
+                std::fs::read(c.join(format!("{who}.key"))).unwrap(),
+            ));
+        }
+        Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// A KeySourceBridge client over mTLS as `who`.
+    pub async fn client(&self, who: &str) -> KeySourceBridgeClient<Channel> {
+        KeySourceBridgeClient::new(self.channel(Some(who)).await.expect("mTLS connect"))
+    }
+
+    /// A plain-text channel (loopback daemons with plaintext = true).
+    pub async fn plain_channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.pid() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+    }
+
+    /// Waits for the process to exit (at most `within`).
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        let end = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "daemon did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The audit log's records.
+pub fn audit_records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+        .collect()
+}
