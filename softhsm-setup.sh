@@ -7,6 +7,8 @@
 #   - seeds the demo keys, generated inside the token (their values are never known outside it):
 #       demo-aes-128, demo-aes-192, demo-aes-256, demo-rsa-2048, demo-rsa-3072, demo-rsa-4096
 #         (extractable, sensitive), and demo-locked-aes-256 (not extractable);
+#   - makes dev TLS material in .softhsm/tls/ (a CA, a server certificate for localhost and
+#     127.0.0.1, client certificates; tests/make-test-certs.sh), remade when it nears expiry;
 #   - writes .softhsm/env with export lines for scripts and tests.
 #
 # With --with-kryoptic, also: builds the kryoptic PKCS#11 soft token (pinned version, from
@@ -184,6 +186,14 @@ dbargs = \"$kt/token.sql\""
 if ((with_kryoptic)); then
     build_kryoptic
     setup_kryoptic_token
+fi
+
+# --- dev TLS material for `hsm-bridge serve --config config/hsm-bridge.toml` ----------
+tls="$dir/tls"
+if [ ! -f "$tls/server.pem" ] || ! openssl x509 -checkend 86400 -noout -in "$tls/server.pem" >/dev/null 2>&1; then
+    say "making dev TLS certificates in $tls"
+    rm -rf "$tls"
+    HSM_BRIDGE_CERT_DAYS=365 bash "$here/tests/make-test-certs.sh" "$tls" || die "could not make TLS certificates"
 fi
 
 # --- environment for scripts and tests ------------------------------------------------

@@ -33,6 +33,9 @@ pub enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// Listen here instead of server.listen ("IP:port" or "unix:/path").
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// List the secret and private keys on the token, and whether each may be exported.
     Keys {
@@ -121,8 +124,12 @@ fn open(config: &Path) -> Result<(Config, Hsm), Error> {
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Io(e.to_string());
     match cli.command {
-        Command::Serve { config, .. } => {
-            crate::service::server::serve(Config::load(&config)?)?;
+        Command::Serve { config, listen, .. } => {
+            let mut cfg = Config::load(&config)?;
+            if let Some(listen) = listen {
+                cfg.server.listen = listen;
+            }
+            crate::service::server::serve(cfg)?;
         }
         Command::Keys { common } => {
             let (_, hsm) = open(&common.config)?;

@@ -889,6 +889,36 @@ async fn plaintext_only_on_loopback_and_unix_sockets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_whose_audit_record_cannot_be_written_is_refused() {
+    let fx = softhsm();
+    let (config, _) = daemon_config(fx, "audit-full", "caller_wrapping_keys = \"any\"", None);
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        &text[text.find("[audit]").unwrap()..],
+        "[audit]\npath = \"/dev/full\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let d = Daemon::start(&config, &[]);
+    let e = d
+        .client("cckm")
+        .await
+        .wrap_key(wrap_req(
+            by_label("test-aes-256"),
+            &fx.wk.wk2048,
+            proto::WrappingAlgorithm::RsaOaepAesSha256,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("audit log could not be written"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_is_refused_cheaply() {
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "big", "caller_wrapping_keys = \"any\"", None);

@@ -6,6 +6,9 @@
 
 mod common;
 
+use common::daemon::Daemon;
+use hsm_bridge::proto::{self, key_ref::Key};
+
 use std::path::PathBuf;
 use std::process::Output;
 
@@ -201,4 +204,99 @@ fn demo_keys_wrap_and_unwrap_to_the_right_key(token: &DevToken) {
         dir.path().join("x").to_str().unwrap(),
     ]);
     assert!(l.contains("not extractable"), "{l}");
+}
+
+/// The README's first command, as shipped: `serve --config config/hsm-bridge.toml` (here
+/// on a free port), called by another process over mutual TLS with the dev client
+/// certificate that softhsm-setup.sh made. Every demo key comes back wrapped, and opens to
+/// the token's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_config_serves_every_demo_key_over_mtls() {
+    let token = DevToken::softhsm();
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shipped-config-daemon.log");
+    let mut d = Daemon::start_logging_to(&token.config, &["--listen", "127.0.0.1:0"], &log);
+    d.tls = repo().join(".softhsm/tls");
+    let dir = tempfile::tempdir().unwrap();
+    let wk_private = dir.path().join("wk.key.pem");
+    let wk_public = dir.path().join("wk.pub.pem");
+    openssl_ok(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:4096",
+        "-out",
+        wk_private.to_str().unwrap(),
+    ]);
+    openssl_ok(&[
+        "pkey",
+        "-in",
+        wk_private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        wk_public.to_str().unwrap(),
+    ]);
+    let kp = KeyPair {
+        private_pem: wk_private,
+        public_pem: wk_public.clone(),
+    };
+
+    let mut client = d.client("cckm").await;
+    for (label, id) in [
+        ("demo-aes-128", "0101"),
+        ("demo-aes-256", "0103"),
+        ("demo-rsa-2048", "0201"),
+        ("demo-rsa-4096", "0203"),
+    ] {
+        let r = client
+            .wrap_key(proto::WrapKeyRequest {
+                source_key: Some(proto::KeyRef {
+                    key: Some(Key::Label(label.into())),
+                }),
+                wrapping_public_key_pem: std::fs::read_to_string(&wk_public).unwrap(),
+                algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let f = dir.path().join(format!("{label}.bin"));
+        std::fs::write(&f, &r.wrapped_key_material).unwrap();
+        let key = openssl_unwrap(&f, &kp.private_pem, 512, "RSA_OAEP_AES_SHA256");
+        if label.starts_with("demo-aes") {
+            assert_eq!(kcv_of(&key), token_kcv(&token, id), "{label}");
+        } else {
+            assert_eq!(
+                pkcs8_modulus(&key),
+                token_modulus(|a| token.p11(a), label),
+                "{label}"
+            );
+        }
+    }
+    let e = client
+        .wrap_key(proto::WrapKeyRequest {
+            source_key: Some(proto::KeyRef {
+                key: Some(Key::Label("demo-locked-aes-256".into())),
+            }),
+            wrapping_public_key_pem: std::fs::read_to_string(&wk_public).unwrap(),
+            algorithm: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    d.terminate();
+    assert!(d.wait(std::time::Duration::from_secs(30)).success());
+    // The shipped config audits to stderr: one JSON line per attempt.
+    let audit: Vec<serde_json::Value> = d
+        .log_text()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(audit.len(), 5, "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .all(|r| r["caller"] == "cckm (CN=cckm.example)")
+    );
+    println!("audit line: {}", audit[0]);
 }

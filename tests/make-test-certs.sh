@@ -6,9 +6,11 @@
 #   limited.pem/.key            client CN limited.example   (listed, list+wrap, test-aes-* only)
 #   unlisted.pem/.key           client CN unlisted.example  (from the CA, not in server.clients)
 #   rogue.pem/.key              client CN cckm.example, issued by another CA (rogue-ca.pem)
-# Keys are EC P-256, mode 0600. Test material only: it is made fresh on every test run.
+# Keys are EC P-256, mode 0600. Valid for HSM_BRIDGE_CERT_DAYS days (default 2). The tests
+# make fresh material on every run; softhsm-setup.sh uses it for the dev daemon's TLS.
 set -euo pipefail
 dir="${1:-test-certs}"
+days="${HSM_BRIDGE_CERT_DAYS:-2}"
 mkdir -p "$dir"
 cd "$dir"
 umask 077
@@ -17,7 +19,7 @@ key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.
 
 ca() { # name subject
     key "$1"
-    openssl req -x509 -new -key "$1.key" -subj "/CN=$2" -days 2 -out "$1.pem" \
+    openssl req -x509 -new -key "$1.key" -subj "/CN=$2" -days "$days" -out "$1.pem" \
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
 }
 
@@ -25,7 +27,7 @@ leaf() { # name CN issuer extensions
     key "$1"
     openssl req -new -key "$1.key" -subj "/CN=$2" -out "$1.csr" 2>/dev/null
     printf '%s\n' "$4" >"$1.ext"
-    openssl x509 -req -in "$1.csr" -CA "$3.pem" -CAkey "$3.key" -CAcreateserial -days 2 \
+    openssl x509 -req -in "$1.csr" -CA "$3.pem" -CAkey "$3.key" -CAcreateserial -days "$days" \
         -extfile "$1.ext" -out "$1.pem" 2>/dev/null
     rm -f "$1.csr" "$1.ext"
 }

@@ -77,12 +77,20 @@ pub struct Daemon {
     /// "127.0.0.1:PORT" or "unix:/path".
     pub addr: String,
     pub log: PathBuf,
+    /// Where the client certificates and the CA are (the test certificates by default).
+    pub tls: PathBuf,
 }
 
 impl Daemon {
-    /// Starts `hsm-bridge serve` and waits for it to say where it listens.
+    /// Starts `hsm-bridge serve` and waits for it to say where it listens; its stderr
+    /// goes next to the config.
     pub fn start(config: &Path, extra_args: &[&str]) -> Daemon {
-        let log = config.with_extension("log");
+        Self::start_logging_to(config, extra_args, &config.with_extension("log"))
+    }
+
+    /// As [`Daemon::start`], with stderr to `log`.
+    pub fn start_logging_to(config: &Path, extra_args: &[&str], log: &Path) -> Daemon {
+        let log = log.to_path_buf();
         let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
             .arg("serve")
             .arg("--config")
@@ -113,6 +121,7 @@ impl Daemon {
             addr: addr.to_string(),
             child,
             log,
+            tls: certs().clone(),
         }
     }
 
@@ -122,7 +131,7 @@ impl Daemon {
 
     /// A TLS channel, with the client certificate `who` (e.g. "cckm") or none.
     pub async fn channel(&self, who: Option<&str>) -> Result<Channel, tonic::transport::Error> {
-        let c = certs();
+        let c = &self.tls;
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(
                 std::fs::read(c.join("ca.pem")).unwrap(),
