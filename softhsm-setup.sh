@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a development machine for hsm-bridge (Debian 12, run as root or with sudo):
-#   - installs what is missing: SoftHSM2, OpenSC (pkcs11-tool), OpenSSL, and the build
-#     dependencies of the Rust crate (libssl-dev, pkg-config, a C compiler);
+#   - installs what is missing: SoftHSM2, OpenSC (pkcs11-tool), OpenSSL, the build
+#     dependencies of the Rust crate (libssl-dev, pkg-config, a C compiler), and protoc
+#     (the tests check that the proto builds with the standard compiler too);
 #   - creates the project-local SoftHSM2 token "hsm-bridge-dev" under .softhsm/ (git-ignored),
 #     with random PINs in .softhsm/user-pin and .softhsm/so-pin (mode 0600);
 #   - seeds the demo keys, generated inside the token (their values are never known outside it):
