@@ -318,18 +318,7 @@ async fn tls_refuses_callers_without_a_known_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_policy_refuses_unlisted_wrapping_keys() {
     let fx = softhsm();
-    let der = openssl_ok(&[
-        "pkey",
-        "-pubin",
-        "-in",
-        fx.wk.wk2048.public_pem.to_str().unwrap(),
-        "-outform",
-        "DER",
-    ]);
-    let fp: String = openssl::sha::sha256(&der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let fp = spki_sha256_hex(&fx.wk.wk2048.public_pem);
     let policy = format!("caller_wrapping_keys = \"pinned\"\npinned_wrapping_keys = [\"{fp}\"]");
     let (config, _) = daemon_config(fx, "pinned", &policy, None);
     let d = Daemon::start(&config, &[]);

@@ -133,25 +133,7 @@ fn kryoptic_demo_keys_wrap_and_unwrap_to_the_right_key() {
 fn demo_keys_wrap_and_unwrap_to_the_right_key(token: &DevToken) {
     let config = token.config.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let wk_private = dir.path().join("wk.key.pem");
-    let wk_public = dir.path().join("wk.pub.pem");
-    openssl_ok(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:4096",
-        "-out",
-        wk_private.to_str().unwrap(),
-    ]);
-    openssl_ok(&[
-        "pkey",
-        "-in",
-        wk_private.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        wk_public.to_str().unwrap(),
-    ]);
+    let kp = rsa4096(dir.path());
 
     // Labels and ids as softhsm-setup.sh seeds them.
     for (label, id) in [
@@ -170,11 +152,11 @@ fn demo_keys_wrap_and_unwrap_to_the_right_key(token: &DevToken) {
             "--label",
             label,
             "--wrapping-key",
-            wk_public.to_str().unwrap(),
+            kp.public_pem.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
         ]);
-        let key = openssl_unwrap(&out, &wk_private, 512, "RSA_OAEP_AES_SHA256");
+        let key = openssl_unwrap(&out, &kp.private_pem, 512, "RSA_OAEP_AES_SHA256");
         if label.starts_with("demo-aes") {
             assert_eq!(
                 kcv_of(&key),
@@ -199,7 +181,7 @@ fn demo_keys_wrap_and_unwrap_to_the_right_key(token: &DevToken) {
         "--label",
         "demo-locked-aes-256",
         "--wrapping-key",
-        wk_public.to_str().unwrap(),
+        kp.public_pem.to_str().unwrap(),
         "--out",
         dir.path().join("x").to_str().unwrap(),
     ]);
@@ -217,29 +199,7 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
     let mut d = Daemon::start_logging_to(&token.config, &["--listen", "127.0.0.1:0"], &log);
     d.tls = repo().join(".softhsm/tls");
     let dir = tempfile::tempdir().unwrap();
-    let wk_private = dir.path().join("wk.key.pem");
-    let wk_public = dir.path().join("wk.pub.pem");
-    openssl_ok(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:4096",
-        "-out",
-        wk_private.to_str().unwrap(),
-    ]);
-    openssl_ok(&[
-        "pkey",
-        "-in",
-        wk_private.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        wk_public.to_str().unwrap(),
-    ]);
-    let kp = KeyPair {
-        private_pem: wk_private,
-        public_pem: wk_public.clone(),
-    };
+    let kp = rsa4096(dir.path());
 
     let mut client = d.client("cckm").await;
     for (label, id) in [
@@ -253,7 +213,7 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
                 source_key: Some(proto::KeyRef {
                     key: Some(Key::Label(label.into())),
                 }),
-                wrapping_public_key_pem: std::fs::read_to_string(&wk_public).unwrap(),
+                wrapping_public_key_pem: std::fs::read_to_string(&kp.public_pem).unwrap(),
                 algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
             })
             .await
@@ -277,7 +237,7 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
             source_key: Some(proto::KeyRef {
                 key: Some(Key::Label("demo-locked-aes-256".into())),
             }),
-            wrapping_public_key_pem: std::fs::read_to_string(&wk_public).unwrap(),
+            wrapping_public_key_pem: std::fs::read_to_string(&kp.public_pem).unwrap(),
             algorithm: 0,
         })
         .await

@@ -128,18 +128,7 @@ fn pkcs1_wrapping_key_is_accepted_and_fingerprinted_as_spki(fx: &Fixture) {
         "-out",
         pkcs1.to_str().unwrap(),
     ]);
-    let spki_der = openssl_ok(&[
-        "pkey",
-        "-pubin",
-        "-in",
-        fx.wk.wk2048.public_pem.to_str().unwrap(),
-        "-outform",
-        "DER",
-    ]);
-    let want: String = openssl::sha::sha256(&spki_der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let want = spki_sha256_hex(&fx.wk.wk2048.public_pem);
     let out = dir.path().join("k.bin");
     let mut args = wrap_args(
         fx.config.to_str().unwrap(),

@@ -400,7 +400,8 @@ fn p11_ok(fx: &Fixture, args: &[&str]) {
     );
 }
 
-fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> KeyPair {
+/// A key pair made by the openssl command line (`genpkey` arguments), PEM files in `dir`.
+pub fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> KeyPair {
     let private_pem = dir.join(format!("{name}.key.pem"));
     let public_pem = dir.join(format!("{name}.pub.pem"));
     let mut args: Vec<&str> = genpkey.to_vec();
@@ -591,4 +592,35 @@ pub fn token_modulus(p11: impl Fn(&[&str]) -> Output, label: &str) -> String {
 pub fn selftest_json(config: &Path) -> serde_json::Value {
     let out = hsm_bridge_ok(&["selftest", "--config", config.to_str().unwrap(), "--json"]);
     serde_json::from_str(&out).unwrap()
+}
+
+/// An RSA-4096 wrapping key pair in `dir`, as a vault has.
+pub fn rsa4096(dir: &Path) -> KeyPair {
+    keypair(
+        dir,
+        "wk",
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:4096",
+        ],
+    )
+}
+
+/// Hex SHA-256 of a PEM public key's SubjectPublicKeyInfo DER, by the openssl command line.
+pub fn spki_sha256_hex(public_pem: &Path) -> String {
+    let der = openssl_ok(&[
+        "pkey",
+        "-pubin",
+        "-in",
+        public_pem.to_str().unwrap(),
+        "-outform",
+        "DER",
+    ]);
+    openssl::sha::sha256(&der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
