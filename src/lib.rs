@@ -6,6 +6,7 @@
 //! - [`hsm`]: the PKCS#11 module, token login, session pool, key lookup, the start-up
 //!   self-test that proves which wrap mechanisms are real, and the three wrap modes.
 //! - [`wrap`]: pure functions: OCI's envelope, wrapping-key parsing, software OAEP / KWP.
+//! - [`oci`]: Oracle Cloud request signing.
 //! - [`policy`]: which keys may leave.
 //! - [`service`]: the gRPC daemon: caller identity, per-caller policy, bounded HSM queue,
 //!   audit, health, reflection, graceful shutdown.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod hardening;
 pub mod hsm;
+pub mod oci;
 pub mod policy;
 pub mod service;
 pub mod wrap;

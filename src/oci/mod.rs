@@ -1,0 +1,19 @@
+//! Oracle Cloud: request signing (OCI HTTP Signature version 1). The KMS management client,
+//! the `~/.oci/config` reader and retries build on this (not yet in this crate).
+//!
+//! Holds the operator's API private key; never logs it or anything derived from it but the
+//! public fingerprint.
+
+pub mod signer;
+
+pub use signer::{RequestParts, RequestSigner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("OCI API key: {0}")]
+    Key(String),
+    #[error("URL {url:?}: {why}")]
+    Url { url: String, why: &'static str },
+    #[error("signing: {0}")]
+    Sign(String),
+}
