@@ -1,11 +1,14 @@
-//! Oracle Cloud: request signing (OCI HTTP Signature version 1). The KMS management client,
-//! the `~/.oci/config` reader and retries build on this (not yet in this crate).
+//! Oracle Cloud: request signing (OCI HTTP Signature version 1) and API-key identities from
+//! `~/.oci/config`-style files. The KMS management client and retries build on these (not
+//! yet in this crate).
 //!
 //! Holds the operator's API private key; never logs it or anything derived from it but the
 //! public fingerprint.
 
+pub mod identity;
 pub mod signer;
 
+pub use identity::Identity;
 pub use signer::{RequestParts, RequestSigner};
 
 #[derive(Debug, thiserror::Error)]

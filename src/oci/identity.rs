@@ -1,0 +1,280 @@
+//! An OCI API-key identity from an `~/.oci/config`-style file: INI sections, every profile
+//! inheriting the keys of `[DEFAULT]` (as OCI's Python SDK, which uses configparser).
+//! The private key file is read once, into zeroizing memory, and must be readable by its
+//! owner only.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::OciError;
+use super::signer::{RequestSigner, fingerprint};
+
+/// A profile's identity, ready to sign.
+#[derive(Debug)]
+pub struct Identity {
+    pub profile: String,
+    pub tenancy: String,
+    pub user: String,
+    pub fingerprint: String,
+    pub region: String,
+    pub signer: RequestSigner,
+}
+
+fn err(file: &Path, msg: impl std::fmt::Display) -> OciError {
+    OciError::Key(format!("{}: {msg}", file.display()))
+}
+
+/// Parses INI text into sections of key/value pairs. Keys are lower-cased; a key and its
+/// value are split at the first `=` or `:`; `#` and `;` start comment lines.
+fn parse_ini(text: &str) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+    let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim().to_string();
+            sections.entry(name.clone()).or_default();
+            current = Some(name);
+            continue;
+        }
+        let at = line
+            .find(['=', ':'])
+            .ok_or_else(|| format!("line {}: expected key=value", n + 1))?;
+        let section = current
+            .as_ref()
+            .ok_or_else(|| format!("line {}: key outside any [profile]", n + 1))?;
+        let (key, value) = (
+            line[..at].trim().to_ascii_lowercase(),
+            line[at + 1..].trim(),
+        );
+        sections
+            .get_mut(section)
+            .expect("section exists")
+            .insert(key, value.to_string());
+    }
+    Ok(sections)
+}
+
+/// Expands a leading `~`, and resolves a relative path against `base`.
+fn resolve(path: &str, base: &Path) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from(path), |h| PathBuf::from(h).join(rest)),
+        None if Path::new(path).is_relative() => base.join(path),
+        None => PathBuf::from(path),
+    }
+}
+
+/// Reads a private key file that only its owner may read, into zeroizing memory.
+fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, OciError> {
+    let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
+    let mode = f.metadata().map_err(|e| err(path, e))?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(
+            path,
+            format!(
+                "mode {mode:04o} lets group or others read the API private key; run chmod 600 on it"
+            ),
+        ));
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+    f.by_ref()
+        .take(64 * 1024)
+        .read_to_end(&mut buf)
+        .map_err(|e| err(path, e))?;
+    Ok(buf)
+}
+
+impl Identity {
+    /// Loads `profile` from the config file at `file`.
+    pub fn load(file: &Path, profile: &str) -> Result<Identity, OciError> {
+        let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| err(file, e))?);
+        let sections = parse_ini(&text).map_err(|m| err(file, m))?;
+        let mut values = sections.get("DEFAULT").cloned().unwrap_or_default();
+        match sections.get(profile) {
+            Some(own) => values.extend(own.clone()),
+            None if profile == "DEFAULT" && sections.contains_key("DEFAULT") => {}
+            None => {
+                let names: Vec<&str> = sections.keys().map(String::as_str).collect();
+                return Err(err(
+                    file,
+                    format!("no profile [{profile}] (profiles: {})", names.join(", ")),
+                ));
+            }
+        }
+        let values = Zeroizing::new(values.into_iter().collect::<Vec<_>>());
+        let get = |k: &str| {
+            values
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        if get("key_content").is_some() {
+            return Err(err(
+                file,
+                format!("[{profile}]: key_content is not allowed in a config file; use key_file"),
+            ));
+        }
+        let need = |k: &str| {
+            get(k)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| err(file, format!("[{profile}]: {k} is missing")))
+        };
+        let (user, fp, tenancy, region, key_file) = (
+            need("user")?,
+            need("fingerprint")?,
+            need("tenancy")?,
+            need("region")?,
+            need("key_file")?,
+        );
+        let base = file.parent().unwrap_or(Path::new("."));
+        let key_path = resolve(key_file, base);
+        let pem = read_private(&key_path)?;
+        let pass = get("pass_phrase")
+            .or_else(|| get("passphrase"))
+            .map(|p| Zeroizing::new(p.as_bytes().to_vec()));
+        let signer = RequestSigner::from_pem(
+            tenancy,
+            user,
+            fp,
+            &pem,
+            pass.as_deref().map(|p| p.as_slice()),
+        )
+        .map_err(|e| err(&key_path, e))?;
+        let actual = fingerprint_of(&pem, pass.as_deref().map(|p| p.as_slice()))?;
+        if !actual.eq_ignore_ascii_case(fp) {
+            return Err(err(
+                file,
+                format!(
+                    "[{profile}]: fingerprint {fp} does not match the key in {} (its fingerprint is {actual}); OCI would answer 401",
+                    key_path.display()
+                ),
+            ));
+        }
+        Ok(Identity {
+            profile: profile.to_string(),
+            tenancy: tenancy.to_string(),
+            user: user.to_string(),
+            fingerprint: fp.to_string(),
+            region: region.to_string(),
+            signer,
+        })
+    }
+}
+
+fn fingerprint_of(pem: &[u8], pass: Option<&[u8]>) -> Result<String, OciError> {
+    let key = openssl::pkey::PKey::private_key_from_pem_passphrase(pem, pass.unwrap_or(b""))
+        .map_err(|e| OciError::Key(e.to_string()))?;
+    fingerprint(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        dir: tempfile::TempDir,
+        fp: String,
+    }
+
+    fn files(pass: Option<&str>) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let pem = match pass {
+            Some(p) => rsa
+                .private_key_to_pem_passphrase(openssl::symm::Cipher::aes_256_cbc(), p.as_bytes())
+                .unwrap(),
+            None => rsa.private_key_to_pem().unwrap(),
+        };
+        let key = dir.path().join("api.pem");
+        std::fs::write(&key, pem).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let fp = fingerprint(&openssl::pkey::PKey::from_rsa(rsa).unwrap()).unwrap();
+        Files { dir, fp }
+    }
+
+    fn config(f: &Files, text: &str) -> PathBuf {
+        let p = f.dir.path().join("config");
+        std::fs::write(&p, text.replace("FP", &f.fp)).unwrap();
+        p
+    }
+
+    #[test]
+    fn profiles_inherit_from_default() {
+        let f = files(None);
+        let c = config(
+            &f,
+            "# comment\n[DEFAULT]\ntenancy=ocid1.tenancy.oc1..t\nregion = us-ashburn-1\nkey_file=api.pem\nfingerprint=FP\n\n[ops]\nuser=ocid1.user.oc1..u=x\nregion=eu-frankfurt-1\n",
+        );
+        let id = Identity::load(&c, "ops").unwrap();
+        assert_eq!(id.region, "eu-frankfurt-1", "the profile's own value wins");
+        assert_eq!(id.tenancy, "ocid1.tenancy.oc1..t");
+        assert_eq!(
+            id.user, "ocid1.user.oc1..u=x",
+            "split at the first '=' only"
+        );
+        assert_eq!(
+            id.signer.key_id(),
+            format!("ocid1.tenancy.oc1..t/ocid1.user.oc1..u=x/{}", f.fp)
+        );
+        let e = Identity::load(&c, "DEFAULT").unwrap_err().to_string();
+        assert!(e.contains("user is missing"), "{e}");
+        let e = Identity::load(&c, "nope").unwrap_err().to_string();
+        assert!(e.contains("no profile [nope]") && e.contains("ops"), "{e}");
+    }
+
+    #[test]
+    fn encrypted_key_with_pass_phrase() {
+        let f = files(Some("s3cret"));
+        let base = "[DEFAULT]\nuser=u\ntenancy=t\nregion=r\nkey_file=api.pem\nfingerprint=FP\n";
+        let c = config(&f, &format!("{base}pass_phrase=s3cret\n"));
+        assert!(Identity::load(&c, "DEFAULT").is_ok());
+        let c = config(&f, base);
+        let e = Identity::load(&c, "DEFAULT").unwrap_err().to_string();
+        assert!(e.contains("pass_phrase"), "{e}");
+    }
+
+    #[test]
+    fn refusals() {
+        let f = files(None);
+        let base = "[DEFAULT]\nuser=u\ntenancy=t\nregion=r\nkey_file=api.pem\n";
+        let e = Identity::load(
+            &config(&f, &format!("{base}fingerprint=00:11\n")),
+            "DEFAULT",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("does not match") && e.contains(&f.fp), "{e}");
+        let e = Identity::load(
+            &config(&f, &format!("{base}fingerprint=FP\nkey_content=abc\n")),
+            "DEFAULT",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key_content"), "{e}");
+        std::fs::set_permissions(
+            f.dir.path().join("api.pem"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let e = Identity::load(&config(&f, &format!("{base}fingerprint=FP\n")), "DEFAULT")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0644") && e.contains("chmod 600"), "{e}");
+        let e = Identity::load(&config(&f, "user=u\n"), "DEFAULT")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside any [profile]"), "{e}");
+        let e = Identity::load(&config(&f, "[DEFAULT]\njunk\n"), "DEFAULT")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}
