@@ -347,6 +347,13 @@ impl Config {
                 ));
             }
         }
+        for pattern in &self.oci.allowed_endpoints {
+            if !pattern.to_ascii_lowercase().starts_with("https://") {
+                return Err(format!(
+                    "oci.allowed_endpoints: {pattern:?} must start with https:// (requests carry signatures and wrapped keys)"
+                ));
+            }
+        }
         for pattern in self.policy.exportable.iter() {
             if pattern.is_empty() {
                 return Err("policy.exportable: empty pattern".into());

@@ -1,10 +1,11 @@
 //! Oracle Cloud: request signing (OCI HTTP Signature version 1) and API-key identities from
-//! `~/.oci/config`-style files. The KMS management client and retries build on these (not
+//! `~/.oci/config`-style files, and the endpoint allow-list. The KMS management client and retries build on these (not
 //! yet in this crate).
 //!
 //! Holds the operator's API private key; never logs it or anything derived from it but the
 //! public fingerprint.
 
+pub mod endpoint;
 pub mod identity;
 pub mod signer;
 
