@@ -482,6 +482,8 @@ pin_file = "pin"
         ))
         .unwrap_err();
         assert!(e.contains("abc"), "{e}");
+        let e = parse(&format!("{MIN}[oci]\nallowed_endpoints = [\"http://*\"]\n")).unwrap_err();
+        assert!(e.contains("https://"), "{e}");
     }
 
     #[test]
