@@ -1,6 +1,6 @@
-//! Oracle Cloud: request signing (OCI HTTP Signature version 1) and API-key identities from
-//! `~/.oci/config`-style files, and the endpoint allow-list. The KMS management client and retries build on these (not
-//! yet in this crate).
+//! Oracle Cloud: request signing (OCI HTTP Signature version 1), API-key identities from
+//! `~/.oci/config`-style files, and the endpoint allow-list. The KMS management client and
+//! retries will build on these (not yet in this crate).
 //!
 //! Holds the operator's API private key; never logs it or anything derived from it but the
 //! public fingerprint.
