@@ -12,6 +12,17 @@ use hsm_bridge::proto::{self, WrapKeyRequest, key_ref::Key};
 use tonic::Code;
 use tonic::transport::Channel;
 
+/// The timing-sensitive tests (overload, deadline, SIGTERM) run alone; the others share.
+static SCHEDULE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    SCHEDULE.write().await
+}
+
+async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    SCHEDULE.read().await
+}
+
 fn by_label(l: &str) -> Option<proto::KeyRef> {
     Some(proto::KeyRef {
         key: Some(Key::Label(l.into())),
@@ -56,6 +67,7 @@ fn open(material: &[u8], wk: &KeyPair, modulus_len: usize, alg: &str) -> Vec<u8>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_caller_wraps_and_every_attempt_is_audited() {
+    let _shared = shared().await;
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "mtls", "caller_wrapping_keys = \"any\"", None);
     let d = Daemon::start(&config, &[]);
@@ -266,6 +278,7 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_refuses_callers_without_a_known_certificate() {
+    let _shared = shared().await;
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "tls-refusals", "caller_wrapping_keys = \"any\"", None);
     let d = Daemon::start(&config, &[]);
@@ -317,6 +330,7 @@ async fn tls_refuses_callers_without_a_known_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_policy_refuses_unlisted_wrapping_keys() {
+    let _shared = shared().await;
     let fx = softhsm();
     let fp = spki_sha256_hex(&fx.wk.wk2048.public_pem);
     let policy = format!("caller_wrapping_keys = \"pinned\"\npinned_wrapping_keys = [\"{fp}\"]");
@@ -384,6 +398,7 @@ async fn pinned_policy_refuses_unlisted_wrapping_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_get_follow_paging_and_the_callers_patterns() {
+    let _shared = shared().await;
     let fx = softhsm();
     let (config, _) = daemon_config(fx, "list", "", None);
     let d = Daemon::start(&config, &[]);
@@ -505,6 +520,7 @@ async fn list_and_get_follow_paging_and_the_callers_patterns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imports_are_unimplemented_but_authorised_and_audited() {
+    let _shared = shared().await;
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "import", "", None);
     let d = Daemon::start(&config, &[]);
@@ -550,6 +566,7 @@ async fn imports_are_unimplemented_but_authorised_and_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_serving_and_reflection_lists_the_service() {
+    let _shared = shared().await;
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -615,6 +632,7 @@ async fn burst(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_gets_resource_exhausted_not_a_hang() {
+    let _alone = exclusive().await;
     let fx = softhsm();
     let (config, _) = daemon_config(fx, "overload", "caller_wrapping_keys = \"any\"", None);
     std::fs::write(
@@ -653,6 +671,7 @@ async fn overload_gets_resource_exhausted_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_call_past_its_deadline_never_reaches_the_hsm() {
+    let _alone = exclusive().await;
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "deadline", "caller_wrapping_keys = \"any\"", None);
     let text = std::fs::read_to_string(&config)
@@ -664,13 +683,18 @@ async fn queued_call_past_its_deadline_never_reaches_the_hsm() {
     let c = d.client("cckm").await;
     // Load queues RSA-4096 wraps on the one session (about a second of HSM work for 400
     // in this debug build); a call sent behind them with a 300 ms deadline waits in the
-    // fair queue and expires there. The load runs on its own runtime and connection so it
+    // fair queue and expires there. The load runs on its own runtime and connections so it
     // does not starve the probe's client. If the probe was served in time anyway (the
     // load reached the daemon too slowly, e.g. with other tests running), the load is
     // doubled and the probe sent again.
     for (attempt, n) in [400usize, 800, 1600].into_iter().enumerate() {
         let load = {
-            let client = d.client("cckm").await;
+            // Several connections: one would be capped by the server's HTTP/2 stream limit,
+            // and the daemon's queue would never hold more than that.
+            let mut clients = Vec::new();
+            for _ in 0..8 {
+                clients.push(d.client("cckm").await);
+            }
             let req = wrap_req(
                 by_label("test-rsa-4096"),
                 &fx.wk.wk4096,
@@ -684,8 +708,8 @@ async fn queued_call_past_its_deadline_never_reaches_the_hsm() {
                     .unwrap();
                 rt.block_on(async move {
                     let calls: Vec<_> = (0..n)
-                        .map(|_| {
-                            let mut c = client.clone();
+                        .map(|i| {
+                            let mut c = clients[i % clients.len()].clone();
                             let req = req.clone();
                             tokio::spawn(async move { c.wrap_key(req).await.is_ok() })
                         })
@@ -747,6 +771,7 @@ async fn queued_call_past_its_deadline_never_reaches_the_hsm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_calls_in_flight_finish_and_exits_0() {
+    let _alone = exclusive().await;
     let fx = softhsm();
     let (config, _) = daemon_config(fx, "sigterm", "caller_wrapping_keys = \"any\"", None);
     let text = std::fs::read_to_string(&config)
@@ -805,6 +830,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_only_on_loopback_and_unix_sockets() {
+    let _shared = shared().await;
     let fx = softhsm();
     // Off loopback: refuses to start, naming the setting.
     let (config, _) = daemon_config(
@@ -879,6 +905,7 @@ async fn plaintext_only_on_loopback_and_unix_sockets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_whose_audit_record_cannot_be_written_is_refused() {
+    let _shared = shared().await;
     let fx = softhsm();
     let (config, _) = daemon_config(fx, "audit-full", "caller_wrapping_keys = \"any\"", None);
     // /dev/full accepts the open and fails every write with ENOSPC.
@@ -909,6 +936,7 @@ async fn an_export_whose_audit_record_cannot_be_written_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_is_refused_cheaply() {
+    let _shared = shared().await;
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "big", "caller_wrapping_keys = \"any\"", None);
     let d = Daemon::start(&config, &[]);
