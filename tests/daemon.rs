@@ -57,6 +57,22 @@ fn with_request_id<T>(body: T, id: &str) -> tonic::Request<T> {
     r
 }
 
+/// WrapKey as `c`, with `x-request-id` when given.
+async fn wrap(
+    c: &mut KeySourceBridgeClient<Channel>,
+    key: Option<proto::KeyRef>,
+    wk: &KeyPair,
+    alg: proto::WrappingAlgorithm,
+    request_id: Option<&str>,
+) -> Result<proto::WrapKeyResponse, tonic::Status> {
+    let body = wrap_req(key, wk, alg);
+    let req = match request_id {
+        Some(id) => with_request_id(body, id),
+        None => tonic::Request::new(body),
+    };
+    c.wrap_key(req).await.map(tonic::Response::into_inner)
+}
+
 /// Opens `material` with the openssl command line.
 fn open(material: &[u8], wk: &KeyPair, modulus_len: usize, alg: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -75,18 +91,15 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
 
     // An AES key and an RSA key (by id) for the full caller: opened by openssl.
     let mut cckm = d.client("cckm").await;
-    let r = cckm
-        .wrap_key(with_request_id(
-            wrap_req(
-                by_label("test-aes-256"),
-                wk,
-                proto::WrappingAlgorithm::Unspecified,
-            ),
-            "aes-ok",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = wrap(
+        &mut cckm,
+        by_label("test-aes-256"),
+        wk,
+        proto::WrappingAlgorithm::Unspecified,
+        Some("aes-ok"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         r.algorithm,
         proto::WrappingAlgorithm::RsaOaepAesSha256 as i32
@@ -103,15 +116,15 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
         open(&r.wrapped_key_material, wk, 512, "RSA_OAEP_AES_SHA256"),
         fx.aes["test-aes-256"]
     );
-    let r = cckm
-        .wrap_key(wrap_req(
-            by_id("2002"),
-            wk,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = wrap(
+        &mut cckm,
+        by_id("2002"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap();
     let der = open(&r.wrapped_key_material, wk, 512, "RSA_OAEP_AES_SHA256");
     assert_eq!(
         pkcs8_modulus(&der),
@@ -120,50 +133,43 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
 
     // The limited caller: its own keys yes, others no, by label or by id.
     let mut limited = d.client("limited").await;
-    let ok = limited
-        .wrap_key(with_request_id(
-            wrap_req(
-                by_label("test-aes-128"),
-                wk,
-                proto::WrappingAlgorithm::RsaOaepAesSha256,
-            ),
-            "limited-ok",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = wrap(
+        &mut limited,
+        by_label("test-aes-128"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        Some("limited-ok"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         open(&ok.wrapped_key_material, wk, 512, "RSA_OAEP_AES_SHA256"),
         fx.aes["test-aes-128"]
     );
-    let e = limited
-        .wrap_key(with_request_id(
-            wrap_req(
-                by_label("test-rsa-3072"),
-                wk,
-                proto::WrappingAlgorithm::RsaOaepAesSha256,
-            ),
-            "limited-no",
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut limited,
+        by_label("test-rsa-3072"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        Some("limited-no"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(
         e.message().contains("test-rsa-3072") && e.message().contains("test-aes-*"),
         "{}",
         e.message()
     );
-    let e = limited
-        .wrap_key(with_request_id(
-            wrap_req(
-                by_id("2002"),
-                wk,
-                proto::WrappingAlgorithm::RsaOaepAesSha256,
-            ),
-            "limited-by-id",
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut limited,
+        by_id("2002"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        Some("limited-by-id"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         e.code(),
         Code::PermissionDenied,
@@ -171,60 +177,66 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
     );
 
     // Refusals keep their codes over the wire.
-    let e = cckm
-        .wrap_key(wrap_req(
-            by_label("test-locked-aes-256"),
-            wk,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut cckm,
+        by_label("test-locked-aes-256"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("not extractable"));
-    let e = cckm
-        .wrap_key(wrap_req(
-            by_label("nope"),
-            wk,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut cckm,
+        by_label("nope"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = cckm
-        .wrap_key(wrap_req(
-            by_label("other-aes-256"),
-            wk,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut cckm,
+        by_label("other-aes-256"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "policy.exportable: {e:?}");
-    let e = cckm
-        .wrap_key(wrap_req(
-            by_label("test-rsa-2048"),
-            wk,
-            proto::WrappingAlgorithm::RsaOaepSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut cckm,
+        by_label("test-rsa-2048"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = cckm
-        .wrap_key(wrap_req(
-            by_label("test-aes-256"),
-            &fx.wk.wk1024,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut cckm,
+        by_label("test-aes-256"),
+        &fx.wk.wk1024,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = cckm
-        .wrap_key(wrap_req(
-            None,
-            wk,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut cckm,
+        None,
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = cckm
         .wrap_key(WrapKeyRequest {
@@ -337,29 +349,30 @@ async fn pinned_policy_refuses_unlisted_wrapping_keys() {
     let (config, _) = daemon_config(fx, "pinned", &policy, None);
     let d = Daemon::start(&config, &[]);
     let mut c = d.client("cckm").await;
-    let e = c
-        .wrap_key(wrap_req(
-            by_label("test-aes-256"),
-            &fx.wk.wk4096,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut c,
+        by_label("test-aes-256"),
+        &fx.wk.wk4096,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(
         e.message().contains("pinned_wrapping_keys"),
         "{}",
         e.message()
     );
-    let r = c
-        .wrap_key(wrap_req(
-            by_label("test-aes-256"),
-            &fx.wk.wk2048,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = wrap(
+        &mut c,
+        by_label("test-aes-256"),
+        &fx.wk.wk2048,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.wrapping_key_sha256, fp);
     assert_eq!(
         open(
@@ -378,16 +391,15 @@ async fn pinned_policy_refuses_unlisted_wrapping_keys() {
         None,
     );
     let d = Daemon::start(&config, &[]);
-    let e = d
-        .client("cckm")
-        .await
-        .wrap_key(wrap_req(
-            by_label("test-aes-256"),
-            &fx.wk.wk2048,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut d.client("cckm").await,
+        by_label("test-aes-256"),
+        &fx.wk.wk2048,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(
         e.message().contains("caller_wrapping_keys"),
@@ -863,15 +875,15 @@ async fn plaintext_only_on_loopback_and_unix_sockets() {
     );
     let d = Daemon::start(&config, &[]);
     let mut c = KeySourceBridgeClient::new(d.plain_channel().await);
-    let r = c
-        .wrap_key(wrap_req(
-            by_label("test-aes-192"),
-            &fx.wk.wk2048,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = wrap(
+        &mut c,
+        by_label("test-aes-192"),
+        &fx.wk.wk2048,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         open(
             &r.wrapped_key_material,
@@ -916,16 +928,15 @@ async fn an_export_whose_audit_record_cannot_be_written_is_refused() {
     );
     std::fs::write(&config, text).unwrap();
     let d = Daemon::start(&config, &[]);
-    let e = d
-        .client("cckm")
-        .await
-        .wrap_key(wrap_req(
-            by_label("test-aes-256"),
-            &fx.wk.wk2048,
-            proto::WrappingAlgorithm::RsaOaepAesSha256,
-        ))
-        .await
-        .unwrap_err();
+    let e = wrap(
+        &mut d.client("cckm").await,
+        by_label("test-aes-256"),
+        &fx.wk.wk2048,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(
         e.message().contains("audit log could not be written"),
