@@ -92,7 +92,7 @@ impl KeyInfo {
     }
 }
 
-const ATTRS: [AttributeType; 10] = [
+const ATTRS: [AttributeType; 9] = [
     AttributeType::Class,
     AttributeType::KeyType,
     AttributeType::Label,
@@ -102,7 +102,6 @@ const ATTRS: [AttributeType; 10] = [
     AttributeType::WrapWithTrusted,
     AttributeType::ValueLen,
     AttributeType::Modulus,
-    AttributeType::Token,
 ];
 
 /// Reads a key's attributes. `Ok(None)` if the object is not a secret or private key.

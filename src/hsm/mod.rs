@@ -211,11 +211,7 @@ impl Hsm {
             cfg.wrap_mode,
             policy.allow_hybrid,
         )?;
-        let mode = match report.chosen_mode.as_str() {
-            "hsm-native" => WrapMode::HsmNative,
-            "hsm-two-step" => WrapMode::HsmTwoStep,
-            _ => WrapMode::Hybrid,
-        };
+        let mode = report.chosen;
         tracing::info!(mode = %mode, token = %cfg.token_label, "token ready");
         Ok(Hsm {
             pkcs11,

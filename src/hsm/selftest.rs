@@ -67,6 +67,8 @@ pub struct Report {
     pub modes: Vec<ModeFinding>,
     pub wrap_mode_setting: String,
     pub chosen_mode: String,
+    #[serde(skip)]
+    pub chosen: WrapMode,
     pub chosen_because: String,
     #[serde(skip)]
     pub caps: Capabilities,
@@ -222,7 +224,7 @@ pub fn run(
             key.handle.handle(),
             4096,
         )
-        .map_err(|rv| format!("C_WrapKey: {}", rv_name(rv)))
+        .map_err(|rv| format!("C_WrapKey: {}", super::ckr_name(rv)))
     };
 
     // RFC 5649 under each candidate number, with a known KEK.
@@ -408,6 +410,7 @@ pub fn run(
         modes: found,
         wrap_mode_setting: setting_name(setting).into(),
         chosen_mode: chosen.as_str().into(),
+        chosen,
         chosen_because: because,
         caps,
     })
@@ -483,11 +486,6 @@ fn setting_name(s: WrapModeSetting) -> &'static str {
         WrapModeSetting::HsmTwoStep => "hsm-two-step",
         WrapModeSetting::Hybrid => "hybrid",
     }
-}
-
-/// `CKR_...` name for a PKCS#11 return value.
-pub fn rv_name(rv: cryptoki::error::RvError) -> String {
-    super::ckr_name(rv)
 }
 
 impl Report {

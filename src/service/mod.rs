@@ -33,7 +33,6 @@ pub struct Bridge {
     queue: HsmQueue,
     caller_wrapping_keys: CallerWrappingKeys,
     pinned: Vec<String>,
-    min_wrapping_key_bits: u32,
 }
 
 /// Default and largest ListSourceKeys page.
@@ -59,7 +58,6 @@ impl Bridge {
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
-            min_wrapping_key_bits: policy.min_wrapping_key_bits,
         }
     }
 
@@ -341,7 +339,7 @@ impl Bridge {
         rec.algorithm = Some(alg.as_str());
         let wk = WrappingKey::from_pem(
             body.wrapping_public_key_pem.as_bytes(),
-            self.min_wrapping_key_bits,
+            self.hsm.min_wrapping_key_bits(),
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fp = wk.fingerprint();
@@ -448,13 +446,7 @@ impl KeySourceBridge for Bridge {
                     .is_none_or(|(l, i)| (&k.label, &k.id) > (l, i))
             })
             .peekable();
-        let mut out = Vec::new();
-        while out.len() < page {
-            match visible.next() {
-                Some(k) => out.push(k),
-                None => break,
-            }
-        }
+        let out: Vec<&KeyInfo> = visible.by_ref().take(page).collect();
         let next_page_token = match (visible.peek(), out.last()) {
             (Some(_), Some(last)) => page_token(last),
             _ => String::new(),
