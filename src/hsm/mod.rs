@@ -131,7 +131,6 @@ pub struct Hsm {
     sessions: usize,
     cache: Mutex<HashMap<KeyRef, ObjectHandle>>,
     report: selftest::Report,
-    mode: WrapMode,
     exportable: Vec<String>,
     min_wrapping_key_bits: u32,
 }
@@ -211,8 +210,7 @@ impl Hsm {
             cfg.wrap_mode,
             policy.allow_hybrid,
         )?;
-        let mode = report.chosen;
-        tracing::info!(mode = %mode, token = %cfg.token_label, "token ready");
+        tracing::info!(mode = %report.chosen, token = %cfg.token_label, "token ready");
         Ok(Hsm {
             pkcs11,
             slot,
@@ -222,14 +220,13 @@ impl Hsm {
             pool: pool::Pool::new(sessions),
             cache: Mutex::new(HashMap::new()),
             report,
-            mode,
             exportable: policy.exportable.clone(),
             min_wrapping_key_bits: policy.min_wrapping_key_bits,
         })
     }
 
     pub fn mode(&self) -> WrapMode {
-        self.mode
+        self.report.chosen
     }
 
     pub fn selftest_report(&self) -> &selftest::Report {
@@ -403,13 +400,21 @@ impl Hsm {
             shape,
         };
         let started = Instant::now();
-        let material = modes::wrap(&self.raw, &s, &self.report.caps, self.mode, alg, target, wk)?;
-        tracing::debug!(key = %info.name(), shape = %shape.describe(), alg = %alg, mode = %self.mode,
+        let material = modes::wrap(
+            &self.raw,
+            &s,
+            &self.report.caps,
+            self.mode(),
+            alg,
+            target,
+            wk,
+        )?;
+        tracing::debug!(key = %info.name(), shape = %shape.describe(), alg = %alg, mode = %self.mode(),
             micros = started.elapsed().as_micros() as u64, "wrapped");
         Ok(Wrapped {
             material,
             algorithm: alg,
-            mode: self.mode,
+            mode: self.mode(),
             shape,
             key: info,
         })

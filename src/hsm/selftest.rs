@@ -82,10 +82,25 @@ pub struct TokenSummary {
     pub firmware: String,
 }
 
-fn ok_detail(r: &Result<String, String>) -> (bool, String) {
-    match r {
-        Ok(s) => (true, s.clone()),
-        Err(s) => (false, s.clone()),
+impl MechanismFinding {
+    /// A finding for mechanism `name` (`number`), from the result of testing it.
+    fn new(
+        name: &str,
+        number: CK_MECHANISM_TYPE,
+        listed: &[CK_MECHANISM_TYPE],
+        r: &Result<String, String>,
+    ) -> Self {
+        let (ok, detail) = match r {
+            Ok(s) => (true, s.clone()),
+            Err(s) => (false, s.clone()),
+        };
+        MechanismFinding {
+            mechanism: name.into(),
+            number: format!("{number:#x}"),
+            listed: listed.contains(&number),
+            ok,
+            detail,
+        }
     }
 }
 
@@ -238,14 +253,7 @@ pub fn run(
         if r.is_ok() && caps.kwp.is_none() {
             caps.kwp = Some(n);
         }
-        let (ok, detail) = ok_detail(&r);
-        mechanisms.push(MechanismFinding {
-            mechanism: kwp_name(n).into(),
-            number: format!("{n:#x}"),
-            listed: listed.contains(&n),
-            ok,
-            detail,
-        });
+        mechanisms.push(MechanismFinding::new(kwp_name(n), n, listed, &r));
     }
 
     // OAEP with SHA-256 in the token.
@@ -253,28 +261,24 @@ pub fn run(
         .and_then(|out| judge_oaep_sha256(&sw_key, &out, &t_val[..]))
         .map(|()| "OAEP SHA-256 / MGF1-SHA-256 verified".to_string());
     caps.oaep_sha256 = r.is_ok();
-    let (ok, detail) = ok_detail(&r);
-    mechanisms.push(MechanismFinding {
-        mechanism: "CKM_RSA_PKCS_OAEP (SHA-256)".into(),
-        number: format!("{CKM_RSA_PKCS_OAEP:#x}"),
-        listed: listed.contains(&CKM_RSA_PKCS_OAEP),
-        ok,
-        detail,
-    });
+    mechanisms.push(MechanismFinding::new(
+        "CKM_RSA_PKCS_OAEP (SHA-256)",
+        CKM_RSA_PKCS_OAEP,
+        listed,
+        &r,
+    ));
 
     // One-shot CKM_RSA_AES_KEY_WRAP.
     let r = call(WrapMechanism::RsaAesKeyWrapSha256, &wk_obj, &t_obj)
         .and_then(|out| judge_envelope(&sw_key, &out, &t_val[..]))
         .map(|()| "RSA_OAEP_AES_SHA256 layout verified".to_string());
     caps.native = r.is_ok();
-    let (ok, detail) = ok_detail(&r);
-    mechanisms.push(MechanismFinding {
-        mechanism: "CKM_RSA_AES_KEY_WRAP".into(),
-        number: format!("{CKM_RSA_AES_KEY_WRAP:#x}"),
-        listed: listed.contains(&CKM_RSA_AES_KEY_WRAP),
-        ok,
-        detail,
-    });
+    mechanisms.push(MechanismFinding::new(
+        "CKM_RSA_AES_KEY_WRAP",
+        CKM_RSA_AES_KEY_WRAP,
+        listed,
+        &r,
+    ));
 
     // How private keys come out: needs a probe private key in the token.
     let probe = probe_private(s, &sw_key);

@@ -286,6 +286,15 @@ impl Bridge {
     /// write turns success into a refusal: nothing leaves without its record.
     fn audit<T>(&self, mut rec: Record, result: Result<T, Status>) -> Result<T, Status> {
         rec.time = now_rfc3339();
+        if rec.caller.is_empty() {
+            // The caller was never identified: say why.
+            rec.caller = match &result {
+                Err(s) if s.code() == Code::Unauthenticated => {
+                    format!("unauthenticated: {}", s.message())
+                }
+                _ => "unknown".into(),
+            };
+        }
         match &result {
             Ok(_) => {
                 rec.outcome = "allowed";
@@ -411,9 +420,6 @@ impl Bridge {
                 "{op} is not implemented in this version of hsm-bridge; use WrapKey with the vault's wrapping key and call OCI yourself"
             )))
         })();
-        if rec.caller.is_empty() {
-            rec.caller = "unauthenticated".into();
-        }
         self.audit(rec, result)
     }
 }
@@ -497,16 +503,7 @@ impl KeySourceBridge for Bridge {
             },
         );
         let result = self.wrap_key_inner(req, &mut guard).await;
-        let mut rec = guard.take();
-        if rec.caller.is_empty() {
-            rec.caller = match &result {
-                Err(s) if s.code() == Code::Unauthenticated => {
-                    format!("unauthenticated: {}", s.message())
-                }
-                _ => "unknown".into(),
-            };
-        }
-        self.audit(rec, result).map(Response::new)
+        self.audit(guard.take(), result).map(Response::new)
     }
 
     async fn import_key_version(
