@@ -305,11 +305,10 @@ fn pin_from_environment_works(fx: &Fixture) {
     let c = write_config(fx, "pin-env-ok.toml", |t| {
         t.replace("pin_file = \"./user-pin\"", "pin_env = \"HB_TEST_PIN\"")
     });
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
-        .args(["keys", "--config", c.to_str().unwrap(), "--json"])
-        .env("HB_TEST_PIN", PIN)
-        .output()
-        .unwrap();
+    let out = hsm_bridge_with_env(
+        &["keys", "--config", c.to_str().unwrap(), "--json"],
+        &[("HB_TEST_PIN", PIN)],
+    );
     assert!(
         out.status.success(),
         "{}",

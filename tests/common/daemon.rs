@@ -91,6 +91,8 @@ impl Daemon {
     /// As [`Daemon::start`], with stderr to `log`.
     pub fn start_logging_to(config: &Path, extra_args: &[&str], log: &Path) -> Daemon {
         let log = log.to_path_buf();
+        // Held until the daemon listens, by which time it has logged in.
+        let login = super::token_login_lock();
         let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
             .arg("serve")
             .arg("--config")
@@ -110,6 +112,7 @@ impl Daemon {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        drop(login);
         let Some(addr) = line.trim().strip_prefix("hsm-bridge: listening on ") else {
             let _ = child.kill();
             panic!(

@@ -375,6 +375,7 @@ pub fn pkcs11_tool(
     pin: &str,
     args: &[&str],
 ) -> Output {
+    let _login = token_login_lock();
     Command::new("pkcs11-tool")
         .env(conf.0, conf.1)
         .args([
@@ -435,12 +436,28 @@ pub fn openssl_ok(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// SoftHSM2 2.6.1 rewrites its token.object at every login, and another process that loads
+/// the token at that instant sees a torn file: "no token labelled ...". So every process
+/// that logs in to a test token starts under this lock: the CLI and pkcs11-tool for their
+/// whole (short) run, the daemon until it listens.
+pub fn token_login_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The real binary.
 pub fn hsm_bridge(args: &[&str]) -> Output {
+    hsm_bridge_with_env(args, &[])
+}
+
+/// The real binary, with extra environment variables.
+pub fn hsm_bridge_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let _login = token_login_lock();
     Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
         .args(args)
         .env_remove("SOFTHSM2_CONF")
         .env_remove("KRYOPTIC_CONF")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
