@@ -10,6 +10,7 @@
 #         (extractable, sensitive), and demo-locked-aes-256 (not extractable);
 #   - makes dev TLS material in .softhsm/tls/ (a CA, a server certificate for localhost and
 #     127.0.0.1, client certificates; tests/make-test-certs.sh), remade when it nears expiry;
+#   - makes a dev OCI API-key identity in .softhsm/oci/ for the local OCI KMS emulator;
 #   - writes .softhsm/env with export lines for scripts and tests.
 #
 # With --with-kryoptic, also: builds the kryoptic PKCS#11 soft token (pinned version, from
@@ -195,6 +196,29 @@ if [ ! -f "$tls/server.pem" ] || ! openssl x509 -checkend 86400 -noout -in "$tls
     say "making dev TLS certificates in $tls"
     rm -rf "$tls"
     HSM_BRIDGE_CERT_DAYS=365 bash "$here/tests/make-test-certs.sh" "$tls" || die "could not make TLS certificates"
+fi
+
+# --- a dev OCI API-key identity, for the local OCI KMS emulator -----------------------
+# .softhsm/oci/config is an ~/.oci/config-style profile whose key the emulator accepts
+# (oci-kms-emulator --api-key .softhsm/oci/api_key_public.pem). Not an Oracle account.
+oci="$dir/oci"
+if [ ! -f "$oci/config" ] || [ ! -f "$oci/api_key.pem" ] || [ ! -f "$oci/api_key_public.pem" ]; then
+    say "making a dev OCI API-key identity in $oci"
+    rm -rf "$oci"
+    mkdir -p "$oci"
+    (umask 077 && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$oci/api_key.pem" 2>/dev/null) ||
+        die "could not make the dev OCI API key"
+    openssl pkey -in "$oci/api_key.pem" -pubout -out "$oci/api_key_public.pem" 2>/dev/null
+    fp=$(openssl pkey -in "$oci/api_key.pem" -pubout -outform DER 2>/dev/null | openssl md5 -c | awk '{print $NF}')
+    cat >"$oci/config" <<EOC
+# Dev identity made by softhsm-setup.sh for the local OCI KMS emulator; not an Oracle account.
+[DEFAULT]
+user=ocid1.user.oc1..hsmbridgedev
+tenancy=ocid1.tenancy.oc1..hsmbridgedev
+fingerprint=$fp
+region=us-ashburn-1
+key_file=api_key.pem
+EOC
 fi
 
 # --- environment for scripts and tests ------------------------------------------------

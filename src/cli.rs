@@ -10,6 +10,8 @@ use serde_json::json;
 use crate::Error;
 use crate::config::Config;
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
+use crate::oci::kms::{ImportKeyVersionDetails, KeyVersion};
+use crate::service::import::{self, OciSide};
 use crate::wrap::{self, Algorithm, WrappingKey};
 
 #[derive(Debug, Parser)]
@@ -57,6 +59,34 @@ pub enum Command {
         /// Where to write the raw wrapped bytes (OCI's keyMaterial before base64).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// Add a version to an OCI key from a token key: fetch the vault's wrapping key, wrap in
+    /// the HSM, ImportKeyVersion (with retries), optionally wait until ENABLED.
+    ImportKeyVersion {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        key: KeyArg,
+        /// OCID of the OCI key that gets the new version.
+        #[arg(long, value_name = "OCID")]
+        oci_key_id: String,
+        /// The vault's management endpoint (must match oci.allowed_endpoints).
+        #[arg(long, value_name = "URL")]
+        endpoint: String,
+        /// Connection name from [oci.connections].
+        #[arg(long, default_value = "default")]
+        connection: String,
+        /// RSA_OAEP_AES_SHA256 (any key) or RSA_OAEP_SHA256 (AES keys).
+        #[arg(long, default_value = "RSA_OAEP_AES_SHA256")]
+        algorithm: String,
+        /// Derives OCI's opc-retry-token: running again with the same value imports once
+        /// (within one process lifetime the same bytes are re-sent; across runs OCI's
+        /// retry-token rules apply).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// Wait until the new version is ENABLED.
+        #[arg(long)]
+        wait: bool,
     },
     /// Run the known-answer self-test and report which wrap mode the token supports.
     Selftest {
@@ -205,6 +235,72 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             }
             hsm.close();
         }
+        Command::ImportKeyVersion {
+            common,
+            key,
+            oci_key_id,
+            endpoint,
+            connection,
+            algorithm,
+            idempotency_key,
+            wait,
+        } => {
+            let alg: Algorithm = algorithm.parse()?;
+            let key = key.key_ref()?;
+            let cfg = Config::load(&common.config)?;
+            let oci =
+                OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(Error::Usage)?;
+            let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
+            let started = std::time::Instant::now();
+            let result = rt.block_on(import_key_version(
+                &oci,
+                &hsm,
+                &key,
+                alg,
+                &oci_key_id,
+                &endpoint,
+                &connection,
+                idempotency_key.as_deref(),
+                wait,
+            ));
+            hsm.close();
+            let (version, progress) = result.map_err(|s| {
+                Error::Oci(format!(
+                    "{}: {}",
+                    crate::service::status::code_name(s.code()),
+                    s.message()
+                ))
+            })?;
+            let ms = started.elapsed().as_millis();
+            if common.json {
+                let v = json!({
+                    "key_version": version,
+                    "opc_request_id": progress.opc_request_id,
+                    "attempts": progress.attempts,
+                    "mode": progress.mode,
+                    "wrapping_key_sha256": progress.wrapping_key_sha256,
+                    "millis": ms,
+                });
+                writeln!(out, "{v}").map_err(io)?;
+            } else {
+                writeln!(
+                    out,
+                    "imported {} into {} as version {} ({}), {} mode, {} attempt(s), opc-request-id {}, {ms} ms",
+                    progress.label.as_deref().unwrap_or("?"),
+                    version.key_id,
+                    version.id,
+                    version.lifecycle_state,
+                    progress.mode.unwrap_or("?"),
+                    progress.attempts,
+                    progress.opc_request_id.as_deref().unwrap_or("")
+                )
+                .map_err(io)?;
+            }
+        }
         Command::Selftest { common } => {
             let (_, hsm) = open(&common.config)?;
             let report = hsm.selftest_report();
@@ -219,6 +315,79 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The CLI's ImportKeyVersion: the daemon's path without gRPC, queue or audit.
+#[allow(clippy::too_many_arguments)]
+async fn import_key_version(
+    oci: &OciSide,
+    hsm: &Hsm,
+    key: &KeyRef,
+    alg: Algorithm,
+    oci_key_id: &str,
+    endpoint: &str,
+    connection: &str,
+    idempotency_key: Option<&str>,
+    wait: bool,
+) -> Result<(KeyVersion, import::Progress), tonic::Status> {
+    import::check_key_ocid(oci_key_id)?;
+    let idem = match idempotency_key {
+        Some(k) => import::check_idempotency_key(k)?,
+        None => None,
+    };
+    let identity = oci.identity(connection)?;
+    let ep = oci.endpoint(endpoint)?;
+    let mut progress = import::Progress::default();
+    let described = import::describe("ImportKeyVersion", oci_key_id, key, alg, &ep, "");
+    let prepared = import::prepare(
+        oci,
+        &identity,
+        &ep,
+        idem,
+        &described,
+        None,
+        None,
+        &mut progress,
+        |wk| async move {
+            hsm.wrap(key, &wk, alg, None)
+                .map_err(|e| crate::service::status::status(&e))
+        },
+        |w| {
+            serde_json::to_vec(&ImportKeyVersionDetails {
+                wrapped_import_key: import::wrapped_import_key(w),
+            })
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+        },
+    )
+    .await?;
+    let answer = oci
+        .kms
+        .import_key_version(
+            &identity,
+            &ep,
+            oci_key_id,
+            &prepared.body,
+            &prepared.token,
+            None,
+            None,
+        )
+        .await;
+    import::note(&mut progress, &answer);
+    let mut version = answer.map_err(|e| import::kms_status(&e))?.value;
+    if wait {
+        version = import::wait(
+            oci,
+            || {
+                oci.kms
+                    .get_key_version(&identity, &ep, &version.key_id, &version.id, None, None)
+            },
+            |v: &KeyVersion| v.lifecycle_state.as_str(),
+            None,
+            &format!("key version {}", version.id),
+        )
+        .await?;
+    }
+    Ok((version, progress))
 }
 
 fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {

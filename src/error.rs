@@ -16,4 +16,7 @@ pub enum Error {
     Io(String),
     #[error("{0}")]
     Usage(String),
+    /// An OCI call or its preparation failed (the gRPC code name and message).
+    #[error("{0}")]
+    Oci(String),
 }

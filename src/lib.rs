@@ -6,7 +6,10 @@
 //! - [`hsm`]: the PKCS#11 module, token login, session pool, key lookup, the start-up
 //!   self-test that proves which wrap mechanisms are real, and the three wrap modes.
 //! - [`wrap`]: pure functions: OCI's envelope, wrapping-key parsing, software OAEP / KWP.
-//! - [`oci`]: Oracle Cloud request signing.
+//! - [`oci`]: Oracle Cloud: request signing, identities, the endpoint allow-list, the KMS
+//!   management client with safe retries.
+//! - [`emulator`]: a local OCI KMS management endpoint for tests and demos (binary
+//!   `oci-kms-emulator`).
 //! - [`policy`]: which keys may leave.
 //! - [`service`]: the gRPC daemon: caller identity, per-caller policy, bounded HSM queue,
 //!   audit, health, reflection, graceful shutdown.
@@ -15,12 +18,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod emulator;
 pub mod error;
 pub mod hardening;
 pub mod hsm;
 pub mod oci;
 pub mod policy;
 pub mod service;
+pub mod time;
 pub mod wrap;
 
 pub use error::Error;

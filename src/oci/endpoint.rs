@@ -74,7 +74,7 @@ pub fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
         .iter()
         .any(|p| glob_match(&p.to_ascii_lowercase(), &base))
     {
-        return Err(refuse(url, "not in oci.allowed_endpoints"));
+        return Err(OciError::NotAllowed(url.to_string()));
     }
     Ok(Endpoint { base, host, port })
 }

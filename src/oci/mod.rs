@@ -1,12 +1,13 @@
 //! Oracle Cloud: request signing (OCI HTTP Signature version 1), API-key identities from
-//! `~/.oci/config`-style files, and the endpoint allow-list. The KMS management client and
-//! retries will build on these (not yet in this crate).
+//! `~/.oci/config`-style files, the endpoint allow-list, and the KMS management client with
+//! OCI's retry rules.
 //!
 //! Holds the operator's API private key; never logs it or anything derived from it but the
 //! public fingerprint.
 
 pub mod endpoint;
 pub mod identity;
+pub mod kms;
 pub mod signer;
 
 pub use identity::Identity;
@@ -18,6 +19,8 @@ pub enum OciError {
     Key(String),
     #[error("URL {url:?}: {why}")]
     Url { url: String, why: &'static str },
+    #[error("endpoint {0:?} is not in oci.allowed_endpoints")]
+    NotAllowed(String),
     #[error("signing: {0}")]
     Sign(String),
 }

@@ -42,8 +42,13 @@ pub fn fingerprint(key: &PKey<Private>) -> Result<String, OciError> {
     let spki = key
         .public_key_to_der()
         .map_err(|e| OciError::Key(e.to_string()))?;
-    let md5 = openssl::hash::hash(MessageDigest::md5(), &spki)
-        .map_err(|e| OciError::Key(e.to_string()))?;
+    fingerprint_public(&spki)
+}
+
+/// The OCI fingerprint of a SubjectPublicKeyInfo DER.
+pub fn fingerprint_public(spki: &[u8]) -> Result<String, OciError> {
+    let md5 = openssl::hash::hash(MessageDigest::md5(), spki)
+        .map_err(|e| OciError::Key(format!("MD5 (OCI key fingerprints): {e}")))?;
     Ok(md5
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -6,7 +6,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -35,6 +34,21 @@ pub struct Record {
     pub wrapping_key_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_key_id: Option<String>,
+    /// The vault management endpoint the import went to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_endpoint: Option<String>,
+    /// OCI's id of the final answer, when OCI answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opc_request_id: Option<String>,
+    /// HTTP attempts the import took (retries included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_attempts: Option<u32>,
+    /// The key version (ImportKeyVersion) or key (ImportKey) OCI created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_created_id: Option<String>,
+    /// The body sent was the one first sent for this idempotency key (no new wrap).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,46 +100,11 @@ impl Audit {
     }
 }
 
-/// Now, as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(d.as_secs() as i64, d.subsec_millis())
-}
-
-fn rfc3339(secs: i64, millis: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::time::now_rfc3339;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(1_798_761_599, 999), "2026-12-31T23:59:59.999Z");
-        assert_eq!(rfc3339(1_389_000_000, 0), "2014-01-06T09:20:00.000Z");
-    }
 
     #[test]
     fn records_are_json_lines_in_a_0600_file() {

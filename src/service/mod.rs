@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod import;
 pub mod queue;
 pub mod server;
 pub mod status;
@@ -33,6 +34,7 @@ pub struct Bridge {
     queue: HsmQueue,
     caller_wrapping_keys: CallerWrappingKeys,
     pinned: Vec<String>,
+    oci: Arc<import::OciSide>,
 }
 
 /// Default and largest ListSourceKeys page.
@@ -46,6 +48,7 @@ impl Bridge {
         audit: Arc<Audit>,
         max_queue: usize,
         policy: &crate::config::PolicyConfig,
+        oci: import::OciSide,
     ) -> Bridge {
         Bridge {
             queue: HsmQueue::new(hsm.sessions(), max_queue),
@@ -58,6 +61,7 @@ impl Bridge {
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
+            oci: Arc::new(oci),
         }
     }
 
@@ -392,36 +396,322 @@ impl Bridge {
         })
     }
 
-    /// Imports are not built yet: authenticated, authorised, audited, then UNIMPLEMENTED.
-    fn import_attempt<T>(
+    /// The checks every import starts with: caller, operation, source key, algorithm,
+    /// OCI connection and endpoint. Nothing has touched the HSM or the network yet.
+    fn import_preamble<T>(
         &self,
         req: &Request<T>,
+        rec: &mut Record,
         op: &'static str,
         key: Option<&proto::KeyRef>,
-        oci_key_id: Option<String>,
-    ) -> Result<(), Status> {
-        let mut rec = Record {
-            request_id: request_id(req),
-            operation: op,
-            oci_key_id,
-            ..Record::default()
-        };
-        let result = (|| {
-            let caller = self.caller(req)?;
-            rec.caller = caller.display.clone();
-            if !caller.may(Operation::Import) {
-                return Err(denied(op, &caller));
-            }
-            match key_ref(key)? {
-                KeyRef::Label(l) => rec.source_key_label = Some(l),
-                KeyRef::Id(id) => rec.source_key_id_hex = Some(wrap::hex(&id)),
-            }
-            Err(Status::unimplemented(format!(
-                "{op} is not implemented in this version of hsm-bridge; use WrapKey with the vault's wrapping key and call OCI yourself"
-            )))
-        })();
-        self.audit(rec, result)
+        alg: i32,
+        oci: Option<&proto::OciTarget>,
+    ) -> Result<ImportStart, Status> {
+        let caller = self.caller(req)?;
+        rec.caller = caller.display.clone();
+        if !caller.may(Operation::Import) {
+            return Err(denied(op, &caller));
+        }
+        let key = key_ref(key)?;
+        match &key {
+            KeyRef::Label(l) => rec.source_key_label = Some(l.clone()),
+            KeyRef::Id(id) => rec.source_key_id_hex = Some(wrap::hex(id)),
+        }
+        if let KeyRef::Label(l) = &key
+            && !caller.may_touch(l)
+        {
+            return Err(Status::permission_denied(may_not_touch(&caller, l)));
+        }
+        let alg = algorithm(alg)?;
+        rec.algorithm = Some(alg.as_str());
+        let target = oci.ok_or_else(|| {
+            Status::invalid_argument(
+                "oci.management_endpoint is required (the vault's management endpoint)",
+            )
+        })?;
+        let identity = self.oci.identity(&target.connection)?;
+        rec.oci_endpoint = Some(target.management_endpoint.clone());
+        let endpoint = self.oci.endpoint(&target.management_endpoint)?;
+        Ok(ImportStart {
+            caller,
+            key,
+            alg,
+            identity,
+            endpoint,
+        })
     }
+
+    /// Wraps `key` for the vault's key on an HSM session, under the caller's key patterns.
+    fn hsm_wrap<'a>(
+        &'a self,
+        start: &ImportStart,
+        deadline: Option<Instant>,
+        hsm_started: Arc<AtomicBool>,
+    ) -> impl FnOnce(Arc<WrappingKey>) -> WrapFuture<'a> {
+        let (key, alg, allowed) = (start.key.clone(), start.alg, start.caller.clone());
+        move |wk| {
+            Box::pin(self.on_hsm(deadline, move |hsm, d| {
+                hsm_started.store(true, Ordering::SeqCst);
+                hsm.wrap_if(&key, &wk, alg, d, |info| {
+                    if allowed.may_touch(&info.label) {
+                        Ok(())
+                    } else {
+                        Err(may_not_touch(&allowed, &info.label))
+                    }
+                })
+            }))
+        }
+    }
+
+    async fn import_key_version_inner(
+        &self,
+        req: Request<proto::ImportKeyVersionRequest>,
+        guard: &mut AuditOnDrop,
+    ) -> Result<proto::ImportKeyVersionResponse, Status> {
+        let hsm_started = guard.hsm_started.clone();
+        let deadline = deadline(&req);
+        let rec = guard.record();
+        let request_id = rec.request_id.clone();
+        let body = req.get_ref();
+        rec.oci_key_id = Some(body.oci_key_id.clone());
+        let start = self.import_preamble(
+            &req,
+            rec,
+            "ImportKeyVersion",
+            body.source_key.as_ref(),
+            body.algorithm,
+            body.oci.as_ref(),
+        )?;
+        import::check_key_ocid(&body.oci_key_id)?;
+        let idem = import::check_idempotency_key(&body.idempotency_key)?;
+        let described = import::describe(
+            "ImportKeyVersion",
+            &body.oci_key_id,
+            &start.key,
+            start.alg,
+            &start.endpoint,
+            "",
+        );
+        let opc_id = import::opc_request_id(&request_id);
+        let mut progress = import::Progress::default();
+        let prepared = import::prepare(
+            &self.oci,
+            &start.identity,
+            &start.endpoint,
+            idem,
+            &described,
+            opc_id,
+            deadline,
+            &mut progress,
+            self.hsm_wrap(&start, deadline, hsm_started),
+            |w| {
+                serde_json::to_vec(&crate::oci::kms::ImportKeyVersionDetails {
+                    wrapped_import_key: import::wrapped_import_key(w),
+                })
+                .map_err(|e| Status::internal(e.to_string()))
+            },
+        )
+        .await;
+        let rec = guard.record();
+        note_progress(rec, &progress);
+        let prepared = prepared?;
+        let kms = &self.oci.kms;
+        let answer = kms
+            .import_key_version(
+                &start.identity,
+                &start.endpoint,
+                &body.oci_key_id,
+                &prepared.body,
+                &prepared.token,
+                opc_id,
+                deadline,
+            )
+            .await;
+        import::note(&mut progress, &answer);
+        let answer = answer.map_err(|e| import::kms_status(&e));
+        if let Ok(a) = &answer {
+            progress.created_id = Some(a.value.id.clone());
+        }
+        note_progress(guard.record(), &progress);
+        let mut version = answer?.value;
+        if body.wait_for_enabled {
+            version = import::wait(
+                &self.oci,
+                || {
+                    kms.get_key_version(
+                        &start.identity,
+                        &start.endpoint,
+                        &version.key_id,
+                        &version.id,
+                        opc_id,
+                        deadline,
+                    )
+                },
+                |v: &crate::oci::kms::KeyVersion| v.lifecycle_state.as_str(),
+                deadline,
+                &format!("key version {}", version.id),
+            )
+            .await?;
+        }
+        Ok(proto::ImportKeyVersionResponse {
+            key_version: Some(import::proto_version(&version)),
+        })
+    }
+
+    async fn import_key_inner(
+        &self,
+        req: Request<proto::ImportKeyRequest>,
+        guard: &mut AuditOnDrop,
+    ) -> Result<proto::ImportKeyResponse, Status> {
+        let hsm_started = guard.hsm_started.clone();
+        let deadline = deadline(&req);
+        let rec = guard.record();
+        let request_id = rec.request_id.clone();
+        let body = req.get_ref();
+        let start = self.import_preamble(
+            &req,
+            rec,
+            "ImportKey",
+            body.source_key.as_ref(),
+            body.algorithm,
+            body.oci.as_ref(),
+        )?;
+        if !body.compartment_id.starts_with("ocid1.") || body.compartment_id.len() > 255 {
+            return Err(Status::invalid_argument(
+                "compartment_id must be a compartment or tenancy OCID (ocid1.…)",
+            ));
+        }
+        if body.display_name.is_empty() || body.display_name.len() > 255 {
+            return Err(Status::invalid_argument(
+                "display_name must be 1 to 255 bytes",
+            ));
+        }
+        let protection_mode = match body.protection_mode.as_str() {
+            "" => None,
+            m @ ("HSM" | "SOFTWARE") => Some(m.to_string()),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "protection_mode {other:?}: HSM or SOFTWARE"
+                )));
+            }
+        };
+        let idem = import::check_idempotency_key(&body.idempotency_key)?;
+        let freeform: std::collections::BTreeMap<_, _> = body.freeform_tags.iter().collect();
+        let defined: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> = body
+            .defined_tags
+            .iter()
+            .map(|(ns, t)| (ns, t.tags.iter().collect()))
+            .collect();
+        let described = import::describe(
+            "ImportKey",
+            &body.compartment_id,
+            &start.key,
+            start.alg,
+            &start.endpoint,
+            &format!(
+                "{:?} {:?} {freeform:?} {defined:?}",
+                body.display_name, protection_mode
+            ),
+        );
+        let opc_id = import::opc_request_id(&request_id);
+        let mut progress = import::Progress::default();
+        let prepared = import::prepare(
+            &self.oci,
+            &start.identity,
+            &start.endpoint,
+            idem,
+            &described,
+            opc_id,
+            deadline,
+            &mut progress,
+            self.hsm_wrap(&start, deadline, hsm_started),
+            |w| {
+                serde_json::to_vec(&crate::oci::kms::ImportKeyDetails {
+                    compartment_id: body.compartment_id.clone(),
+                    display_name: body.display_name.clone(),
+                    key_shape: crate::oci::kms::KeyShapeJson {
+                        algorithm: w.shape.algorithm.as_str().into(),
+                        length: w.shape.length as u32,
+                    },
+                    wrapped_import_key: import::wrapped_import_key(w),
+                    protection_mode: protection_mode.clone(),
+                    freeform_tags: body.freeform_tags.clone(),
+                    defined_tags: body
+                        .defined_tags
+                        .iter()
+                        .map(|(ns, t)| (ns.clone(), t.tags.clone()))
+                        .collect(),
+                })
+                .map_err(|e| Status::internal(e.to_string()))
+            },
+        )
+        .await;
+        note_progress(guard.record(), &progress);
+        let prepared = prepared?;
+        let kms = &self.oci.kms;
+        let answer = kms
+            .import_key(
+                &start.identity,
+                &start.endpoint,
+                &prepared.body,
+                &prepared.token,
+                opc_id,
+                deadline,
+            )
+            .await;
+        import::note(&mut progress, &answer);
+        let answer = answer.map_err(|e| import::kms_status(&e));
+        if let Ok(a) = &answer {
+            progress.created_id = Some(a.value.id.clone());
+        }
+        let rec = guard.record();
+        note_progress(rec, &progress);
+        rec.oci_key_id = progress.created_id.clone();
+        let mut key = answer?.value;
+        if body.wait_for_enabled {
+            key = import::wait(
+                &self.oci,
+                || kms.get_key(&start.identity, &start.endpoint, &key.id, opc_id, deadline),
+                |k: &crate::oci::kms::Key| k.lifecycle_state.as_str(),
+                deadline,
+                &format!("key {}", key.id),
+            )
+            .await?;
+        }
+        Ok(proto::ImportKeyResponse {
+            key: Some(import::proto_key(&key)),
+        })
+    }
+}
+
+type WrapFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<crate::hsm::Wrapped, Status>> + Send + 'a>,
+>;
+
+/// What an import has established before it touches the HSM or the network.
+struct ImportStart {
+    caller: Caller,
+    key: KeyRef,
+    alg: Algorithm,
+    identity: Arc<crate::oci::Identity>,
+    endpoint: crate::oci::endpoint::Endpoint,
+}
+
+fn note_progress(rec: &mut Record, p: &import::Progress) {
+    if p.wrapping_key_sha256.is_some() {
+        rec.wrapping_key_sha256 = p.wrapping_key_sha256.clone();
+    }
+    if p.mode.is_some() {
+        rec.mode = p.mode;
+    }
+    if p.label.is_some() {
+        rec.source_key_label = p.label.clone();
+        rec.source_key_id_hex = p.id_hex.clone();
+    }
+    rec.opc_request_id = p.opc_request_id.clone();
+    rec.oci_attempts = (p.attempts > 0).then_some(p.attempts);
+    rec.oci_created_id = p.created_id.clone();
+    rec.replayed = p.replayed;
 }
 
 #[tonic::async_trait]
@@ -510,25 +800,32 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
-        let (key, ocid) = (
-            req.get_ref().source_key.clone(),
-            req.get_ref().oci_key_id.clone(),
+        let mut guard = AuditOnDrop::new(
+            self.audit.clone(),
+            Record {
+                request_id: request_id(&req),
+                operation: "ImportKeyVersion",
+                ..Record::default()
+            },
         );
-        self.import_attempt(&req, "ImportKeyVersion", key.as_ref(), Some(ocid))?;
-        Err(Status::internal(
-            "unreachable: import_attempt always refuses",
-        ))
+        let result = self.import_key_version_inner(req, &mut guard).await;
+        self.audit(guard.take(), result).map(Response::new)
     }
 
     async fn import_key(
         &self,
         req: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
-        let key = req.get_ref().source_key.clone();
-        self.import_attempt(&req, "ImportKey", key.as_ref(), None)?;
-        Err(Status::internal(
-            "unreachable: import_attempt always refuses",
-        ))
+        let mut guard = AuditOnDrop::new(
+            self.audit.clone(),
+            Record {
+                request_id: request_id(&req),
+                operation: "ImportKey",
+                ..Record::default()
+            },
+        );
+        let result = self.import_key_inner(req, &mut guard).await;
+        self.audit(guard.take(), result).map(Response::new)
     }
 }
 

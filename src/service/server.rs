@@ -41,6 +41,8 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     };
     let audit = Arc::new(Audit::open(&cfg.audit.path).map_err(&fail)?);
     // Opened before the runtime starts threads: the module's environment is set here.
+    let oci =
+        super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(&fail)?;
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
 
@@ -54,6 +56,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         audit,
         cfg.server.max_queue,
         &cfg.policy,
+        oci,
     ));
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let result = runtime.block_on(run(listen, tls, bridge, hsm.clone(), grace));

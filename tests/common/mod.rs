@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod emulator;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

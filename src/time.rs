@@ -1,0 +1,138 @@
+//! Wall-clock formats without a date crate: RFC 3339 (audit records, OCI timestamps) and
+//! the HTTP date of RFC 9110 (the signed `date` header of OCI requests).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+fn unix(t: SystemTime) -> (i64, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_millis())
+}
+
+/// Civil (year, month, day) from days since 1970-01-01 (H. Hinnant's algorithm).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Days since 1970-01-01 of a civil date (inverse of [`civil`]).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Now, as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with milliseconds, e.g. `2018-04-03T21:10:29.600Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let (secs, millis) = unix(t);
+    let (year, month, day) = civil(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `t` as an HTTP date, e.g. `Thu, 05 Jan 2014 21:31:40 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    let (secs, _) = unix(t);
+    let days = secs.div_euclid(86_400);
+    let (year, month, day) = civil(days);
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parses an HTTP date (`IMF-fixdate` only, the form every OCI SDK sends). The weekday is
+/// not checked against the date, as OCI's own signing example has a wrong one.
+pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let (_weekday, rest) = s.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, hms, "GMT"] = parts[..] else {
+        return None;
+    };
+    let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let year: i64 = year.parse().ok().filter(|y| (1970..=9999).contains(y))?;
+    let hms: Vec<i64> = hms
+        .split(':')
+        .map(|p| if p.len() == 2 { p.parse().ok() } else { None })
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms[..] else { return None };
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis)
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(at(1_798_761_599, 999)), "2026-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(at(1_389_000_000, 0)), "2014-01-06T09:20:00.000Z");
+    }
+
+    #[test]
+    fn http_dates_round_trip() {
+        // OCI's signing example date, with its correct weekday.
+        let t = parse_http_date("Thu, 05 Jan 2014 21:31:40 GMT").unwrap();
+        assert_eq!(http_date(t), "Sun, 05 Jan 2014 21:31:40 GMT");
+        assert_eq!(http_date(at(0, 0)), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            http_date(at(951_782_400, 0)),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        for secs in [0u64, 951_782_400, 1_798_761_599, 4_102_444_800] {
+            assert_eq!(parse_http_date(&http_date(at(secs, 0))), Some(at(secs, 0)));
+        }
+        for bad in [
+            "",
+            "05 Jan 2014 21:31:40 GMT",
+            "Sun, 05 Jan 2014 21:31:40 UTC",
+            "Sun, 32 Jan 2014 21:31:40 GMT",
+            "Sun, 05 Foo 2014 21:31:40 GMT",
+            "Sun, 05 Jan 2014 24:31:40 GMT",
+            "Sun, 05 Jan 2014 2:31:40 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The real `oci-kms-emulator` process for black-box tests: HTTPS on 127.0.0.1 with the
+//! test certificates, an API key made for the test, and its unsigned control API.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::daemon::certs;
+use super::{KeyPair, keypair};
+
+/// An OCI API identity for tests: key pair and an ~/.oci/config-style file.
+pub struct ApiIdentity {
+    pub key: KeyPair,
+    pub config: PathBuf,
+    pub fingerprint: String,
+    pub tenancy: String,
+    pub user: String,
+}
+
+pub fn api_identity(dir: &Path, name: &str) -> ApiIdentity {
+    let key = keypair(
+        dir,
+        name,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+    );
+    std::fs::set_permissions(
+        &key.private_pem,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let pkey = openssl::pkey::PKey::private_key_from_pem(&std::fs::read(&key.private_pem).unwrap())
+        .unwrap();
+    let fingerprint = hsm_bridge::oci::signer::fingerprint(&pkey).unwrap();
+    let (tenancy, user) = (
+        format!("ocid1.tenancy.oc1..{name}"),
+        format!("ocid1.user.oc1..{name}"),
+    );
+    let config = dir.join(format!("{name}.oci-config"));
+    std::fs::write(
+        &config,
+        format!(
+            "[DEFAULT]\nuser={user}\nfingerprint={fingerprint}\ntenancy={tenancy}\nregion=us-ashburn-1\nkey_file={}\n",
+            key.private_pem.display()
+        ),
+    )
+    .unwrap();
+    ApiIdentity {
+        key,
+        config,
+        fingerprint,
+        tenancy,
+        user,
+    }
+}
+
+pub struct Emulator {
+    child: Child,
+    /// `https://localhost:PORT`: what the daemon is given (the certificate names localhost).
+    pub base: String,
+    pub port: u16,
+    /// Seeded keys: name -> OCID.
+    pub keys: std::collections::HashMap<String, String>,
+    http: reqwest::Client,
+}
+
+/// A client that trusts the test CA.
+pub fn http_client() -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(certs().join("ca.pem")).unwrap();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+use rustls::pki_types::pem::PemObject;
+
+impl Emulator {
+    /// Starts the emulator on a free port, accepting `api_keys` (public PEM files), with
+    /// `keys` seeded (`NAME=SHAPE`), and the test oracle on.
+    pub fn start(dir: &Path, api_keys: &[&Path], keys: &[&str]) -> Emulator {
+        let c = certs();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oci-kms-emulator"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--test-oracle",
+            "--enable-after-ms",
+            "150",
+        ])
+        .arg("--tls-cert")
+        .arg(c.join("server.pem"))
+        .arg("--tls-key")
+        .arg(c.join("server.key"));
+        for k in api_keys {
+            cmd.arg("--api-key").arg(k);
+        }
+        for k in keys {
+            cmd.args(["--key", k]);
+        }
+        let log = dir.join(format!("emulator-{}.log", std::process::id()));
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = keys.len();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut lines = Vec::new();
+            for _ in 0..=n {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                lines.push(line.trim().to_string());
+            }
+            let _ = tx.send(lines);
+            // keep draining so the emulator never blocks on a full pipe
+            let mut sink = String::new();
+            while r.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        let lines = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let addr = lines
+            .first()
+            .and_then(|l| l.strip_prefix("oci-kms-emulator: listening on https://"))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "emulator did not start: {lines:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        let keys = lines[1..]
+            .iter()
+            .filter_map(|l| {
+                let mut p = l.split(' ');
+                (p.next() == Some("key"))
+                    .then(|| (p.next().unwrap().to_string(), p.next().unwrap().to_string()))
+            })
+            .collect();
+        Emulator {
+            child,
+            base: format!("https://localhost:{port}"),
+            port,
+            keys,
+            http: http_client(),
+        }
+    }
+
+    async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut b = self
+            .http
+            .request(method, format!("{}/_emulator/{path}", self.base));
+        if let Some(v) = body {
+            b = b.body(v.to_string());
+        }
+        let r = b.send().await.unwrap();
+        let status = r.status();
+        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(status.is_success(), "emulator control {path}: {status} {v}");
+        v
+    }
+
+    /// The request log.
+    pub async fn requests(&self) -> Vec<Value> {
+        match self.control(reqwest::Method::GET, "requests", None).await {
+            Value::Array(v) => v,
+            other => panic!("{other}"),
+        }
+    }
+
+    pub async fn fault(&self, f: Value) {
+        self.control(reqwest::Method::POST, "faults", Some(f)).await;
+    }
+
+    /// A key, with `versionIds`.
+    pub async fn key(&self, id: &str) -> Value {
+        self.control(reqwest::Method::GET, &format!("keys/{id}"), None)
+            .await
+    }
+
+    /// The material a version was imported with.
+    pub async fn material(&self, version_id: &str) -> Vec<u8> {
+        let v = self
+            .control(
+                reqwest::Method::GET,
+                &format!("material/{version_id}"),
+                None,
+            )
+            .await;
+        hsm_bridge::wrap::unhex(v["hex"].as_str().unwrap()).unwrap()
+    }
+
+    /// The `[oci]` section (with a `default` connection) for a daemon config.
+    pub fn oci_config(&self, identity: &ApiIdentity, max_attempts: u32) -> String {
+        format!(
+            "\n[oci]\nallowed_endpoints = [\"https://localhost:{}\"]\nca_bundle = \"{}\"\ntimeout_ms = 5000\nmax_attempts = {max_attempts}\n\n[oci.connections.default]\nconfig_file = \"{}\"\n",
+            self.port,
+            certs().join("ca.pem").display(),
+            identity.config.display()
+        )
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

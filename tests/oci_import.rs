@@ -1,0 +1,532 @@
+//! ImportKeyVersion / ImportKey end to end: the real daemon over mTLS, a real SoftHSM2
+//! token, and the real `oci-kms-emulator` over HTTPS on 127.0.0.1 checking every signature
+//! and unwrapping what arrives. What the emulator unwrapped is compared with the token's
+//! known key values (AES) or the token's public modulus (RSA, parsed by the openssl command
+//! line).
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{Daemon, audit_records, daemon_config};
+use common::emulator::{ApiIdentity, Emulator, api_identity};
+use common::*;
+use hsm_bridge::proto::{self, key_ref::Key};
+use serde_json::json;
+use tonic::Code;
+
+fn by_label(l: &str) -> Option<proto::KeyRef> {
+    Some(proto::KeyRef {
+        key: Some(Key::Label(l.into())),
+    })
+}
+
+/// An emulator with `keys` seeded and a daemon on the SoftHSM fixture that may call it.
+struct Setup {
+    emu: Emulator,
+    daemon: Daemon,
+    audit: std::path::PathBuf,
+    identity: ApiIdentity,
+}
+
+fn setup(name: &str, keys: &[&str], max_attempts: u32) -> Setup {
+    let fx = softhsm();
+    let dir = fx.dir.join(format!("oci-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = api_identity(&dir, "api");
+    let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], keys);
+    let (config, audit) = daemon_config(fx, name, &emu.oci_config(&identity, max_attempts), None);
+    let daemon = Daemon::start(&config, &[]);
+    Setup {
+        emu,
+        daemon,
+        audit,
+        identity,
+    }
+}
+
+fn version_request(s: &Setup, label: &str, key: &str) -> proto::ImportKeyVersionRequest {
+    proto::ImportKeyVersionRequest {
+        source_key: by_label(label),
+        oci_key_id: s.emu.keys[key].clone(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: s.emu.base.clone(),
+        }),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        idempotency_key: String::new(),
+        wait_for_enabled: true,
+    }
+}
+
+async fn import_version(
+    s: &Setup,
+    req: proto::ImportKeyVersionRequest,
+) -> Result<proto::KeyVersion, tonic::Status> {
+    let mut r = tonic::Request::new(req);
+    r.set_timeout(Duration::from_secs(30));
+    s.daemon
+        .client("cckm")
+        .await
+        .import_key_version(r)
+        .await
+        .map(|r| r.into_inner().key_version.unwrap())
+}
+
+fn import_posts<'a>(log: &'a [serde_json::Value], key_id: &str) -> Vec<&'a serde_json::Value> {
+    log.iter()
+        .filter(|e| {
+            e["method"] == "POST"
+                && e["path"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("{key_id}/keyVersions/import"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_key_version_delivers_the_token_keys_and_rotates() {
+    let s = setup("e2e", &["aes=AES-256", "rsa=RSA-3072"], 3);
+    let fx = softhsm();
+
+    // AES-256, twice (RSA_OAEP_SHA256 needs OAEP-SHA256 in the HSM, which SoftHSM lacks)
+    for (n, alg) in [
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        proto::WrappingAlgorithm::Unspecified,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = version_request(&s, "test-aes-256", "aes");
+        req.algorithm = alg as i32;
+        let v = import_version(&s, req).await.expect("ImportKeyVersion");
+        assert_eq!(v.lifecycle_state, "ENABLED");
+        assert_eq!(v.key_id, s.emu.keys["aes"]);
+        assert_eq!(v.origin, "EXTERNAL");
+        assert!(v.version_id.starts_with("ocid1.keyversion."));
+        assert_eq!(
+            s.emu.material(&v.version_id).await,
+            fx.aes["test-aes-256"],
+            "the vault received a different key ({alg:?})"
+        );
+        let key = s.emu.key(&s.emu.keys["aes"]).await;
+        assert_eq!(
+            key["currentKeyVersion"], v.version_id,
+            "the key rotated to it"
+        );
+        assert_eq!(key["versionIds"].as_array().unwrap().len(), 2 + n);
+    }
+
+    // RSA-3072: strict PKCS#8 whose modulus is the token's
+    let v = import_version(&s, version_request(&s, "test-rsa-3072", "rsa"))
+        .await
+        .expect("ImportKeyVersion RSA");
+    assert_eq!(v.lifecycle_state, "ENABLED");
+    let der = s.emu.material(&v.version_id).await;
+    assert_eq!(
+        pkcs8_modulus(&der),
+        token_modulus(|a| p11(fx, a), "test-rsa-3072")
+    );
+    assert_eq!(
+        s.emu.key(&s.emu.keys["rsa"]).await["currentKeyVersion"],
+        v.version_id
+    );
+
+    // The audit trail names the OCI key, version and request id.
+    let records = audit_records(&s.audit);
+    let ok: Vec<_> = records
+        .iter()
+        .filter(|r| r["operation"] == "ImportKeyVersion" && r["outcome"] == "allowed")
+        .collect();
+    assert_eq!(ok.len(), 3, "{records:?}");
+    let log = s.emu.requests().await;
+    for r in &ok {
+        assert!(r["oci_key_id"].as_str().unwrap().starts_with("ocid1.key."));
+        assert!(
+            r["oci_created_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("ocid1.keyversion.")
+        );
+        assert_eq!(r["oci_attempts"], 1);
+        let opc = r["opc_request_id"].as_str().unwrap();
+        assert!(
+            log.iter().any(|e| e["opc_request_id"] == opc),
+            "audit opc-request-id {opc} is not one the emulator gave"
+        );
+        assert!(r.get("wrapping_key_sha256").is_some());
+    }
+    // Every request to the vault was signed with the configured key.
+    assert!(log.iter().all(|e| e["key_id"]
+        == format!(
+            "{}/{}/{}",
+            s.identity.tenancy, s.identity.user, s.identity.fingerprint
+        )));
+    // the vault's wrapping key was fetched once, then cached
+    assert_eq!(
+        log.iter()
+            .filter(|e| e["path"] == "/20180608/wrappingKeys")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_key_creates_a_key_from_the_token_key() {
+    let s = setup("newkey", &[], 3);
+    let fx = softhsm();
+    let mut c = s.daemon.client("cckm").await;
+    let req = proto::ImportKeyRequest {
+        source_key: by_label("test-aes-128"),
+        oci: Some(proto::OciTarget {
+            connection: "default".into(),
+            management_endpoint: s.emu.base.clone(),
+        }),
+        algorithm: proto::WrappingAlgorithm::Unspecified as i32,
+        idempotency_key: "new-key-1".into(),
+        wait_for_enabled: true,
+        compartment_id: "ocid1.compartment.oc1..test".into(),
+        display_name: "imported from the HSM".into(),
+        protection_mode: "HSM".into(),
+        freeform_tags: [("source".to_string(), "hsm-bridge".to_string())].into(),
+        defined_tags: Default::default(),
+    };
+    let key = c.import_key(req).await.unwrap().into_inner().key.unwrap();
+    assert_eq!(key.lifecycle_state, "ENABLED");
+    assert_eq!(key.display_name, "imported from the HSM");
+    assert_eq!(key.protection_mode, "HSM");
+    let shape = key.shape.unwrap();
+    assert_eq!((shape.algorithm.as_str(), shape.length), ("AES", 16));
+    assert_eq!(
+        s.emu.material(&key.current_key_version).await,
+        fx.aes["test-aes-128"]
+    );
+    let records = audit_records(&s.audit);
+    let r = records
+        .iter()
+        .find(|r| r["operation"] == "ImportKey")
+        .unwrap();
+    assert_eq!(r["outcome"], "allowed");
+    assert_eq!(r["oci_key_id"], key.key_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_import_is_retried_with_the_same_bytes_and_token() {
+    let s = setup("retry", &["aes=AES-256"], 5);
+    s.emu
+        .fault(json!({"method": "POST", "path_contains": "/keyVersions/import", "count": 2, "status": 429}))
+        .await;
+    let v = import_version(&s, version_request(&s, "test-aes-256", "aes"))
+        .await
+        .expect("succeeds on the third attempt");
+    let log = s.emu.requests().await;
+    let posts = import_posts(&log, &s.emu.keys["aes"]);
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    assert_eq!(posts[0]["status"], 429);
+    assert_eq!(posts[1]["status"], 429);
+    assert_eq!(posts[2]["status"], 200);
+    for p in &posts {
+        assert_eq!(
+            p["body_sha256"], posts[0]["body_sha256"],
+            "re-wrapped on a retry"
+        );
+        assert_eq!(p["retry_token"], posts[0]["retry_token"]);
+        assert!(p["retry_token"].as_str().unwrap().len() >= 16);
+    }
+    let key = s.emu.key(&s.emu.keys["aes"]).await;
+    assert_eq!(
+        key["versionIds"].as_array().unwrap().len(),
+        2,
+        "exactly one version"
+    );
+    assert_eq!(key["currentKeyVersion"], v.version_id);
+    let rec = audit_records(&s.audit);
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0]["oci_attempts"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_imports_once() {
+    let s = setup("idem", &["aes=AES-256"], 3);
+    let mut req = version_request(&s, "test-aes-256", "aes");
+    req.idempotency_key = "rotation-2026-11-28".into();
+    let first = import_version(&s, req.clone()).await.unwrap();
+    let again = import_version(&s, req.clone()).await.unwrap();
+    assert_eq!(first.version_id, again.version_id);
+    let key = s.emu.key(&s.emu.keys["aes"]).await;
+    assert_eq!(
+        key["versionIds"].as_array().unwrap().len(),
+        2,
+        "one new version"
+    );
+    let log = s.emu.requests().await;
+    let posts = import_posts(&log, &s.emu.keys["aes"]);
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[0]["body_sha256"], posts[1]["body_sha256"]);
+    assert_eq!(posts[0]["retry_token"], posts[1]["retry_token"]);
+    let rec = audit_records(&s.audit);
+    assert_eq!(rec.len(), 2);
+    assert_eq!(rec[1]["replayed"], true);
+    assert_eq!(rec[1]["oci_created_id"], first.version_id);
+
+    // The same idempotency key for another source key is refused, not silently replayed.
+    let mut other = req.clone();
+    other.source_key = by_label("test-aes-128");
+    let e = import_version(&s, other).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("different request"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_off_the_allow_list_get_nothing() {
+    let s = setup("allow", &["aes=AES-256"], 3);
+    for (endpoint, code) in [
+        // the same emulator by IP: not on the list (which names localhost)
+        (
+            format!("https://127.0.0.1:{}", s.emu.port),
+            Code::PermissionDenied,
+        ),
+        (
+            format!("http://localhost:{}", s.emu.port),
+            Code::InvalidArgument,
+        ),
+        ("https://localhost:1".to_string(), Code::PermissionDenied),
+        (
+            format!("https://localhost:{}/x", s.emu.port),
+            Code::InvalidArgument,
+        ),
+    ] {
+        let mut req = version_request(&s, "test-aes-256", "aes");
+        req.oci.as_mut().unwrap().management_endpoint = endpoint.clone();
+        let e = import_version(&s, req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{endpoint}: {e:?}");
+    }
+    assert!(
+        s.emu.requests().await.is_empty(),
+        "a request reached the emulator"
+    );
+    let rec = audit_records(&s.audit);
+    assert_eq!(rec.len(), 4);
+    assert!(rec.iter().all(|r| r["outcome"] == "refused"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_api_key_surfaces_as_permission_denied() {
+    let fx = softhsm();
+    let dir = fx.dir.join("oci-wrongkey");
+    std::fs::create_dir_all(&dir).unwrap();
+    let registered = api_identity(&dir, "registered");
+    let other = api_identity(&dir, "other");
+    let emu = Emulator::start(
+        &dir,
+        &[registered.key.public_pem.as_path()],
+        &["aes=AES-256"],
+    );
+    let (config, audit) = daemon_config(fx, "wrongkey", &emu.oci_config(&other, 3), None);
+    let daemon = Daemon::start(&config, &[]);
+    let s = Setup {
+        emu,
+        daemon,
+        audit,
+        identity: other,
+    };
+    let e = import_version(&s, version_request(&s, "test-aes-256", "aes"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("401 NotAuthenticated"),
+        "{}",
+        e.message()
+    );
+    let log = s.emu.requests().await;
+    assert_eq!(log.len(), 1, "401 is not retried");
+    let opc = log[0]["opc_request_id"].as_str().unwrap();
+    assert!(e.message().contains(opc), "{} lacks {opc}", e.message());
+    let rec = audit_records(&s.audit);
+    assert_eq!(rec[0]["opc_request_id"], opc);
+    assert_eq!(rec[0]["code"], "PERMISSION_DENIED");
+}
+
+/// Signs and sends one request to the emulator as `id`.
+async fn signed(
+    emu: &Emulator,
+    id: &ApiIdentity,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let pem = std::fs::read(&id.key.private_pem).unwrap();
+    let signer = hsm_bridge::oci::RequestSigner::from_pem(
+        &id.tenancy,
+        &id.user,
+        &id.fingerprint,
+        &pem,
+        None,
+    )
+    .unwrap();
+    let url = format!("{}{path}", emu.base);
+    let date = hsm_bridge::time::http_date(std::time::SystemTime::now());
+    let headers = signer
+        .sign(&hsm_bridge::oci::RequestParts {
+            method,
+            url: &url,
+            date: &date,
+            body,
+            content_type: "application/json",
+        })
+        .unwrap();
+    let mut b = common::emulator::http_client().request(method.parse().unwrap(), &url);
+    for (k, v) in headers {
+        b = b.header(k, v);
+    }
+    if method == "POST" {
+        b = b.body(body.to_vec());
+    }
+    let r = b.send().await.unwrap();
+    (
+        r.status().as_u16(),
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_refuses_bad_material_with_a_reason() {
+    use hsm_bridge::wrap::soft::{OaepHash, kwp_wrap, oaep_encrypt};
+    let fx = softhsm();
+    let dir = fx.dir.join("oci-refusals");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = api_identity(&dir, "api");
+    let emu = Emulator::start(
+        &dir,
+        &[id.key.public_pem.as_path()],
+        &["aes=AES-256", "rsa=RSA-2048"],
+    );
+    let (status, wk) = signed(&emu, &id, "GET", "/20180608/wrappingKeys", b"").await;
+    assert_eq!(status, 200, "{wk}");
+    let wk = openssl::pkey::PKey::public_key_from_pem(wk["publicKey"].as_str().unwrap().as_bytes())
+        .unwrap();
+    let envelope = |plain: &[u8]| {
+        let kek = [9u8; 32];
+        let mut m = oaep_encrypt(&wk, OaepHash::Sha256, &kek).unwrap();
+        m.extend(kwp_wrap(&kek, plain).unwrap());
+        m
+    };
+    let rsa = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let p8 = rsa.private_key_to_pkcs8().unwrap();
+    let mut trailing = p8.clone();
+    trailing.push(0x00);
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "rsa",
+            envelope(&trailing),
+            "RSA_OAEP_AES_SHA256",
+            "1 bytes after its PKCS#8 DER",
+        ),
+        (
+            "rsa",
+            envelope(&p8[..p8.len() - 16]),
+            "RSA_OAEP_AES_SHA256",
+            "truncated",
+        ),
+        (
+            "aes",
+            envelope(&[1u8; 16]),
+            "RSA_OAEP_AES_SHA256",
+            "16 bytes; the key's shape needs 32",
+        ),
+        (
+            "aes",
+            oaep_encrypt(&wk, OaepHash::Sha256, &[1u8; 24]).unwrap(),
+            "RSA_OAEP_SHA256",
+            "24 bytes; the key's shape needs 32",
+        ),
+        (
+            "rsa",
+            oaep_encrypt(&wk, OaepHash::Sha256, &[1u8; 32]).unwrap(),
+            "RSA_OAEP_SHA256",
+            "cannot carry an RSA private key",
+        ),
+        (
+            "aes",
+            envelope(&[1u8; 32])[..300].to_vec(),
+            "RSA_OAEP_AES_SHA256",
+            "does not unwrap",
+        ),
+    ];
+    for (key, material, alg, reason) in cases {
+        let body = json!({"wrappedImportKey": {
+            "keyMaterial": openssl::base64::encode_block(&material),
+            "wrappingAlgorithm": alg}});
+        let path = format!("/20180608/keys/{}/keyVersions/import", emu.keys[key]);
+        let (status, v) = signed(&emu, &id, "POST", &path, body.to_string().as_bytes()).await;
+        assert_eq!(status, 400, "{reason}: {v}");
+        assert_eq!(v["code"], "InvalidParameter");
+        assert!(
+            v["message"].as_str().unwrap().contains(reason),
+            "{reason}: {v}"
+        );
+    }
+    // and a good one passes, so the refusals above are about the material
+    let body = json!({"wrappedImportKey": {
+        "keyMaterial": openssl::base64::encode_block(&envelope(&p8)),
+        "wrappingAlgorithm": "RSA_OAEP_AES_SHA256"}});
+    let path = format!("/20180608/keys/{}/keyVersions/import", emu.keys["rsa"]);
+    let (status, v) = signed(&emu, &id, "POST", &path, body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["lifecycleState"], "CREATING");
+    // a signed empty body is authenticated, then refused as unparseable
+    let (status, v) = signed(&emu, &id, "POST", "/20180608/keys/import", b"").await;
+    assert_eq!(
+        status, 400,
+        "an empty signed body is authenticated, then refused: {v}"
+    );
+    assert_eq!(v["code"], "CannotParseRequest");
+}
+
+#[test]
+fn cli_import_key_version() {
+    let fx = softhsm();
+    let dir = fx.dir.join("oci-cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = api_identity(&dir, "api");
+    let emu = Emulator::start(&dir, &[id.key.public_pem.as_path()], &["aes=AES-192"]);
+    let config = write_config(fx, "oci-cli.toml", |base| {
+        format!("{base}{}", emu.oci_config(&id, 3))
+    });
+    let out = hsm_bridge_ok(&[
+        "import-key-version",
+        "--config",
+        config.to_str().unwrap(),
+        "--label",
+        "test-aes-192",
+        "--oci-key-id",
+        &emu.keys["aes"],
+        "--endpoint",
+        &emu.base,
+        "--wait",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["key_version"]["lifecycleState"], "ENABLED");
+    let version = v["key_version"]["id"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(rt.block_on(emu.material(&version)), fx.aes["test-aes-192"]);
+    // a wrong-form OCID: one line, non-zero
+    let e = hsm_bridge_refuses(&[
+        "import-key-version",
+        "--config",
+        config.to_str().unwrap(),
+        "--label",
+        "test-aes-192",
+        "--oci-key-id",
+        "not-an-ocid",
+        "--endpoint",
+        &emu.base,
+    ]);
+    assert!(
+        e.contains("INVALID_ARGUMENT") && e.contains("not a key OCID"),
+        "{e}"
+    );
+}
