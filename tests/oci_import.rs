@@ -530,3 +530,99 @@ fn cli_import_key_version() {
         "{e}"
     );
 }
+
+/// A virtualenv with Oracle's Python SDK, made once under the target folder.
+fn oci_sdk_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-sdk-venv");
+    let python = venv.join("bin/python");
+    let ready = std::process::Command::new(&python)
+        .args(["-c", "import oci, cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        let _ = std::fs::remove_dir_all(&venv);
+        let run = |cmd: &mut std::process::Command| {
+            let o = cmd.output().unwrap();
+            assert!(
+                o.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv));
+        run(std::process::Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            OCI_SDK,
+        ]));
+    }
+    python
+}
+
+/// The SDK release the fidelity test pins.
+const OCI_SDK: &str = "oci==2.189.0";
+
+fn sha256_hex(b: &[u8]) -> String {
+    hsm_bridge::wrap::hex(&openssl::sha::sha256(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oracles_python_sdk_drives_the_emulator() {
+    let python = tokio::task::spawn_blocking(oci_sdk_python).await.unwrap();
+    let fx = softhsm();
+    let dir = fx.dir.join("oci-sdk");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = api_identity(&dir, "api");
+    let emu = Emulator::start(&dir, &[id.key.public_pem.as_path()], &["sdk=AES-256"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oci_sdk/fidelity.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .args([&emu.base, &id.tenancy, &id.user, &id.fingerprint])
+        .arg(&id.key.private_pem)
+        .arg(&emu.keys["sdk"])
+        .env("REQUESTS_CA_BUNDLE", common::daemon::certs().join("ca.pem"))
+        .env("OCI_SDK_DEFAULT_RETRY_ENABLED", "false")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK failed against the emulator:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["wrapping_key_state"], "ENABLED");
+    assert_eq!(v["version_state"], "CREATING");
+    assert_eq!(v["version_origin"], "EXTERNAL");
+    assert_eq!(v["enabled_state"], "ENABLED");
+    assert_eq!(v["time_created_type"], "datetime");
+    assert_eq!(v["new_key_shape"], json!(["RSA", 256]));
+    assert_eq!(
+        sha256_hex(&emu.material(v["version_id"].as_str().unwrap()).await),
+        v["aes_sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        sha256_hex(&emu.material(v["new_key_version"].as_str().unwrap()).await),
+        v["rsa_pkcs8_sha256"].as_str().unwrap()
+    );
+    assert_eq!(v["unknown_key"][0], 401);
+    assert_eq!(v["unknown_key"][1], "NotAuthenticated");
+    // The SDK's signature verified on every call it made, with this identity.
+    let log = emu.requests().await;
+    let signed_ok: Vec<_> = log.iter().filter(|e| e["status"] == 200).collect();
+    assert!(signed_ok.len() >= 4, "{log:?}");
+    assert!(
+        signed_ok
+            .iter()
+            .all(|e| e["key_id"] == format!("{}/{}/{}", id.tenancy, id.user, id.fingerprint))
+    );
+    let import = log
+        .iter()
+        .find(|e| e["path"].as_str().unwrap().ends_with("/keyVersions/import"))
+        .unwrap();
+    assert_eq!(import["retry_token"], "sdk-fidelity-0001");
+}
