@@ -527,13 +527,7 @@ impl Bridge {
                 deadline,
             )
             .await;
-        import::note(&mut progress, &answer);
-        let answer = answer.map_err(|e| import::kms_status(&e));
-        if let Ok(a) = &answer {
-            progress.created_id = Some(a.value.id.clone());
-        }
-        note_progress(guard.record(), &progress);
-        let mut version = answer?.value;
+        let mut version = answered(guard.record(), &mut progress, answer, |v| &v.id)?;
         if body.wait_for_enabled {
             version = import::wait(
                 &self.oci,
@@ -659,15 +653,10 @@ impl Bridge {
                 deadline,
             )
             .await;
-        import::note(&mut progress, &answer);
-        let answer = answer.map_err(|e| import::kms_status(&e));
-        if let Ok(a) = &answer {
-            progress.created_id = Some(a.value.id.clone());
-        }
         let rec = guard.record();
-        note_progress(rec, &progress);
+        let answer = answered(rec, &mut progress, answer, |k| &k.id);
         rec.oci_key_id = progress.created_id.clone();
-        let mut key = answer?.value;
+        let mut key = answer?;
         if body.wait_for_enabled {
             key = import::wait(
                 &self.oci,
@@ -695,6 +684,26 @@ struct ImportStart {
     alg: Algorithm,
     identity: Arc<crate::oci::Identity>,
     endpoint: crate::oci::endpoint::Endpoint,
+}
+
+/// Records OCI's answer to an import (request id, attempts, what it created) and returns
+/// its value or the failure as a status.
+fn answered<T>(
+    rec: &mut Record,
+    progress: &mut import::Progress,
+    answer: Result<crate::oci::kms::Answer<T>, crate::oci::kms::KmsError>,
+    created: impl Fn(&T) -> &String,
+) -> Result<T, Status> {
+    import::note(progress, &answer);
+    let result = match answer {
+        Ok(a) => {
+            progress.created_id = Some(created(&a.value).clone());
+            Ok(a.value)
+        }
+        Err(e) => Err(import::kms_status(&e)),
+    };
+    note_progress(rec, progress);
+    result
 }
 
 fn note_progress(rec: &mut Record, p: &import::Progress) {
