@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::Error;
 use crate::config::Config;
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
-use crate::oci::kms::{ImportKeyVersionDetails, KeyVersion};
+use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
 use crate::service::import::{self, OciSide};
 use crate::wrap::{self, Algorithm, WrappingKey};
 
@@ -339,14 +339,17 @@ async fn import_key_version(
     let ep = oci.endpoint(endpoint)?;
     let mut progress = import::Progress::default();
     let described = import::describe("ImportKeyVersion", oci_key_id, key, alg, &ep, "");
+    let call = Call {
+        identity: &identity,
+        endpoint: &ep,
+        request_id: None,
+        deadline: None,
+    };
     let prepared = import::prepare(
         oci,
-        &identity,
-        &ep,
+        &call,
         idem,
         &described,
-        None,
-        None,
         &mut progress,
         |wk| async move {
             hsm.wrap(key, &wk, alg, None)
@@ -362,25 +365,14 @@ async fn import_key_version(
     .await?;
     let answer = oci
         .kms
-        .import_key_version(
-            &identity,
-            &ep,
-            oci_key_id,
-            &prepared.body,
-            &prepared.token,
-            None,
-            None,
-        )
+        .import_key_version(&call, oci_key_id, &prepared.body, &prepared.token)
         .await;
     import::note(&mut progress, &answer);
     let mut version = answer.map_err(|e| import::kms_status(&e))?.value;
     if wait {
         version = import::wait(
             oci,
-            || {
-                oci.kms
-                    .get_key_version(&identity, &ep, &version.key_id, &version.id, None, None)
-            },
+            || oci.kms.get_key_version(&call, &version.key_id, &version.id),
             |v: &KeyVersion| v.lifecycle_state.as_str(),
             None,
             &format!("key version {}", version.id),

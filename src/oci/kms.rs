@@ -241,6 +241,18 @@ pub fn retry_token(idempotency_key: Option<&str>, scope: &str) -> String {
     }
 }
 
+/// Who calls where, for how long: the context of one OCI operation.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    pub identity: &'a Identity,
+    /// Already checked against the allow-list.
+    pub endpoint: &'a Endpoint,
+    /// Sent as `opc-request-id` (OCI returns it inside its own id).
+    pub request_id: Option<&'a str>,
+    /// The caller's deadline: no attempt starts, and no backoff sleeps, past it.
+    pub deadline: Option<Instant>,
+}
+
 /// One request, fixed across attempts.
 struct Request<'a> {
     op: &'static str,
@@ -320,11 +332,10 @@ impl KmsClient {
     /// (a success, or an error that is not retryable).
     async fn send(
         &self,
-        id: &Identity,
+        call: &Call<'_>,
         req: &Request<'_>,
-        request_id: Option<&str>,
-        deadline: Option<Instant>,
     ) -> Result<(u16, Vec<u8>, String, u32), KmsError> {
+        let deadline = call.deadline;
         let mut attempt = 0u32;
         let mut last_error = String::new();
         loop {
@@ -338,7 +349,7 @@ impl KmsClient {
                 });
             }
             let timeout = remaining.map_or(self.timeout, |r| r.min(self.timeout));
-            let outcome = self.attempt(id, req, request_id, timeout).await;
+            let outcome = self.attempt(call, req, timeout).await;
             let retry_reason = match &outcome {
                 Ok((status, body, opc)) => {
                     if (200..300).contains(status) {
@@ -394,14 +405,14 @@ impl KmsClient {
     /// One attempt: Ok with any HTTP answer, Err with why there was none.
     async fn attempt(
         &self,
-        id: &Identity,
+        call: &Call<'_>,
         req: &Request<'_>,
-        request_id: Option<&str>,
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>, String), String> {
         let date = crate::time::http_date(SystemTime::now());
         let body = req.body.unwrap_or(b"");
-        let headers = id
+        let headers = call
+            .identity
             .signer
             .sign(&RequestParts {
                 method: req.method.as_str(),
@@ -422,7 +433,7 @@ impl KmsClient {
         if let Some(t) = req.retry_token {
             b = b.header("opc-retry-token", t);
         }
-        if let Some(r) = request_id {
+        if let Some(r) = call.request_id {
             b = b.header("opc-request-id", r);
         }
         if let Some(body) = req.body {
@@ -455,13 +466,11 @@ impl KmsClient {
 
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
-        id: &Identity,
+        call: &Call<'_>,
         req: Request<'_>,
         expected: &'static str,
-        request_id: Option<&str>,
-        deadline: Option<Instant>,
     ) -> Result<Answer<T>, KmsError> {
-        let (status, body, opc, attempts) = self.send(id, &req, request_id, deadline).await?;
+        let (status, body, opc, attempts) = self.send(call, &req).await?;
         let value = serde_json::from_slice(&body).map_err(|e| KmsError::BadResponse {
             op: req.op,
             status,
@@ -478,13 +487,8 @@ impl KmsClient {
 
     /// The vault's RSA wrapping key, checked like a caller's (RSA, size, exponent); cached
     /// per endpoint.
-    pub async fn wrapping_key(
-        &self,
-        id: &Identity,
-        ep: &Endpoint,
-        request_id: Option<&str>,
-        deadline: Option<Instant>,
-    ) -> Result<Arc<WrappingKey>, KmsError> {
+    pub async fn wrapping_key(&self, call: &Call<'_>) -> Result<Arc<WrappingKey>, KmsError> {
+        let ep = call.endpoint;
         if let Some((k, at)) = self.lock_cache().get(&ep.base)
             && at.elapsed() < WRAPPING_KEY_TTL
         {
@@ -497,9 +501,7 @@ impl KmsClient {
             body: None,
             retry_token: None,
         };
-        let a: Answer<WrappingKeyJson> = self
-            .call(id, req, "WrappingKey", request_id, deadline)
-            .await?;
+        let a: Answer<WrappingKeyJson> = self.call(call, req, "WrappingKey").await?;
         let wk = WrappingKey::from_pem(a.value.public_key.as_bytes(), self.min_wrapping_bits)
             .map_err(|e| KmsError::WrappingKey {
                 endpoint: ep.base.clone(),
@@ -518,82 +520,71 @@ impl KmsClient {
     }
 
     /// ImportKeyVersion with `body` (exactly these bytes on every attempt) and `retry_token`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn import_key_version(
         &self,
-        id: &Identity,
-        ep: &Endpoint,
+        call: &Call<'_>,
         key_id: &str,
         body: &[u8],
         retry_token: &str,
-        request_id: Option<&str>,
-        deadline: Option<Instant>,
     ) -> Result<Answer<KeyVersion>, KmsError> {
         let req = Request {
             op: "ImportKeyVersion",
             method: reqwest::Method::POST,
-            url: format!("{}{API}/keys/{key_id}/keyVersions/import", ep.base),
+            url: format!(
+                "{}{API}/keys/{key_id}/keyVersions/import",
+                call.endpoint.base
+            ),
             body: Some(body),
             retry_token: Some(retry_token),
         };
-        self.call(id, req, "KeyVersion", request_id, deadline).await
+        self.call(call, req, "KeyVersion").await
     }
 
     /// ImportKey with `body` and `retry_token`, as for [`Self::import_key_version`].
     pub async fn import_key(
         &self,
-        id: &Identity,
-        ep: &Endpoint,
+        call: &Call<'_>,
         body: &[u8],
         retry_token: &str,
-        request_id: Option<&str>,
-        deadline: Option<Instant>,
     ) -> Result<Answer<Key>, KmsError> {
         let req = Request {
             op: "ImportKey",
             method: reqwest::Method::POST,
-            url: format!("{}{API}/keys/import", ep.base),
+            url: format!("{}{API}/keys/import", call.endpoint.base),
             body: Some(body),
             retry_token: Some(retry_token),
         };
-        self.call(id, req, "Key", request_id, deadline).await
+        self.call(call, req, "Key").await
     }
 
-    pub async fn get_key(
-        &self,
-        id: &Identity,
-        ep: &Endpoint,
-        key_id: &str,
-        request_id: Option<&str>,
-        deadline: Option<Instant>,
-    ) -> Result<Answer<Key>, KmsError> {
+    pub async fn get_key(&self, call: &Call<'_>, key_id: &str) -> Result<Answer<Key>, KmsError> {
         let req = Request {
             op: "GetKey",
             method: reqwest::Method::GET,
-            url: format!("{}{API}/keys/{key_id}", ep.base),
+            url: format!("{}{API}/keys/{key_id}", call.endpoint.base),
             body: None,
             retry_token: None,
         };
-        self.call(id, req, "Key", request_id, deadline).await
+        self.call(call, req, "Key").await
     }
 
     pub async fn get_key_version(
         &self,
-        id: &Identity,
-        ep: &Endpoint,
+        call: &Call<'_>,
         key_id: &str,
         version_id: &str,
-        request_id: Option<&str>,
-        deadline: Option<Instant>,
     ) -> Result<Answer<KeyVersion>, KmsError> {
         let req = Request {
             op: "GetKeyVersion",
             method: reqwest::Method::GET,
-            url: format!("{}{API}/keys/{key_id}/keyVersions/{version_id}", ep.base),
+            url: format!(
+                "{}{API}/keys/{key_id}/keyVersions/{version_id}",
+                call.endpoint.base
+            ),
             body: None,
             retry_token: None,
         };
-        self.call(id, req, "KeyVersion", request_id, deadline).await
+        self.call(call, req, "KeyVersion").await
     }
 
     /// Polls until `state()` of the fetched value is `ENABLED`, at most until `deadline`

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::config::OciConfig;
 use crate::hsm::{KeyRef, Wrapped};
-use crate::oci::kms::{self, Answer, KmsClient, KmsError};
+use crate::oci::kms::{self, Answer, Call, KmsClient, KmsError};
 use crate::oci::{Identity, OciError, endpoint::Endpoint};
 use crate::proto;
 use crate::wrap::{self, Algorithm};
@@ -237,15 +237,11 @@ pub struct Prepared {
 
 /// Gets the bytes to send: from the replay store, or by fetching the vault's wrapping key
 /// and running `wrap` (the HSM work) and `build` (the JSON body).
-#[allow(clippy::too_many_arguments)]
 pub async fn prepare<W, Fut>(
     oci: &OciSide,
-    identity: &Identity,
-    ep: &Endpoint,
+    call: &Call<'_>,
     idempotency_key: Option<&str>,
     request: &Described,
-    request_id: Option<&str>,
-    deadline: Option<Instant>,
     progress: &mut Progress,
     wrap: W,
     build: impl FnOnce(&Wrapped) -> Result<Vec<u8>, Status>,
@@ -268,14 +264,10 @@ where
             body: hit.body,
         });
     }
-    let wk = oci
-        .kms
-        .wrapping_key(identity, ep, request_id, deadline)
-        .await
-        .map_err(|e| {
-            note_error(progress, &e);
-            kms_status(&e)
-        })?;
+    let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
+        note_error(progress, &e);
+        kms_status(&e)
+    })?;
     let fp = wk.fingerprint();
     progress.wrapping_key_sha256 = Some(fp.clone());
     let wrapped = wrap(wk).await?;

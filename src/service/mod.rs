@@ -19,6 +19,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::config::{CallerWrappingKeys, Operation};
 use crate::hsm::{Hsm, HsmError, KeyInfo, KeyRef};
+use crate::oci::kms::Call;
 use crate::proto::{self, key_source_bridge_server::KeySourceBridge};
 use crate::wrap::{self, Algorithm, WrappingKey};
 use audit::{Audit, Record, now_rfc3339};
@@ -492,16 +493,18 @@ impl Bridge {
             &start.endpoint,
             "",
         );
-        let opc_id = import::opc_request_id(&request_id);
+        let call = Call {
+            identity: &start.identity,
+            endpoint: &start.endpoint,
+            request_id: import::opc_request_id(&request_id),
+            deadline,
+        };
         let mut progress = import::Progress::default();
         let prepared = import::prepare(
             &self.oci,
-            &start.identity,
-            &start.endpoint,
+            &call,
             idem,
             &described,
-            opc_id,
-            deadline,
             &mut progress,
             self.hsm_wrap(&start, deadline, hsm_started),
             |w| {
@@ -517,30 +520,13 @@ impl Bridge {
         let prepared = prepared?;
         let kms = &self.oci.kms;
         let answer = kms
-            .import_key_version(
-                &start.identity,
-                &start.endpoint,
-                &body.oci_key_id,
-                &prepared.body,
-                &prepared.token,
-                opc_id,
-                deadline,
-            )
+            .import_key_version(&call, &body.oci_key_id, &prepared.body, &prepared.token)
             .await;
         let mut version = answered(guard.record(), &mut progress, answer, |v| &v.id)?;
         if body.wait_for_enabled {
             version = import::wait(
                 &self.oci,
-                || {
-                    kms.get_key_version(
-                        &start.identity,
-                        &start.endpoint,
-                        &version.key_id,
-                        &version.id,
-                        opc_id,
-                        deadline,
-                    )
-                },
+                || kms.get_key_version(&call, &version.key_id, &version.id),
                 |v: &crate::oci::kms::KeyVersion| v.lifecycle_state.as_str(),
                 deadline,
                 &format!("key version {}", version.id),
@@ -607,16 +593,18 @@ impl Bridge {
                 body.display_name, protection_mode
             ),
         );
-        let opc_id = import::opc_request_id(&request_id);
+        let call = Call {
+            identity: &start.identity,
+            endpoint: &start.endpoint,
+            request_id: import::opc_request_id(&request_id),
+            deadline,
+        };
         let mut progress = import::Progress::default();
         let prepared = import::prepare(
             &self.oci,
-            &start.identity,
-            &start.endpoint,
+            &call,
             idem,
             &described,
-            opc_id,
-            deadline,
             &mut progress,
             self.hsm_wrap(&start, deadline, hsm_started),
             |w| {
@@ -643,16 +631,7 @@ impl Bridge {
         note_progress(guard.record(), &progress);
         let prepared = prepared?;
         let kms = &self.oci.kms;
-        let answer = kms
-            .import_key(
-                &start.identity,
-                &start.endpoint,
-                &prepared.body,
-                &prepared.token,
-                opc_id,
-                deadline,
-            )
-            .await;
+        let answer = kms.import_key(&call, &prepared.body, &prepared.token).await;
         let rec = guard.record();
         let answer = answered(rec, &mut progress, answer, |k| &k.id);
         rec.oci_key_id = progress.created_id.clone();
@@ -660,7 +639,7 @@ impl Bridge {
         if body.wait_for_enabled {
             key = import::wait(
                 &self.oci,
-                || kms.get_key(&start.identity, &start.endpoint, &key.id, opc_id, deadline),
+                || kms.get_key(&call, &key.id),
                 |k: &crate::oci::kms::Key| k.lifecycle_state.as_str(),
                 deadline,
                 &format!("key {}", key.id),
