@@ -626,3 +626,94 @@ async fn oracles_python_sdk_drives_the_emulator() {
         .unwrap();
     assert_eq!(import["retry_token"], "sdk-fidelity-0001");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_faults_end_in_clear_answers_without_duplicates() {
+    let s = setup(
+        "faults",
+        &["a=AES-256", "b=AES-256", "c=AES-256", "d=AES-256"],
+        3,
+    );
+    let versions = |v: serde_json::Value| v["versionIds"].as_array().unwrap().len();
+
+    // A dropped connection, then a 503: retried, same bytes and token, one version.
+    let path = format!("{}/keyVersions/import", s.emu.keys["a"]);
+    s.emu
+        .fault(json!([
+            {"path_contains": path, "count": 1, "drop": true},
+            {"path_contains": path, "count": 1, "status": 503},
+        ]))
+        .await;
+    import_version(&s, version_request(&s, "test-aes-256", "a"))
+        .await
+        .expect("succeeds on the third attempt");
+    let log = s.emu.requests().await;
+    let posts = import_posts(&log, &s.emu.keys["a"]);
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    assert!(
+        posts
+            .iter()
+            .all(|p| p["body_sha256"] == posts[0]["body_sha256"]
+                && p["retry_token"] == posts[0]["retry_token"])
+    );
+    assert_eq!(versions(s.emu.key(&s.emu.keys["a"]).await), 2);
+
+    // 500 on every attempt: UNAVAILABLE after max_attempts, no version, one audit record.
+    let path = format!("{}/keyVersions/import", s.emu.keys["b"]);
+    s.emu
+        .fault(json!({"path_contains": path, "count": 10, "status": 500}))
+        .await;
+    let e = import_version(&s, version_request(&s, "test-aes-256", "b"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("500 InternalServerError") && e.message().contains("attempt 3"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        import_posts(&s.emu.requests().await, &s.emu.keys["b"]).len(),
+        3
+    );
+    assert_eq!(versions(s.emu.key(&s.emu.keys["b"]).await), 1);
+    let rec: Vec<_> = audit_records(&s.audit)
+        .into_iter()
+        .filter(|r| r["oci_key_id"] == s.emu.keys["b"].as_str())
+        .collect();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0]["code"].as_str(), rec[0]["oci_attempts"].as_u64()),
+        (Some("UNAVAILABLE"), Some(3))
+    );
+
+    // A 200 that is not JSON: UNAVAILABLE, saying the import may have happened.
+    let path = format!("{}/keyVersions/import", s.emu.keys["c"]);
+    s.emu
+        .fault(json!({"path_contains": path, "count": 1, "raw_body": "<html>gateway</html>"}))
+        .await;
+    let e = import_version(&s, version_request(&s, "test-aes-256", "c"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("may have happened"), "{}", e.message());
+
+    // A hanging endpoint: the call ends at its deadline.
+    let path = format!("{}/keyVersions/import", s.emu.keys["d"]);
+    s.emu
+        .fault(json!({"path_contains": path, "count": 1, "delay_ms": 20000}))
+        .await;
+    let mut req = tonic::Request::new(version_request(&s, "test-aes-256", "d"));
+    req.set_timeout(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let e = s
+        .daemon
+        .client("cckm")
+        .await
+        .import_key_version(req)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
