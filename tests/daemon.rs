@@ -531,14 +531,22 @@ async fn list_and_get_follow_paging_and_the_callers_patterns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn imports_are_unimplemented_but_authorised_and_audited() {
+async fn imports_are_authorised_and_audited_before_anything_is_sent() {
     let _shared = shared().await;
     let fx = softhsm();
+    // No [oci] section: no connection, and only OCI's own endpoints allowed.
     let (config, audit) = daemon_config(fx, "import", "", None);
     let d = Daemon::start(&config, &[]);
+    let target = |endpoint: &str| {
+        Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: endpoint.into(),
+        })
+    };
     let req = proto::ImportKeyVersionRequest {
         source_key: by_label("test-aes-256"),
         oci_key_id: "ocid1.key.oc1..x".into(),
+        oci: target("https://x-management.kms.us-ashburn-1.oraclecloud.com"),
         ..Default::default()
     };
     let e = d
@@ -547,7 +555,12 @@ async fn imports_are_unimplemented_but_authorised_and_audited() {
         .import_key_version(req.clone())
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("no OCI connection \"default\""),
+        "{}",
+        e.message()
+    );
     let e = d
         .client("limited")
         .await
@@ -568,12 +581,13 @@ async fn imports_are_unimplemented_but_authorised_and_audited() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
+    assert_eq!(e.code(), Code::InvalidArgument, "no OCI target: {e:?}");
     let records = audit_records(&audit);
     assert_eq!(records.len(), 3);
     assert_eq!(records[0]["oci_key_id"], "ocid1.key.oc1..x");
-    assert_eq!(records[0]["code"], "UNIMPLEMENTED");
+    assert_eq!(records[0]["code"], "FAILED_PRECONDITION");
     assert_eq!(records[1]["code"], "PERMISSION_DENIED");
+    assert_eq!(records[2]["code"], "INVALID_ARGUMENT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

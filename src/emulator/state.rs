@@ -1082,6 +1082,54 @@ mod tests {
         assert!(e.contains("does not unwrap"), "{e}");
     }
 
+    fn blank_entry() -> LogEntry {
+        LogEntry {
+            seq: 0,
+            time: String::new(),
+            method: String::new(),
+            path: String::new(),
+            body_sha256: String::new(),
+            retry_token: None,
+            client_request_id: None,
+            opc_request_id: String::new(),
+            key_id: None,
+            status: 0,
+            code: None,
+            fault: false,
+            created: None,
+        }
+    }
+
+    #[test]
+    fn retry_tokens_replay_the_first_answer_and_refuse_other_requests() {
+        let emu = Emulator::new(ApiKeys::default(), wrapping(), Duration::ZERO, false).unwrap();
+        let header = |n: &str| (n == "opc-retry-token").then(|| "t-1".to_string());
+        let req = |body: &'static [u8]| HttpRequest {
+            method: "POST",
+            target: "/20180608/keys/k/keyVersions/import",
+            path: "/20180608/keys/k/keyVersions/import",
+            query: "",
+            header: &header,
+            body,
+        };
+        let created = std::cell::Cell::new(0);
+        let create = |_: &Emulator| {
+            created.set(created.get() + 1);
+            (
+                Reply::json(200, &json!({ "n": created.get() })),
+                Some("v".to_string()),
+            )
+        };
+        let first = emu.idempotent(&req(b"{}"), &mut blank_entry(), create);
+        let again = emu.idempotent(&req(b"{}"), &mut blank_entry(), create);
+        assert_eq!((first.status, again.status), (200, 200));
+        assert_eq!(first.body, again.body, "the first answer is replayed");
+        let other = emu.idempotent(&req(b"{\"x\":1}"), &mut blank_entry(), create);
+        assert_eq!(other.status, 409);
+        assert_eq!(other.code().as_deref(), Some("InvalidatedRetryToken"));
+        assert_eq!(created.get(), 1, "one create for three requests");
+    }
+
     #[test]
     fn faults_match_and_run_out() {
         let emu = Emulator::new(ApiKeys::default(), wrapping(), Duration::ZERO, false).unwrap();

@@ -396,3 +396,79 @@ where
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn ocids_and_idempotency_keys_are_checked() {
+        assert!(check_key_ocid("ocid1.key.oc1.iad.abcd-ef_12").is_ok());
+        for bad in [
+            "",
+            "ocid1.vault.oc1..x",
+            "ocid1.key.oc1..x/../y",
+            "ocid1.key.oc1..x?y",
+            "ocid1.key. x",
+        ] {
+            assert_eq!(
+                check_key_ocid(bad).unwrap_err().code(),
+                Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_idempotency_key("").unwrap(), None);
+        assert_eq!(
+            check_idempotency_key("rotation-1").unwrap(),
+            Some("rotation-1")
+        );
+        assert!(check_idempotency_key(&"x".repeat(129)).is_err());
+        assert!(check_idempotency_key("has space").is_err());
+        assert_eq!(opc_request_id("abc-123"), Some("abc-123"));
+        assert_eq!(opc_request_id("a/b"), None);
+        assert_eq!(opc_request_id(&"a".repeat(33)), None);
+    }
+
+    #[test]
+    fn oci_errors_map_to_grpc_codes_with_oci_details() {
+        let service = |status: u16, code: &str| KmsError::Service {
+            op: "ImportKeyVersion",
+            status,
+            code: code.into(),
+            message: "m".into(),
+            opc_request_id: "OPC1".into(),
+            attempts: 2,
+        };
+        for (status, code, grpc) in [
+            (400, "InvalidParameter", Code::InvalidArgument),
+            (401, "NotAuthenticated", Code::PermissionDenied),
+            (403, "NotAuthorized", Code::PermissionDenied),
+            (404, "NotAuthorizedOrNotFound", Code::NotFound),
+            (409, "Conflict", Code::Aborted),
+            (429, "TooManyRequests", Code::Unavailable),
+            (503, "ServiceUnavailable", Code::Unavailable),
+        ] {
+            let s = kms_status(&service(status, code));
+            assert_eq!(s.code(), grpc, "{status}");
+            assert!(
+                s.message().contains(code) && s.message().contains("OPC1"),
+                "{}",
+                s.message()
+            );
+        }
+        let t = KmsError::Transport {
+            op: "GetWrappingKey",
+            endpoint: "https://x".into(),
+            why: "could not connect".into(),
+            attempts: 5,
+        };
+        assert_eq!(kms_status(&t).code(), Code::Unavailable);
+        let d = KmsError::Deadline {
+            op: "ImportKey",
+            attempts: 1,
+            last: String::new(),
+        };
+        assert_eq!(kms_status(&d).code(), Code::DeadlineExceeded);
+    }
+}

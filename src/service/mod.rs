@@ -317,9 +317,15 @@ impl Bridge {
         if let Err(e) = self.audit.write(&rec) {
             tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
             if result.is_ok() {
-                return Err(Status::unavailable(format!(
-                    "the audit log could not be written ({e}); the export was refused"
-                )));
+                return Err(Status::unavailable(if rec.operation == "WrapKey" {
+                    format!("the audit log could not be written ({e}); the export was refused")
+                } else {
+                    // The material already went to the vault: say so, and how to learn more.
+                    format!(
+                        "the audit log could not be written ({e}); the answer is withheld, but OCI accepted the import ({}); with an idempotency_key, a retry with the same key returns it without importing again",
+                        rec.oci_created_id.as_deref().unwrap_or("id unknown")
+                    )
+                }));
             }
         }
         result
