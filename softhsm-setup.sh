@@ -2,8 +2,9 @@
 # Prepares a development machine for hsm-bridge (Debian 12, run as root or with sudo):
 #   - installs what is missing: SoftHSM2, OpenSC (pkcs11-tool), OpenSSL, the build
 #     dependencies of the Rust crate (libssl-dev, pkg-config, a C compiler), and protoc
-#     (the tests check that the proto builds with the standard compiler too), and
-#     python3-venv (a test drives the OCI emulator with Oracle's Python SDK);
+#     (the tests check that the proto builds with the standard compiler too),
+#     python3-venv (a test drives the OCI emulator with Oracle's Python SDK) and
+#     hexdump (bsdextrautils; the benchmark runs OCI's documented openssl recipe);
 #   - creates the project-local SoftHSM2 token "hsm-bridge-dev" under .softhsm/ (git-ignored),
 #     with random PINs in .softhsm/user-pin and .softhsm/so-pin (mode 0600);
 #   - seeds the demo keys, generated inside the token (their values are never known outside it):
@@ -41,7 +42,7 @@ say() { printf 'softhsm-setup: %s\n' "$*"; }
 die() { printf 'softhsm-setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- packages -------------------------------------------------------------------------
-packages=(softhsm2 opensc openssl libssl-dev pkg-config gcc libc6-dev ca-certificates protobuf-compiler python3 python3-venv)
+packages=(softhsm2 opensc openssl libssl-dev pkg-config gcc libc6-dev ca-certificates protobuf-compiler python3 python3-venv bsdextrautils)
 if ((with_kryoptic)); then
     # bindgen needs libclang (not the whole clang); the sqlite token store needs libsqlite3.
     packages+=(libclang1-14 libclang-common-14-dev libsqlite3-dev)

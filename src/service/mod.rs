@@ -35,6 +35,8 @@ pub struct Bridge {
     queue: HsmQueue,
     caller_wrapping_keys: CallerWrappingKeys,
     pinned: Vec<String>,
+    /// Callers' wrapping keys, parsed once each.
+    wrapping_keys: wrap::wrapping_key::ParsedKeys,
     oci: Arc<import::OciSide>,
 }
 
@@ -53,6 +55,7 @@ impl Bridge {
     ) -> Bridge {
         Bridge {
             queue: HsmQueue::new(hsm.sessions(), max_queue),
+            wrapping_keys: wrap::wrapping_key::ParsedKeys::new(hsm.min_wrapping_key_bits()),
             hsm,
             auth,
             audit,
@@ -357,11 +360,10 @@ impl Bridge {
         }
         let alg = algorithm(body.algorithm)?;
         rec.algorithm = Some(alg.as_str());
-        let wk = WrappingKey::from_pem(
-            body.wrapping_public_key_pem.as_bytes(),
-            self.hsm.min_wrapping_key_bits(),
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let wk = self
+            .wrapping_keys
+            .get(body.wrapping_public_key_pem.as_bytes())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fp = wk.fingerprint();
         rec.wrapping_key_sha256 = Some(fp.clone());
         match self.caller_wrapping_keys {

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -174,9 +175,9 @@ async fn run(
                 .local_addr()
                 .map_err(|e| Error::Io(e.to_string()))?;
             announce(&local.to_string());
-            tokio::spawn(
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
-            )
+            // No Nagle: a response held back for the client's delayed ACK costs 40 ms a call.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         Listen::Unix(path) => {
             let listener = bind_unix(&path)?;

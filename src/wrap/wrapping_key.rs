@@ -125,6 +125,46 @@ impl WrappingKey {
     }
 }
 
+/// Parsed wrapping keys by SHA-256 of their PEM text: OpenSSL 3's PEM decoder costs far more
+/// than the wrap itself under load (locks in its decoder registry), and callers send the same
+/// vault key again and again. Only keys that passed every check are kept; at `CAPACITY`
+/// distinct keys the cache starts over, so hostile callers cannot grow it.
+pub struct ParsedKeys {
+    min_bits: u32,
+    keys: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::sync::Arc<WrappingKey>>>,
+}
+
+impl ParsedKeys {
+    const CAPACITY: usize = 256;
+
+    pub fn new(min_bits: u32) -> ParsedKeys {
+        ParsedKeys {
+            min_bits,
+            keys: Default::default(),
+        }
+    }
+
+    /// The key `pem` holds, parsed and checked as [`WrappingKey::from_pem`] does.
+    pub fn get(&self, pem: &[u8]) -> Result<std::sync::Arc<WrappingKey>, WrapError> {
+        if pem.len() > MAX_PEM_BYTES {
+            // refused by from_pem; not worth hashing
+            return WrappingKey::from_pem(pem, self.min_bits).map(std::sync::Arc::new);
+        }
+        let id = openssl::sha::sha256(pem);
+        let lock = || self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = lock().get(&id) {
+            return Ok(k.clone());
+        }
+        let key = std::sync::Arc::new(WrappingKey::from_pem(pem, self.min_bits)?);
+        let mut keys = lock();
+        if keys.len() >= Self::CAPACITY {
+            keys.clear();
+        }
+        keys.insert(id, key.clone());
+        Ok(key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +216,21 @@ mod tests {
         two.extend_from_slice(&spki);
         assert!(err(&two, 1024).contains("more than one"));
         assert!(err(&[0xff, 0xfe], 1024).contains("not text"));
+    }
+
+    #[test]
+    fn parsed_keys_are_reused_and_refusals_are_not_kept() {
+        let cache = ParsedKeys::new(2048);
+        let (spki, pkcs1, _) = rsa_pem(2048);
+        let a = cache.get(&spki).unwrap();
+        let b = cache.get(&spki).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        // the same key in another encoding is parsed on its own, to the same key
+        assert_eq!(cache.get(&pkcs1).unwrap().fingerprint(), a.fingerprint());
+        let (small, _, _) = rsa_pem(1024);
+        assert!(cache.get(&small).is_err());
+        assert!(cache.get(&small).is_err());
+        assert_eq!(cache.keys.lock().unwrap().len(), 2);
     }
 
     #[test]
