@@ -284,6 +284,16 @@ fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// This process's resident set, KiB.
+fn self_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// In-process wraps on `threads` threads for `secs`.
 fn floor(hsm: &Arc<Hsm>, label: &str, wk: &Arc<WrappingKey>, threads: usize, secs: u64) -> Stats {
     let key = KeyRef::Label(label.into());
@@ -578,12 +588,17 @@ fn main() {
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}")));
     let mode = hsm.mode().to_string();
     let mut floors = BTreeMap::new();
+    let mut floor_growth = BTreeMap::new();
     for (kind, label) in KEYS {
+        let before = self_rss_kib();
         let s = floor(&hsm, label, &wk, a.sessions, a.seconds);
+        // Growth of this process per in-process wrap (no gRPC, no daemon): the token's own.
+        let per_wrap = (self_rss_kib().saturating_sub(before) * 1024) as f64 / s.ops as f64;
         out(&format!(
-            "floor   {kind:<8} {} threads: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
+            "floor   {kind:<8} {} threads: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  RSS +{per_wrap:.0} bytes per wrap",
             a.sessions, s.ops_per_s, s.p50_us, s.p99_us
         ));
+        floor_growth.insert(kind, per_wrap);
         floors.insert(kind, s);
     }
     Arc::try_unwrap(hsm).ok().expect("no other owner").close();
@@ -662,7 +677,7 @@ fn main() {
     // --- table, ratios, targets ---
     out("");
     out(&format!(
-        "| key | floor ops/s ({n} thr) | daemon ops/s ({n} / 16 / 64 callers) | daemon / floor | p50 / p99 / max µs at 16 | p99 at 64 | recipe ms | recipe / daemon p50 | p50 µs: {FEW_FILLERS} → {} objects | ratio |",
+        "| key | floor ops/s ({n} thr) | daemon ops/s ({n} / 16 / 64 callers) | daemon / floor | p50 / p99 / max µs at 16 | p99 µs at 64 | recipe ms | recipe / daemon per wrap (/ p50 at 1) | p50 µs at 1 caller: {FEW_FILLERS} → {} objects | ratio |",
         a.fillers,
         n = a.sessions
     ));
@@ -684,7 +699,11 @@ fn main() {
         let d64 = &daemon_stats[&(kind, 64)];
         let best = dn.ops_per_s.max(d16.ops_per_s);
         let size_ratio = p50_many[kind] / p50_few[kind];
-        let recipe_ratio = recipes[kind] * 1e3 / daemon_stats[&(kind, 1)].p50_us;
+        // The daemon's time per wrap: its cost under load (1 / ops/s at 16 callers), and
+        // the latency of one call alone (p50 at 1 caller).
+        let per_wrap_us = 1e6 / d16.ops_per_s;
+        let recipe_ratio = recipes[kind] * 1e3 / per_wrap_us;
+        let recipe_latency_ratio = recipes[kind] * 1e3 / daemon_stats[&(kind, 1)].p50_us;
         out(&format!(
             "| {kind} | {:.0} | {:.0} / {:.0} / {:.0} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} | {:.1} | {:.0} | {:.0} → {:.0} | {:.2} |",
             f.ops_per_s,
@@ -742,11 +761,13 @@ fn main() {
         );
         keys_json.insert(kind, json!({
             "floor": f.json(),
+            "floor_rss_growth_bytes_per_wrap": round(floor_growth[kind]),
             "daemon": {"1": daemon_stats[&(kind, 1)].json(), a.sessions.to_string(): dn.json(), "16": d16.json(), "64": d64.json()},
             "recipe_ms_per_wrap": round(recipes[kind]),
             "p50_us_1_caller": {FEW_FILLERS.to_string(): round(p50_few[kind]), a.fillers.to_string(): round(p50_many[kind])},
             "ratios": {"daemon_over_floor": round(best / f.ops_per_s * 100.0) / 100.0,
-                       "recipe_over_daemon_p50": round(recipe_ratio),
+                       "recipe_over_daemon_per_wrap": round(recipe_ratio),
+                       "recipe_over_daemon_p50_1_caller": round(recipe_latency_ratio),
                        "p50_many_over_few": round(size_ratio * 100.0) / 100.0},
         }));
     }
@@ -781,7 +802,14 @@ fn main() {
         0.0,
         false,
     );
+    let soak_ops = daemon_stats[&("AES-256", 16)].ops as f64;
     out("");
+    out(&format!(
+        "daemon RSS growth over the soak: {:.0} bytes per wrap (in-process floor: {:.0})",
+        (last as f64 - first as f64) * 1024.0
+            / (soak_ops * (1.0 - tenth as f64 / soak_rss.len().max(1) as f64)),
+        floor_growth["AES-256"]
+    ));
     out(&format!(
         "daemon peak RSS {:.1} MiB; soak RSS first {tenth} s max {:.1} MiB, last {tenth} s max {:.1} MiB; mode {mode}",
         peak_kib as f64 / 1024.0,
