@@ -134,11 +134,10 @@ impl Cli {
 impl KeyArg {
     fn key_ref(&self) -> Result<KeyRef, Error> {
         match (&self.label, &self.id) {
-            (Some(l), _) => Ok(KeyRef::Label(l.clone())),
-            (None, Some(h)) => wrap::unhex(h)
-                .filter(|b| !b.is_empty())
-                .map(KeyRef::Id)
-                .ok_or_else(|| Error::Usage(format!("--id {h:?} is not hex"))),
+            (Some(l), _) => KeyRef::label(l).map_err(|why| Error::Usage(format!("--label: {why}"))),
+            (None, Some(h)) => {
+                KeyRef::id_hex(h).map_err(|why| Error::Usage(format!("--id: {why}")))
+            }
             (None, None) => Err(Error::Usage("give --label or --id".into())),
         }
     }

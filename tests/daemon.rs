@@ -1005,3 +1005,211 @@ fn proto_compiles_with_protoc() {
         String::from_utf8_lossy(&r.stderr)
     );
 }
+
+/// Every hostile input of issue 7 (point 5) that the daemon can see: INVALID_ARGUMENT with a
+/// reason, and one audit record per export asked for. (All of them are refused before the
+/// HSM queue: the checks run before `on_hsm`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
+    use openssl::bn::BigNum;
+    use openssl::rsa::Rsa;
+    let _shared = shared().await;
+    let fx = softhsm();
+    let (config, audit) = daemon_config(fx, "hostile", "caller_wrapping_keys = \"any\"", None);
+    let d = Daemon::start(&config, &[]);
+    let mut c = d.client("cckm").await;
+    let good_pem = pem(&fx.wk.wk2048);
+    let rsa = Rsa::generate(2048).unwrap();
+    let e1 = Rsa::from_public_components(rsa.n().to_owned().unwrap(), BigNum::from_u32(1).unwrap())
+        .unwrap()
+        .public_key_to_pem()
+        .unwrap();
+    let mut n = rsa.n().to_owned().unwrap();
+    n.clear_bit(0).unwrap();
+    let even = Rsa::from_public_components(n, BigNum::from_u32(65537).unwrap())
+        .unwrap()
+        .public_key_to_pem()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    let private = std::fs::read_to_string(&fx.wk.wk2048.private_pem).unwrap();
+    let certificate = std::fs::read_to_string(certs().join("ca.pem")).unwrap();
+    let label = |l: &str| by_label(l);
+    let id = |h: &str| by_id(h);
+    let cases: Vec<(&str, Option<proto::KeyRef>, String, i32, &str)> = vec![
+        (
+            "empty label",
+            label(""),
+            good_pem.clone(),
+            1,
+            "label is empty",
+        ),
+        (
+            "long label",
+            label(&"a".repeat(129)),
+            good_pem.clone(),
+            1,
+            "at most 128",
+        ),
+        (
+            "glob label",
+            label("test-*"),
+            good_pem.clone(),
+            1,
+            "glob characters",
+        ),
+        (
+            "control label",
+            label("test-aes-256\n"),
+            good_pem.clone(),
+            1,
+            "control characters",
+        ),
+        ("non-hex id", id("zz"), good_pem.clone(), 1, "not hex"),
+        ("odd hex id", id("103"), good_pem.clone(), 1, "not hex"),
+        (
+            "long id",
+            id(&"00".repeat(65)),
+            good_pem.clone(),
+            1,
+            "at most 128",
+        ),
+        (
+            "no key",
+            None,
+            good_pem.clone(),
+            1,
+            "give a label or an id_hex",
+        ),
+        (
+            "malformed PEM",
+            label("test-aes-256"),
+            "-----BEGIN PUBLIC KEY-----\nAAAA!!!!\n-----END PUBLIC KEY-----\n".into(),
+            1,
+            "does not parse",
+        ),
+        (
+            "private key PEM",
+            label("test-aes-256"),
+            private,
+            1,
+            "private key",
+        ),
+        (
+            "certificate PEM",
+            label("test-aes-256"),
+            certificate,
+            1,
+            "unsupported PEM block",
+        ),
+        ("exponent 1", label("test-aes-256"), text(e1), 1, "exponent"),
+        (
+            "even modulus",
+            label("test-aes-256"),
+            text(even),
+            1,
+            "modulus is even",
+        ),
+        (
+            "oversized PEM",
+            label("test-aes-256"),
+            "A".repeat(20 * 1024),
+            1,
+            "limit is 16384",
+        ),
+        (
+            "unknown algorithm",
+            label("test-aes-256"),
+            good_pem.clone(),
+            99,
+            "not a WrappingAlgorithm",
+        ),
+    ];
+    for (name, key, pem, alg, reason) in &cases {
+        let e = c
+            .wrap_key(WrapKeyRequest {
+                source_key: key.clone(),
+                wrapping_public_key_pem: pem.clone(),
+                algorithm: *alg,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(reason), "{name}: {}", e.message());
+    }
+
+    // Imports: the request's own fields are checked before any configuration or network.
+    let version = |ocid: &str, idem: &str, alg: i32| proto::ImportKeyVersionRequest {
+        source_key: by_label("test-aes-256"),
+        oci_key_id: ocid.into(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: "https://x-management.kms.us-ashburn-1.oraclecloud.com".into(),
+        }),
+        algorithm: alg,
+        idempotency_key: idem.into(),
+        wait_for_enabled: false,
+    };
+    for (name, req, reason) in [
+        ("empty OCID", version("", "", 0), "not a key OCID"),
+        (
+            "vault OCID",
+            version("ocid1.vault.oc1..x", "", 0),
+            "not a key OCID",
+        ),
+        (
+            "OCID with a path",
+            version("ocid1.key.oc1..x/../y", "", 0),
+            "not a key OCID",
+        ),
+        (
+            "long idempotency key",
+            version("ocid1.key.oc1..x", &"k".repeat(129), 0),
+            "idempotency_key",
+        ),
+        (
+            "unknown algorithm",
+            version("ocid1.key.oc1..x", "", 7),
+            "not a WrappingAlgorithm",
+        ),
+    ] {
+        let e = c.import_key_version(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(reason), "{name}: {}", e.message());
+    }
+    let key = |compartment: &str, name: &str, mode: &str| proto::ImportKeyRequest {
+        source_key: by_label("test-aes-256"),
+        compartment_id: compartment.into(),
+        display_name: name.into(),
+        protection_mode: mode.into(),
+        ..Default::default()
+    };
+    for (name, req, reason) in [
+        ("compartment", key("x", "k", ""), "compartment_id"),
+        (
+            "display name",
+            key("ocid1.compartment.oc1..c", "a\u{7}b", ""),
+            "display_name",
+        ),
+        (
+            "protection mode",
+            key("ocid1.compartment.oc1..c", "k", "EXTERNAL"),
+            "protection_mode",
+        ),
+    ] {
+        let e = c.import_key(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(reason), "{name}: {}", e.message());
+    }
+
+    let records = audit_records(&audit);
+    assert_eq!(
+        records.len(),
+        cases.len() + 5 + 3,
+        "one record per export asked for"
+    );
+    for r in &records {
+        assert_eq!(r["code"], "INVALID_ARGUMENT", "{r}");
+        assert_eq!(r["outcome"], "refused");
+        assert!(r.get("mode").is_none(), "no wrap happened: {r}");
+    }
+}

@@ -19,6 +19,50 @@ pub enum KeyRef {
     Id(Vec<u8>),
 }
 
+/// Longest label and id a caller may name (PKCS#11 sets no limit; HSMs use 32 to 128 bytes).
+pub const MAX_LABEL: usize = 128;
+pub const MAX_ID: usize = 64;
+
+impl KeyRef {
+    /// A label as callers give it: 1 to `MAX_LABEL` bytes, no control characters, no glob
+    /// characters (`* ? [ ]`: labels are matched exactly, and globs belong to policy).
+    pub fn label(l: &str) -> Result<KeyRef, String> {
+        if l.is_empty() {
+            return Err("the label is empty".into());
+        }
+        if l.len() > MAX_LABEL {
+            return Err(format!(
+                "the label is {} bytes; at most {MAX_LABEL}",
+                l.len()
+            ));
+        }
+        if l.chars().any(char::is_control) {
+            return Err("the label contains control characters".into());
+        }
+        if l.contains(['*', '?', '[', ']']) {
+            return Err(
+                "the label contains glob characters (* ? [ ]); labels are matched exactly".into(),
+            );
+        }
+        Ok(KeyRef::Label(l.to_string()))
+    }
+
+    /// A CKA_ID as hex: 1 to `MAX_ID` bytes.
+    pub fn id_hex(h: &str) -> Result<KeyRef, String> {
+        if h.len() > 2 * MAX_ID {
+            return Err(format!(
+                "the id is {} hex digits; at most {}",
+                h.len(),
+                2 * MAX_ID
+            ));
+        }
+        crate::wrap::unhex(h)
+            .filter(|b| !b.is_empty())
+            .map(KeyRef::Id)
+            .ok_or_else(|| format!("the id {h:?} is not hex (an even number of 0-9a-f digits)"))
+    }
+}
+
 impl fmt::Display for KeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -199,4 +243,38 @@ pub fn list(s: &Session) -> Result<Vec<KeyInfo>, HsmError> {
     }
     out.sort_by(|a, b| (&a.label, &a.id).cmp(&(&b.label, &b.id)));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_labels_and_ids_are_checked() {
+        assert_eq!(
+            KeyRef::label("demo-aes-256").unwrap(),
+            KeyRef::Label("demo-aes-256".into())
+        );
+        assert_eq!(
+            KeyRef::id_hex("0A0b").unwrap(),
+            KeyRef::Id(vec![0x0a, 0x0b])
+        );
+        for bad in [
+            "",
+            "a*",
+            "a?",
+            "[a]",
+            "tab\there",
+            "nl\n",
+            "nul\0x",
+            "del\u{7f}",
+        ] {
+            assert!(KeyRef::label(bad).is_err(), "{bad:?}");
+        }
+        assert!(KeyRef::label(&"x".repeat(MAX_LABEL)).is_ok());
+        assert!(KeyRef::label(&"x".repeat(MAX_LABEL + 1)).is_err());
+        for bad in ["", "0", "zz", "0x01", &"00".repeat(MAX_ID + 1)] {
+            assert!(KeyRef::id_hex(bad).is_err(), "{bad:?}");
+        }
+    }
 }

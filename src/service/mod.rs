@@ -208,12 +208,11 @@ fn request_id<T>(req: &Request<T>) -> String {
 
 fn key_ref(k: Option<&proto::KeyRef>) -> Result<KeyRef, Status> {
     match k.and_then(|k| k.key.as_ref()) {
-        Some(proto::key_ref::Key::Label(l)) if !l.is_empty() => Ok(KeyRef::Label(l.clone())),
-        Some(proto::key_ref::Key::IdHex(h)) => wrap::unhex(h)
-            .filter(|b| !b.is_empty())
-            .map(KeyRef::Id)
-            .ok_or_else(|| Status::invalid_argument(format!("source_key.id_hex {h:?} is not hex"))),
-        _ => Err(Status::invalid_argument(
+        Some(proto::key_ref::Key::Label(l)) => KeyRef::label(l)
+            .map_err(|why| Status::invalid_argument(format!("source_key.label: {why}"))),
+        Some(proto::key_ref::Key::IdHex(h)) => KeyRef::id_hex(h)
+            .map_err(|why| Status::invalid_argument(format!("source_key.id_hex: {why}"))),
+        None => Err(Status::invalid_argument(
             "source_key: give a label or an id_hex",
         )),
     }
@@ -405,17 +404,17 @@ impl Bridge {
         })
     }
 
-    /// The checks every import starts with: caller, operation, source key, algorithm,
-    /// OCI connection and endpoint. Nothing has touched the HSM or the network yet.
+    /// The checks every import starts with: caller, operation, source key, algorithm, the
+    /// request's own `fields`, then OCI connection and endpoint. Nothing has touched the HSM
+    /// or the network yet.
     fn import_preamble<T>(
         &self,
         req: &Request<T>,
         rec: &mut Record,
-        op: &'static str,
-        key: Option<&proto::KeyRef>,
-        alg: i32,
-        oci: Option<&proto::OciTarget>,
+        ask: ImportAsk<'_>,
+        fields: impl FnOnce() -> Result<(), Status>,
     ) -> Result<ImportStart, Status> {
+        let ImportAsk { op, key, alg, oci } = ask;
         let caller = self.caller(req)?;
         rec.caller = caller.display.clone();
         if !caller.may(Operation::Import) {
@@ -433,6 +432,8 @@ impl Bridge {
         }
         let alg = algorithm(alg)?;
         rec.algorithm = Some(alg.as_str());
+        // The request's own fields, before any configuration is consulted.
+        fields()?;
         let target = oci.ok_or_else(|| {
             Status::invalid_argument(
                 "oci.management_endpoint is required (the vault's management endpoint)",
@@ -486,12 +487,17 @@ impl Bridge {
         let start = self.import_preamble(
             &req,
             rec,
-            "ImportKeyVersion",
-            body.source_key.as_ref(),
-            body.algorithm,
-            body.oci.as_ref(),
+            ImportAsk {
+                op: "ImportKeyVersion",
+                key: body.source_key.as_ref(),
+                alg: body.algorithm,
+                oci: body.oci.as_ref(),
+            },
+            || {
+                import::check_key_ocid(&body.oci_key_id)?;
+                import::check_idempotency_key(&body.idempotency_key).map(|_| ())
+            },
         )?;
-        import::check_key_ocid(&body.oci_key_id)?;
         let idem = import::check_idempotency_key(&body.idempotency_key)?;
         let described = import::describe(
             "ImportKeyVersion",
@@ -559,29 +565,17 @@ impl Bridge {
         let start = self.import_preamble(
             &req,
             rec,
-            "ImportKey",
-            body.source_key.as_ref(),
-            body.algorithm,
-            body.oci.as_ref(),
+            ImportAsk {
+                op: "ImportKey",
+                key: body.source_key.as_ref(),
+                alg: body.algorithm,
+                oci: body.oci.as_ref(),
+            },
+            || import_key_fields(body),
         )?;
-        if !body.compartment_id.starts_with("ocid1.") || body.compartment_id.len() > 255 {
-            return Err(Status::invalid_argument(
-                "compartment_id must be a compartment or tenancy OCID (ocid1.…)",
-            ));
-        }
-        if body.display_name.is_empty() || body.display_name.len() > 255 {
-            return Err(Status::invalid_argument(
-                "display_name must be 1 to 255 bytes",
-            ));
-        }
         let protection_mode = match body.protection_mode.as_str() {
             "" => None,
-            m @ ("HSM" | "SOFTWARE") => Some(m.to_string()),
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "protection_mode {other:?}: HSM or SOFTWARE"
-                )));
-            }
+            m => Some(m.to_string()),
         };
         let idem = import::check_idempotency_key(&body.idempotency_key)?;
         let freeform: std::collections::BTreeMap<_, _> = body.freeform_tags.iter().collect();
@@ -663,6 +657,44 @@ impl Bridge {
 type WrapFuture<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<crate::hsm::Wrapped, Status>> + Send + 'a>,
 >;
+
+/// ImportKey's own fields: compartment OCID, display name, protection mode, idempotency key.
+fn import_key_fields(body: &proto::ImportKeyRequest) -> Result<(), Status> {
+    let ocid_like = |s: &str| {
+        s.starts_with("ocid1.")
+            && s.len() <= 255
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    if !ocid_like(&body.compartment_id) {
+        return Err(Status::invalid_argument(
+            "compartment_id must be a compartment or tenancy OCID (ocid1.…)",
+        ));
+    }
+    if body.display_name.is_empty()
+        || body.display_name.len() > 255
+        || body.display_name.chars().any(char::is_control)
+    {
+        return Err(Status::invalid_argument(
+            "display_name must be 1 to 255 bytes without control characters",
+        ));
+    }
+    if !matches!(body.protection_mode.as_str(), "" | "HSM" | "SOFTWARE") {
+        return Err(Status::invalid_argument(format!(
+            "protection_mode {:?}: HSM or SOFTWARE",
+            body.protection_mode.chars().take(32).collect::<String>()
+        )));
+    }
+    import::check_idempotency_key(&body.idempotency_key).map(|_| ())
+}
+
+/// What an import request asks for, as the caller sent it.
+struct ImportAsk<'a> {
+    op: &'static str,
+    key: Option<&'a proto::KeyRef>,
+    alg: i32,
+    oci: Option<&'a proto::OciTarget>,
+}
 
 /// What an import has established before it touches the HSM or the network.
 struct ImportStart {

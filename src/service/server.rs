@@ -40,6 +40,11 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         Some(_) => Authenticator::Certificates(cfg.server.clients.clone()),
         None => Authenticator::Local,
     };
+    if rustix::process::geteuid().is_root() {
+        tracing::warn!(
+            "running as root: run the daemon as an unprivileged user that can read the PIN file, the TLS key and the PKCS#11 client configuration"
+        );
+    }
     let audit = Arc::new(Audit::open(&cfg.audit.path).map_err(&fail)?);
     // Opened before the runtime starts threads: the module's environment is set here.
     let oci =

@@ -97,6 +97,9 @@ impl WrappingKey {
                 "RSA-{bits} is above the maximum of {MAX_BITS} bits"
             )));
         }
+        if !rsa.n().is_bit_set(0) {
+            return Err(bad("the modulus is even: not an RSA public key"));
+        }
         // e = 1 would make "encryption" the identity: OAEP's masking is unkeyed, so K
         // would be readable by anyone. An even e is not an RSA key at all.
         let e = rsa.e();
@@ -231,6 +234,18 @@ mod tests {
         assert!(cache.get(&small).is_err());
         assert!(cache.get(&small).is_err());
         assert_eq!(cache.keys.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_even_modulus_is_refused() {
+        let (_, _, rsa) = rsa_pem(2048);
+        let mut n = rsa.n().to_owned().unwrap();
+        n.clear_bit(0).unwrap();
+        let even = Rsa::from_public_components(n, BigNum::from_u32(65537).unwrap()).unwrap();
+        let msg = WrappingKey::from_pem(&even.public_key_to_pem().unwrap(), 2048)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("modulus is even"), "{msg}");
     }
 
     #[test]
