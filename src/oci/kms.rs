@@ -627,7 +627,7 @@ impl KmsClient {
 }
 
 /// `{"code","message"}` of an OCI error body, or what is known without one.
-fn error_body(body: &[u8]) -> (String, String) {
+pub fn error_body(body: &[u8]) -> (String, String) {
     #[derive(Deserialize)]
     struct E {
         #[serde(default)]
