@@ -9,7 +9,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = kms::error_body(data);
     if let Ok(v) = serde_json::from_slice::<kms::KeyVersion>(data) {
         // what the daemon hands back must survive a round trip
-        let again: kms::KeyVersion = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        let again: kms::KeyVersion =
+            serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(again.id, v.id);
     }
 });

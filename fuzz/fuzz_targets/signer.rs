@@ -12,7 +12,8 @@ fn keys() -> &'static ApiKeys {
     static K: OnceLock<ApiKeys> = OnceLock::new();
     K.get_or_init(|| {
         let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
-        let public = openssl::pkey::PKey::public_key_from_der(&rsa.public_key_to_der().unwrap()).unwrap();
+        let public =
+            openssl::pkey::PKey::public_key_from_der(&rsa.public_key_to_der().unwrap()).unwrap();
         let mut k = ApiKeys::default();
         k.add(None, public).unwrap();
         k
@@ -30,7 +31,13 @@ fuzz_target!(|data: &[u8]| {
         f.next().unwrap_or(""),
     );
     let body = f.next().unwrap_or("").as_bytes();
-    let parts = RequestParts { method, url, date, body, content_type: "application/json" };
+    let parts = RequestParts {
+        method,
+        url,
+        date,
+        body,
+        content_type: "application/json",
+    };
     let _ = RequestSigner::signing_string(&parts);
     let header = |name: &str| match name {
         "authorization" => Some(auth.to_string()),
@@ -41,6 +48,15 @@ fuzz_target!(|data: &[u8]| {
         "content-type" => Some("application/json".to_string()),
         _ => None,
     };
-    let r = authenticate(keys(), &Incoming { method, target: url, header: &header, body }, SystemTime::now());
+    let r = authenticate(
+        keys(),
+        &Incoming {
+            method,
+            target: url,
+            header: &header,
+            body,
+        },
+        SystemTime::now(),
+    );
     assert!(r.is_err(), "a random request authenticated");
 });

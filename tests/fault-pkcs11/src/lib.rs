@@ -1,0 +1,136 @@
+//! A PKCS#11 module for tests. It loads the real module named by `FAULT_PKCS11_MODULE`,
+//! hands out the real module's function list with a few entries replaced, and for those:
+//!
+//! - appends the function's name to the file `FAULT_PKCS11_LOG` (if set) on every call, so a
+//!   test can count calls;
+//! - answers with a chosen `CKR_` code instead of calling the real module, as the file
+//!   `FAULT_PKCS11_CONTROL` says: lines `FUNCTION RV COUNT` (RV in hex, e.g.
+//!   `C_WrapKey 0x30 1` for one CKR_DEVICE_ERROR). Each distinct line injects COUNT times
+//!   in this process; a test changes the instruction by writing a new line.
+//!
+//! Replaced: C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo. Everything else is the real
+//! module's own function pointer.
+
+#![allow(non_snake_case)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki_sys::*;
+
+struct Real {
+    _lib: libloading::Library,
+    list: CK_FUNCTION_LIST,
+}
+
+static REAL: OnceLock<Option<Real>> = OnceLock::new();
+static OURS: OnceLock<Option<Box<CK_FUNCTION_LIST>>> = OnceLock::new();
+static USED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+fn real() -> Option<&'static CK_FUNCTION_LIST> {
+    REAL.get_or_init(|| {
+        let path = std::env::var_os("FAULT_PKCS11_MODULE")?;
+        // SAFETY: loading a PKCS#11 module runs its initialisers; that is what it is for.
+        let lib = unsafe { libloading::Library::new(path) }.ok()?;
+        let mut list: CK_FUNCTION_LIST_PTR = std::ptr::null_mut();
+        // SAFETY: C_GetFunctionList has this signature in every PKCS#11 module, and writes
+        // a pointer to a list that lives as long as the library.
+        let rv = unsafe {
+            let get: libloading::Symbol<unsafe extern "C" fn(CK_FUNCTION_LIST_PTR_PTR) -> CK_RV> =
+                lib.get(b"C_GetFunctionList\0").ok()?;
+            get(&mut list)
+        };
+        if rv != CKR_OK || list.is_null() {
+            return None;
+        }
+        // SAFETY: checked non-null above; copied by value.
+        let list = unsafe { *list };
+        Some(Real { _lib: lib, list })
+    })
+    .as_ref()
+    .map(|r| &r.list)
+}
+
+fn log(function: &str) {
+    if let Some(path) = std::env::var_os("FAULT_PKCS11_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{function}");
+    }
+}
+
+/// The code to answer instead of calling the real function, if the control file says so.
+fn inject(function: &str) -> Option<CK_RV> {
+    let path = std::env::var_os("FAULT_PKCS11_CONTROL")?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut used = USED.lock().unwrap_or_else(|p| p.into_inner());
+    let used = used.get_or_insert_with(HashMap::new);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(name), Some(rv), Some(count)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if name != function {
+            continue;
+        }
+        let rv = CK_RV::from_str_radix(rv.trim_start_matches("0x"), 16).ok()?;
+        let count: u64 = count.parse().ok()?;
+        let n = used.entry(line.to_string()).or_insert(0);
+        if *n < count {
+            *n += 1;
+            return Some(rv);
+        }
+    }
+    None
+}
+
+macro_rules! forward {
+    ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*)) => {
+        unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
+            log(stringify!($field));
+            if let Some(rv) = inject(stringify!($field)) {
+                return rv;
+            }
+            match real().and_then(|l| l.$field) {
+                // SAFETY: the real module's own function, with the arguments we were given.
+                Some(f) => unsafe { f($($arg),*) },
+                None => CKR_GENERAL_ERROR,
+            }
+        }
+    };
+}
+
+forward!(login, C_Login, (s: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, len: CK_ULONG));
+forward!(wrap_key, C_WrapKey, (s: CK_SESSION_HANDLE, m: CK_MECHANISM_PTR, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR));
+forward!(open_session, C_OpenSession, (slot: CK_SLOT_ID, flags: CK_FLAGS, app: CK_VOID_PTR, notify: CK_NOTIFY, session: CK_SESSION_HANDLE_PTR));
+forward!(get_token_info, C_GetTokenInfo, (slot: CK_SLOT_ID, info: CK_TOKEN_INFO_PTR));
+
+/// # Safety
+/// `list` must be a valid pointer to write a function-list pointer to.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK_RV {
+    if list.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    let ours = OURS.get_or_init(|| {
+        let mut l = *real()?;
+        l.C_Login = Some(login);
+        l.C_WrapKey = Some(wrap_key);
+        l.C_OpenSession = Some(open_session);
+        l.C_GetTokenInfo = Some(get_token_info);
+        l.C_GetFunctionList = Some(C_GetFunctionList);
+        Some(Box::new(l))
+    });
+    match ours {
+        Some(l) => {
+            // SAFETY: checked non-null; the list lives for the rest of the process.
+            unsafe { *list = &**l as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST };
+            CKR_OK
+        }
+        None => CKR_GENERAL_ERROR,
+    }
+}
