@@ -53,7 +53,7 @@ fn fault_config(fx: &Fixture, name: &str, pin_file: &str) -> (PathBuf, PathBuf, 
             ),
         )
         .replace("./user-pin", pin_file)
-            + "\n[server]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n"
+            + "caller_wrapping_keys = \"any\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n"
     });
     (config, log, ctl)
 }
@@ -115,4 +115,71 @@ fn an_injected_pin_incorrect_is_not_retried() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("CKR_PIN_INCORRECT"), "{err}");
     assert_eq!(calls(&log, "C_Login"), 1);
+}
+
+/// Health of the daemon's main service.
+async fn serving(ch: &tonic::transport::Channel) -> bool {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let r = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest {
+            service: "hsmbridge.v1.KeySourceBridge".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.status == ServingStatus::Serving as i32
+}
+
+/// Polls health until it is `want` (the daemon probes the token every 5 s).
+async fn wait_health(ch: &tonic::transport::Channel, want: bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while serving(ch).await != want {
+        assert!(
+            std::time::Instant::now() < until,
+            "health never became serving={want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_errors_are_unavailable_and_health_follows_the_token() {
+    use hsm_bridge::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
+    let fx = softhsm();
+    let (config, _, ctl) = fault_config(fx, "health", "./user-pin");
+    let d = common::daemon::Daemon::start(&config, &[]);
+    let ch = d.plain_channel().await;
+    let mut c = KeySourceBridgeClient::new(ch.clone());
+    let req = proto::WrapKeyRequest {
+        source_key: Some(proto::KeyRef {
+            key: Some(proto::key_ref::Key::Label("test-aes-256".into())),
+        }),
+        wrapping_public_key_pem: std::fs::read_to_string(&fx.wk.wk2048.public_pem).unwrap(),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+    };
+    c.wrap_key(req.clone())
+        .await
+        .expect("wraps before the fault");
+    assert!(serving(&ch).await);
+
+    // Every C_WrapKey fails with CKR_DEVICE_ERROR (0x30): UNAVAILABLE, naming it.
+    std::fs::write(&ctl, "C_WrapKey 0x30 1000000\n").unwrap();
+    let e = c.wrap_key(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("CKR_DEVICE_ERROR"), "{}", e.message());
+
+    // The token disappears (C_GetTokenInfo: CKR_DEVICE_REMOVED, 0x32): NOT_SERVING.
+    std::fs::write(
+        &ctl,
+        "C_GetTokenInfo 0x32 1000000\nC_WrapKey 0x30 1000000\n",
+    )
+    .unwrap();
+    wait_health(&ch, false).await;
+
+    // The fault clears: SERVING again and wraps work, without a restart.
+    std::fs::write(&ctl, "").unwrap();
+    wait_health(&ch, true).await;
+    c.wrap_key(req).await.expect("wraps after the fault");
 }
