@@ -183,3 +183,66 @@ async fn token_errors_are_unavailable_and_health_follows_the_token() {
     wait_health(&ch, true).await;
     c.wrap_key(req).await.expect("wraps after the fault");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_session_error_once_is_recovered_on_a_fresh_session() {
+    use hsm_bridge::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
+    let fx = softhsm();
+    let (config, log, ctl) = fault_config(fx, "recover", "./user-pin");
+    let d = common::daemon::Daemon::start(&config, &[]);
+    let mut c = KeySourceBridgeClient::new(d.plain_channel().await);
+    let req = proto::WrapKeyRequest {
+        source_key: Some(proto::KeyRef {
+            key: Some(proto::key_ref::Key::Label("test-aes-256".into())),
+        }),
+        wrapping_public_key_pem: std::fs::read_to_string(&fx.wk.wk2048.public_pem).unwrap(),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+    };
+    c.wrap_key(req.clone())
+        .await
+        .expect("wraps before any fault");
+    for (name, rv) in [
+        ("CKR_SESSION_HANDLE_INVALID", 0xb3),
+        ("CKR_SESSION_CLOSED", 0xb0),
+        ("CKR_USER_NOT_LOGGED_IN", 0x101),
+        ("CKR_DEVICE_REMOVED", 0x32),
+        ("CKR_TOKEN_NOT_PRESENT", 0xe0),
+        ("CKR_DEVICE_ERROR", 0x30),
+        ("CKR_GENERAL_ERROR", 0x5),
+    ] {
+        let (wraps, opens, logins) = (
+            calls(&log, "C_WrapKey"),
+            calls(&log, "C_OpenSession"),
+            calls(&log, "C_Login"),
+        );
+        std::fs::write(&ctl, format!("C_WrapKey {rv:#x} 1\n")).unwrap();
+        let w = c
+            .wrap_key(req.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{name} once must be recovered: {e:?}"));
+        assert!(!w.into_inner().wrapped_key_material.is_empty());
+        assert_eq!(
+            calls(&log, "C_WrapKey"),
+            wraps + 2,
+            "{name}: failed once, retried once"
+        );
+        assert_eq!(
+            calls(&log, "C_OpenSession"),
+            opens + 1,
+            "{name}: one fresh session"
+        );
+        assert_eq!(
+            calls(&log, "C_Login"),
+            logins + 1,
+            "{name}: one login on it"
+        );
+    }
+    // The wrapped bytes still open to the key (the retry wrapped the same key).
+    let w = c.wrap_key(req).await.unwrap().into_inner();
+    let f = fx.dir.join("recovered.bin");
+    std::fs::write(&f, &w.wrapped_key_material).unwrap();
+    assert_eq!(
+        openssl_unwrap(&f, &fx.wk.wk2048.private_pem, 256, "RSA_OAEP_AES_SHA256"),
+        fx.aes["test-aes-256"]
+    );
+}

@@ -77,6 +77,34 @@ impl HsmError {
     pub fn pkcs11(op: &'static str, err: CkError) -> Self {
         HsmError::Pkcs11 { op, err }
     }
+
+    /// The token's return code, for errors that carry one.
+    pub fn rv(&self) -> Option<RvError> {
+        match self {
+            HsmError::Pkcs11 {
+                err: CkError::Pkcs11(rv, _),
+                ..
+            }
+            | HsmError::WrapCall { rv, .. } => Some(*rv),
+            _ => None,
+        }
+    }
+}
+
+/// Codes after which a fresh, logged-in session may succeed: the session or the login was
+/// lost, or the device hiccuped. Never `CKR_PIN_INCORRECT` (a Luna partition locks after a
+/// few bad PINs) and never a refusal about the key or the mechanism.
+pub fn recoverable(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::UserNotLoggedIn
+            | RvError::DeviceRemoved
+            | RvError::TokenNotPresent
+            | RvError::DeviceError
+            | RvError::GeneralError
+    )
 }
 
 /// Who says a key may not leave.
@@ -133,6 +161,8 @@ pub struct Hsm {
     report: selftest::Report,
     exportable: Vec<String>,
     min_wrapping_key_bits: u32,
+    /// Kept (zeroized on drop) to log in again after the token lost the login.
+    pin: AuthPin,
 }
 
 /// How long a caller waits for a free session before `Busy`.
@@ -191,7 +221,6 @@ impl Hsm {
                 });
             }
         }
-        drop(pin);
         let mut sessions = vec![login_session];
         while sessions.len() < cfg.sessions {
             sessions.push(
@@ -222,6 +251,7 @@ impl Hsm {
             report,
             exportable: policy.exportable.clone(),
             min_wrapping_key_bits: policy.min_wrapping_key_bits,
+            pin,
         })
     }
 
@@ -376,14 +406,15 @@ impl Hsm {
     }
 
     /// As [`Hsm::wrap`], with `permit` asked about the key found (a caller's label
-    /// patterns, for a key named by id) before anything is wrapped.
+    /// patterns, for a key named by id) before anything is wrapped. A session-level error
+    /// (see [`recoverable`]) gets one retry on a fresh, logged-in session.
     pub fn wrap_if(
         &self,
         key: &KeyRef,
         wk: &WrappingKey,
         alg: Algorithm,
         deadline: Option<Instant>,
-        permit: impl FnOnce(&KeyInfo) -> Result<(), String>,
+        permit: impl Fn(&KeyInfo) -> Result<(), String>,
     ) -> Result<Wrapped, HsmError> {
         if wk.bits < self.min_wrapping_key_bits {
             return Err(HsmError::Wrap(WrapError::WrappingKey(format!(
@@ -391,8 +422,26 @@ impl Hsm {
                 wk.bits, self.min_wrapping_key_bits
             ))));
         }
-        let s = self.session(deadline)?;
-        let info = self.find_key_in(&s, key)?;
+        let mut s = self.session(deadline)?;
+        match self.wrap_on(&s, key, wk, alg, &permit) {
+            Err(e) if e.rv().is_some_and(recoverable) => {
+                tracing::warn!(error = %e, "HSM session error; opening a fresh session and retrying once");
+                self.renew(&mut s)?;
+                self.wrap_on(&s, key, wk, alg, &permit)
+            }
+            other => other,
+        }
+    }
+
+    fn wrap_on(
+        &self,
+        s: &Session,
+        key: &KeyRef,
+        wk: &WrappingKey,
+        alg: Algorithm,
+        permit: &impl Fn(&KeyInfo) -> Result<(), String>,
+    ) -> Result<Wrapped, HsmError> {
+        let info = self.find_key_in(s, key)?;
         permit(&info).map_err(HsmError::Denied)?;
         let shape = self.export_check(&info)?;
         let target = modes::Target {
@@ -402,7 +451,7 @@ impl Hsm {
         let started = Instant::now();
         let material = modes::wrap(
             &self.raw,
-            &s,
+            s,
             &self.report.caps,
             self.mode(),
             alg,
@@ -418,6 +467,28 @@ impl Hsm {
             shape,
             key: info,
         })
+    }
+
+    /// Replaces the leased session with a fresh one, logs in again (an "already logged in"
+    /// answer is fine; a wrong PIN is not retried) and forgets cached handles.
+    fn renew(&self, s: &mut pool::Lease<'_>) -> Result<(), HsmError> {
+        let fresh = self
+            .pkcs11
+            .open_ro_session(self.slot)
+            .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?;
+        match fresh.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(rv, _)) => {
+                return Err(HsmError::Login {
+                    token: self.token_label.clone(),
+                    why: ckr_name(rv),
+                });
+            }
+            Err(e) => return Err(HsmError::pkcs11("C_Login", e)),
+        }
+        s.replace(fresh);
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
     }
 
     /// Closes every session, logs out and finalises the module.

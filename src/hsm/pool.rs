@@ -52,6 +52,13 @@ impl Pool {
     }
 }
 
+impl Lease<'_> {
+    /// Puts `fresh` in place of the leased session, which closes.
+    pub fn replace(&mut self, fresh: Session) {
+        self.session = Some(fresh);
+    }
+}
+
 impl Deref for Lease<'_> {
     type Target = Session;
     fn deref(&self) -> &Session {
