@@ -237,6 +237,14 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
             "{name}: one login on it"
         );
     }
+    // Listing keys (C_FindObjectsInit) recovers the same way.
+    std::fs::write(&ctl, "C_FindObjectsInit 0xb3 1\n").unwrap();
+    let listed = c
+        .list_source_keys(proto::ListSourceKeysRequest::default())
+        .await
+        .expect("a lost session while listing is recovered")
+        .into_inner();
+    assert!(listed.keys.iter().any(|k| k.label == "test-aes-256"));
     // The wrapped bytes still open to the key (the retry wrapped the same key).
     let w = c.wrap_key(req).await.unwrap().into_inner();
     let f = fx.dir.join("recovered.bin");

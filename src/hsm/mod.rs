@@ -303,8 +303,25 @@ impl Hsm {
 
     /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
     pub fn find_key(&self, key: &KeyRef, deadline: Option<Instant>) -> Result<KeyInfo, HsmError> {
-        let s = self.session(deadline)?;
-        self.find_key_in(&s, key)
+        self.on_session(deadline, |s| self.find_key_in(s, key))
+    }
+
+    /// Runs `work` on a pooled session; after a session-level error (see [`recoverable`]),
+    /// once more on a fresh, logged-in session.
+    fn on_session<T>(
+        &self,
+        deadline: Option<Instant>,
+        work: impl Fn(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let mut s = self.session(deadline)?;
+        match work(&s) {
+            Err(e) if e.rv().is_some_and(recoverable) => {
+                tracing::warn!(error = %e, "HSM session error; opening a fresh session and retrying once");
+                self.renew(&mut s)?;
+                work(&s)
+            }
+            other => other,
+        }
     }
 
     fn find_key_in(&self, s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
@@ -337,7 +354,7 @@ impl Hsm {
 
     /// Every secret and private key on the token.
     pub fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
-        keys::list(&*self.session(deadline)?)
+        self.on_session(deadline, keys::list)
     }
 
     /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
@@ -407,7 +424,7 @@ impl Hsm {
 
     /// As [`Hsm::wrap`], with `permit` asked about the key found (a caller's label
     /// patterns, for a key named by id) before anything is wrapped. A session-level error
-    /// (see [`recoverable`]) gets one retry on a fresh, logged-in session.
+    /// gets one retry on a fresh, logged-in session.
     pub fn wrap_if(
         &self,
         key: &KeyRef,
@@ -422,15 +439,7 @@ impl Hsm {
                 wk.bits, self.min_wrapping_key_bits
             ))));
         }
-        let mut s = self.session(deadline)?;
-        match self.wrap_on(&s, key, wk, alg, &permit) {
-            Err(e) if e.rv().is_some_and(recoverable) => {
-                tracing::warn!(error = %e, "HSM session error; opening a fresh session and retrying once");
-                self.renew(&mut s)?;
-                self.wrap_on(&s, key, wk, alg, &permit)
-            }
-            other => other,
-        }
+        self.on_session(deadline, |s| self.wrap_on(s, key, wk, alg, &permit))
     }
 
     fn wrap_on(

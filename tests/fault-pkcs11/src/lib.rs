@@ -8,8 +8,8 @@
 //!   `C_WrapKey 0x30 1` for one CKR_DEVICE_ERROR). Each distinct line injects COUNT times
 //!   in this process; a test changes the instruction by writing a new line.
 //!
-//! Replaced: C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo. Everything else is the real
-//! module's own function pointer.
+//! Replaced: C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo, C_FindObjectsInit. Everything
+//! else is the real module's own function pointer.
 
 #![allow(non_snake_case)]
 
@@ -109,6 +109,12 @@ forward!(wrap_key, C_WrapKey, (s: CK_SESSION_HANDLE, m: CK_MECHANISM_PTR, wrappi
 forward!(open_session, C_OpenSession, (slot: CK_SLOT_ID, flags: CK_FLAGS, app: CK_VOID_PTR, notify: CK_NOTIFY, session: CK_SESSION_HANDLE_PTR));
 forward!(get_token_info, C_GetTokenInfo, (slot: CK_SLOT_ID, info: CK_TOKEN_INFO_PTR));
 
+forward!(
+    find_objects_init,
+    C_FindObjectsInit,
+    (s: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG)
+);
+
 /// # Safety
 /// `list` must be a valid pointer to write a function-list pointer to.
 #[unsafe(no_mangle)]
@@ -122,6 +128,7 @@ pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK
         l.C_WrapKey = Some(wrap_key);
         l.C_OpenSession = Some(open_session);
         l.C_GetTokenInfo = Some(get_token_info);
+        l.C_FindObjectsInit = Some(find_objects_init);
         l.C_GetFunctionList = Some(C_GetFunctionList);
         Some(Box::new(l))
     });
