@@ -58,6 +58,20 @@ fn fault_config(fx: &Fixture, name: &str, pin_file: &str) -> (PathBuf, PathBuf, 
     (config, log, ctl)
 }
 
+/// Objects on the token, as pkcs11-tool lists them (logged in: private ones too).
+fn token_objects(fx: &Fixture) -> usize {
+    let out = p11(fx, &["--list-objects"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" Object;"))
+        .count()
+}
+
 fn calls(log: &Path, function: &str) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -189,6 +203,8 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
     use hsm_bridge::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
     let fx = softhsm();
     let (config, log, ctl) = fault_config(fx, "recover", "./user-pin");
+    let objects = token_objects(fx);
+    assert!(objects > 0);
     let d = common::daemon::Daemon::start(&config, &[]);
     let mut c = KeySourceBridgeClient::new(d.plain_channel().await);
     let req = proto::WrapKeyRequest {
@@ -253,4 +269,8 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
         openssl_unwrap(&f, &fx.wk.wk2048.private_pem, 256, "RSA_OAEP_AES_SHA256"),
         fx.aes["test-aes-256"]
     );
+    d.terminate();
+    // No leftovers: every session key made along the failed paths was destroyed or died
+    // with its session; no token object was added.
+    assert_eq!(token_objects(fx), objects);
 }
