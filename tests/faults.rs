@@ -274,3 +274,114 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
     // with its session; no token object was added.
     assert_eq!(token_objects(fx), objects);
 }
+
+/// 32 callers for 30 s, valid and hostile requests mixed, while the fault module injects
+/// session and device errors: every call is answered, valid calls succeed or fail with a
+/// retryable code, hostile ones are INVALID_ARGUMENT, and the token ends as it started.
+/// Long: runs when HSM_BRIDGE_LOAD_TEST=1 (`.ci/run` sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_with_faults_and_hostile_callers() {
+    use hsm_bridge::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+    if std::env::var_os("HSM_BRIDGE_LOAD_TEST").is_none() {
+        eprintln!("load_with_faults_and_hostile_callers: skipped; set HSM_BRIDGE_LOAD_TEST=1");
+        return;
+    }
+    let fx = softhsm();
+    let (config, log, ctl) = fault_config(fx, "load", "./user-pin");
+    let objects = token_objects(fx);
+    let d = common::daemon::Daemon::start(&config, &[]);
+    let ch = d.plain_channel().await;
+    let pem = std::fs::read_to_string(&fx.wk.wk2048.public_pem).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, retryable, hostile, sent) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let callers: Vec<_> = (0..32)
+        .map(|i| {
+            let mut c = KeySourceBridgeClient::new(ch.clone());
+            let (pem, stop) = (pem.clone(), stop.clone());
+            let (ok, retryable, hostile, sent) =
+                (ok.clone(), retryable.clone(), hostile.clone(), sent.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let bad = (i + n as usize) % 4 == 0;
+                    let (label, pem) = match (bad, n % 2) {
+                        (true, 0) => ("test-*", pem.clone()),
+                        (true, _) => (
+                            "test-aes-256",
+                            "-----BEGIN PUBLIC KEY-----\nAA\n".to_string(),
+                        ),
+                        _ => ("test-aes-256", pem.clone()),
+                    };
+                    let mut req = tonic::Request::new(proto::WrapKeyRequest {
+                        source_key: Some(proto::KeyRef {
+                            key: Some(proto::key_ref::Key::Label(label.into())),
+                        }),
+                        wrapping_public_key_pem: pem,
+                        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+                    });
+                    req.set_timeout(Duration::from_secs(10));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match (bad, c.wrap_key(req).await) {
+                        (false, Ok(_)) => ok.fetch_add(1, Ordering::Relaxed),
+                        (false, Err(e)) => {
+                            assert!(
+                                matches!(
+                                    e.code(),
+                                    tonic::Code::Unavailable
+                                        | tonic::Code::ResourceExhausted
+                                        | tonic::Code::DeadlineExceeded
+                                        | tonic::Code::Aborted
+                                ),
+                                "a valid call failed with a non-retryable code: {e:?}"
+                            );
+                            retryable.fetch_add(1, Ordering::Relaxed)
+                        }
+                        (true, Err(e)) => {
+                            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+                            hostile.fetch_add(1, Ordering::Relaxed)
+                        }
+                        (true, Ok(_)) => panic!("a hostile call succeeded"),
+                    };
+                }
+            })
+        })
+        .collect();
+    // Faults: every 500 ms a new instruction, one of the recoverable codes for a few calls.
+    let codes = [0xb3u32, 0xb0, 0x101, 0x32, 0xe0, 0x30, 0x5];
+    let started = std::time::Instant::now();
+    let mut k = 0usize;
+    while started.elapsed() < Duration::from_secs(30) {
+        let rv = codes[k % codes.len()];
+        std::fs::write(&ctl, format!("C_WrapKey {rv:#x} {} #{k}\n", 1 + k % 3)).unwrap();
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    std::fs::write(&ctl, "").unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        c.await.expect("a caller task panicked");
+    }
+    let (ok, retryable, hostile, sent) = (
+        ok.load(Ordering::Relaxed),
+        retryable.load(Ordering::Relaxed),
+        hostile.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "load: {sent} calls: {ok} wrapped, {retryable} retryable failures, {hostile} hostile refused; {} C_WrapKey",
+        calls(&log, "C_WrapKey")
+    );
+    assert_eq!(ok + retryable + hostile, sent, "every call answered");
+    assert!(ok > 0 && hostile > 0);
+    d.terminate();
+    assert_eq!(token_objects(fx), objects, "no leftovers on the token");
+}
