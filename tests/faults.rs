@@ -312,7 +312,7 @@ async fn load_with_faults_and_hostile_callers() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let bad = (i + n as usize) % 4 == 0;
+                    let bad = (i + n as usize).is_multiple_of(4);
                     let (label, pem) = match (bad, n % 2) {
                         (true, 0) => ("test-*", pem.clone()),
                         (true, _) => (
