@@ -131,6 +131,28 @@ fn an_injected_pin_incorrect_is_not_retried() {
     assert_eq!(calls(&log, "C_Login"), 1);
 }
 
+fn label_ref(label: &str) -> Option<hsm_bridge::proto::KeyRef> {
+    Some(hsm_bridge::proto::KeyRef {
+        key: Some(hsm_bridge::proto::key_ref::Key::Label(label.into())),
+    })
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+/// WrapKey of `key` for `pem` with RSA_OAEP_AES_SHA256.
+fn wrap_request(
+    key: Option<hsm_bridge::proto::KeyRef>,
+    pem: String,
+) -> hsm_bridge::proto::WrapKeyRequest {
+    hsm_bridge::proto::WrapKeyRequest {
+        source_key: key,
+        wrapping_public_key_pem: pem,
+        algorithm: hsm_bridge::proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+    }
+}
+
 /// Health of the daemon's main service.
 async fn serving(ch: &tonic::transport::Channel) -> bool {
     use tonic_health::pb::{
@@ -160,19 +182,13 @@ async fn wait_health(ch: &tonic::transport::Channel, want: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_errors_are_unavailable_and_health_follows_the_token() {
-    use hsm_bridge::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
+    use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
     let fx = softhsm();
     let (config, _, ctl) = fault_config(fx, "health", "./user-pin");
     let d = common::daemon::Daemon::start(&config, &[]);
     let ch = d.plain_channel().await;
     let mut c = KeySourceBridgeClient::new(ch.clone());
-    let req = proto::WrapKeyRequest {
-        source_key: Some(proto::KeyRef {
-            key: Some(proto::key_ref::Key::Label("test-aes-256".into())),
-        }),
-        wrapping_public_key_pem: std::fs::read_to_string(&fx.wk.wk2048.public_pem).unwrap(),
-        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-    };
+    let req = wrap_request(label_ref("test-aes-256"), read(&fx.wk.wk2048.public_pem));
     c.wrap_key(req.clone())
         .await
         .expect("wraps before the fault");
@@ -207,13 +223,7 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
     assert!(objects > 0);
     let d = common::daemon::Daemon::start(&config, &[]);
     let mut c = KeySourceBridgeClient::new(d.plain_channel().await);
-    let req = proto::WrapKeyRequest {
-        source_key: Some(proto::KeyRef {
-            key: Some(proto::key_ref::Key::Label("test-aes-256".into())),
-        }),
-        wrapping_public_key_pem: std::fs::read_to_string(&fx.wk.wk2048.public_pem).unwrap(),
-        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-    };
+    let req = wrap_request(label_ref("test-aes-256"), read(&fx.wk.wk2048.public_pem));
     c.wrap_key(req.clone())
         .await
         .expect("wraps before any fault");
@@ -281,7 +291,7 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
 /// Long: runs when HSM_BRIDGE_LOAD_TEST=1 (`.ci/run` sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_with_faults_and_hostile_callers() {
-    use hsm_bridge::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
+    use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Duration;
@@ -294,7 +304,7 @@ async fn load_with_faults_and_hostile_callers() {
     let objects = token_objects(fx);
     let d = common::daemon::Daemon::start(&config, &[]);
     let ch = d.plain_channel().await;
-    let pem = std::fs::read_to_string(&fx.wk.wk2048.public_pem).unwrap();
+    let pem = read(&fx.wk.wk2048.public_pem);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, retryable, hostile, sent) = (
         Arc::new(AtomicUsize::new(0)),
@@ -321,13 +331,7 @@ async fn load_with_faults_and_hostile_callers() {
                         ),
                         _ => ("test-aes-256", pem.clone()),
                     };
-                    let mut req = tonic::Request::new(proto::WrapKeyRequest {
-                        source_key: Some(proto::KeyRef {
-                            key: Some(proto::key_ref::Key::Label(label.into())),
-                        }),
-                        wrapping_public_key_pem: pem,
-                        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-                    });
+                    let mut req = tonic::Request::new(wrap_request(label_ref(label), pem));
                     req.set_timeout(Duration::from_secs(10));
                     sent.fetch_add(1, Ordering::Relaxed);
                     match (bad, c.wrap_key(req).await) {
