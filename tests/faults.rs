@@ -194,24 +194,29 @@ async fn token_errors_are_unavailable_and_health_follows_the_token() {
         .expect("wraps before the fault");
     assert!(serving(&ch).await);
 
-    // Every C_WrapKey fails with CKR_DEVICE_ERROR (0x30): UNAVAILABLE, naming it.
+    // Every C_WrapKey fails with CKR_DEVICE_ERROR (0x30): UNAVAILABLE naming it (after the
+    // one retry on a fresh session), and the health probe's own wrap fails: NOT_SERVING.
     std::fs::write(&ctl, "C_WrapKey 0x30 1000000\n").unwrap();
     let e = c.wrap_key(req.clone()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(e.message().contains("CKR_DEVICE_ERROR"), "{}", e.message());
-
-    // The token disappears (C_GetTokenInfo: CKR_DEVICE_REMOVED, 0x32): NOT_SERVING.
-    std::fs::write(
-        &ctl,
-        "C_GetTokenInfo 0x32 1000000\nC_WrapKey 0x30 1000000\n",
-    )
-    .unwrap();
     wait_health(&ch, false).await;
 
     // The fault clears: SERVING again and wraps work, without a restart.
     std::fs::write(&ctl, "").unwrap();
     wait_health(&ch, true).await;
-    c.wrap_key(req).await.expect("wraps after the fault");
+    c.wrap_key(req.clone())
+        .await
+        .expect("wraps after the fault");
+
+    // The token disappears (C_GetTokenInfo: CKR_DEVICE_REMOVED, 0x32): NOT_SERVING; back.
+    std::fs::write(&ctl, "C_GetTokenInfo 0x32 1000000\n").unwrap();
+    wait_health(&ch, false).await;
+    std::fs::write(&ctl, "").unwrap();
+    wait_health(&ch, true).await;
+    c.wrap_key(req)
+        .await
+        .expect("wraps after the token returns");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

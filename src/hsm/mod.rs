@@ -296,6 +296,41 @@ impl Hsm {
             .map_err(|e| HsmError::pkcs11("C_GetTokenInfo", e))
     }
 
+    /// Whether the token can still wrap, for the health service: it answers
+    /// `C_GetTokenInfo`, and on a pooled session (with the usual one recovery) an RFC 5649
+    /// `C_WrapKey` of a fresh session AES key under another succeeds; both keys are destroyed.
+    /// A token too busy to lend a session within a second counts as working.
+    pub fn probe(&self) -> Result<(), HsmError> {
+        self.check_token()?;
+        let Some(kwp) = self.report.caps.kwp else {
+            return Ok(());
+        };
+        let r = self.on_session(Some(Instant::now() + Duration::from_secs(1)), |s| {
+            let mut k = zeroize::Zeroizing::new([0u8; 64]);
+            getrandom::fill(&mut k[..])
+                .map_err(|e| HsmError::Wrap(WrapError::Crypto(e.to_string())))?;
+            let kek = modes::session_aes(s, &k[..32], modes::AesRole::Wrapping)?;
+            let target = modes::session_aes(s, &k[32..], modes::AesRole::Target)?;
+            self.raw
+                .wrap_key(
+                    s.handle(),
+                    raw::WrapMechanism::Kwp(kwp),
+                    kek.handle.handle(),
+                    target.handle.handle(),
+                    64,
+                )
+                .map(|_| ())
+                .map_err(|rv| HsmError::WrapCall {
+                    mechanism: modes::kwp_name(kwp).into(),
+                    rv,
+                })
+        });
+        match r {
+            Err(HsmError::Busy(_) | HsmError::DeadlineExceeded) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Number of sessions in the pool.
     pub fn sessions(&self) -> usize {
         self.sessions

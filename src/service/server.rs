@@ -126,7 +126,7 @@ async fn run(
                 tokio::time::sleep(HEALTH_EVERY).await;
                 let h = hsm.clone();
                 let ok = matches!(
-                    tokio::task::spawn_blocking(move || h.check_token()).await,
+                    tokio::task::spawn_blocking(move || h.probe()).await,
                     Ok(Ok(()))
                 );
                 if ok != serving {
