@@ -198,29 +198,7 @@ impl Hsm {
         let login_session = pkcs11
             .open_ro_session(slot)
             .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?;
-        match login_session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(CkError::Pkcs11(rv, _)) => {
-                let why = match rv {
-                    RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)".to_string(),
-                    RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)".to_string(),
-                    RvError::UserPinNotInitialized => {
-                        "the user PIN is not initialised (CKR_USER_PIN_NOT_INITIALIZED)".to_string()
-                    }
-                    other => ckr_name(other),
-                };
-                return Err(HsmError::Login {
-                    token: cfg.token_label.clone(),
-                    why,
-                });
-            }
-            Err(e) => {
-                return Err(HsmError::Login {
-                    token: cfg.token_label.clone(),
-                    why: e.to_string(),
-                });
-            }
-        }
+        login(&login_session, &pin, &cfg.token_label)?;
         let mut sessions = vec![login_session];
         while sessions.len() < cfg.sessions {
             sessions.push(
@@ -513,23 +491,14 @@ impl Hsm {
         })
     }
 
-    /// Replaces the leased session with a fresh one, logs in again (an "already logged in"
-    /// answer is fine; a wrong PIN is not retried) and forgets cached handles.
+    /// Replaces the leased session with a fresh one, logs in again (see [`login`]) and
+    /// forgets cached handles.
     fn renew(&self, s: &mut pool::Lease<'_>) -> Result<(), HsmError> {
         let fresh = self
             .pkcs11
             .open_ro_session(self.slot)
             .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?;
-        match fresh.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(CkError::Pkcs11(rv, _)) => {
-                return Err(HsmError::Login {
-                    token: self.token_label.clone(),
-                    why: ckr_name(rv),
-                });
-            }
-            Err(e) => return Err(HsmError::pkcs11("C_Login", e)),
-        }
+        login(&fresh, &self.pin, &self.token_label)?;
         s.replace(fresh);
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
@@ -544,6 +513,28 @@ impl Hsm {
         drop(sessions);
         self.pkcs11.finalize().ok();
     }
+}
+
+/// `C_Login` as the user, once; "already logged in" (login is per application) is success.
+/// Any failure is final: never a second attempt with the same PIN (a Luna partition locks
+/// after a few bad ones).
+fn login(s: &Session, pin: &AuthPin, token: &str) -> Result<(), HsmError> {
+    let why = match s.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => return Ok(()),
+        Err(CkError::Pkcs11(rv, _)) => match rv {
+            RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)".to_string(),
+            RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)".to_string(),
+            RvError::UserPinNotInitialized => {
+                "the user PIN is not initialised (CKR_USER_PIN_NOT_INITIALIZED)".to_string()
+            }
+            other => ckr_name(other),
+        },
+        Err(e) => e.to_string(),
+    };
+    Err(HsmError::Login {
+        token: token.to_string(),
+        why,
+    })
 }
 
 fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, selftest::TokenSummary), HsmError> {
