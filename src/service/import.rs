@@ -24,24 +24,30 @@ const REPLAY_MAX: usize = 10_000;
 /// Longest `wait_for_enabled` wait when the caller gave no deadline.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// A body sent for an idempotency key.
+/// An import body and what the audit record says about how it was made.
+#[derive(Clone)]
 struct Sent {
-    /// What was asked (source key, algorithm, target), to refuse a key reused for another
-    /// request.
-    request: String,
     body: Arc<Zeroizing<Vec<u8>>>,
-    at: Instant,
     wrapping_key_sha256: String,
     mode: &'static str,
     label: String,
     id_hex: String,
 }
 
+/// A body sent for an idempotency key, kept for the caller's retries.
+struct Kept {
+    /// What was asked (source key, algorithm, target), to refuse a key reused for another
+    /// request.
+    request: String,
+    at: Instant,
+    sent: Sent,
+}
+
 /// The OCI side of the daemon: client, identities, sent bodies.
 pub struct OciSide {
     pub kms: KmsClient,
     identities: BTreeMap<String, Arc<Identity>>,
-    sent: Mutex<HashMap<String, Sent>>,
+    sent: Mutex<HashMap<String, Kept>>,
 }
 
 impl OciSide {
@@ -84,84 +90,63 @@ impl OciSide {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sent>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// The body previously sent under `token`, if any; refuses a token reused for another
 /// request.
-fn replay(oci: &OciSide, token: &str, request: &str) -> Result<Option<ReplayHit>, Status> {
-    let sent = oci.lock();
-    match sent.get(token) {
-        Some(s) if s.at.elapsed() < REPLAY_TTL => {
-            if s.request != request {
+fn replay(oci: &OciSide, token: &str, request: &str) -> Result<Option<Sent>, Status> {
+    match oci.lock().get(token) {
+        Some(k) if k.at.elapsed() < REPLAY_TTL => {
+            if k.request != request {
                 return Err(Status::invalid_argument(
                     "idempotency_key was already used for a different request (source key, algorithm or target); use a new key",
                 ));
             }
-            Ok(Some(ReplayHit {
-                body: s.body.clone(),
-                wrapping_key_sha256: s.wrapping_key_sha256.clone(),
-                mode: s.mode,
-                label: s.label.clone(),
-                id_hex: s.id_hex.clone(),
-            }))
+            Ok(Some(k.sent.clone()))
         }
         _ => Ok(None),
     }
 }
 
-struct ReplayHit {
-    body: Arc<Zeroizing<Vec<u8>>>,
-    wrapping_key_sha256: String,
-    mode: &'static str,
-    label: String,
-    id_hex: String,
-}
-
-fn remember(
-    oci: &OciSide,
-    token: &str,
-    request: String,
-    body: Arc<Zeroizing<Vec<u8>>>,
-    w: &Wrapped,
-    fp: &str,
-) {
-    let mut sent = oci.lock();
-    if sent.len() >= REPLAY_MAX {
-        sent.retain(|_, s| s.at.elapsed() < REPLAY_TTL);
-        if sent.len() >= REPLAY_MAX
-            && let Some(oldest) = sent
+fn remember(oci: &OciSide, token: &str, request: String, sent: Sent) {
+    let mut kept = oci.lock();
+    if kept.len() >= REPLAY_MAX {
+        kept.retain(|_, k| k.at.elapsed() < REPLAY_TTL);
+        if kept.len() >= REPLAY_MAX
+            && let Some(oldest) = kept
                 .iter()
-                .min_by_key(|(_, s)| s.at)
-                .map(|(k, _)| k.clone())
+                .min_by_key(|(_, k)| k.at)
+                .map(|(t, _)| t.clone())
         {
-            sent.remove(&oldest);
+            kept.remove(&oldest);
         }
     }
-    sent.insert(
+    kept.insert(
         token.to_string(),
-        Sent {
+        Kept {
             request,
-            body,
             at: Instant::now(),
-            wrapping_key_sha256: fp.to_string(),
-            mode: w.mode.as_str(),
-            label: w.key.label.clone(),
-            id_hex: wrap::hex(&w.key.id),
+            sent,
         },
     );
 }
 
-/// `oci_key_id` must look like a key OCID.
-pub fn check_key_ocid(id: &str) -> Result<(), Status> {
-    let ok = id.starts_with("ocid1.key.")
+/// Whether `id` looks like an OCID starting with `prefix` (e.g. "ocid1.key."): at most 255
+/// characters of letters, digits, '.', '-' and '_'.
+pub fn is_ocid(id: &str, prefix: &str) -> bool {
+    id.starts_with(prefix)
         && id.len() <= 255
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// `oci_key_id` must look like a key OCID.
+pub fn check_key_ocid(id: &str) -> Result<(), Status> {
+    if is_ocid(id, "ocid1.key.") {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
@@ -252,40 +237,42 @@ where
 {
     let token = kms::retry_token(idempotency_key, &request.scope);
     if idempotency_key.is_some()
-        && let Some(hit) = replay(oci, &token, &request.full)?
+        && let Some(sent) = replay(oci, &token, &request.full)?
     {
-        progress.wrapping_key_sha256 = Some(hit.wrapping_key_sha256);
-        progress.mode = Some(hit.mode);
-        progress.label = Some(hit.label);
-        progress.id_hex = Some(hit.id_hex);
         progress.replayed = true;
-        return Ok(Prepared {
-            token,
-            body: hit.body,
-        });
+        return Ok(prepared(progress, token, sent));
     }
     let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
         note_error(progress, &e);
         kms_status(&e)
     })?;
+    // recorded now: a refused wrap is audited with the vault key it was for
     let fp = wk.fingerprint();
     progress.wrapping_key_sha256 = Some(fp.clone());
     let wrapped = wrap(wk).await?;
-    progress.mode = Some(wrapped.mode.as_str());
-    progress.label = Some(wrapped.key.label.clone());
-    progress.id_hex = Some(wrap::hex(&wrapped.key.id));
-    let body = Arc::new(Zeroizing::new(build(&wrapped)?));
+    let sent = Sent {
+        body: Arc::new(Zeroizing::new(build(&wrapped)?)),
+        wrapping_key_sha256: fp,
+        mode: wrapped.mode.as_str(),
+        label: wrapped.key.label.clone(),
+        id_hex: wrap::hex(&wrapped.key.id),
+    };
     if idempotency_key.is_some() {
-        remember(
-            oci,
-            &token,
-            request.full.clone(),
-            body.clone(),
-            &wrapped,
-            &fp,
-        );
+        remember(oci, &token, request.full.clone(), sent.clone());
     }
-    Ok(Prepared { token, body })
+    Ok(prepared(progress, token, sent))
+}
+
+/// What `sent` tells the audit record; the bytes to send with `token`.
+fn prepared(progress: &mut Progress, token: String, sent: Sent) -> Prepared {
+    progress.wrapping_key_sha256 = Some(sent.wrapping_key_sha256);
+    progress.mode = Some(sent.mode);
+    progress.label = Some(sent.label);
+    progress.id_hex = Some(sent.id_hex);
+    Prepared {
+        token,
+        body: sent.body,
+    }
 }
 
 /// `wrappedImportKey` for `w`.

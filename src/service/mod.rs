@@ -660,13 +660,7 @@ type WrapFuture<'a> = std::pin::Pin<
 
 /// ImportKey's own fields: compartment OCID, display name, protection mode, idempotency key.
 fn import_key_fields(body: &proto::ImportKeyRequest) -> Result<(), Status> {
-    let ocid_like = |s: &str| {
-        s.starts_with("ocid1.")
-            && s.len() <= 255
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    };
-    if !ocid_like(&body.compartment_id) {
+    if !import::is_ocid(&body.compartment_id, "ocid1.") {
         return Err(Status::invalid_argument(
             "compartment_id must be a compartment or tenancy OCID (ocid1.…)",
         ));
