@@ -125,10 +125,15 @@ struct AuditOnDrop {
 }
 
 impl AuditOnDrop {
-    fn new(audit: Arc<Audit>, rec: Record) -> Self {
+    /// The record of `operation` asked for by `req`.
+    fn new<T>(audit: Arc<Audit>, req: &Request<T>, operation: &'static str) -> Self {
         AuditOnDrop {
             audit,
-            rec: Some(rec),
+            rec: Some(Record {
+                request_id: request_id(req),
+                operation,
+                ..Record::default()
+            }),
             hsm_started: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -341,24 +346,14 @@ impl Bridge {
         let hsm_started = guard.hsm_started.clone();
         let rec = guard.record();
         let deadline = deadline(&req);
-        let caller = self.caller(&req)?;
-        rec.caller = caller.display.clone();
-        if !caller.may(Operation::Wrap) {
-            return Err(denied("WrapKey", &caller));
-        }
-        let body = req.into_inner();
-        let key = key_ref(body.source_key.as_ref())?;
-        match &key {
-            KeyRef::Label(l) => rec.source_key_label = Some(l.clone()),
-            KeyRef::Id(id) => rec.source_key_id_hex = Some(wrap::hex(id)),
-        }
-        if let KeyRef::Label(l) = &key
-            && !caller.may_touch(l)
-        {
-            return Err(Status::permission_denied(may_not_touch(&caller, l)));
-        }
-        let alg = algorithm(body.algorithm)?;
-        rec.algorithm = Some(alg.as_str());
+        let body = req.get_ref();
+        let export = self.admit_export(
+            &req,
+            rec,
+            (Operation::Wrap, "WrapKey"),
+            body.source_key.as_ref(),
+            body.algorithm,
+        )?;
         let wk = self
             .wrapping_keys
             .get(body.wrapping_public_key_pem.as_bytes())
@@ -379,19 +374,7 @@ impl Bridge {
                 )));
             }
         }
-        let allowed = caller.clone();
-        let wrapped = self
-            .on_hsm(deadline, move |hsm, d| {
-                hsm_started.store(true, Ordering::SeqCst);
-                hsm.wrap_if(&key, &wk, alg, d, |info| {
-                    if allowed.may_touch(&info.label) {
-                        Ok(())
-                    } else {
-                        Err(may_not_touch(&allowed, &info.label))
-                    }
-                })
-            })
-            .await?;
+        let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;
         rec.source_key_label = Some(wrapped.key.label.clone());
         rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
         rec.mode = Some(wrapped.mode.as_str());
@@ -404,21 +387,20 @@ impl Bridge {
         })
     }
 
-    /// The checks every import starts with: caller, operation, source key, algorithm, the
-    /// request's own `fields`, then OCI connection and endpoint. Nothing has touched the HSM
-    /// or the network yet.
-    fn import_preamble<T>(
+    /// The checks every export starts with, each recorded as it passes: the caller and its
+    /// `op`eration, the source key (against the caller's label patterns), the algorithm.
+    fn admit_export<T>(
         &self,
         req: &Request<T>,
         rec: &mut Record,
-        ask: ImportAsk<'_>,
-        fields: impl FnOnce() -> Result<(), Status>,
-    ) -> Result<ImportStart, Status> {
-        let ImportAsk { op, key, alg, oci } = ask;
+        (op, name): (Operation, &'static str),
+        key: Option<&proto::KeyRef>,
+        alg: i32,
+    ) -> Result<Export, Status> {
         let caller = self.caller(req)?;
         rec.caller = caller.display.clone();
-        if !caller.may(Operation::Import) {
-            return Err(denied(op, &caller));
+        if !caller.may(op) {
+            return Err(denied(name, &caller));
         }
         let key = key_ref(key)?;
         match &key {
@@ -432,8 +414,46 @@ impl Bridge {
         }
         let alg = algorithm(alg)?;
         rec.algorithm = Some(alg.as_str());
+        Ok(Export { caller, key, alg })
+    }
+
+    /// Wraps the export's key for `wk` on an HSM session; a key named by id must still match
+    /// the caller's label patterns.
+    async fn wrap_for(
+        &self,
+        export: Export,
+        wk: Arc<WrappingKey>,
+        deadline: Option<Instant>,
+        hsm_started: Arc<AtomicBool>,
+    ) -> Result<crate::hsm::Wrapped, Status> {
+        let Export { caller, key, alg } = export;
+        self.on_hsm(deadline, move |hsm, d| {
+            hsm_started.store(true, Ordering::SeqCst);
+            hsm.wrap_if(&key, &wk, alg, d, |info| {
+                if caller.may_touch(&info.label) {
+                    Ok(())
+                } else {
+                    Err(may_not_touch(&caller, &info.label))
+                }
+            })
+        })
+        .await
+    }
+
+    /// The checks every import starts with: those of every export, the request's own
+    /// `fields` (whose value it returns), then OCI connection and endpoint. Nothing has
+    /// touched the HSM or the network yet.
+    fn import_preamble<T, F>(
+        &self,
+        req: &Request<T>,
+        rec: &mut Record,
+        ask: ImportAsk<'_>,
+        fields: impl FnOnce() -> Result<F, Status>,
+    ) -> Result<(ImportStart, F), Status> {
+        let ImportAsk { op, key, alg, oci } = ask;
+        let export = self.admit_export(req, rec, (Operation::Import, op), key, alg)?;
         // The request's own fields, before any configuration is consulted.
-        fields()?;
+        let fields = fields()?;
         let target = oci.ok_or_else(|| {
             Status::invalid_argument(
                 "oci.management_endpoint is required (the vault's management endpoint)",
@@ -442,35 +462,25 @@ impl Bridge {
         let identity = self.oci.identity(&target.connection)?;
         rec.oci_endpoint = Some(target.management_endpoint.clone());
         let endpoint = self.oci.endpoint(&target.management_endpoint)?;
-        Ok(ImportStart {
-            caller,
-            key,
-            alg,
-            identity,
-            endpoint,
-        })
+        Ok((
+            ImportStart {
+                export,
+                identity,
+                endpoint,
+            },
+            fields,
+        ))
     }
 
-    /// Wraps `key` for the vault's key on an HSM session, under the caller's key patterns.
+    /// The HSM step of an import, for [`import::prepare`].
     fn hsm_wrap<'a>(
         &'a self,
         start: &ImportStart,
         deadline: Option<Instant>,
         hsm_started: Arc<AtomicBool>,
     ) -> impl FnOnce(Arc<WrappingKey>) -> WrapFuture<'a> {
-        let (key, alg, allowed) = (start.key.clone(), start.alg, start.caller.clone());
-        move |wk| {
-            Box::pin(self.on_hsm(deadline, move |hsm, d| {
-                hsm_started.store(true, Ordering::SeqCst);
-                hsm.wrap_if(&key, &wk, alg, d, |info| {
-                    if allowed.may_touch(&info.label) {
-                        Ok(())
-                    } else {
-                        Err(may_not_touch(&allowed, &info.label))
-                    }
-                })
-            }))
-        }
+        let export = start.export.clone();
+        move |wk| Box::pin(self.wrap_for(export, wk, deadline, hsm_started))
     }
 
     async fn import_key_version_inner(
@@ -484,7 +494,7 @@ impl Bridge {
         let request_id = rec.request_id.clone();
         let body = req.get_ref();
         rec.oci_key_id = Some(body.oci_key_id.clone());
-        let start = self.import_preamble(
+        let (start, idem) = self.import_preamble(
             &req,
             rec,
             ImportAsk {
@@ -495,15 +505,14 @@ impl Bridge {
             },
             || {
                 import::check_key_ocid(&body.oci_key_id)?;
-                import::check_idempotency_key(&body.idempotency_key).map(|_| ())
+                import::check_idempotency_key(&body.idempotency_key)
             },
         )?;
-        let idem = import::check_idempotency_key(&body.idempotency_key)?;
         let described = import::describe(
             "ImportKeyVersion",
             &body.oci_key_id,
-            &start.key,
-            start.alg,
+            &start.export.key,
+            start.export.alg,
             &start.endpoint,
             "",
         );
@@ -562,7 +571,7 @@ impl Bridge {
         let rec = guard.record();
         let request_id = rec.request_id.clone();
         let body = req.get_ref();
-        let start = self.import_preamble(
+        let (start, idem) = self.import_preamble(
             &req,
             rec,
             ImportAsk {
@@ -577,7 +586,6 @@ impl Bridge {
             "" => None,
             m => Some(m.to_string()),
         };
-        let idem = import::check_idempotency_key(&body.idempotency_key)?;
         let freeform: std::collections::BTreeMap<_, _> = body.freeform_tags.iter().collect();
         let defined: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> = body
             .defined_tags
@@ -587,8 +595,8 @@ impl Bridge {
         let described = import::describe(
             "ImportKey",
             &body.compartment_id,
-            &start.key,
-            start.alg,
+            &start.export.key,
+            start.export.alg,
             &start.endpoint,
             &format!(
                 "{:?} {:?} {freeform:?} {defined:?}",
@@ -658,8 +666,9 @@ type WrapFuture<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<crate::hsm::Wrapped, Status>> + Send + 'a>,
 >;
 
-/// ImportKey's own fields: compartment OCID, display name, protection mode, idempotency key.
-fn import_key_fields(body: &proto::ImportKeyRequest) -> Result<(), Status> {
+/// ImportKey's own fields: compartment OCID, display name, protection mode, idempotency key
+/// (returned).
+fn import_key_fields(body: &proto::ImportKeyRequest) -> Result<Option<&str>, Status> {
     if !import::is_ocid(&body.compartment_id, "ocid1.") {
         return Err(Status::invalid_argument(
             "compartment_id must be a compartment or tenancy OCID (ocid1.…)",
@@ -679,7 +688,7 @@ fn import_key_fields(body: &proto::ImportKeyRequest) -> Result<(), Status> {
             body.protection_mode.chars().take(32).collect::<String>()
         )));
     }
-    import::check_idempotency_key(&body.idempotency_key).map(|_| ())
+    import::check_idempotency_key(&body.idempotency_key)
 }
 
 /// What an import request asks for, as the caller sent it.
@@ -690,11 +699,17 @@ struct ImportAsk<'a> {
     oci: Option<&'a proto::OciTarget>,
 }
 
-/// What an import has established before it touches the HSM or the network.
-struct ImportStart {
+/// An admitted export: who asked, for which key, with which algorithm.
+#[derive(Clone)]
+struct Export {
     caller: Caller,
     key: KeyRef,
     alg: Algorithm,
+}
+
+/// What an import has established before it touches the HSM or the network.
+struct ImportStart {
+    export: Export,
     identity: Arc<crate::oci::Identity>,
     endpoint: crate::oci::endpoint::Endpoint,
 }
@@ -806,14 +821,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::WrapKeyRequest>,
     ) -> Result<Response<proto::WrapKeyResponse>, Status> {
-        let mut guard = AuditOnDrop::new(
-            self.audit.clone(),
-            Record {
-                request_id: request_id(&req),
-                operation: "WrapKey",
-                ..Record::default()
-            },
-        );
+        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "WrapKey");
         let result = self.wrap_key_inner(req, &mut guard).await;
         self.audit(guard.take(), result).map(Response::new)
     }
@@ -822,14 +830,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
-        let mut guard = AuditOnDrop::new(
-            self.audit.clone(),
-            Record {
-                request_id: request_id(&req),
-                operation: "ImportKeyVersion",
-                ..Record::default()
-            },
-        );
+        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "ImportKeyVersion");
         let result = self.import_key_version_inner(req, &mut guard).await;
         self.audit(guard.take(), result).map(Response::new)
     }
@@ -838,14 +839,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
-        let mut guard = AuditOnDrop::new(
-            self.audit.clone(),
-            Record {
-                request_id: request_id(&req),
-                operation: "ImportKey",
-                ..Record::default()
-            },
-        );
+        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "ImportKey");
         let result = self.import_key_inner(req, &mut guard).await;
         self.audit(guard.take(), result).map(Response::new)
     }
