@@ -15,6 +15,7 @@ use crate::oci::signer::body_sha256;
 use crate::time::rfc3339;
 use crate::wrap::soft::{OaepHash, oaep_decrypt};
 use crate::wrap::verify::{der_sequence_len, open_envelope};
+use crate::wrap::{KeyAlgorithm, KeyShape};
 
 const API: &str = "/20180608";
 const VAULT_ID: &str = "ocid1.vault.oc1.emulator.vault";
@@ -206,12 +207,23 @@ fn parse_shape(s: &str) -> Result<(String, usize), String> {
         .parse()
         .map_err(|_| format!("shape {s:?}: bits not a number"))?;
     let alg = alg.to_ascii_uppercase();
-    match (alg.as_str(), bits) {
-        ("AES", 128 | 192 | 256) | ("RSA", 2048 | 3072 | 4096) => Ok((alg, bits / 8)),
-        _ => Err(format!(
+    if bits.is_multiple_of(8) && importable(&alg, bits / 8) {
+        Ok((alg, bits / 8))
+    } else {
+        Err(format!(
             "shape {s:?}: OCI imports AES-128/192/256 and RSA-2048/3072/4096"
-        )),
+        ))
     }
+}
+
+/// Whether OCI imports a key of `algorithm` ("AES", "RSA") and `length` bytes.
+fn importable(algorithm: &str, length: usize) -> bool {
+    let algorithm = match algorithm {
+        "AES" => KeyAlgorithm::Aes,
+        "RSA" => KeyAlgorithm::Rsa,
+        _ => return false,
+    };
+    KeyShape { algorithm, length }.importable()
 }
 
 /// Why OCI would refuse this material, or the unwrapped key.
@@ -796,18 +808,13 @@ impl Emulator {
             Err(r) => return (r, None),
         };
         let alg = d.key_shape.algorithm.as_str();
-        let ok_shape = match alg {
-            "AES" => matches!(d.key_shape.length, 16 | 24 | 32),
-            "RSA" => matches!(d.key_shape.length, 256 | 384 | 512),
-            "ECDSA" => {
-                return (
-                    Reply::error(400, "InvalidParameter", "ECDSA keys cannot be imported"),
-                    None,
-                );
-            }
-            _ => false,
-        };
-        if !ok_shape {
+        if alg == "ECDSA" {
+            return (
+                Reply::error(400, "InvalidParameter", "ECDSA keys cannot be imported"),
+                None,
+            );
+        }
+        if !importable(alg, d.key_shape.length) {
             return (
                 Reply::error(
                     400,
