@@ -350,19 +350,19 @@ impl KmsClient {
             }
             let timeout = remaining.map_or(self.timeout, |r| r.min(self.timeout));
             let outcome = self.attempt(call, req, timeout).await;
-            let retry_reason = match &outcome {
+            let retry_reason = match outcome {
                 Ok((status, body, opc)) => {
-                    if (200..300).contains(status) {
-                        return Ok((*status, body.clone(), opc.clone(), attempt));
+                    if (200..300).contains(&status) {
+                        return Ok((status, body, opc, attempt));
                     }
-                    let (code, message) = error_body(body);
-                    if !retryable(*status, &code) || attempt >= self.max_attempts {
+                    let (code, message) = error_body(&body);
+                    if !retryable(status, &code) || attempt >= self.max_attempts {
                         return Err(KmsError::Service {
                             op: req.op,
-                            status: *status,
+                            status,
                             code,
                             message,
-                            opc_request_id: opc.clone(),
+                            opc_request_id: opc,
                             attempts: attempt,
                         });
                     }
@@ -373,11 +373,11 @@ impl KmsClient {
                         return Err(KmsError::Transport {
                             op: req.op,
                             endpoint: req.url.clone(),
-                            why: why.clone(),
+                            why,
                             attempts: attempt,
                         });
                     }
-                    why.clone()
+                    why
                 }
             };
             let pause = backoff(attempt);
