@@ -1,7 +1,6 @@
 //! The real `hsm-bridge serve` process for black-box tests: TLS material from
 //! tests/make-test-certs.sh, a config around a test token, and gRPC clients.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -104,16 +103,11 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let line = super::first_lines(&mut child, 1, Duration::from_secs(60))
+            .pop()
+            .unwrap_or_default();
         drop(login);
-        let Some(addr) = line.trim().strip_prefix("hsm-bridge: listening on ") else {
+        let Some(addr) = line.strip_prefix("hsm-bridge: listening on ") else {
             let _ = child.kill();
             panic!(
                 "daemon did not start: {line:?}\n{}",

@@ -1,7 +1,6 @@
 //! The real `oci-kms-emulator` process for black-box tests: HTTPS on 127.0.0.1 with the
 //! test certificates, an API key made for the test, and its unsigned control API.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -125,27 +124,7 @@ impl Emulator {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let n = keys.len();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut lines = Vec::new();
-            for _ in 0..=n {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                lines.push(line.trim().to_string());
-            }
-            let _ = tx.send(lines);
-            // keep draining so the emulator never blocks on a full pipe
-            let mut sink = String::new();
-            while r.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        let lines = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let lines = super::first_lines(&mut child, keys.len() + 1, Duration::from_secs(60));
         let addr = lines
             .first()
             .and_then(|l| l.strip_prefix("oci-kms-emulator: listening on https://"))

@@ -326,6 +326,31 @@ exportable = ["test-*"]
     path
 }
 
+/// The first `n` lines a started process prints on stdout (fewer if it exits or `within`
+/// passes), trimmed; the rest of its stdout is drained so it never blocks on the pipe.
+pub fn first_lines(
+    child: &mut std::process::Child,
+    n: usize,
+    within: std::time::Duration,
+) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut out = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        while lines.len() < n && out.read_line(&mut line).unwrap_or(0) > 0 {
+            lines.push(line.trim().to_string());
+            line.clear();
+        }
+        let _ = tx.send(lines);
+        while out.read_line(&mut line).unwrap_or(0) > 0 {
+            line.clear();
+        }
+    });
+    rx.recv_timeout(within).unwrap_or_default()
+}
+
 pub fn write_private(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
