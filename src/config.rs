@@ -112,10 +112,18 @@ pub struct HsmConfig {
     pub sessions: usize,
     #[serde(default)]
     pub wrap_mode: WrapModeSetting,
+    /// Least time between two re-initialisations of the module (C_Finalize, C_Initialize,
+    /// login, new sessions) after device-level errors.
+    #[serde(default = "default_reinit_interval")]
+    pub reinit_interval_secs: u64,
 }
 
 fn default_sessions() -> usize {
     4
+}
+
+fn default_reinit_interval() -> u64 {
+    30
 }
 
 /// `hsm.wrap_mode`.
@@ -331,6 +339,12 @@ impl Config {
                 h.sessions
             ));
         }
+        if !(1..=3600).contains(&h.reinit_interval_secs) {
+            return Err(format!(
+                "hsm.reinit_interval_secs = {} is out of range 1..=3600",
+                h.reinit_interval_secs
+            ));
+        }
         if self.policy.min_wrapping_key_bits < 2048 {
             return Err(format!(
                 "policy.min_wrapping_key_bits = {} is below 2048, which is not allowed",
@@ -475,6 +489,8 @@ pin_file = "pin"
         assert!(e.contains("fast"), "{e}");
         let e = parse(&format!("{MIN}sessions = 0\n")).unwrap_err();
         assert!(e.contains("sessions"), "{e}");
+        let e = parse(&format!("{MIN}reinit_interval_secs = 0\n")).unwrap_err();
+        assert!(e.contains("reinit_interval_secs"), "{e}");
         let e = parse(&format!("{MIN}[policy]\nmin_wrapping_key_bits = 1024\n")).unwrap_err();
         assert!(e.contains("1024"), "{e}");
         let e = parse(&format!(

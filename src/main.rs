@@ -22,6 +22,11 @@ fn main() -> ExitCode {
         eprintln!("hsm-bridge: {e}");
         return ExitCode::FAILURE;
     }
+    // Before any private key is loaded: OpenSSL keeps their private numbers in it.
+    if let Err(e) = hsm_bridge::hardening::openssl_secure_heap() {
+        eprintln!("hsm-bridge: {e}");
+        return ExitCode::FAILURE;
+    }
     // Not locked for the whole run: the daemon's threads print too.
     match hsm_bridge::cli::run(cli, &mut std::io::stdout()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,16 @@ fn fault_module() -> &'static PathBuf {
 /// A config on `fx`'s token through the fault module, with `pin_file`; returns it with the
 /// module's call log and control file.
 fn fault_config(fx: &Fixture, name: &str, pin_file: &str) -> (PathBuf, PathBuf, PathBuf) {
+    fault_config_reinit(fx, name, pin_file, 30)
+}
+
+/// As [`fault_config`], with `hsm.reinit_interval_secs`.
+fn fault_config_reinit(
+    fx: &Fixture,
+    name: &str,
+    pin_file: &str,
+    reinit_secs: u64,
+) -> (PathBuf, PathBuf, PathBuf) {
     let log = fx.dir.join(format!("{name}.calls"));
     let ctl = fx.dir.join(format!("{name}.control"));
     let _ = std::fs::remove_file(&log);
@@ -53,7 +63,10 @@ fn fault_config(fx: &Fixture, name: &str, pin_file: &str) -> (PathBuf, PathBuf, 
             ),
         )
         .replace("./user-pin", pin_file)
-            + "caller_wrapping_keys = \"any\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n"
+        .replace(
+            "sessions = 2\n",
+            &format!("sessions = 2\nreinit_interval_secs = {reinit_secs}\n"),
+        ) + "caller_wrapping_keys = \"any\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n"
     });
     (config, log, ctl)
 }
@@ -131,6 +144,44 @@ fn an_injected_pin_incorrect_is_not_retried() {
     assert_eq!(calls(&log, "C_Login"), 1);
 }
 
+/// The token refuses the PIN on a later login (someone changed it, or the partition is
+/// locking): that call fails naming it, and no later recovery, session-level or a module
+/// re-initialisation, calls C_Login again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_refused_after_start_is_never_tried_again() {
+    let fx = softhsm();
+    let (config, log, ctl) = fault_config(fx, "pin-later", "./user-pin");
+    let (_d, _, mut c, req) = started(fx, &config).await;
+    assert_eq!(calls(&log, "C_Login"), 1);
+    let steps = [
+        // A lost session; the renewal's login meets CKR_PIN_INCORRECT.
+        (
+            "C_WrapKey 0xb3 1\nC_Login 0xa0 1\n",
+            "wrong PIN (CKR_PIN_INCORRECT)",
+        ),
+        // Another lost session: refused without a C_Login.
+        ("C_WrapKey 0xb3 1 #2\n", "not trying the PIN again"),
+        // A device error: the module is re-initialised, and its login refused the same way.
+        ("C_WrapKey 0x30 1 #3\n", "not trying the PIN again"),
+    ];
+    for (control, says) in steps {
+        std::fs::write(&ctl, control).unwrap();
+        let e = c.wrap_key(req.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains(says), "{control}: {}", e.message());
+        assert_eq!(
+            calls(&log, "C_Login"),
+            2,
+            "{control}: one C_Login after start, no more"
+        );
+    }
+    assert_eq!(
+        calls(&log, "C_Finalize"),
+        1,
+        "the device error re-initialised the module"
+    );
+}
+
 fn label_ref(label: &str) -> Option<hsm_bridge::proto::KeyRef> {
     Some(hsm_bridge::proto::KeyRef {
         key: Some(hsm_bridge::proto::key_ref::Key::Label(label.into())),
@@ -151,6 +202,27 @@ fn wrap_request(
         wrapping_public_key_pem: pem,
         algorithm: hsm_bridge::proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
     }
+}
+
+/// The daemon started on `config`, a plain-text channel to it, a client on that channel,
+/// and a WrapKey request for `test-aes-256` that has just succeeded once.
+async fn started(
+    fx: &Fixture,
+    config: &Path,
+) -> (
+    common::daemon::Daemon,
+    tonic::transport::Channel,
+    hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient<tonic::transport::Channel>,
+    hsm_bridge::proto::WrapKeyRequest,
+) {
+    let d = common::daemon::Daemon::start(config, &[]);
+    let ch = d.plain_channel().await;
+    let mut c = hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient::new(ch.clone());
+    let req = wrap_request(label_ref("test-aes-256"), read(&fx.wk.wk2048.public_pem));
+    c.wrap_key(req.clone())
+        .await
+        .expect("wraps before any fault");
+    (d, ch, c, req)
 }
 
 /// Health of the daemon's main service.
@@ -182,16 +254,9 @@ async fn wait_health(ch: &tonic::transport::Channel, want: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_errors_are_unavailable_and_health_follows_the_token() {
-    use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
     let fx = softhsm();
     let (config, _, ctl) = fault_config(fx, "health", "./user-pin");
-    let d = common::daemon::Daemon::start(&config, &[]);
-    let ch = d.plain_channel().await;
-    let mut c = KeySourceBridgeClient::new(ch.clone());
-    let req = wrap_request(label_ref("test-aes-256"), read(&fx.wk.wk2048.public_pem));
-    c.wrap_key(req.clone())
-        .await
-        .expect("wraps before the fault");
+    let (_d, ch, mut c, req) = started(fx, &config).await;
     assert!(serving(&ch).await);
 
     // Every C_WrapKey fails with CKR_DEVICE_ERROR (0x30): UNAVAILABLE naming it (after the
@@ -219,55 +284,90 @@ async fn token_errors_are_unavailable_and_health_follows_the_token() {
         .expect("wraps after the token returns");
 }
 
+/// Counts of the calls the fault module logs, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    wraps: usize,
+    opens: usize,
+    logins: usize,
+    inits: usize,
+    finals: usize,
+}
+
+fn counts(log: &Path) -> Counts {
+    Counts {
+        wraps: calls(log, "C_WrapKey"),
+        opens: calls(log, "C_OpenSession"),
+        logins: calls(log, "C_Login"),
+        inits: calls(log, "C_Initialize"),
+        finals: calls(log, "C_Finalize"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_session_error_once_is_recovered_on_a_fresh_session() {
-    use hsm_bridge::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
+    use hsm_bridge::proto;
     let fx = softhsm();
-    let (config, log, ctl) = fault_config(fx, "recover", "./user-pin");
+    // One re-initialisation an hour: the first device-level error re-initialises the
+    // module, the ones after it fall back to a fresh session.
+    let (config, log, ctl) = fault_config_reinit(fx, "recover", "./user-pin", 3600);
     let objects = token_objects(fx);
     assert!(objects > 0);
-    let d = common::daemon::Daemon::start(&config, &[]);
-    let mut c = KeySourceBridgeClient::new(d.plain_channel().await);
-    let req = wrap_request(label_ref("test-aes-256"), read(&fx.wk.wk2048.public_pem));
-    c.wrap_key(req.clone())
-        .await
-        .expect("wraps before any fault");
-    for (name, rv) in [
-        ("CKR_SESSION_HANDLE_INVALID", 0xb3),
-        ("CKR_SESSION_CLOSED", 0xb0),
-        ("CKR_USER_NOT_LOGGED_IN", 0x101),
-        ("CKR_DEVICE_REMOVED", 0x32),
-        ("CKR_TOKEN_NOT_PRESENT", 0xe0),
-        ("CKR_DEVICE_ERROR", 0x30),
-        ("CKR_GENERAL_ERROR", 0x5),
+    let (d, _, mut c, req) = started(fx, &config).await;
+    assert_eq!(calls(&log, "C_Initialize"), 1);
+    for (name, rv, reinit) in [
+        ("CKR_SESSION_HANDLE_INVALID", 0xb3, false),
+        ("CKR_SESSION_CLOSED", 0xb0, false),
+        ("CKR_USER_NOT_LOGGED_IN", 0x101, false),
+        ("CKR_DEVICE_ERROR", 0x30, true),
+        ("CKR_DEVICE_REMOVED", 0x32, false),
+        ("CKR_TOKEN_NOT_PRESENT", 0xe0, false),
+        ("CKR_GENERAL_ERROR", 0x5, false),
     ] {
-        let (wraps, opens, logins) = (
-            calls(&log, "C_WrapKey"),
-            calls(&log, "C_OpenSession"),
-            calls(&log, "C_Login"),
-        );
+        let before = counts(&log);
         std::fs::write(&ctl, format!("C_WrapKey {rv:#x} 1\n")).unwrap();
         let w = c
             .wrap_key(req.clone())
             .await
             .unwrap_or_else(|e| panic!("{name} once must be recovered: {e:?}"));
         assert!(!w.into_inner().wrapped_key_material.is_empty());
+        let want = if reinit {
+            // C_Finalize, C_Initialize, a new pool of 2 sessions, one login.
+            Counts {
+                wraps: before.wraps + 2,
+                opens: before.opens + 2,
+                logins: before.logins + 1,
+                inits: before.inits + 1,
+                finals: before.finals + 1,
+            }
+        } else {
+            // One fresh session and one login on it.
+            Counts {
+                wraps: before.wraps + 2,
+                opens: before.opens + 1,
+                logins: before.logins + 1,
+                ..before
+            }
+        };
         assert_eq!(
-            calls(&log, "C_WrapKey"),
-            wraps + 2,
-            "{name}: failed once, retried once"
-        );
-        assert_eq!(
-            calls(&log, "C_OpenSession"),
-            opens + 1,
-            "{name}: one fresh session"
-        );
-        assert_eq!(
-            calls(&log, "C_Login"),
-            logins + 1,
-            "{name}: one login on it"
+            counts(&log),
+            want,
+            "{name}: failed once, recovered, retried once"
         );
     }
+    // A module wedged until re-initialised, within the interval: no second
+    // re-initialisation; the fresh session fails too, and the call says why.
+    let before = counts(&log);
+    std::fs::write(&ctl, "C_WrapKey 0x30 sticky\n").unwrap();
+    let e = c.wrap_key(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("CKR_DEVICE_ERROR"), "{}", e.message());
+    assert_eq!(
+        (counts(&log).inits, counts(&log).finals),
+        (before.inits, before.finals),
+        "at most one re-initialisation per hsm.reinit_interval_secs"
+    );
+    std::fs::write(&ctl, "").unwrap();
     // Listing keys (C_FindObjectsInit) recovers the same way.
     std::fs::write(&ctl, "C_FindObjectsInit 0xb3 1\n").unwrap();
     let listed = c
@@ -290,6 +390,46 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
     assert_eq!(token_objects(fx), objects);
 }
 
+/// A module wedged until re-initialised, whose first two re-initialisations fail: the call
+/// that meets it is UNAVAILABLE with the reason, the module stays down (health NOT_SERVING)
+/// and the health probe re-initialises it again once the interval allows, until it is back
+/// (SERVING), all without a restart; the token ends as it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_fails_to_reinitialise_comes_back_later() {
+    let fx = softhsm();
+    let (config, log, ctl) = fault_config_reinit(fx, "reinit", "./user-pin", 1);
+    let objects = token_objects(fx);
+    let (d, ch, mut c, req) = started(fx, &config).await;
+
+    std::fs::write(&ctl, "C_WrapKey 0x30 sticky\nC_Initialize 0x30 2\n").unwrap();
+    let e = c.wrap_key(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("could not be re-initialised")
+            && e.message().contains("CKR_DEVICE_ERROR"),
+        "{}",
+        e.message()
+    );
+    wait_health(&ch, false).await;
+    wait_health(&ch, true).await;
+    // Three attempts in all: two failed C_Initialize, then one that worked.
+    assert_eq!(calls(&log, "C_Initialize"), 1 + 3);
+    assert_eq!(calls(&log, "C_Finalize"), 3);
+    let w = c
+        .wrap_key(req)
+        .await
+        .expect("wraps after the module is back")
+        .into_inner();
+    let f = fx.dir.join("reinit.bin");
+    std::fs::write(&f, &w.wrapped_key_material).unwrap();
+    assert_eq!(
+        openssl_unwrap(&f, &fx.wk.wk2048.private_pem, 256, "RSA_OAEP_AES_SHA256"),
+        fx.aes["test-aes-256"]
+    );
+    d.terminate();
+    assert_eq!(token_objects(fx), objects, "no leftovers on the token");
+}
+
 /// 32 callers for 30 s, valid and hostile requests mixed, while the fault module injects
 /// session and device errors: every call is answered, valid calls succeed or fail with a
 /// retryable code, hostile ones are INVALID_ARGUMENT, and the token ends as it started.
@@ -305,7 +445,8 @@ async fn load_with_faults_and_hostile_callers() {
         return;
     }
     let fx = softhsm();
-    let (config, log, ctl) = fault_config(fx, "load", "./user-pin");
+    // Re-initialisations at most every 5 s, under 32 callers.
+    let (config, log, ctl) = fault_config_reinit(fx, "load", "./user-pin", 5);
     let objects = token_objects(fx);
     let d = common::daemon::Daemon::start(&config, &[]);
     let ch = d.plain_channel().await;
@@ -386,8 +527,13 @@ async fn load_with_faults_and_hostile_callers() {
         sent.load(Ordering::Relaxed),
     );
     eprintln!(
-        "load: {sent} calls: {ok} wrapped, {retryable} retryable failures, {hostile} hostile refused; {} C_WrapKey",
-        calls(&log, "C_WrapKey")
+        "load: {sent} calls: {ok} wrapped, {retryable} retryable failures, {hostile} hostile refused; {} C_WrapKey, {} module re-initialisations",
+        calls(&log, "C_WrapKey"),
+        calls(&log, "C_Finalize")
+    );
+    assert!(
+        calls(&log, "C_Finalize") > 0,
+        "device errors under load re-initialised the module"
     );
     assert_eq!(ok + retryable + hostile, sent, "every call answered");
     assert!(ok > 0 && hostile > 0);

@@ -12,15 +12,14 @@ pub mod raw;
 pub mod selftest;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::ObjectHandle;
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use cryptoki::slot::Slot;
-use cryptoki::types::AuthPin;
 
 use crate::config::{HsmConfig, PolicyConfig};
 use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
@@ -40,6 +39,10 @@ pub enum HsmError {
     Login { token: String, why: String },
     #[error("{0}")]
     Pin(String),
+    /// The module is down: its last re-initialisation failed (the reason says why and when
+    /// the next attempt may come).
+    #[error("{0}")]
+    Down(String),
     #[error("no secret or private key with {0} on the token")]
     KeyNotFound(String),
     #[error(
@@ -150,23 +153,58 @@ pub struct Wrapped {
 }
 
 /// An open, logged-in token with a pool of sessions and a chosen wrap mode.
+///
+/// The module's live state (slot, sessions, handle cache) sits behind a read-write lock:
+/// every operation holds it shared for as long as it uses a session, and a
+/// re-initialisation after a device-level error holds it exclusively, so `C_Finalize` never
+/// runs under another thread's call and no session of the old generation outlives it.
 pub struct Hsm {
     pkcs11: Pkcs11,
-    slot: Slot,
     raw: raw::RawModule,
     token_label: String,
-    pool: pool::Pool,
     sessions: usize,
-    cache: Mutex<HashMap<KeyRef, ObjectHandle>>,
+    live: RwLock<Live>,
+    reinit_interval: Duration,
     report: selftest::Report,
     exportable: Vec<String>,
     min_wrapping_key_bits: u32,
-    /// Kept (zeroized on drop) to log in again after the token lost the login.
-    pin: AuthPin,
+    /// Kept (locked, zeroed on drop) to log in again after the token lost the login.
+    pin: pin::Pin,
+    /// Set when the token refused the PIN after start-up: no further `C_Login` is tried.
+    pin_refused: OnceLock<String>,
+}
+
+/// The module's current generation: up (sessions open and logged in) or down (the last
+/// re-initialisation failed, with its reason).
+struct Live {
+    generation: u64,
+    up: Option<Up>,
+    down: String,
+    last_reinit: Option<Instant>,
+}
+
+/// What one initialisation of the module gives: the token's slot, the session pool and the
+/// key handles found through it (handles are not valid across generations).
+struct Up {
+    slot: Slot,
+    pool: pool::Pool,
+    cache: Mutex<HashMap<KeyRef, ObjectHandle>>,
 }
 
 /// How long a caller waits for a free session before `Busy`.
 const SESSION_WAIT: Duration = Duration::from_secs(30);
+
+/// Device-level codes: after these the module itself is re-initialised (rate-limited), not
+/// just the session.
+fn device_level(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::DeviceRemoved
+            | RvError::TokenNotPresent
+            | RvError::DeviceError
+            | RvError::GeneralError
+    )
+}
 
 impl Hsm {
     /// Loads the module, finds the token, logs in, opens the session pool and runs the
@@ -178,7 +216,7 @@ impl Hsm {
             return Err(HsmError::ModuleMissing(module));
         }
         raw::set_module_env(&cfg.module_env);
-        let pin: AuthPin = match (&cfg.pin_file, &cfg.pin_env) {
+        let pin: pin::Pin = match (&cfg.pin_file, &cfg.pin_env) {
             (Some(f), _) => pin::from_file(f)?,
             (None, Some(v)) => pin::from_env(v)?,
             (None, None) => return Err(HsmError::Pin("no PIN source configured".into())),
@@ -188,48 +226,40 @@ impl Hsm {
             why,
         };
         let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| load_err(e.to_string()))?;
-        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(load_err(format!("C_Initialize: {e}"))),
-        }
+        initialize(&pkcs11).map_err(|e| load_err(format!("C_Initialize: {e}")))?;
         let raw = raw::RawModule::open(&cfg.module).map_err(load_err)?;
-
-        let (slot, token) = find_token(&pkcs11, &cfg.token_label)?;
-        let login_session = pkcs11
-            .open_ro_session(slot)
-            .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?;
-        login(&login_session, &pin, &cfg.token_label)?;
-        let mut sessions = vec![login_session];
-        while sessions.len() < cfg.sessions {
-            sessions.push(
-                pkcs11
-                    .open_ro_session(slot)
-                    .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?,
-            );
-        }
-
-        let listed = raw.mechanism_list(slot.id()).unwrap_or_default();
-        let report = selftest::run(
+        let pin_refused = OnceLock::new();
+        let (up, token) = start(
+            &pkcs11,
             &raw,
-            &sessions[0],
-            &listed,
-            token,
-            cfg.wrap_mode,
-            policy.allow_hybrid,
+            &cfg.token_label,
+            cfg.sessions,
+            &pin,
+            &pin_refused,
         )?;
+        let listed = raw.mechanism_list(up.slot.id()).unwrap_or_default();
+        let report = {
+            let s = up.pool.get(Duration::ZERO).ok_or(HsmError::Busy(0))?;
+            selftest::run(&raw, &s, &listed, token, cfg.wrap_mode, policy.allow_hybrid)?
+        };
         tracing::info!(mode = %report.chosen, token = %cfg.token_label, "token ready");
         Ok(Hsm {
             pkcs11,
-            slot,
             raw,
             token_label: cfg.token_label.clone(),
-            sessions: sessions.len(),
-            pool: pool::Pool::new(sessions),
-            cache: Mutex::new(HashMap::new()),
+            sessions: cfg.sessions,
+            live: RwLock::new(Live {
+                generation: 0,
+                up: Some(up),
+                down: String::new(),
+                last_reinit: None,
+            }),
+            reinit_interval: Duration::from_secs(cfg.reinit_interval_secs),
             report,
             exportable: policy.exportable.clone(),
             min_wrapping_key_bits: policy.min_wrapping_key_bits,
             pin,
+            pin_refused,
         })
     }
 
@@ -249,9 +279,17 @@ impl Hsm {
         self.min_wrapping_key_bits
     }
 
+    fn live(&self) -> RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A free session, waiting at most until `deadline` (or 30 s without one). A call
     /// whose deadline has passed gets no session, so the HSM does no work for it.
-    fn session(&self, deadline: Option<Instant>) -> Result<pool::Lease<'_>, HsmError> {
+    fn session<'a>(
+        &self,
+        up: &'a Up,
+        deadline: Option<Instant>,
+    ) -> Result<pool::Lease<'a>, HsmError> {
         let now = Instant::now();
         let wait = match deadline {
             Some(d) if d <= now => return Err(HsmError::DeadlineExceeded),
@@ -259,17 +297,17 @@ impl Hsm {
             None => SESSION_WAIT,
         };
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
-        match self.pool.get(wait) {
+        match up.pool.get(wait) {
             Some(_) | None if expired() => Err(HsmError::DeadlineExceeded),
             Some(lease) => Ok(lease),
             None => Err(HsmError::Busy(self.sessions)),
         }
     }
 
-    /// Whether the token still answers (for health checks).
-    pub fn check_token(&self) -> Result<(), HsmError> {
+    /// Whether the token still answers `C_GetTokenInfo`.
+    fn check_token(&self, up: &Up) -> Result<(), HsmError> {
         self.pkcs11
-            .get_token_info(self.slot)
+            .get_token_info(up.slot)
             .map(|_| ())
             .map_err(|e| HsmError::pkcs11("C_GetTokenInfo", e))
     }
@@ -277,13 +315,16 @@ impl Hsm {
     /// Whether the token can still wrap, for the health service: it answers
     /// `C_GetTokenInfo`, and on a pooled session (with the usual one recovery) an RFC 5649
     /// `C_WrapKey` of a fresh session AES key under another succeeds; both keys are destroyed.
-    /// A token too busy to lend a session within a second counts as working.
+    /// A token too busy to lend a session within a second counts as working. A module that
+    /// is down is re-initialised here when the interval allows, so health recovers without
+    /// traffic.
     pub fn probe(&self) -> Result<(), HsmError> {
-        self.check_token()?;
-        let Some(kwp) = self.report.caps.kwp else {
-            return Ok(());
-        };
-        let r = self.on_session(Some(Instant::now() + Duration::from_secs(1)), |s| {
+        let kwp = self.report.caps.kwp;
+        let r = self.on_session(Some(Instant::now() + Duration::from_secs(1)), |up, s| {
+            self.check_token(up)?;
+            let Some(kwp) = kwp else {
+                return Ok(());
+            };
             let mut k = zeroize::Zeroizing::new([0u8; 64]);
             getrandom::fill(&mut k[..])
                 .map_err(|e| HsmError::Wrap(WrapError::Crypto(e.to_string())))?;
@@ -316,34 +357,120 @@ impl Hsm {
 
     /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
     pub fn find_key(&self, key: &KeyRef, deadline: Option<Instant>) -> Result<KeyInfo, HsmError> {
-        self.on_session(deadline, |s| self.find_key_in(s, key))
+        self.on_session(deadline, |up, s| self.find_key_in(up, s, key))
     }
 
-    /// Runs `work` on a pooled session; after a session-level error (see [`recoverable`]),
-    /// once more on a fresh, logged-in session.
+    /// Runs `work` on a pooled session. After a recoverable error (see [`recoverable`]) it
+    /// runs once more: after a device-level one, on a re-initialised module if the last
+    /// re-initialisation is at least `hsm.reinit_interval_secs` ago; otherwise on a fresh,
+    /// logged-in session.
     fn on_session<T>(
         &self,
         deadline: Option<Instant>,
-        work: impl Fn(&Session) -> Result<T, HsmError>,
+        work: impl Fn(&Up, &Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        let mut s = self.session(deadline)?;
-        match work(&s) {
-            Err(e) if e.rv().is_some_and(recoverable) => {
-                tracing::warn!(error = %e, "HSM session error; opening a fresh session and retrying once");
-                self.renew(&mut s)?;
-                work(&s)
+        let mut reinitialised = false;
+        loop {
+            let live = self.live();
+            let generation = live.generation;
+            let Some(up) = live.up.as_ref() else {
+                let down = HsmError::Down(live.down.clone());
+                let due = self.reinit_due(&live);
+                drop(live);
+                if reinitialised || !due {
+                    return Err(down);
+                }
+                self.reinit(generation, &down)?;
+                reinitialised = true;
+                continue;
+            };
+            let mut s = self.session(up, deadline)?;
+            let e = match work(up, &s) {
+                Err(e) if !reinitialised && e.rv().is_some_and(recoverable) => e,
+                other => return other,
+            };
+            if e.rv().is_some_and(device_level) && self.reinit_due(&live) {
+                drop(s);
+                drop(live);
+                tracing::warn!(error = %e, "HSM device error; re-initialising the module and retrying once");
+                self.reinit(generation, &e)?;
+                reinitialised = true;
+                continue;
             }
-            other => other,
+            tracing::warn!(error = %e, "HSM session error; opening a fresh session and retrying once");
+            self.renew(up, &mut s)?;
+            return work(up, &s);
         }
     }
 
-    fn find_key_in(&self, s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied();
+    fn reinit_due(&self, live: &Live) -> bool {
+        live.last_reinit
+            .is_none_or(|t| t.elapsed() >= self.reinit_interval)
+    }
+
+    /// Re-initialises the module after `why`, unless another thread already has since
+    /// generation `seen`: closes every session (none is in use: this holds the lock
+    /// exclusively), `C_Finalize`, `C_Initialize`, finds the token again, logs in and opens
+    /// a new pool. On failure the module stays down with the reason until the next attempt.
+    fn reinit(&self, seen: u64, why: &HsmError) -> Result<(), HsmError> {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if live.generation != seen {
+            return match live.up {
+                Some(_) => Ok(()),
+                None => Err(HsmError::Down(live.down.clone())),
+            };
+        }
+        let started = Instant::now();
+        live.generation += 1;
+        live.last_reinit = Some(started);
+        if let Some(old) = live.up.take() {
+            drop(old.pool.drain());
+        }
+        match self.pkcs11.clone().finalize() {
+            // Not initialised: the last attempt's C_Initialize failed.
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+            Err(e) => tracing::warn!(error = %e, "C_Finalize failed; initialising again anyway"),
+        }
+        let result = initialize(&self.pkcs11)
+            .map_err(|e| HsmError::pkcs11("C_Initialize", e))
+            .and_then(|()| {
+                start(
+                    &self.pkcs11,
+                    &self.raw,
+                    &self.token_label,
+                    self.sessions,
+                    &self.pin,
+                    &self.pin_refused,
+                )
+            });
+        match result {
+            Ok((up, _)) => {
+                live.up = Some(up);
+                live.down.clear();
+                tracing::warn!(generation = live.generation, after = %why,
+                    millis = started.elapsed().as_millis() as u64, "HSM module re-initialised");
+                Ok(())
+            }
+            Err(e) => {
+                // After a failed attempt, `why` is that failure: not repeated.
+                let after = match why {
+                    HsmError::Down(_) => String::new(),
+                    cause => format!(" after {cause}"),
+                };
+                live.down = format!(
+                    "the HSM module could not be re-initialised{after}: {e}; next attempt in at most {} s",
+                    self.reinit_interval.as_secs()
+                );
+                tracing::error!(generation = live.generation, error = %e, after = %why,
+                    "HSM module re-initialisation failed");
+                Err(HsmError::Down(live.down.clone()))
+            }
+        }
+    }
+
+    fn find_key_in(&self, up: &Up, s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
+        let cache = || up.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = cache().get(key).copied();
         if let Some(handle) = cached {
             // A handle can go stale (key deleted, handle reused): check it still names
             // the same key, else fall back to a search.
@@ -352,24 +479,17 @@ impl Hsm {
             {
                 return Ok(info);
             }
-            self.cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+            cache().remove(key);
         }
         let info = keys::find(s, key)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), info.handle);
+        cache().insert(key.clone(), info.handle);
         Ok(info)
     }
 
     /// Every secret and private key on the token.
     pub fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
-        self.on_session(deadline, keys::list)
+        self.on_session(deadline, |_, s| keys::list(s))
     }
-
     /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
     /// token must allow it out, and policy must list it.
     pub fn export_check(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
@@ -452,18 +572,19 @@ impl Hsm {
                 wk.bits, self.min_wrapping_key_bits
             ))));
         }
-        self.on_session(deadline, |s| self.wrap_on(s, key, wk, alg, &permit))
+        self.on_session(deadline, |up, s| self.wrap_on(up, s, key, wk, alg, &permit))
     }
 
     fn wrap_on(
         &self,
+        up: &Up,
         s: &Session,
         key: &KeyRef,
         wk: &WrappingKey,
         alg: Algorithm,
         permit: &impl Fn(&KeyInfo) -> Result<(), String>,
     ) -> Result<Wrapped, HsmError> {
-        let info = self.find_key_in(s, key)?;
+        let info = self.find_key_in(up, s, key)?;
         permit(&info).map_err(HsmError::Denied)?;
         let shape = self.export_check(&info)?;
         let target = modes::Target {
@@ -493,48 +614,113 @@ impl Hsm {
 
     /// Replaces the leased session with a fresh one, logs in again (see [`login`]) and
     /// forgets cached handles.
-    fn renew(&self, s: &mut pool::Lease<'_>) -> Result<(), HsmError> {
+    fn renew(&self, up: &Up, s: &mut pool::Lease<'_>) -> Result<(), HsmError> {
         let fresh = self
             .pkcs11
-            .open_ro_session(self.slot)
+            .open_ro_session(up.slot)
             .map_err(|e| HsmError::pkcs11("C_OpenSession", e))?;
-        login(&fresh, &self.pin, &self.token_label)?;
+        login(
+            &self.raw,
+            &fresh,
+            &self.pin,
+            &self.token_label,
+            &self.pin_refused,
+        )?;
         s.replace(fresh);
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        up.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
 
     /// Closes every session, logs out and finalises the module.
     pub fn close(self) {
-        let sessions = self.pool.drain();
-        if let Some(s) = sessions.first() {
-            let _ = s.logout();
+        let live = self.live.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(up) = live.up {
+            let sessions = up.pool.drain();
+            if let Some(s) = sessions.first() {
+                let _ = s.logout();
+            }
         }
-        drop(sessions);
         self.pkcs11.finalize().ok();
     }
 }
 
+/// `C_Initialize` with OS locking; "already initialised" (another user of the module in this
+/// process) is success.
+fn initialize(pkcs11: &Pkcs11) -> Result<(), CkError> {
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Finds the token, logs in on a first session and opens the rest of the pool.
+fn start(
+    pkcs11: &Pkcs11,
+    raw: &raw::RawModule,
+    label: &str,
+    count: usize,
+    pin: &pin::Pin,
+    pin_refused: &OnceLock<String>,
+) -> Result<(Up, selftest::TokenSummary), HsmError> {
+    let (slot, token) = find_token(pkcs11, label)?;
+    let open = || {
+        pkcs11
+            .open_ro_session(slot)
+            .map_err(|e| HsmError::pkcs11("C_OpenSession", e))
+    };
+    let first = open()?;
+    login(raw, &first, pin, label, pin_refused)?;
+    let mut sessions = vec![first];
+    while sessions.len() < count {
+        sessions.push(open()?);
+    }
+    let up = Up {
+        slot,
+        pool: pool::Pool::new(sessions),
+        cache: Mutex::new(HashMap::new()),
+    };
+    Ok((up, token))
+}
+
 /// `C_Login` as the user, once; "already logged in" (login is per application) is success.
 /// Any failure is final: never a second attempt with the same PIN (a Luna partition locks
-/// after a few bad ones).
-fn login(s: &Session, pin: &AuthPin, token: &str) -> Result<(), HsmError> {
-    let why = match s.login(UserType::User, Some(pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => return Ok(()),
-        Err(CkError::Pkcs11(rv, _)) => match rv {
-            RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)".to_string(),
-            RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)".to_string(),
+/// after a few bad ones). A refused PIN is remembered in `refused`, and every later call
+/// (a session renewal, a re-initialisation) fails at once without calling `C_Login`.
+fn login(
+    raw: &raw::RawModule,
+    s: &Session,
+    pin: &pin::Pin,
+    token: &str,
+    refused: &OnceLock<String>,
+) -> Result<(), HsmError> {
+    let fail = |why: String| HsmError::Login {
+        token: token.to_string(),
+        why,
+    };
+    if let Some(why) = refused.get() {
+        return Err(fail(format!(
+            "{why}, earlier; not trying the PIN again (fix it and restart)"
+        )));
+    }
+    let why = match raw.login_user(s.handle(), pin.bytes()) {
+        Ok(()) | Err(RvError::UserAlreadyLoggedIn) => return Ok(()),
+        Err(rv) => match rv {
+            RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired => {
+                let why = match rv {
+                    RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)",
+                    RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)",
+                    _ => "the PIN has expired (CKR_PIN_EXPIRED)",
+                };
+                let _ = refused.set(why.to_string());
+                why.to_string()
+            }
             RvError::UserPinNotInitialized => {
                 "the user PIN is not initialised (CKR_USER_PIN_NOT_INITIALIZED)".to_string()
             }
             other => ckr_name(other),
         },
-        Err(e) => e.to_string(),
     };
-    Err(HsmError::Login {
-        token: token.to_string(),
-        why,
-    })
+    Err(fail(why))
 }
 
 fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, selftest::TokenSummary), HsmError> {

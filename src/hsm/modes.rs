@@ -2,19 +2,19 @@
 //! material for a wrapping public key. The target is never read in clear: the token wraps
 //! it. Only hybrid mode holds key material on the host: the one-time key K, and on a token
 //! that pads PKCS#8, the private key for as long as it takes to strip the padding; both in
-//! zeroizing buffers.
+//! the thread's locked scratch ([`crate::hardening::with_scratch`]), zeroed after each wrap.
 
 use std::fmt;
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use super::HsmError;
 use super::raw::{CK_MECHANISM_TYPE, RawModule, WrapMechanism};
 use crate::wrap::envelope::{TRANSPORT_KEY_LEN, check_layout, kwp_len};
-use crate::wrap::soft::{OaepHash, kwp_unwrap, kwp_wrap, oaep_encrypt};
+use crate::wrap::soft::{OaepHash, kwp_unwrap_into, kwp_wrap, oaep_encrypt};
 use crate::wrap::verify::{Pkcs8Fit, pkcs8_fit};
 use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrapError, WrappingKey};
 
@@ -242,22 +242,26 @@ pub fn wrap(
                     let Some(kwp) = kwp else {
                         return Err(unavailable(mode));
                     };
-                    let mut k = Zeroizing::new([0u8; TRANSPORT_KEY_LEN]);
-                    getrandom::fill(&mut k[..])
-                        .map_err(|e| HsmError::Refused(format!("OS random source failed: {e}")))?;
-                    let c2 = {
-                        let k_obj = session_aes(s, &k[..], AesRole::Wrapping)?;
-                        call(kwp, k_obj.handle, target.handle, hint)?
-                    };
-                    let c2 = match (target.shape.algorithm, caps.pkcs8_kwp) {
-                        (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => {
-                            strip_and_rewrap(&k[..], &c2)?
-                        }
-                        _ => c2,
-                    };
-                    let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, &k[..])?;
-                    out.extend_from_slice(&c2);
-                    out
+                    crate::hardening::with_scratch(|scratch| {
+                        let (k, rest) = scratch.split_at_mut(TRANSPORT_KEY_LEN);
+                        getrandom::fill(k).map_err(|e| {
+                            HsmError::Refused(format!("OS random source failed: {e}"))
+                        })?;
+                        let c2 = {
+                            let k_obj = session_aes(s, k, AesRole::Wrapping)?;
+                            call(kwp, k_obj.handle, target.handle, hint)?
+                        };
+                        let c2 = match (target.shape.algorithm, caps.pkcs8_kwp) {
+                            (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => {
+                                strip_and_rewrap(k, &c2, rest)?
+                            }
+                            _ => c2,
+                        };
+                        let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, k)?;
+                        out.extend_from_slice(&c2);
+                        Ok::<_, HsmError>(out)
+                    })
+                    .map_err(|e| HsmError::Wrap(WrapError::Crypto(e)))??
                 }
             }
         }
@@ -266,12 +270,13 @@ pub fn wrap(
     Ok(material)
 }
 
-/// On a token that pads PKCS#8: opens C2 under K, checks that only zero padding follows
-/// the DER, and re-wraps the exact DER. The private key is in host memory only inside
-/// this function, in a zeroizing buffer.
-fn strip_and_rewrap(k: &[u8], c2: &[u8]) -> Result<Vec<u8>, HsmError> {
-    let blob = kwp_unwrap(k, c2)?;
-    let der_len = match pkcs8_fit(&blob) {
+/// On a token that pads PKCS#8: opens C2 under K into `scratch` (locked, zeroed by the
+/// caller), checks that only zero padding follows the DER, and re-wraps the exact DER. The
+/// private key is in host memory only here.
+fn strip_and_rewrap(k: &[u8], c2: &[u8], scratch: &mut [u8]) -> Result<Vec<u8>, HsmError> {
+    let n = kwp_unwrap_into(k, c2, scratch)?;
+    let blob = &scratch[..n];
+    let der_len = match pkcs8_fit(blob) {
         Ok(Pkcs8Fit::Exact) => blob.len(),
         Ok(Pkcs8Fit::ZeroPadded(n)) => blob.len() - n,
         Err(why) => {

@@ -1,20 +1,32 @@
 //! Loading the token PIN: from a file that only its owner can read, or from a named
-//! environment variable. Never from the command line, never logged.
+//! environment variable. Never from the command line, never logged. Held in a page of its
+//! own, locked in RAM where the OS allows (see [`crate::hardening::Locked`]).
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
 use super::HsmError;
+use crate::hardening::Locked;
+
+/// The user PIN, in locked memory; zeroed when dropped. Its `Debug` shows no digits.
+#[derive(Debug)]
+pub struct Pin(Locked);
+
+impl Pin {
+    /// The PIN's bytes, for `C_Login` only.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
 
 /// Longest PIN accepted; Luna passwords are at most 255 bytes.
 const MAX_PIN: usize = 256;
 
 /// Reads the PIN from `path`. Refused if group or other may read or write the file.
-pub fn from_file(path: &Path) -> Result<AuthPin, HsmError> {
+pub fn from_file(path: &Path) -> Result<Pin, HsmError> {
     let bad = |msg: String| HsmError::Pin(format!("PIN file {}: {msg}", path.display()));
     let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
@@ -36,7 +48,7 @@ pub fn from_file(path: &Path) -> Result<AuthPin, HsmError> {
 }
 
 /// Reads the PIN from the environment variable `name`.
-pub fn from_env(name: &str) -> Result<AuthPin, HsmError> {
+pub fn from_env(name: &str) -> Result<Pin, HsmError> {
     let value = Zeroizing::new(std::env::var(name).map_err(|_| {
         HsmError::Pin(format!(
             "environment variable {name} (hsm.pin_env) is not set"
@@ -45,7 +57,7 @@ pub fn from_env(name: &str) -> Result<AuthPin, HsmError> {
     from_bytes(value.as_bytes()).map_err(|m| HsmError::Pin(format!("{name}: {m}")))
 }
 
-fn from_bytes(raw: &[u8]) -> Result<AuthPin, String> {
+fn from_bytes(raw: &[u8]) -> Result<Pin, String> {
     let mut end = raw.len();
     while end > 0 && matches!(raw[end - 1], b'\n' | b'\r') {
         end -= 1;
@@ -57,14 +69,15 @@ fn from_bytes(raw: &[u8]) -> Result<AuthPin, String> {
     if pin.len() > MAX_PIN {
         return Err(format!("the PIN is longer than {MAX_PIN} bytes"));
     }
-    let text = std::str::from_utf8(pin).map_err(|_| "the PIN is not UTF-8".to_string())?;
-    Ok(AuthPin::from(text))
+    std::str::from_utf8(pin).map_err(|_| "the PIN is not UTF-8".to_string())?;
+    let mut locked = Locked::new(pin.len())?;
+    locked.as_mut_slice().copy_from_slice(pin);
+    Ok(Pin(locked))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
     use std::io::Write;
 
     #[test]
@@ -77,7 +90,9 @@ mod tests {
         let e = from_file(&p).unwrap_err().to_string();
         assert!(e.contains("0644") && e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(from_file(&p).unwrap().expose_secret(), "1234");
+        let pin = from_file(&p).unwrap();
+        assert_eq!(pin.bytes(), b"1234");
+        assert!(!format!("{pin:?}").contains("1234"));
         std::fs::write(&p, b"\n").unwrap();
         assert!(from_file(&p).unwrap_err().to_string().contains("empty"));
         assert!(from_file(&dir.path().join("nope")).is_err());

@@ -5,6 +5,8 @@
 //! - `C_WrapKey` with those mechanisms and their parameter structs, in one pre-sized call
 //!   (`cryptoki`'s `wrap_key` asks for the size first, and SoftHSM does the whole wrap
 //!   twice).
+//! - `C_Login` with the PIN read straight from its locked page (`cryptoki` would copy it into
+//!   an ordinary heap string first).
 //! - Setting the module's environment (`hsm.module_env`) before it loads.
 //!
 //! The module is opened a second time with `dlopen`, which returns the same, already
@@ -61,6 +63,12 @@ pub struct RawModule {
         *mut CK_MECHANISM_TYPE,
         *mut sys::CK_ULONG,
     ) -> sys::CK_RV,
+    login_fn: unsafe extern "C" fn(
+        sys::CK_SESSION_HANDLE,
+        sys::CK_USER_TYPE,
+        *mut sys::CK_UTF8CHAR,
+        sys::CK_ULONG,
+    ) -> sys::CK_RV,
 }
 
 impl RawModule {
@@ -81,14 +89,23 @@ impl RawModule {
             return Err("C_GetFunctionList returned no list".into());
         }
         // SAFETY: `list` is non-null and points to the module's CK_FUNCTION_LIST.
-        let (wrap, mechs) = unsafe { ((*list).C_WrapKey, (*list).C_GetMechanismList) };
-        match (wrap, mechs) {
-            (Some(wrap_key_fn), Some(mechanism_list_fn)) => Ok(RawModule {
+        let (wrap, mechs, login) = unsafe {
+            (
+                (*list).C_WrapKey,
+                (*list).C_GetMechanismList,
+                (*list).C_Login,
+            )
+        };
+        match (wrap, mechs, login) {
+            (Some(wrap_key_fn), Some(mechanism_list_fn), Some(login_fn)) => Ok(RawModule {
                 _lib: lib,
                 wrap_key_fn,
                 mechanism_list_fn,
+                login_fn,
             }),
-            _ => Err("the module's function list has no C_WrapKey / C_GetMechanismList".into()),
+            _ => Err(
+                "the module's function list has no C_WrapKey / C_GetMechanismList / C_Login".into(),
+            ),
         }
     }
 
@@ -103,6 +120,20 @@ impl RawModule {
         check(unsafe { (self.mechanism_list_fn)(slot, list.as_mut_ptr(), &mut count) })?;
         list.truncate(count as usize);
         Ok(list)
+    }
+
+    /// `C_Login` as the normal user with `pin`.
+    pub fn login_user(&self, session: CK_SESSION_HANDLE, pin: &[u8]) -> Result<(), RvError> {
+        // SAFETY: `pin` is valid for `pin.len()` bytes for the whole call; PKCS#11 declares
+        // the pointer mutable but C_Login only reads it.
+        check(unsafe {
+            (self.login_fn)(
+                session,
+                sys::CKU_USER,
+                pin.as_ptr().cast_mut(),
+                pin.len() as sys::CK_ULONG,
+            )
+        })
     }
 
     /// `C_WrapKey` with `mech`, into a buffer of `size_hint` bytes; one call when the hint

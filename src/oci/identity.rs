@@ -1,7 +1,8 @@
 //! An OCI API-key identity from an `~/.oci/config`-style file: INI sections, every profile
 //! inheriting the keys of `[DEFAULT]` (as OCI's Python SDK, which uses configparser).
-//! The private key file is read once, into zeroizing memory, and must be readable by its
-//! owner only.
+//! The private key file is read once, into locked memory that is zeroed after parsing, and
+//! must be readable by its owner only. The parsed key's private numbers live in OpenSSL's
+//! secure heap when the binary started it ([`crate::hardening::openssl_secure_heap`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::OciError;
 use super::signer::{RequestSigner, fingerprint};
+use crate::hardening::Locked;
 
 /// A profile's identity, ready to sign.
 #[derive(Debug)]
@@ -72,10 +74,12 @@ fn resolve(path: &str, base: &Path) -> PathBuf {
     }
 }
 
-/// Reads a private key file that only its owner may read, into zeroizing memory.
-fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, OciError> {
+/// Reads a private key file that only its owner may read, into locked memory of its own
+/// (zeroed when dropped; see [`crate::hardening::Locked`]). At most 64 KiB.
+fn read_private(path: &Path) -> Result<Locked, OciError> {
     let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
-    let mode = f.metadata().map_err(|e| err(path, e))?.permissions().mode() & 0o777;
+    let meta = f.metadata().map_err(|e| err(path, e))?;
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(err(
             path,
@@ -84,11 +88,13 @@ fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, OciError> {
             ),
         ));
     }
-    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
-    f.by_ref()
-        .take(64 * 1024)
-        .read_to_end(&mut buf)
-        .map_err(|e| err(path, e))?;
+    const MAX: u64 = 64 * 1024;
+    if !meta.is_file() || meta.len() > MAX {
+        return Err(err(path, "not a regular file of at most 64 KiB"));
+    }
+    // Sized from the file: the key is never in a buffer that grows (and leaves copies).
+    let mut buf = Locked::new(meta.len() as usize).map_err(|e| err(path, e))?;
+    f.read_exact(buf.as_mut_slice()).map_err(|e| err(path, e))?;
     Ok(buf)
 }
 
@@ -144,11 +150,11 @@ impl Identity {
             tenancy,
             user,
             fp,
-            &pem,
+            pem.as_slice(),
             pass.as_deref().map(|p| p.as_slice()),
         )
         .map_err(|e| err(&key_path, e))?;
-        let actual = fingerprint_of(&pem, pass.as_deref().map(|p| p.as_slice()))?;
+        let actual = fingerprint_of(pem.as_slice(), pass.as_deref().map(|p| p.as_slice()))?;
         if !actual.eq_ignore_ascii_case(fp) {
             return Err(err(
                 file,

@@ -51,6 +51,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(&fail)?;
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
+    tracing::info!(memory = %crate::hardening::memory_report(), "secrets");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

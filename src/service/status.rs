@@ -34,6 +34,7 @@ pub fn code(e: &HsmError) -> Code {
         | HsmError::TokenNotFound { .. }
         | HsmError::Login { .. }
         | HsmError::Pin(_)
+        | HsmError::Down(_)
         | HsmError::SelfTest(_) => Code::Unavailable,
     }
 }

@@ -95,15 +95,28 @@ pub fn kwp_wrap(kek: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, WrapError> {
 /// RFC 5649 unwrap under the AES-256 key `kek`; checks the integrity value and the
 /// length indicator.
 pub fn kwp_unwrap(kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, WrapError> {
-    let kw = aes_kw::KwpAes256::new_from_slice(kek)
-        .map_err(|_| WrapError::Crypto(format!("KWP key must be 32 bytes, not {}", kek.len())))?;
     let mut out = Zeroizing::new(vec![0u8; wrapped.len().saturating_sub(8)]);
-    let n = kw
-        .unwrap_key(wrapped, &mut out)
-        .map_err(|e| WrapError::Crypto(format!("RFC 5649 unwrap: {e}")))?
-        .len();
+    let n = kwp_unwrap_into(kek, wrapped, &mut out)?;
     out.truncate(n);
     Ok(out)
+}
+
+/// As [`kwp_unwrap`], into `out` (at least `wrapped.len() - 8` bytes, e.g. locked memory);
+/// the plaintext's length.
+pub fn kwp_unwrap_into(kek: &[u8], wrapped: &[u8], out: &mut [u8]) -> Result<usize, WrapError> {
+    let kw = aes_kw::KwpAes256::new_from_slice(kek)
+        .map_err(|_| WrapError::Crypto(format!("KWP key must be 32 bytes, not {}", kek.len())))?;
+    let need = wrapped.len().saturating_sub(8);
+    if out.len() < need {
+        return Err(WrapError::Crypto(format!(
+            "RFC 5649 unwrap: {need} bytes do not fit the {}-byte buffer",
+            out.len()
+        )));
+    }
+    Ok(kw
+        .unwrap_key(wrapped, &mut out[..need])
+        .map_err(|e| WrapError::Crypto(format!("RFC 5649 unwrap: {e}")))?
+        .len())
 }
 
 #[cfg(test)]

@@ -6,10 +6,11 @@
 //! - answers with a chosen `CKR_` code instead of calling the real module, as the file
 //!   `FAULT_PKCS11_CONTROL` says: lines `FUNCTION RV COUNT` (RV in hex, e.g.
 //!   `C_WrapKey 0x30 1` for one CKR_DEVICE_ERROR). Each distinct line injects COUNT times
-//!   in this process; a test changes the instruction by writing a new line.
+//!   in this process; a test changes the instruction by writing a new line. COUNT `sticky`
+//!   injects until the next `C_Finalize`: a module that is wedged until re-initialised.
 //!
-//! Replaced: C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo, C_FindObjectsInit. Everything
-//! else is the real module's own function pointer.
+//! Replaced: C_Initialize, C_Finalize, C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo,
+//! C_FindObjectsInit. Everything else is the real module's own function pointer.
 
 #![allow(non_snake_case)]
 
@@ -78,8 +79,15 @@ fn inject(function: &str) -> Option<CK_RV> {
             continue;
         }
         let rv = CK_RV::from_str_radix(rv.trim_start_matches("0x"), 16).ok()?;
-        let count: u64 = count.parse().ok()?;
         let n = used.entry(line.to_string()).or_insert(0);
+        if count == "sticky" {
+            // 0 until a C_Finalize ends it.
+            if *n == 0 {
+                return Some(rv);
+            }
+            continue;
+        }
+        let count: u64 = count.parse().ok()?;
         if *n < count {
             *n += 1;
             return Some(rv);
@@ -88,10 +96,29 @@ fn inject(function: &str) -> Option<CK_RV> {
     None
 }
 
+/// Ends every `sticky` instruction in the control file (at C_Finalize).
+fn end_sticky() {
+    let Some(path) = std::env::var_os("FAULT_PKCS11_CONTROL") else {
+        return;
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut used = USED.lock().unwrap_or_else(|p| p.into_inner());
+    let used = used.get_or_insert_with(HashMap::new);
+    for line in text.lines() {
+        if line.split_whitespace().nth(2) == Some("sticky") {
+            used.insert(line.to_string(), 1);
+        }
+    }
+}
+
 macro_rules! forward {
     ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*)) => {
+        forward!($name, $field, ($($arg: $ty),*), {});
+    };
+    ($name:ident, $field:ident, ($($arg:ident: $ty:ty),*), $before:block) => {
         unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
             log(stringify!($field));
+            $before
             if let Some(rv) = inject(stringify!($field)) {
                 return rv;
             }
@@ -104,6 +131,8 @@ macro_rules! forward {
     };
 }
 
+forward!(initialize, C_Initialize, (args: CK_VOID_PTR));
+forward!(finalize, C_Finalize, (reserved: CK_VOID_PTR), { end_sticky(); });
 forward!(login, C_Login, (s: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, len: CK_ULONG));
 forward!(wrap_key, C_WrapKey, (s: CK_SESSION_HANDLE, m: CK_MECHANISM_PTR, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR));
 forward!(open_session, C_OpenSession, (slot: CK_SLOT_ID, flags: CK_FLAGS, app: CK_VOID_PTR, notify: CK_NOTIFY, session: CK_SESSION_HANDLE_PTR));
@@ -124,6 +153,8 @@ pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK
     }
     let ours = OURS.get_or_init(|| {
         let mut l = *real()?;
+        l.C_Initialize = Some(initialize);
+        l.C_Finalize = Some(finalize);
         l.C_Login = Some(login);
         l.C_WrapKey = Some(wrap_key);
         l.C_OpenSession = Some(open_session);
