@@ -430,6 +430,52 @@ async fn a_module_that_fails_to_reinitialise_comes_back_later() {
     assert_eq!(token_objects(fx), objects, "no leftovers on the token");
 }
 
+/// A slow HSM (every C_WrapKey takes 1.5 s) and callers with a 1 s deadline: the calls that
+/// got one of the 2 sessions run (and time out at the caller), the ones still waiting when
+/// their deadline passes end DEADLINE_EXCEEDED without reaching the HSM; when the HSM is
+/// fast again, wraps work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_hsm_does_no_work_for_calls_whose_deadline_passed() {
+    use std::time::Duration;
+    let fx = softhsm();
+    let (config, log, ctl) = fault_config(fx, "slow", "./user-pin");
+    let objects = token_objects(fx);
+    let (d, _, c, req) = started(fx, &config).await;
+    let (wraps, infos) = (calls(&log, "C_WrapKey"), calls(&log, "C_GetTokenInfo"));
+    std::fs::write(&ctl, "C_WrapKey delay:1500 1000\n").unwrap();
+    let callers: Vec<_> = (0..6)
+        .map(|_| {
+            let (mut c, req) = (c.clone(), req.clone());
+            tokio::spawn(async move {
+                let mut r = tonic::Request::new(req);
+                r.set_timeout(Duration::from_secs(1));
+                c.wrap_key(r).await
+            })
+        })
+        .collect();
+    for h in callers {
+        let e = h.await.unwrap().expect_err("no call can finish in time");
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    }
+    // Wait for the two slow wraps to finish before counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&ctl, "").unwrap();
+    let mut c2 = c.clone();
+    c2.wrap_key(req)
+        .await
+        .expect("wraps when the HSM is fast again");
+    // Two callers' wraps reached the HSM, plus one per health probe that ran meanwhile (each
+    // calls C_GetTokenInfo first), plus the last call.
+    let probes = calls(&log, "C_GetTokenInfo") - infos;
+    assert_eq!(
+        calls(&log, "C_WrapKey") - wraps,
+        2 + probes + 1,
+        "only calls holding a session reached the HSM"
+    );
+    d.terminate();
+    assert_eq!(token_objects(fx), objects, "no leftovers on the token");
+}
+
 /// 32 callers for 30 s, valid and hostile requests mixed, while the fault module injects
 /// session and device errors: every call is answered, valid calls succeed or fail with a
 /// retryable code, hostile ones are INVALID_ARGUMENT, and the token ends as it started.

@@ -8,6 +8,7 @@
 //!   `C_WrapKey 0x30 1` for one CKR_DEVICE_ERROR). Each distinct line injects COUNT times
 //!   in this process; a test changes the instruction by writing a new line. COUNT `sticky`
 //!   injects until the next `C_Finalize`: a module that is wedged until re-initialised.
+//!   RV `delay:MS` instead calls the real function after MS milliseconds: a slow HSM.
 //!
 //! Replaced: C_Initialize, C_Finalize, C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo,
 //! C_FindObjectsInit. Everything else is the real module's own function pointer.
@@ -64,8 +65,16 @@ fn log(function: &str) {
     }
 }
 
-/// The code to answer instead of calling the real function, if the control file says so.
-fn inject(function: &str) -> Option<CK_RV> {
+/// What the control file says to do with a call.
+enum Action {
+    /// Answer this code; the real function is not called.
+    Fail(CK_RV),
+    /// Wait this many milliseconds, then call the real function.
+    Delay(u64),
+}
+
+/// What to do instead of simply calling the real function, if the control file says so.
+fn inject(function: &str) -> Option<Action> {
     let path = std::env::var_os("FAULT_PKCS11_CONTROL")?;
     let text = std::fs::read_to_string(path).ok()?;
     let mut used = USED.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,19 +87,22 @@ fn inject(function: &str) -> Option<CK_RV> {
         if name != function {
             continue;
         }
-        let rv = CK_RV::from_str_radix(rv.trim_start_matches("0x"), 16).ok()?;
+        let action = match rv.strip_prefix("delay:") {
+            Some(ms) => Action::Delay(ms.parse().ok()?),
+            None => Action::Fail(CK_RV::from_str_radix(rv.trim_start_matches("0x"), 16).ok()?),
+        };
         let n = used.entry(line.to_string()).or_insert(0);
         if count == "sticky" {
             // 0 until a C_Finalize ends it.
             if *n == 0 {
-                return Some(rv);
+                return Some(action);
             }
             continue;
         }
         let count: u64 = count.parse().ok()?;
         if *n < count {
             *n += 1;
-            return Some(rv);
+            return Some(action);
         }
     }
     None
@@ -119,8 +131,12 @@ macro_rules! forward {
         unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
             log(stringify!($field));
             $before
-            if let Some(rv) = inject(stringify!($field)) {
-                return rv;
+            match inject(stringify!($field)) {
+                Some(Action::Fail(rv)) => return rv,
+                Some(Action::Delay(ms)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms))
+                }
+                None => {}
             }
             match real().and_then(|l| l.$field) {
                 // SAFETY: the real module's own function, with the arguments we were given.
