@@ -1016,8 +1016,22 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
     let _shared = shared().await;
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "hostile", "caller_wrapping_keys = \"any\"", None);
+    // Through the fault module, to count what reaches the token.
+    let (log, ctl) = (fx.dir.join("hostile.calls"), fx.dir.join("hostile.control"));
+    let _ = std::fs::remove_file(&log);
+    std::fs::write(&ctl, "").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, common::fault::route(fx, &text, &log, &ctl)).unwrap();
     let d = Daemon::start(&config, &[]);
     let mut c = d.client("cckm").await;
+    let counted = [
+        "C_FindObjectsInit",
+        "C_WrapKey",
+        "C_OpenSession",
+        "C_GetTokenInfo",
+    ];
+    let before = counted.map(|f| common::fault::calls(&log, f));
+    assert!(before[3] > 0, "the fault module logs the start-up's calls");
     let good_pem = pem(&fx.wk.wk2048);
     let rsa = Rsa::generate(2048).unwrap();
     let e1 = Rsa::from_public_components(rsa.n().to_owned().unwrap(), BigNum::from_u32(1).unwrap())
@@ -1200,6 +1214,13 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
         assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
         assert!(e.message().contains(reason), "{name}: {}", e.message());
     }
+
+    // No key lookup, no wrap, no session reached the token. The health probe may have run
+    // meanwhile: one C_GetTokenInfo and one C_WrapKey each.
+    let [finds, wraps, opens, probes] =
+        [0, 1, 2, 3].map(|i| common::fault::calls(&log, counted[i]) - before[i]);
+    assert_eq!((finds, opens), (0, 0), "no key lookup, no new session");
+    assert_eq!(wraps, probes, "no C_WrapKey but the health probe's");
 
     let records = audit_records(&audit);
     assert_eq!(

@@ -4,32 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
+use common::fault::{self, calls};
 use common::*;
-
-/// Builds the fault module once per test process; its path.
-fn fault_module() -> &'static PathBuf {
-    static M: OnceLock<PathBuf> = OnceLock::new();
-    M.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = root.join("target/fault-pkcs11");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--locked", "--manifest-path"])
-            .arg(root.join("tests/fault-pkcs11/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building the fault module: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target.join("release/libfault_pkcs11.so")
-    })
-}
 
 /// A config on `fx`'s token through the fault module, with `pin_file`; returns it with the
 /// module's call log and control file.
@@ -49,24 +26,13 @@ fn fault_config_reinit(
     let _ = std::fs::remove_file(&log);
     std::fs::write(&ctl, "").unwrap();
     let config = write_config(fx, &format!("{name}.toml"), |t| {
-        t.replace(
-            &format!("module = \"{}\"", fx.module),
-            &format!("module = \"{}\"", fault_module().display()),
-        )
-        .replace(
-            "module_env = { ",
-            &format!(
-                "module_env = {{ FAULT_PKCS11_MODULE = \"{}\", FAULT_PKCS11_LOG = \"{}\", FAULT_PKCS11_CONTROL = \"{}\", ",
-                fx.module,
-                log.display(),
-                ctl.display()
-            ),
-        )
-        .replace("./user-pin", pin_file)
-        .replace(
-            "sessions = 2\n",
-            &format!("sessions = 2\nreinit_interval_secs = {reinit_secs}\n"),
-        ) + "caller_wrapping_keys = \"any\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n"
+        fault::route(fx, &t, &log, &ctl)
+            .replace("./user-pin", pin_file)
+            .replace(
+                "sessions = 2\n",
+                &format!("sessions = 2\nreinit_interval_secs = {reinit_secs}\n"),
+            )
+            + "caller_wrapping_keys = \"any\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n"
     });
     (config, log, ctl)
 }
@@ -82,14 +48,6 @@ fn token_objects(fx: &Fixture) -> usize {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(" Object;"))
-        .count()
-}
-
-fn calls(log: &Path, function: &str) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| *l == function)
         .count()
 }
 

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod emulator;
+pub mod fault;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

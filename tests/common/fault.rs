@@ -1,0 +1,58 @@
+//! The fault-injecting PKCS#11 module (`tests/fault-pkcs11`): built once per test process;
+//! a config rewritten to load it in front of a fixture's real module; its call log read.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::Fixture;
+
+/// Builds the fault module once per test process; its path.
+pub fn module() -> &'static PathBuf {
+    static M: OnceLock<PathBuf> = OnceLock::new();
+    M.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = root.join("target/fault-pkcs11");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--locked", "--manifest-path"])
+            .arg(root.join("tests/fault-pkcs11/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building the fault module: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("release/libfault_pkcs11.so")
+    })
+}
+
+/// Config text made by `write_config` for `fx`, rewritten to load the fault module in front
+/// of `fx`'s module, logging calls to `log` and reading instructions from `control`.
+pub fn route(fx: &Fixture, config_text: &str, log: &Path, control: &Path) -> String {
+    config_text
+        .replace(
+            &format!("module = \"{}\"", fx.module),
+            &format!("module = \"{}\"", module().display()),
+        )
+        .replace(
+            "module_env = { ",
+            &format!(
+                "module_env = {{ FAULT_PKCS11_MODULE = \"{}\", FAULT_PKCS11_LOG = \"{}\", FAULT_PKCS11_CONTROL = \"{}\", ",
+                fx.module,
+                log.display(),
+                control.display()
+            ),
+        )
+}
+
+/// How many times the fault module logged `function`.
+pub fn calls(log: &Path, function: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == function)
+        .count()
+}
