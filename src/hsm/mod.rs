@@ -21,7 +21,7 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
-use crate::config::{HsmConfig, PolicyConfig};
+use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
 use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
 pub use keys::{KeyInfo, KeyRef};
 pub use modes::WrapMode;
@@ -161,8 +161,7 @@ pub struct Wrapped {
 pub struct Hsm {
     pkcs11: Pkcs11,
     raw: raw::RawModule,
-    token_label: String,
-    sessions: usize,
+    setup: Setup,
     live: RwLock<Live>,
     reinit_interval: Duration,
     report: selftest::Report,
@@ -183,6 +182,14 @@ struct Live {
     last_reinit: Option<Instant>,
 }
 
+/// What bringing the token up takes, at start and at every re-initialisation.
+struct Setup {
+    token_label: String,
+    sessions: usize,
+    wrap_mode: WrapModeSetting,
+    allow_hybrid: bool,
+}
+
 /// What one initialisation of the module gives: the token's slot, the session pool and the
 /// key handles found through it (handles are not valid across generations).
 struct Up {
@@ -190,6 +197,10 @@ struct Up {
     pool: pool::Pool,
     cache: Mutex<HashMap<KeyRef, ObjectHandle>>,
 }
+
+/// Least time between attempts to re-initialise a module that is down (when
+/// `hsm.reinit_interval_secs` is longer).
+const DOWN_RETRY: Duration = Duration::from_secs(5);
 
 /// How long a caller waits for a free session before `Busy`.
 const SESSION_WAIT: Duration = Duration::from_secs(30);
@@ -229,25 +240,18 @@ impl Hsm {
         initialize(&pkcs11).map_err(|e| load_err(format!("C_Initialize: {e}")))?;
         let raw = raw::RawModule::open(&cfg.module).map_err(load_err)?;
         let pin_refused = OnceLock::new();
-        let (up, token) = start(
-            &pkcs11,
-            &raw,
-            &cfg.token_label,
-            cfg.sessions,
-            &pin,
-            &pin_refused,
-        )?;
-        let listed = raw.mechanism_list(up.slot.id()).unwrap_or_default();
-        let report = {
-            let s = up.pool.get(Duration::ZERO).ok_or(HsmError::Busy(0))?;
-            selftest::run(&raw, &s, &listed, token, cfg.wrap_mode, policy.allow_hybrid)?
+        let setup = Setup {
+            token_label: cfg.token_label.clone(),
+            sessions: cfg.sessions,
+            wrap_mode: cfg.wrap_mode,
+            allow_hybrid: policy.allow_hybrid,
         };
+        let (up, report) = bring_up(&pkcs11, &raw, &setup, &pin, &pin_refused)?;
         tracing::info!(mode = %report.chosen, token = %cfg.token_label, "token ready");
         Ok(Hsm {
             pkcs11,
             raw,
-            token_label: cfg.token_label.clone(),
-            sessions: cfg.sessions,
+            setup,
             live: RwLock::new(Live {
                 generation: 0,
                 up: Some(up),
@@ -272,7 +276,7 @@ impl Hsm {
     }
 
     pub fn token_label(&self) -> &str {
-        &self.token_label
+        &self.setup.token_label
     }
 
     pub fn min_wrapping_key_bits(&self) -> u32 {
@@ -300,7 +304,7 @@ impl Hsm {
         match up.pool.get(wait) {
             Some(_) | None if expired() => Err(HsmError::DeadlineExceeded),
             Some(lease) => Ok(lease),
-            None => Err(HsmError::Busy(self.sessions)),
+            None => Err(HsmError::Busy(self.setup.sessions)),
         }
     }
 
@@ -352,7 +356,7 @@ impl Hsm {
 
     /// Number of sessions in the pool.
     pub fn sessions(&self) -> usize {
-        self.sessions
+        self.setup.sessions
     }
 
     /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
@@ -403,15 +407,26 @@ impl Hsm {
         }
     }
 
+    /// Whether a re-initialisation may start now: `hsm.reinit_interval_secs` after the last
+    /// one while the module works, at most [`DOWN_RETRY`] after a failed one (nothing works
+    /// then, so trying again disturbs no call).
     fn reinit_due(&self, live: &Live) -> bool {
         live.last_reinit
-            .is_none_or(|t| t.elapsed() >= self.reinit_interval)
+            .is_none_or(|t| t.elapsed() >= self.reinit_gap(live))
+    }
+
+    fn reinit_gap(&self, live: &Live) -> Duration {
+        match live.up {
+            Some(_) => self.reinit_interval,
+            None => self.reinit_interval.min(DOWN_RETRY),
+        }
     }
 
     /// Re-initialises the module after `why`, unless another thread already has since
     /// generation `seen`: closes every session (none is in use: this holds the lock
-    /// exclusively), `C_Finalize`, `C_Initialize`, finds the token again, logs in and opens
-    /// a new pool. On failure the module stays down with the reason until the next attempt.
+    /// exclusively), `C_Finalize`, `C_Initialize`, finds the token again, logs in, opens a
+    /// new pool and runs the self-test, which must prove what it proved at start. On failure
+    /// the module stays down with the reason until the next attempt.
     fn reinit(&self, seen: u64, why: &HsmError) -> Result<(), HsmError> {
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         if live.generation != seen {
@@ -434,17 +449,28 @@ impl Hsm {
         let result = initialize(&self.pkcs11)
             .map_err(|e| HsmError::pkcs11("C_Initialize", e))
             .and_then(|()| {
-                start(
+                bring_up(
                     &self.pkcs11,
                     &self.raw,
-                    &self.token_label,
-                    self.sessions,
+                    &self.setup,
                     &self.pin,
                     &self.pin_refused,
                 )
+            })
+            .and_then(|(up, report)| {
+                // Another device (a replaced HSM, an HA member) may wrap differently: only
+                // the same proven behaviour is accepted without a restart.
+                if report.chosen == self.report.chosen && report.caps.same_behaviour(&self.report.caps) {
+                    Ok(up)
+                } else {
+                    Err(HsmError::SelfTest(format!(
+                        "the re-initialised token tests differently from the one at start (now {}: {}; at start {}: {}); restart the daemon to accept it",
+                        report.chosen, report.chosen_because, self.report.chosen, self.report.chosen_because
+                    )))
+                }
             });
         match result {
-            Ok((up, _)) => {
+            Ok(up) => {
                 live.up = Some(up);
                 live.down.clear();
                 tracing::warn!(generation = live.generation, after = %why,
@@ -458,8 +484,8 @@ impl Hsm {
                     cause => format!(" after {cause}"),
                 };
                 live.down = format!(
-                    "the HSM module could not be re-initialised{after}: {e}; next attempt in at most {} s",
-                    self.reinit_interval.as_secs()
+                    "the HSM module could not be re-initialised{after}: {e}; next attempt in {} s at the earliest",
+                    self.reinit_gap(&live).as_secs()
                 );
                 tracing::error!(generation = live.generation, error = %e, after = %why,
                     "HSM module re-initialisation failed");
@@ -623,7 +649,7 @@ impl Hsm {
             &self.raw,
             &fresh,
             &self.pin,
-            &self.token_label,
+            &self.setup.token_label,
             &self.pin_refused,
         )?;
         s.replace(fresh);
@@ -680,6 +706,30 @@ fn start(
         cache: Mutex::new(HashMap::new()),
     };
     Ok((up, token))
+}
+
+/// Finds the token, logs in, opens the pool and runs the self-test on one of its sessions.
+fn bring_up(
+    pkcs11: &Pkcs11,
+    raw: &raw::RawModule,
+    setup: &Setup,
+    pin: &pin::Pin,
+    pin_refused: &OnceLock<String>,
+) -> Result<(Up, selftest::Report), HsmError> {
+    let (up, token) = start(
+        pkcs11,
+        raw,
+        &setup.token_label,
+        setup.sessions,
+        pin,
+        pin_refused,
+    )?;
+    let listed = raw.mechanism_list(up.slot.id()).unwrap_or_default();
+    let report = {
+        let s = up.pool.get(Duration::ZERO).ok_or(HsmError::Busy(0))?;
+        selftest::run(raw, &s, &listed, token, setup.wrap_mode, setup.allow_hybrid)?
+    };
+    Ok((up, report))
 }
 
 /// `C_Login` as the user, once; "already logged in" (login is per application) is success.

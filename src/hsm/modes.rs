@@ -58,6 +58,19 @@ pub struct Capabilities {
     pub pkcs8_native: Option<Pkcs8Fit>,
 }
 
+impl Capabilities {
+    /// Whether `other` proves the same behaviour: the same mechanisms and the same kind of
+    /// PKCS#8 output (the number of padding bytes depends on the probe key, so it may differ).
+    pub fn same_behaviour(&self, other: &Capabilities) -> bool {
+        let kind = |f: Option<Pkcs8Fit>| f.map(|f| matches!(f, Pkcs8Fit::Exact));
+        self.kwp == other.kwp
+            && self.oaep_sha256 == other.oaep_sha256
+            && self.native == other.native
+            && kind(self.pkcs8_kwp) == kind(other.pkcs8_kwp)
+            && kind(self.pkcs8_native) == kind(other.pkcs8_native)
+    }
+}
+
 /// A key to wrap: its handle and OCI shape.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
