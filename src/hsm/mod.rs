@@ -516,6 +516,7 @@ impl Hsm {
     pub fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
         self.on_session(deadline, |_, s| keys::list(s))
     }
+
     /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
     /// token must allow it out, and policy must list it.
     pub fn export_check(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {

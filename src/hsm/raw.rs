@@ -1,4 +1,5 @@
-//! The only `unsafe` in the crate: PKCS#11 calls that `cryptoki` cannot express.
+//! `unsafe` for PKCS#11 calls that `cryptoki` cannot express (the only other `unsafe` is
+//! memory for secrets and OpenSSL's secure heap, in `crate::hardening`).
 //!
 //! - `C_GetMechanismList` unfiltered: `cryptoki` drops numbers it has no name for, among
 //!   them `CKM_RSA_AES_KEY_WRAP` (0x1054) and `CKM_AES_KEY_WRAP_KWP` (0x210B).
