@@ -331,7 +331,6 @@ async fn each_session_error_once_is_recovered_on_a_fresh_session() {
         (before.inits, before.finals),
         "at most one re-initialisation per hsm.reinit_interval_secs"
     );
-    std::fs::write(&ctl, "").unwrap();
     // Listing keys (C_FindObjectsInit) recovers the same way.
     std::fs::write(&ctl, "C_FindObjectsInit 0xb3 1\n").unwrap();
     let listed = c
