@@ -472,15 +472,36 @@ impl Bridge {
         ))
     }
 
-    /// The HSM step of an import, for [`import::prepare`].
-    fn hsm_wrap<'a>(
-        &'a self,
+    /// The bytes an import sends (see [`import::prepare`]): kept ones for a replayed
+    /// idempotency key, or the vault's wrapping key fetched, the HSM wrap for `start` on the
+    /// queue, and `build`'s body around it. What happened is noted in the audit record,
+    /// also on failure; the progress is returned for OCI's answer.
+    async fn prepare_import(
+        &self,
+        guard: &mut AuditOnDrop,
         start: &ImportStart,
-        deadline: Option<Instant>,
-        hsm_started: Arc<AtomicBool>,
-    ) -> impl FnOnce(Arc<WrappingKey>) -> WrapFuture<'a> {
-        let export = start.export.clone();
-        move |wk| Box::pin(self.wrap_for(export, wk, deadline, hsm_started))
+        call: &Call<'_>,
+        idempotency_key: Option<&str>,
+        described: &import::Described,
+        build: impl FnOnce(&crate::hsm::Wrapped) -> Result<Vec<u8>, Status>,
+    ) -> Result<(import::Prepared, import::Progress), Status> {
+        let (export, hsm_started) = (start.export.clone(), guard.hsm_started.clone());
+        let wrap = move |wk| -> WrapFuture<'_> {
+            Box::pin(self.wrap_for(export, wk, call.deadline, hsm_started))
+        };
+        let mut progress = import::Progress::default();
+        let prepared = import::prepare(
+            &self.oci,
+            call,
+            idempotency_key,
+            described,
+            &mut progress,
+            wrap,
+            build,
+        )
+        .await;
+        note_progress(guard.record(), &progress);
+        Ok((prepared?, progress))
     }
 
     async fn import_key_version_inner(
@@ -488,7 +509,6 @@ impl Bridge {
         req: Request<proto::ImportKeyVersionRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyVersionResponse, Status> {
-        let hsm_started = guard.hsm_started.clone();
         let deadline = deadline(&req);
         let rec = guard.record();
         let request_id = rec.request_id.clone();
@@ -516,31 +536,15 @@ impl Bridge {
             &start.endpoint,
             "",
         );
-        let call = Call {
-            identity: &start.identity,
-            endpoint: &start.endpoint,
-            request_id: import::opc_request_id(&request_id),
-            deadline,
-        };
-        let mut progress = import::Progress::default();
-        let prepared = import::prepare(
-            &self.oci,
-            &call,
-            idem,
-            &described,
-            &mut progress,
-            self.hsm_wrap(&start, deadline, hsm_started),
-            |w| {
+        let call = start.call(&request_id, deadline);
+        let (prepared, mut progress) = self
+            .prepare_import(guard, &start, &call, idem, &described, |w| {
                 serde_json::to_vec(&crate::oci::kms::ImportKeyVersionDetails {
                     wrapped_import_key: import::wrapped_import_key(w),
                 })
                 .map_err(|e| Status::internal(e.to_string()))
-            },
-        )
-        .await;
-        let rec = guard.record();
-        note_progress(rec, &progress);
-        let prepared = prepared?;
+            })
+            .await?;
         let kms = &self.oci.kms;
         let answer = kms
             .import_key_version(&call, &body.oci_key_id, &prepared.body, &prepared.token)
@@ -566,7 +570,6 @@ impl Bridge {
         req: Request<proto::ImportKeyRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyResponse, Status> {
-        let hsm_started = guard.hsm_started.clone();
         let deadline = deadline(&req);
         let rec = guard.record();
         let request_id = rec.request_id.clone();
@@ -603,21 +606,9 @@ impl Bridge {
                 body.display_name, protection_mode
             ),
         );
-        let call = Call {
-            identity: &start.identity,
-            endpoint: &start.endpoint,
-            request_id: import::opc_request_id(&request_id),
-            deadline,
-        };
-        let mut progress = import::Progress::default();
-        let prepared = import::prepare(
-            &self.oci,
-            &call,
-            idem,
-            &described,
-            &mut progress,
-            self.hsm_wrap(&start, deadline, hsm_started),
-            |w| {
+        let call = start.call(&request_id, deadline);
+        let (prepared, mut progress) = self
+            .prepare_import(guard, &start, &call, idem, &described, |w| {
                 serde_json::to_vec(&crate::oci::kms::ImportKeyDetails {
                     compartment_id: body.compartment_id.clone(),
                     display_name: body.display_name.clone(),
@@ -635,11 +626,8 @@ impl Bridge {
                         .collect(),
                 })
                 .map_err(|e| Status::internal(e.to_string()))
-            },
-        )
-        .await;
-        note_progress(guard.record(), &progress);
-        let prepared = prepared?;
+            })
+            .await?;
         let kms = &self.oci.kms;
         let answer = kms.import_key(&call, &prepared.body, &prepared.token).await;
         let rec = guard.record();
@@ -712,6 +700,19 @@ struct ImportStart {
     export: Export,
     identity: Arc<crate::oci::Identity>,
     endpoint: crate::oci::endpoint::Endpoint,
+}
+
+impl ImportStart {
+    /// The OCI calls' context: this identity and endpoint, the caller's request id (if OCI
+    /// accepts it as `opc-request-id`) and deadline.
+    fn call<'a>(&'a self, request_id: &'a str, deadline: Option<Instant>) -> Call<'a> {
+        Call {
+            identity: &self.identity,
+            endpoint: &self.endpoint,
+            request_id: import::opc_request_id(request_id),
+            deadline,
+        }
+    }
 }
 
 /// Records OCI's answer to an import (request id, attempts, what it created) and returns
