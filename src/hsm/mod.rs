@@ -173,13 +173,35 @@ pub struct Hsm {
     pin_refused: OnceLock<String>,
 }
 
-/// The module's current generation: up (sessions open and logged in) or down (the last
-/// re-initialisation failed, with its reason).
+/// The module's current generation and its state.
 struct Live {
     generation: u64,
-    up: Option<Up>,
-    down: String,
+    state: State,
     last_reinit: Option<Instant>,
+}
+
+enum State {
+    /// Sessions open and logged in.
+    Up(Up),
+    /// The last re-initialisation failed: why, and when the next attempt may come.
+    Down(String),
+}
+
+impl Live {
+    fn up(&self) -> Option<&Up> {
+        match &self.state {
+            State::Up(up) => Some(up),
+            State::Down(_) => None,
+        }
+    }
+
+    /// The error calls get while the module is down.
+    fn down(&self) -> Option<HsmError> {
+        match &self.state {
+            State::Up(_) => None,
+            State::Down(why) => Some(HsmError::Down(why.clone())),
+        }
+    }
 }
 
 /// What bringing the token up takes, at start and at every re-initialisation.
@@ -254,8 +276,7 @@ impl Hsm {
             setup,
             live: RwLock::new(Live {
                 generation: 0,
-                up: Some(up),
-                down: String::new(),
+                state: State::Up(up),
                 last_reinit: None,
             }),
             reinit_interval: Duration::from_secs(cfg.reinit_interval_secs),
@@ -377,8 +398,8 @@ impl Hsm {
         loop {
             let live = self.live();
             let generation = live.generation;
-            let Some(up) = live.up.as_ref() else {
-                let down = HsmError::Down(live.down.clone());
+            let Some(up) = live.up() else {
+                let down = live.down().expect("not up");
                 let due = self.reinit_due(&live);
                 drop(live);
                 if reinitialised || !due {
@@ -416,10 +437,15 @@ impl Hsm {
     }
 
     fn reinit_gap(&self, live: &Live) -> Duration {
-        match live.up {
-            Some(_) => self.reinit_interval,
-            None => self.reinit_interval.min(DOWN_RETRY),
+        match live.state {
+            State::Up(_) => self.reinit_interval,
+            State::Down(_) => self.down_retry(),
         }
+    }
+
+    /// Least time between attempts while the module is down.
+    fn down_retry(&self) -> Duration {
+        self.reinit_interval.min(DOWN_RETRY)
     }
 
     /// Re-initialises the module after `why`, unless another thread already has since
@@ -430,15 +456,13 @@ impl Hsm {
     fn reinit(&self, seen: u64, why: &HsmError) -> Result<(), HsmError> {
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         if live.generation != seen {
-            return match live.up {
-                Some(_) => Ok(()),
-                None => Err(HsmError::Down(live.down.clone())),
-            };
+            return live.down().map_or(Ok(()), Err);
         }
         let started = Instant::now();
         live.generation += 1;
         live.last_reinit = Some(started);
-        if let Some(old) = live.up.take() {
+        let old = std::mem::replace(&mut live.state, State::Down(String::new()));
+        if let State::Up(old) = old {
             drop(old.pool.drain());
         }
         match self.pkcs11.clone().finalize() {
@@ -471,8 +495,7 @@ impl Hsm {
             });
         match result {
             Ok(up) => {
-                live.up = Some(up);
-                live.down.clear();
+                live.state = State::Up(up);
                 tracing::warn!(generation = live.generation, after = %why,
                     millis = started.elapsed().as_millis() as u64, "HSM module re-initialised");
                 Ok(())
@@ -483,13 +506,14 @@ impl Hsm {
                     HsmError::Down(_) => String::new(),
                     cause => format!(" after {cause}"),
                 };
-                live.down = format!(
+                let down = format!(
                     "the HSM module could not be re-initialised{after}: {e}; next attempt in {} s at the earliest",
-                    self.reinit_gap(&live).as_secs()
+                    self.down_retry().as_secs()
                 );
+                live.state = State::Down(down.clone());
                 tracing::error!(generation = live.generation, error = %e, after = %why,
                     "HSM module re-initialisation failed");
-                Err(HsmError::Down(live.down.clone()))
+                Err(HsmError::Down(down))
             }
         }
     }
@@ -661,7 +685,7 @@ impl Hsm {
     /// Closes every session, logs out and finalises the module.
     pub fn close(self) {
         let live = self.live.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Some(up) = live.up {
+        if let State::Up(up) = live.state {
             let sessions = up.pool.drain();
             if let Some(s) = sessions.first() {
                 let _ = s.logout();
