@@ -34,7 +34,8 @@ for arg in "$@"; do
 done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-dir="$here/.softhsm"
+# HSM_BRIDGE_SETUP_DIR moves the state elsewhere (the test of this script uses a fresh one).
+dir="${HSM_BRIDGE_SETUP_DIR:-$here/.softhsm}"
 token_label="hsm-bridge-dev"
 module="/usr/lib/softhsm/libsofthsm2.so"
 
@@ -85,19 +86,40 @@ for f in user-pin so-pin; do
     fi
     chmod 600 "$dir/$f"
 done
-user_pin="$(cat "$dir/user-pin")"
-so_pin="$(cat "$dir/so-pin")"
+# PINs never go on a command line (any local user can read /proc/PID/cmdline): pkcs11-tool
+# reads them from the environment of its own process (`--pin env:NAME`), which only this
+# user can read. softhsm2-util has no such way, so the SoftHSM token is initialised through
+# pkcs11-tool as well.
+# (A shell assignment before a command puts the value in that command's environment only;
+# `env NAME=VALUE` would put it on env's own command line.)
+# init_token MODULE SLOT_ID LABEL SO_PIN_FILE USER_PIN_FILE
+init_token() {
+    local module="$1" slot="$2" label="$3" so_file="$4" user_file="$5"
+    HB_SO_PIN="$(cat "$so_file")" pkcs11-tool --module "$module" --slot "$slot" \
+        --init-token --label "$label" --so-pin env:HB_SO_PIN >/dev/null 2>&1 \
+        || die "init-token $label failed"
+    HB_SO_PIN="$(cat "$so_file")" HB_USER_PIN="$(cat "$user_file")" pkcs11-tool \
+        --module "$module" --token-label "$label" --login --login-type so --so-pin env:HB_SO_PIN \
+        --init-pin --pin env:HB_USER_PIN >/dev/null 2>&1 || die "init-pin $label failed"
+}
 
 if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$token_label[[:space:]]*$"; then
     say "creating token $token_label in $dir/tokens"
-    softhsm2-util --init-token --free --label "$token_label" --so-pin "$so_pin" --pin "$user_pin" >/dev/null
+    # SoftHSM always offers one uninitialised slot; its id is the one before that state line.
+    free_slot="$(pkcs11-tool --module "$module" --list-token-slots 2>/dev/null \
+        | awk '/^Slot [0-9]+ \(0x/ { id = $3; gsub(/[()]/, "", id) } /token state:[[:space:]]*uninitialized/ { print id; exit }')"
+    [ -n "$free_slot" ] || die "SoftHSM offers no free slot"
+    init_token "$module" "$free_slot" "$token_label" "$dir/so-pin" "$dir/user-pin"
 fi
 
 # --- demo keys ------------------------------------------------------------------------
-# seed_demo_keys MODULE TOKEN PIN: creates the demo keys the token lacks, inside the token.
+# seed_demo_keys MODULE TOKEN PIN_FILE: creates the demo keys the token lacks, inside the token.
 seed_demo_keys() {
-    local module="$1" token="$2" pin="$3" existing
-    p11() { pkcs11-tool --module "$module" --token-label "$token" --login --pin "$pin" "$@"; }
+    local module="$1" token="$2" pin_file="$3" existing
+    p11() {
+        HB_USER_PIN="$(cat "$pin_file")" pkcs11-tool --module "$module" --token-label "$token" \
+            --login --pin env:HB_USER_PIN "$@"
+    }
     existing="$(p11 --list-objects 2>/dev/null | sed -n 's/^[[:space:]]*label:[[:space:]]*//p')"
     # label, CKA_ID, pkcs11-tool arguments
     seed() {
@@ -117,7 +139,7 @@ seed_demo_keys() {
     seed demo-rsa-4096 0203 --keypairgen --key-type rsa:4096 --extractable --sensitive
     seed demo-locked-aes-256 0301 --keygen --key-type AES:32 --sensitive --usage-decrypt
 }
-seed_demo_keys "$module" "$token_label" "$user_pin"
+seed_demo_keys "$module" "$token_label" "$dir/user-pin"
 
 # --- kryoptic (optional) --------------------------------------------------------------
 kryoptic_version="1.5.4"
@@ -172,19 +194,12 @@ dbargs = \"$kt/token.sql\""
         [ -s "$kt/$f" ] || new_pin >"$kt/$f"
         chmod 600 "$kt/$f"
     done
-    local upin spin
-    upin="$(cat "$kt/user-pin")"
-    spin="$(cat "$kt/so-pin")"
     if ! KRYOPTIC_CONF="$kconf" pkcs11-tool --module "$kryoptic_module" --list-token-slots 2>/dev/null \
         | grep -q "token label[[:space:]]*:[[:space:]]*$kryoptic_token[[:space:]]*$"; then
         say "creating token $kryoptic_token in $kt"
-        KRYOPTIC_CONF="$kconf" pkcs11-tool --module "$kryoptic_module" --slot 1 --init-token \
-            --label "$kryoptic_token" --so-pin "$spin" >/dev/null 2>&1 || die "kryoptic init-token failed"
-        KRYOPTIC_CONF="$kconf" pkcs11-tool --module "$kryoptic_module" --token-label "$kryoptic_token" \
-            --login --login-type so --so-pin "$spin" --init-pin --pin "$upin" >/dev/null 2>&1 \
-            || die "kryoptic init-pin failed"
+        KRYOPTIC_CONF="$kconf" init_token "$kryoptic_module" 1 "$kryoptic_token" "$kt/so-pin" "$kt/user-pin"
     fi
-    KRYOPTIC_CONF="$kconf" seed_demo_keys "$kryoptic_module" "$kryoptic_token" "$upin"
+    KRYOPTIC_CONF="$kconf" seed_demo_keys "$kryoptic_module" "$kryoptic_token" "$kt/user-pin"
 }
 
 if ((with_kryoptic)); then
@@ -198,6 +213,17 @@ if [ ! -f "$tls/server.pem" ] || ! openssl x509 -checkend 86400 -noout -in "$tls
     say "making dev TLS certificates in $tls"
     rm -rf "$tls"
     HSM_BRIDGE_CERT_DAYS=365 bash "$here/tests/make-test-certs.sh" "$tls" || die "could not make TLS certificates"
+fi
+
+# --- a dev wrapping key, pinned by the shipped config ---------------------------------
+# Stands in for a vault's RSA wrapping key in the README's WrapKey and `wrap` examples: the
+# shipped config pins it (policy.pinned_wrapping_key_files), so keys leave only for it; its
+# private half, here, opens what they are wrapped into.
+if [ ! -f "$dir/dev-wrapping-key.pem" ] || [ ! -f "$dir/dev-wrapping-key.pub.pem" ]; then
+    say "making the dev wrapping key $dir/dev-wrapping-key.pem"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 -out "$dir/dev-wrapping-key.pem" 2>/dev/null \
+        || die "could not make the dev wrapping key"
+    openssl pkey -in "$dir/dev-wrapping-key.pem" -pubout -out "$dir/dev-wrapping-key.pub.pem" 2>/dev/null
 fi
 
 # --- a dev OCI API-key identity, for the local OCI KMS emulator -----------------------

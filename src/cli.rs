@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -59,6 +60,10 @@ pub enum Command {
         /// Where to write the raw wrapped bytes (OCI's keyMaterial before base64).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Wrap for this key even where policy.caller_wrapping_keys would refuse it: the
+        /// operator vouches for the wrapping key (audited as such).
+        #[arg(long)]
+        allow_any_wrapping_key: bool,
     },
     /// Add a version to an OCI key from a token key: fetch the vault's wrapping key, wrap in
     /// the HSM, ImportKeyVersion (with retries), optionally wait until ENABLED.
@@ -199,13 +204,44 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             wrapping_key,
             algorithm,
             out: out_file,
+            allow_any_wrapping_key,
         } => {
             let alg: Algorithm = algorithm.parse()?;
             let key = key.key_ref()?;
             let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
-            let (cfg, hsm) = open(&common.config)?;
+            let cfg = Config::load(&common.config)?;
             let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
-            let wrapped = hsm.wrap(&key, &wk, alg, None)?;
+            let audit = CliAudit::open(&cfg)?;
+            let mut rec = audit.record("WrapKey", &key, alg);
+            rec.wrapping_key_sha256 = Some(wk.fingerprint());
+            let policy =
+                crate::policy::WrappingKeyPolicy::load(&cfg.policy).map_err(Error::Usage)?;
+            if allow_any_wrapping_key {
+                rec.reason =
+                    Some("--allow-any-wrapping-key: the operator chose the wrapping key".into());
+            } else if let Err(why) = policy.allows(&wk.fingerprint()) {
+                let why = format!(
+                    "{why}; an operator who vouches for this key can pass --allow-any-wrapping-key"
+                );
+                audit.write(rec, Err(("PERMISSION_DENIED", why.clone())))?;
+                return Err(Error::Usage(why));
+            }
+            let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+            let wrapped = hsm.wrap(&key, &wk, alg, None);
+            hsm.close();
+            let wrapped = match wrapped {
+                Ok(w) => w,
+                Err(e) => {
+                    let code = crate::service::status::code_name(crate::service::status::code(&e));
+                    audit.write(rec, Err((code, e.to_string())))?;
+                    return Err(e.into());
+                }
+            };
+            rec.source_key_label = Some(wrapped.key.label.clone());
+            rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
+            rec.mode = Some(wrapped.mode.as_str());
+            // Recorded before the material is written: nothing leaves without its record.
+            audit.write(rec, Ok(()))?;
             write_atomically(&out_file, &wrapped.material)?;
             if common.json {
                 let v = json!({
@@ -232,7 +268,6 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 )
                 .map_err(io)?;
             }
-            hsm.close();
         }
         Command::ImportKeyVersion {
             common,
@@ -247,33 +282,40 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             let alg: Algorithm = algorithm.parse()?;
             let key = key.key_ref()?;
             let cfg = Config::load(&common.config)?;
-            let oci =
-                OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(Error::Usage)?;
+            let audit = CliAudit::open(&cfg)?;
+            let oci = Arc::new(
+                OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(Error::Usage)?,
+            );
             let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
             let started = std::time::Instant::now();
-            let result = rt.block_on(import_key_version(
-                &oci,
-                &hsm,
-                &key,
+            let mut rec = audit.record("ImportKeyVersion", &key, alg);
+            let ask = CliImport {
+                key: &key,
                 alg,
-                &oci_key_id,
-                &endpoint,
-                &connection,
-                idempotency_key.as_deref(),
+                oci_key_id: &oci_key_id,
+                endpoint: &endpoint,
+                connection: &connection,
+                idempotency_key: idempotency_key.as_deref(),
                 wait,
-            ));
+                protection_modes: &cfg.policy.protection_modes,
+            };
+            let result = rt.block_on(import_key_version(&oci, &hsm, &ask, &mut rec));
             hsm.close();
-            let (version, progress) = result.map_err(|s| {
-                Error::Oci(format!(
-                    "{}: {}",
-                    crate::service::status::code_name(s.code()),
-                    s.message()
-                ))
-            })?;
+            let (version, progress) = match result {
+                Ok(r) => {
+                    audit.write(rec, Ok(()))?;
+                    r
+                }
+                Err(s) => {
+                    let code = crate::service::status::code_name(s.code());
+                    audit.write(rec, Err((code, s.message().to_string())))?;
+                    return Err(Error::Oci(format!("{code}: {}", s.message())));
+                }
+            };
             let ms = started.elapsed().as_millis();
             if common.json {
                 let v = json!({
@@ -316,59 +358,89 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
     Ok(())
 }
 
-/// The CLI's ImportKeyVersion: the daemon's path without gRPC, queue or audit.
-#[allow(clippy::too_many_arguments)]
-async fn import_key_version(
-    oci: &OciSide,
-    hsm: &Hsm,
-    key: &KeyRef,
+/// What `import-key-version` was asked.
+struct CliImport<'a> {
+    key: &'a KeyRef,
     alg: Algorithm,
-    oci_key_id: &str,
-    endpoint: &str,
-    connection: &str,
-    idempotency_key: Option<&str>,
+    oci_key_id: &'a str,
+    endpoint: &'a str,
+    connection: &'a str,
+    idempotency_key: Option<&'a str>,
     wait: bool,
+    protection_modes: &'a [crate::config::ProtectionMode],
+}
+
+/// The CLI's ImportKeyVersion: the daemon's path without gRPC, queue or callers; `rec`
+/// learns what happened.
+async fn import_key_version(
+    oci: &Arc<OciSide>,
+    hsm: &Hsm,
+    a: &CliImport<'_>,
+    rec: &mut crate::service::audit::Record,
 ) -> Result<(KeyVersion, import::Progress), tonic::Status> {
-    import::check_key_ocid(oci_key_id)?;
-    let idem = match idempotency_key {
+    import::check_key_ocid(a.oci_key_id)?;
+    rec.oci_key_id = Some(a.oci_key_id.to_string());
+    let idem = match a.idempotency_key {
         Some(k) => import::check_idempotency_key(k)?,
         None => None,
     };
-    let identity = oci.identity(connection)?;
-    let ep = oci.endpoint(endpoint)?;
-    let mut progress = import::Progress::default();
-    let described = import::describe("ImportKeyVersion", oci_key_id, key, alg, &ep, "");
+    let (connection, identity) = oci.identity(a.connection)?;
+    rec.oci_connection = Some(connection);
+    let ep = oci.endpoint(a.endpoint)?;
+    rec.oci_endpoint = Some(ep.base.clone());
     let call = Call {
         identity: &identity,
         endpoint: &ep,
         request_id: None,
         deadline: None,
     };
-    let prepared = import::prepare(
-        oci,
-        &call,
-        idem,
-        &described,
-        &mut progress,
-        |wk| async move {
+    let target = import::existing_key(oci, &call, a.oci_key_id, a.protection_modes).await?;
+    rec.compartment_id = Some(target.compartment_id.clone());
+    rec.protection_mode = Some(target.protection_mode.clone());
+    let mut progress = import::Progress::default();
+    let described = import::describe(&import::Ask {
+        caller: CLI_CALLER,
+        op: "ImportKeyVersion",
+        target: a.oci_key_id,
+        key: a.key,
+        alg: a.alg,
+        endpoint: &ep,
+        details: "",
+    });
+    let (key, alg) = (a.key, a.alg);
+    let steps = import::Steps {
+        recheck: || async move {
+            hsm.check_export(key, None, |_| Ok(()))
+                .map(|_| ())
+                .map_err(|e| crate::service::status::status(&e))
+        },
+        wrap: |wk: Arc<WrappingKey>| async move {
             hsm.wrap(key, &wk, alg, None)
                 .map_err(|e| crate::service::status::status(&e))
         },
-        |w| {
+        build: |w: &crate::hsm::Wrapped| {
             serde_json::to_vec(&ImportKeyVersionDetails {
                 wrapped_import_key: import::wrapped_import_key(w),
             })
             .map_err(|e| tonic::Status::internal(e.to_string()))
         },
-    )
-    .await?;
+    };
+    let prepared = import::prepare(oci, &call, idem, &described, &mut progress, steps).await;
+    note(rec, &progress);
+    let prepared = prepared?;
     let answer = oci
         .kms
-        .import_key_version(&call, oci_key_id, &prepared.body, &prepared.token)
+        .import_key_version(&call, a.oci_key_id, &prepared.body, &prepared.token)
         .await;
+    drop(prepared.claim);
     import::note(&mut progress, &answer);
-    let mut version = answer.map_err(|e| import::kms_status(&e))?.value;
-    if wait {
+    let answer = answer.map_err(|e| import::kms_status(&e));
+    if let Ok(a) = &answer {
+        progress.created_id = Some(a.value.id.clone());
+    }
+    note(rec, &progress);
+    let mut version = answer?.value;
+    if a.wait {
         version = import::wait(
             oci,
             || oci.kms.get_key_version(&call, &version.key_id, &version.id),
@@ -379,6 +451,92 @@ async fn import_key_version(
         .await?;
     }
     Ok((version, progress))
+}
+
+/// What `progress` tells the CLI's audit record.
+fn note(rec: &mut crate::service::audit::Record, p: &import::Progress) {
+    rec.wrapping_key_sha256 = p.wrapping_key_sha256.clone();
+    rec.mode = p.mode;
+    if p.label.is_some() {
+        rec.source_key_label = p.label.clone();
+        rec.source_key_id_hex = p.id_hex.clone();
+    }
+    rec.opc_request_id = p.opc_request_id.clone();
+    rec.oci_attempts = (p.attempts > 0).then_some(p.attempts);
+    rec.oci_created_id = p.created_id.clone();
+    rec.replayed = p.replayed;
+}
+
+/// Whom the CLI's idempotency keys belong to (a daemon caller's name cannot collide with it:
+/// it has a space).
+const CLI_CALLER: &str = "hsm-bridge cli";
+
+/// The CLI's audit records: to `audit.path` when it is a file (stderr is for the one-line
+/// error), one per export attempt, like the daemon's.
+struct CliAudit(Option<crate::service::audit::Audit>);
+
+impl CliAudit {
+    fn open(cfg: &Config) -> Result<CliAudit, Error> {
+        if cfg.audit.path == Path::new("-") {
+            return Ok(CliAudit(None));
+        }
+        crate::service::audit::Audit::open(&cfg.audit.path)
+            .map(|a| CliAudit(Some(a)))
+            .map_err(Error::Usage)
+    }
+
+    /// A record of `operation` on `key`, by this user.
+    fn record(
+        &self,
+        operation: &'static str,
+        key: &KeyRef,
+        alg: Algorithm,
+    ) -> crate::service::audit::Record {
+        let mut id = [0u8; 8];
+        let _ = getrandom::fill(&mut id);
+        let mut rec = crate::service::audit::Record {
+            request_id: wrap::hex(&id),
+            caller: format!("cli (uid {})", rustix::process::geteuid().as_raw()),
+            operation,
+            algorithm: Some(alg.as_str()),
+            ..Default::default()
+        };
+        match key {
+            KeyRef::Label(l) => rec.source_key_label = Some(l.clone()),
+            KeyRef::Id(i) => rec.source_key_id_hex = Some(wrap::hex(i)),
+        }
+        rec
+    }
+
+    /// Writes `rec` with its outcome; `Err((code, why))` for a refusal. A failed write is an
+    /// error: the export does not go ahead without its record.
+    fn write(
+        &self,
+        mut rec: crate::service::audit::Record,
+        outcome: Result<(), (&'static str, String)>,
+    ) -> Result<(), Error> {
+        let Some(audit) = &self.0 else { return Ok(()) };
+        rec.time = crate::service::audit::now_rfc3339();
+        match outcome {
+            Ok(()) => {
+                rec.outcome = "allowed";
+                rec.code = "OK";
+            }
+            Err((code, why)) => {
+                rec.outcome = match code {
+                    "INTERNAL" | "UNAVAILABLE" | "UNKNOWN" => "failed",
+                    _ => "refused",
+                };
+                rec.code = code;
+                rec.reason = Some(why);
+            }
+        }
+        audit.write(&rec).map_err(|e| {
+            Error::Io(format!(
+                "the audit log could not be written ({e}); nothing was exported"
+            ))
+        })
+    }
 }
 
 fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {

@@ -48,8 +48,27 @@ pub struct ServerConfig {
     /// How long SIGTERM/SIGINT waits for calls in flight before the daemon exits anyway.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
+    /// Connections open at once (TLS handshakes included); one more is closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A TLS handshake not finished within this is dropped.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout_secs: u64,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[serde(default = "default_streams")]
+    pub max_concurrent_streams: u32,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_streams() -> u32 {
+    100
 }
 
 fn default_max_queue() -> usize {
@@ -69,6 +88,9 @@ impl Default for ServerConfig {
             plaintext: false,
             max_queue: default_max_queue(),
             shutdown_grace_secs: default_grace(),
+            max_connections: default_max_connections(),
+            tls_handshake_timeout_secs: default_handshake_timeout(),
+            max_concurrent_streams: default_streams(),
             clients: Vec::new(),
         }
     }
@@ -82,10 +104,25 @@ fn default_listen() -> String {
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub name: String,
-    pub subject_cn: String,
+    /// TLS callers: the client certificate's subject CN.
+    #[serde(default)]
+    pub subject_cn: Option<String>,
+    /// Unix-socket callers: the peer process's uid (SO_PEERCRED).
+    #[serde(default)]
+    pub unix_uid: Option<u32>,
+    /// Plain-text TCP on loopback: every local process is this caller (at most one entry).
+    #[serde(default)]
+    pub loopback: bool,
     pub operations: Vec<Operation>,
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Vault management endpoints (globs, as `oci.allowed_endpoints`) this caller may import
+    /// into; unset = every allowed endpoint. An endpoint must be on both lists.
+    #[serde(default)]
+    pub oci_endpoints: Option<Vec<String>>,
+    /// Compartment OCIDs (globs) this caller's imports may land in; unset = any.
+    #[serde(default)]
+    pub oci_compartments: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -148,10 +185,16 @@ pub struct PolicyConfig {
     pub caller_wrapping_keys: CallerWrappingKeys,
     #[serde(default)]
     pub pinned_wrapping_keys: Vec<String>,
+    /// PEM public keys whose fingerprints are pinned too (read at start).
+    #[serde(default)]
+    pub pinned_wrapping_key_files: Vec<PathBuf>,
     #[serde(default = "yes")]
     pub allow_hybrid: bool,
     #[serde(default = "default_min_bits")]
     pub min_wrapping_key_bits: u32,
+    /// OCI protection modes an import may create or add a version to.
+    #[serde(default = "default_protection_modes")]
+    pub protection_modes: Vec<ProtectionMode>,
 }
 
 impl Default for PolicyConfig {
@@ -160,10 +203,42 @@ impl Default for PolicyConfig {
             exportable: Vec::new(),
             caller_wrapping_keys: CallerWrappingKeys::default(),
             pinned_wrapping_keys: Vec::new(),
+            pinned_wrapping_key_files: Vec::new(),
             allow_hybrid: true,
             min_wrapping_key_bits: default_min_bits(),
+            protection_modes: default_protection_modes(),
         }
     }
+}
+
+/// An OCI key protection mode (`EXTERNAL` keys cannot be imported into).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProtectionMode {
+    Hsm,
+    Software,
+}
+
+impl ProtectionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtectionMode::Hsm => "HSM",
+            ProtectionMode::Software => "SOFTWARE",
+        }
+    }
+
+    /// OCI's name; an empty one is OCI's default, HSM.
+    pub fn parse(s: &str) -> Option<ProtectionMode> {
+        match s {
+            "" | "HSM" => Some(ProtectionMode::Hsm),
+            "SOFTWARE" => Some(ProtectionMode::Software),
+            _ => None,
+        }
+    }
+}
+
+fn default_protection_modes() -> Vec<ProtectionMode> {
+    vec![ProtectionMode::Hsm]
 }
 
 fn yes() -> bool {
@@ -304,6 +379,10 @@ impl Config {
         self.server.tls_cert.as_mut().map(fix);
         self.server.tls_key.as_mut().map(fix);
         self.server.client_ca.as_mut().map(fix);
+        self.policy
+            .pinned_wrapping_key_files
+            .iter_mut()
+            .for_each(fix);
         if let Some(ca) = self.oci.ca_bundle.as_mut() {
             if ca.as_os_str().is_empty() {
                 self.oci.ca_bundle = None;
@@ -371,6 +450,79 @@ impl Config {
         for pattern in self.policy.exportable.iter() {
             if pattern.is_empty() {
                 return Err("policy.exportable: empty pattern".into());
+            }
+        }
+        if self.policy.protection_modes.is_empty() {
+            return Err(
+                "policy.protection_modes is empty: no import could run (default [\"HSM\"])".into(),
+            );
+        }
+        let s = &self.server;
+        if !(1..=65_536).contains(&s.max_connections) {
+            return Err(format!(
+                "server.max_connections = {} is out of range 1..=65536",
+                s.max_connections
+            ));
+        }
+        if !(1..=300).contains(&s.tls_handshake_timeout_secs) {
+            return Err(format!(
+                "server.tls_handshake_timeout_secs = {} is out of range 1..=300",
+                s.tls_handshake_timeout_secs
+            ));
+        }
+        if !(1..=1024).contains(&s.max_concurrent_streams) {
+            return Err(format!(
+                "server.max_concurrent_streams = {} is out of range 1..=1024",
+                s.max_concurrent_streams
+            ));
+        }
+        self.validate_clients()
+    }
+
+    /// Each `[[server.clients]]` entry names one identity (a certificate CN, a Unix uid, or
+    /// loopback), no two entries the same one or the same name; destination lists are
+    /// well-formed.
+    fn validate_clients(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        let mut cns = std::collections::HashSet::new();
+        let mut uids = std::collections::HashSet::new();
+        let mut loopback = 0;
+        for c in &self.server.clients {
+            let at = format!("server.clients {:?}", c.name);
+            if c.name.is_empty() || c.name.len() > 64 || c.name.chars().any(char::is_control) {
+                return Err(format!(
+                    "{at}: name must be 1 to 64 bytes without control characters"
+                ));
+            }
+            if !names.insert(&c.name) {
+                return Err(format!("two [[server.clients]] have name = {:?}", c.name));
+            }
+            let kinds = [c.subject_cn.is_some(), c.unix_uid.is_some(), c.loopback];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(format!(
+                    "{at}: set exactly one of subject_cn (TLS), unix_uid (Unix socket) or loopback = true (plain text on loopback)"
+                ));
+            }
+            if let Some(cn) = &c.subject_cn
+                && !cns.insert(cn)
+            {
+                return Err(format!("two [[server.clients]] have subject_cn = {cn:?}"));
+            }
+            if let Some(uid) = c.unix_uid
+                && !uids.insert(uid)
+            {
+                return Err(format!("two [[server.clients]] have unix_uid = {uid}"));
+            }
+            loopback += usize::from(c.loopback);
+            if loopback > 1 {
+                return Err("more than one [[server.clients]] has loopback = true".into());
+            }
+            for p in c.oci_endpoints.iter().flatten() {
+                if !p.to_ascii_lowercase().starts_with("https://") {
+                    return Err(format!(
+                        "{at}: oci_endpoints {p:?} must start with https://"
+                    ));
+                }
             }
         }
         Ok(())
@@ -573,14 +725,8 @@ impl ServerConfig {
                         missing.join(", ")
                     ));
                 }
-                if self.clients.is_empty() {
-                    return Err("server.client_ca is set but no [[server.clients]] is configured: no caller could do anything".into());
-                }
-                let mut seen = std::collections::HashSet::new();
-                for c in &self.clients {
-                    if !seen.insert(&c.subject_cn) {
-                        return Err(format!("two [[server.clients]] have subject_cn = {:?}", c.subject_cn));
-                    }
+                if !self.clients.iter().any(|c| c.subject_cn.is_some()) {
+                    return Err("server.client_ca is set but no [[server.clients]] has a subject_cn: no caller could do anything".into());
                 }
                 Ok(listen)
             }
@@ -604,9 +750,13 @@ mod listen_tests {
             s.client_ca = Some("ca".into());
             s.clients.push(ClientConfig {
                 name: "a".into(),
-                subject_cn: "a".into(),
+                subject_cn: Some("a".into()),
+                unix_uid: None,
+                loopback: false,
                 operations: vec![Operation::List],
                 keys: vec!["*".into()],
+                oci_endpoints: None,
+                oci_compartments: None,
             });
         }
         s
@@ -636,8 +786,9 @@ mod listen_tests {
         assert!(e.contains("choose one"), "{e}");
         let e = server("localhost:50051", true, false).listen().unwrap_err();
         assert!(e.contains("IP address"), "{e}");
-        let mut dup = server("0.0.0.0:1", false, true);
-        dup.clients.push(dup.clients[0].clone());
-        assert!(dup.listen().unwrap_err().contains("subject_cn"));
+        let mut no_cn = server("0.0.0.0:1", false, true);
+        no_cn.clients[0].subject_cn = None;
+        no_cn.clients[0].loopback = true;
+        assert!(no_cn.listen().unwrap_err().contains("subject_cn"));
     }
 }

@@ -37,6 +37,40 @@ pub fn no_core_dumps() -> Result<(), String> {
         .map_err(|e| format!("cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE): {e}"))
 }
 
+/// Opens `path` for reading and checks, on the open descriptor (so a file swapped in after a
+/// check by path cannot slip through), that it is a regular file, owned by this user or by
+/// root (not by another user who could have planted or could rewrite it), that group and
+/// others cannot read or write. `what` names the file in the error, e.g. "PIN file".
+pub fn open_private(path: &std::path::Path, what: &str) -> Result<std::fs::File, String> {
+    let bad = |msg: String| format!("{what} {}: {msg}", path.display());
+    let f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+    check_private(&meta).map_err(bad)?;
+    Ok(f)
+}
+
+/// The checks of [`open_private`] on a file's metadata.
+pub fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "owned by uid {}, not by this user (uid {me}) or root; run chown on it",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets group or others read it; run chmod 600 on it"
+        ));
+    }
+    Ok(())
+}
+
 /// Set once a `mlock` was refused (reported by [`memory_report`], warned about once).
 static LOCK_REFUSED: AtomicBool = AtomicBool::new(false);
 

@@ -170,10 +170,24 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
     )
     .await
     .unwrap_err();
+    // By id, the key's real label decides, and the refusal names no key: an id the caller
+    // may not use and an id nobody has get the same answer (probing ids learns nothing).
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(e.message(), "no key you may use has CKA_ID 2002");
+    let missing = wrap(
+        &mut limited,
+        by_id("7777"),
+        wk,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        Some("limited-missing-id"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.code(), e.code());
     assert_eq!(
-        e.code(),
-        Code::PermissionDenied,
-        "by id, the key's real label decides: {e:?}"
+        missing.message().replace("7777", "2002"),
+        e.message(),
+        "a missing id and a forbidden one answer alike"
     );
 
     // Refusals keep their codes over the wire.
@@ -270,11 +284,16 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
     assert_eq!(r["caller"], "limited (CN=limited.example)");
     assert_eq!(r["outcome"], "refused");
     assert_eq!(r["code"], "PERMISSION_DENIED");
-    assert_eq!(find("limited-by-id")["source_key_id_hex"], "2002");
+    let r = find("limited-by-id");
+    assert_eq!(r["source_key_id_hex"], "2002");
+    assert!(
+        !r.to_string().contains("test-rsa-3072"),
+        "the refusal by id names no key: {r}"
+    );
     assert_eq!(find("aes-ok")["caller"], "cckm (CN=cckm.example)");
     assert_eq!(
         records.len(),
-        12,
+        13,
         "one record per WrapKey attempt: {records:#?}"
     );
     for r in &records {
@@ -513,13 +532,17 @@ async fn list_and_get_follow_paging_and_the_callers_patterns() {
         r.keys
     );
     assert_eq!(r.keys.len(), 3);
-    let e = limited
-        .get_source_key(proto::GetSourceKeyRequest {
-            source_key: by_id("2001"),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    // Probing every id names no key: a forbidden id and a missing one answer alike.
+    for id in ["2001", "3004", "7777"] {
+        let e = limited
+            .get_source_key(proto::GetSourceKeyRequest {
+                source_key: by_id(id),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{id}");
+        assert_eq!(e.message(), format!("no key you may use has CKA_ID {id}"));
+    }
     let e = c
         .list_source_keys(proto::ListSourceKeysRequest {
             page_token: "junk".into(),
@@ -803,7 +826,12 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0() {
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("sessions = 2", "sessions = 1")
-        .replace("[server]\n", "[server]\nmax_queue = 1000\n");
+        // every call of the burst open on the connection at SIGTERM (none queued in the
+        // client, where GOAWAY would refuse it)
+        .replace(
+            "[server]\n",
+            "[server]\nmax_queue = 1000\nmax_concurrent_streams = 256\n",
+        );
     std::fs::write(&config, text).unwrap();
     let mut d = Daemon::start(&config, &["--log-json"]);
     let c = d.client("cckm").await;
@@ -880,12 +908,52 @@ async fn plaintext_only_on_loopback_and_unix_sockets() {
     let (config, _) = daemon_config(fx, "no-ca", "", Some(&server));
     let l = hsm_bridge_refuses(&["serve", "--config", config.to_str().unwrap()]);
     assert!(l.contains("server.client_ca"), "{l}");
-    // Loopback plain text works, every caller being "local".
+    // Loopback plain text: no entry, no caller. (Every local user once got every operation
+    // on every key here.)
+    let (config, audit) = daemon_config(
+        fx,
+        "plain-loopback-nobody",
+        "caller_wrapping_keys = \"any\"",
+        Some("listen = \"127.0.0.1:0\"\nplaintext = true\n"),
+    );
+    let d = Daemon::start(&config, &[]);
+    assert!(
+        d.log_text().contains("every call will be UNAUTHENTICATED"),
+        "{}",
+        d.log_text()
+    );
+    let mut c = KeySourceBridgeClient::new(d.plain_channel().await);
+    for key in ["test-aes-192", "test-rsa-2048"] {
+        let e = wrap(
+            &mut c,
+            by_label(key),
+            &fx.wk.wk2048,
+            proto::WrappingAlgorithm::RsaOaepAesSha256,
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("loopback = true"), "{}", e.message());
+    }
+    let e = c
+        .list_source_keys(proto::ListSourceKeysRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        audit_records(&audit)
+            .iter()
+            .all(|r| r["code"] == "UNAUTHENTICATED")
+    );
+    drop(d);
+    // With an entry, a loopback caller gets exactly what it grants.
+    let local = "listen = \"127.0.0.1:0\"\nplaintext = true\n\n[[server.clients]]\nname = \"local-ops\"\nloopback = true\noperations = [\"list\", \"wrap\"]\nkeys = [\"test-aes-*\"]\n";
     let (config, audit) = daemon_config(
         fx,
         "plain-loopback",
         "caller_wrapping_keys = \"any\"",
-        Some("listen = \"127.0.0.1:0\"\nplaintext = true\n"),
+        Some(local),
     );
     let d = Daemon::start(&config, &[]);
     let mut c = KeySourceBridgeClient::new(d.plain_channel().await);
@@ -907,26 +975,66 @@ async fn plaintext_only_on_loopback_and_unix_sockets() {
         ),
         fx.aes["test-aes-192"]
     );
-    assert_eq!(audit_records(&audit)[0]["caller"], "local (plaintext)");
-    // A Unix socket: created with mode 0600.
+    let e = wrap(
+        &mut c,
+        by_label("test-rsa-2048"),
+        &fx.wk.wk2048,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(audit_records(&audit)[0]["caller"], "local-ops (loopback)");
+    // A Unix socket: created with mode 0600; the caller is the entry of its uid.
     use std::os::unix::fs::PermissionsExt;
+    let uid = rustix::process::geteuid().as_raw();
     let sock = fx.dir.join("hb.sock");
-    let (config, _) = daemon_config(
-        fx,
-        "unix",
-        "",
-        Some(&format!(
-            "listen = \"unix:{}\"\nplaintext = true\n",
+    let unix = |uid: u32| {
+        format!(
+            "listen = \"unix:{}\"\nplaintext = true\n\n[[server.clients]]\nname = \"ops-user\"\nunix_uid = {uid}\noperations = [\"list\"]\nkeys = [\"test-aes-*\"]\n",
             sock.display()
-        )),
-    );
+        )
+    };
+    let (config, _) = daemon_config(fx, "unix", "", Some(&unix(uid)));
     let d = Daemon::start(&config, &[]);
     assert_eq!(d.addr, format!("unix:{}", sock.display()));
     assert_eq!(
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    std::os::unix::net::UnixStream::connect(&sock).expect("the socket accepts connections");
+    let mut c = KeySourceBridgeClient::new(d.unix_channel().await);
+    let keys = c
+        .list_source_keys(proto::ListSourceKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 3, "the test-aes-* keys its entry grants");
+    let e = wrap(
+        &mut c,
+        by_label("test-aes-192"),
+        &fx.wk.wk2048,
+        proto::WrappingAlgorithm::RsaOaepAesSha256,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "list only: {e:?}");
+    drop(d);
+    // A uid no entry names gets nothing.
+    let (config, _) = daemon_config(fx, "unix-other", "", Some(&unix(uid + 12345)));
+    let d = Daemon::start(&config, &[]);
+    let e = KeySourceBridgeClient::new(d.unix_channel().await)
+        .list_source_keys(proto::ListSourceKeysRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains(&format!("uid {uid} has no")),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,10 +130,18 @@ fn kryoptic_demo_keys_wrap_and_unwrap_to_the_right_key() {
     }
 }
 
+/// The dev wrapping key softhsm-setup.sh made, which the shipped configs pin.
+fn dev_wrapping_key() -> KeyPair {
+    KeyPair {
+        private_pem: repo().join(".softhsm/dev-wrapping-key.pem"),
+        public_pem: repo().join(".softhsm/dev-wrapping-key.pub.pem"),
+    }
+}
+
 fn demo_keys_wrap_and_unwrap_to_the_right_key(token: &DevToken) {
     let config = token.config.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kp = rsa4096(dir.path());
+    let kp = dev_wrapping_key();
 
     // Labels and ids as softhsm-setup.sh seeds them.
     for (label, id) in [
@@ -186,6 +194,27 @@ fn demo_keys_wrap_and_unwrap_to_the_right_key(token: &DevToken) {
         dir.path().join("x").to_str().unwrap(),
     ]);
     assert!(l.contains("not extractable"), "{l}");
+
+    // The shipped config pins the dev key: the CLI does not wrap for a key of anyone's own
+    // choosing unless the operator says so.
+    let own = rsa4096(dir.path());
+    let x = dir.path().join("own.bin");
+    let l = hsm_bridge_refuses(&[
+        "wrap",
+        "--config",
+        config,
+        "--label",
+        "demo-aes-256",
+        "--wrapping-key",
+        own.public_pem.to_str().unwrap(),
+        "--out",
+        x.to_str().unwrap(),
+    ]);
+    assert!(
+        l.contains("not pinned") && l.contains("--allow-any-wrapping-key"),
+        "{l}"
+    );
+    assert!(!x.exists(), "nothing written for a refused wrap");
 }
 
 /// The README's first command, as shipped: `serve --config config/hsm-bridge.toml` (here
@@ -199,7 +228,11 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
     let mut d = Daemon::start_logging_to(&token.config, &["--listen", "127.0.0.1:0"], &log);
     d.tls = repo().join(".softhsm/tls");
     let dir = tempfile::tempdir().unwrap();
-    let kp = rsa4096(dir.path());
+    let kp = dev_wrapping_key();
+    assert!(
+        !d.log_text().contains("caller_wrapping_keys = \"any\""),
+        "the shipped config does not let callers choose the wrapping key"
+    );
 
     let mut client = d.client("cckm").await;
     for (label, id) in [
@@ -243,6 +276,25 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    // The attack the shipped config once allowed: a narrow caller has a key it may touch
+    // wrapped for its own RSA key, and opens it. Refused for it and for the full caller.
+    let own = rsa4096(dir.path());
+    for who in ["limited", "cckm"] {
+        let e = d
+            .client(who)
+            .await
+            .wrap_key(proto::WrapKeyRequest {
+                source_key: Some(proto::KeyRef {
+                    key: Some(Key::Label("demo-aes-256".into())),
+                }),
+                wrapping_public_key_pem: std::fs::read_to_string(&own.public_pem).unwrap(),
+                algorithm: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}: {e:?}");
+        assert!(e.message().contains("not pinned"), "{}", e.message());
+    }
     d.terminate();
     assert!(d.wait(std::time::Duration::from_secs(30)).success());
     // The shipped config audits to stderr: one JSON line per attempt.
@@ -252,11 +304,10 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(audit.len(), 5, "{audit:?}");
-    assert!(
-        audit
-            .iter()
-            .all(|r| r["caller"] == "cckm (CN=cckm.example)")
-    );
+    assert_eq!(audit.len(), 7, "{audit:?}");
+    assert_eq!(audit[5]["caller"], "limited (CN=limited.example)");
+    assert!(audit.iter().all(|r| r["caller"] == "cckm (CN=cckm.example)"
+        || r["caller"] == "limited (CN=limited.example)"));
+    assert!(audit[5..].iter().all(|r| r["code"] == "PERMISSION_DENIED"));
     println!("audit line: {}", audit[0]);
 }

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use common::fault::{self, calls};
 use common::*;
 
+/// Plain text on loopback grants what this entry says, and nothing without it.
+const LOOPBACK_CLIENT: &str = "\n[[server.clients]]\nname = \"local\"\nloopback = true\noperations = [\"list\", \"wrap\", \"import\"]\nkeys = [\"*\"]\n";
+
 /// A config on `fx`'s token through the fault module, with `pin_file`; returns it with the
 /// module's call log and control file.
 fn fault_config(fx: &Fixture, name: &str, pin_file: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -33,6 +36,7 @@ fn fault_config_reinit(
                 &format!("sessions = 2\nreinit_interval_secs = {reinit_secs}\n"),
             )
             + "caller_wrapping_keys = \"any\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n"
+            + LOOPBACK_CLIENT
     });
     (config, log, ctl)
 }

@@ -60,6 +60,10 @@ pub enum HsmError {
     /// The caller may not touch this key (caller policy, decided above this layer).
     #[error("{0}")]
     Denied(String),
+    /// A key named by id that is missing or that the caller may not touch: one answer for
+    /// both, naming no key (decided above this layer).
+    #[error("no key you may use has {0}")]
+    NoKeyYouMayUse(String),
     #[error("self-test: {0}")]
     SelfTest(String),
     #[error("{op} failed: {}", ck_error_text(.err))]
@@ -383,6 +387,23 @@ impl Hsm {
     /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
     pub fn find_key(&self, key: &KeyRef, deadline: Option<Instant>) -> Result<KeyInfo, HsmError> {
         self.on_session(deadline, |up, s| self.find_key_in(up, s, key))
+    }
+
+    /// The checks a wrap of `key` would make, without wrapping: the key is found, `permit`
+    /// allows it (a caller's patterns) and it may leave (token attributes and policy). For
+    /// an answer recorded earlier, which must be as allowed now as a fresh export would be.
+    pub fn check_export(
+        &self,
+        key: &KeyRef,
+        deadline: Option<Instant>,
+        permit: impl Fn(&KeyInfo) -> Result<(), String>,
+    ) -> Result<KeyInfo, HsmError> {
+        self.on_session(deadline, |up, s| {
+            let info = self.find_key_in(up, s, key)?;
+            permit(&info).map_err(HsmError::Denied)?;
+            self.export_check(&info)?;
+            Ok(info)
+        })
     }
 
     /// Runs `work` on a pooled session. After a recoverable error (see [`recoverable`]) it

@@ -268,7 +268,10 @@ pub fn wrap(
                             (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => {
                                 strip_and_rewrap(k, &c2, rest)?
                             }
-                            _ => c2,
+                            _ => {
+                                check_opens(k, &c2, rest, target.shape)?;
+                                c2
+                            }
                         };
                         let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, k)?;
                         out.extend_from_slice(&c2);
@@ -299,6 +302,30 @@ fn strip_and_rewrap(k: &[u8], c2: &[u8], scratch: &mut [u8]) -> Result<Vec<u8>, 
         }
     };
     Ok(kwp_wrap(k, &blob[..der_len])?)
+}
+
+/// Hybrid mode holds K, so it checks what the token wrapped under K before it leaves: C2
+/// must open under K (RFC 5649 integrity) to a key of the target's shape (AES: its length;
+/// RSA: exact PKCS#8). Opened into `scratch` (locked, zeroed by the caller). A token whose
+/// KWP output is corrupt, or not RFC 5649, never reaches the vault.
+fn check_opens(k: &[u8], c2: &[u8], scratch: &mut [u8], shape: KeyShape) -> Result<(), HsmError> {
+    let bad = |why: String| {
+        HsmError::Wrap(WrapError::Crypto(format!(
+            "the token's RFC 5649 wrap under the one-time key {why}; nothing was exported"
+        )))
+    };
+    let n = kwp_unwrap_into(k, c2, scratch).map_err(|_| bad("does not open".into()))?;
+    let fits = match shape.algorithm {
+        KeyAlgorithm::Aes => n == shape.length,
+        KeyAlgorithm::Rsa => matches!(pkcs8_fit(&scratch[..n]), Ok(Pkcs8Fit::Exact)),
+    };
+    if !fits {
+        return Err(bad(format!(
+            "opens to {n} bytes that are not a {}",
+            shape.describe()
+        )));
+    }
+    Ok(())
 }
 
 fn check_rsa_export(caps: &Capabilities, mode: WrapMode) -> Result<(), HsmError> {

@@ -3,7 +3,6 @@
 //! own, locked in RAM where the OS allows (see [`crate::hardening::Locked`]).
 
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use zeroize::Zeroizing;
@@ -28,17 +27,7 @@ const MAX_PIN: usize = 256;
 /// Reads the PIN from `path`. Refused if group or other may read or write the file.
 pub fn from_file(path: &Path) -> Result<Pin, HsmError> {
     let bad = |msg: String| HsmError::Pin(format!("PIN file {}: {msg}", path.display()));
-    let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(bad(format!(
-            "mode {mode:04o} lets group or others read it; run chmod 600 on it"
-        )));
-    }
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
+    let mut f = crate::hardening::open_private(path, "PIN file").map_err(HsmError::Pin)?;
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_PIN + 2));
     (&mut f)
         .take(MAX_PIN as u64 + 2)
@@ -79,6 +68,7 @@ fn from_bytes(raw: &[u8]) -> Result<Pin, String> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn pin_file_mode_and_content() {

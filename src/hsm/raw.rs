@@ -115,6 +115,13 @@ impl RawModule {
         let mut count: sys::CK_ULONG = 0;
         // SAFETY: size query with a null buffer, as the standard allows.
         check(unsafe { (self.mechanism_list_fn)(slot, ptr::null_mut(), &mut count) })?;
+        if count as usize > MAX_MECHANISMS {
+            tracing::error!(
+                count,
+                "the token reports more mechanisms than any token has; refused"
+            );
+            return Err(RvError::FunctionFailed);
+        }
         let mut list = vec![0 as CK_MECHANISM_TYPE; count as usize];
         // SAFETY: `list` has room for `count` entries; the token writes at most that many
         // and updates `count`.
@@ -197,7 +204,14 @@ impl RawModule {
         match Rv::from(rv) {
             Rv::Ok => {}
             Rv::Error(RvError::BufferTooSmall) => {
-                // `len` now holds the size the token needs.
+                // `len` now holds the size the token needs: bounded before it is allocated.
+                if len > MAX_WRAP_OUTPUT {
+                    tracing::error!(
+                        bytes = len,
+                        "the token asks for a wrap buffer larger than any wrapped key; refused"
+                    );
+                    return Err(RvError::FunctionFailed);
+                }
                 out = vec![0u8; len];
                 let (rv, again) = wrap_into(&mut out);
                 check(rv)?;
@@ -205,10 +219,25 @@ impl RawModule {
             }
             Rv::Error(e) => return Err(e),
         }
+        if len > out.len() {
+            tracing::error!(
+                bytes = len,
+                buffer = out.len(),
+                "the token says it wrote more than the buffer holds; refused"
+            );
+            return Err(RvError::FunctionFailed);
+        }
         out.truncate(len);
         Ok(out)
     }
 }
+
+/// Largest wrap output taken from a token: an RSA-16384 OAEP block and an RFC 5649 wrap of
+/// an RSA-4096 PKCS#8 are each under 4 KiB. A larger size asked for is a broken token, and
+/// is refused rather than allocated.
+const MAX_WRAP_OUTPUT: usize = 64 * 1024;
+/// Most mechanisms a slot may list (real tokens list a few hundred).
+const MAX_MECHANISMS: usize = 4096;
 
 fn check(rv: sys::CK_RV) -> Result<(), RvError> {
     match Rv::from(rv) {

@@ -5,7 +5,7 @@
 //! sent: a caller cannot point the daemon, its signed requests and wrapped keys elsewhere.
 
 use super::OciError;
-use crate::policy::glob_match;
+use crate::policy::host_glob_match;
 
 /// A checked endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +39,10 @@ pub fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(':') && (!h.starts_with('[') || h.ends_with(']')) => {
-            let port: u16 = p
-                .parse()
-                .map_err(|_| refuse(url, "the port is not a number"))?;
+            let port: u16 = Some(p)
+                .filter(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| refuse(url, "the port is not a number"))?;
             (h, port)
         }
         _ => (authority, 443),
@@ -70,13 +71,18 @@ pub fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
     } else {
         format!("https://{host}:{port}")
     };
-    if !allowed
-        .iter()
-        .any(|p| glob_match(&p.to_ascii_lowercase(), &base))
-    {
+    if !allowed_by(allowed, &base) {
         return Err(OciError::NotAllowed(url.to_string()));
     }
     Ok(Endpoint { base, host, port })
+}
+
+/// Whether the normalised `base` (`https://host[:port]`) matches one of `patterns`, each
+/// `*` inside one DNS label.
+pub fn allowed_by(patterns: &[String], base: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| host_glob_match(&p.to_ascii_lowercase(), base))
 }
 
 #[cfg(test)]
@@ -133,6 +139,12 @@ mod tests {
         assert!(refused("https://x.kms.y.oraclecloud.com:99999"));
         assert!(refused("https://-x.kms.y.oraclecloud.com"));
         assert!(refused("ftp://x.kms.y.oraclecloud.com"));
+        // `*` is one DNS label: a vault in any tenancy's sub-domain is not a vault endpoint.
+        assert!(refused("https://a.b.kms.y.oraclecloud.com"));
+        assert!(refused("https://x.kms.y.z.oraclecloud.com"));
+        // strict port digits
+        assert!(refused("https://x.kms.y.oraclecloud.com:+443"));
+        assert!(check("https://127.0.0.1:+8443", &["https://127.0.0.1:*".into()]).is_err());
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -79,17 +78,10 @@ fn resolve(path: &str, base: &Path) -> PathBuf {
 fn read_private(path: &Path) -> Result<Locked, OciError> {
     let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
     let meta = f.metadata().map_err(|e| err(path, e))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(err(
-            path,
-            format!(
-                "mode {mode:04o} lets group or others read the API private key; run chmod 600 on it"
-            ),
-        ));
-    }
+    crate::hardening::check_private(&meta)
+        .map_err(|m| err(path, format!("the API private key: {m}")))?;
     const MAX: u64 = 64 * 1024;
-    if !meta.is_file() || meta.len() > MAX {
+    if meta.len() > MAX {
         return Err(err(path, "not a regular file of at most 64 KiB"));
     }
     // Sized from the file: the key is never in a buffer that grows (and leaves copies).
@@ -101,7 +93,10 @@ fn read_private(path: &Path) -> Result<Locked, OciError> {
 impl Identity {
     /// Loads `profile` from the config file at `file`.
     pub fn load(file: &Path, profile: &str) -> Result<Identity, OciError> {
-        let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|e| err(file, e))?);
+        let mut f = std::fs::File::open(file).map_err(|e| err(file, e))?;
+        let meta = f.metadata().map_err(|e| err(file, e))?;
+        let mut text = Zeroizing::new(String::new());
+        f.read_to_string(&mut text).map_err(|e| err(file, e))?;
         let sections = parse_ini(&text).map_err(|m| err(file, m))?;
         let mut values = sections.get("DEFAULT").cloned().unwrap_or_default();
         match sections.get(profile) {
@@ -146,6 +141,15 @@ impl Identity {
         let pass = get("pass_phrase")
             .or_else(|| get("passphrase"))
             .map(|p| Zeroizing::new(p.as_bytes().to_vec()));
+        if pass.is_some() {
+            // The pass phrase opens the API key: the file holding it is as secret as the key.
+            crate::hardening::check_private(&meta).map_err(|m| {
+                err(
+                    file,
+                    format!("[{profile}] holds a pass_phrase, but the file is {m}"),
+                )
+            })?;
+        }
         let signer = RequestSigner::from_pem(
             tenancy,
             user,
@@ -184,6 +188,7 @@ fn fingerprint_of(pem: &[u8], pass: Option<&[u8]>) -> Result<String, OciError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     struct Files {
         dir: tempfile::TempDir,
@@ -209,6 +214,7 @@ mod tests {
     fn config(f: &Files, text: &str) -> PathBuf {
         let p = f.dir.path().join("config");
         std::fs::write(&p, text.replace("FP", &f.fp)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     }
 
@@ -242,6 +248,10 @@ mod tests {
         let base = "[DEFAULT]\nuser=u\ntenancy=t\nregion=r\nkey_file=api.pem\nfingerprint=FP\n";
         let c = config(&f, &format!("{base}pass_phrase=s3cret\n"));
         assert!(Identity::load(&c, "DEFAULT").is_ok());
+        // A pass phrase in a file others can read is refused.
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Identity::load(&c, "DEFAULT").unwrap_err().to_string();
+        assert!(e.contains("pass_phrase") && e.contains("chmod 600"), "{e}");
         let c = config(&f, base);
         let e = Identity::load(&c, "DEFAULT").unwrap_err().to_string();
         assert!(e.contains("pass_phrase"), "{e}");

@@ -348,7 +348,12 @@ impl KmsClient {
                     last: last_error,
                 });
             }
-            let timeout = remaining.map_or(self.timeout, |r| r.min(self.timeout));
+            // An import attempt, once started, runs to its own timeout even past the caller's
+            // deadline: cut short, OCI may have created the version with nobody learning it.
+            let timeout = match remaining {
+                Some(r) if req.retry_token.is_none() => r.min(self.timeout),
+                _ => self.timeout,
+            };
             let outcome = self.attempt(call, req, timeout).await;
             let retry_reason = match outcome {
                 Ok((status, body, opc)) => {
@@ -445,8 +450,8 @@ impl KmsClient {
             .headers()
             .get("opc-request-id")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+            .map(|v| bounded(v, MAX_ID_TEXT))
+            .unwrap_or_default();
         if resp
             .content_length()
             .is_some_and(|n| n > MAX_RESPONSE as u64)
@@ -527,6 +532,7 @@ impl KmsClient {
         body: &[u8],
         retry_token: &str,
     ) -> Result<Answer<KeyVersion>, KmsError> {
+        let key_id = ocid_for_url("ImportKeyVersion", key_id, "ocid1.key.")?;
         let req = Request {
             op: "ImportKeyVersion",
             method: reqwest::Method::POST,
@@ -558,6 +564,7 @@ impl KmsClient {
     }
 
     pub async fn get_key(&self, call: &Call<'_>, key_id: &str) -> Result<Answer<Key>, KmsError> {
+        let key_id = ocid_for_url("GetKey", key_id, "ocid1.key.")?;
         let req = Request {
             op: "GetKey",
             method: reqwest::Method::GET,
@@ -574,6 +581,8 @@ impl KmsClient {
         key_id: &str,
         version_id: &str,
     ) -> Result<Answer<KeyVersion>, KmsError> {
+        let key_id = ocid_for_url("GetKeyVersion", key_id, "ocid1.key.")?;
+        let version_id = ocid_for_url("GetKeyVersion", version_id, "ocid1.keyversion.")?;
         let req = Request {
             op: "GetKeyVersion",
             method: reqwest::Method::GET,
@@ -636,11 +645,56 @@ pub fn error_body(body: &[u8]) -> (String, String) {
         message: String,
     }
     match serde_json::from_slice::<E>(body) {
-        Ok(e) => (e.code, e.message),
+        Ok(e) => (
+            bounded(&e.code, MAX_ID_TEXT),
+            bounded(&e.message, MAX_ERROR_TEXT),
+        ),
         Err(_) => (
             "(no OCI error body)".into(),
-            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            bounded(
+                &String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_TEXT)]),
+                MAX_ERROR_TEXT,
+            ),
         ),
+    }
+}
+
+/// Most of OCI's error message that goes into a status and an audit record.
+const MAX_ERROR_TEXT: usize = 512;
+/// Most of an OCI error code or request id kept.
+const MAX_ID_TEXT: usize = 128;
+
+/// At most `max` bytes of `text` (cut at a character boundary, "…" added), control
+/// characters replaced by spaces: what OCI says is copied into statuses and audit records,
+/// never without bound.
+fn bounded(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > max {
+        let mut cut = max;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// An id from an earlier OCI answer, checked before it goes into a URL path.
+fn ocid_for_url<'a>(op: &'static str, id: &'a str, prefix: &str) -> Result<&'a str, KmsError> {
+    if super::is_ocid(id, prefix) {
+        Ok(id)
+    } else {
+        Err(KmsError::BadResponse {
+            op,
+            status: 200,
+            expected: "OCID",
+            why: format!("{:?} is not an OCID ({prefix}…)", bounded(id, 80)),
+            opc_request_id: String::new(),
+        })
     }
 }
 

@@ -13,6 +13,16 @@ pub mod signer;
 pub use identity::Identity;
 pub use signer::{RequestParts, RequestSigner};
 
+/// Whether `id` looks like an OCID starting with `prefix` (e.g. "ocid1.key."): at most 255
+/// characters of letters, digits, '.', '-' and '_'.
+pub fn is_ocid(id: &str, prefix: &str) -> bool {
+    id.starts_with(prefix)
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     #[error("OCI API key: {0}")]

@@ -34,9 +34,19 @@ pub struct Record {
     pub wrapping_key_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_key_id: Option<String>,
-    /// The vault management endpoint the import went to.
+    /// The vault management endpoint the import went to (normalised), or "invalid".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_endpoint: Option<String>,
+    /// The `[oci.connections]` identity the import was signed with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_connection: Option<String>,
+    /// ImportKey: the compartment, protection mode and display name asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compartment_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protection_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// OCI's id of the final answer, when OCI answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opc_request_id: Option<String>,
@@ -61,20 +71,48 @@ pub struct Record {
     pub reason: Option<String>,
 }
 
+/// What an audit record says of a caller-supplied value that failed its check: the raw
+/// bytes never reach the log.
+pub const INVALID: &str = "invalid";
+
+/// `value` if it is at most `max` bytes of printable text, else [`INVALID`]. For values
+/// recorded before (or without) a stricter check.
+pub fn bounded(value: &str, max: usize) -> String {
+    if value.len() <= max && !value.chars().any(char::is_control) {
+        value.to_string()
+    } else {
+        INVALID.to_string()
+    }
+}
+
 impl Audit {
-    /// Opens `path` for appending (created with mode 0600), or stderr for "-".
+    /// Opens `path` for appending, or stderr for "-". A new file is created with mode 0600. A
+    /// symbolic link at `path` is refused (`O_NOFOLLOW`), and so is, checked on the opened
+    /// descriptor, a regular file that another user owns or that group or others may write
+    /// (or others read); character devices (`/dev/null`, only root makes them) are taken.
     pub fn open(path: &Path) -> Result<Audit, String> {
         let sink = if path == Path::new("-") {
             Sink::Stderr
         } else {
-            Sink::File(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| format!("audit log {}: {e}", path.display()))?,
-            )
+            let bad = |m: String| format!("audit log {}: {m}", path.display());
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(path)
+                .map_err(|e| {
+                    bad(
+                        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                            "is a symbolic link; give the real path".into()
+                        } else {
+                            e.to_string()
+                        },
+                    )
+                })?;
+            let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+            check_file(&meta).map_err(bad)?;
+            Sink::File(f)
         };
         Ok(Audit {
             sink: Mutex::new(sink),
@@ -98,6 +136,31 @@ impl Audit {
             }
         }
     }
+}
+
+/// The owner and mode rules of [`Audit::open`].
+fn check_file(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if meta.file_type().is_char_device() {
+        return Ok(());
+    }
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "owned by uid {}, not by this user (uid {me}) or root: another user could rewrite the record",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o026 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets group or others write it, or others read it; run chmod 600 on it"
+        ));
+    }
+    Ok(())
 }
 
 pub use crate::time::now_rfc3339;
@@ -130,5 +193,38 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn a_planted_link_or_a_writable_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A link planted where the log goes would make the daemon append to its target.
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "untouched\n").unwrap();
+        let link = dir.path().join("audit.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = Audit::open(&link).err().unwrap();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+        // A file others may write.
+        let open = dir.path().join("open.jsonl");
+        std::fs::write(&open, "").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Audit::open(&open).err().unwrap();
+        assert!(e.contains("0666") && e.contains("chmod 600"), "{e}");
+        // A file another user owns (as root, the tests can make one).
+        if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs.jsonl");
+            std::fs::write(&theirs, "").unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let e = Audit::open(&theirs).err().unwrap();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
+        // Bounded values: control bytes and long text never reach the log.
+        assert_eq!(bounded("ocid1.key.oc1..x", 255), "ocid1.key.oc1..x");
+        assert_eq!(bounded("a\u{1b}[2J", 255), INVALID);
+        assert_eq!(bounded(&"x".repeat(300), 255), INVALID);
     }
 }

@@ -1,21 +1,30 @@
-//! Who is calling: the client certificate's subject CN, mapped to a `[[server.clients]]`
-//! entry. With plain text (loopback / Unix socket only) the caller is the local machine.
+//! Who is calling, and what that caller may do: a `[[server.clients]]` entry found by the
+//! client certificate's subject CN (TLS), by the peer process's uid (`SO_PEERCRED`, Unix
+//! socket), or the one entry marked `loopback = true` (plain text on loopback TCP). A caller
+//! no entry names gets nothing.
 
 use openssl::nid::Nid;
 use openssl::x509::X509;
 use tonic::Request;
+use tonic::transport::server::UdsConnectInfo;
 
 use crate::config::{ClientConfig, Operation};
-use crate::policy::any_match;
+use crate::policy::{any_match, glob_match};
 
 /// An identified caller and what it may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// For audit: "name (CN=...)" or "local (plaintext)".
+    /// The `[[server.clients]]` name: what idempotency keys are scoped to.
+    pub name: String,
+    /// For audit: "name (CN=...)", "name (uid N)" or "name (loopback)".
     pub display: String,
     pub operations: Vec<Operation>,
     /// Label globs of keys this caller may touch.
     pub keys: Vec<String>,
+    /// Endpoint globs this caller may import into (`None`: every allowed endpoint).
+    pub endpoints: Option<Vec<String>>,
+    /// Compartment OCID globs its imports may land in (`None`: any).
+    pub compartments: Option<Vec<String>>,
 }
 
 impl Caller {
@@ -26,44 +35,121 @@ impl Caller {
     pub fn may_touch(&self, label: &str) -> bool {
         any_match(&self.keys, label)
     }
+
+    /// Whether the normalised endpoint `base` is one this caller may import into.
+    pub fn may_send_to(&self, base: &str) -> bool {
+        self.endpoints
+            .as_ref()
+            .is_none_or(|p| crate::oci::endpoint::allowed_by(p, base))
+    }
+
+    pub fn may_use_compartment(&self, ocid: &str) -> bool {
+        self.compartments
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|p| glob_match(p, ocid)))
+    }
+
+    fn from_entry(c: &ClientConfig, how: String) -> Caller {
+        Caller {
+            name: c.name.clone(),
+            display: format!("{} ({how})", c.name),
+            operations: c.operations.clone(),
+            keys: c.keys.clone(),
+            endpoints: c.oci_endpoints.clone(),
+            compartments: c.oci_compartments.clone(),
+        }
+    }
 }
 
-/// How callers are recognised, fixed at start-up.
-#[derive(Debug, Clone)]
-pub enum Authenticator {
+/// How the listener tells callers apart, fixed at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
     /// mTLS: by certificate subject CN.
-    Certificates(Vec<ClientConfig>),
-    /// Plain text on loopback or a Unix socket: every caller is the local machine, with
-    /// every operation; the export policy still applies.
-    Local,
+    Tls,
+    /// Plain text on a Unix socket: by the peer's uid.
+    Unix,
+    /// Plain text on loopback TCP: nothing tells local processes apart.
+    Loopback,
 }
+
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    transport: Transport,
+    clients: Vec<ClientConfig>,
+}
+
+/// Longest CN quoted back in a refusal or an audit record.
+const MAX_CN_SHOWN: usize = 64;
 
 impl Authenticator {
-    /// The caller of `req`, or why it is not recognised (for UNAUTHENTICATED and audit).
+    pub fn new(transport: Transport, clients: Vec<ClientConfig>) -> Authenticator {
+        Authenticator { transport, clients }
+    }
+
+    /// The entries this listener can ever match (for a start-up warning when there are none).
+    pub fn reachable(&self) -> usize {
+        self.clients.iter().filter(|c| self.kind_of(c)).count()
+    }
+
+    fn kind_of(&self, c: &ClientConfig) -> bool {
+        match self.transport {
+            Transport::Tls => c.subject_cn.is_some(),
+            Transport::Unix => c.unix_uid.is_some(),
+            Transport::Loopback => c.loopback,
+        }
+    }
+
+    /// The caller of `req`, or why it is not recognised (for UNAUTHENTICATED and audit;
+    /// bounded, printable text).
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Caller, String> {
-        match self {
-            Authenticator::Local => Ok(Caller {
-                display: "local (plaintext)".into(),
-                operations: vec![Operation::List, Operation::Wrap, Operation::Import],
-                keys: vec!["*".into()],
-            }),
-            Authenticator::Certificates(clients) => {
+        match self.transport {
+            Transport::Tls => {
                 let certs = req
                     .peer_certs()
                     .ok_or("no client certificate was presented")?;
                 let leaf = certs.first().ok_or("no client certificate was presented")?;
                 let cn = subject_cn_cached(leaf.as_ref())?;
-                let client = clients.iter().find(|c| c.subject_cn == cn).ok_or_else(|| {
-                    format!("client certificate CN={cn:?} is not in server.clients")
-                })?;
-                Ok(Caller {
-                    display: format!("{} (CN={cn})", client.name),
-                    operations: client.operations.clone(),
-                    keys: client.keys.clone(),
-                })
+                let client = self
+                    .clients
+                    .iter()
+                    .find(|c| c.subject_cn.as_deref() == Some(cn.as_str()))
+                    .ok_or_else(|| {
+                        format!(
+                            "client certificate CN={:?} is not in server.clients",
+                            shown(&cn)
+                        )
+                    })?;
+                Ok(Caller::from_entry(client, format!("CN={cn}")))
+            }
+            Transport::Unix => {
+                let uid = req
+                    .extensions()
+                    .get::<UdsConnectInfo>()
+                    .and_then(|i| i.peer_cred)
+                    .map(|c| c.uid())
+                    .ok_or("the Unix socket peer's credentials are unknown")?;
+                let client = self
+                    .clients
+                    .iter()
+                    .find(|c| c.unix_uid == Some(uid))
+                    .ok_or_else(|| {
+                        format!("uid {uid} has no [[server.clients]] entry with unix_uid = {uid}")
+                    })?;
+                Ok(Caller::from_entry(client, format!("uid {uid}")))
+            }
+            Transport::Loopback => {
+                let client = self.clients.iter().find(|c| c.loopback).ok_or(
+                    "plain text on loopback: no [[server.clients]] entry has loopback = true",
+                )?;
+                Ok(Caller::from_entry(client, "loopback".into()))
             }
         }
     }
+}
+
+/// At most [`MAX_CN_SHOWN`] characters of `cn`.
+fn shown(cn: &str) -> String {
+    cn.chars().take(MAX_CN_SHOWN).collect()
 }
 
 /// [`subject_cn`], remembered per certificate: OpenSSL 3's certificate decoder costs about
@@ -90,7 +176,12 @@ fn subject_cn_cached(der: &[u8]) -> Result<String, String> {
     r
 }
 
-/// The subject CN of a DER certificate.
+/// The subject CN of a DER certificate, as text.
+///
+/// Only a CN whose bytes are its text counts: a UTF8String, PrintableString or IA5String
+/// (OpenSSL's text of the string is then byte-for-byte the raw value). A BMPString or
+/// UniversalString whose raw bytes happen to spell a listed CN is different text and is
+/// refused, as is any CN with a NUL or another control character.
 fn subject_cn(der: &[u8]) -> Result<String, String> {
     let cert =
         X509::from_der(der).map_err(|_| "the client certificate does not parse".to_string())?;
@@ -107,7 +198,72 @@ fn subject_cn(der: &[u8]) -> Result<String, String> {
     if raw.contains(&0) {
         return Err("the client certificate's CN contains a NUL byte".into());
     }
-    std::str::from_utf8(raw)
-        .map(str::to_string)
-        .map_err(|_| "the client certificate's CN is not UTF-8 text".into())
+    let text = cn
+        .data()
+        .to_string()
+        .map_err(|_| "the client certificate's CN is not text".to_string())?;
+    if text.as_bytes() != raw {
+        return Err(
+            "the client certificate's CN is not a UTF8String, PrintableString or IA5String".into(),
+        );
+    }
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| "the client certificate's CN is not UTF-8 text".to_string())?;
+    if text.chars().any(char::is_control) {
+        return Err("the client certificate's CN contains control characters".into());
+    }
+    Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::asn1::Asn1Type;
+    use openssl::pkey::PKey;
+    use openssl::x509::{X509Builder, X509NameBuilder};
+
+    /// A self-signed certificate whose CN is `cn` encoded as `ty`.
+    fn cert(cn: &[u8], ty: Asn1Type) -> Vec<u8> {
+        let key = PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_nid_with_type(Nid::COMMONNAME, std::str::from_utf8(cn).unwrap(), ty)
+            .unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        let serial = openssl::bn::BigNum::from_u32(1)
+            .unwrap()
+            .to_asn1_integer()
+            .unwrap();
+        b.set_serial_number(&serial).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        b.build().to_der().unwrap()
+    }
+
+    #[test]
+    fn only_text_string_types_are_compared_as_text() {
+        for ty in [
+            Asn1Type::UTF8STRING,
+            Asn1Type::PRINTABLESTRING,
+            Asn1Type::IA5STRING,
+        ] {
+            assert_eq!(
+                subject_cn(&cert(b"cckm.example", ty)).unwrap(),
+                "cckm.example"
+            );
+        }
+        // The raw bytes spell "cckm.example"; as a BMPString that is six CJK characters.
+        let e = subject_cn(&cert(b"cckm.example", Asn1Type::BMPSTRING)).unwrap_err();
+        assert!(e.contains("not a UTF8String"), "{e}");
+        let e = subject_cn(&cert(b"cckm\x07example", Asn1Type::UTF8STRING)).unwrap_err();
+        assert!(e.contains("control"), "{e}");
+    }
 }

@@ -1,28 +1,42 @@
 //! ImportKeyVersion and ImportKey: fetch the vault's wrapping key, wrap in the HSM, send to
 //! OCI with one retry token and one fixed body on every attempt, optionally wait for
-//! `ENABLED`. A caller's retry with the same `idempotency_key` re-sends the bytes sent the
-//! first time (kept in memory for 24 hours), so OCI sees the same token and the same body
-//! and creates nothing new.
+//! `ENABLED`.
+//!
+//! An `idempotency_key` belongs to the caller that sent it (the retry token is derived from
+//! the caller's name, the operation, the endpoint and the target). One call at a time holds
+//! a key's claim, from before the wrap until OCI has answered; a second call with the same
+//! key waits for it (or, past its deadline, gets a retryable `ABORTED`). Afterwards the bytes
+//! sent are kept in memory for 24 hours, and a retry re-sends exactly those bytes with the
+//! same token, so OCI creates nothing new; but only after the retry has passed every check a
+//! fresh import passes, the source key's included.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tonic::Status;
 use zeroize::Zeroizing;
 
-use crate::config::OciConfig;
+use crate::config::{OciConfig, ProtectionMode};
 use crate::hsm::{KeyRef, Wrapped};
 use crate::oci::kms::{self, Answer, Call, KmsClient, KmsError};
 use crate::oci::{Identity, OciError, endpoint::Endpoint};
 use crate::proto;
 use crate::wrap::{self, Algorithm};
 
+pub use crate::oci::is_ocid;
+
 /// How long a sent import body is kept for the caller's retries (OCI's retry-token life).
 const REPLAY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Most bodies kept, and most bytes of them.
 const REPLAY_MAX: usize = 10_000;
+const REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Longest `wait_for_enabled` wait when the caller gave no deadline.
 const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Longest wait for another call's claim on an idempotency key when the caller gave no
+/// deadline.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
 
 /// An import body and what the audit record says about how it was made.
 #[derive(Clone)]
@@ -36,19 +50,69 @@ struct Sent {
 
 /// A body sent for an idempotency key, kept for the caller's retries.
 struct Kept {
-    /// What was asked (source key, algorithm, target), to refuse a key reused for another
-    /// request.
-    request: String,
+    /// SHA-256 of what was asked (source key, algorithm, target, details), to refuse a key
+    /// reused for another request. A digest: the request's fields are not kept twice.
+    request: [u8; 32],
     at: Instant,
     sent: Sent,
+}
+
+enum Slot {
+    /// A call holds the claim; waiters see the channel close when it lets go.
+    InFlight(watch::Receiver<()>),
+    Kept(Kept),
+}
+
+#[derive(Default)]
+struct Store {
+    slots: HashMap<String, Slot>,
+    /// Body bytes of the kept entries.
+    bytes: usize,
+}
+
+impl Store {
+    /// Makes room for one more body of `len` bytes: expired entries go first, then the
+    /// oldest, until both bounds hold. Claims in flight are never evicted.
+    fn make_room(&mut self, len: usize) {
+        let full = |s: &Store| s.slots.len() >= REPLAY_MAX || s.bytes + len > REPLAY_MAX_BYTES;
+        if !full(self) {
+            return;
+        }
+        let mut freed = 0;
+        self.slots.retain(|_, slot| match slot {
+            Slot::Kept(k) if k.at.elapsed() >= REPLAY_TTL => {
+                freed += k.sent.body.len();
+                false
+            }
+            _ => true,
+        });
+        self.bytes -= freed;
+        while full(self) {
+            let oldest = self
+                .slots
+                .iter()
+                .filter_map(|(t, s)| match s {
+                    Slot::Kept(k) => Some((k.at, t.clone())),
+                    Slot::InFlight(_) => None,
+                })
+                .min();
+            let Some((_, token)) = oldest else { return };
+            if let Some(Slot::Kept(k)) = self.slots.remove(&token) {
+                self.bytes -= k.sent.body.len();
+            }
+        }
+    }
 }
 
 /// The OCI side of the daemon: client, identities, sent bodies.
 pub struct OciSide {
     pub kms: KmsClient,
     identities: BTreeMap<String, Arc<Identity>>,
-    sent: Mutex<HashMap<String, Kept>>,
+    store: Mutex<Store>,
 }
+
+/// Longest `oci.connection` name accepted.
+const MAX_CONNECTION_NAME: usize = 64;
 
 impl OciSide {
     /// Loads every `[oci.connections.NAME]` identity (failing at start, not at first use).
@@ -62,23 +126,32 @@ impl OciSide {
         Ok(OciSide {
             kms: KmsClient::new(cfg, min_wrapping_bits)?,
             identities,
-            sent: Mutex::new(HashMap::new()),
+            store: Mutex::new(Store::default()),
         })
     }
 
-    pub fn identity(&self, name: &str) -> Result<Arc<Identity>, Status> {
+    /// The identity `name` ("" = "default"); the name is checked before it is quoted.
+    pub fn identity(&self, name: &str) -> Result<(String, Arc<Identity>), Status> {
         let name = if name.is_empty() { "default" } else { name };
-        self.identities.get(name).cloned().ok_or_else(|| {
-            let names: Vec<&str> = self.identities.keys().map(String::as_str).collect();
-            Status::failed_precondition(format!(
-                "no OCI connection {name:?} in the daemon's [oci.connections] (configured: {})",
-                if names.is_empty() {
-                    "none".into()
-                } else {
-                    names.join(", ")
-                }
-            ))
-        })
+        if name.len() > MAX_CONNECTION_NAME || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Status::invalid_argument(format!(
+                "oci.connection must be 1 to {MAX_CONNECTION_NAME} printable ASCII characters"
+            )));
+        }
+        match self.identities.get(name) {
+            Some(id) => Ok((name.to_string(), id.clone())),
+            None => {
+                let names: Vec<&str> = self.identities.keys().map(String::as_str).collect();
+                Err(Status::failed_precondition(format!(
+                    "no OCI connection {name:?} in the daemon's [oci.connections] (configured: {})",
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                )))
+            }
+        }
     }
 
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, Status> {
@@ -90,58 +163,76 @@ impl OciSide {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-/// The body previously sent under `token`, if any; refuses a token reused for another
-/// request.
-fn replay(oci: &OciSide, token: &str, request: &str) -> Result<Option<Sent>, Status> {
-    match oci.lock().get(token) {
-        Some(k) if k.at.elapsed() < REPLAY_TTL => {
-            if k.request != request {
-                return Err(Status::invalid_argument(
-                    "idempotency_key was already used for a different request (source key, algorithm or target); use a new key",
-                ));
+    /// What a call with `token` for `request` does next.
+    fn claim(self: &Arc<Self>, token: &str, request: [u8; 32]) -> Result<Claim, Status> {
+        let mut store = self.lock();
+        match store.slots.get(token) {
+            Some(Slot::Kept(k)) if k.at.elapsed() < REPLAY_TTL => {
+                if k.request != request {
+                    return Err(Status::invalid_argument(
+                        "idempotency_key was already used for a different request (source key, algorithm, target or details); use a new key",
+                    ));
+                }
+                return Ok(Claim::Replay(k.sent.clone()));
             }
-            Ok(Some(k.sent.clone()))
+            Some(Slot::InFlight(rx)) => return Ok(Claim::Wait(rx.clone())),
+            _ => {}
         }
-        _ => Ok(None),
-    }
-}
-
-fn remember(oci: &OciSide, token: &str, request: String, sent: Sent) {
-    let mut kept = oci.lock();
-    if kept.len() >= REPLAY_MAX {
-        kept.retain(|_, k| k.at.elapsed() < REPLAY_TTL);
-        if kept.len() >= REPLAY_MAX
-            && let Some(oldest) = kept
-                .iter()
-                .min_by_key(|(_, k)| k.at)
-                .map(|(t, _)| t.clone())
-        {
-            kept.remove(&oldest);
+        let (tx, rx) = watch::channel(());
+        if let Some(Slot::Kept(old)) = store.slots.insert(token.to_string(), Slot::InFlight(rx)) {
+            store.bytes -= old.sent.body.len();
         }
-    }
-    kept.insert(
-        token.to_string(),
-        Kept {
+        Ok(Claim::Mine(ClaimGuard {
+            oci: self.clone(),
+            token: token.to_string(),
             request,
-            at: Instant::now(),
-            sent,
-        },
-    );
+            sent: None,
+            _release: tx,
+        }))
+    }
 }
 
-/// Whether `id` looks like an OCID starting with `prefix` (e.g. "ocid1.key."): at most 255
-/// characters of letters, digits, '.', '-' and '_'.
-pub fn is_ocid(id: &str, prefix: &str) -> bool {
-    id.starts_with(prefix)
-        && id.len() <= 255
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+enum Claim {
+    /// Bytes sent before for this key: re-send them.
+    Replay(Sent),
+    /// Another call holds the claim.
+    Wait(watch::Receiver<()>),
+    /// This call holds it.
+    Mine(ClaimGuard),
+}
+
+/// A call's claim on an idempotency key. Dropped after OCI answered (or when the call
+/// gives up): what was sent is kept for retries, and waiting calls go on.
+pub struct ClaimGuard {
+    oci: Arc<OciSide>,
+    token: String,
+    request: [u8; 32],
+    sent: Option<Sent>,
+    /// Dropped last: waiters wake once the slot says what happened.
+    _release: watch::Sender<()>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let mut store = self.oci.lock();
+        store.slots.remove(&self.token);
+        if let Some(sent) = self.sent.take() {
+            store.make_room(sent.body.len());
+            store.bytes += sent.body.len();
+            store.slots.insert(
+                std::mem::take(&mut self.token),
+                Slot::Kept(Kept {
+                    request: self.request,
+                    at: Instant::now(),
+                    sent,
+                }),
+            );
+        }
+    }
 }
 
 /// `oci_key_id` must look like a key OCID.
@@ -218,29 +309,68 @@ pub struct Progress {
 pub struct Prepared {
     pub token: String,
     pub body: Arc<Zeroizing<Vec<u8>>>,
+    /// The idempotency key's claim, held until OCI has answered.
+    pub claim: Option<ClaimGuard>,
 }
 
-/// Gets the bytes to send: from the replay store, or by fetching the vault's wrapping key
-/// and running `wrap` (the HSM work) and `build` (the JSON body).
-pub async fn prepare<W, Fut>(
-    oci: &OciSide,
+/// What `prepare` runs for a fresh import: the HSM wrap for the vault's key, and the JSON
+/// body around the wrapped bytes.
+pub struct Steps<C, W, B> {
+    /// For bytes recorded earlier: the checks a fresh wrap would make of the source key
+    /// (found, the caller may touch it, it may leave), without wrapping.
+    pub recheck: C,
+    pub wrap: W,
+    pub build: B,
+}
+
+/// Gets the bytes to send: recorded ones for an idempotency key used before (after
+/// `recheck`), or by fetching the vault's wrapping key and running `wrap` and `build`.
+/// With an idempotency key, the returned [`Prepared`] holds its claim; a call that finds
+/// the key claimed waits for it within `call.deadline`.
+pub async fn prepare<C, CFut, W, WFut, B>(
+    oci: &Arc<OciSide>,
     call: &Call<'_>,
     idempotency_key: Option<&str>,
     request: &Described,
     progress: &mut Progress,
-    wrap: W,
-    build: impl FnOnce(&Wrapped) -> Result<Vec<u8>, Status>,
+    steps: Steps<C, W, B>,
 ) -> Result<Prepared, Status>
 where
-    W: FnOnce(Arc<wrap::WrappingKey>) -> Fut,
-    Fut: std::future::Future<Output = Result<Wrapped, Status>>,
+    C: FnOnce() -> CFut,
+    CFut: std::future::Future<Output = Result<(), Status>>,
+    W: FnOnce(Arc<wrap::WrappingKey>) -> WFut,
+    WFut: std::future::Future<Output = Result<Wrapped, Status>>,
+    B: FnOnce(&Wrapped) -> Result<Vec<u8>, Status>,
 {
     let token = kms::retry_token(idempotency_key, &request.scope);
-    if idempotency_key.is_some()
-        && let Some(sent) = replay(oci, &token, &request.full)?
-    {
-        progress.replayed = true;
-        return Ok(prepared(progress, token, sent));
+    let mut claim = None;
+    if idempotency_key.is_some() {
+        loop {
+            match oci.claim(&token, request.digest)? {
+                Claim::Replay(sent) => {
+                    (steps.recheck)().await?;
+                    progress.replayed = true;
+                    return Ok(prepared(progress, token, sent, None));
+                }
+                Claim::Wait(mut rx) => {
+                    let until = call
+                        .deadline
+                        .unwrap_or_else(|| Instant::now() + MAX_CLAIM_WAIT);
+                    if tokio::time::timeout_at(until.into(), rx.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err(Status::aborted(
+                            "another call with this idempotency_key is still in progress; retry with the same key",
+                        ));
+                    }
+                }
+                Claim::Mine(guard) => {
+                    claim = Some(guard);
+                    break;
+                }
+            }
+        }
     }
     let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
         note_error(progress, &e);
@@ -249,22 +379,27 @@ where
     // recorded now: a refused wrap is audited with the vault key it was for
     let fp = wk.fingerprint();
     progress.wrapping_key_sha256 = Some(fp.clone());
-    let wrapped = wrap(wk).await?;
+    let wrapped = (steps.wrap)(wk).await?;
     let sent = Sent {
-        body: Arc::new(Zeroizing::new(build(&wrapped)?)),
+        body: Arc::new(Zeroizing::new((steps.build)(&wrapped)?)),
         wrapping_key_sha256: fp,
         mode: wrapped.mode.as_str(),
         label: wrapped.key.label.clone(),
         id_hex: wrap::hex(&wrapped.key.id),
     };
-    if idempotency_key.is_some() {
-        remember(oci, &token, request.full.clone(), sent.clone());
+    if let Some(c) = claim.as_mut() {
+        c.sent = Some(sent.clone());
     }
-    Ok(prepared(progress, token, sent))
+    Ok(prepared(progress, token, sent, claim))
 }
 
 /// What `sent` tells the audit record; the bytes to send with `token`.
-fn prepared(progress: &mut Progress, token: String, sent: Sent) -> Prepared {
+fn prepared(
+    progress: &mut Progress,
+    token: String,
+    sent: Sent,
+    claim: Option<ClaimGuard>,
+) -> Prepared {
     progress.wrapping_key_sha256 = Some(sent.wrapping_key_sha256);
     progress.mode = Some(sent.mode);
     progress.label = Some(sent.label);
@@ -272,6 +407,7 @@ fn prepared(progress: &mut Progress, token: String, sent: Sent) -> Prepared {
     Prepared {
         token,
         body: sent.body,
+        claim,
     }
 }
 
@@ -285,30 +421,106 @@ pub fn wrapped_import_key(w: &Wrapped) -> kms::WrappedImportKey {
 
 /// What an idempotency key is bound to.
 pub struct Described {
-    /// Operation, endpoint and OCI target: with the idempotency key, derives the retry token.
+    /// Caller, operation, endpoint and OCI target: with the idempotency key, derives the
+    /// retry token, so one caller's key never names another caller's import.
     pub scope: String,
-    /// Everything else asked (source key, algorithm, details): a key reused with a
-    /// different request is refused.
-    pub full: String,
+    /// SHA-256 of everything asked (scope, source key, algorithm, details): a key reused
+    /// with a different request is refused.
+    pub digest: [u8; 32],
 }
 
-pub fn describe(
-    op: &str,
-    target: &str,
-    key: &KeyRef,
-    alg: Algorithm,
-    ep: &Endpoint,
-    details: &str,
-) -> Described {
-    let key = match key {
+/// What `caller` asks of `op`.
+pub struct Ask<'a> {
+    pub caller: &'a str,
+    pub op: &'a str,
+    pub target: &'a str,
+    pub key: &'a KeyRef,
+    pub alg: Algorithm,
+    pub endpoint: &'a Endpoint,
+    pub details: &'a str,
+}
+
+pub fn describe(a: &Ask<'_>) -> Described {
+    let key = match a.key {
         KeyRef::Label(l) => format!("label:{l}"),
         KeyRef::Id(id) => format!("id:{}", wrap::hex(id)),
     };
-    let scope = format!("{op} {} {target}", ep.base);
+    let scope = format!("{} {} {} {}", a.caller, a.op, a.endpoint.base, a.target);
+    let mut h = openssl::sha::Sha256::new();
+    for part in [&scope, &key, a.alg.as_str(), a.details] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
     Described {
-        full: format!("{scope} {key} {} {details}", alg.as_str()),
+        digest: h.finish(),
         scope,
     }
+}
+
+/// OCI's limits on tags, checked before anything is kept or sent: at most 64 tags in all,
+/// keys and namespaces 1 to 100 characters, values at most 256, no control characters.
+pub fn check_tags(
+    freeform: &HashMap<String, String>,
+    defined: &HashMap<String, proto::DefinedTags>,
+) -> Result<(), Status> {
+    const MAX_TAGS: usize = 64;
+    let name_ok =
+        |k: &str| (1..=100).contains(&k.chars().count()) && !k.chars().any(|c| c.is_control());
+    let value_ok = |v: &str| v.chars().count() <= 256 && !v.chars().any(|c| c.is_control());
+    let count = freeform.len() + defined.values().map(|t| t.tags.len()).sum::<usize>();
+    if count > MAX_TAGS {
+        return Err(Status::invalid_argument(format!(
+            "{count} tags: OCI allows at most {MAX_TAGS} per key"
+        )));
+    }
+    let freeform_ok = freeform.iter().all(|(k, v)| name_ok(k) && value_ok(v));
+    let defined_ok = defined
+        .iter()
+        .all(|(ns, t)| name_ok(ns) && t.tags.iter().all(|(k, v)| name_ok(k) && value_ok(v)));
+    if !(freeform_ok && defined_ok) {
+        return Err(Status::invalid_argument(
+            "tags: keys and namespaces must be 1 to 100 characters, values at most 256, without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `modes` (`policy.protection_modes`) allows OCI protection mode `mode` ("" is
+/// OCI's default, HSM) for `what`.
+pub fn protection_allowed(
+    modes: &[ProtectionMode],
+    mode: &str,
+    what: &str,
+) -> Result<ProtectionMode, Status> {
+    match ProtectionMode::parse(mode) {
+        Some(m) if modes.contains(&m) => Ok(m),
+        _ => {
+            let allowed: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+            Err(Status::permission_denied(format!(
+                "{what} is protected by {:?}; policy.protection_modes allows {}; nothing was wrapped or sent",
+                mode.chars().take(32).collect::<String>(),
+                allowed.join(", ")
+            )))
+        }
+    }
+}
+
+/// The key an ImportKeyVersion adds to, as OCI describes it (GetKey), if its protection mode
+/// is one `modes` allows: a version is never added to a key OCI would let anyone export.
+pub async fn existing_key(
+    oci: &OciSide,
+    call: &Call<'_>,
+    key_id: &str,
+    modes: &[ProtectionMode],
+) -> Result<kms::Key, Status> {
+    let key = oci
+        .kms
+        .get_key(call, key_id)
+        .await
+        .map_err(|e| kms_status(&e))?
+        .value;
+    protection_allowed(modes, &key.protection_mode, &format!("key {key_id}"))?;
+    Ok(key)
 }
 
 /// Records the answer in `progress`.

@@ -1,12 +1,14 @@
-//! The `KeySourceBridge` gRPC service: authenticates the caller, applies per-caller and
+//! The `KeySourceBridge` gRPC service: identifies the caller first, applies per-caller and
 //! export policy, queues HSM work with a bound, and writes the audit record of every
 //! export attempt before answering. `tonic::Status` is built here and nowhere below.
 //!
-//! The service never sees key material in clear: the HSM layer returns ciphertext.
+//! The service never sees key material in clear: the HSM layer returns ciphertext. Nothing a
+//! caller sends is recorded before it is checked (an audit record says "invalid" instead).
 
 pub mod audit;
 pub mod auth;
 pub mod import;
+pub mod limit;
 pub mod queue;
 pub mod server;
 pub mod status;
@@ -17,12 +19,13 @@ use std::time::{Duration, Instant};
 
 use tonic::{Code, Request, Response, Status};
 
-use crate::config::{CallerWrappingKeys, Operation};
+use crate::config::{Operation, PolicyConfig, ProtectionMode};
 use crate::hsm::{Hsm, HsmError, KeyInfo, KeyRef};
-use crate::oci::kms::Call;
+use crate::oci::kms::{Answer, Call, KmsError};
+use crate::policy::WrappingKeyPolicy;
 use crate::proto::{self, key_source_bridge_server::KeySourceBridge};
 use crate::wrap::{self, Algorithm, WrappingKey};
-use audit::{Audit, Record, now_rfc3339};
+use audit::{Audit, INVALID, Record, bounded, now_rfc3339};
 use auth::{Authenticator, Caller};
 use queue::{HsmQueue, Refused};
 
@@ -33,16 +36,22 @@ pub struct Bridge {
     audit: Arc<Audit>,
     /// Admission to the HSM: bounded, fair, deadline-aware.
     queue: HsmQueue,
-    caller_wrapping_keys: CallerWrappingKeys,
-    pinned: Vec<String>,
+    /// Which caller-supplied wrapping keys `WrapKey` may use.
+    wrapping_policy: WrappingKeyPolicy,
     /// Callers' wrapping keys, parsed once each.
     wrapping_keys: wrap::wrapping_key::ParsedKeys,
     oci: Arc<import::OciSide>,
+    /// `policy.protection_modes`: what an import may create or add a version to.
+    protection_modes: Vec<ProtectionMode>,
 }
 
 /// Default and largest ListSourceKeys page.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// The latest deadline a caller can ask for: `grpc-timeout` is read saturating and capped.
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// Most bytes of a refused endpoint kept in an audit record.
+const MAX_AUDITED_URL: usize = 255;
 
 impl Bridge {
     pub fn new(
@@ -50,7 +59,8 @@ impl Bridge {
         auth: Authenticator,
         audit: Arc<Audit>,
         max_queue: usize,
-        policy: &crate::config::PolicyConfig,
+        policy: &PolicyConfig,
+        wrapping_policy: WrappingKeyPolicy,
         oci: import::OciSide,
     ) -> Bridge {
         Bridge {
@@ -59,13 +69,9 @@ impl Bridge {
             hsm,
             auth,
             audit,
-            caller_wrapping_keys: policy.caller_wrapping_keys,
-            pinned: policy
-                .pinned_wrapping_keys
-                .iter()
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
+            wrapping_policy,
             oci: Arc::new(oci),
+            protection_modes: policy.protection_modes.clone(),
         }
     }
 
@@ -105,23 +111,35 @@ impl Bridge {
             .map_err(|e| status::status(&e))
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        self.auth.identify(req).map_err(|why| {
+    /// The caller of `req`, recorded in `rec`: the first thing every call does, before any
+    /// other header or field is read.
+    fn caller<T>(&self, req: &Request<T>, rec: Option<&mut Record>) -> Result<Caller, Status> {
+        let caller = self.auth.identify(req).map_err(|why| {
             Status::unauthenticated(format!(
-                "{why}; ask the operator to add your certificate's CN to server.clients"
+                "{why}; ask the operator to add you to server.clients"
             ))
-        })
+        })?;
+        if let Some(rec) = rec {
+            rec.caller = caller.display.clone();
+        }
+        Ok(caller)
     }
 }
 
 /// The audit record of an export attempt in progress. If the call is dropped before it
 /// answers (the caller cancelled, or its deadline passed on its side), the record is still
-/// written, saying whether the HSM had started on it.
+/// written, saying how far the export got: whether the HSM had started, and, for an import
+/// OCI answered, what OCI answered (an import OCI accepted is recorded as allowed, with the
+/// id it created).
 struct AuditOnDrop {
     audit: Arc<Audit>,
     rec: Option<Record>,
     /// Set by the HSM worker when it starts.
     hsm_started: Arc<AtomicBool>,
+    /// The call's deadline, once read.
+    deadline: Option<Instant>,
+    /// OCI's answer to the import, as the caller would have seen it.
+    answered: Option<Result<(), Status>>,
 }
 
 impl AuditOnDrop {
@@ -135,20 +153,32 @@ impl AuditOnDrop {
                 ..Record::default()
             }),
             hsm_started: Arc::new(AtomicBool::new(false)),
+            deadline: None,
+            answered: None,
         }
     }
 
     fn record(&mut self) -> &mut Record {
         self.rec
             .as_mut()
-            .expect("the record is taken only once, at the end")
+            .expect("the record is with the handler except while an import is being sent")
     }
 
-    /// The record, for the normal path that writes it with the call's result.
-    fn take(&mut self) -> Record {
-        self.rec
-            .take()
-            .expect("the record is taken only once, at the end")
+    /// The record and its duty to be written, for the task that sends an import: written
+    /// by whoever holds it last.
+    fn hand_off(&mut self) -> AuditOnDrop {
+        AuditOnDrop {
+            audit: self.audit.clone(),
+            rec: self.rec.take(),
+            hsm_started: self.hsm_started.clone(),
+            deadline: self.deadline,
+            answered: None,
+        }
+    }
+
+    fn take_back(&mut self, mut from: AuditOnDrop) {
+        self.rec = from.rec.take();
+        self.answered = from.answered.take();
     }
 }
 
@@ -158,13 +188,37 @@ impl Drop for AuditOnDrop {
             return;
         };
         rec.time = now_rfc3339();
-        rec.outcome = "refused";
-        rec.code = "CANCELLED";
-        rec.reason = Some(if self.hsm_started.load(Ordering::SeqCst) {
-            "the caller cancelled or its deadline passed while the HSM was working; the result was discarded".into()
+        rec.code = if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            "DEADLINE_EXCEEDED"
         } else {
-            "the caller cancelled or its deadline passed before an HSM session was free; the HSM did no work for this call".into()
-        });
+            "CANCELLED"
+        };
+        let (outcome, reason) = match &self.answered {
+            Some(Ok(())) => (
+                "allowed",
+                format!(
+                    "OCI accepted the import ({}), but the caller cancelled or its deadline passed before the answer reached it",
+                    rec.oci_created_id.as_deref().unwrap_or("id unknown")
+                ),
+            ),
+            Some(Err(s)) => (
+                outcome_of(s.code()),
+                format!(
+                    "the caller cancelled or its deadline passed; OCI answered: {}",
+                    s.message()
+                ),
+            ),
+            None if self.hsm_started.load(Ordering::SeqCst) => (
+                "refused",
+                "the caller cancelled or its deadline passed while the HSM was working; the result was discarded".into(),
+            ),
+            None => (
+                "refused",
+                "the caller cancelled or its deadline passed before an HSM session was free; the HSM did no work for this call".into(),
+            ),
+        };
+        rec.outcome = outcome;
+        rec.reason = Some(reason);
         if rec.caller.is_empty() {
             rec.caller = "unknown".into();
         }
@@ -174,13 +228,26 @@ impl Drop for AuditOnDrop {
     }
 }
 
+/// "failed" for the codes that mean the daemon or a service below it failed, else "refused".
+fn outcome_of(c: Code) -> &'static str {
+    match c {
+        Code::Internal | Code::Unavailable | Code::Unknown => "failed",
+        _ => "refused",
+    }
+}
+
 /// The call's deadline from `grpc-timeout`, moved earlier by a quarter of the timeout (at
 /// most 100 ms): the client's and the transport's own timers answer CANCELLED at the
 /// deadline, so this service must answer DEADLINE_EXCEEDED, and have it arrive, first.
+/// Read saturating: digits only, any number of them capped at [`MAX_DEADLINE`], so no
+/// header can overflow the clock.
 fn deadline<T>(req: &Request<T>) -> Option<Instant> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
+    if digits.is_empty() || digits.len() > 32 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().unwrap_or(u64::MAX);
     let timeout = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
@@ -189,9 +256,10 @@ fn deadline<T>(req: &Request<T>) -> Option<Instant> {
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
-    };
+    }
+    .min(MAX_DEADLINE);
     let margin = (timeout / 4).min(Duration::from_millis(100));
-    Some(Instant::now() + timeout - margin)
+    Instant::now().checked_add(timeout - margin)
 }
 
 /// `x-request-id` if it is short printable text, else a fresh random id.
@@ -278,6 +346,26 @@ fn may_not_touch(caller: &Caller, label: &str) -> String {
     )
 }
 
+/// The key `caller` found, if its patterns allow it.
+fn permit(caller: &Caller, info: &KeyInfo) -> Result<(), String> {
+    if caller.may_touch(&info.label) {
+        Ok(())
+    } else {
+        Err(may_not_touch(caller, &info.label))
+    }
+}
+
+/// A key named by id that is missing, or that the caller may not touch, gets one answer
+/// that names no key: probing ids learns neither labels nor which ids exist.
+fn hide_by_id(key: &KeyRef, e: HsmError) -> HsmError {
+    match (key, &e) {
+        (KeyRef::Id(id), HsmError::KeyNotFound(_) | HsmError::Denied(_)) => {
+            HsmError::NoKeyYouMayUse(format!("CKA_ID {}", wrap::hex(id)))
+        }
+        _ => e,
+    }
+}
+
 /// Page token: hex of the last key's label and id, so paging is stable when keys come and go.
 fn page_token(k: &KeyInfo) -> String {
     format!("{}.{}", wrap::hex(k.label.as_bytes()), wrap::hex(&k.id))
@@ -295,11 +383,16 @@ fn parse_page_token(t: &str) -> Result<Option<(String, Vec<u8>)>, Status> {
 
 impl Bridge {
     /// Writes the audit record for an export attempt that ends with `result`. A failed
-    /// write turns success into a refusal: nothing leaves without its record.
-    fn audit<T>(&self, mut rec: Record, result: Result<T, Status>) -> Result<T, Status> {
+    /// write turns success into a refusal: nothing leaves without its record. A record the
+    /// handler no longer holds (an import whose answer the deadline cut off) is written by
+    /// the task that sent the import, with OCI's answer.
+    fn audit<T>(&self, guard: &mut AuditOnDrop, result: Result<T, Status>) -> Result<T, Status> {
+        let Some(mut rec) = guard.rec.take() else {
+            return result;
+        };
         rec.time = now_rfc3339();
         if rec.caller.is_empty() {
-            // The caller was never identified: say why.
+            // The caller was never identified: say why (bounded text, see auth.rs).
             rec.caller = match &result {
                 Err(s) if s.code() == Code::Unauthenticated => {
                     format!("unauthenticated: {}", s.message())
@@ -313,10 +406,7 @@ impl Bridge {
                 rec.code = "OK";
             }
             Err(s) => {
-                rec.outcome = match s.code() {
-                    Code::Internal | Code::Unavailable | Code::Unknown => "failed",
-                    _ => "refused",
-                };
+                rec.outcome = outcome_of(s.code());
                 rec.code = status::code_name(s.code());
                 rec.reason = Some(s.message().to_string());
             }
@@ -343,12 +433,14 @@ impl Bridge {
         req: Request<proto::WrapKeyRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::WrapKeyResponse, Status> {
+        let caller = self.caller(&req, Some(guard.record()))?;
+        let deadline = deadline(&req);
+        guard.deadline = deadline;
         let hsm_started = guard.hsm_started.clone();
         let rec = guard.record();
-        let deadline = deadline(&req);
         let body = req.get_ref();
         let export = self.admit_export(
-            &req,
+            caller,
             rec,
             (Operation::Wrap, "WrapKey"),
             body.source_key.as_ref(),
@@ -360,21 +452,11 @@ impl Bridge {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fp = wk.fingerprint();
         rec.wrapping_key_sha256 = Some(fp.clone());
-        match self.caller_wrapping_keys {
-            CallerWrappingKeys::Any => {}
-            CallerWrappingKeys::None => {
-                return Err(Status::permission_denied(
-                    "WrapKey with a caller's wrapping key is off (policy.caller_wrapping_keys = \"none\"); use ImportKeyVersion, which fetches the vault's key itself",
-                ));
-            }
-            CallerWrappingKeys::Pinned if self.pinned.contains(&fp) => {}
-            CallerWrappingKeys::Pinned => {
-                return Err(Status::permission_denied(format!(
-                    "wrapping key sha256:{fp} is not in policy.pinned_wrapping_keys"
-                )));
-            }
-        }
+        self.wrapping_policy
+            .allows(&fp)
+            .map_err(Status::permission_denied)?;
         let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;
+        let rec = guard.record();
         rec.source_key_label = Some(wrapped.key.label.clone());
         rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
         rec.mode = Some(wrapped.mode.as_str());
@@ -387,18 +469,16 @@ impl Bridge {
         })
     }
 
-    /// The checks every export starts with, each recorded as it passes: the caller and its
-    /// `op`eration, the source key (against the caller's label patterns), the algorithm.
-    fn admit_export<T>(
+    /// The checks every export starts with, after the caller is known, each recorded as it
+    /// passes: its `op`eration, the source key (against its label patterns), the algorithm.
+    fn admit_export(
         &self,
-        req: &Request<T>,
+        caller: Caller,
         rec: &mut Record,
         (op, name): (Operation, &'static str),
         key: Option<&proto::KeyRef>,
         alg: i32,
     ) -> Result<Export, Status> {
-        let caller = self.caller(req)?;
-        rec.caller = caller.display.clone();
         if !caller.may(op) {
             return Err(denied(name, &caller));
         }
@@ -429,53 +509,107 @@ impl Bridge {
         let Export { caller, key, alg } = export;
         self.on_hsm(deadline, move |hsm, d| {
             hsm_started.store(true, Ordering::SeqCst);
-            hsm.wrap_if(&key, &wk, alg, d, |info| {
-                if caller.may_touch(&info.label) {
-                    Ok(())
-                } else {
-                    Err(may_not_touch(&caller, &info.label))
-                }
-            })
+            hsm.wrap_if(&key, &wk, alg, d, |info| permit(&caller, info))
+                .map_err(|e| hide_by_id(&key, e))
+        })
+        .await
+    }
+
+    /// For bytes recorded for an idempotency key: the key checks of [`Self::wrap_for`]
+    /// without the wrap.
+    async fn recheck(&self, export: Export, deadline: Option<Instant>) -> Result<(), Status> {
+        let Export { caller, key, .. } = export;
+        self.on_hsm(deadline, move |hsm, d| {
+            hsm.check_export(&key, d, |info| permit(&caller, info))
+                .map(|_| ())
+                .map_err(|e| hide_by_id(&key, e))
         })
         .await
     }
 
     /// The checks every import starts with: those of every export, the request's own
-    /// `fields` (whose value it returns), then OCI connection and endpoint. Nothing has
-    /// touched the HSM or the network yet.
-    fn import_preamble<T, F>(
+    /// `fields` (checked and recorded by it; it returns the idempotency key), then the OCI
+    /// connection and endpoint, which must be on the allow-list and on the caller's own.
+    /// Nothing has touched the HSM or the network yet.
+    fn import_preamble<'r>(
         &self,
-        req: &Request<T>,
+        caller: Caller,
         rec: &mut Record,
         ask: ImportAsk<'_>,
-        fields: impl FnOnce() -> Result<F, Status>,
-    ) -> Result<(ImportStart, F), Status> {
-        let ImportAsk { op, key, alg, oci } = ask;
-        let export = self.admit_export(req, rec, (Operation::Import, op), key, alg)?;
+        fields: impl FnOnce(&Caller, &mut Record) -> Result<Option<&'r str>, Status>,
+    ) -> Result<(ImportStart, Option<&'r str>), Status> {
+        let ImportAsk {
+            op,
+            key,
+            alg,
+            oci,
+            deadline,
+        } = ask;
+        let export = self.admit_export(caller, rec, (Operation::Import, op), key, alg)?;
         // The request's own fields, before any configuration is consulted.
-        let fields = fields()?;
+        let idem = fields(&export.caller, rec)?;
         let target = oci.ok_or_else(|| {
             Status::invalid_argument(
                 "oci.management_endpoint is required (the vault's management endpoint)",
             )
         })?;
-        let identity = self.oci.identity(&target.connection)?;
-        rec.oci_endpoint = Some(target.management_endpoint.clone());
-        let endpoint = self.oci.endpoint(&target.management_endpoint)?;
+        let (connection, identity) = self.oci.identity(&target.connection)?;
+        rec.oci_connection = Some(connection);
+        let endpoint = self
+            .oci
+            .endpoint(&target.management_endpoint)
+            .inspect_err(|_| {
+                rec.oci_endpoint = Some(bounded(&target.management_endpoint, MAX_AUDITED_URL));
+            })?;
+        rec.oci_endpoint = Some(endpoint.base.clone());
+        if !export.caller.may_send_to(&endpoint.base) {
+            return Err(Status::permission_denied(format!(
+                "{} may not import into {} (its oci_endpoints in server.clients); nothing was sent",
+                export.caller.display, endpoint.base
+            )));
+        }
         Ok((
             ImportStart {
                 export,
-                identity,
-                endpoint,
+                dest: Destination {
+                    identity,
+                    endpoint,
+                    request_id: rec.request_id.clone(),
+                    deadline,
+                },
             },
-            fields,
+            idem,
         ))
     }
 
-    /// The bytes an import sends (see [`import::prepare`]): kept ones for a replayed
-    /// idempotency key, or the vault's wrapping key fetched, the HSM wrap for `start` on the
-    /// queue, and `build`'s body around it. What happened is noted in the audit record,
-    /// also on failure; the progress is returned for OCI's answer.
+    /// ImportKeyVersion adds to a key that exists: OCI's own record of it (GetKey) must show
+    /// a protection mode in `policy.protection_modes` and a compartment the caller may use,
+    /// before anything is wrapped or sent.
+    async fn check_existing_key(
+        &self,
+        rec: &mut Record,
+        caller: &Caller,
+        call: &Call<'_>,
+        key_id: &str,
+    ) -> Result<(), Status> {
+        let key = import::existing_key(&self.oci, call, key_id, &self.protection_modes).await?;
+        rec.compartment_id = Some(bounded(&key.compartment_id, 255));
+        rec.protection_mode = Some(bounded(&key.protection_mode, 32));
+        if !caller.may_use_compartment(&key.compartment_id) {
+            return Err(Status::permission_denied(format!(
+                "{} may not import into compartment {} (its oci_compartments in server.clients); nothing was wrapped or sent",
+                caller.display,
+                bounded(&key.compartment_id, 255)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bytes an import sends (see [`import::prepare`]): recorded ones for an
+    /// idempotency key used before (after the key checks), or the vault's wrapping key
+    /// fetched, the HSM wrap for `start` on the queue, and `build`'s body around it. What
+    /// happened is noted in the audit record, also on failure; the progress is returned for
+    /// OCI's answer.
     async fn prepare_import(
         &self,
         guard: &mut AuditOnDrop,
@@ -486,8 +620,13 @@ impl Bridge {
         build: impl FnOnce(&crate::hsm::Wrapped) -> Result<Vec<u8>, Status>,
     ) -> Result<(import::Prepared, import::Progress), Status> {
         let (export, hsm_started) = (start.export.clone(), guard.hsm_started.clone());
-        let wrap = move |wk| -> WrapFuture<'_> {
-            Box::pin(self.wrap_for(export, wk, call.deadline, hsm_started))
+        let again = start.export.clone();
+        let steps = import::Steps {
+            recheck: move || -> CheckFuture<'_> { Box::pin(self.recheck(again, call.deadline)) },
+            wrap: move |wk| -> WrapFuture<'_> {
+                Box::pin(self.wrap_for(export, wk, call.deadline, hsm_started))
+            },
+            build,
         };
         let mut progress = import::Progress::default();
         let prepared = import::prepare(
@@ -496,12 +635,64 @@ impl Bridge {
             idempotency_key,
             described,
             &mut progress,
-            wrap,
-            build,
+            steps,
         )
         .await;
         note_progress(guard.record(), &progress);
         Ok((prepared?, progress))
+    }
+
+    /// Sends a prepared import from a task of its own, and waits for OCI's answer until the
+    /// caller's deadline. The task holds the audit record (and the idempotency claim) until
+    /// OCI has answered: a caller that cancels, or whose deadline passes first, still gets a
+    /// record of what OCI did, with the id it created.
+    async fn send_import<T, F, Fut>(
+        &self,
+        guard: &mut AuditOnDrop,
+        prepared: import::Prepared,
+        mut progress: import::Progress,
+        send: F,
+        created: fn(&T) -> &String,
+    ) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<import::OciSide>, Arc<zeroize::Zeroizing<Vec<u8>>>, String) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<Answer<T>, KmsError>> + Send + 'static,
+    {
+        let import::Prepared { token, body, claim } = prepared;
+        let mut carried = guard.hand_off();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let oci = self.oci.clone();
+        tokio::spawn(async move {
+            let answer = send(oci, body, token).await;
+            // Released once OCI has answered: a retry now re-sends these bytes.
+            drop(claim);
+            let result = answered(carried.record(), &mut progress, answer, created);
+            carried.answered = Some(result.as_ref().map(|_| ()).map_err(Clone::clone));
+            // With the caller gone, `carried` is dropped here and writes the record.
+            let _ = tx.send((result, carried));
+        });
+        let got = match guard.deadline {
+            None => rx
+                .await
+                .map_err(|_| Status::internal("the import task failed"))?,
+            Some(d) => match tokio::time::timeout_at(d.into(), &mut rx).await {
+                Ok(r) => r.map_err(|_| Status::internal("the import task failed"))?,
+                Err(_) => {
+                    rx.close();
+                    rx.try_recv().map_err(|_| {
+                        Status::deadline_exceeded(
+                            "the deadline passed while OCI was answering the import: its answer goes to the audit log, and a retry with the same idempotency_key returns it without importing again",
+                        )
+                    })?
+                }
+            },
+        };
+        let (result, carried) = got;
+        guard.take_back(carried);
+        result
     }
 
     async fn import_key_version_inner(
@@ -509,35 +700,46 @@ impl Bridge {
         req: Request<proto::ImportKeyVersionRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyVersionResponse, Status> {
+        let caller = self.caller(&req, Some(guard.record()))?;
         let deadline = deadline(&req);
+        guard.deadline = deadline;
         let rec = guard.record();
-        let request_id = rec.request_id.clone();
         let body = req.get_ref();
-        rec.oci_key_id = Some(body.oci_key_id.clone());
         let (start, idem) = self.import_preamble(
-            &req,
+            caller,
             rec,
             ImportAsk {
                 op: "ImportKeyVersion",
                 key: body.source_key.as_ref(),
                 alg: body.algorithm,
                 oci: body.oci.as_ref(),
+                deadline,
             },
-            || {
-                import::check_key_ocid(&body.oci_key_id)?;
+            |_, rec| {
+                import::check_key_ocid(&body.oci_key_id)
+                    .inspect_err(|_| rec.oci_key_id = Some(INVALID.into()))?;
+                rec.oci_key_id = Some(body.oci_key_id.clone());
                 import::check_idempotency_key(&body.idempotency_key)
             },
         )?;
-        let described = import::describe(
-            "ImportKeyVersion",
+        let call = start.dest.call();
+        self.check_existing_key(
+            guard.record(),
+            &start.export.caller,
+            &call,
             &body.oci_key_id,
-            &start.export.key,
-            start.export.alg,
-            &start.endpoint,
-            "",
-        );
-        let call = start.call(&request_id, deadline);
-        let (prepared, mut progress) = self
+        )
+        .await?;
+        let described = import::describe(&import::Ask {
+            caller: &start.export.caller.name,
+            op: "ImportKeyVersion",
+            target: &body.oci_key_id,
+            key: &start.export.key,
+            alg: start.export.alg,
+            endpoint: &start.dest.endpoint,
+            details: "",
+        });
+        let (prepared, progress) = self
             .prepare_import(guard, &start, &call, idem, &described, |w| {
                 serde_json::to_vec(&crate::oci::kms::ImportKeyVersionDetails {
                     wrapped_import_key: import::wrapped_import_key(w),
@@ -545,12 +747,23 @@ impl Bridge {
                 .map_err(|e| Status::internal(e.to_string()))
             })
             .await?;
-        let kms = &self.oci.kms;
-        let answer = kms
-            .import_key_version(&call, &body.oci_key_id, &prepared.body, &prepared.token)
-            .await;
-        let mut version = answered(guard.record(), &mut progress, answer, |v| &v.id)?;
+        let (dest, key_id) = (start.dest.clone(), body.oci_key_id.clone());
+        let mut version = self
+            .send_import(
+                guard,
+                prepared,
+                progress,
+                move |oci, body, token| async move {
+                    let call = dest.call();
+                    oci.kms
+                        .import_key_version(&call, &key_id, &body, &token)
+                        .await
+                },
+                |v: &crate::oci::kms::KeyVersion| &v.id,
+            )
+            .await?;
         if body.wait_for_enabled {
+            let kms = &self.oci.kms;
             version = import::wait(
                 &self.oci,
                 || kms.get_key_version(&call, &version.key_id, &version.id),
@@ -570,20 +783,22 @@ impl Bridge {
         req: Request<proto::ImportKeyRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyResponse, Status> {
+        let caller = self.caller(&req, Some(guard.record()))?;
         let deadline = deadline(&req);
+        guard.deadline = deadline;
         let rec = guard.record();
-        let request_id = rec.request_id.clone();
         let body = req.get_ref();
         let (start, idem) = self.import_preamble(
-            &req,
+            caller,
             rec,
             ImportAsk {
                 op: "ImportKey",
                 key: body.source_key.as_ref(),
                 alg: body.algorithm,
                 oci: body.oci.as_ref(),
+                deadline,
             },
-            || import_key_fields(body),
+            |caller, rec| self.import_key_fields(caller, rec, body),
         )?;
         let protection_mode = match body.protection_mode.as_str() {
             "" => None,
@@ -595,19 +810,20 @@ impl Bridge {
             .iter()
             .map(|(ns, t)| (ns, t.tags.iter().collect()))
             .collect();
-        let described = import::describe(
-            "ImportKey",
-            &body.compartment_id,
-            &start.export.key,
-            start.export.alg,
-            &start.endpoint,
-            &format!(
+        let described = import::describe(&import::Ask {
+            caller: &start.export.caller.name,
+            op: "ImportKey",
+            target: &body.compartment_id,
+            key: &start.export.key,
+            alg: start.export.alg,
+            endpoint: &start.dest.endpoint,
+            details: &format!(
                 "{:?} {:?} {freeform:?} {defined:?}",
                 body.display_name, protection_mode
             ),
-        );
-        let call = start.call(&request_id, deadline);
-        let (prepared, mut progress) = self
+        });
+        let call = start.dest.call();
+        let (prepared, progress) = self
             .prepare_import(guard, &start, &call, idem, &described, |w| {
                 serde_json::to_vec(&crate::oci::kms::ImportKeyDetails {
                     compartment_id: body.compartment_id.clone(),
@@ -628,13 +844,25 @@ impl Bridge {
                 .map_err(|e| Status::internal(e.to_string()))
             })
             .await?;
-        let kms = &self.oci.kms;
-        let answer = kms.import_key(&call, &prepared.body, &prepared.token).await;
-        let rec = guard.record();
-        let answer = answered(rec, &mut progress, answer, |k| &k.id);
-        rec.oci_key_id = progress.created_id.clone();
-        let mut key = answer?;
+        let dest = start.dest.clone();
+        let key = self
+            .send_import(
+                guard,
+                prepared,
+                progress,
+                move |oci, body, token| async move {
+                    let call = dest.call();
+                    oci.kms.import_key(&call, &body, &token).await
+                },
+                |k: &crate::oci::kms::Key| &k.id,
+            )
+            .await;
+        if let Some(rec) = guard.rec.as_mut() {
+            rec.oci_key_id = rec.oci_created_id.clone();
+        }
+        let mut key = key?;
         if body.wait_for_enabled {
+            let kms = &self.oci.kms;
             key = import::wait(
                 &self.oci,
                 || kms.get_key(&call, &key.id),
@@ -648,36 +876,66 @@ impl Bridge {
             key: Some(import::proto_key(&key)),
         })
     }
+
+    /// ImportKey's own fields, each recorded once checked: compartment OCID (one the caller
+    /// may use), display name, protection mode (one `policy.protection_modes` allows), tags
+    /// (OCI's limits), idempotency key (returned).
+    fn import_key_fields<'r>(
+        &self,
+        caller: &Caller,
+        rec: &mut Record,
+        body: &'r proto::ImportKeyRequest,
+    ) -> Result<Option<&'r str>, Status> {
+        if !import::is_ocid(&body.compartment_id, "ocid1.") {
+            rec.compartment_id = Some(INVALID.into());
+            return Err(Status::invalid_argument(
+                "compartment_id must be a compartment or tenancy OCID (ocid1.…)",
+            ));
+        }
+        rec.compartment_id = Some(body.compartment_id.clone());
+        if body.display_name.is_empty()
+            || body.display_name.len() > 255
+            || body.display_name.chars().any(char::is_control)
+        {
+            rec.display_name = Some(INVALID.into());
+            return Err(Status::invalid_argument(
+                "display_name must be 1 to 255 bytes without control characters",
+            ));
+        }
+        rec.display_name = Some(body.display_name.clone());
+        if ProtectionMode::parse(&body.protection_mode).is_none() {
+            rec.protection_mode = Some(INVALID.into());
+            return Err(Status::invalid_argument(format!(
+                "protection_mode {:?}: HSM or SOFTWARE",
+                body.protection_mode.chars().take(32).collect::<String>()
+            )));
+        }
+        rec.protection_mode = Some(match body.protection_mode.as_str() {
+            "" => "HSM (default)".into(),
+            m => m.into(),
+        });
+        import::check_tags(&body.freeform_tags, &body.defined_tags)?;
+        let idem = import::check_idempotency_key(&body.idempotency_key)?;
+        import::protection_allowed(
+            &self.protection_modes,
+            &body.protection_mode,
+            "the key asked for",
+        )?;
+        if !caller.may_use_compartment(&body.compartment_id) {
+            return Err(Status::permission_denied(format!(
+                "{} may not import into compartment {} (its oci_compartments in server.clients); nothing was sent",
+                caller.display, body.compartment_id
+            )));
+        }
+        Ok(idem)
+    }
 }
 
 type WrapFuture<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<crate::hsm::Wrapped, Status>> + Send + 'a>,
 >;
-
-/// ImportKey's own fields: compartment OCID, display name, protection mode, idempotency key
-/// (returned).
-fn import_key_fields(body: &proto::ImportKeyRequest) -> Result<Option<&str>, Status> {
-    if !import::is_ocid(&body.compartment_id, "ocid1.") {
-        return Err(Status::invalid_argument(
-            "compartment_id must be a compartment or tenancy OCID (ocid1.…)",
-        ));
-    }
-    if body.display_name.is_empty()
-        || body.display_name.len() > 255
-        || body.display_name.chars().any(char::is_control)
-    {
-        return Err(Status::invalid_argument(
-            "display_name must be 1 to 255 bytes without control characters",
-        ));
-    }
-    if !matches!(body.protection_mode.as_str(), "" | "HSM" | "SOFTWARE") {
-        return Err(Status::invalid_argument(format!(
-            "protection_mode {:?}: HSM or SOFTWARE",
-            body.protection_mode.chars().take(32).collect::<String>()
-        )));
-    }
-    import::check_idempotency_key(&body.idempotency_key)
-}
+type CheckFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send + 'a>>;
 
 /// What an import request asks for, as the caller sent it.
 struct ImportAsk<'a> {
@@ -685,6 +943,7 @@ struct ImportAsk<'a> {
     key: Option<&'a proto::KeyRef>,
     alg: i32,
     oci: Option<&'a proto::OciTarget>,
+    deadline: Option<Instant>,
 }
 
 /// An admitted export: who asked, for which key, with which algorithm.
@@ -695,24 +954,32 @@ struct Export {
     alg: Algorithm,
 }
 
-/// What an import has established before it touches the HSM or the network.
-struct ImportStart {
-    export: Export,
+/// Where an import goes and as whom: owned, so that the task sending it can outlive the call.
+#[derive(Clone)]
+struct Destination {
     identity: Arc<crate::oci::Identity>,
     endpoint: crate::oci::endpoint::Endpoint,
+    request_id: String,
+    deadline: Option<Instant>,
 }
 
-impl ImportStart {
+impl Destination {
     /// The OCI calls' context: this identity and endpoint, the caller's request id (if OCI
     /// accepts it as `opc-request-id`) and deadline.
-    fn call<'a>(&'a self, request_id: &'a str, deadline: Option<Instant>) -> Call<'a> {
+    fn call(&self) -> Call<'_> {
         Call {
             identity: &self.identity,
             endpoint: &self.endpoint,
-            request_id: import::opc_request_id(request_id),
-            deadline,
+            request_id: import::opc_request_id(&self.request_id),
+            deadline: self.deadline,
         }
     }
+}
+
+/// What an import has established before it touches the HSM or the network.
+struct ImportStart {
+    export: Export,
+    dest: Destination,
 }
 
 /// Records OCI's answer to an import (request id, attempts, what it created) and returns
@@ -720,7 +987,7 @@ impl ImportStart {
 fn answered<T>(
     rec: &mut Record,
     progress: &mut import::Progress,
-    answer: Result<crate::oci::kms::Answer<T>, crate::oci::kms::KmsError>,
+    answer: Result<Answer<T>, KmsError>,
     created: impl Fn(&T) -> &String,
 ) -> Result<T, Status> {
     import::note(progress, &answer);
@@ -758,8 +1025,8 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ListSourceKeysRequest>,
     ) -> Result<Response<proto::ListSourceKeysResponse>, Status> {
+        let caller = self.caller(&req, None)?;
         let deadline = deadline(&req);
-        let caller = self.caller(&req)?;
         if !caller.may(Operation::List) {
             return Err(denied("ListSourceKeys", &caller));
         }
@@ -795,8 +1062,8 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::GetSourceKeyRequest>,
     ) -> Result<Response<proto::SourceKey>, Status> {
+        let caller = self.caller(&req, None)?;
         let deadline = deadline(&req);
-        let caller = self.caller(&req)?;
         if !caller.may(Operation::List) {
             return Err(denied("GetSourceKey", &caller));
         }
@@ -807,14 +1074,15 @@ impl KeySourceBridge for Bridge {
             return Err(Status::permission_denied(may_not_touch(&caller, l)));
         }
         let info = self
-            .on_hsm(deadline, move |hsm, d| hsm.find_key(&key, d))
+            .on_hsm(deadline, move |hsm, d| {
+                hsm.find_key(&key, d)
+                    .and_then(|info| {
+                        permit(&caller, &info).map_err(HsmError::Denied)?;
+                        Ok(info)
+                    })
+                    .map_err(|e| hide_by_id(&key, e))
+            })
             .await?;
-        if !caller.may_touch(&info.label) {
-            return Err(Status::permission_denied(may_not_touch(
-                &caller,
-                &info.label,
-            )));
-        }
         Ok(Response::new(source_key(&self.hsm, &info)))
     }
 
@@ -824,7 +1092,7 @@ impl KeySourceBridge for Bridge {
     ) -> Result<Response<proto::WrapKeyResponse>, Status> {
         let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "WrapKey");
         let result = self.wrap_key_inner(req, &mut guard).await;
-        self.audit(guard.take(), result).map(Response::new)
+        self.audit(&mut guard, result).map(Response::new)
     }
 
     async fn import_key_version(
@@ -833,7 +1101,7 @@ impl KeySourceBridge for Bridge {
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
         let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "ImportKeyVersion");
         let result = self.import_key_version_inner(req, &mut guard).await;
-        self.audit(guard.take(), result).map(Response::new)
+        self.audit(&mut guard, result).map(Response::new)
     }
 
     async fn import_key(
@@ -842,7 +1110,7 @@ impl KeySourceBridge for Bridge {
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
         let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "ImportKey");
         let result = self.import_key_inner(req, &mut guard).await;
-        self.audit(guard.take(), result).map(Response::new)
+        self.audit(&mut guard, result).map(Response::new)
     }
 }
 
@@ -866,6 +1134,23 @@ mod tests {
         r.metadata_mut()
             .insert("grpc-timeout", "bogus".parse().unwrap());
         assert!(deadline(&r).is_none());
+        // Far past what the clock can add (tonic passes over-long values on): capped at
+        // 24 hours, never an overflow.
+        for huge in [
+            "9999999999999999999S",
+            "99999999999999999999999H",
+            "18446744073709551615n",
+        ] {
+            r.metadata_mut()
+                .insert("grpc-timeout", huge.parse().unwrap());
+            let left = deadline(&r).unwrap() - Instant::now();
+            assert!(left <= MAX_DEADLINE, "{huge}: {left:?}");
+        }
+        for bad in ["+5S", "-5S", "5 S", "S", "5"] {
+            r.metadata_mut()
+                .insert("grpc-timeout", bad.parse().unwrap());
+            assert!(deadline(&r).is_none(), "{bad}");
+        }
     }
 
     #[test]

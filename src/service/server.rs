@@ -8,14 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use super::Bridge;
 use super::audit::Audit;
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Transport};
+use super::limit;
 use crate::Error;
 use crate::config::{Config, Listen};
 use crate::hsm::Hsm;
@@ -36,16 +35,34 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         Listen::Tcp(_) if !cfg.server.plaintext => Some(tls_config(&cfg)?),
         _ => None,
     };
-    let auth = match &tls {
-        Some(_) => Authenticator::Certificates(cfg.server.clients.clone()),
-        None => Authenticator::Local,
+    let transport = match (&listen, &tls) {
+        (_, Some(_)) => Transport::Tls,
+        (Listen::Unix(_), None) => Transport::Unix,
+        (Listen::Tcp(_), None) => Transport::Loopback,
     };
+    let auth = Authenticator::new(transport, cfg.server.clients.clone());
+    if auth.reachable() == 0 {
+        tracing::warn!(
+            "no [[server.clients]] entry can match a caller on this listener ({}): every call will be UNAUTHENTICATED",
+            match transport {
+                Transport::Tls => "TLS: give entries a subject_cn",
+                Transport::Unix => "Unix socket: give entries a unix_uid",
+                Transport::Loopback => "plain text on loopback: give one entry loopback = true",
+            }
+        );
+    }
+    if cfg.policy.caller_wrapping_keys == crate::config::CallerWrappingKeys::Any {
+        tracing::warn!(
+            "policy.caller_wrapping_keys = \"any\": any caller with the wrap operation can export keys to a public key of its own choosing; use \"pinned\" or \"none\" outside development"
+        );
+    }
     if rustix::process::geteuid().is_root() {
         tracing::warn!(
             "running as root: run the daemon as an unprivileged user that can read the PIN file, the TLS key and the PKCS#11 client configuration"
         );
     }
     let audit = Arc::new(Audit::open(&cfg.audit.path).map_err(&fail)?);
+    let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy).map_err(&fail)?;
     // Opened before the runtime starts threads: the module's environment is set here.
     let oci =
         super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(&fail)?;
@@ -63,10 +80,15 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         audit,
         cfg.server.max_queue,
         &cfg.policy,
+        wrapping_policy,
         oci,
     ));
-    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
-    let result = runtime.block_on(run(listen, tls, bridge, hsm.clone(), grace));
+    let limits = Limits {
+        grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+        max_connections: cfg.server.max_connections,
+        max_streams: cfg.server.max_concurrent_streams,
+    };
+    let result = runtime.block_on(run(listen, tls, bridge, hsm.clone(), limits));
     runtime.shutdown_timeout(Duration::from_secs(1));
     match Arc::try_unwrap(hsm) {
         Ok(hsm) => {
@@ -77,6 +99,18 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     }
     result
 }
+
+/// What bounds the server's use of the machine.
+struct Limits {
+    /// How long SIGTERM waits for calls in flight.
+    grace: Duration,
+    max_connections: usize,
+    /// HTTP/2 streams per connection.
+    max_streams: u32,
+}
+
+/// Largest header block a caller may send (tonic's own default is larger).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::Usage(format!("{what} {}: {e}", path.display())))
@@ -89,21 +123,19 @@ fn tls_config(cfg: &Config) -> Result<ServerTlsConfig, Error> {
             "TLS needs server.tls_cert, server.tls_key and server.client_ca".into(),
         ));
     };
-    let mode = std::fs::metadata(key)
-        .map_err(|e| Error::Usage(format!("server.tls_key {}: {e}", key.display())))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(Error::Usage(format!(
-            "server.tls_key {}: mode {:04o} lets group or others read the private key; run chmod 600 on it",
-            key.display(),
-            mode & 0o777
-        )));
-    }
-    let identity = Identity::from_pem(read(cert, "server.tls_cert")?, read(key, "server.tls_key")?);
+    // Opened once and checked on the descriptor: the checked file is the one read.
+    let mut key_pem = zeroize::Zeroizing::new(Vec::new());
+    crate::hardening::open_private(key, "server.tls_key")
+        .and_then(|mut f| {
+            std::io::Read::read_to_end(&mut f, &mut key_pem)
+                .map_err(|e| format!("server.tls_key {}: {e}", key.display()))
+        })
+        .map_err(Error::Usage)?;
+    let identity = Identity::from_pem(read(cert, "server.tls_cert")?, key_pem.as_slice());
     Ok(ServerTlsConfig::new()
         .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(ca, "server.client_ca")?)))
+        .client_ca_root(Certificate::from_pem(read(ca, "server.client_ca")?))
+        .timeout(Duration::from_secs(s.tls_handshake_timeout_secs)))
 }
 
 async fn run(
@@ -111,8 +143,9 @@ async fn run(
     tls: Option<ServerTlsConfig>,
     bridge: Arc<Bridge>,
     hsm: Arc<Hsm>,
-    grace: Duration,
+    limits: Limits,
 ) -> Result<(), Error> {
+    let grace = limits.grace;
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in ["", SERVICE_NAME] {
         health
@@ -154,7 +187,9 @@ async fn run(
     let reflection = described().build_v1().map_err(reflection_err)?;
     let reflection_alpha = described().build_v1alpha().map_err(reflection_err)?;
 
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .max_concurrent_streams(limits.max_streams)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
@@ -181,16 +216,26 @@ async fn run(
                 .local_addr()
                 .map_err(|e| Error::Io(e.to_string()))?;
             announce(&local.to_string());
-            // No Nagle: a response held back for the client's delayed ACK costs 40 ms a call.
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let listener = Arc::new(listener);
+            let incoming = limit::incoming(limits.max_connections, move || {
+                let listener = listener.clone();
+                async move {
+                    let (io, _) = listener.accept().await?;
+                    // No Nagle: a response held back for the client's delayed ACK costs 40 ms.
+                    io.set_nodelay(true)?;
+                    Ok(io)
+                }
+            });
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         Listen::Unix(path) => {
-            let listener = bind_unix(&path)?;
+            let listener = Arc::new(bind_unix(&path)?);
             announce(&format!("unix:{}", path.display()));
-            tokio::spawn(
-                router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped),
-            )
+            let incoming = limit::incoming(limits.max_connections, move || {
+                let listener = listener.clone();
+                async move { Ok(listener.accept().await?.0) }
+            });
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
     };
 

@@ -9,7 +9,7 @@ use crate::wrap::WrapError;
 /// The status code for an HSM-layer error.
 pub fn code(e: &HsmError) -> Code {
     match e {
-        HsmError::KeyNotFound(_) => Code::NotFound,
+        HsmError::KeyNotFound(_) | HsmError::NoKeyYouMayUse(_) => Code::NotFound,
         HsmError::Ambiguous { .. } | HsmError::Refused(_) => Code::FailedPrecondition,
         HsmError::NotExportable {
             refusal: ExportRefusal::Policy,

@@ -35,7 +35,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Parses hex (either case, no separators). `None` on odd length or a non-hex character.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    // from_str_radix alone would take "+1" as a digit pair
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -54,6 +55,8 @@ mod tests {
         assert_eq!(unhex("00AB10"), Some(vec![0x00, 0xab, 0x10]));
         assert_eq!(unhex("0"), None);
         assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("+1+3"), None, "a sign is not a hex digit");
+        assert_eq!(unhex("-1"), None);
         assert_eq!(unhex(""), Some(vec![]));
     }
 }

@@ -160,6 +160,20 @@ impl Daemon {
             .unwrap()
     }
 
+    /// A plain-text channel over the daemon's Unix socket ("unix:/path" daemons).
+    pub async fn unix_channel(&self) -> Channel {
+        let path = PathBuf::from(
+            self.addr
+                .strip_prefix("unix:")
+                .expect("a Unix socket daemon"),
+        );
+        // The URI is not used: every connection goes to the socket.
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(UnixConnector(path))
+            .await
+            .unwrap()
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         rustix::process::kill_process(
@@ -193,6 +207,34 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Connects every request to one Unix socket.
+#[derive(Clone)]
+struct UnixConnector(PathBuf);
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            Ok(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        })
     }
 }
 
