@@ -394,10 +394,12 @@ async fn import_key_version(
         request_id: None,
         deadline: None,
     };
-    let target = import::existing_key(oci, &call, a.oci_key_id, a.protection_modes).await?;
+    let mut progress = import::Progress::default();
+    let target = import::existing_key(oci, &call, a.oci_key_id, a.protection_modes, &mut progress)
+        .await
+        .inspect_err(|_| note(rec, &progress))?;
     rec.compartment_id = Some(target.compartment_id.clone());
     rec.protection_mode = Some(target.protection_mode.clone());
-    let mut progress = import::Progress::default();
     let described = import::describe(&import::Ask {
         caller: CLI_CALLER,
         op: "ImportKeyVersion",

@@ -256,6 +256,29 @@ pub fn memory_report() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secret_files_are_checked_on_the_open_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(open_private(&f, "PIN file").is_ok());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = open_private(&f, "PIN file").unwrap_err();
+        assert!(e.contains("0640") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A file another (unprivileged) user owns could have been planted or rewritten by it.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+            let e = open_private(&f, "PIN file").unwrap_err();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
+        let e = open_private(dir.path(), "PIN file").unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -73,13 +73,7 @@ async fn wrap(
     c.wrap_key(req).await.map(tonic::Response::into_inner)
 }
 
-/// Opens `material` with the openssl command line.
-fn open(material: &[u8], wk: &KeyPair, modulus_len: usize, alg: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("m.bin");
-    std::fs::write(&f, material).unwrap();
-    openssl_unwrap(&f, &wk.private_pem, modulus_len, alg)
-}
+use common::open_material as open;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_caller_wraps_and_every_attempt_is_audited() {
@@ -1187,6 +1181,8 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
             "control characters",
         ),
         ("non-hex id", id("zz"), good_pem.clone(), 1, "not hex"),
+        // from_str_radix alone read "+1+3" as 0103
+        ("signed hex id", id("+1+3"), good_pem.clone(), 1, "not hex"),
         ("odd hex id", id("103"), good_pem.clone(), 1, "not hex"),
         (
             "long id",
@@ -1293,6 +1289,18 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
             version("ocid1.key.oc1..x", "", 7),
             "not a WrappingAlgorithm",
         ),
+        (
+            "port with a sign",
+            proto::ImportKeyVersionRequest {
+                oci: Some(proto::OciTarget {
+                    connection: String::new(),
+                    management_endpoint:
+                        "https://x-management.kms.us-ashburn-1.oraclecloud.com:+443".into(),
+                }),
+                ..version("ocid1.key.oc1..x", "", 0)
+            },
+            "port",
+        ),
     ] {
         let e = c.import_key_version(req).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
@@ -1317,6 +1325,37 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
             key("ocid1.compartment.oc1..c", "k", "EXTERNAL"),
             "protection_mode",
         ),
+        // Tags were unchecked and kept twice per replay entry (719 KiB of RSS a call).
+        (
+            "too many tags",
+            proto::ImportKeyRequest {
+                freeform_tags: (0..65).map(|i| (format!("t{i}"), "v".into())).collect(),
+                ..key("ocid1.compartment.oc1..c", "k", "")
+            },
+            "at most 64",
+        ),
+        (
+            "long tag value",
+            proto::ImportKeyRequest {
+                freeform_tags: [("t".to_string(), "v".repeat(257))].into(),
+                ..key("ocid1.compartment.oc1..c", "k", "")
+            },
+            "values at most 256",
+        ),
+        (
+            "control byte in a defined tag",
+            proto::ImportKeyRequest {
+                defined_tags: [(
+                    "ns".to_string(),
+                    proto::DefinedTags {
+                        tags: [("k\u{1b}".to_string(), "v".to_string())].into(),
+                    },
+                )]
+                .into(),
+                ..key("ocid1.compartment.oc1..c", "k", "")
+            },
+            "control characters",
+        ),
     ] {
         let e = c.import_key(req).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{name}: {e:?}");
@@ -1333,7 +1372,7 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
     let records = audit_records(&audit);
     assert_eq!(
         records.len(),
-        cases.len() + 5 + 3,
+        cases.len() + 6 + 6,
         "one record per export asked for"
     );
     for r in &records {

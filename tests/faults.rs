@@ -553,3 +553,50 @@ async fn load_with_faults_and_hostile_callers() {
     d.terminate();
     assert_eq!(token_objects(fx), objects, "no leftovers on the token");
 }
+
+/// From the attack review: a token that asks for an absurd wrap buffer was believed (the size
+/// allocated unchecked: the process aborted), and hybrid mode sent the token's RFC 5649 output
+/// on without checking that it opens under the K it holds. Now neither leaves the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_lies_about_its_wrap_exports_nothing() {
+    let fx = softhsm();
+    let (config, _, ctl) = fault_config(fx, "lies", "./user-pin");
+    let (_d, _ch, mut c, req) = started(fx, &config).await;
+
+    // 1 TiB asked for the wrapped key.
+    std::fs::write(&ctl, "C_WrapKey size:1099511627776 1000\n").unwrap();
+    let e = c.wrap_key(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("CKR_FUNCTION_FAILED"),
+        "{}",
+        e.message()
+    );
+
+    // The wrap under K comes back with a flipped bit.
+    std::fs::write(&ctl, "C_WrapKey corrupt 1000\n").unwrap();
+    let e = c.wrap_key(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    assert!(
+        e.message().contains("does not open") && e.message().contains("nothing was exported"),
+        "{}",
+        e.message()
+    );
+
+    // The token behaves again: the same daemon wraps, exactly.
+    std::fs::write(&ctl, "").unwrap();
+    let r = c
+        .wrap_key(req)
+        .await
+        .expect("the daemon lives on")
+        .into_inner();
+    assert_eq!(
+        open_material(
+            &r.wrapped_key_material,
+            &fx.wk.wk2048,
+            256,
+            "RSA_OAEP_AES_SHA256"
+        ),
+        fx.aes["test-aes-256"]
+    );
+}

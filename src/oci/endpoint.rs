@@ -18,13 +18,28 @@ pub struct Endpoint {
 
 fn refuse(url: &str, why: &'static str) -> OciError {
     OciError::Url {
-        url: url.to_string(),
+        url: shown(url),
         why,
     }
 }
 
+/// At most 100 characters of a caller's URL, for a refusal (which is also audited).
+fn shown(url: &str) -> String {
+    let mut s: String = url.chars().take(100).collect();
+    if s.len() < url.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// Longest endpoint URL considered (a host name is at most 253 bytes).
+const MAX_URL: usize = 300;
+
 /// Parses and checks `url` against the allow-list.
 pub fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
+    if url.len() > MAX_URL {
+        return Err(refuse(url, "longer than any OCI endpoint"));
+    }
     let rest = url
         .get(..8)
         .filter(|s| s.eq_ignore_ascii_case("https://"))
@@ -72,7 +87,7 @@ pub fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
         format!("https://{host}:{port}")
     };
     if !allowed_by(allowed, &base) {
-        return Err(OciError::NotAllowed(url.to_string()));
+        return Err(OciError::NotAllowed(base));
     }
     Ok(Endpoint { base, host, port })
 }

@@ -718,6 +718,41 @@ fn describe(e: reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn what_oci_says_is_bounded_and_ids_are_checked_before_urls() {
+        let long = format!(
+            "{{\"code\":\"X\",\"message\":\"{}\\u0007\"}}",
+            "m".repeat(5000)
+        );
+        let (code, message) = error_body(long.as_bytes());
+        assert_eq!(code, "X");
+        assert!(
+            message.len() <= MAX_ERROR_TEXT + '…'.len_utf8(),
+            "{}",
+            message.len()
+        );
+        assert!(!message.chars().any(char::is_control));
+        assert!(
+            ocid_for_url(
+                "GetKeyVersion",
+                "ocid1.keyversion.oc1..a",
+                "ocid1.keyversion."
+            )
+            .is_ok()
+        );
+        for bad in [
+            "../../x",
+            "ocid1.keyversion.oc1../../x",
+            "ocid1.key.oc1..a",
+            "",
+        ] {
+            assert!(
+                ocid_for_url("GetKeyVersion", bad, "ocid1.keyversion.").is_err(),
+                "{bad}"
+            );
+        }
+    }
     use super::*;
 
     #[test]

@@ -240,10 +240,10 @@ pub fn check_key_ocid(id: &str) -> Result<(), Status> {
     if is_ocid(id, "ocid1.key.") {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!(
-            "oci_key_id {:?} is not a key OCID (ocid1.key.…)",
-            id.chars().take(80).collect::<String>()
-        )))
+        // Not quoted: a caller's bytes that fail a check go into no status or audit record.
+        Err(Status::invalid_argument(
+            "oci_key_id is not a key OCID (ocid1.key.…: at most 255 letters, digits, '.', '-' and '_')",
+        ))
     }
 }
 
@@ -507,17 +507,22 @@ pub fn protection_allowed(
 
 /// The key an ImportKeyVersion adds to, as OCI describes it (GetKey), if its protection mode
 /// is one `modes` allows: a version is never added to a key OCI would let anyone export.
+/// A failed GetKey is noted in `progress` (OCI's request id, for the audit record).
 pub async fn existing_key(
     oci: &OciSide,
     call: &Call<'_>,
     key_id: &str,
     modes: &[ProtectionMode],
+    progress: &mut Progress,
 ) -> Result<kms::Key, Status> {
     let key = oci
         .kms
         .get_key(call, key_id)
         .await
-        .map_err(|e| kms_status(&e))?
+        .map_err(|e| {
+            note_error(progress, &e);
+            kms_status(&e)
+        })?
         .value;
     protection_allowed(modes, &key.protection_mode, &format!("key {key_id}"))?;
     Ok(key)

@@ -553,8 +553,6 @@ impl Bridge {
                 "oci.management_endpoint is required (the vault's management endpoint)",
             )
         })?;
-        let (connection, identity) = self.oci.identity(&target.connection)?;
-        rec.oci_connection = Some(connection);
         let endpoint = self
             .oci
             .endpoint(&target.management_endpoint)
@@ -562,6 +560,8 @@ impl Bridge {
                 rec.oci_endpoint = Some(bounded(&target.management_endpoint, MAX_AUDITED_URL));
             })?;
         rec.oci_endpoint = Some(endpoint.base.clone());
+        let (connection, identity) = self.oci.identity(&target.connection)?;
+        rec.oci_connection = Some(connection);
         if !export.caller.may_send_to(&endpoint.base) {
             return Err(Status::permission_denied(format!(
                 "{} may not import into {} (its oci_endpoints in server.clients); nothing was sent",
@@ -592,7 +592,16 @@ impl Bridge {
         call: &Call<'_>,
         key_id: &str,
     ) -> Result<(), Status> {
-        let key = import::existing_key(&self.oci, call, key_id, &self.protection_modes).await?;
+        let mut progress = import::Progress::default();
+        let key = import::existing_key(
+            &self.oci,
+            call,
+            key_id,
+            &self.protection_modes,
+            &mut progress,
+        )
+        .await
+        .inspect_err(|_| note_progress(rec, &progress))?;
         rec.compartment_id = Some(bounded(&key.compartment_id, 255));
         rec.protection_mode = Some(bounded(&key.protection_mode, 32));
         if !caller.may_use_compartment(&key.compartment_id) {

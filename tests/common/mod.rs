@@ -583,6 +583,14 @@ pub fn openssl_unwrap(
     }
 }
 
+/// Opens wrapped `material` (bytes, not a file) for `wk` with the openssl command line.
+pub fn open_material(material: &[u8], wk: &KeyPair, modulus_len: usize, alg: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("m.bin");
+    std::fs::write(&f, material).unwrap();
+    openssl_unwrap(&f, &wk.private_pem, modulus_len, alg)
+}
+
 /// Checks that `der` is an exact PKCS#8 RSA private key (re-encoding it gives the same
 /// bytes, so no trailing padding) whose key is consistent, and returns its modulus as the
 /// openssl command line prints it.

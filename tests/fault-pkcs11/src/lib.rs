@@ -9,6 +9,9 @@
 //!   in this process; a test changes the instruction by writing a new line. COUNT `sticky`
 //!   injects until the next `C_Finalize`: a module that is wedged until re-initialised.
 //!   RV `delay:MS` instead calls the real function after MS milliseconds: a slow HSM.
+//!   For C_WrapKey only, RV `size:N` answers CKR_BUFFER_TOO_SMALL with a needed size of N
+//!   bytes (a token that lies about sizes), and RV `corrupt` calls the real function and
+//!   flips a bit in the last byte it wrote (a token whose wrap output is garbage).
 //!
 //! Replaced: C_Initialize, C_Finalize, C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo,
 //! C_FindObjectsInit. Everything else is the real module's own function pointer.
@@ -71,6 +74,10 @@ enum Action {
     Fail(CK_RV),
     /// Wait this many milliseconds, then call the real function.
     Delay(u64),
+    /// C_WrapKey: say the output needs this many bytes.
+    Size(CK_ULONG),
+    /// C_WrapKey: call the real function, then corrupt its output.
+    Corrupt,
 }
 
 /// What to do instead of simply calling the real function, if the control file says so.
@@ -87,9 +94,14 @@ fn inject(function: &str) -> Option<Action> {
         if name != function {
             continue;
         }
-        let action = match rv.strip_prefix("delay:") {
-            Some(ms) => Action::Delay(ms.parse().ok()?),
-            None => Action::Fail(CK_RV::from_str_radix(rv.trim_start_matches("0x"), 16).ok()?),
+        let action = if let Some(ms) = rv.strip_prefix("delay:") {
+            Action::Delay(ms.parse().ok()?)
+        } else if let Some(n) = rv.strip_prefix("size:") {
+            Action::Size(n.parse().ok()?)
+        } else if rv == "corrupt" {
+            Action::Corrupt
+        } else {
+            Action::Fail(CK_RV::from_str_radix(rv.trim_start_matches("0x"), 16).ok()?)
         };
         let n = used.entry(line.to_string()).or_insert(0);
         if count == "sticky" {
@@ -136,7 +148,7 @@ macro_rules! forward {
                 Some(Action::Delay(ms)) => {
                     std::thread::sleep(std::time::Duration::from_millis(ms))
                 }
-                None => {}
+                Some(Action::Size(_) | Action::Corrupt) | None => {}
             }
             match real().and_then(|l| l.$field) {
                 // SAFETY: the real module's own function, with the arguments we were given.
@@ -150,7 +162,42 @@ macro_rules! forward {
 forward!(initialize, C_Initialize, (args: CK_VOID_PTR));
 forward!(finalize, C_Finalize, (reserved: CK_VOID_PTR), { end_sticky(); });
 forward!(login, C_Login, (s: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, len: CK_ULONG));
-forward!(wrap_key, C_WrapKey, (s: CK_SESSION_HANDLE, m: CK_MECHANISM_PTR, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE, out: CK_BYTE_PTR, out_len: CK_ULONG_PTR));
+unsafe extern "C" fn wrap_key(
+    s: CK_SESSION_HANDLE,
+    m: CK_MECHANISM_PTR,
+    wrapping: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    out: CK_BYTE_PTR,
+    out_len: CK_ULONG_PTR,
+) -> CK_RV {
+    log("C_WrapKey");
+    let action = inject("C_WrapKey");
+    match action {
+        Some(Action::Fail(rv)) => return rv,
+        Some(Action::Delay(ms)) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+        Some(Action::Size(n)) if !out_len.is_null() => {
+            // SAFETY: checked non-null; the caller passed it for the length.
+            unsafe { *out_len = n };
+            return CKR_BUFFER_TOO_SMALL;
+        }
+        _ => {}
+    }
+    let Some(f) = real().and_then(|l| l.C_WrapKey) else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: the real module's own function, with the arguments we were given.
+    let rv = unsafe { f(s, m, wrapping, key, out, out_len) };
+    if matches!(action, Some(Action::Corrupt)) && rv == CKR_OK && !out.is_null() && !out_len.is_null() {
+        // SAFETY: the real module wrote `*out_len` bytes at `out`.
+        unsafe {
+            let n = *out_len as usize;
+            if n > 0 {
+                *out.add(n - 1) ^= 0x01;
+            }
+        }
+    }
+    rv
+}
 forward!(open_session, C_OpenSession, (slot: CK_SLOT_ID, flags: CK_FLAGS, app: CK_VOID_PTR, notify: CK_NOTIFY, session: CK_SESSION_HANDLE_PTR));
 forward!(get_token_info, C_GetTokenInfo, (slot: CK_SLOT_ID, info: CK_TOKEN_INFO_PTR));
 

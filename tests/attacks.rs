@@ -1,0 +1,738 @@
+//! The attack review's findings, performed: each test attacks the real daemon (over mTLS on
+//! 127.0.0.1, on a real SoftHSM2 token, with the real OCI emulator where OCI is involved)
+//! the way the review did, and passes only where the attack no longer works. SECURITY.md
+//! lists each finding with what stops it now.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::daemon::{Daemon, audit_records, certs, daemon_config};
+use common::emulator::{ApiIdentity, Emulator, api_identity};
+use common::*;
+use hsm_bridge::proto::{self, key_ref::Key};
+use serde_json::json;
+use tonic::Code;
+
+fn by_label(l: &str) -> Option<proto::KeyRef> {
+    Some(proto::KeyRef {
+        key: Some(Key::Label(l.into())),
+    })
+}
+
+fn by_id(id: &str) -> Option<proto::KeyRef> {
+    Some(proto::KeyRef {
+        key: Some(Key::IdHex(id.into())),
+    })
+}
+
+fn wrap_req(key: Option<proto::KeyRef>, wk: &KeyPair) -> proto::WrapKeyRequest {
+    proto::WrapKeyRequest {
+        source_key: key,
+        wrapping_public_key_pem: std::fs::read_to_string(&wk.public_pem).unwrap(),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+    }
+}
+
+/// An emulator with one AES-256 key, and a daemon that may call it; `edit` changes the
+/// daemon's config text (e.g. a caller's grants) before it starts.
+struct Vault {
+    emu: Emulator,
+    daemon: Daemon,
+    audit: std::path::PathBuf,
+    identity: ApiIdentity,
+}
+
+fn vault(name: &str, edit: impl FnOnce(String) -> String) -> Vault {
+    let fx = softhsm();
+    let dir = fx.dir.join(format!("attack-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = api_identity(&dir, "api");
+    let emu = Emulator::start(
+        &dir,
+        &[identity.key.public_pem.as_path()],
+        &["aes=AES-256", "aes128=AES-128"],
+    );
+    let (config, audit) = daemon_config(fx, name, &emu.oci_config(&identity, 2), None);
+    let text = edit(std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, &[]);
+    Vault {
+        emu,
+        daemon,
+        audit,
+        identity,
+    }
+}
+
+/// `limited` may import too, but still touches only test-aes-128.
+fn limited_imports(text: String) -> String {
+    text.replace(
+        "operations = [\"list\", \"wrap\"]\nkeys = [\"test-aes-*\"]",
+        "operations = [\"list\", \"wrap\", \"import\"]\nkeys = [\"test-aes-128\"]",
+    )
+}
+
+fn version_request(
+    v: &Vault,
+    key: Option<proto::KeyRef>,
+    idem: &str,
+) -> proto::ImportKeyVersionRequest {
+    proto::ImportKeyVersionRequest {
+        source_key: key,
+        oci_key_id: v.emu.keys["aes"].clone(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: v.emu.base.clone(),
+        }),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        idempotency_key: idem.into(),
+        wait_for_enabled: false,
+    }
+}
+
+async fn import_as(
+    v: &Vault,
+    who: &str,
+    req: proto::ImportKeyVersionRequest,
+) -> Result<proto::KeyVersion, tonic::Status> {
+    let mut r = tonic::Request::new(req);
+    r.set_timeout(Duration::from_secs(30));
+    v.daemon
+        .client(who)
+        .await
+        .import_key_version(r)
+        .await
+        .map(|r| r.into_inner().key_version.unwrap())
+}
+
+/// The emulator's import POSTs.
+async fn import_posts(v: &Vault) -> Vec<serde_json::Value> {
+    v.emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|e| e["method"] == "POST" && e["path"].as_str().unwrap().ends_with("/import"))
+        .collect()
+}
+
+async fn versions(v: &Vault) -> usize {
+    v.emu.key(&v.emu.keys["aes"]).await["versionIds"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// High 1: `grpc-timeout: 9999999999999999999S` overflowed the clock and killed the daemon,
+/// before the caller was even identified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_timeout_past_the_clock_crashes_nothing() {
+    let fx = softhsm();
+    let (config, audit) = daemon_config(fx, "huge-timeout", "caller_wrapping_keys = \"any\"", None);
+    let d = Daemon::start(&config, &[]);
+    let huge = |body| {
+        let mut r = tonic::Request::new(body);
+        r.metadata_mut()
+            .insert("grpc-timeout", "9999999999999999999S".parse().unwrap());
+        r
+    };
+    let wk = &fx.wk.wk2048;
+    // Any certificate from the client CA did it: now it is identified, and refused, first.
+    let e = d
+        .client("unlisted")
+        .await
+        .wrap_key(huge(wrap_req(by_label("test-aes-256"), wk)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // A listed caller with the same header is served, as with no deadline.
+    let r = d
+        .client("cckm")
+        .await
+        .wrap_key(huge(wrap_req(by_label("test-aes-256"), wk)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        open_material(&r.wrapped_key_material, wk, 256, "RSA_OAEP_AES_SHA256"),
+        fx.aes["test-aes-256"]
+    );
+    let mut c = d.client("cckm").await;
+    let again = c
+        .wrap_key(wrap_req(by_label("test-aes-128"), wk))
+        .await
+        .expect("the daemon still serves");
+    assert!(!again.into_inner().wrapped_key_material.is_empty());
+    let codes: Vec<_> = audit_records(&audit)
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes, ["UNAUTHENTICATED", "OK", "OK"]);
+}
+
+/// Medium 5: 2,000 idle TCP connections held 2,000 descriptors and starved the callers and
+/// the health probe. Now past `max_connections` a connection is closed at accept, and one
+/// that never finishes its TLS handshake is dropped after `tls_handshake_timeout_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_take_every_descriptor() {
+    let fx = softhsm();
+    let c = certs();
+    let server = format!(
+        "listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nmax_connections = 8\ntls_handshake_timeout_secs = 1\n",
+        c.join("server.pem").display(),
+        c.join("server.key").display(),
+        c.join("ca.pem").display()
+    );
+    let (config, _) = daemon_config(fx, "idle", "caller_wrapping_keys = \"any\"", Some(&server));
+    let d = Daemon::start(&config, &[]);
+    let idle: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(&d.addr).unwrap())
+        .collect();
+    // Every idle connection is closed by the daemon: at once past the cap, and after the
+    // handshake timeout within it. (Before, each stayed open for as long as the peer liked.)
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("an idle connection was still open: {other:?}"),
+        }
+    }
+    let r = d
+        .client("cckm")
+        .await
+        .wrap_key(wrap_req(by_label("test-aes-256"), &fx.wk.wk2048))
+        .await;
+    assert!(
+        r.is_ok(),
+        "a caller is served once the idle ones are gone: {r:?}"
+    );
+    assert!(
+        d.log_text().contains("server.max_connections"),
+        "{}",
+        d.log_text()
+    );
+}
+
+/// Medium 6: raw `oci_key_id` and endpoint bytes went into the audit record before the
+/// caller was identified or the field checked; 300 requests grew the log by 108 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_hold_no_unchecked_caller_bytes() {
+    let v = vault("audit-bytes", |t| t);
+    let (d, audit) = (&v.daemon, &v.audit);
+    let junk = format!("\u{1b}[2J{}", "A".repeat(30_000));
+    let request = |key_id: &str, endpoint: &str| proto::ImportKeyVersionRequest {
+        source_key: by_label("test-aes-256"),
+        oci_key_id: key_id.into(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: endpoint.into(),
+        }),
+        ..Default::default()
+    };
+    let ok_ocid = "ocid1.key.oc1..x";
+    for (who, req, code) in [
+        ("unlisted", request(&junk, &junk), Code::Unauthenticated),
+        ("cckm", request(&junk, &junk), Code::InvalidArgument),
+        ("cckm", request(ok_ocid, &junk), Code::InvalidArgument),
+    ] {
+        for _ in 0..20 {
+            let e = d
+                .client(who)
+                .await
+                .import_key_version(req.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), code, "{who}: {e:?}");
+            assert!(
+                e.message().len() < 1024,
+                "{who}: a {}-byte status",
+                e.message().len()
+            );
+        }
+    }
+    let size = std::fs::metadata(audit).unwrap().len();
+    assert!(size < 60 * 1024, "60 refusals wrote {size} bytes of audit");
+    let records = audit_records(audit);
+    assert_eq!(records.len(), 60);
+    for r in &records {
+        let text = r.to_string();
+        assert!(
+            !text.contains("AAAAAAAAAA") && !text.contains("\\u001b"),
+            "{text}"
+        );
+    }
+    assert!(records[..20].iter().all(|r| r.get("oci_key_id").is_none()));
+    assert!(records[20..40].iter().all(|r| r["oci_key_id"] == "invalid"));
+    assert!(
+        records[40..]
+            .iter()
+            .all(|r| r["oci_key_id"] == ok_ocid && r["oci_endpoint"] == "invalid")
+    );
+}
+
+/// High 3: the replay store was keyed without the caller and a replay skipped the key
+/// check: `limited` replayed `cckm`'s import of id 1003 (test-aes-256, not one of its keys)
+/// and got OK; where OCI had refused `cckm`, `limited`'s replay made the only import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_belongs_to_its_caller() {
+    let v = vault("idem-caller", limited_imports);
+    let first = import_as(&v, "cckm", version_request(&v, by_id("1003"), "rot-1"))
+        .await
+        .unwrap();
+    let e = import_as(&v, "limited", version_request(&v, by_id("1003"), "rot-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(e.message(), "no key you may use has CKA_ID 1003");
+    // cckm's attempt refused by OCI; limited's replay of it imports nothing.
+    v.emu
+        .fault(json!({"method": "POST", "path_contains": "/import", "status": 400, "code": "InvalidParameter"}))
+        .await;
+    let e = import_as(&v, "cckm", version_request(&v, by_id("1003"), "rot-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = import_as(&v, "limited", version_request(&v, by_id("1003"), "rot-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // The same key name is limited's own for its own key: a new import, not cckm's.
+    let mut req = version_request(&v, by_label("test-aes-128"), "rot-1");
+    req.oci_key_id = v.emu.keys["aes128"].clone();
+    let own = import_as(&v, "limited", req).await.unwrap();
+    assert_ne!(own.version_id, first.version_id);
+    assert_eq!(versions(&v).await, 2, "the seeded version and cckm's");
+    let posts = import_posts(&v).await;
+    assert_eq!(posts.len(), 3, "cckm's two and limited's own: {posts:?}");
+    assert_ne!(posts[0]["retry_token"], posts[2]["retry_token"]);
+    let opened = v.emu.material(&own.version_id).await;
+    assert_eq!(opened, fx_aes("test-aes-128"));
+}
+
+fn fx_aes(label: &str) -> Vec<u8> {
+    softhsm().aes[label].clone()
+}
+
+/// Low 10: concurrent calls with one idempotency key got OK, ABORTED InvalidatedRetryToken,
+/// and then ABORTED for every retry for 24 h (each call had wrapped afresh and sent other
+/// bytes under the one token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_with_one_idempotency_key_import_once() {
+    let v = vault("idem-concurrent", |t| t);
+    // The first import answers slowly, so the others arrive while it is in flight.
+    v.emu
+        .fault(json!({"method": "POST", "path_contains": "/import", "delay_ms": 500}))
+        .await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let mut c = v.daemon.client("cckm").await;
+        let mut r = tonic::Request::new(version_request(&v, by_label("test-aes-256"), "burst-1"));
+        r.set_timeout(Duration::from_secs(30));
+        calls.push(tokio::spawn(async move { c.import_key_version(r).await }));
+    }
+    let mut ids = Vec::new();
+    for call in calls {
+        let r = call
+            .await
+            .unwrap()
+            .expect("every call with the key is answered OK");
+        ids.push(r.into_inner().key_version.unwrap().version_id);
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(versions(&v).await, 2, "one new version");
+    // And the key keeps working.
+    let later = import_as(
+        &v,
+        "cckm",
+        version_request(&v, by_label("test-aes-256"), "burst-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(later.version_id, ids[0]);
+    let posts = import_posts(&v).await;
+    assert!(
+        posts
+            .iter()
+            .all(|p| p["body_sha256"] == posts[0]["body_sha256"]
+                && p["retry_token"] == posts[0]["retry_token"])
+    );
+    assert_eq!(
+        v.emu.material(&ids[0]).await,
+        fx_aes("test-aes-256"),
+        "the one version holds the token's key"
+    );
+}
+
+/// Medium 8: destinations were the caller's choice: a compromised caller could ImportKey as
+/// SOFTWARE (which OCI lets be exported) or into any vault the host globs allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_are_the_callers_and_software_keys_stay_out() {
+    let v = vault("destinations", |t| {
+        limited_imports(t)
+            .replace(
+                "keys = [\"test-aes-128\"]",
+                "keys = [\"test-aes-128\"]\noci_endpoints = [\"https://vault-a.example\"]",
+            )
+            .replace(
+                "keys = [\"*\"]",
+                "keys = [\"*\"]\noci_compartments = [\"ocid1.compartment.oc1..allowed*\", \"ocid1.compartment.oc1..emulator\"]",
+            )
+    });
+    let key = |compartment: &str, mode: &str| proto::ImportKeyRequest {
+        source_key: by_label("test-aes-256"),
+        compartment_id: compartment.into(),
+        display_name: "imported".into(),
+        protection_mode: mode.into(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: v.emu.base.clone(),
+        }),
+        ..Default::default()
+    };
+    let mut c = v.daemon.client("cckm").await;
+    let e = c
+        .import_key(key("ocid1.compartment.oc1..allowed-1", "SOFTWARE"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("policy.protection_modes"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .import_key(key("ocid1.compartment.oc1..elsewhere", "HSM"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("oci_compartments"), "{}", e.message());
+    let e = import_as(
+        &v,
+        "limited",
+        version_request(&v, by_label("test-aes-128"), ""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("oci_endpoints"), "{}", e.message());
+    assert!(
+        v.emu.requests().await.is_empty(),
+        "nothing reached OCI for a refused destination"
+    );
+    // Allowed: an HSM key in an allowed compartment; the audit record says where it went.
+    let created = c
+        .import_key(key("ocid1.compartment.oc1..allowed-1", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(created.protection_mode, "HSM");
+    let rec = audit_records(&v.audit);
+    let last = rec.last().unwrap();
+    assert_eq!(last["outcome"], "allowed");
+    assert_eq!(last["compartment_id"], "ocid1.compartment.oc1..allowed-1");
+    assert_eq!(last["protection_mode"], "HSM (default)");
+    assert_eq!(last["display_name"], "imported");
+    assert_eq!(last["oci_connection"], "default");
+    assert_eq!(last["oci_key_id"], created.key_id);
+
+    // A SOFTWARE key made some other way (here by a daemon whose policy allows it) gets no
+    // version from a daemon whose policy does not: OCI's GetKey says what it is.
+    let fx = softhsm();
+    let (config, _) = daemon_config(
+        fx,
+        "destinations-software",
+        &format!(
+            "protection_modes = [\"HSM\", \"SOFTWARE\"]\n{}",
+            v.emu.oci_config(&v.identity, 2)
+        ),
+        None,
+    );
+    let lax = Daemon::start(&config, &[]);
+    let soft = lax
+        .client("cckm")
+        .await
+        .import_key(key("ocid1.compartment.oc1..allowed-2", "SOFTWARE"))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    let mut req = version_request(&v, by_label("test-aes-256"), "");
+    req.oci_key_id = soft.key_id.clone();
+    let posts_before = import_posts(&v).await.len();
+    let e = import_as(&v, "cckm", req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("SOFTWARE"), "{}", e.message());
+    assert_eq!(
+        import_posts(&v).await.len(),
+        posts_before,
+        "nothing was sent"
+    );
+}
+
+/// Low 9: an import OCI accepted was audited as refused (CANCELLED, no id) when the caller's
+/// deadline passed first, while the version existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_oci_accepted_is_audited_when_the_caller_has_gone() {
+    let v = vault("late-answer", |t| t);
+    // OCI creates the version at once but answers after 2.5 s.
+    v.emu
+        .fault(json!({"method": "POST", "path_contains": "/import", "delay_ms": 2500}))
+        .await;
+    let mut r = tonic::Request::new(version_request(&v, by_label("test-aes-256"), "late-1"));
+    r.set_timeout(Duration::from_secs(1));
+    let e = v
+        .daemon
+        .client("cckm")
+        .await
+        .import_key_version(r)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    let created =
+        v.emu.requests().await.iter().find_map(|e| {
+            (e["method"] == "POST").then(|| e["created"].as_str().unwrap().to_string())
+        });
+    let created = created.expect("the emulator logged the import");
+    let until = Instant::now() + Duration::from_secs(20);
+    let rec = loop {
+        let recs = audit_records(&v.audit);
+        if let Some(r) = recs
+            .into_iter()
+            .find(|r| r["operation"] == "ImportKeyVersion")
+        {
+            break r;
+        }
+        assert!(Instant::now() < until, "no audit record of the import");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rec["outcome"], "allowed", "{rec}");
+    assert_eq!(rec["oci_created_id"], created.as_str(), "{rec}");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .contains("OCI accepted the import"),
+        "{rec}"
+    );
+    // The caller's retry with the same key gets that version, and nothing new is made.
+    let again = import_as(
+        &v,
+        "cckm",
+        version_request(&v, by_label("test-aes-256"), "late-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.version_id, created);
+    assert_eq!(versions(&v).await, 2);
+}
+
+/// Read 17: OCIDs in OCI's answers went unchecked into follow-up URLs, and up to 1 MiB of
+/// OCI's error text into statuses and audit records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_oci_answers_is_checked_and_bounded() {
+    let v = vault("oci-answers", |t| t);
+    let key_id = v.emu.keys["aes"].clone();
+    v.emu
+        .fault(json!({
+            "method": "POST", "path_contains": "/import", "status": 200,
+            "raw_body": json!({"id": "../../../evil", "keyId": key_id, "lifecycleState": "CREATING"}).to_string(),
+        }))
+        .await;
+    let mut req = version_request(&v, by_label("test-aes-256"), "");
+    req.wait_for_enabled = true;
+    let e = import_as(&v, "cckm", req).await.unwrap_err();
+    assert!(e.message().contains("not an OCID"), "{e:?}");
+    let log = v.emu.requests().await;
+    assert!(
+        log.iter()
+            .filter(|e| e["method"] == "GET")
+            .all(|e| !e["path"].as_str().unwrap().contains("evil")
+                && !e["path"].as_str().unwrap().contains("..")),
+        "{log:?}"
+    );
+    let long = "x".repeat(200_000);
+    v.emu
+        .fault(json!({
+            "method": "POST", "path_contains": "/import", "status": 400,
+            "raw_body": json!({"code": "InvalidParameter", "message": long}).to_string(),
+        }))
+        .await;
+    let e = import_as(
+        &v,
+        "cckm",
+        version_request(&v, by_label("test-aes-256"), ""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().len() < 2048,
+        "a {}-byte status",
+        e.message().len()
+    );
+    let rec = audit_records(&v.audit);
+    assert!(rec.last().unwrap().to_string().len() < 4096);
+}
+
+/// Low 15: `softhsm-setup.sh` put the PIN on `pkcs11-tool`'s command line, where every local
+/// user can read it (`/proc/PID/cmdline`). The script runs here on a fresh state folder with
+/// every token tool behind a shim that records its arguments.
+#[test]
+fn the_setup_script_never_puts_a_pin_on_a_command_line() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = process_dir("setup-argv");
+    let (shims, state, log) = (dir.join("bin"), dir.join("state"), dir.join("argv.log"));
+    std::fs::create_dir_all(&shims).unwrap();
+    for tool in ["pkcs11-tool", "softhsm2-util", "openssl", "env"] {
+        let real = String::from_utf8(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let shim = shims.join(tool);
+        std::fs::write(
+            &shim,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"{tool} $*\" >>'{}'\nexec {} \"$@\"\n",
+                log.display(),
+                real.trim()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new("bash")
+        .arg(root.join("softhsm-setup.sh"))
+        .env("PATH", path)
+        .env("HSM_BRIDGE_SETUP_DIR", &state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let argv = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        argv.contains("pkcs11-tool") && argv.contains("--init-token"),
+        "{argv}"
+    );
+    for f in ["user-pin", "so-pin"] {
+        let pin = std::fs::read_to_string(state.join(f)).unwrap();
+        let pin = pin.trim();
+        assert!(pin.len() >= 8, "{f}");
+        assert!(
+            !argv.contains(pin),
+            "the {f} was on a command line:\n{argv}"
+        );
+    }
+}
+
+/// Low 16: `hsm-bridge wrap` ignored `caller_wrapping_keys` and wrote no audit record, and
+/// neither did `import-key-version`.
+#[test]
+fn cli_exports_follow_the_wrapping_key_policy_and_are_audited() {
+    let fx = softhsm();
+    let audit = fx.dir.join("audit-cli.jsonl");
+    let _ = std::fs::remove_file(&audit);
+    let config = write_config(fx, "cli-audit.toml", |t| {
+        format!("{t}\n[audit]\npath = \"{}\"\n", audit.display())
+    });
+    let config = config.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.bin");
+    let wk = fx.wk.wk2048.public_pem.to_str().unwrap();
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "wrap",
+            "--config",
+            config,
+            "--label",
+            "test-aes-256",
+            "--wrapping-key",
+            wk,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    // The config says nothing: caller_wrapping_keys is "none".
+    let l = hsm_bridge_refuses(&args(&[]));
+    assert!(l.contains("caller_wrapping_keys = \"none\""), "{l}");
+    assert!(!out.exists());
+    hsm_bridge_ok(&args(&["--allow-any-wrapping-key"]));
+    assert_eq!(
+        openssl_unwrap(&out, &fx.wk.wk2048.private_pem, 256, "RSA_OAEP_AES_SHA256"),
+        fx.aes["test-aes-256"]
+    );
+    let rec = audit_records(&audit);
+    assert_eq!(rec.len(), 2, "{rec:?}");
+    let uid = rustix::process::geteuid().as_raw();
+    for r in &rec {
+        assert_eq!(r["caller"], format!("cli (uid {uid})"));
+        assert_eq!(r["operation"], "WrapKey");
+        assert_eq!(r["source_key_label"], "test-aes-256");
+    }
+    assert_eq!(rec[0]["code"], "PERMISSION_DENIED");
+    assert_eq!(rec[1]["outcome"], "allowed");
+    assert_eq!(rec[1]["mode"], "hybrid");
+    assert!(
+        rec[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-any-wrapping-key")
+    );
+
+    // import-key-version, against the emulator: one record with what OCI created.
+    let edir = fx.dir.join("attack-cli-import");
+    std::fs::create_dir_all(&edir).unwrap();
+    let identity = api_identity(&edir, "api");
+    let emu = Emulator::start(
+        &edir,
+        &[identity.key.public_pem.as_path()],
+        &["aes=AES-256"],
+    );
+    let config = write_config(fx, "cli-import.toml", |t| {
+        format!(
+            "{t}{}\n[audit]\npath = \"{}\"\n",
+            emu.oci_config(&identity, 2),
+            audit.display()
+        )
+    });
+    let json = hsm_bridge_ok(&[
+        "import-key-version",
+        "--config",
+        config.to_str().unwrap(),
+        "--label",
+        "test-aes-256",
+        "--oci-key-id",
+        &emu.keys["aes"],
+        "--endpoint",
+        &emu.base,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rec = audit_records(&audit);
+    assert_eq!(rec.len(), 3);
+    let r = &rec[2];
+    assert_eq!(r["operation"], "ImportKeyVersion");
+    assert_eq!(r["outcome"], "allowed");
+    assert_eq!(r["oci_created_id"], v["key_version"]["id"]);
+    assert_eq!(r["oci_key_id"], emu.keys["aes"].as_str());
+    assert_eq!(r["protection_mode"], "HSM");
+}
