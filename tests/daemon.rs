@@ -81,6 +81,12 @@ async fn mtls_caller_wraps_and_every_attempt_is_audited() {
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "mtls", "caller_wrapping_keys = \"any\"", None);
     let d = Daemon::start(&config, &[]);
+    assert!(
+        d.log_text()
+            .contains("policy.caller_wrapping_keys = \"any\": any caller"),
+        "the daemon warns that callers choose the wrapping key: {}",
+        d.log_text()
+    );
     let wk = &fx.wk.wk4096;
 
     // An AES key and an RSA key (by id) for the full caller: opened by openssl.

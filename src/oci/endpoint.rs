@@ -23,13 +23,14 @@ fn refuse(url: &str, why: &'static str) -> OciError {
     }
 }
 
-/// At most 100 characters of a caller's URL, for a refusal (which is also audited).
+/// A caller's URL as a refusal (which is also audited) quotes it: only when it is short
+/// printable text.
 fn shown(url: &str) -> String {
-    let mut s: String = url.chars().take(100).collect();
-    if s.len() < url.len() {
-        s.push('…');
+    if url.len() <= 100 && !url.chars().any(char::is_control) {
+        url.to_string()
+    } else {
+        format!("({} bytes, not shown)", url.len())
     }
-    s
 }
 
 /// Longest endpoint URL considered (a host name is at most 253 bytes).
