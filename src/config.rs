@@ -153,6 +153,38 @@ pub struct HsmConfig {
     /// login, new sessions) after device-level errors.
     #[serde(default = "default_reinit_interval")]
     pub reinit_interval_secs: u64,
+    /// The role to log in as: "user" (`CKU_USER`; Luna's Crypto Officer) or a vendor
+    /// number (e.g. Luna's Crypto User, 0x80000001).
+    #[serde(default)]
+    pub user_type: UserType,
+}
+
+/// `hsm.user_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(untagged)]
+pub enum UserType {
+    #[default]
+    #[serde(skip)]
+    User,
+    /// "user", or a number.
+    Named(UserTypeName),
+    Number(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserTypeName {
+    User,
+}
+
+impl UserType {
+    /// The `CK_USER_TYPE` to log in as.
+    pub fn ck_user_type(self) -> cryptoki_sys::CK_USER_TYPE {
+        match self {
+            UserType::User | UserType::Named(UserTypeName::User) => cryptoki_sys::CKU_USER,
+            UserType::Number(n) => n as cryptoki_sys::CK_USER_TYPE,
+        }
+    }
 }
 
 fn default_sessions() -> usize {
@@ -418,6 +450,14 @@ impl Config {
                 h.sessions
             ));
         }
+        if let UserType::Number(n) = h.user_type
+            && n != cryptoki_sys::CKU_USER as u64
+            && n < 0x8000_0000
+        {
+            return Err(format!(
+                "hsm.user_type = {n:#x}: give \"user\" (CKU_USER) or a vendor role number (0x80000000 or more, e.g. Luna's Crypto User 0x80000001); the security officer and context-specific logins are not for this daemon"
+            ));
+        }
         if !(1..=3600).contains(&h.reinit_interval_secs) {
             return Err(format!(
                 "hsm.reinit_interval_secs = {} is out of range 1..=3600",
@@ -652,6 +692,18 @@ pin_file = "pin"
         assert!(e.contains("abc"), "{e}");
         let e = parse(&format!("{MIN}[oci]\nallowed_endpoints = [\"http://*\"]\n")).unwrap_err();
         assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn login_roles() {
+        assert_eq!(parse(MIN).unwrap().hsm.user_type.ck_user_type(), 1);
+        let c = parse(&format!("{MIN}user_type = \"user\"\n")).unwrap();
+        assert_eq!(c.hsm.user_type.ck_user_type(), 1);
+        let c = parse(&format!("{MIN}user_type = 0x80000001\n")).unwrap();
+        assert_eq!(c.hsm.user_type.ck_user_type(), 0x8000_0001);
+        let e = parse(&format!("{MIN}user_type = 0\n")).unwrap_err();
+        assert!(e.contains("hsm.user_type") && e.contains("security officer"), "{e}");
+        assert!(parse(&format!("{MIN}user_type = \"officer\"\n")).is_err());
     }
 
     #[test]

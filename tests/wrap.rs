@@ -265,7 +265,10 @@ fn config_and_token_refusals(fx: &Fixture) {
     assert!(!l.contains(PIN));
 
     let c = write_config(fx, "no-module.toml", |t| {
-        t.replace(&fx.module, "/nonexistent/libpkcs11.so")
+        t.replace(
+            &format!("module = \"{}\"", fx.daemon_module()),
+            "module = \"/nonexistent/libpkcs11.so\"",
+        )
     });
     let l = keys(&c);
     assert!(
@@ -391,6 +394,47 @@ fn selftest_chooses_a_proven_mode_and_says_why(fx: &Fixture) {
                 .starts_with("zero-padded")
         );
         assert!(v["kwp_mechanism"].as_str().unwrap().contains("0x210a"));
+    }
+    if fx.kind == TokenKind::Luna {
+        // No plaintext key import: the self-test's keys were generated in the token, and
+        // hybrid mode (K from the host) is refused with the reason.
+        assert_eq!(chosen, "hsm-two-step", "{v}");
+        assert!(
+            v["known_values"].as_str().unwrap().starts_with("generated in the token")
+                && v["known_values"]
+                    .as_str()
+                    .unwrap()
+                    .contains("CKR_TEMPLATE_INCONSISTENT"),
+            "{v}"
+        );
+        assert_eq!(mode("hybrid")["ok"], false);
+        assert!(
+            mode("hybrid")["aes"]
+                .as_str()
+                .unwrap()
+                .contains("refuses secret keys created from a value"),
+            "{v}"
+        );
+        assert!(
+            v["kwp_mechanism"].as_str().unwrap().contains("0x80000171"),
+            "{v}"
+        );
+        let mech = |n: &str| {
+            v["mechanisms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["number"] == n)
+                .unwrap()
+                .clone()
+        };
+        for hidden in ["0x210b", "0x210a", "0x1054"] {
+            assert_eq!(mech(hidden)["listed"], false, "{hidden}");
+            assert_eq!(mech(hidden)["ok"], false, "{hidden}");
+        }
+        assert_eq!(mech("0x80000171")["listed"], true);
+        assert_eq!(v["pkcs8_from_kwp"], "exact");
+        assert!(text.contains("session keys: generated in the token"), "{text}");
     }
 }
 
@@ -528,3 +572,4 @@ macro_rules! on_token {
 
 on_token!(softhsm, Some(common::softhsm()));
 on_token!(kryoptic, common::kryoptic());
+on_token!(luna, common::luna());

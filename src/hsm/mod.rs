@@ -68,7 +68,7 @@ pub enum HsmError {
     SelfTest(String),
     #[error("{op} failed: {}", ck_error_text(.err))]
     Pkcs11 { op: &'static str, err: CkError },
-    #[error("C_WrapKey with {mechanism} failed: {}", ckr_name(*.rv))]
+    #[error("C_WrapKey with {mechanism} failed: {}{}", ckr_name(*.rv), wrap_hint(*.rv))]
     WrapCall { mechanism: String, rv: RvError },
     #[error("all {0} HSM sessions stayed busy; try again")]
     Busy(usize),
@@ -138,8 +138,30 @@ pub fn ckr_name(rv: RvError) -> String {
     out
 }
 
+/// What a wrap refusal means and what fixes it, for the codes a Luna partition answers.
+fn wrap_hint(rv: RvError) -> &'static str {
+    match rv {
+        RvError::KeyUnextractable => {
+            " (the key is not extractable: CKA_EXTRACTABLE is false, and a Luna makes keys so unless asked; generate source keys with CKA_EXTRACTABLE = true)"
+        }
+        RvError::KeyNotWrappable => {
+            " (the token will not wrap this key; for a private key on a Luna: the partition does not allow private-key wrapping, key export mode is partition policy 1; AES keys are unaffected)"
+        }
+        RvError::KeyFunctionNotPermitted => {
+            " (the key's attributes or the partition's policy forbid this: the key needs CKA_EXTRACTABLE = true, the wrapping key CKA_WRAP = true)"
+        }
+        RvError::TemplateInconsistent => {
+            " (the token refused the one-time session key's template; a Luna requires CKA_SENSITIVE and CKA_PRIVATE true and takes no secret key from a value)"
+        }
+        _ => "",
+    }
+}
+
 fn ck_error_text(e: &CkError) -> String {
     match e {
+        CkError::Pkcs11(rv @ RvError::TemplateInconsistent, _) => {
+            format!("{}{}", ckr_name(*rv), wrap_hint(*rv))
+        }
         CkError::Pkcs11(rv, _) => ckr_name(*rv),
         other => other.to_string(),
     }
@@ -264,7 +286,7 @@ impl Hsm {
         };
         let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| load_err(e.to_string()))?;
         initialize(&pkcs11).map_err(|e| load_err(format!("C_Initialize: {e}")))?;
-        let raw = raw::RawModule::open(&cfg.module).map_err(load_err)?;
+        let raw = raw::RawModule::open(&cfg.module, cfg.user_type.ck_user_type()).map_err(load_err)?;
         let pin_refused = OnceLock::new();
         let setup = Setup {
             token_label: cfg.token_label.clone(),
@@ -354,11 +376,9 @@ impl Hsm {
             let Some(kwp) = kwp else {
                 return Ok(());
             };
-            let mut k = zeroize::Zeroizing::new([0u8; 64]);
-            getrandom::fill(&mut k[..])
-                .map_err(|e| HsmError::Wrap(WrapError::Crypto(e.to_string())))?;
-            let kek = modes::session_aes(s, &k[..32], modes::AesRole::Wrapping)?;
-            let target = modes::session_aes(s, &k[32..], modes::AesRole::Target)?;
+            // Generated in the token: a Luna takes no secret key from a value.
+            let kek = modes::session_aes_generate(s)?;
+            let target = modes::session_aes_generate(s)?;
             self.raw
                 .wrap_key(
                     s.handle(),
@@ -805,7 +825,7 @@ fn login(
                 let why = match rv {
                     RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)",
                     RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)",
-                    _ => "the PIN has expired (CKR_PIN_EXPIRED)",
+                    _ => "the PIN has expired (CKR_PIN_EXPIRED; on a Luna, the initial Crypto Officer password must be changed first, e.g. lunacm role changepw)",
                 };
                 let _ = refused.set(why.to_string());
                 why.to_string()

@@ -56,6 +56,12 @@ pub struct Capabilities {
     pub pkcs8_kwp: Option<Pkcs8Fit>,
     /// How private keys come out of `CKM_RSA_AES_KEY_WRAP`; `None` if not established.
     pub pkcs8_native: Option<Pkcs8Fit>,
+    /// The token takes secret keys created from a value (a FIPS 140 Level 3 token, a Luna,
+    /// does not: there hybrid mode, which creates K from the host, cannot run).
+    pub plaintext_keys: bool,
+    /// The token refused to wrap the self-test's extractable private key, with this code:
+    /// the partition forbids private-key wrapping (Luna in cloning mode).
+    pub private_wrap_refused: Option<String>,
 }
 
 impl Capabilities {
@@ -68,6 +74,8 @@ impl Capabilities {
             && self.native == other.native
             && kind(self.pkcs8_kwp) == kind(other.pkcs8_kwp)
             && kind(self.pkcs8_native) == kind(other.pkcs8_native)
+            && self.plaintext_keys == other.plaintext_keys
+            && self.private_wrap_refused.is_some() == other.private_wrap_refused.is_some()
     }
 }
 
@@ -328,7 +336,15 @@ fn check_opens(k: &[u8], c2: &[u8], scratch: &mut [u8], shape: KeyShape) -> Resu
     Ok(())
 }
 
+/// What an operator reads when the partition forbids private-key wrapping.
+pub const PRIVATE_WRAP_REFUSED: &str = "the partition does not allow private-key wrapping (Luna: key export mode, partition policy 1; AES keys are unaffected)";
+
 fn check_rsa_export(caps: &Capabilities, mode: WrapMode) -> Result<(), HsmError> {
+    if let Some(rv) = &caps.private_wrap_refused {
+        return Err(HsmError::Refused(format!(
+            "{PRIVATE_WRAP_REFUSED}; the token answered {rv} when the self-test wrapped an extractable private key"
+        )));
+    }
     let fit = match mode {
         WrapMode::HsmNative => caps.pkcs8_native,
         WrapMode::HsmTwoStep | WrapMode::Hybrid => caps.pkcs8_kwp,

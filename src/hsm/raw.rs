@@ -70,11 +70,14 @@ pub struct RawModule {
         *mut sys::CK_UTF8CHAR,
         sys::CK_ULONG,
     ) -> sys::CK_RV,
+    /// The role `C_Login` logs in as (`hsm.user_type`).
+    user_type: sys::CK_USER_TYPE,
 }
 
 impl RawModule {
-    /// Opens the module at `path` (already loaded and initialised by `cryptoki`).
-    pub fn open(path: &Path) -> Result<Self, String> {
+    /// Opens the module at `path` (already loaded and initialised by `cryptoki`); logins
+    /// will be as `user_type`.
+    pub fn open(path: &Path, user_type: sys::CK_USER_TYPE) -> Result<Self, String> {
         // SAFETY: loading a PKCS#11 library runs its initialisers; this is the same file
         // `cryptoki` has just loaded, so dlopen returns the existing instance.
         let lib = unsafe { sys::Pkcs11::new(path) }.map_err(|e| e.to_string())?;
@@ -103,6 +106,7 @@ impl RawModule {
                 wrap_key_fn,
                 mechanism_list_fn,
                 login_fn,
+                user_type,
             }),
             _ => Err(
                 "the module's function list has no C_WrapKey / C_GetMechanismList / C_Login".into(),
@@ -130,14 +134,14 @@ impl RawModule {
         Ok(list)
     }
 
-    /// `C_Login` as the normal user with `pin`.
+    /// `C_Login` as the configured role with `pin`.
     pub fn login_user(&self, session: CK_SESSION_HANDLE, pin: &[u8]) -> Result<(), RvError> {
         // SAFETY: `pin` is valid for `pin.len()` bytes for the whole call; PKCS#11 declares
         // the pointer mutable but C_Login only reads it.
         check(unsafe {
             (self.login_fn)(
                 session,
-                sys::CKU_USER,
+                self.user_type,
                 pin.as_ptr().cast_mut(),
                 pin.len() as sys::CK_ULONG,
             )

@@ -6,6 +6,14 @@
 //! and opens the result in software (OpenSSL for OAEP, `aes-kw` for RFC 5649). A mechanism
 //! counts only if the bytes are exactly right; a token's name or listed mechanisms decide
 //! nothing. All objects it creates are session objects, destroyed when it ends.
+//!
+//! The session keys' values are known without giving the token a plaintext secret where
+//! the token refuses one (a Luna, any FIPS 140 Level 3 token: `C_CreateObject` of a secret
+//! key is `CKR_TEMPLATE_INCONSISTENT`): there the target T and the KEK are generated in the
+//! token, their values learnt through the token's own OAEP-SHA256 wraps to the software key,
+//! and T confirmed by a second, independent route, RFC 5649 under the KEK. A token whose
+//! OAEP is not SHA-256 cannot be opened; a KWP that is not RFC 5649, or routes that disagree,
+//! reject the mechanism. Hybrid mode, which creates K from the host, is impossible there.
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
@@ -27,7 +35,9 @@ use crate::config::WrapModeSetting;
 use crate::wrap::verify::{
     Pkcs8Fit, judge_envelope, judge_kwp, judge_oaep_sha256, open_envelope, pkcs8_fit,
 };
+use crate::wrap::soft::OaepHash;
 use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrappingKey};
+use cryptoki::error::RvError;
 
 /// KWP candidates, in order of preference.
 const KWP_CANDIDATES: [CK_MECHANISM_TYPE; 3] =
@@ -65,6 +75,9 @@ pub struct Report {
     pub pkcs8_from_kwp: String,
     pub rsa_oaep_sha256: bool,
     pub modes: Vec<ModeFinding>,
+    /// How the self-test learnt its session keys' values: imported, or generated in the
+    /// token and learnt through its own wraps.
+    pub known_values: String,
     pub wrap_mode_setting: String,
     pub chosen_mode: String,
     #[serde(skip)]
@@ -217,18 +230,6 @@ pub fn run(
     let wk = WrappingKey::from_pem(&sw_pem, 2048)?;
     let wk_obj = modes::import_wrapping_key(s, &wk)?;
 
-    // A known AES-256 target, extractable.
-    let mut t_val = Zeroizing::new([0u8; 32]);
-    getrandom::fill(&mut t_val[..]).map_err(|e| HsmError::SelfTest(e.to_string()))?;
-    let t_obj = modes::session_aes(s, &t_val[..], AesRole::Target)?;
-    let aes_target = Target {
-        handle: t_obj.handle,
-        shape: KeyShape {
-            algorithm: KeyAlgorithm::Aes,
-            length: 32,
-        },
-    };
-
     let mut caps = Capabilities::default();
     let mut mechanisms = Vec::new();
     let call = |mech, wrapping: &SessionObject<'_>, key: &SessionObject<'_>| {
@@ -241,32 +242,59 @@ pub fn run(
         )
         .map_err(|rv| format!("C_WrapKey: {}", super::ckr_name(rv)))
     };
+    let oaep_name = "CKM_RSA_PKCS_OAEP (SHA-256)";
+    let known = known_keys(s, &call, &wk_obj, &sw_key)?;
+    let (t_obj, t_val, kek_obj, kek) = (known.t_obj, known.t_val, known.kek_obj, known.kek);
+    caps.plaintext_keys = known.refused.is_none();
+    let aes_target = Target {
+        handle: t_obj.handle,
+        shape: KeyShape {
+            algorithm: KeyAlgorithm::Aes,
+            length: 32,
+        },
+    };
 
-    // RFC 5649 under each candidate number, with a known KEK.
-    let mut kek = Zeroizing::new([0u8; 32]);
-    getrandom::fill(&mut kek[..]).map_err(|e| HsmError::SelfTest(e.to_string()))?;
-    let kek_obj = modes::session_aes(s, &kek[..], AesRole::Wrapping)?;
+    // RFC 5649 under each candidate number, with a known KEK. (With generated keys, this is
+    // the second route to T: it must agree with what OAEP said.)
     for n in KWP_CANDIDATES {
-        let r = call(WrapMechanism::Kwp(n), &kek_obj, &t_obj)
-            .and_then(|out| judge_kwp(&kek[..], &out, &t_val[..]))
-            .map(|()| "RFC 5649 verified".to_string());
+        let r = match (&t_val, &kek) {
+            (Ok(t_val), Ok(kek)) => call(WrapMechanism::Kwp(n), &kek_obj, &t_obj)
+                .and_then(|out| judge_kwp(&kek[..], &out, &t_val[..]))
+                .map(|()| match known.refused {
+                    None => "RFC 5649 verified".to_string(),
+                    Some(_) => "RFC 5649 verified (and T's value learnt by OAEP confirmed)".to_string(),
+                }),
+            _ => Err("not tested: the keys' values could not be learnt without OAEP-SHA256".into()),
+        };
         if r.is_ok() && caps.kwp.is_none() {
             caps.kwp = Some(n);
         }
         mechanisms.push(MechanismFinding::new(kwp_name(n), n, listed, &r));
     }
 
-    // OAEP with SHA-256 in the token.
-    let r = call(WrapMechanism::RsaOaepSha256, &wk_obj, &t_obj)
-        .and_then(|out| judge_oaep_sha256(&sw_key, &out, &t_val[..]))
-        .map(|()| "OAEP SHA-256 / MGF1-SHA-256 verified".to_string());
+    // OAEP with SHA-256 in the token. With generated keys, it counts only where a second
+    // route (RFC 5649 under the KEK) confirmed the value it gave for T.
+    let r = match (&known.refused, &t_val) {
+        (None, Ok(t_val)) => call(WrapMechanism::RsaOaepSha256, &wk_obj, &t_obj)
+            .and_then(|out| judge_oaep_sha256(&sw_key, &out, &t_val[..]))
+            .map(|()| "OAEP SHA-256 / MGF1-SHA-256 verified".to_string()),
+        (Some(_), Ok(_)) if caps.kwp.is_some() => Ok(
+            "OAEP SHA-256 / MGF1-SHA-256 verified (T's value confirmed by RFC 5649)".to_string(),
+        ),
+        (Some(_), Ok(_)) => Err(
+            "OAEP-SHA256 decrypts, but no RFC 5649 route confirmed the value it gave".to_string(),
+        ),
+        (_, Err(e)) => Err(e.clone()),
+    };
     caps.oaep_sha256 = r.is_ok();
-    mechanisms.push(MechanismFinding::new(
-        "CKM_RSA_PKCS_OAEP (SHA-256)",
-        CKM_RSA_PKCS_OAEP,
-        listed,
-        &r,
-    ));
+    mechanisms.push(MechanismFinding::new(oaep_name, CKM_RSA_PKCS_OAEP, listed, &r));
+    if let (Some(refused), Err(oaep)) = (&known.refused, &t_val) {
+        return Err(HsmError::SelfTest(format!(
+            "no wrap mode is possible on this token: it refuses secret keys created from a value ({refused}), so hybrid mode cannot run and the self-test cannot import known keys, and it does not do RSA-OAEP with SHA-256 itself ({oaep}), so neither hsm-two-step nor the self-test's own check can run"
+        )));
+    }
+    let t_val = t_val.map_err(HsmError::SelfTest)?;
+    let kek = kek.map_err(HsmError::SelfTest)?;
 
     // One-shot CKM_RSA_AES_KEY_WRAP.
     let r = call(WrapMechanism::RsaAesKeyWrapSha256, &wk_obj, &t_obj)
@@ -285,11 +313,29 @@ pub fn run(
     let mut pkcs8_from_kwp = String::from("not tested: no RFC 5649 mechanism");
     if let Ok((p_obj, modulus)) = &probe {
         if let Some(n) = caps.kwp {
-            let r = call(WrapMechanism::Kwp(n), &kek_obj, p_obj).and_then(|out| {
-                let blob =
-                    crate::wrap::soft::kwp_unwrap(&kek[..], &out).map_err(|e| e.to_string())?;
-                judge_private(&blob, modulus)
-            });
+            let wrapped = raw.wrap_key(
+                s.handle(),
+                WrapMechanism::Kwp(n),
+                kek_obj.handle.handle(),
+                p_obj.handle.handle(),
+                4096,
+            );
+            if let Err(
+                rv @ (RvError::KeyNotWrappable
+                | RvError::KeyFunctionNotPermitted
+                | RvError::KeyUnextractable),
+            ) = &wrapped
+            {
+                // The probe key is extractable: the partition forbids private-key wrapping.
+                caps.private_wrap_refused = Some(super::ckr_name(*rv));
+            }
+            let r = wrapped
+                .map_err(|rv| format!("C_WrapKey: {}", super::ckr_name(rv)))
+                .and_then(|out| {
+                    let blob = crate::wrap::soft::kwp_unwrap(&kek[..], &out)
+                        .map_err(|e| e.to_string())?;
+                    judge_private(&blob, modulus)
+                });
             caps.pkcs8_kwp = r.as_ref().ok().copied();
             pkcs8_from_kwp = match r {
                 Ok(fit) => fit_text(fit),
@@ -332,6 +378,10 @@ pub fn run(
             WrapMode::Hybrid if !allow_hybrid => {
                 Some("forbidden by policy.allow_hybrid = false".into())
             }
+            WrapMode::Hybrid if !caps.plaintext_keys => Some(format!(
+                "needs the token to take the one-time key K from the host, and it refuses secret keys created from a value ({})",
+                known.refused.as_deref().unwrap_or("")
+            )),
             WrapMode::Hybrid if caps.kwp.is_none() => Some(no_kwp.clone()),
             _ => None,
         };
@@ -412,12 +462,85 @@ pub fn run(
         pkcs8_from_kwp,
         rsa_oaep_sha256: caps.oaep_sha256,
         modes: found,
+        known_values: match &known.refused {
+            None => "imported (the token takes secret keys from a value)".into(),
+            Some(why) => format!(
+                "generated in the token, learnt through its own OAEP-SHA256 wraps and confirmed by RFC 5649 (it refuses secret keys from a value: {why})"
+            ),
+        },
         wrap_mode_setting: setting_name(setting).into(),
         chosen_mode: chosen.as_str().into(),
         chosen,
         chosen_because: because,
         caps,
     })
+}
+
+/// The self-test's AES-256 target T and KEK, in the token, with their values where they
+/// could be learnt.
+struct KnownKeys<'a> {
+    t_obj: SessionObject<'a>,
+    t_val: Result<Zeroizing<Vec<u8>>, String>,
+    kek_obj: SessionObject<'a>,
+    kek: Result<Zeroizing<Vec<u8>>, String>,
+    /// Why the token would not take them from a value (`None`: it did).
+    refused: Option<String>,
+}
+
+/// T and the KEK: created from known values where the token allows it, else generated in
+/// the token and their values learnt through its OAEP-SHA256 wraps to the software key
+/// (whose decryption fails for any other hash).
+fn known_keys<'a>(
+    s: &'a Session,
+    call: &impl Fn(WrapMechanism, &SessionObject<'_>, &SessionObject<'_>) -> Result<Vec<u8>, String>,
+    wk_obj: &SessionObject<'_>,
+    sw_key: &PKey<Private>,
+) -> Result<KnownKeys<'a>, HsmError> {
+    let random = || -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let mut v = Zeroizing::new(vec![0u8; 32]);
+        getrandom::fill(&mut v[..]).map_err(|e| HsmError::SelfTest(e.to_string()))?;
+        Ok(v)
+    };
+    let t_val = random()?;
+    match modes::session_aes(s, &t_val[..], AesRole::Target) {
+        Ok(t_obj) => {
+            let kek = random()?;
+            let kek_obj = modes::session_aes(s, &kek[..], AesRole::Wrapping)?;
+            Ok(KnownKeys {
+                t_obj,
+                t_val: Ok(t_val),
+                kek_obj,
+                kek: Ok(kek),
+                refused: None,
+            })
+        }
+        Err(e) => {
+            let refused = format!("C_CreateObject: {}", e.rv().map_or(e.to_string(), super::ckr_name));
+            let t_obj = modes::session_aes_generate(s)?;
+            let kek_obj = modes::session_aes_generate(s)?;
+            let learn = |obj: &SessionObject<'_>| {
+                call(WrapMechanism::RsaOaepSha256, wk_obj, obj)
+                    .and_then(|out| {
+                        crate::wrap::soft::oaep_decrypt(sw_key, OaepHash::Sha256, &out)
+                            .map_err(|_| "the token's OAEP wrap does not open as OAEP-SHA256 / MGF1-SHA-256".to_string())
+                    })
+                    .and_then(|v| {
+                        if v.len() == 32 {
+                            Ok(v)
+                        } else {
+                            Err(format!("OAEP-SHA256 opens to {} bytes, not an AES-256 key", v.len()))
+                        }
+                    })
+            };
+            Ok(KnownKeys {
+                t_val: learn(&t_obj),
+                kek: learn(&kek_obj),
+                t_obj,
+                kek_obj,
+                refused: Some(refused),
+            })
+        }
+    }
 }
 
 /// A private key in the token to probe PKCS#8 handling: the software key imported, or,
@@ -509,6 +632,7 @@ impl Report {
                 m.detail
             );
         }
+        out += &format!("session keys: {}\n", self.known_values);
         out += &format!(
             "RFC 5649 mechanism: {}\nPKCS#8 from RFC 5649 wrap: {}\nRSA_OAEP_SHA256 (AES keys): {}\nmodes:\n",
             self.kwp_mechanism.as_deref().unwrap_or("none"),

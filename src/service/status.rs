@@ -24,7 +24,9 @@ pub fn code(e: &HsmError) -> Code {
         }
         HsmError::Wrap(WrapError::Crypto(_)) => Code::Internal,
         HsmError::WrapCall {
-            rv: RvError::KeyNotWrappable | RvError::KeyUnextractable,
+            rv: RvError::KeyNotWrappable
+                | RvError::KeyUnextractable
+                | RvError::KeyFunctionNotPermitted,
             ..
         } => Code::FailedPrecondition,
         HsmError::WrapCall { .. }

@@ -37,14 +37,24 @@ pub fn kryoptic_module() -> PathBuf {
 pub enum TokenKind {
     SoftHsm,
     Kryoptic,
+    /// A kryoptic token behind the project's fault module with its Luna rules
+    /// (tests/fault-pkcs11/src/luna.rs): what the daemon sees is a Luna partition in key
+    /// export mode (configs can switch it to cloning mode); the test seeds keys through
+    /// kryoptic itself.
+    Luna,
 }
+
+/// The Luna rules of a Luna fixture's configs: a partition in key export mode.
+pub const LUNA_KEY_EXPORT: &str = "luna,partition=key-export";
+/// Luna's default partition mode: no private key may be wrapped.
+pub const LUNA_CLONING: &str = "luna";
 
 impl TokenKind {
     /// The environment variable that points the module at its configuration.
     fn conf_var(self) -> &'static str {
         match self {
             TokenKind::SoftHsm => "SOFTHSM2_CONF",
-            TokenKind::Kryoptic => "KRYOPTIC_CONF",
+            TokenKind::Kryoptic | TokenKind::Luna => "KRYOPTIC_CONF",
         }
     }
 }
@@ -178,6 +188,25 @@ pub fn kryoptic() -> Option<&'static Fixture> {
     Some(FX.get_or_init(|| make_fixture(TokenKind::Kryoptic, module.display().to_string())))
 }
 
+/// The Luna-like test token of this test process (a kryoptic token of its own behind the
+/// fault module's Luna rules); `None` where the kryoptic tests are skipped.
+pub fn luna() -> Option<&'static Fixture> {
+    static FX: OnceLock<Fixture> = OnceLock::new();
+    let module = kryoptic()?.module.clone();
+    Some(FX.get_or_init(|| make_fixture(TokenKind::Luna, module)))
+}
+
+impl Fixture {
+    /// The module a config on this token loads: the token's own, or for a Luna fixture the
+    /// fault module in front of it.
+    pub fn daemon_module(&self) -> String {
+        match self.kind {
+            TokenKind::Luna => fault::module().display().to_string(),
+            _ => self.module.clone(),
+        }
+    }
+}
+
 fn make_fixture(kind: TokenKind, module: String) -> Fixture {
     let dir = process_dir(&format!("{kind:?}").to_lowercase());
     let conf = match kind {
@@ -210,7 +239,7 @@ fn make_fixture(kind: TokenKind, module: String) -> Fixture {
             );
             conf
         }
-        TokenKind::Kryoptic => {
+        TokenKind::Kryoptic | TokenKind::Luna => {
             // Each test process has its own sqlite token file: two processes writing one
             // token at once lose operations.
             let conf = dir.join("kryoptic.conf");
@@ -306,10 +335,17 @@ fn generate_pair(fx: &Fixture, key_type: &str, label: &str, id: &str) {
 
 /// Writes a config next to the token, after `edit` has changed the base text.
 pub fn write_config(fx: &Fixture, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let luna = match fx.kind {
+        TokenKind::Luna => format!(
+            ", FAULT_PKCS11_MODULE = \"{}\", FAULT_PKCS11_LUNA = \"{LUNA_KEY_EXPORT}\"",
+            fx.module
+        ),
+        _ => String::new(),
+    };
     let base = format!(
         r#"[hsm]
 module = "{}"
-module_env = {{ {} = "./{}" }}
+module_env = {{ {} = "./{}"{luna} }}
 token_label = "{TOKEN}"
 pin_file = "./user-pin"
 sessions = 2
@@ -318,7 +354,7 @@ wrap_mode = "auto"
 [policy]
 exportable = ["test-*"]
 "#,
-        fx.module,
+        fx.daemon_module(),
         fx.kind.conf_var(),
         fx.conf.file_name().unwrap().to_string_lossy()
     );

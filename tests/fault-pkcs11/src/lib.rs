@@ -13,10 +13,16 @@
 //!   bytes (a token that lies about sizes), and RV `corrupt` calls the real function and
 //!   flips a bit in the last byte it wrote (a token whose wrap output is garbage).
 //!
+//! With `FAULT_PKCS11_LUNA`, it also behaves as a Luna partition does (see `luna.rs`).
+//!
 //! Replaced: C_Initialize, C_Finalize, C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo,
-//! C_FindObjectsInit. Everything else is the real module's own function pointer.
+//! C_FindObjectsInit, and for the Luna rules C_CreateObject, C_GenerateKey,
+//! C_GenerateKeyPair, C_UnwrapKey, C_GetMechanismList, C_GetMechanismInfo. Everything else is
+//! the real module's own function pointer.
 
 #![allow(non_snake_case)]
+
+mod luna;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -161,7 +167,202 @@ macro_rules! forward {
 
 forward!(initialize, C_Initialize, (args: CK_VOID_PTR));
 forward!(finalize, C_Finalize, (reserved: CK_VOID_PTR), { end_sticky(); });
-forward!(login, C_Login, (s: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, len: CK_ULONG));
+forward!(login_real, C_Login, (s: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: CK_UTF8CHAR_PTR, len: CK_ULONG));
+
+unsafe extern "C" fn login(
+    s: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: CK_UTF8CHAR_PTR,
+    len: CK_ULONG,
+) -> CK_RV {
+    // SAFETY: the caller's arguments, the user type mapped.
+    unsafe { login_real(s, luna::user(user), pin, len) }
+}
+
+/// The class of object `key`, from the real module.
+fn class_of(s: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Option<CK_OBJECT_CLASS> {
+    let f = real()?.C_GetAttributeValue?;
+    let mut class: CK_OBJECT_CLASS = 0;
+    let mut a = CK_ATTRIBUTE {
+        type_: CKA_CLASS,
+        pValue: &mut class as *mut CK_OBJECT_CLASS as *mut std::ffi::c_void,
+        ulValueLen: size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+    };
+    // SAFETY: one attribute with room for its value.
+    (unsafe { f(s, key, &mut a, 1) } == CKR_OK).then_some(class)
+}
+
+unsafe extern "C" fn create_object(
+    s: CK_SESSION_HANDLE,
+    t: CK_ATTRIBUTE_PTR,
+    n: CK_ULONG,
+    h: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    log("C_CreateObject");
+    if let Some(rv) = luna::refuse_create(t, n) {
+        return rv;
+    }
+    match real().and_then(|l| l.C_CreateObject) {
+        // SAFETY: the real module's own function, with the arguments we were given.
+        Some(f) => unsafe { f(s, t, n, h) },
+        None => CKR_GENERAL_ERROR,
+    }
+}
+
+unsafe extern "C" fn generate_key(
+    s: CK_SESSION_HANDLE,
+    m: CK_MECHANISM_PTR,
+    t: CK_ATTRIBUTE_PTR,
+    n: CK_ULONG,
+    h: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    log("C_GenerateKey");
+    let mut t = match luna::key_template(t, n) {
+        Ok(t) => t,
+        Err(rv) => return rv,
+    };
+    match real().and_then(|l| l.C_GenerateKey) {
+        // SAFETY: the real module's function, the caller's template as the partition reads it.
+        Some(f) => unsafe { f(s, m, t.as_mut_ptr(), t.len() as CK_ULONG, h) },
+        None => CKR_GENERAL_ERROR,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn generate_key_pair(
+    s: CK_SESSION_HANDLE,
+    m: CK_MECHANISM_PTR,
+    public: CK_ATTRIBUTE_PTR,
+    public_n: CK_ULONG,
+    private: CK_ATTRIBUTE_PTR,
+    private_n: CK_ULONG,
+    public_h: CK_OBJECT_HANDLE_PTR,
+    private_h: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    log("C_GenerateKeyPair");
+    let mut private = match luna::key_template(private, private_n) {
+        Ok(t) => t,
+        Err(rv) => return rv,
+    };
+    match real().and_then(|l| l.C_GenerateKeyPair) {
+        // SAFETY: the real module's function, the private template as the partition reads it.
+        Some(f) => unsafe {
+            f(
+                s,
+                m,
+                public,
+                public_n,
+                private.as_mut_ptr(),
+                private.len() as CK_ULONG,
+                public_h,
+                private_h,
+            )
+        },
+        None => CKR_GENERAL_ERROR,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn unwrap_key(
+    s: CK_SESSION_HANDLE,
+    m: CK_MECHANISM_PTR,
+    unwrapping: CK_OBJECT_HANDLE,
+    wrapped: CK_BYTE_PTR,
+    wrapped_len: CK_ULONG,
+    t: CK_ATTRIBUTE_PTR,
+    n: CK_ULONG,
+    h: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    log("C_UnwrapKey");
+    let mut mech = match luna::mechanism(m, false) {
+        Ok(Some(mech)) => mech,
+        Ok(None) if !m.is_null() => unsafe { *m },
+        Ok(None) => return CKR_ARGUMENTS_BAD,
+        Err(rv) => return rv,
+    };
+    let mut t = match luna::key_template(t, n) {
+        Ok(t) => t,
+        Err(rv) => return rv,
+    };
+    match real().and_then(|l| l.C_UnwrapKey) {
+        // SAFETY: the real module's function; mechanism and template as the partition reads them.
+        Some(f) => unsafe {
+            f(
+                s,
+                &mut mech,
+                unwrapping,
+                wrapped,
+                wrapped_len,
+                t.as_mut_ptr(),
+                t.len() as CK_ULONG,
+                h,
+            )
+        },
+        None => CKR_GENERAL_ERROR,
+    }
+}
+
+unsafe extern "C" fn get_mechanism_list(
+    slot: CK_SLOT_ID,
+    list: CK_MECHANISM_TYPE_PTR,
+    count: CK_ULONG_PTR,
+) -> CK_RV {
+    let Some(f) = real().and_then(|l| l.C_GetMechanismList) else {
+        return CKR_GENERAL_ERROR;
+    };
+    if count.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    let mut n: CK_ULONG = 0;
+    // SAFETY: size query, as the standard allows.
+    let rv = unsafe { f(slot, std::ptr::null_mut(), &mut n) };
+    if rv != CKR_OK {
+        return rv;
+    }
+    let mut real_list = vec![0 as CK_MECHANISM_TYPE; n as usize];
+    // SAFETY: room for `n` entries.
+    let rv = unsafe { f(slot, real_list.as_mut_ptr(), &mut n) };
+    if rv != CKR_OK {
+        return rv;
+    }
+    real_list.truncate(n as usize);
+    let shown = luna::listed(real_list);
+    // SAFETY: checked non-null; the caller's count and (if non-null) buffer of that size.
+    unsafe {
+        let room = *count as usize;
+        *count = shown.len() as CK_ULONG;
+        if list.is_null() {
+            return CKR_OK;
+        }
+        if room < shown.len() {
+            return CKR_BUFFER_TOO_SMALL;
+        }
+        std::ptr::copy_nonoverlapping(shown.as_ptr(), list, shown.len());
+    }
+    CKR_OK
+}
+
+unsafe extern "C" fn get_mechanism_info(
+    slot: CK_SLOT_ID,
+    ty: CK_MECHANISM_TYPE,
+    info: CK_MECHANISM_INFO_PTR,
+) -> CK_RV {
+    let mut probe = CK_MECHANISM {
+        mechanism: ty,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let ty = match luna::mechanism(&mut probe, false) {
+        Ok(Some(m)) => m.mechanism,
+        Ok(None) => ty,
+        Err(rv) => return rv,
+    };
+    match real().and_then(|l| l.C_GetMechanismInfo) {
+        // SAFETY: the real module's own function.
+        Some(f) => unsafe { f(slot, ty, info) },
+        None => CKR_GENERAL_ERROR,
+    }
+}
 unsafe extern "C" fn wrap_key(
     s: CK_SESSION_HANDLE,
     m: CK_MECHANISM_PTR,
@@ -185,8 +386,17 @@ unsafe extern "C" fn wrap_key(
     let Some(f) = real().and_then(|l| l.C_WrapKey) else {
         return CKR_GENERAL_ERROR;
     };
-    // SAFETY: the real module's own function, with the arguments we were given.
-    let rv = unsafe { f(s, m, wrapping, key, out, out_len) };
+    let mut mech = match luna::mechanism(m, true) {
+        Ok(Some(mech)) => mech,
+        Ok(None) if !m.is_null() => unsafe { *m },
+        Ok(None) => return CKR_ARGUMENTS_BAD,
+        Err(rv) => return rv,
+    };
+    if luna::rules().cloning && class_of(s, key) == Some(CKO_PRIVATE_KEY) {
+        return CKR_KEY_NOT_WRAPPABLE;
+    }
+    // SAFETY: the real module's own function; the mechanism as the partition reads it.
+    let rv = unsafe { f(s, &mut mech, wrapping, key, out, out_len) };
     if matches!(action, Some(Action::Corrupt)) && rv == CKR_OK && !out.is_null() && !out_len.is_null() {
         // SAFETY: the real module wrote `*out_len` bytes at `out`.
         unsafe {
@@ -223,6 +433,12 @@ pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK
         l.C_OpenSession = Some(open_session);
         l.C_GetTokenInfo = Some(get_token_info);
         l.C_FindObjectsInit = Some(find_objects_init);
+        l.C_CreateObject = Some(create_object);
+        l.C_GenerateKey = Some(generate_key);
+        l.C_GenerateKeyPair = Some(generate_key_pair);
+        l.C_UnwrapKey = Some(unwrap_key);
+        l.C_GetMechanismList = Some(get_mechanism_list);
+        l.C_GetMechanismInfo = Some(get_mechanism_info);
         l.C_GetFunctionList = Some(C_GetFunctionList);
         Some(Box::new(l))
     });
