@@ -168,7 +168,7 @@ pub enum UserType {
     User,
     /// "user", or a number.
     Named(UserTypeName),
-    Number(u64),
+    Number(cryptoki_sys::CK_USER_TYPE),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -182,7 +182,7 @@ impl UserType {
     pub fn ck_user_type(self) -> cryptoki_sys::CK_USER_TYPE {
         match self {
             UserType::User | UserType::Named(UserTypeName::User) => cryptoki_sys::CKU_USER,
-            UserType::Number(n) => n as cryptoki_sys::CK_USER_TYPE,
+            UserType::Number(n) => n,
         }
     }
 }
@@ -451,7 +451,7 @@ impl Config {
             ));
         }
         if let UserType::Number(n) = h.user_type
-            && n != cryptoki_sys::CKU_USER as u64
+            && n != cryptoki_sys::CKU_USER
             && n < 0x8000_0000
         {
             return Err(format!(
@@ -702,7 +702,10 @@ pin_file = "pin"
         let c = parse(&format!("{MIN}user_type = 0x80000001\n")).unwrap();
         assert_eq!(c.hsm.user_type.ck_user_type(), 0x8000_0001);
         let e = parse(&format!("{MIN}user_type = 0\n")).unwrap_err();
-        assert!(e.contains("hsm.user_type") && e.contains("security officer"), "{e}");
+        assert!(
+            e.contains("hsm.user_type") && e.contains("security officer"),
+            "{e}"
+        );
         assert!(parse(&format!("{MIN}user_type = \"officer\"\n")).is_err());
     }
 

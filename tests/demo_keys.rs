@@ -60,6 +60,15 @@ impl DevToken {
         })
     }
 
+    /// The kryoptic dev token seen as a Luna partition in key export mode
+    /// (config/hsm-bridge-luna-like.toml, through the fault module's Luna rules).
+    fn luna_like() -> Option<DevToken> {
+        let mut token = DevToken::kryoptic()?;
+        common::fault::module();
+        token.config = repo().join("config/hsm-bridge-luna-like.toml");
+        Some(token)
+    }
+
     fn p11(&self, args: &[&str]) -> Output {
         pkcs11_tool(
             &self.module,
@@ -135,6 +144,15 @@ fn dev_wrapping_key() -> KeyPair {
     KeyPair {
         private_pem: repo().join(".softhsm/dev-wrapping-key.pem"),
         public_pem: repo().join(".softhsm/dev-wrapping-key.pub.pem"),
+    }
+}
+
+#[test]
+fn luna_like_demo_keys_wrap_and_unwrap_to_the_right_key() {
+    if let Some(token) = DevToken::luna_like() {
+        let v = selftest_json(&token.config);
+        assert_eq!(v["chosen_mode"], "hsm-two-step", "{v}");
+        demo_keys_wrap_and_unwrap_to_the_right_key(&token);
     }
 }
 

@@ -400,7 +400,10 @@ fn selftest_chooses_a_proven_mode_and_says_why(fx: &Fixture) {
         // hybrid mode (K from the host) is refused with the reason.
         assert_eq!(chosen, "hsm-two-step", "{v}");
         assert!(
-            v["known_values"].as_str().unwrap().starts_with("generated in the token")
+            v["known_values"]
+                .as_str()
+                .unwrap()
+                .starts_with("generated in the token")
                 && v["known_values"]
                     .as_str()
                     .unwrap()
@@ -434,7 +437,10 @@ fn selftest_chooses_a_proven_mode_and_says_why(fx: &Fixture) {
         }
         assert_eq!(mech("0x80000171")["listed"], true);
         assert_eq!(v["pkcs8_from_kwp"], "exact");
-        assert!(text.contains("session keys: generated in the token"), "{text}");
+        assert!(
+            text.contains("session keys: generated in the token"),
+            "{text}"
+        );
     }
 }
 

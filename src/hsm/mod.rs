@@ -286,7 +286,8 @@ impl Hsm {
         };
         let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| load_err(e.to_string()))?;
         initialize(&pkcs11).map_err(|e| load_err(format!("C_Initialize: {e}")))?;
-        let raw = raw::RawModule::open(&cfg.module, cfg.user_type.ck_user_type()).map_err(load_err)?;
+        let raw =
+            raw::RawModule::open(&cfg.module, cfg.user_type.ck_user_type()).map_err(load_err)?;
         let pin_refused = OnceLock::new();
         let setup = Setup {
             token_label: cfg.token_label.clone(),
@@ -825,7 +826,9 @@ fn login(
                 let why = match rv {
                     RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)",
                     RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)",
-                    _ => "the PIN has expired (CKR_PIN_EXPIRED; on a Luna, the initial Crypto Officer password must be changed first, e.g. lunacm role changepw)",
+                    _ => {
+                        "the PIN has expired (CKR_PIN_EXPIRED; on a Luna, the initial Crypto Officer password must be changed first, e.g. lunacm role changepw)"
+                    }
                 };
                 let _ = refused.set(why.to_string());
                 why.to_string()
@@ -878,6 +881,33 @@ fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, selftest::TokenSumm
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn luna_refusals_name_cause_and_fix() {
+        let call = |rv| {
+            HsmError::WrapCall {
+                mechanism: "m".into(),
+                rv,
+            }
+            .to_string()
+        };
+        assert!(call(RvError::KeyUnextractable).contains("CKA_EXTRACTABLE = true"));
+        assert!(call(RvError::KeyNotWrappable).contains("partition policy 1"));
+        assert!(call(RvError::KeyFunctionNotPermitted).contains("CKA_WRAP = true"));
+        assert!(call(RvError::DeviceError).ends_with("CKR_DEVICE_ERROR"));
+        let session_key = HsmError::pkcs11(
+            "C_GenerateKey (session AES-256)",
+            CkError::Pkcs11(
+                RvError::TemplateInconsistent,
+                cryptoki::context::Function::GenerateKey,
+            ),
+        )
+        .to_string();
+        assert!(
+            session_key.contains("CKA_SENSITIVE and CKA_PRIVATE"),
+            "{session_key}"
+        );
+    }
 
     #[test]
     fn ckr_names() {

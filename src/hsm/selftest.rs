@@ -32,10 +32,10 @@ use super::raw::{
     CKM_RSA_AES_KEY_WRAP, CKM_RSA_PKCS_OAEP, RawModule, WrapMechanism,
 };
 use crate::config::WrapModeSetting;
+use crate::wrap::soft::OaepHash;
 use crate::wrap::verify::{
     Pkcs8Fit, judge_envelope, judge_kwp, judge_oaep_sha256, open_envelope, pkcs8_fit,
 };
-use crate::wrap::soft::OaepHash;
 use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrappingKey};
 use cryptoki::error::RvError;
 
@@ -262,7 +262,9 @@ pub fn run(
                 .and_then(|out| judge_kwp(&kek[..], &out, &t_val[..]))
                 .map(|()| match known.refused {
                     None => "RFC 5649 verified".to_string(),
-                    Some(_) => "RFC 5649 verified (and T's value learnt by OAEP confirmed)".to_string(),
+                    Some(_) => {
+                        "RFC 5649 verified (and T's value learnt by OAEP confirmed)".to_string()
+                    }
                 }),
             _ => Err("not tested: the keys' values could not be learnt without OAEP-SHA256".into()),
         };
@@ -287,7 +289,12 @@ pub fn run(
         (_, Err(e)) => Err(e.clone()),
     };
     caps.oaep_sha256 = r.is_ok();
-    mechanisms.push(MechanismFinding::new(oaep_name, CKM_RSA_PKCS_OAEP, listed, &r));
+    mechanisms.push(MechanismFinding::new(
+        oaep_name,
+        CKM_RSA_PKCS_OAEP,
+        listed,
+        &r,
+    ));
     if let (Some(refused), Err(oaep)) = (&known.refused, &t_val) {
         return Err(HsmError::SelfTest(format!(
             "no wrap mode is possible on this token: it refuses secret keys created from a value ({refused}), so hybrid mode cannot run and the self-test cannot import known keys, and it does not do RSA-OAEP with SHA-256 itself ({oaep}), so neither hsm-two-step nor the self-test's own check can run"
@@ -332,8 +339,8 @@ pub fn run(
             let r = wrapped
                 .map_err(|rv| format!("C_WrapKey: {}", super::ckr_name(rv)))
                 .and_then(|out| {
-                    let blob = crate::wrap::soft::kwp_unwrap(&kek[..], &out)
-                        .map_err(|e| e.to_string())?;
+                    let blob =
+                        crate::wrap::soft::kwp_unwrap(&kek[..], &out).map_err(|e| e.to_string())?;
                     judge_private(&blob, modulus)
                 });
             caps.pkcs8_kwp = r.as_ref().ok().copied();
@@ -515,20 +522,30 @@ fn known_keys<'a>(
             })
         }
         Err(e) => {
-            let refused = format!("C_CreateObject: {}", e.rv().map_or(e.to_string(), super::ckr_name));
+            let refused = format!(
+                "C_CreateObject: {}",
+                e.rv().map_or(e.to_string(), super::ckr_name)
+            );
             let t_obj = modes::session_aes_generate(s)?;
             let kek_obj = modes::session_aes_generate(s)?;
             let learn = |obj: &SessionObject<'_>| {
                 call(WrapMechanism::RsaOaepSha256, wk_obj, obj)
                     .and_then(|out| {
-                        crate::wrap::soft::oaep_decrypt(sw_key, OaepHash::Sha256, &out)
-                            .map_err(|_| "the token's OAEP wrap does not open as OAEP-SHA256 / MGF1-SHA-256".to_string())
+                        crate::wrap::soft::oaep_decrypt(sw_key, OaepHash::Sha256, &out).map_err(
+                            |_| {
+                                "the token's OAEP wrap does not open as OAEP-SHA256 / MGF1-SHA-256"
+                                    .to_string()
+                            },
+                        )
                     })
                     .and_then(|v| {
                         if v.len() == 32 {
                             Ok(v)
                         } else {
-                            Err(format!("OAEP-SHA256 opens to {} bytes, not an AES-256 key", v.len()))
+                            Err(format!(
+                                "OAEP-SHA256 opens to {} bytes, not an AES-256 key",
+                                v.len()
+                            ))
                         }
                     })
             };

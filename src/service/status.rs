@@ -24,9 +24,8 @@ pub fn code(e: &HsmError) -> Code {
         }
         HsmError::Wrap(WrapError::Crypto(_)) => Code::Internal,
         HsmError::WrapCall {
-            rv: RvError::KeyNotWrappable
-                | RvError::KeyUnextractable
-                | RvError::KeyFunctionNotPermitted,
+            rv:
+                RvError::KeyNotWrappable | RvError::KeyUnextractable | RvError::KeyFunctionNotPermitted,
             ..
         } => Code::FailedPrecondition,
         HsmError::WrapCall { .. }

@@ -274,12 +274,11 @@ unsafe extern "C" fn unwrap_key(
     h: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
     log("C_UnwrapKey");
-    let mut mech = match luna::mechanism(m, false) {
-        Ok(Some(mech)) => mech,
-        Ok(None) if !m.is_null() => unsafe { *m },
-        Ok(None) => return CKR_ARGUMENTS_BAD,
+    let translated = match luna::mechanism(m, false) {
+        Ok(t) => t,
         Err(rv) => return rv,
     };
+    let m = translated.as_ref().map_or(m, |t| &t.mech as *const _ as *mut _);
     let mut t = match luna::key_template(t, n) {
         Ok(t) => t,
         Err(rv) => return rv,
@@ -289,7 +288,7 @@ unsafe extern "C" fn unwrap_key(
         Some(f) => unsafe {
             f(
                 s,
-                &mut mech,
+                m,
                 unwrapping,
                 wrapped,
                 wrapped_len,
@@ -353,7 +352,7 @@ unsafe extern "C" fn get_mechanism_info(
         ulParameterLen: 0,
     };
     let ty = match luna::mechanism(&mut probe, false) {
-        Ok(Some(m)) => m.mechanism,
+        Ok(Some(t)) => t.mech.mechanism,
         Ok(None) => ty,
         Err(rv) => return rv,
     };
@@ -386,17 +385,16 @@ unsafe extern "C" fn wrap_key(
     let Some(f) = real().and_then(|l| l.C_WrapKey) else {
         return CKR_GENERAL_ERROR;
     };
-    let mut mech = match luna::mechanism(m, true) {
-        Ok(Some(mech)) => mech,
-        Ok(None) if !m.is_null() => unsafe { *m },
-        Ok(None) => return CKR_ARGUMENTS_BAD,
+    let translated = match luna::mechanism(m, true) {
+        Ok(t) => t,
         Err(rv) => return rv,
     };
+    let m = translated.as_ref().map_or(m, |t| &t.mech as *const _ as *mut _);
     if luna::rules().cloning && class_of(s, key) == Some(CKO_PRIVATE_KEY) {
         return CKR_KEY_NOT_WRAPPABLE;
     }
     // SAFETY: the real module's own function; the mechanism as the partition reads it.
-    let rv = unsafe { f(s, &mut mech, wrapping, key, out, out_len) };
+    let rv = unsafe { f(s, m, wrapping, key, out, out_len) };
     if matches!(action, Some(Action::Corrupt)) && rv == CKR_OK && !out.is_null() && !out_len.is_null() {
         // SAFETY: the real module wrote `*out_len` bytes at `out`.
         unsafe {

@@ -19,6 +19,10 @@
 //! - `crypto-user`: the vendor user type 0x80000001 (Luna's Crypto User) logs in as the real
 //!   module's `CKU_USER`.
 //!
+//! Two rules make a token that lies, for the self-test to catch: `oaep-sha1` (OAEP wraps use
+//! SHA-1 whatever the parameters say) and `kwp-is-rfc3394` (the vendor KWP number does RFC
+//! 3394 key wrap, not RFC 5649).
+//!
 //! The test keys are put in through the real module: these are the partition's rules for
 //! the daemon, not the seeding's.
 
@@ -46,6 +50,8 @@ pub struct Rules {
     /// Cloning mode: private keys cannot be wrapped.
     pub cloning: bool,
     pub crypto_user: bool,
+    pub oaep_sha1: bool,
+    pub kwp_is_rfc3394: bool,
 }
 
 /// The rules in force (none without `FAULT_PKCS11_LUNA`).
@@ -65,6 +71,7 @@ pub fn rules() -> &'static Rules {
                         sensitive_private_required: true,
                         cloning: true,
                         crypto_user: true,
+                        ..Rules::default()
                     }
                 }
                 "no-plaintext-keys" => r.no_plaintext_keys = true,
@@ -75,6 +82,8 @@ pub fn rules() -> &'static Rules {
                 "partition=cloning" => r.cloning = true,
                 "partition=key-export" => r.cloning = false,
                 "crypto-user" => r.crypto_user = true,
+                "oaep-sha1" => r.oaep_sha1 = true,
+                "kwp-is-rfc3394" => r.kwp_is_rfc3394 = true,
                 _ => {}
             }
         }
@@ -149,9 +158,16 @@ pub fn key_template(t: CK_ATTRIBUTE_PTR, n: CK_ULONG) -> Result<Vec<CK_ATTRIBUTE
     Ok(out)
 }
 
+/// A mechanism as the real module gets it, with the parameters it points to.
+pub struct Translated {
+    pub mech: CK_MECHANISM,
+    _oaep: Option<Box<CK_RSA_PKCS_OAEP_PARAMS>>,
+}
+
 /// A mechanism as the partition takes it: the vendor KWP number served by the real one,
-/// hidden standard numbers and (for wrapping) `CKM_RSA_PKCS` refused.
-pub fn mechanism(m: CK_MECHANISM_PTR, wrapping: bool) -> Result<Option<CK_MECHANISM>, CK_RV> {
+/// hidden standard numbers and (for wrapping) `CKM_RSA_PKCS` refused; `None` when it goes
+/// to the real module as it is.
+pub fn mechanism(m: CK_MECHANISM_PTR, wrapping: bool) -> Result<Option<Translated>, CK_RV> {
     if m.is_null() {
         return Ok(None);
     }
@@ -163,12 +179,31 @@ pub fn mechanism(m: CK_MECHANISM_PTR, wrapping: bool) -> Result<Option<CK_MECHAN
             return Err(CKR_MECHANISM_INVALID);
         }
         if mech.mechanism == CKM_LUNA_AES_KWP {
-            mech.mechanism = REAL_KWP;
-            return Ok(Some(mech));
+            mech.mechanism = if r.kwp_is_rfc3394 {
+                CKM_AES_KEY_WRAP
+            } else {
+                REAL_KWP
+            };
+            return Ok(Some(Translated { mech, _oaep: None }));
         }
     }
     if wrapping && r.no_rsa_pkcs_wrap && mech.mechanism == CKM_RSA_PKCS {
         return Err(CKR_MECHANISM_INVALID);
+    }
+    if r.oaep_sha1
+        && mech.mechanism == CKM_RSA_PKCS_OAEP
+        && !mech.pParameter.is_null()
+        && mech.ulParameterLen as usize == size_of::<CK_RSA_PKCS_OAEP_PARAMS>()
+    {
+        // SAFETY: checked non-null and of the parameter struct's size.
+        let mut p = Box::new(unsafe { *(mech.pParameter as *const CK_RSA_PKCS_OAEP_PARAMS) });
+        p.hashAlg = CKM_SHA_1;
+        p.mgf = CKG_MGF1_SHA1;
+        mech.pParameter = &mut *p as *mut CK_RSA_PKCS_OAEP_PARAMS as *mut std::ffi::c_void;
+        return Ok(Some(Translated {
+            mech,
+            _oaep: Some(p),
+        }));
     }
     Ok(None)
 }
