@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
 use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
 use crate::service::import::{self, OciSide};
+use crate::service::note_progress;
 use crate::wrap::{self, Algorithm, WrappingKey};
 
 #[derive(Debug, Parser)]
@@ -397,7 +398,7 @@ async fn import_key_version(
     let mut progress = import::Progress::default();
     let target = import::existing_key(oci, &call, a.oci_key_id, a.protection_modes, &mut progress)
         .await
-        .inspect_err(|_| note(rec, &progress))?;
+        .inspect_err(|_| note_progress(rec, &progress))?;
     rec.compartment_id = Some(target.compartment_id.clone());
     rec.protection_mode = Some(target.protection_mode.clone());
     let described = import::describe(&import::Ask {
@@ -428,7 +429,7 @@ async fn import_key_version(
         },
     };
     let prepared = import::prepare(oci, &call, idem, &described, &mut progress, steps).await;
-    note(rec, &progress);
+    note_progress(rec, &progress);
     let prepared = prepared?;
     let answer = oci
         .kms
@@ -440,7 +441,7 @@ async fn import_key_version(
     if let Ok(a) = &answer {
         progress.created_id = Some(a.value.id.clone());
     }
-    note(rec, &progress);
+    note_progress(rec, &progress);
     let mut version = answer?.value;
     if a.wait {
         version = import::wait(
@@ -453,20 +454,6 @@ async fn import_key_version(
         .await?;
     }
     Ok((version, progress))
-}
-
-/// What `progress` tells the CLI's audit record.
-fn note(rec: &mut crate::service::audit::Record, p: &import::Progress) {
-    rec.wrapping_key_sha256 = p.wrapping_key_sha256.clone();
-    rec.mode = p.mode;
-    if p.label.is_some() {
-        rec.source_key_label = p.label.clone();
-        rec.source_key_id_hex = p.id_hex.clone();
-    }
-    rec.opc_request_id = p.opc_request_id.clone();
-    rec.oci_attempts = (p.attempts > 0).then_some(p.attempts);
-    rec.oci_created_id = p.created_id.clone();
-    rec.replayed = p.replayed;
 }
 
 /// Whom the CLI's idempotency keys belong to (a daemon caller's name cannot collide with it:

@@ -55,17 +55,25 @@ pub fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
+    check_owner(meta)?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets group or others read it; run chmod 600 on it"
+        ));
+    }
+    Ok(())
+}
+
+/// A file must belong to this user or to root: another user could have planted it, or
+/// could rewrite it.
+pub fn check_owner(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(format!(
             "owned by uid {}, not by this user (uid {me}) or root; run chown on it",
             meta.uid()
-        ));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode {mode:04o} lets group or others read it; run chmod 600 on it"
         ));
     }
     Ok(())

@@ -147,13 +147,7 @@ fn check_file(meta: &std::fs::Metadata) -> Result<(), String> {
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!(
-            "owned by uid {}, not by this user (uid {me}) or root: another user could rewrite the record",
-            meta.uid()
-        ));
-    }
+    crate::hardening::check_owner(meta)?;
     let mode = meta.mode() & 0o777;
     if mode & 0o026 != 0 {
         return Err(format!(

@@ -1011,7 +1011,8 @@ fn answered<T>(
     result
 }
 
-fn note_progress(rec: &mut Record, p: &import::Progress) {
+/// What `p` tells the audit record `rec` (the daemon's and the CLI's).
+pub fn note_progress(rec: &mut Record, p: &import::Progress) {
     if p.wrapping_key_sha256.is_some() {
         rec.wrapping_key_sha256 = p.wrapping_key_sha256.clone();
     }
