@@ -254,6 +254,7 @@ async fn audit_records_hold_no_unchecked_caller_bytes() {
         }
     }
     let size = std::fs::metadata(audit).unwrap().len();
+    println!("60 refusals, each with 30 KB fields: {size} bytes of audit");
     assert!(size < 60 * 1024, "60 refusals wrote {size} bytes of audit");
     let records = audit_records(audit);
     assert_eq!(records.len(), 60);

@@ -439,8 +439,10 @@ pub fn pkcs11_tool(
     args: &[&str],
 ) -> Output {
     let _login = token_login_lock();
+    // The PIN through pkcs11-tool's environment, never on its command line.
     Command::new("pkcs11-tool")
         .env(conf.0, conf.1)
+        .env("HB_TEST_PIN", pin)
         .args([
             "--module",
             module,
@@ -448,7 +450,7 @@ pub fn pkcs11_tool(
             token,
             "--login",
             "--pin",
-            pin,
+            "env:HB_TEST_PIN",
         ])
         .args(args)
         .output()
