@@ -481,12 +481,12 @@ async fn destinations_are_the_callers_and_software_keys_stay_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_oci_accepted_is_audited_when_the_caller_has_gone() {
     let v = vault("late-answer", |t| t);
-    // OCI creates the version at once but answers after 2.5 s.
+    // OCI creates the version at once but answers after 4 s; the caller waits 2 s.
     v.emu
-        .fault(json!({"method": "POST", "path_contains": "/import", "delay_ms": 2500}))
+        .fault(json!({"method": "POST", "path_contains": "/import", "delay_ms": 4000}))
         .await;
     let mut r = tonic::Request::new(version_request(&v, by_label("test-aes-256"), "late-1"));
-    r.set_timeout(Duration::from_secs(1));
+    r.set_timeout(Duration::from_secs(2));
     let e = v
         .daemon
         .client("cckm")
