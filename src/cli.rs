@@ -1,4 +1,4 @@
-//! The `hsm-bridge` subcommands (design section 6b). Output for scripts with `--json`;
+//! The `hsm-bridge` subcommands (README.md, "Command line"). Output for scripts with `--json`;
 //! errors are one line on stderr and a non-zero exit.
 
 use std::io::{Read, Write};
@@ -11,8 +11,8 @@ use serde_json::json;
 use crate::Error;
 use crate::config::Config;
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
+use crate::import::{self, ImportError, OciSide};
 use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
-use crate::service::import::{self, OciSide};
 use crate::service::note_progress;
 use crate::wrap::{self, Algorithm, WrappingKey};
 
@@ -311,10 +311,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     audit.write(rec, Ok(()))?;
                     r
                 }
-                Err(s) => {
-                    let code = crate::service::status::code_name(s.code());
-                    audit.write(rec, Err((code, s.message().to_string())))?;
-                    return Err(Error::Oci(format!("{code}: {}", s.message())));
+                Err(e) => {
+                    let (code, message) = crate::service::status::import_outcome(&e);
+                    audit.write(rec, Err((code, message.clone())))?;
+                    return Err(Error::Oci(format!("{code}: {message}")));
                 }
             };
             let ms = started.elapsed().as_millis();
@@ -378,7 +378,7 @@ async fn import_key_version(
     hsm: &Hsm,
     a: &CliImport<'_>,
     rec: &mut crate::service::audit::Record,
-) -> Result<(KeyVersion, import::Progress), tonic::Status> {
+) -> Result<(KeyVersion, import::Progress), ImportError> {
     import::check_key_ocid(a.oci_key_id)?;
     rec.oci_key_id = Some(a.oci_key_id.to_string());
     let idem = match a.idempotency_key {
@@ -415,17 +415,16 @@ async fn import_key_version(
         recheck: || async move {
             hsm.check_export(key, None, |_| Ok(()))
                 .map(|_| ())
-                .map_err(|e| crate::service::status::status(&e))
+                .map_err(ImportError::from)
         },
         wrap: |wk: Arc<WrappingKey>| async move {
-            hsm.wrap(key, &wk, alg, None)
-                .map_err(|e| crate::service::status::status(&e))
+            hsm.wrap(key, &wk, alg, None).map_err(ImportError::from)
         },
         build: |w: &crate::hsm::Wrapped| {
             serde_json::to_vec(&ImportKeyVersionDetails {
                 wrapped_import_key: import::wrapped_import_key(w),
             })
-            .map_err(|e| tonic::Status::internal(e.to_string()))
+            .map_err(|e| ImportError::Body(e.to_string()))
         },
     };
     let prepared = import::prepare(oci, &call, idem, &described, &mut progress, steps).await;
@@ -437,7 +436,7 @@ async fn import_key_version(
         .await;
     drop(prepared.claim);
     import::note(&mut progress, &answer);
-    let answer = answer.map_err(|e| import::kms_status(&e));
+    let answer = answer.map_err(ImportError::Oci);
     if let Ok(a) = &answer {
         progress.created_id = Some(a.value.id.clone());
     }

@@ -1,4 +1,4 @@
-//! The typed TOML config (design section 6b): parsing, `${VAR}` expansion, path resolution
+//! The typed TOML config (reference: config/hsm-bridge.toml): parsing, `${VAR}` expansion, path resolution
 //! and validation. Every error names the file, and where it can, the line and the key.
 //!
 //! The config holds paths to secrets (PIN file), never the secrets themselves.
@@ -712,7 +712,10 @@ pin_file = "pin"
     #[test]
     fn env_expansion_and_relative_paths() {
         // SAFETY (test only): a variable no other test reads.
-        unsafe { std::env::set_var("HB_TEST_TOKEN_LABEL", "from-env") };
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("HB_TEST_TOKEN_LABEL", "from-env")
+        };
         let text = MIN.replace("\"t\"", "\"${HB_TEST_TOKEN_LABEL}\"")
             + "module_env = { SOFTHSM2_CONF = \"../s/softhsm2.conf\", OTHER = \"plain\" }\n";
         let c = parse(&text).unwrap();

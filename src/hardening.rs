@@ -14,6 +14,8 @@
 //! Hybrid mode holds the one-time key K on the host, and on a token that pads PKCS#8 a
 //! private key for microseconds; a core file or swap would keep them.
 
+#![allow(unsafe_code)]
+
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::ptr::NonNull;

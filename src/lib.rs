@@ -10,11 +10,17 @@
 //!   management client with safe retries.
 //! - [`emulator`]: a local OCI KMS management endpoint for tests and demos (binary
 //!   `oci-kms-emulator`).
-//! - [`policy`]: which keys may leave.
+//! - [`import`]: ImportKeyVersion / ImportKey for the daemon and the CLI: wrapping-key fetch,
+//!   HSM wrap, one body and retry token per import, idempotency claims, waiting for ENABLED.
+//! - [`policy`]: which keys may leave, and for whom.
 //! - [`service`]: the gRPC daemon: caller identity, per-caller policy, bounded HSM queue,
 //!   audit, health, reflection, graceful shutdown.
 //! - [`cli`]: the `hsm-bridge` subcommands.
 //! - [`hardening`]: no core dumps, non-dumpable process.
+
+// Unsafe code only where it is documented and needed: src/hsm/raw.rs (raw PKCS#11 calls)
+// and src/hardening.rs (locked memory, OpenSSL's secure heap); each allows it itself.
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;
@@ -22,6 +28,7 @@ pub mod emulator;
 pub mod error;
 pub mod hardening;
 pub mod hsm;
+pub mod import;
 pub mod oci;
 pub mod policy;
 pub mod service;

@@ -1,4 +1,4 @@
-//! The three wrap modes (design section 4). Each turns a target key handle into OCI key
+//! The three wrap modes (docs/ARCHITECTURE.md, "Wrap modes"). Each turns a target key handle into OCI key
 //! material for a wrapping public key. The target is never read in clear: the token wraps
 //! it. Only hybrid mode holds key material on the host: the one-time key K, and on a token
 //! that pads PKCS#8, the private key for as long as it takes to strip the padding; both in

@@ -15,6 +15,8 @@
 //! object handles from `cryptoki` are valid here. Nothing
 //! here sees key material in clear: the outputs are ciphertexts.
 
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 use std::path::Path;
 use std::ptr;

@@ -7,7 +7,6 @@
 
 pub mod audit;
 pub mod auth;
-pub mod import;
 pub mod limit;
 pub mod queue;
 pub mod server;
@@ -21,6 +20,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::config::{Operation, PolicyConfig, ProtectionMode};
 use crate::hsm::{Hsm, HsmError, KeyInfo, KeyRef};
+use crate::import;
 use crate::oci::kms::{Answer, Call, KmsError};
 use crate::policy::WrappingKeyPolicy;
 use crate::proto::{self, key_source_bridge_server::KeySourceBridge};
@@ -363,6 +363,36 @@ fn hide_by_id(key: &KeyRef, e: HsmError) -> HsmError {
             HsmError::NoKeyYouMayUse(format!("CKA_ID {}", wrap::hex(id)))
         }
         _ => e,
+    }
+}
+
+fn proto_version(v: &crate::oci::kms::KeyVersion) -> proto::KeyVersion {
+    proto::KeyVersion {
+        version_id: v.id.clone(),
+        key_id: v.key_id.clone(),
+        vault_id: v.vault_id.clone(),
+        compartment_id: v.compartment_id.clone(),
+        time_created: v.time_created.clone(),
+        lifecycle_state: v.lifecycle_state.clone(),
+        origin: v.origin.clone(),
+        is_primary: v.is_primary,
+    }
+}
+
+fn proto_key(k: &crate::oci::kms::Key) -> proto::Key {
+    proto::Key {
+        key_id: k.id.clone(),
+        compartment_id: k.compartment_id.clone(),
+        vault_id: k.vault_id.clone(),
+        display_name: k.display_name.clone(),
+        current_key_version: k.current_key_version.clone(),
+        shape: Some(proto::KeyShape {
+            algorithm: k.key_shape.algorithm.clone(),
+            length: k.key_shape.length,
+        }),
+        protection_mode: k.protection_mode.clone(),
+        lifecycle_state: k.lifecycle_state.clone(),
+        time_created: k.time_created.clone(),
     }
 }
 
@@ -728,7 +758,7 @@ impl Bridge {
                 import::check_key_ocid(&body.oci_key_id)
                     .inspect_err(|_| rec.oci_key_id = Some(INVALID.into()))?;
                 rec.oci_key_id = Some(body.oci_key_id.clone());
-                import::check_idempotency_key(&body.idempotency_key)
+                Ok(import::check_idempotency_key(&body.idempotency_key)?)
             },
         )?;
         let call = start.dest.call();
@@ -783,7 +813,7 @@ impl Bridge {
             .await?;
         }
         Ok(proto::ImportKeyVersionResponse {
-            key_version: Some(import::proto_version(&version)),
+            key_version: Some(proto_version(&version)),
         })
     }
 
@@ -882,7 +912,7 @@ impl Bridge {
             .await?;
         }
         Ok(proto::ImportKeyResponse {
-            key: Some(import::proto_key(&key)),
+            key: Some(proto_key(&key)),
         })
     }
 
@@ -923,7 +953,10 @@ impl Bridge {
             "" => "HSM (default)".into(),
             m => m.into(),
         });
-        import::check_tags(&body.freeform_tags, &body.defined_tags)?;
+        import::check_tags(
+            &body.freeform_tags,
+            body.defined_tags.iter().map(|(ns, t)| (ns, &t.tags)),
+        )?;
         let idem = import::check_idempotency_key(&body.idempotency_key)?;
         import::protection_allowed(
             &self.protection_modes,
@@ -1005,7 +1038,7 @@ fn answered<T>(
             progress.created_id = Some(created(&a.value).clone());
             Ok(a.value)
         }
-        Err(e) => Err(import::kms_status(&e)),
+        Err(e) => Err(status::kms(&e)),
     };
     note_progress(rec, progress);
     result

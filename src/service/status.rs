@@ -4,6 +4,8 @@ use cryptoki::error::RvError;
 use tonic::{Code, Status};
 
 use crate::hsm::{ExportRefusal, HsmError};
+use crate::import::ImportError;
+use crate::oci::kms::KmsError;
 use crate::wrap::WrapError;
 
 /// The status code for an HSM-layer error.
@@ -42,6 +44,55 @@ pub fn code(e: &HsmError) -> Code {
 
 pub fn status(e: &HsmError) -> Status {
     Status::new(code(e), e.to_string())
+}
+
+/// An OCI failure as a gRPC status: OCI's status, code, message and opc-request-id in the text.
+pub fn kms(e: &KmsError) -> Status {
+    let msg = e.to_string();
+    match e {
+        KmsError::Service { status, .. } => match status {
+            400 => Status::invalid_argument(msg),
+            401 | 403 => Status::permission_denied(msg),
+            404 => Status::not_found(msg),
+            409 => Status::aborted(msg),
+            412 => Status::failed_precondition(msg),
+            429 | 500..=599 => Status::unavailable(msg),
+            _ => Status::unknown(msg),
+        },
+        KmsError::Transport { .. } => Status::unavailable(msg),
+        KmsError::Deadline { .. } => Status::deadline_exceeded(msg),
+        KmsError::BadResponse { .. } => Status::unavailable(format!(
+            "{msg}; the import may have happened: retry with the same idempotency_key"
+        )),
+        KmsError::WrappingKey { .. } => Status::failed_precondition(msg),
+        KmsError::Local { .. } => Status::internal(msg),
+    }
+}
+
+/// An import's refusal as a gRPC status.
+pub fn import(e: &ImportError) -> Status {
+    match e {
+        ImportError::Invalid(m) => Status::invalid_argument(m.clone()),
+        ImportError::Denied(m) => Status::permission_denied(m.clone()),
+        ImportError::NotConfigured(m) => Status::failed_precondition(m.clone()),
+        ImportError::InProgress(m) => Status::aborted(m.clone()),
+        ImportError::NotEnabled(m) => Status::deadline_exceeded(m.clone()),
+        ImportError::Oci(k) => kms(k),
+        ImportError::Hsm(h) => status(h),
+        ImportError::Body(m) => Status::internal(m.clone()),
+    }
+}
+
+/// The code name and message of an import's refusal, as an audit record and the CLI give them.
+pub fn import_outcome(e: &ImportError) -> (&'static str, String) {
+    let s = import(e);
+    (code_name(s.code()), s.message().to_string())
+}
+
+impl From<ImportError> for Status {
+    fn from(e: ImportError) -> Status {
+        import(&e)
+    }
 }
 
 /// The canonical upper-case name of a code, as audit records carry it.
@@ -99,5 +150,47 @@ mod tests {
             Code::Unavailable
         );
         assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+    }
+
+    #[test]
+    fn oci_errors_map_to_grpc_codes_with_oci_details() {
+        let service = |status: u16, code: &str| KmsError::Service {
+            op: "ImportKeyVersion",
+            status,
+            code: code.into(),
+            message: "m".into(),
+            opc_request_id: "OPC1".into(),
+            attempts: 2,
+        };
+        for (status, code, grpc) in [
+            (400, "InvalidParameter", Code::InvalidArgument),
+            (401, "NotAuthenticated", Code::PermissionDenied),
+            (403, "NotAuthorized", Code::PermissionDenied),
+            (404, "NotAuthorizedOrNotFound", Code::NotFound),
+            (409, "Conflict", Code::Aborted),
+            (429, "TooManyRequests", Code::Unavailable),
+            (503, "ServiceUnavailable", Code::Unavailable),
+        ] {
+            let s = kms(&service(status, code));
+            assert_eq!(s.code(), grpc, "{status}");
+            assert!(
+                s.message().contains(code) && s.message().contains("OPC1"),
+                "{}",
+                s.message()
+            );
+        }
+        let t = KmsError::Transport {
+            op: "GetWrappingKey",
+            endpoint: "https://x".into(),
+            why: "could not connect".into(),
+            attempts: 5,
+        };
+        assert_eq!(kms(&t).code(), Code::Unavailable);
+        let d = KmsError::Deadline {
+            op: "ImportKey",
+            attempts: 1,
+            last: String::new(),
+        };
+        assert_eq!(kms(&d).code(), Code::DeadlineExceeded);
     }
 }

@@ -1,6 +1,7 @@
-//! ImportKeyVersion and ImportKey: fetch the vault's wrapping key, wrap in the HSM, send to
-//! OCI with one retry token and one fixed body on every attempt, optionally wait for
-//! `ENABLED`.
+//! ImportKeyVersion and ImportKey, for the daemon and the CLI alike: fetch the vault's
+//! wrapping key, wrap in the HSM, send to OCI with one retry token and one fixed body on
+//! every attempt, optionally wait for `ENABLED`. It knows nothing of gRPC: its errors are
+//! [`ImportError`], which `service/status.rs` turns into gRPC codes.
 //!
 //! An `idempotency_key` belongs to the caller that sent it (the retry token is derived from
 //! the caller's name, the operation, the endpoint and the target). One call at a time holds
@@ -14,95 +15,72 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-use tonic::Status;
 use zeroize::Zeroizing;
 
 use crate::config::{OciConfig, ProtectionMode};
 use crate::hsm::{KeyRef, Wrapped};
 use crate::oci::kms::{self, Answer, Call, KmsClient, KmsError};
 use crate::oci::{Identity, OciError, endpoint::Endpoint};
-use crate::proto;
 use crate::wrap::{self, Algorithm};
 
-pub use crate::oci::is_ocid;
+mod store;
 
-/// How long a sent import body is kept for the caller's retries (OCI's retry-token life).
-const REPLAY_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Most bodies kept, and most bytes of them.
-const REPLAY_MAX: usize = 10_000;
-const REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
+pub use crate::oci::is_ocid;
+pub use store::ClaimGuard;
+use store::{Claim, Sent, Store};
+
+/// Why an import stopped, for the caller (`service/status.rs` picks the gRPC code).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Policy or the caller's grants refuse it.
+    #[error("{0}")]
+    Denied(String),
+    /// The daemon is not configured for it (e.g. no such OCI connection).
+    #[error("{0}")]
+    NotConfigured(String),
+    /// Another call holds the idempotency key.
+    #[error("{0}")]
+    InProgress(String),
+    /// The import was made but did not become `ENABLED` in time.
+    #[error("{0}")]
+    NotEnabled(String),
+    /// OCI refused, or did not answer.
+    #[error(transparent)]
+    Oci(#[from] KmsError),
+    /// The HSM (the CLI's own wrap; the daemon's goes through its queue).
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::HsmError),
+    /// The import body could not be made.
+    #[error("{0}")]
+    Body(String),
+}
+
+impl ImportError {
+    fn invalid(m: impl Into<String>) -> Self {
+        ImportError::Invalid(m.into())
+    }
+    fn denied(m: impl Into<String>) -> Self {
+        ImportError::Denied(m.into())
+    }
+    fn not_configured(m: impl Into<String>) -> Self {
+        ImportError::NotConfigured(m.into())
+    }
+    fn in_progress(m: impl Into<String>) -> Self {
+        ImportError::InProgress(m.into())
+    }
+    fn not_enabled(m: impl Into<String>) -> Self {
+        ImportError::NotEnabled(m.into())
+    }
+}
+
 /// Longest `wait_for_enabled` wait when the caller gave no deadline.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Longest wait for another call's claim on an idempotency key when the caller gave no
 /// deadline.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
-
-/// An import body and what the audit record says about how it was made.
-#[derive(Clone)]
-struct Sent {
-    body: Arc<Zeroizing<Vec<u8>>>,
-    wrapping_key_sha256: String,
-    mode: &'static str,
-    label: String,
-    id_hex: String,
-}
-
-/// A body sent for an idempotency key, kept for the caller's retries.
-struct Kept {
-    /// SHA-256 of what was asked (source key, algorithm, target, details), to refuse a key
-    /// reused for another request. A digest: the request's fields are not kept twice.
-    request: [u8; 32],
-    at: Instant,
-    sent: Sent,
-}
-
-enum Slot {
-    /// A call holds the claim; waiters see the channel close when it lets go.
-    InFlight(watch::Receiver<()>),
-    Kept(Kept),
-}
-
-#[derive(Default)]
-struct Store {
-    slots: HashMap<String, Slot>,
-    /// Body bytes of the kept entries.
-    bytes: usize,
-}
-
-impl Store {
-    /// Makes room for one more body of `len` bytes: expired entries go first, then the
-    /// oldest, until both bounds hold. Claims in flight are never evicted.
-    fn make_room(&mut self, len: usize) {
-        let full = |s: &Store| s.slots.len() >= REPLAY_MAX || s.bytes + len > REPLAY_MAX_BYTES;
-        if !full(self) {
-            return;
-        }
-        let mut freed = 0;
-        self.slots.retain(|_, slot| match slot {
-            Slot::Kept(k) if k.at.elapsed() >= REPLAY_TTL => {
-                freed += k.sent.body.len();
-                false
-            }
-            _ => true,
-        });
-        self.bytes -= freed;
-        while full(self) {
-            let oldest = self
-                .slots
-                .iter()
-                .filter_map(|(t, s)| match s {
-                    Slot::Kept(k) => Some((k.at, t.clone())),
-                    Slot::InFlight(_) => None,
-                })
-                .min();
-            let Some((_, token)) = oldest else { return };
-            if let Some(Slot::Kept(k)) = self.slots.remove(&token) {
-                self.bytes -= k.sent.body.len();
-            }
-        }
-    }
-}
 
 /// The OCI side of the daemon: client, identities, sent bodies.
 pub struct OciSide {
@@ -131,10 +109,10 @@ impl OciSide {
     }
 
     /// The identity `name` ("" = "default"); the name is checked before it is quoted.
-    pub fn identity(&self, name: &str) -> Result<(String, Arc<Identity>), Status> {
+    pub fn identity(&self, name: &str) -> Result<(String, Arc<Identity>), ImportError> {
         let name = if name.is_empty() { "default" } else { name };
         if name.len() > MAX_CONNECTION_NAME || !name.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Status::invalid_argument(format!(
+            return Err(ImportError::invalid(format!(
                 "oci.connection must be 1 to {MAX_CONNECTION_NAME} printable ASCII characters"
             )));
         }
@@ -142,7 +120,7 @@ impl OciSide {
             Some(id) => Ok((name.to_string(), id.clone())),
             None => {
                 let names: Vec<&str> = self.identities.keys().map(String::as_str).collect();
-                Err(Status::failed_precondition(format!(
+                Err(ImportError::not_configured(format!(
                     "no OCI connection {name:?} in the daemon's [oci.connections] (configured: {})",
                     if names.is_empty() {
                         "none".into()
@@ -154,106 +132,35 @@ impl OciSide {
         }
     }
 
-    pub fn endpoint(&self, url: &str) -> Result<Endpoint, Status> {
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint, ImportError> {
         self.kms.endpoint(url).map_err(|e| match e {
-            OciError::NotAllowed(_) => Status::permission_denied(format!(
+            OciError::NotAllowed(_) => ImportError::denied(format!(
                 "{e}; nothing was sent (the operator lists vault endpoints in oci.allowed_endpoints)"
             )),
-            _ => Status::invalid_argument(format!("oci.management_endpoint: {e}")),
+            _ => ImportError::invalid(format!("oci.management_endpoint: {e}")),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// What a call with `token` for `request` does next.
-    fn claim(self: &Arc<Self>, token: &str, request: [u8; 32]) -> Result<Claim, Status> {
-        let mut store = self.lock();
-        match store.slots.get(token) {
-            Some(Slot::Kept(k)) if k.at.elapsed() < REPLAY_TTL => {
-                if k.request != request {
-                    return Err(Status::invalid_argument(
-                        "idempotency_key was already used for a different request (source key, algorithm, target or details); use a new key",
-                    ));
-                }
-                return Ok(Claim::Replay(k.sent.clone()));
-            }
-            Some(Slot::InFlight(rx)) => return Ok(Claim::Wait(rx.clone())),
-            _ => {}
-        }
-        let (tx, rx) = watch::channel(());
-        if let Some(Slot::Kept(old)) = store.slots.insert(token.to_string(), Slot::InFlight(rx)) {
-            store.bytes -= old.sent.body.len();
-        }
-        Ok(Claim::Mine(ClaimGuard {
-            oci: self.clone(),
-            token: token.to_string(),
-            request,
-            sent: None,
-            _release: tx,
-        }))
-    }
-}
-
-enum Claim {
-    /// Bytes sent before for this key: re-send them.
-    Replay(Sent),
-    /// Another call holds the claim.
-    Wait(watch::Receiver<()>),
-    /// This call holds it.
-    Mine(ClaimGuard),
-}
-
-/// A call's claim on an idempotency key. Dropped after OCI answered (or when the call
-/// gives up): what was sent is kept for retries, and waiting calls go on.
-pub struct ClaimGuard {
-    oci: Arc<OciSide>,
-    token: String,
-    request: [u8; 32],
-    sent: Option<Sent>,
-    /// Dropped last: waiters wake once the slot says what happened.
-    _release: watch::Sender<()>,
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        let mut store = self.oci.lock();
-        store.slots.remove(&self.token);
-        if let Some(sent) = self.sent.take() {
-            store.make_room(sent.body.len());
-            store.bytes += sent.body.len();
-            store.slots.insert(
-                std::mem::take(&mut self.token),
-                Slot::Kept(Kept {
-                    request: self.request,
-                    at: Instant::now(),
-                    sent,
-                }),
-            );
-        }
     }
 }
 
 /// `oci_key_id` must look like a key OCID.
-pub fn check_key_ocid(id: &str) -> Result<(), Status> {
+pub fn check_key_ocid(id: &str) -> Result<(), ImportError> {
     if is_ocid(id, "ocid1.key.") {
         Ok(())
     } else {
         // Not quoted: a caller's bytes that fail a check go into no status or audit record.
-        Err(Status::invalid_argument(
+        Err(ImportError::invalid(
             "oci_key_id is not a key OCID (ocid1.key.…: at most 255 letters, digits, '.', '-' and '_')",
         ))
     }
 }
 
 /// `idempotency_key`: empty (none) or 1..=128 printable ASCII characters.
-pub fn check_idempotency_key(k: &str) -> Result<Option<&str>, Status> {
+pub fn check_idempotency_key(k: &str) -> Result<Option<&str>, ImportError> {
     if k.is_empty() {
         return Ok(None);
     }
     if k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Status::invalid_argument(
+        return Err(ImportError::invalid(
             "idempotency_key must be 1 to 128 printable ASCII characters",
         ));
     }
@@ -267,29 +174,6 @@ pub fn opc_request_id(request_id: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     .then_some(request_id)
-}
-
-/// An OCI failure as a gRPC status: OCI's status, code, message and opc-request-id in the text.
-pub fn kms_status(e: &KmsError) -> Status {
-    let msg = e.to_string();
-    match e {
-        KmsError::Service { status, .. } => match status {
-            400 => Status::invalid_argument(msg),
-            401 | 403 => Status::permission_denied(msg),
-            404 => Status::not_found(msg),
-            409 => Status::aborted(msg),
-            412 => Status::failed_precondition(msg),
-            429 | 500..=599 => Status::unavailable(msg),
-            _ => Status::unknown(msg),
-        },
-        KmsError::Transport { .. } => Status::unavailable(msg),
-        KmsError::Deadline { .. } => Status::deadline_exceeded(msg),
-        KmsError::BadResponse { .. } => Status::unavailable(format!(
-            "{msg}; the import may have happened: retry with the same idempotency_key"
-        )),
-        KmsError::WrappingKey { .. } => Status::failed_precondition(msg),
-        KmsError::Local { .. } => Status::internal(msg),
-    }
 }
 
 /// What the audit record learns along the way.
@@ -327,20 +211,21 @@ pub struct Steps<C, W, B> {
 /// `recheck`), or by fetching the vault's wrapping key and running `wrap` and `build`.
 /// With an idempotency key, the returned [`Prepared`] holds its claim; a call that finds
 /// the key claimed waits for it within `call.deadline`.
-pub async fn prepare<C, CFut, W, WFut, B>(
+pub async fn prepare<E, C, CFut, W, WFut, B>(
     oci: &Arc<OciSide>,
     call: &Call<'_>,
     idempotency_key: Option<&str>,
     request: &Described,
     progress: &mut Progress,
     steps: Steps<C, W, B>,
-) -> Result<Prepared, Status>
+) -> Result<Prepared, E>
 where
+    E: From<ImportError>,
     C: FnOnce() -> CFut,
-    CFut: std::future::Future<Output = Result<(), Status>>,
+    CFut: std::future::Future<Output = Result<(), E>>,
     W: FnOnce(Arc<wrap::WrappingKey>) -> WFut,
-    WFut: std::future::Future<Output = Result<Wrapped, Status>>,
-    B: FnOnce(&Wrapped) -> Result<Vec<u8>, Status>,
+    WFut: std::future::Future<Output = Result<Wrapped, E>>,
+    B: FnOnce(&Wrapped) -> Result<Vec<u8>, E>,
 {
     let token = kms::retry_token(idempotency_key, &request.scope);
     let mut claim = None;
@@ -360,9 +245,10 @@ where
                         .await
                         .is_err()
                     {
-                        return Err(Status::aborted(
+                        return Err(ImportError::in_progress(
                             "another call with this idempotency_key is still in progress; retry with the same key",
-                        ));
+                        )
+                        .into());
                     }
                 }
                 Claim::Mine(guard) => {
@@ -374,7 +260,7 @@ where
     }
     let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
         note_error(progress, &e);
-        kms_status(&e)
+        ImportError::Oci(e)
     })?;
     // recorded now: a refused wrap is audited with the vault key it was for
     let fp = wk.fingerprint();
@@ -459,26 +345,26 @@ pub fn describe(a: &Ask<'_>) -> Described {
 
 /// OCI's limits on tags, checked before anything is kept or sent: at most 64 tags in all,
 /// keys and namespaces 1 to 100 characters, values at most 256, no control characters.
-pub fn check_tags(
+pub fn check_tags<'a>(
     freeform: &HashMap<String, String>,
-    defined: &HashMap<String, proto::DefinedTags>,
-) -> Result<(), Status> {
+    defined: impl Iterator<Item = (&'a String, &'a HashMap<String, String>)> + Clone,
+) -> Result<(), ImportError> {
     const MAX_TAGS: usize = 64;
     let name_ok =
         |k: &str| (1..=100).contains(&k.chars().count()) && !k.chars().any(|c| c.is_control());
     let value_ok = |v: &str| v.chars().count() <= 256 && !v.chars().any(|c| c.is_control());
-    let count = freeform.len() + defined.values().map(|t| t.tags.len()).sum::<usize>();
+    let count = freeform.len() + defined.clone().map(|(_, t)| t.len()).sum::<usize>();
     if count > MAX_TAGS {
-        return Err(Status::invalid_argument(format!(
+        return Err(ImportError::invalid(format!(
             "{count} tags: OCI allows at most {MAX_TAGS} per key"
         )));
     }
     let freeform_ok = freeform.iter().all(|(k, v)| name_ok(k) && value_ok(v));
     let defined_ok = defined
-        .iter()
-        .all(|(ns, t)| name_ok(ns) && t.tags.iter().all(|(k, v)| name_ok(k) && value_ok(v)));
+        .clone()
+        .all(|(ns, t)| name_ok(ns) && t.iter().all(|(k, v)| name_ok(k) && value_ok(v)));
     if !(freeform_ok && defined_ok) {
-        return Err(Status::invalid_argument(
+        return Err(ImportError::invalid(
             "tags: keys and namespaces must be 1 to 100 characters, values at most 256, without control characters",
         ));
     }
@@ -491,12 +377,12 @@ pub fn protection_allowed(
     modes: &[ProtectionMode],
     mode: &str,
     what: &str,
-) -> Result<ProtectionMode, Status> {
+) -> Result<ProtectionMode, ImportError> {
     match ProtectionMode::parse(mode) {
         Some(m) if modes.contains(&m) => Ok(m),
         _ => {
             let allowed: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
-            Err(Status::permission_denied(format!(
+            Err(ImportError::denied(format!(
                 "{what} is protected by {:?}; policy.protection_modes allows {}; nothing was wrapped or sent",
                 mode.chars().take(32).collect::<String>(),
                 allowed.join(", ")
@@ -514,14 +400,14 @@ pub async fn existing_key(
     key_id: &str,
     modes: &[ProtectionMode],
     progress: &mut Progress,
-) -> Result<kms::Key, Status> {
+) -> Result<kms::Key, ImportError> {
     let key = oci
         .kms
         .get_key(call, key_id)
         .await
         .map_err(|e| {
             note_error(progress, &e);
-            kms_status(&e)
+            ImportError::Oci(e)
         })?
         .value;
     protection_allowed(modes, &key.protection_mode, &format!("key {key_id}"))?;
@@ -544,36 +430,6 @@ fn note_error(progress: &mut Progress, e: &KmsError) {
     progress.attempts = e.attempts();
 }
 
-pub fn proto_version(v: &kms::KeyVersion) -> proto::KeyVersion {
-    proto::KeyVersion {
-        version_id: v.id.clone(),
-        key_id: v.key_id.clone(),
-        vault_id: v.vault_id.clone(),
-        compartment_id: v.compartment_id.clone(),
-        time_created: v.time_created.clone(),
-        lifecycle_state: v.lifecycle_state.clone(),
-        origin: v.origin.clone(),
-        is_primary: v.is_primary,
-    }
-}
-
-pub fn proto_key(k: &kms::Key) -> proto::Key {
-    proto::Key {
-        key_id: k.id.clone(),
-        compartment_id: k.compartment_id.clone(),
-        vault_id: k.vault_id.clone(),
-        display_name: k.display_name.clone(),
-        current_key_version: k.current_key_version.clone(),
-        shape: Some(proto::KeyShape {
-            algorithm: k.key_shape.algorithm.clone(),
-            length: k.key_shape.length,
-        }),
-        protection_mode: k.protection_mode.clone(),
-        lifecycle_state: k.lifecycle_state.clone(),
-        time_created: k.time_created.clone(),
-    }
-}
-
 /// Waits for `ENABLED`; a timeout is DEADLINE_EXCEEDED naming what was created.
 pub async fn wait<T, F, Fut>(
     oci: &OciSide,
@@ -581,7 +437,7 @@ pub async fn wait<T, F, Fut>(
     state: impl Fn(&T) -> &str,
     deadline: Option<Instant>,
     what: &str,
-) -> Result<T, Status>
+) -> Result<T, ImportError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Answer<T>, KmsError>>,
@@ -590,11 +446,11 @@ where
         .kms
         .wait_enabled(fetch, &state, deadline, MAX_WAIT)
         .await
-        .map_err(|e| kms_status(&e))?;
+        .map_err(ImportError::Oci)?;
     if enabled {
         Ok(v)
     } else {
-        Err(Status::deadline_exceeded(format!(
+        Err(ImportError::not_enabled(format!(
             "{what} was created but is still {} at the deadline; poll it, or call again with the same idempotency_key",
             state(&v)
         )))
@@ -604,7 +460,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     #[test]
     fn ocids_and_idempotency_keys_are_checked() {
@@ -616,9 +471,8 @@ mod tests {
             "ocid1.key.oc1..x?y",
             "ocid1.key. x",
         ] {
-            assert_eq!(
-                check_key_ocid(bad).unwrap_err().code(),
-                Code::InvalidArgument,
+            assert!(
+                matches!(check_key_ocid(bad), Err(ImportError::Invalid(_))),
                 "{bad:?}"
             );
         }
@@ -632,47 +486,5 @@ mod tests {
         assert_eq!(opc_request_id("abc-123"), Some("abc-123"));
         assert_eq!(opc_request_id("a/b"), None);
         assert_eq!(opc_request_id(&"a".repeat(33)), None);
-    }
-
-    #[test]
-    fn oci_errors_map_to_grpc_codes_with_oci_details() {
-        let service = |status: u16, code: &str| KmsError::Service {
-            op: "ImportKeyVersion",
-            status,
-            code: code.into(),
-            message: "m".into(),
-            opc_request_id: "OPC1".into(),
-            attempts: 2,
-        };
-        for (status, code, grpc) in [
-            (400, "InvalidParameter", Code::InvalidArgument),
-            (401, "NotAuthenticated", Code::PermissionDenied),
-            (403, "NotAuthorized", Code::PermissionDenied),
-            (404, "NotAuthorizedOrNotFound", Code::NotFound),
-            (409, "Conflict", Code::Aborted),
-            (429, "TooManyRequests", Code::Unavailable),
-            (503, "ServiceUnavailable", Code::Unavailable),
-        ] {
-            let s = kms_status(&service(status, code));
-            assert_eq!(s.code(), grpc, "{status}");
-            assert!(
-                s.message().contains(code) && s.message().contains("OPC1"),
-                "{}",
-                s.message()
-            );
-        }
-        let t = KmsError::Transport {
-            op: "GetWrappingKey",
-            endpoint: "https://x".into(),
-            why: "could not connect".into(),
-            attempts: 5,
-        };
-        assert_eq!(kms_status(&t).code(), Code::Unavailable);
-        let d = KmsError::Deadline {
-            op: "ImportKey",
-            attempts: 1,
-            last: String::new(),
-        };
-        assert_eq!(kms_status(&d).code(), Code::DeadlineExceeded);
     }
 }
