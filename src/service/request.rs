@@ -1,0 +1,177 @@
+//! What a call carries besides its body, and the body's parts every RPC shares, parsed
+//! strictly: the deadline, the request id, key references, algorithms, shapes, page tokens.
+//! Nothing here is trusted before it is parsed, and no parse can panic.
+
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Status};
+
+use crate::hsm::{KeyInfo, KeyRef};
+use crate::proto;
+use crate::wrap::{self, Algorithm};
+
+/// The latest deadline a caller can ask for: `grpc-timeout` is read saturating and capped.
+pub(super) const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// The call's deadline from `grpc-timeout`, moved earlier by a quarter of the timeout (at
+/// most 100 ms): the client's and the transport's own timers answer CANCELLED at the
+/// deadline, so this service must answer DEADLINE_EXCEEDED, and have it arrive, first.
+/// Read saturating: digits only, any number of them capped at [`MAX_DEADLINE`], so no
+/// header can overflow the clock.
+pub(super) fn deadline<T>(req: &Request<T>) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 32 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().unwrap_or(u64::MAX);
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    }
+    .min(MAX_DEADLINE);
+    let margin = (timeout / 4).min(Duration::from_millis(100));
+    Instant::now().checked_add(timeout - margin)
+}
+
+/// `x-request-id` if it is short printable text, else a fresh random id.
+pub(super) fn request_id<T>(req: &Request<T>) -> String {
+    if let Some(v) = req
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 64
+        && v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v.to_string();
+    }
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    wrap::hex(&b)
+}
+
+pub(super) fn key_ref(k: Option<&proto::KeyRef>) -> Result<KeyRef, Status> {
+    match k.and_then(|k| k.key.as_ref()) {
+        Some(proto::key_ref::Key::Label(l)) => KeyRef::label(l)
+            .map_err(|why| Status::invalid_argument(format!("source_key.label: {why}"))),
+        Some(proto::key_ref::Key::IdHex(h)) => KeyRef::id_hex(h)
+            .map_err(|why| Status::invalid_argument(format!("source_key.id_hex: {why}"))),
+        None => Err(Status::invalid_argument(
+            "source_key: give a label or an id_hex",
+        )),
+    }
+}
+
+pub(super) fn algorithm(v: i32) -> Result<Algorithm, Status> {
+    match proto::WrappingAlgorithm::try_from(v) {
+        Ok(proto::WrappingAlgorithm::Unspecified | proto::WrappingAlgorithm::RsaOaepAesSha256) => {
+            Ok(Algorithm::RsaOaepAesSha256)
+        }
+        Ok(proto::WrappingAlgorithm::RsaOaepSha256) => Ok(Algorithm::RsaOaepSha256),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "algorithm {v} is not a WrappingAlgorithm"
+        ))),
+    }
+}
+
+pub(super) fn proto_algorithm(a: Algorithm) -> proto::WrappingAlgorithm {
+    match a {
+        Algorithm::RsaOaepAesSha256 => proto::WrappingAlgorithm::RsaOaepAesSha256,
+        Algorithm::RsaOaepSha256 => proto::WrappingAlgorithm::RsaOaepSha256,
+    }
+}
+
+pub(super) fn shape(s: wrap::KeyShape) -> proto::KeyShape {
+    proto::KeyShape {
+        algorithm: s.algorithm.as_str().into(),
+        length: s.length as u32,
+    }
+}
+
+/// Page token: hex of the last key's label and id, so paging is stable when keys come and go.
+pub(super) fn page_token(k: &KeyInfo) -> String {
+    format!("{}.{}", wrap::hex(k.label.as_bytes()), wrap::hex(&k.id))
+}
+
+pub(super) fn parse_page_token(t: &str) -> Result<Option<(String, Vec<u8>)>, Status> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument("page_token is not one this service returned");
+    let (l, i) = t.split_once('.').ok_or_else(bad)?;
+    let label = String::from_utf8(wrap::unhex(l).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok(Some((label, wrap::unhex(i).ok_or_else(bad)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn grpc_timeout_parsing() {
+        // 250 ms, answered a quarter early: 187.5 ms left.
+        let mut r = Request::new(());
+        assert!(deadline(&r).is_none());
+        r.metadata_mut()
+            .insert("grpc-timeout", "250m".parse().unwrap());
+        let d = deadline(&r).unwrap();
+        let left = d - Instant::now();
+        assert!(
+            left <= Duration::from_millis(188) && left > Duration::from_millis(150),
+            "{left:?}"
+        );
+        r.metadata_mut()
+            .insert("grpc-timeout", "bogus".parse().unwrap());
+        assert!(deadline(&r).is_none());
+        // Far past what the clock can add (tonic passes over-long values on): capped at
+        // 24 hours, never an overflow.
+        for huge in [
+            "9999999999999999999S",
+            "99999999999999999999999H",
+            "18446744073709551615n",
+        ] {
+            r.metadata_mut()
+                .insert("grpc-timeout", huge.parse().unwrap());
+            let left = deadline(&r).unwrap() - Instant::now();
+            assert!(left <= MAX_DEADLINE, "{huge}: {left:?}");
+        }
+        for bad in ["+5S", "-5S", "5 S", "S", "5"] {
+            r.metadata_mut()
+                .insert("grpc-timeout", bad.parse().unwrap());
+            assert!(deadline(&r).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut r = Request::new(());
+        assert_eq!(request_id(&r).len(), 16);
+        r.metadata_mut()
+            .insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(request_id(&r), "abc-123");
+        r.metadata_mut()
+            .insert("x-request-id", "has space".parse().unwrap());
+        assert_ne!(request_id(&r), "has space");
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        assert_eq!(parse_page_token("").unwrap(), None);
+        let t = format!("{}.{}", wrap::hex(b"demo-aes-256"), "0103");
+        assert_eq!(
+            parse_page_token(&t).unwrap(),
+            Some(("demo-aes-256".into(), vec![1, 3]))
+        );
+        assert_eq!(
+            parse_page_token("zz").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! WrapKey, and what every export shares: admission (the caller's operation, the key
+//! against its patterns, the algorithm) and the HSM wrap under the caller's patterns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tonic::{Request, Status};
+
+use super::Bridge;
+use super::audit::{AuditOnDrop, Record};
+use super::auth::Caller;
+use super::keys::{denied, hide_by_id, may_not_touch, permit};
+use super::request::{algorithm, deadline, key_ref, proto_algorithm, shape};
+use crate::config::Operation;
+use crate::hsm::KeyRef;
+use crate::proto;
+use crate::wrap::{self, Algorithm, WrappingKey};
+
+/// An admitted export: who asked, for which key, with which algorithm.
+#[derive(Clone)]
+pub(super) struct Export {
+    pub(super) caller: Caller,
+    pub(super) key: KeyRef,
+    pub(super) alg: Algorithm,
+}
+
+impl Bridge {
+    pub(super) async fn wrap_key_inner(
+        &self,
+        req: Request<proto::WrapKeyRequest>,
+        guard: &mut AuditOnDrop,
+    ) -> Result<proto::WrapKeyResponse, Status> {
+        let caller = self.caller(&req, Some(guard.record()))?;
+        let deadline = deadline(&req);
+        guard.deadline = deadline;
+        let hsm_started = guard.hsm_started.clone();
+        let rec = guard.record();
+        let body = req.get_ref();
+        let export = self.admit_export(
+            caller,
+            rec,
+            (Operation::Wrap, "WrapKey"),
+            body.source_key.as_ref(),
+            body.algorithm,
+        )?;
+        let wk = self
+            .wrapping_keys
+            .get(body.wrapping_public_key_pem.as_bytes())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let fp = wk.fingerprint();
+        rec.wrapping_key_sha256 = Some(fp.clone());
+        self.wrapping_policy
+            .allows(&fp)
+            .map_err(Status::permission_denied)?;
+        let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;
+        let rec = guard.record();
+        rec.source_key_label = Some(wrapped.key.label.clone());
+        rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
+        rec.mode = Some(wrapped.mode.as_str());
+        Ok(proto::WrapKeyResponse {
+            wrapped_key_material: wrapped.material,
+            shape: Some(shape(wrapped.shape)),
+            wrapping_key_sha256: fp,
+            mode: wrapped.mode.as_str().into(),
+            algorithm: proto_algorithm(wrapped.algorithm) as i32,
+        })
+    }
+
+    /// The checks every export starts with, after the caller is known, each recorded as it
+    /// passes: its `op`eration, the source key (against its label patterns), the algorithm.
+    pub(super) fn admit_export(
+        &self,
+        caller: Caller,
+        rec: &mut Record,
+        (op, name): (Operation, &'static str),
+        key: Option<&proto::KeyRef>,
+        alg: i32,
+    ) -> Result<Export, Status> {
+        if !caller.may(op) {
+            return Err(denied(name, &caller));
+        }
+        let key = key_ref(key)?;
+        match &key {
+            KeyRef::Label(l) => rec.source_key_label = Some(l.clone()),
+            KeyRef::Id(id) => rec.source_key_id_hex = Some(wrap::hex(id)),
+        }
+        if let KeyRef::Label(l) = &key
+            && !caller.may_touch(l)
+        {
+            return Err(Status::permission_denied(may_not_touch(&caller, l)));
+        }
+        let alg = algorithm(alg)?;
+        rec.algorithm = Some(alg.as_str());
+        Ok(Export { caller, key, alg })
+    }
+
+    /// Wraps the export's key for `wk` on an HSM session; a key named by id must still match
+    /// the caller's label patterns.
+    pub(super) async fn wrap_for(
+        &self,
+        export: Export,
+        wk: Arc<WrappingKey>,
+        deadline: Option<Instant>,
+        hsm_started: Arc<AtomicBool>,
+    ) -> Result<crate::hsm::Wrapped, Status> {
+        let Export { caller, key, alg } = export;
+        self.on_hsm(deadline, move |hsm, d| {
+            hsm_started.store(true, Ordering::SeqCst);
+            hsm.wrap_if(&key, &wk, alg, d, |info| permit(&caller, info))
+                .map_err(|e| hide_by_id(&key, e))
+        })
+        .await
+    }
+
+    /// For bytes recorded for an idempotency key: the key checks of [`Self::wrap_for`]
+    /// without the wrap.
+    pub(super) async fn recheck(
+        &self,
+        export: Export,
+        deadline: Option<Instant>,
+    ) -> Result<(), Status> {
+        let Export { caller, key, .. } = export;
+        self.on_hsm(deadline, move |hsm, d| {
+            hsm.check_export(&key, d, |info| permit(&caller, info))
+                .map(|_| ())
+                .map_err(|e| hide_by_id(&key, e))
+        })
+        .await
+    }
+}
