@@ -47,53 +47,10 @@ pub enum Command {
         common: Common,
     },
     /// Wrap one key for an RSA wrapping public key, as OCI's ImportKey(Version) takes it.
-    Wrap {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        key: KeyArg,
-        /// PEM public key (SubjectPublicKeyInfo or PKCS#1) to wrap for.
-        #[arg(long, value_name = "PEM_FILE")]
-        wrapping_key: PathBuf,
-        /// RSA_OAEP_AES_SHA256 (any key) or RSA_OAEP_SHA256 (AES keys, where the HSM does OAEP-SHA256).
-        #[arg(long, default_value = "RSA_OAEP_AES_SHA256")]
-        algorithm: String,
-        /// Where to write the raw wrapped bytes (OCI's keyMaterial before base64).
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-        /// Wrap for this key even where policy.caller_wrapping_keys would refuse it: the
-        /// operator vouches for the wrapping key (audited as such).
-        #[arg(long)]
-        allow_any_wrapping_key: bool,
-    },
+    Wrap(WrapArgs),
     /// Add a version to an OCI key from a token key: fetch the vault's wrapping key, wrap in
     /// the HSM, ImportKeyVersion (with retries), optionally wait until ENABLED.
-    ImportKeyVersion {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        key: KeyArg,
-        /// OCID of the OCI key that gets the new version.
-        #[arg(long, value_name = "OCID")]
-        oci_key_id: String,
-        /// The vault's management endpoint (must match oci.allowed_endpoints).
-        #[arg(long, value_name = "URL")]
-        endpoint: String,
-        /// Connection name from [oci.connections].
-        #[arg(long, default_value = "default")]
-        connection: String,
-        /// RSA_OAEP_AES_SHA256 (any key) or RSA_OAEP_SHA256 (AES keys).
-        #[arg(long, default_value = "RSA_OAEP_AES_SHA256")]
-        algorithm: String,
-        /// Derives OCI's opc-retry-token: running again with the same value imports once
-        /// (within one process lifetime the same bytes are re-sent; across runs OCI's
-        /// retry-token rules apply).
-        #[arg(long, value_name = "KEY")]
-        idempotency_key: Option<String>,
-        /// Wait until the new version is ENABLED.
-        #[arg(long)]
-        wait: bool,
-    },
+    ImportKeyVersion(ImportKeyVersionArgs),
     /// Run the known-answer self-test and report which wrap mode the token supports.
     Selftest {
         #[command(flatten)]
@@ -109,6 +66,55 @@ pub struct Common {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub key: KeyArg,
+    /// PEM public key (SubjectPublicKeyInfo or PKCS#1) to wrap for.
+    #[arg(long, value_name = "PEM_FILE")]
+    pub wrapping_key: PathBuf,
+    /// RSA_OAEP_AES_SHA256 (any key) or RSA_OAEP_SHA256 (AES keys, where the HSM does OAEP-SHA256).
+    #[arg(long, default_value = "RSA_OAEP_AES_SHA256")]
+    pub algorithm: String,
+    /// Where to write the raw wrapped bytes (OCI's keyMaterial before base64).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Wrap for this key even where policy.caller_wrapping_keys would refuse it: the
+    /// operator vouches for the wrapping key (audited as such).
+    #[arg(long)]
+    pub allow_any_wrapping_key: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportKeyVersionArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub key: KeyArg,
+    /// OCID of the OCI key that gets the new version.
+    #[arg(long, value_name = "OCID")]
+    pub oci_key_id: String,
+    /// The vault's management endpoint (must match oci.allowed_endpoints).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    /// Connection name from [oci.connections].
+    #[arg(long, default_value = "default")]
+    pub connection: String,
+    /// RSA_OAEP_AES_SHA256 (any key) or RSA_OAEP_SHA256 (AES keys).
+    #[arg(long, default_value = "RSA_OAEP_AES_SHA256")]
+    pub algorithm: String,
+    /// Derives OCI's opc-retry-token: running again with the same value imports once
+    /// (within one process lifetime the same bytes are re-sent; across runs OCI's
+    /// retry-token rules apply).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Wait until the new version is ENABLED.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -157,205 +163,222 @@ fn open(config: &Path) -> Result<(Config, Hsm), Error> {
 
 /// Runs one subcommand; what it prints goes to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::Io(e.to_string());
     match cli.command {
         Command::Serve { config, listen, .. } => {
             let mut cfg = Config::load(&config)?;
             if let Some(listen) = listen {
                 cfg.server.listen = listen;
             }
-            crate::service::server::serve(cfg)?;
+            crate::service::server::serve(cfg)
         }
-        Command::Keys { common } => {
-            let (_, hsm) = open(&common.config)?;
-            let keys = hsm.list_keys(None)?;
-            if common.json {
-                let rows: Vec<_> = keys.iter().map(|k| key_json(&hsm, k)).collect();
-                writeln!(out, "{}", serde_json::Value::Array(rows)).map_err(io)?;
-            } else {
-                writeln!(
-                    out,
-                    "{:<28} {:<18} {:<10} {:<11} {:<9} exportable",
-                    "label", "id", "type", "extractable", "sensitive"
-                )
-                .map_err(io)?;
-                for k in &keys {
-                    let export = match hsm.export_check(k) {
-                        Ok(_) => "yes".to_string(),
-                        Err(e) => format!("no: {}", short_reason(&e.to_string())),
-                    };
-                    writeln!(
-                        out,
-                        "{:<28} {:<18} {:<10} {:<11} {:<9} {}",
-                        k.label,
-                        wrap::hex(&k.id),
-                        k.describe(),
-                        k.extractable,
-                        k.sensitive,
-                        export
-                    )
-                    .map_err(io)?;
-                }
-            }
-            hsm.close();
-        }
-        Command::Wrap {
-            common,
-            key,
-            wrapping_key,
-            algorithm,
-            out: out_file,
-            allow_any_wrapping_key,
-        } => {
-            let alg: Algorithm = algorithm.parse()?;
-            let key = key.key_ref()?;
-            let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
-            let cfg = Config::load(&common.config)?;
-            let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
-            let audit = CliAudit::open(&cfg)?;
-            let mut rec = audit.record("WrapKey", &key, alg);
-            rec.wrapping_key_sha256 = Some(wk.fingerprint());
-            let policy =
-                crate::policy::WrappingKeyPolicy::load(&cfg.policy).map_err(Error::Usage)?;
-            if allow_any_wrapping_key {
-                rec.reason =
-                    Some("--allow-any-wrapping-key: the operator chose the wrapping key".into());
-            } else if let Err(why) = policy.allows(&wk.fingerprint()) {
-                let why = format!(
-                    "{why}; an operator who vouches for this key can pass --allow-any-wrapping-key"
-                );
-                audit.write(rec, Err(("PERMISSION_DENIED", why.clone())))?;
-                return Err(Error::Usage(why));
-            }
-            let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
-            let wrapped = hsm.wrap(&key, &wk, alg, None);
-            hsm.close();
-            let wrapped = match wrapped {
-                Ok(w) => w,
-                Err(e) => {
-                    let code = crate::service::status::code_name(crate::service::status::code(&e));
-                    audit.write(rec, Err((code, e.to_string())))?;
-                    return Err(e.into());
-                }
+        Command::Keys { common } => keys(&common, out),
+        Command::Wrap(a) => wrap_key(a, out),
+        Command::ImportKeyVersion(a) => import_key_version_cmd(a, out),
+        Command::Selftest { common } => selftest(&common, out),
+    }
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Io(e.to_string())
+}
+
+/// `keys`: the token's secret and private keys, and whether each may leave.
+fn keys(common: &Common, out: &mut dyn Write) -> Result<(), Error> {
+    let (_, hsm) = open(&common.config)?;
+    let keys = hsm.list_keys(None)?;
+    if common.json {
+        let rows: Vec<_> = keys.iter().map(|k| key_json(&hsm, k)).collect();
+        writeln!(out, "{}", serde_json::Value::Array(rows)).map_err(io)?;
+    } else {
+        writeln!(
+            out,
+            "{:<28} {:<18} {:<10} {:<11} {:<9} exportable",
+            "label", "id", "type", "extractable", "sensitive"
+        )
+        .map_err(io)?;
+        for k in &keys {
+            let export = match hsm.export_check(k) {
+                Ok(_) => "yes".to_string(),
+                Err(e) => format!("no: {}", short_reason(&e.to_string())),
             };
-            rec.source_key_label = Some(wrapped.key.label.clone());
-            rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
-            rec.mode = Some(wrapped.mode.as_str());
-            // Recorded before the material is written: nothing leaves without its record.
-            audit.write(rec, Ok(()))?;
-            write_atomically(&out_file, &wrapped.material)?;
-            if common.json {
-                let v = json!({
-                    "algorithm": wrapped.algorithm.as_str(),
-                    "mode": wrapped.mode.as_str(),
-                    "shape": {"algorithm": wrapped.shape.algorithm.as_str(), "length": wrapped.shape.length},
-                    "wrapping_key_sha256": wk.fingerprint(),
-                    "bytes": wrapped.material.len(),
-                    "key": {"label": wrapped.key.label, "id_hex": wrap::hex(&wrapped.key.id)},
-                });
-                writeln!(out, "{v}").map_err(io)?;
-            } else {
-                writeln!(
-                    out,
-                    "wrapped {} ({}) with {} in {} mode for RSA-{} key sha256:{}: {} bytes written to {}",
-                    wrapped.key.name(),
-                    wrapped.shape.describe(),
-                    wrapped.algorithm,
-                    wrapped.mode,
-                    wk.bits,
-                    wk.fingerprint(),
-                    wrapped.material.len(),
-                    out_file.display()
-                )
-                .map_err(io)?;
-            }
-        }
-        Command::ImportKeyVersion {
-            common,
-            key,
-            oci_key_id,
-            endpoint,
-            connection,
-            algorithm,
-            idempotency_key,
-            wait,
-        } => {
-            let alg: Algorithm = algorithm.parse()?;
-            let key = key.key_ref()?;
-            let cfg = Config::load(&common.config)?;
-            let audit = CliAudit::open(&cfg)?;
-            let oci = Arc::new(
-                OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(Error::Usage)?,
-            );
-            let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
-            let started = std::time::Instant::now();
-            let mut rec = audit.record("ImportKeyVersion", &key, alg);
-            let ask = CliImport {
-                key: &key,
-                alg,
-                oci_key_id: &oci_key_id,
-                endpoint: &endpoint,
-                connection: &connection,
-                idempotency_key: idempotency_key.as_deref(),
-                wait,
-                protection_modes: &cfg.policy.protection_modes,
-            };
-            let result = rt.block_on(import_key_version(&oci, &hsm, &ask, &mut rec));
-            hsm.close();
-            let (version, progress) = match result {
-                Ok(r) => {
-                    audit.write(rec, Ok(()))?;
-                    r
-                }
-                Err(e) => {
-                    let (code, message) = crate::service::status::import_outcome(&e);
-                    audit.write(rec, Err((code, message.clone())))?;
-                    return Err(Error::Oci(format!("{code}: {message}")));
-                }
-            };
-            let ms = started.elapsed().as_millis();
-            if common.json {
-                let v = json!({
-                    "key_version": version,
-                    "opc_request_id": progress.opc_request_id,
-                    "attempts": progress.attempts,
-                    "mode": progress.mode,
-                    "wrapping_key_sha256": progress.wrapping_key_sha256,
-                    "millis": ms,
-                });
-                writeln!(out, "{v}").map_err(io)?;
-            } else {
-                writeln!(
-                    out,
-                    "imported {} into {} as version {} ({}), {} mode, {} attempt(s), opc-request-id {}, {ms} ms",
-                    progress.label.as_deref().unwrap_or("?"),
-                    version.key_id,
-                    version.id,
-                    version.lifecycle_state,
-                    progress.mode.unwrap_or("?"),
-                    progress.attempts,
-                    progress.opc_request_id.as_deref().unwrap_or("")
-                )
-                .map_err(io)?;
-            }
-        }
-        Command::Selftest { common } => {
-            let (_, hsm) = open(&common.config)?;
-            let report = hsm.selftest_report();
-            if common.json {
-                let v =
-                    serde_json::to_string_pretty(report).map_err(|e| Error::Io(e.to_string()))?;
-                writeln!(out, "{v}").map_err(io)?;
-            } else {
-                write!(out, "{}", report.to_text()).map_err(io)?;
-            }
-            hsm.close();
+            writeln!(
+                out,
+                "{:<28} {:<18} {:<10} {:<11} {:<9} {}",
+                k.label,
+                wrap::hex(&k.id),
+                k.describe(),
+                k.extractable,
+                k.sensitive,
+                export
+            )
+            .map_err(io)?;
         }
     }
+    hsm.close();
+    Ok(())
+}
+
+/// `wrap`: one key for a wrapping key the caller names, as the policy on callers' keys
+/// allows (or as an operator vouches for), audited.
+fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let WrapArgs {
+        common,
+        key,
+        wrapping_key,
+        algorithm,
+        out: out_file,
+        allow_any_wrapping_key,
+    } = a;
+    let alg: Algorithm = algorithm.parse()?;
+    let key = key.key_ref()?;
+    let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
+    let cfg = Config::load(&common.config)?;
+    let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
+    let audit = CliAudit::open(&cfg)?;
+    let mut rec = audit.record("WrapKey", &key, alg);
+    rec.wrapping_key_sha256 = Some(wk.fingerprint());
+    let policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy).map_err(Error::Usage)?;
+    if allow_any_wrapping_key {
+        rec.reason = Some("--allow-any-wrapping-key: the operator chose the wrapping key".into());
+    } else if let Err(why) = policy.allows(&wk.fingerprint()) {
+        let why = format!(
+            "{why}; an operator who vouches for this key can pass --allow-any-wrapping-key"
+        );
+        audit.write(rec, Err(("PERMISSION_DENIED", why.clone())))?;
+        return Err(Error::Usage(why));
+    }
+    let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+    let wrapped = hsm.wrap(&key, &wk, alg, None);
+    hsm.close();
+    let wrapped = match wrapped {
+        Ok(w) => w,
+        Err(e) => {
+            let code = crate::service::status::code_name(crate::service::status::code(&e));
+            audit.write(rec, Err((code, e.to_string())))?;
+            return Err(e.into());
+        }
+    };
+    rec.source_key_label = Some(wrapped.key.label.clone());
+    rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
+    rec.mode = Some(wrapped.mode.as_str());
+    // Recorded before the material is written: nothing leaves without its record.
+    audit.write(rec, Ok(()))?;
+    write_atomically(&out_file, &wrapped.material)?;
+    if common.json {
+        let v = json!({
+            "algorithm": wrapped.algorithm.as_str(),
+            "mode": wrapped.mode.as_str(),
+            "shape": {"algorithm": wrapped.shape.algorithm.as_str(), "length": wrapped.shape.length},
+            "wrapping_key_sha256": wk.fingerprint(),
+            "bytes": wrapped.material.len(),
+            "key": {"label": wrapped.key.label, "id_hex": wrap::hex(&wrapped.key.id)},
+        });
+        writeln!(out, "{v}").map_err(io)?;
+    } else {
+        writeln!(
+            out,
+            "wrapped {} ({}) with {} in {} mode for RSA-{} key sha256:{}: {} bytes written to {}",
+            wrapped.key.name(),
+            wrapped.shape.describe(),
+            wrapped.algorithm,
+            wrapped.mode,
+            wk.bits,
+            wk.fingerprint(),
+            wrapped.material.len(),
+            out_file.display()
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// `import-key-version`: the import module's path for one key, audited.
+fn import_key_version_cmd(a: ImportKeyVersionArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let ImportKeyVersionArgs {
+        common,
+        key,
+        oci_key_id,
+        endpoint,
+        connection,
+        algorithm,
+        idempotency_key,
+        wait,
+    } = a;
+    let alg: Algorithm = algorithm.parse()?;
+    let key = key.key_ref()?;
+    let cfg = Config::load(&common.config)?;
+    let audit = CliAudit::open(&cfg)?;
+    let oci =
+        Arc::new(OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(Error::Usage)?);
+    let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
+    let started = std::time::Instant::now();
+    let mut rec = audit.record("ImportKeyVersion", &key, alg);
+    let ask = CliImport {
+        key: &key,
+        alg,
+        oci_key_id: &oci_key_id,
+        endpoint: &endpoint,
+        connection: &connection,
+        idempotency_key: idempotency_key.as_deref(),
+        wait,
+        protection_modes: &cfg.policy.protection_modes,
+    };
+    let result = rt.block_on(import_key_version(&oci, &hsm, &ask, &mut rec));
+    hsm.close();
+    let (version, progress) = match result {
+        Ok(r) => {
+            audit.write(rec, Ok(()))?;
+            r
+        }
+        Err(e) => {
+            let (code, message) = crate::service::status::import_outcome(&e);
+            audit.write(rec, Err((code, message.clone())))?;
+            return Err(Error::Oci(format!("{code}: {message}")));
+        }
+    };
+    let ms = started.elapsed().as_millis();
+    if common.json {
+        let v = json!({
+            "key_version": version,
+            "opc_request_id": progress.opc_request_id,
+            "attempts": progress.attempts,
+            "mode": progress.mode,
+            "wrapping_key_sha256": progress.wrapping_key_sha256,
+            "millis": ms,
+        });
+        writeln!(out, "{v}").map_err(io)?;
+    } else {
+        writeln!(
+                out,
+                "imported {} into {} as version {} ({}), {} mode, {} attempt(s), opc-request-id {}, {ms} ms",
+                progress.label.as_deref().unwrap_or("?"),
+                version.key_id,
+                version.id,
+                version.lifecycle_state,
+                progress.mode.unwrap_or("?"),
+                progress.attempts,
+                progress.opc_request_id.as_deref().unwrap_or("")
+            )
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// `selftest`: what the token proves, and the mode it picks.
+fn selftest(common: &Common, out: &mut dyn Write) -> Result<(), Error> {
+    let (_, hsm) = open(&common.config)?;
+    let report = hsm.selftest_report();
+    if common.json {
+        let v = serde_json::to_string_pretty(report).map_err(|e| Error::Io(e.to_string()))?;
+        writeln!(out, "{v}").map_err(io)?;
+    } else {
+        write!(out, "{}", report.to_text()).map_err(io)?;
+    }
+    hsm.close();
     Ok(())
 }
 
