@@ -57,6 +57,10 @@ pub enum HsmError {
     },
     #[error("{0}")]
     Refused(String),
+    /// The OS random source failed (for hybrid mode's K): the daemon's fault, not the
+    /// request's.
+    #[error("the OS random source failed: {0}")]
+    Random(String),
     /// The caller may not touch this key (caller policy, decided above this layer).
     #[error("{0}")]
     Denied(String),

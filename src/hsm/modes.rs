@@ -199,99 +199,158 @@ pub fn wrap(
     target: Target,
     wk: &WrappingKey,
 ) -> Result<Vec<u8>, HsmError> {
-    let call = |mech, wrapping: ObjectHandle, key: ObjectHandle, hint: usize| {
-        raw.wrap_key(s.handle(), mech, wrapping.handle(), key.handle(), hint)
-            .map_err(|rv| HsmError::WrapCall {
-                mechanism: describe(mech),
-                rv,
-            })
-    };
-    let k_len = wk.modulus_len();
+    let t = Token { raw, s };
     let material = match alg {
-        Algorithm::RsaOaepSha256 => {
-            if target.shape.algorithm != KeyAlgorithm::Aes {
-                return Err(HsmError::Refused(format!(
-                    "RSA_OAEP_SHA256 can carry only AES keys; a {} key does not fit in one RSA block: use RSA_OAEP_AES_SHA256",
-                    target.shape.describe()
-                )));
-            }
-            if !caps.oaep_sha256 {
-                return Err(HsmError::Refused(
-                    "RSA_OAEP_SHA256 needs the HSM to do RSA-OAEP with SHA-256 itself, and the self-test found this token cannot: use RSA_OAEP_AES_SHA256".into(),
-                ));
-            }
-            let wk_obj = import_wrapping_key(s, wk)?;
-            call(
-                WrapMechanism::RsaOaepSha256,
-                wk_obj.handle,
-                target.handle,
-                k_len,
-            )?
-        }
+        Algorithm::RsaOaepSha256 => wrap_oaep_only(&t, caps, target, wk)?,
         Algorithm::RsaOaepAesSha256 => {
             if target.shape.algorithm == KeyAlgorithm::Rsa {
                 check_rsa_export(caps, mode)?;
             }
-            let kwp = caps.kwp.map(WrapMechanism::Kwp);
-            let hint = size_hint(target.shape);
             match mode {
-                WrapMode::HsmNative => {
-                    if !caps.native {
-                        return Err(unavailable(mode));
-                    }
-                    let wk_obj = import_wrapping_key(s, wk)?;
-                    call(
-                        WrapMechanism::RsaAesKeyWrapSha256,
-                        wk_obj.handle,
-                        target.handle,
-                        k_len + hint,
-                    )?
-                }
-                WrapMode::HsmTwoStep => {
-                    let (Some(kwp), true) = (kwp, caps.oaep_sha256) else {
-                        return Err(unavailable(mode));
-                    };
-                    let k = session_aes_generate(s)?;
-                    let c2 = call(kwp, k.handle, target.handle, hint)?;
-                    let wk_obj = import_wrapping_key(s, wk)?;
-                    let mut out =
-                        call(WrapMechanism::RsaOaepSha256, wk_obj.handle, k.handle, k_len)?;
-                    out.extend_from_slice(&c2);
-                    out
-                }
-                WrapMode::Hybrid => {
-                    let Some(kwp) = kwp else {
-                        return Err(unavailable(mode));
-                    };
-                    crate::hardening::with_scratch(|scratch| {
-                        let (k, rest) = scratch.split_at_mut(TRANSPORT_KEY_LEN);
-                        getrandom::fill(k).map_err(|e| {
-                            HsmError::Refused(format!("OS random source failed: {e}"))
-                        })?;
-                        let c2 = {
-                            let k_obj = session_aes(s, k, AesRole::Wrapping)?;
-                            call(kwp, k_obj.handle, target.handle, hint)?
-                        };
-                        let c2 = match (target.shape.algorithm, caps.pkcs8_kwp) {
-                            (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => {
-                                strip_and_rewrap(k, &c2, rest)?
-                            }
-                            _ => {
-                                check_opens(k, &c2, rest, target.shape)?;
-                                c2
-                            }
-                        };
-                        let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, k)?;
-                        out.extend_from_slice(&c2);
-                        Ok::<_, HsmError>(out)
-                    })
-                    .map_err(|e| HsmError::Wrap(WrapError::Crypto(e)))??
-                }
+                WrapMode::HsmNative => wrap_native(&t, caps, target, wk)?,
+                WrapMode::HsmTwoStep => wrap_two_step(&t, caps, target, wk)?,
+                WrapMode::Hybrid => wrap_hybrid(&t, caps, target, wk)?,
             }
         }
     };
-    check_layout(alg, target.shape, k_len, &material)?;
+    check_layout(alg, target.shape, wk.modulus_len(), &material)?;
     Ok(material)
+}
+
+/// The session a wrap runs on.
+struct Token<'a> {
+    raw: &'a RawModule,
+    s: &'a Session,
+}
+
+impl Token<'_> {
+    /// One `C_WrapKey`; its error names the mechanism.
+    fn call(
+        &self,
+        mech: WrapMechanism,
+        wrapping: ObjectHandle,
+        key: ObjectHandle,
+        hint: usize,
+    ) -> Result<Vec<u8>, HsmError> {
+        self.raw
+            .wrap_key(self.s.handle(), mech, wrapping.handle(), key.handle(), hint)
+            .map_err(|rv| HsmError::WrapCall {
+                mechanism: describe(mech),
+                rv,
+            })
+    }
+}
+
+/// `RSA_OAEP_SHA256`: the AES key itself under OAEP-SHA256, in the token.
+fn wrap_oaep_only(
+    t: &Token<'_>,
+    caps: &Capabilities,
+    target: Target,
+    wk: &WrappingKey,
+) -> Result<Vec<u8>, HsmError> {
+    if target.shape.algorithm != KeyAlgorithm::Aes {
+        return Err(HsmError::Refused(format!(
+            "RSA_OAEP_SHA256 can carry only AES keys; a {} key does not fit in one RSA block: use RSA_OAEP_AES_SHA256",
+            target.shape.describe()
+        )));
+    }
+    if !caps.oaep_sha256 {
+        return Err(HsmError::Refused(
+            "RSA_OAEP_SHA256 needs the HSM to do RSA-OAEP with SHA-256 itself, and the self-test found this token cannot: use RSA_OAEP_AES_SHA256".into(),
+        ));
+    }
+    let wk_obj = import_wrapping_key(t.s, wk)?;
+    t.call(
+        WrapMechanism::RsaOaepSha256,
+        wk_obj.handle,
+        target.handle,
+        wk.modulus_len(),
+    )
+}
+
+/// hsm-native: one `C_WrapKey` with 0x1054.
+fn wrap_native(
+    t: &Token<'_>,
+    caps: &Capabilities,
+    target: Target,
+    wk: &WrappingKey,
+) -> Result<Vec<u8>, HsmError> {
+    if !caps.native {
+        return Err(unavailable(WrapMode::HsmNative));
+    }
+    let wk_obj = import_wrapping_key(t.s, wk)?;
+    t.call(
+        WrapMechanism::RsaAesKeyWrapSha256,
+        wk_obj.handle,
+        target.handle,
+        wk.modulus_len() + size_hint(target.shape),
+    )
+}
+
+/// hsm-two-step: K generated in the token, RFC 5649 of the target under K, OAEP-SHA256 of K.
+fn wrap_two_step(
+    t: &Token<'_>,
+    caps: &Capabilities,
+    target: Target,
+    wk: &WrappingKey,
+) -> Result<Vec<u8>, HsmError> {
+    let (Some(kwp), true) = (caps.kwp, caps.oaep_sha256) else {
+        return Err(unavailable(WrapMode::HsmTwoStep));
+    };
+    let k = session_aes_generate(t.s)?;
+    let c2 = t.call(
+        WrapMechanism::Kwp(kwp),
+        k.handle,
+        target.handle,
+        size_hint(target.shape),
+    )?;
+    let wk_obj = import_wrapping_key(t.s, wk)?;
+    let mut out = t.call(
+        WrapMechanism::RsaOaepSha256,
+        wk_obj.handle,
+        k.handle,
+        wk.modulus_len(),
+    )?;
+    out.extend_from_slice(&c2);
+    Ok(out)
+}
+
+/// hybrid: K from the OS random source in a locked scratch page, RFC 5649 of the target
+/// under K in the token (checked, or trimmed of PKCS#8 padding, under K), OAEP of K in
+/// software.
+fn wrap_hybrid(
+    t: &Token<'_>,
+    caps: &Capabilities,
+    target: Target,
+    wk: &WrappingKey,
+) -> Result<Vec<u8>, HsmError> {
+    let Some(kwp) = caps.kwp else {
+        return Err(unavailable(WrapMode::Hybrid));
+    };
+    crate::hardening::with_scratch(|scratch| {
+        let (k, rest) = scratch.split_at_mut(TRANSPORT_KEY_LEN);
+        getrandom::fill(k).map_err(|e| HsmError::Random(e.to_string()))?;
+        let c2 = {
+            let k_obj = session_aes(t.s, k, AesRole::Wrapping)?;
+            t.call(
+                WrapMechanism::Kwp(kwp),
+                k_obj.handle,
+                target.handle,
+                size_hint(target.shape),
+            )?
+        };
+        let c2 = match (target.shape.algorithm, caps.pkcs8_kwp) {
+            (KeyAlgorithm::Rsa, Some(Pkcs8Fit::ZeroPadded(_))) => strip_and_rewrap(k, &c2, rest)?,
+            _ => {
+                check_opens(k, &c2, rest, target.shape)?;
+                c2
+            }
+        };
+        let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, k)?;
+        out.extend_from_slice(&c2);
+        Ok::<_, HsmError>(out)
+    })
+    .map_err(|e| HsmError::Wrap(WrapError::Crypto(e)))?
 }
 
 /// On a token that pads PKCS#8: opens C2 under K into `scratch` (locked, zeroed by the

@@ -145,39 +145,9 @@ async fn run(
     hsm: Arc<Hsm>,
     limits: Limits,
 ) -> Result<(), Error> {
-    let grace = limits.grace;
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in ["", SERVICE_NAME] {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
-    let probe = {
-        let health = health.clone();
-        tokio::spawn(async move {
-            let mut serving = true;
-            loop {
-                tokio::time::sleep(HEALTH_EVERY).await;
-                let h = hsm.clone();
-                let ok = matches!(
-                    tokio::task::spawn_blocking(move || h.probe()).await,
-                    Ok(Ok(()))
-                );
-                if ok != serving {
-                    serving = ok;
-                    let status = if ok {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
-                    tracing::warn!(serving = ok, "token health changed");
-                    for name in ["", SERVICE_NAME] {
-                        health.set_service_status(name, status).await;
-                    }
-                }
-            }
-        })
-    };
+    set_health(&health, ServingStatus::Serving).await;
+    let probe = tokio::spawn(follow_the_token(health.clone(), hsm));
     let described = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -186,7 +156,6 @@ async fn run(
     let reflection_err = |e: tonic_reflection::server::Error| Error::Io(format!("reflection: {e}"));
     let reflection = described().build_v1().map_err(reflection_err)?;
     let reflection_alpha = described().build_v1alpha().map_err(reflection_err)?;
-
     let mut builder = Server::builder()
         .max_concurrent_streams(limits.max_streams)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
@@ -202,12 +171,62 @@ async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha);
-
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async {
+    let server = serve_on(listen, router, limits.max_connections, async {
         let _ = stop_rx.await;
-    };
-    let server = match listen {
+    })
+    .await?;
+
+    let signal = wait_for_signal().await;
+    tracing::info!(
+        "{signal}: no new calls; waiting up to {}s for calls in flight",
+        limits.grace.as_secs()
+    );
+    set_health(&health, ServingStatus::NotServing).await;
+    let _ = stop_tx.send(());
+    probe.abort();
+    shut_down(server, &bridge, limits.grace).await
+}
+
+/// Sets the health of "" and of the service.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in ["", SERVICE_NAME] {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Probes the token every [`HEALTH_EVERY`] and reports changes (runs until aborted).
+async fn follow_the_token(health: tonic_health::server::HealthReporter, hsm: Arc<Hsm>) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        let h = hsm.clone();
+        let ok = matches!(
+            tokio::task::spawn_blocking(move || h.probe()).await,
+            Ok(Ok(()))
+        );
+        if ok != serving {
+            serving = ok;
+            tracing::warn!(serving = ok, "token health changed");
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&health, status).await;
+        }
+    }
+}
+
+/// Binds `listen` and serves `router` on it, at most `max_connections` at once, until
+/// `stopped`; the serving task.
+async fn serve_on(
+    listen: Listen,
+    router: tonic::transport::server::Router,
+    max_connections: usize,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, Error> {
+    Ok(match listen {
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -217,7 +236,7 @@ async fn run(
                 .map_err(|e| Error::Io(e.to_string()))?;
             announce(&local.to_string());
             let listener = Arc::new(listener);
-            let incoming = limit::incoming(limits.max_connections, move || {
+            let incoming = limit::incoming(max_connections, move || {
                 let listener = listener.clone();
                 async move {
                     let (io, _) = listener.accept().await?;
@@ -231,26 +250,21 @@ async fn run(
         Listen::Unix(path) => {
             let listener = Arc::new(bind_unix(&path)?);
             announce(&format!("unix:{}", path.display()));
-            let incoming = limit::incoming(limits.max_connections, move || {
+            let incoming = limit::incoming(max_connections, move || {
                 let listener = listener.clone();
                 async move { Ok(listener.accept().await?.0) }
             });
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
-    };
+    })
+}
 
-    let signal = wait_for_signal().await;
-    tracing::info!(
-        "{signal}: no new calls; waiting up to {}s for calls in flight",
-        grace.as_secs()
-    );
-    for name in ["", SERVICE_NAME] {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-    }
-    let _ = stop_tx.send(());
-    probe.abort();
+/// Waits up to `grace` for the server to finish its calls, then for the HSM queue.
+async fn shut_down(
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    bridge: &Bridge,
+    grace: Duration,
+) -> Result<(), Error> {
     let finished = tokio::time::timeout(grace, server).await;
     let drained = bridge.drain(Duration::from_secs(1).max(grace / 10)).await;
     match finished {

@@ -38,6 +38,7 @@ pub fn code(e: &HsmError) -> Code {
         | HsmError::Login { .. }
         | HsmError::Pin(_)
         | HsmError::Down(_)
+        | HsmError::Random(_)
         | HsmError::SelfTest(_) => Code::Unavailable,
     }
 }
@@ -138,6 +139,8 @@ mod tests {
         };
         assert_eq!(code(&token), Code::FailedPrecondition);
         assert_eq!(code(&HsmError::DeadlineExceeded), Code::DeadlineExceeded);
+        // An OS random-source failure is the daemon's, not a precondition of the request.
+        assert_eq!(code(&HsmError::Random("x".into())), Code::Unavailable);
         assert_eq!(
             code(&HsmError::Wrap(WrapError::WrappingKey("x".into()))),
             Code::InvalidArgument
