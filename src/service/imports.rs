@@ -304,16 +304,6 @@ impl Bridge {
             },
             |caller, rec| self.import_key_fields(caller, rec, body),
         )?;
-        let protection_mode = match body.protection_mode.as_str() {
-            "" => None,
-            m => Some(m.to_string()),
-        };
-        let freeform: std::collections::BTreeMap<_, _> = body.freeform_tags.iter().collect();
-        let defined: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> = body
-            .defined_tags
-            .iter()
-            .map(|(ns, t)| (ns, t.tags.iter().collect()))
-            .collect();
         let described = import::describe(&import::Ask {
             caller: &start.export.caller.name,
             op: "ImportKey",
@@ -321,31 +311,12 @@ impl Bridge {
             key: &start.export.key,
             alg: start.export.alg,
             endpoint: &start.dest.endpoint,
-            details: &format!(
-                "{:?} {:?} {freeform:?} {defined:?}",
-                body.display_name, protection_mode
-            ),
+            details: &import_key_details(body),
         });
         let call = start.dest.call();
         let (prepared, progress) = self
             .prepare_import(guard, &start, &call, idem, &described, |w| {
-                serde_json::to_vec(&crate::oci::kms::ImportKeyDetails {
-                    compartment_id: body.compartment_id.clone(),
-                    display_name: body.display_name.clone(),
-                    key_shape: crate::oci::kms::KeyShapeJson {
-                        algorithm: w.shape.algorithm.as_str().into(),
-                        length: w.shape.length as u32,
-                    },
-                    wrapped_import_key: import::wrapped_import_key(w),
-                    protection_mode: protection_mode.clone(),
-                    freeform_tags: body.freeform_tags.clone(),
-                    defined_tags: body
-                        .defined_tags
-                        .iter()
-                        .map(|(ns, t)| (ns.clone(), t.tags.clone()))
-                        .collect(),
-                })
-                .map_err(|e| Status::internal(e.to_string()))
+                import_key_body(body, w)
             })
             .await?;
         let dest = start.dest.clone();
@@ -547,4 +518,52 @@ fn proto_key(k: &crate::oci::kms::Key) -> proto::Key {
         lifecycle_state: k.lifecycle_state.clone(),
         time_created: k.time_created.clone(),
     }
+}
+
+/// What an ImportKey asks beyond the source key and target, in a stable order: bound to its
+/// idempotency key.
+fn import_key_details(body: &proto::ImportKeyRequest) -> String {
+    let freeform: std::collections::BTreeMap<_, _> = body.freeform_tags.iter().collect();
+    let defined: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> = body
+        .defined_tags
+        .iter()
+        .map(|(ns, t)| (ns, t.tags.iter().collect()))
+        .collect();
+    format!(
+        "{:?} {:?} {freeform:?} {defined:?}",
+        body.display_name,
+        protection_mode(body)
+    )
+}
+
+/// The protection mode asked for (`None`: OCI's default).
+fn protection_mode(body: &proto::ImportKeyRequest) -> Option<String> {
+    match body.protection_mode.as_str() {
+        "" => None,
+        m => Some(m.to_string()),
+    }
+}
+
+/// ImportKey's JSON body around the wrapped key `w`.
+fn import_key_body(
+    body: &proto::ImportKeyRequest,
+    w: &crate::hsm::Wrapped,
+) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(&crate::oci::kms::ImportKeyDetails {
+        compartment_id: body.compartment_id.clone(),
+        display_name: body.display_name.clone(),
+        key_shape: crate::oci::kms::KeyShapeJson {
+            algorithm: w.shape.algorithm.as_str().into(),
+            length: w.shape.length as u32,
+        },
+        wrapped_import_key: import::wrapped_import_key(w),
+        protection_mode: protection_mode(body),
+        freeform_tags: body.freeform_tags.clone(),
+        defined_tags: body
+            .defined_tags
+            .iter()
+            .map(|(ns, t)| (ns.clone(), t.tags.clone()))
+            .collect(),
+    })
+    .map_err(|e| Status::internal(e.to_string()))
 }

@@ -431,6 +431,24 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.validate_hsm()?;
+        self.validate_policy()?;
+        let s = &self.server;
+        in_range("server.max_connections", s.max_connections, 1..=65_536)?;
+        in_range(
+            "server.tls_handshake_timeout_secs",
+            s.tls_handshake_timeout_secs,
+            1..=300,
+        )?;
+        in_range(
+            "server.max_concurrent_streams",
+            s.max_concurrent_streams,
+            1..=1024,
+        )?;
+        self.validate_clients()
+    }
+
+    fn validate_hsm(&self) -> Result<(), String> {
         let h = &self.hsm;
         match (&h.pin_file, &h.pin_env) {
             (Some(_), Some(_)) => {
@@ -444,12 +462,7 @@ impl Config {
         if h.token_label.is_empty() || h.token_label.len() > 32 {
             return Err("hsm.token_label must be 1 to 32 bytes".into());
         }
-        if !(1..=256).contains(&h.sessions) {
-            return Err(format!(
-                "hsm.sessions = {} is out of range 1..=256",
-                h.sessions
-            ));
-        }
+        in_range("hsm.sessions", h.sessions, 1..=256)?;
         if let UserType::Number(n) = h.user_type
             && n != cryptoki_sys::CKU_USER
             && n < 0x8000_0000
@@ -458,22 +471,22 @@ impl Config {
                 "hsm.user_type = {n:#x}: give \"user\" (CKU_USER) or a vendor role number (0x80000000 or more, e.g. Luna's Crypto User 0x80000001); the security officer and context-specific logins are not for this daemon"
             ));
         }
-        if !(1..=3600).contains(&h.reinit_interval_secs) {
-            return Err(format!(
-                "hsm.reinit_interval_secs = {} is out of range 1..=3600",
-                h.reinit_interval_secs
-            ));
-        }
-        if self.policy.min_wrapping_key_bits < 2048 {
-            return Err(format!(
-                "policy.min_wrapping_key_bits = {} is below 2048, which is not allowed",
-                self.policy.min_wrapping_key_bits
-            ));
-        }
+        in_range("hsm.reinit_interval_secs", h.reinit_interval_secs, 1..=3600)?;
         if h.wrap_mode == WrapModeSetting::Hybrid && !self.policy.allow_hybrid {
             return Err("hsm.wrap_mode = \"hybrid\" but policy.allow_hybrid = false".into());
         }
-        for fp in &self.policy.pinned_wrapping_keys {
+        Ok(())
+    }
+
+    fn validate_policy(&self) -> Result<(), String> {
+        let p = &self.policy;
+        if p.min_wrapping_key_bits < 2048 {
+            return Err(format!(
+                "policy.min_wrapping_key_bits = {} is below 2048, which is not allowed",
+                p.min_wrapping_key_bits
+            ));
+        }
+        for fp in &p.pinned_wrapping_keys {
             if fp.len() != 64 || crate::wrap::unhex(fp).is_none() {
                 return Err(format!(
                     "policy.pinned_wrapping_keys: {fp:?} is not a hex SHA-256 (64 hex digits)"
@@ -487,36 +500,15 @@ impl Config {
                 ));
             }
         }
-        for pattern in self.policy.exportable.iter() {
-            if pattern.is_empty() {
-                return Err("policy.exportable: empty pattern".into());
-            }
+        if p.exportable.iter().any(String::is_empty) {
+            return Err("policy.exportable: empty pattern".into());
         }
-        if self.policy.protection_modes.is_empty() {
+        if p.protection_modes.is_empty() {
             return Err(
                 "policy.protection_modes is empty: no import could run (default [\"HSM\"])".into(),
             );
         }
-        let s = &self.server;
-        if !(1..=65_536).contains(&s.max_connections) {
-            return Err(format!(
-                "server.max_connections = {} is out of range 1..=65536",
-                s.max_connections
-            ));
-        }
-        if !(1..=300).contains(&s.tls_handshake_timeout_secs) {
-            return Err(format!(
-                "server.tls_handshake_timeout_secs = {} is out of range 1..=300",
-                s.tls_handshake_timeout_secs
-            ));
-        }
-        if !(1..=1024).contains(&s.max_concurrent_streams) {
-            return Err(format!(
-                "server.max_concurrent_streams = {} is out of range 1..=1024",
-                s.max_concurrent_streams
-            ));
-        }
-        self.validate_clients()
+        Ok(())
     }
 
     /// Each `[[server.clients]]` entry names one identity (a certificate CN, a Unix uid, or
@@ -566,6 +558,23 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// `key = value` must lie in `range`.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {value} is out of range {}..={}",
+            range.start(),
+            range.end()
+        ))
     }
 }
 
@@ -629,224 +638,8 @@ fn expand_str(s: &str) -> Result<String, String> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIN: &str = r#"
-[hsm]
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "t"
-pin_file = "pin"
-"#;
-
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, Path::new("/etc/hb/hsm-bridge.toml"))
-    }
-
-    #[test]
-    fn minimal_config_and_defaults() {
-        let c = parse(MIN).unwrap();
-        assert_eq!(c.hsm.pin_file.as_deref(), Some(Path::new("/etc/hb/pin")));
-        assert_eq!(c.hsm.sessions, 4);
-        assert_eq!(c.hsm.wrap_mode, WrapModeSetting::Auto);
-        assert!(
-            c.policy.exportable.is_empty(),
-            "nothing leaves unless configured"
-        );
-        assert_eq!(c.policy.caller_wrapping_keys, CallerWrappingKeys::None);
-        assert_eq!(c.policy.min_wrapping_key_bits, 2048);
-        assert_eq!(c.audit.path, Path::new("-"));
-    }
-
-    #[test]
-    fn unknown_key_names_key_and_line() {
-        let e = parse(&format!("{MIN}pin = \"1234\"\n")).unwrap_err();
-        assert!(e.contains("unknown field `pin`"), "{e}");
-        assert!(e.contains("line 6"), "{e}");
-        let e = parse(&format!("{MIN}[policy]\nexportables = []\n")).unwrap_err();
-        assert!(e.contains("exportables"), "{e}");
-        let e = Config::load(Path::new("/nonexistent/x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/nonexistent/x.toml"), "{e}");
-    }
-
-    #[test]
-    fn bad_values() {
-        let e = parse(&MIN.replace("pin_file = \"pin\"", "pin_file = \"p\"\npin_env = \"X\""))
-            .unwrap_err();
-        assert!(e.contains("not both"), "{e}");
-        let e = parse(&format!("{MIN}wrap_mode = \"fast\"\n")).unwrap_err();
-        assert!(e.contains("fast"), "{e}");
-        let e = parse(&format!("{MIN}sessions = 0\n")).unwrap_err();
-        assert!(e.contains("sessions"), "{e}");
-        let e = parse(&format!("{MIN}reinit_interval_secs = 0\n")).unwrap_err();
-        assert!(e.contains("reinit_interval_secs"), "{e}");
-        let e = parse(&format!("{MIN}[policy]\nmin_wrapping_key_bits = 1024\n")).unwrap_err();
-        assert!(e.contains("1024"), "{e}");
-        let e = parse(&format!(
-            "{MIN}[policy]\npinned_wrapping_keys = [\"abc\"]\n"
-        ))
-        .unwrap_err();
-        assert!(e.contains("abc"), "{e}");
-        let e = parse(&format!("{MIN}[oci]\nallowed_endpoints = [\"http://*\"]\n")).unwrap_err();
-        assert!(e.contains("https://"), "{e}");
-    }
-
-    #[test]
-    fn login_roles() {
-        assert_eq!(parse(MIN).unwrap().hsm.user_type.ck_user_type(), 1);
-        let c = parse(&format!("{MIN}user_type = \"user\"\n")).unwrap();
-        assert_eq!(c.hsm.user_type.ck_user_type(), 1);
-        let c = parse(&format!("{MIN}user_type = 0x80000001\n")).unwrap();
-        assert_eq!(c.hsm.user_type.ck_user_type(), 0x8000_0001);
-        let e = parse(&format!("{MIN}user_type = 0\n")).unwrap_err();
-        assert!(
-            e.contains("hsm.user_type") && e.contains("security officer"),
-            "{e}"
-        );
-        assert!(parse(&format!("{MIN}user_type = \"officer\"\n")).is_err());
-    }
-
-    #[test]
-    fn env_expansion_and_relative_paths() {
-        // SAFETY (test only): a variable no other test reads.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("HB_TEST_TOKEN_LABEL", "from-env")
-        };
-        let text = MIN.replace("\"t\"", "\"${HB_TEST_TOKEN_LABEL}\"")
-            + "module_env = { SOFTHSM2_CONF = \"../s/softhsm2.conf\", OTHER = \"plain\" }\n";
-        let c = parse(&text).unwrap();
-        assert_eq!(c.hsm.token_label, "from-env");
-        assert_eq!(
-            c.hsm.module_env["SOFTHSM2_CONF"],
-            "/etc/hb/../s/softhsm2.conf"
-        );
-        assert_eq!(c.hsm.module_env["OTHER"], "plain");
-        let e = parse(&MIN.replace("\"t\"", "\"${HB_TEST_SURELY_UNSET}\"")).unwrap_err();
-        assert!(
-            e.contains("HB_TEST_SURELY_UNSET") && e.contains("hsm.token_label"),
-            "{e}"
-        );
-    }
-}
-
-/// Where the daemon listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    Tcp(std::net::SocketAddr),
-    Unix(PathBuf),
-}
-
-impl ServerConfig {
-    /// Checks that the listener, TLS and clients settings make a safe combination:
-    /// plain text only on loopback or a Unix socket and only with `plaintext = true`; TLS
-    /// needs a certificate, its key and a client CA, because callers are identified by
-    /// their certificate. Errors name the setting.
-    pub fn listen(&self) -> Result<Listen, String> {
-        let listen = match self.listen.strip_prefix("unix:") {
-            Some("") => return Err("server.listen = \"unix:\" names no socket path".into()),
-            Some(path) => Listen::Unix(PathBuf::from(path)),
-            None => Listen::Tcp(self.listen.parse().map_err(|_| {
-                format!(
-                    "server.listen = {:?} is not host:port with an IP address (e.g. \"127.0.0.1:50051\") or unix:/path",
-                    self.listen
-                )
-            })?),
-        };
-        let tls_set = self.tls_cert.is_some() || self.tls_key.is_some() || self.client_ca.is_some();
-        match (&listen, self.plaintext) {
-            (Listen::Unix(_), false) => Err(
-                "server.listen is a Unix socket, which is served in plain text only: set server.plaintext = true (the socket is created with mode 0600)".into(),
-            ),
-            (_, true) if tls_set => Err(
-                "server.plaintext = true together with tls_cert/tls_key/client_ca: choose one".into(),
-            ),
-            (Listen::Tcp(addr), true) if !addr.ip().is_loopback() => Err(format!(
-                "server.plaintext = true is allowed only on loopback addresses or Unix sockets, not {addr}"
-            )),
-            (_, true) => Ok(listen),
-            (Listen::Tcp(_), false) => {
-                let missing: Vec<&str> = [
-                    ("server.tls_cert", self.tls_cert.is_none()),
-                    ("server.tls_key", self.tls_key.is_none()),
-                    ("server.client_ca", self.client_ca.is_none()),
-                ]
-                .into_iter()
-                .filter_map(|(name, absent)| absent.then_some(name))
-                .collect();
-                if !missing.is_empty() {
-                    return Err(format!(
-                        "TLS listener needs {} (callers are identified by client certificate); or, on loopback only, set server.plaintext = true",
-                        missing.join(", ")
-                    ));
-                }
-                if !self.clients.iter().any(|c| c.subject_cn.is_some()) {
-                    return Err("server.client_ca is set but no [[server.clients]] has a subject_cn: no caller could do anything".into());
-                }
-                Ok(listen)
-            }
-        }
-    }
-}
+mod listen;
+pub use listen::Listen;
 
 #[cfg(test)]
-mod listen_tests {
-    use super::*;
-
-    fn server(listen: &str, plaintext: bool, tls: bool) -> ServerConfig {
-        let mut s = ServerConfig {
-            listen: listen.into(),
-            plaintext,
-            ..ServerConfig::default()
-        };
-        if tls {
-            s.tls_cert = Some("c".into());
-            s.tls_key = Some("k".into());
-            s.client_ca = Some("ca".into());
-            s.clients.push(ClientConfig {
-                name: "a".into(),
-                subject_cn: Some("a".into()),
-                unix_uid: None,
-                loopback: false,
-                operations: vec![Operation::List],
-                keys: vec!["*".into()],
-                oci_endpoints: None,
-                oci_compartments: None,
-            });
-        }
-        s
-    }
-
-    #[test]
-    fn listener_combinations() {
-        assert!(server("127.0.0.1:1", true, false).listen().is_ok());
-        assert!(server("[::1]:1", true, false).listen().is_ok());
-        assert!(server("unix:/run/hb.sock", true, false).listen().is_ok());
-        assert!(server("0.0.0.0:1", false, true).listen().is_ok());
-        let e = server("0.0.0.0:1", true, false).listen().unwrap_err();
-        assert!(
-            e.contains("server.plaintext") && e.contains("0.0.0.0:1"),
-            "{e}"
-        );
-        let e = server("unix:/run/hb.sock", false, false)
-            .listen()
-            .unwrap_err();
-        assert!(e.contains("server.plaintext = true"), "{e}");
-        let e = server("127.0.0.1:1", false, false).listen().unwrap_err();
-        assert!(
-            e.contains("server.tls_cert") && e.contains("server.client_ca"),
-            "{e}"
-        );
-        let e = server("127.0.0.1:1", true, true).listen().unwrap_err();
-        assert!(e.contains("choose one"), "{e}");
-        let e = server("localhost:50051", true, false).listen().unwrap_err();
-        assert!(e.contains("IP address"), "{e}");
-        let mut no_cn = server("0.0.0.0:1", false, true);
-        no_cn.clients[0].subject_cn = None;
-        no_cn.clients[0].loopback = true;
-        assert!(no_cn.listen().unwrap_err().contains("subject_cn"));
-    }
-}
+mod tests;

@@ -1,0 +1,102 @@
+//! The config parser's tests: defaults, unknown keys, bad values, roles, `${VAR}`.
+
+use super::*;
+
+const MIN: &str = r#"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "t"
+pin_file = "pin"
+"#;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("/etc/hb/hsm-bridge.toml"))
+}
+
+#[test]
+fn minimal_config_and_defaults() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.hsm.pin_file.as_deref(), Some(Path::new("/etc/hb/pin")));
+    assert_eq!(c.hsm.sessions, 4);
+    assert_eq!(c.hsm.wrap_mode, WrapModeSetting::Auto);
+    assert!(
+        c.policy.exportable.is_empty(),
+        "nothing leaves unless configured"
+    );
+    assert_eq!(c.policy.caller_wrapping_keys, CallerWrappingKeys::None);
+    assert_eq!(c.policy.min_wrapping_key_bits, 2048);
+    assert_eq!(c.audit.path, Path::new("-"));
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = parse(&format!("{MIN}pin = \"1234\"\n")).unwrap_err();
+    assert!(e.contains("unknown field `pin`"), "{e}");
+    assert!(e.contains("line 6"), "{e}");
+    let e = parse(&format!("{MIN}[policy]\nexportables = []\n")).unwrap_err();
+    assert!(e.contains("exportables"), "{e}");
+    let e = Config::load(Path::new("/nonexistent/x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent/x.toml"), "{e}");
+}
+
+#[test]
+fn bad_values() {
+    let e =
+        parse(&MIN.replace("pin_file = \"pin\"", "pin_file = \"p\"\npin_env = \"X\"")).unwrap_err();
+    assert!(e.contains("not both"), "{e}");
+    let e = parse(&format!("{MIN}wrap_mode = \"fast\"\n")).unwrap_err();
+    assert!(e.contains("fast"), "{e}");
+    let e = parse(&format!("{MIN}sessions = 0\n")).unwrap_err();
+    assert!(e.contains("sessions"), "{e}");
+    let e = parse(&format!("{MIN}reinit_interval_secs = 0\n")).unwrap_err();
+    assert!(e.contains("reinit_interval_secs"), "{e}");
+    let e = parse(&format!("{MIN}[policy]\nmin_wrapping_key_bits = 1024\n")).unwrap_err();
+    assert!(e.contains("1024"), "{e}");
+    let e = parse(&format!(
+        "{MIN}[policy]\npinned_wrapping_keys = [\"abc\"]\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("abc"), "{e}");
+    let e = parse(&format!("{MIN}[oci]\nallowed_endpoints = [\"http://*\"]\n")).unwrap_err();
+    assert!(e.contains("https://"), "{e}");
+}
+
+#[test]
+fn login_roles() {
+    assert_eq!(parse(MIN).unwrap().hsm.user_type.ck_user_type(), 1);
+    let c = parse(&format!("{MIN}user_type = \"user\"\n")).unwrap();
+    assert_eq!(c.hsm.user_type.ck_user_type(), 1);
+    let c = parse(&format!("{MIN}user_type = 0x80000001\n")).unwrap();
+    assert_eq!(c.hsm.user_type.ck_user_type(), 0x8000_0001);
+    let e = parse(&format!("{MIN}user_type = 0\n")).unwrap_err();
+    assert!(
+        e.contains("hsm.user_type") && e.contains("security officer"),
+        "{e}"
+    );
+    assert!(parse(&format!("{MIN}user_type = \"officer\"\n")).is_err());
+}
+
+#[test]
+fn env_expansion_and_relative_paths() {
+    // SAFETY (test only): a variable no other test reads.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("HB_TEST_TOKEN_LABEL", "from-env")
+    };
+    let text = MIN.replace("\"t\"", "\"${HB_TEST_TOKEN_LABEL}\"")
+        + "module_env = { SOFTHSM2_CONF = \"../s/softhsm2.conf\", OTHER = \"plain\" }\n";
+    let c = parse(&text).unwrap();
+    assert_eq!(c.hsm.token_label, "from-env");
+    assert_eq!(
+        c.hsm.module_env["SOFTHSM2_CONF"],
+        "/etc/hb/../s/softhsm2.conf"
+    );
+    assert_eq!(c.hsm.module_env["OTHER"], "plain");
+    let e = parse(&MIN.replace("\"t\"", "\"${HB_TEST_SURELY_UNSET}\"")).unwrap_err();
+    assert!(
+        e.contains("HB_TEST_SURELY_UNSET") && e.contains("hsm.token_label"),
+        "{e}"
+    );
+}
