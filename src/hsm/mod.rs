@@ -4,18 +4,20 @@
 //! Key values never come out of here in clear: the token wraps them. The PIN is held in
 //! a zeroizing secret and never logged.
 
+mod error;
 pub mod keys;
 pub mod modes;
 pub mod pin;
 pub mod pool;
 pub mod raw;
 pub mod selftest;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
@@ -23,153 +25,10 @@ use cryptoki::slot::Slot;
 
 use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
 use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
+pub use error::{ExportRefusal, HsmError, ckr_name, recoverable};
 pub use keys::{KeyInfo, KeyRef};
 pub use modes::WrapMode;
-
-/// Errors from the HSM layer. Each displays as one line that says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum HsmError {
-    #[error("PKCS#11 module {0} does not exist (hsm.module)")]
-    ModuleMissing(String),
-    #[error("cannot load PKCS#11 module {path}: {why}")]
-    ModuleLoad { path: String, why: String },
-    #[error("no token labelled {label:?}; tokens present: {present}")]
-    TokenNotFound { label: String, present: String },
-    #[error("login to token {token:?} failed: {why}")]
-    Login { token: String, why: String },
-    #[error("{0}")]
-    Pin(String),
-    /// The module is down: its last re-initialisation failed (the reason says why and when
-    /// the next attempt may come).
-    #[error("{0}")]
-    Down(String),
-    #[error("no secret or private key with {0} on the token")]
-    KeyNotFound(String),
-    #[error(
-        "{count} secret/private keys have {key}; refusing to guess: give the key a unique label or use its id"
-    )]
-    Ambiguous { key: String, count: usize },
-    #[error("key {key} may not be exported: {why}")]
-    NotExportable {
-        key: String,
-        why: String,
-        refusal: ExportRefusal,
-    },
-    #[error("{0}")]
-    Refused(String),
-    /// The OS random source failed (for hybrid mode's K): the daemon's fault, not the
-    /// request's.
-    #[error("the OS random source failed: {0}")]
-    Random(String),
-    /// The caller may not touch this key (caller policy, decided above this layer).
-    #[error("{0}")]
-    Denied(String),
-    /// A key named by id that is missing or that the caller may not touch: one answer for
-    /// both, naming no key (decided above this layer).
-    #[error("no key you may use has {0}")]
-    NoKeyYouMayUse(String),
-    #[error("self-test: {0}")]
-    SelfTest(String),
-    #[error("{op} failed: {}", ck_error_text(.err))]
-    Pkcs11 { op: &'static str, err: CkError },
-    #[error("C_WrapKey with {mechanism} failed: {}{}", ckr_name(*.rv), wrap_hint(*.rv))]
-    WrapCall { mechanism: String, rv: RvError },
-    #[error("all {0} HSM sessions stayed busy; try again")]
-    Busy(usize),
-    #[error(
-        "the deadline passed before an HSM session was free; the HSM did no work for this call"
-    )]
-    DeadlineExceeded,
-    #[error(transparent)]
-    Wrap(#[from] WrapError),
-}
-
-impl HsmError {
-    pub fn pkcs11(op: &'static str, err: CkError) -> Self {
-        HsmError::Pkcs11 { op, err }
-    }
-
-    /// The token's return code, for errors that carry one.
-    pub fn rv(&self) -> Option<RvError> {
-        match self {
-            HsmError::Pkcs11 {
-                err: CkError::Pkcs11(rv, _),
-                ..
-            }
-            | HsmError::WrapCall { rv, .. } => Some(*rv),
-            _ => None,
-        }
-    }
-}
-
-/// Codes after which a fresh, logged-in session may succeed: the session or the login was
-/// lost, or the device hiccuped. Never `CKR_PIN_INCORRECT` (a Luna partition locks after a
-/// few bad PINs) and never a refusal about the key or the mechanism.
-pub fn recoverable(rv: RvError) -> bool {
-    matches!(
-        rv,
-        RvError::SessionHandleInvalid
-            | RvError::SessionClosed
-            | RvError::UserNotLoggedIn
-            | RvError::DeviceRemoved
-            | RvError::TokenNotPresent
-            | RvError::DeviceError
-            | RvError::GeneralError
-    )
-}
-
-/// Who says a key may not leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportRefusal {
-    /// The token: not CKA_EXTRACTABLE, or wrap-with-trusted only.
-    Token,
-    /// OCI: a key type or size it does not import.
-    Shape,
-    /// This daemon's policy.exportable.
-    Policy,
-}
-
-/// The PKCS#11 name of a return value: `RvError::MechanismInvalid` -> `CKR_MECHANISM_INVALID`.
-pub fn ckr_name(rv: RvError) -> String {
-    let debug = format!("{rv:?}");
-    let mut out = String::from("CKR");
-    for c in debug.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
-/// What a wrap refusal means and what fixes it, for the codes a Luna partition answers.
-fn wrap_hint(rv: RvError) -> &'static str {
-    match rv {
-        RvError::KeyUnextractable => {
-            " (the key is not extractable: CKA_EXTRACTABLE is false, and a Luna makes keys so unless asked; generate source keys with CKA_EXTRACTABLE = true)"
-        }
-        RvError::KeyNotWrappable => {
-            " (the token will not wrap this key; for a private key on a Luna: the partition does not allow private-key wrapping, key export mode is partition policy 1; AES keys are unaffected)"
-        }
-        RvError::KeyFunctionNotPermitted => {
-            " (the key's attributes or the partition's policy forbid this: the key needs CKA_EXTRACTABLE = true, the wrapping key CKA_WRAP = true)"
-        }
-        RvError::TemplateInconsistent => {
-            " (the token refused the one-time session key's template; a Luna requires CKA_SENSITIVE and CKA_PRIVATE true and takes no secret key from a value)"
-        }
-        _ => "",
-    }
-}
-
-fn ck_error_text(e: &CkError) -> String {
-    match e {
-        CkError::Pkcs11(rv @ RvError::TemplateInconsistent, _) => {
-            format!("{}{}", ckr_name(*rv), wrap_hint(*rv))
-        }
-        CkError::Pkcs11(rv, _) => ckr_name(*rv),
-        other => other.to_string(),
-    }
-}
+use token::{bring_up, initialize, login};
 
 /// The result of one wrap.
 #[derive(Debug, Clone)]
@@ -738,185 +597,5 @@ impl Hsm {
             }
         }
         self.pkcs11.finalize().ok();
-    }
-}
-
-/// `C_Initialize` with OS locking; "already initialised" (another user of the module in this
-/// process) is success.
-fn initialize(pkcs11: &Pkcs11) -> Result<(), CkError> {
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Finds the token, logs in on a first session and opens the rest of the pool.
-fn start(
-    pkcs11: &Pkcs11,
-    raw: &raw::RawModule,
-    label: &str,
-    count: usize,
-    pin: &pin::Pin,
-    pin_refused: &OnceLock<String>,
-) -> Result<(Up, selftest::TokenSummary), HsmError> {
-    let (slot, token) = find_token(pkcs11, label)?;
-    let open = || {
-        pkcs11
-            .open_ro_session(slot)
-            .map_err(|e| HsmError::pkcs11("C_OpenSession", e))
-    };
-    let first = open()?;
-    login(raw, &first, pin, label, pin_refused)?;
-    let mut sessions = vec![first];
-    while sessions.len() < count {
-        sessions.push(open()?);
-    }
-    let up = Up {
-        slot,
-        pool: pool::Pool::new(sessions),
-        cache: Mutex::new(HashMap::new()),
-    };
-    Ok((up, token))
-}
-
-/// Finds the token, logs in, opens the pool and runs the self-test on one of its sessions.
-fn bring_up(
-    pkcs11: &Pkcs11,
-    raw: &raw::RawModule,
-    setup: &Setup,
-    pin: &pin::Pin,
-    pin_refused: &OnceLock<String>,
-) -> Result<(Up, selftest::Report), HsmError> {
-    let (up, token) = start(
-        pkcs11,
-        raw,
-        &setup.token_label,
-        setup.sessions,
-        pin,
-        pin_refused,
-    )?;
-    let listed = raw.mechanism_list(up.slot.id()).unwrap_or_default();
-    let report = {
-        let s = up.pool.get(Duration::ZERO).ok_or(HsmError::Busy(0))?;
-        selftest::run(raw, &s, &listed, token, setup.wrap_mode, setup.allow_hybrid)?
-    };
-    Ok((up, report))
-}
-
-/// `C_Login` as the user, once; "already logged in" (login is per application) is success.
-/// Any failure is final: never a second attempt with the same PIN (a Luna partition locks
-/// after a few bad ones). A refused PIN is remembered in `refused`, and every later call
-/// (a session renewal, a re-initialisation) fails at once without calling `C_Login`.
-fn login(
-    raw: &raw::RawModule,
-    s: &Session,
-    pin: &pin::Pin,
-    token: &str,
-    refused: &OnceLock<String>,
-) -> Result<(), HsmError> {
-    let fail = |why: String| HsmError::Login {
-        token: token.to_string(),
-        why,
-    };
-    if let Some(why) = refused.get() {
-        return Err(fail(format!(
-            "{why}, earlier; not trying the PIN again (fix it and restart)"
-        )));
-    }
-    let why = match raw.login_user(s.handle(), pin.bytes()) {
-        Ok(()) | Err(RvError::UserAlreadyLoggedIn) => return Ok(()),
-        Err(rv) => match rv {
-            RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired => {
-                let why = match rv {
-                    RvError::PinIncorrect => "wrong PIN (CKR_PIN_INCORRECT)",
-                    RvError::PinLocked => "the PIN is locked (CKR_PIN_LOCKED)",
-                    _ => {
-                        "the PIN has expired (CKR_PIN_EXPIRED; on a Luna, the initial Crypto Officer password must be changed first, e.g. lunacm role changepw)"
-                    }
-                };
-                let _ = refused.set(why.to_string());
-                why.to_string()
-            }
-            RvError::UserPinNotInitialized => {
-                "the user PIN is not initialised (CKR_USER_PIN_NOT_INITIALIZED)".to_string()
-            }
-            other => ckr_name(other),
-        },
-    };
-    Err(fail(why))
-}
-
-fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<(Slot, selftest::TokenSummary), HsmError> {
-    let slots = pkcs11
-        .get_slots_with_token()
-        .map_err(|e| HsmError::pkcs11("C_GetSlotList", e))?;
-    let mut present = Vec::new();
-    for slot in slots {
-        let Ok(info) = pkcs11.get_token_info(slot) else {
-            continue;
-        };
-        let l = info.label().trim_end().to_string();
-        if l == label {
-            let fw = info.firmware_version();
-            return Ok((
-                slot,
-                selftest::TokenSummary {
-                    label: l,
-                    manufacturer: info.manufacturer_id().trim_end().to_string(),
-                    model: info.model().trim_end().to_string(),
-                    firmware: format!("{}.{}", fw.major(), fw.minor()),
-                },
-            ));
-        }
-        if !l.is_empty() {
-            present.push(format!("{l:?}"));
-        }
-    }
-    Err(HsmError::TokenNotFound {
-        label: label.to_string(),
-        present: if present.is_empty() {
-            "none".into()
-        } else {
-            present.join(", ")
-        },
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn luna_refusals_name_cause_and_fix() {
-        let call = |rv| {
-            HsmError::WrapCall {
-                mechanism: "m".into(),
-                rv,
-            }
-            .to_string()
-        };
-        assert!(call(RvError::KeyUnextractable).contains("CKA_EXTRACTABLE = true"));
-        assert!(call(RvError::KeyNotWrappable).contains("partition policy 1"));
-        assert!(call(RvError::KeyFunctionNotPermitted).contains("CKA_WRAP = true"));
-        assert!(call(RvError::DeviceError).ends_with("CKR_DEVICE_ERROR"));
-        let session_key = HsmError::pkcs11(
-            "C_GenerateKey (session AES-256)",
-            CkError::Pkcs11(
-                RvError::TemplateInconsistent,
-                cryptoki::context::Function::GenerateKey,
-            ),
-        )
-        .to_string();
-        assert!(
-            session_key.contains("CKA_SENSITIVE and CKA_PRIVATE"),
-            "{session_key}"
-        );
-    }
-
-    #[test]
-    fn ckr_names() {
-        assert_eq!(ckr_name(RvError::MechanismInvalid), "CKR_MECHANISM_INVALID");
-        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
-        assert_eq!(ckr_name(RvError::ArgumentsBad), "CKR_ARGUMENTS_BAD");
     }
 }

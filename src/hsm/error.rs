@@ -1,0 +1,190 @@
+//! The HSM layer's errors, and the names and hints its PKCS#11 codes carry: each displays as
+//! one line that says what to do.
+
+use cryptoki::error::{Error as CkError, RvError};
+
+use crate::wrap::WrapError;
+
+/// Errors from the HSM layer. Each displays as one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    #[error("PKCS#11 module {0} does not exist (hsm.module)")]
+    ModuleMissing(String),
+    #[error("cannot load PKCS#11 module {path}: {why}")]
+    ModuleLoad { path: String, why: String },
+    #[error("no token labelled {label:?}; tokens present: {present}")]
+    TokenNotFound { label: String, present: String },
+    #[error("login to token {token:?} failed: {why}")]
+    Login { token: String, why: String },
+    #[error("{0}")]
+    Pin(String),
+    /// The module is down: its last re-initialisation failed (the reason says why and when
+    /// the next attempt may come).
+    #[error("{0}")]
+    Down(String),
+    #[error("no secret or private key with {0} on the token")]
+    KeyNotFound(String),
+    #[error(
+        "{count} secret/private keys have {key}; refusing to guess: give the key a unique label or use its id"
+    )]
+    Ambiguous { key: String, count: usize },
+    #[error("key {key} may not be exported: {why}")]
+    NotExportable {
+        key: String,
+        why: String,
+        refusal: ExportRefusal,
+    },
+    #[error("{0}")]
+    Refused(String),
+    /// The OS random source failed (for hybrid mode's K): the daemon's fault, not the
+    /// request's.
+    #[error("the OS random source failed: {0}")]
+    Random(String),
+    /// The caller may not touch this key (caller policy, decided above this layer).
+    #[error("{0}")]
+    Denied(String),
+    /// A key named by id that is missing or that the caller may not touch: one answer for
+    /// both, naming no key (decided above this layer).
+    #[error("no key you may use has {0}")]
+    NoKeyYouMayUse(String),
+    #[error("self-test: {0}")]
+    SelfTest(String),
+    #[error("{op} failed: {}", ck_error_text(.err))]
+    Pkcs11 { op: &'static str, err: CkError },
+    #[error("C_WrapKey with {mechanism} failed: {}{}", ckr_name(*.rv), wrap_hint(*.rv))]
+    WrapCall { mechanism: String, rv: RvError },
+    #[error("all {0} HSM sessions stayed busy; try again")]
+    Busy(usize),
+    #[error(
+        "the deadline passed before an HSM session was free; the HSM did no work for this call"
+    )]
+    DeadlineExceeded,
+    #[error(transparent)]
+    Wrap(#[from] WrapError),
+}
+
+impl HsmError {
+    pub fn pkcs11(op: &'static str, err: CkError) -> Self {
+        HsmError::Pkcs11 { op, err }
+    }
+
+    /// The token's return code, for errors that carry one.
+    pub fn rv(&self) -> Option<RvError> {
+        match self {
+            HsmError::Pkcs11 {
+                err: CkError::Pkcs11(rv, _),
+                ..
+            }
+            | HsmError::WrapCall { rv, .. } => Some(*rv),
+            _ => None,
+        }
+    }
+}
+
+/// Codes after which a fresh, logged-in session may succeed: the session or the login was
+/// lost, or the device hiccuped. Never `CKR_PIN_INCORRECT` (a Luna partition locks after a
+/// few bad PINs) and never a refusal about the key or the mechanism.
+pub fn recoverable(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::UserNotLoggedIn
+            | RvError::DeviceRemoved
+            | RvError::TokenNotPresent
+            | RvError::DeviceError
+            | RvError::GeneralError
+    )
+}
+
+/// Who says a key may not leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportRefusal {
+    /// The token: not CKA_EXTRACTABLE, or wrap-with-trusted only.
+    Token,
+    /// OCI: a key type or size it does not import.
+    Shape,
+    /// This daemon's policy.exportable.
+    Policy,
+}
+
+/// The PKCS#11 name of a return value: `RvError::MechanismInvalid` -> `CKR_MECHANISM_INVALID`.
+pub fn ckr_name(rv: RvError) -> String {
+    let debug = format!("{rv:?}");
+    let mut out = String::from("CKR");
+    for c in debug.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// What a wrap refusal means and what fixes it, for the codes a Luna partition answers.
+pub(super) fn wrap_hint(rv: RvError) -> &'static str {
+    match rv {
+        RvError::KeyUnextractable => {
+            " (the key is not extractable: CKA_EXTRACTABLE is false, and a Luna makes keys so unless asked; generate source keys with CKA_EXTRACTABLE = true)"
+        }
+        RvError::KeyNotWrappable => {
+            " (the token will not wrap this key; for a private key on a Luna: the partition does not allow private-key wrapping, key export mode is partition policy 1; AES keys are unaffected)"
+        }
+        RvError::KeyFunctionNotPermitted => {
+            " (the key's attributes or the partition's policy forbid this: the key needs CKA_EXTRACTABLE = true, the wrapping key CKA_WRAP = true)"
+        }
+        RvError::TemplateInconsistent => {
+            " (the token refused the one-time session key's template; a Luna requires CKA_SENSITIVE and CKA_PRIVATE true and takes no secret key from a value)"
+        }
+        _ => "",
+    }
+}
+
+fn ck_error_text(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv @ RvError::TemplateInconsistent, _) => {
+            format!("{}{}", ckr_name(*rv), wrap_hint(*rv))
+        }
+        CkError::Pkcs11(rv, _) => ckr_name(*rv),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luna_refusals_name_cause_and_fix() {
+        let call = |rv| {
+            HsmError::WrapCall {
+                mechanism: "m".into(),
+                rv,
+            }
+            .to_string()
+        };
+        assert!(call(RvError::KeyUnextractable).contains("CKA_EXTRACTABLE = true"));
+        assert!(call(RvError::KeyNotWrappable).contains("partition policy 1"));
+        assert!(call(RvError::KeyFunctionNotPermitted).contains("CKA_WRAP = true"));
+        assert!(call(RvError::DeviceError).ends_with("CKR_DEVICE_ERROR"));
+        let session_key = HsmError::pkcs11(
+            "C_GenerateKey (session AES-256)",
+            CkError::Pkcs11(
+                RvError::TemplateInconsistent,
+                cryptoki::context::Function::GenerateKey,
+            ),
+        )
+        .to_string();
+        assert!(
+            session_key.contains("CKA_SENSITIVE and CKA_PRIVATE"),
+            "{session_key}"
+        );
+    }
+
+    #[test]
+    fn ckr_names() {
+        assert_eq!(ckr_name(RvError::MechanismInvalid), "CKR_MECHANISM_INVALID");
+        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(ckr_name(RvError::ArgumentsBad), "CKR_ARGUMENTS_BAD");
+    }
+}
