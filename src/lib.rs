@@ -8,8 +8,6 @@
 //! - [`wrap`]: pure functions: OCI's envelope, wrapping-key parsing, software OAEP / KWP.
 //! - [`oci`]: Oracle Cloud: request signing, identities, the endpoint allow-list, the KMS
 //!   management client with safe retries.
-//! - [`emulator`]: a local OCI KMS management endpoint for tests and demos (binary
-//!   `oci-kms-emulator`).
 //! - [`import`]: ImportKeyVersion / ImportKey for the daemon and the CLI: wrapping-key fetch,
 //!   HSM wrap, one body and retry token per import, idempotency claims, waiting for ENABLED.
 //! - [`policy`]: which keys may leave, and for whom.
@@ -24,7 +22,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod emulator;
 pub mod error;
 pub mod hardening;
 pub mod hsm;

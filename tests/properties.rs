@@ -6,12 +6,12 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hsm_bridge::emulator::auth::{ApiKeys, Incoming, authenticate};
 use hsm_bridge::oci::{RequestParts, RequestSigner};
 use hsm_bridge::wrap::envelope::{TRANSPORT_KEY_LEN, check_layout, kwp_len};
 use hsm_bridge::wrap::soft::{OaepHash, kwp_unwrap, kwp_wrap, oaep_encrypt};
 use hsm_bridge::wrap::verify::{Pkcs8Fit, open_envelope, pkcs8_fit};
 use hsm_bridge::wrap::{Algorithm, KeyAlgorithm, KeyShape};
+use oci_kms_emulator::auth::{ApiKeys, Incoming, authenticate};
 use openssl::pkey::{PKey, Private};
 use proptest::prelude::*;
 

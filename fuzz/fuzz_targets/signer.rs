@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use hsm_bridge::emulator::auth::{ApiKeys, Incoming, authenticate};
+use oci_kms_emulator::auth::{ApiKeys, Incoming, authenticate};
 use hsm_bridge::oci::{RequestParts, RequestSigner};
 use libfuzzer_sys::fuzz_target;
 

@@ -11,6 +11,38 @@ use serde_json::Value;
 use super::daemon::certs;
 use super::{KeyPair, keypair};
 
+/// The emulator's binary (the workspace member `emulator/`), built once per test process
+/// into this workspace's target folder (a no-op when `cargo test` has built it already).
+pub fn binary() -> &'static PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args([
+                "build",
+                "--locked",
+                "-q",
+                "-p",
+                "oci-kms-emulator",
+                "--bin",
+                "oci-kms-emulator",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building oci-kms-emulator: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("target/tmp is inside the target folder")
+            .to_path_buf();
+        target.join("debug/oci-kms-emulator")
+    })
+}
+
 /// An OCI API identity for tests: key pair and an ~/.oci/config-style file.
 pub struct ApiIdentity {
     pub key: KeyPair,
@@ -100,7 +132,7 @@ impl Emulator {
     /// `keys` seeded (`NAME=SHAPE`), and the test oracle on.
     pub fn start(dir: &Path, api_keys: &[&Path], keys: &[&str]) -> Emulator {
         let c = certs();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oci-kms-emulator"));
+        let mut cmd = Command::new(binary());
         cmd.args([
             "--listen",
             "127.0.0.1:0",

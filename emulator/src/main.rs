@@ -1,5 +1,5 @@
 //! `oci-kms-emulator`: a local OCI KMS management endpoint for demos and integration tests
-//! (see `hsm_bridge::emulator`). Not for production.
+//! (see the crate's lib.rs). Not for production.
 
 use std::process::ExitCode;
 
@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 )]
 struct Cli {
     #[command(flatten)]
-    opts: hsm_bridge::emulator::Options,
+    opts: oci_kms_emulator::Options,
 }
 
 fn main() -> ExitCode {
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(hsm_bridge::emulator::run(cli.opts)) {
+    match rt.block_on(oci_kms_emulator::run(cli.opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("oci-kms-emulator: {e}");

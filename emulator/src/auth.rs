@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Public};
 
-use crate::oci::signer::{body_sha256, fingerprint_public};
+use hsm_bridge::oci::signer::{body_sha256, fingerprint_public};
 
 /// Clock skew OCI tolerates.
 const MAX_SKEW: Duration = Duration::from_secs(300);
@@ -129,7 +129,8 @@ pub fn authenticate(keys: &ApiKeys, req: &Incoming<'_>, now: SystemTime) -> Resu
         }
     }
     let date = (req.header)("date").ok_or("no date header")?;
-    let sent = crate::time::parse_http_date(&date).ok_or("the date header is not an HTTP date")?;
+    let sent =
+        hsm_bridge::time::parse_http_date(&date).ok_or("the date header is not an HTTP date")?;
     let skew = now
         .duration_since(sent)
         .or_else(|e| Ok::<_, ()>(e.duration()))
@@ -179,10 +180,10 @@ pub fn authenticate(keys: &ApiKeys, req: &Incoming<'_>, now: SystemTime) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::{RequestParts, RequestSigner};
+    use hsm_bridge::oci::{RequestParts, RequestSigner};
 
     fn signed(signer: &RequestSigner, method: &str, body: &[u8]) -> HashMap<String, String> {
-        let date = crate::time::http_date(SystemTime::now());
+        let date = hsm_bridge::time::http_date(SystemTime::now());
         let parts = RequestParts {
             method,
             url: "https://localhost:8443/20180608/keys/import?x=1",
@@ -224,7 +225,7 @@ mod tests {
         let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
         let private = PKey::from_rsa(rsa).unwrap();
         let public = PKey::public_key_from_der(&private.public_key_to_der().unwrap()).unwrap();
-        let fp = crate::oci::signer::fingerprint(&private).unwrap();
+        let fp = hsm_bridge::oci::signer::fingerprint(&private).unwrap();
         let signer = RequestSigner::new("ocid1.tenancy.oc1..t", "ocid1.user.oc1..u", &fp, private);
         let mut keys = ApiKeys::default();
         keys.add(None, public).unwrap();

@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::auth::{self, ApiKeys};
-use crate::oci::signer::body_sha256;
-use crate::time::rfc3339;
-use crate::wrap::soft::{OaepHash, oaep_decrypt};
-use crate::wrap::verify::{der_sequence_len, open_envelope};
-use crate::wrap::{KeyAlgorithm, KeyShape};
+use hsm_bridge::oci::signer::body_sha256;
+use hsm_bridge::time::rfc3339;
+use hsm_bridge::wrap::soft::{OaepHash, oaep_decrypt};
+use hsm_bridge::wrap::verify::{der_sequence_len, open_envelope};
+use hsm_bridge::wrap::{KeyAlgorithm, KeyShape};
 
 const API: &str = "/20180608";
 const VAULT_ID: &str = "ocid1.vault.oc1.emulator.vault";
@@ -196,7 +196,7 @@ pub struct Emulator {
 fn random_suffix() -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::fill(&mut b);
-    crate::wrap::hex(&b)
+    hsm_bridge::wrap::hex(&b)
 }
 
 fn parse_shape(s: &str) -> Result<(String, usize), String> {
@@ -616,7 +616,9 @@ impl Emulator {
                 }
                 let id = &r["material/".len()..];
                 match self.lock().versions.get(id) {
-                    Some(v) => Reply::json(200, &json!({ "hex": crate::wrap::hex(&v.material) })),
+                    Some(v) => {
+                        Reply::json(200, &json!({ "hex": hsm_bridge::wrap::hex(&v.material) }))
+                    }
                     None => Reply::error(404, "NotFound", "no such key version"),
                 }
             }
@@ -1015,13 +1017,13 @@ fn default_code(status: u16) -> &'static str {
 }
 
 fn etag(body: &[u8]) -> String {
-    crate::wrap::hex(&openssl::sha::sha256(body)[..16])
+    hsm_bridge::wrap::hex(&openssl::sha::sha256(body)[..16])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wrap::soft::{kwp_wrap, oaep_encrypt};
+    use hsm_bridge::wrap::soft::{kwp_wrap, oaep_encrypt};
 
     fn wrapping() -> PKey<Private> {
         PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap()
