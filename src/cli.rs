@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
 use crate::import::{self, ImportError, OciSide};
 use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
+use crate::service::audit::{Operation, Outcome};
 use crate::service::note_progress;
 use crate::wrap::{self, Algorithm, WrappingKey};
 
@@ -235,7 +236,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     let cfg = Config::load(&common.config)?;
     let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
     let audit = CliAudit::open(&cfg)?;
-    let mut rec = audit.record("WrapKey", &key, alg);
+    let mut rec = audit.record(Operation::WrapKey, &key, alg);
     rec.wrapping_key_sha256 = Some(wk.fingerprint());
     let policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy).map_err(Error::Usage)?;
     if allow_any_wrapping_key {
@@ -316,7 +317,7 @@ fn import_key_version_cmd(a: ImportKeyVersionArgs, out: &mut dyn Write) -> Resul
         .build()
         .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
     let started = std::time::Instant::now();
-    let mut rec = audit.record("ImportKeyVersion", &key, alg);
+    let mut rec = audit.record(Operation::ImportKeyVersion, &key, alg);
     let ask = CliImport {
         key: &key,
         alg,
@@ -499,7 +500,7 @@ impl CliAudit {
     /// A record of `operation` on `key`, by this user.
     fn record(
         &self,
-        operation: &'static str,
+        operation: Operation,
         key: &KeyRef,
         alg: Algorithm,
     ) -> crate::service::audit::Record {
@@ -530,13 +531,13 @@ impl CliAudit {
         rec.time = crate::service::audit::now_rfc3339();
         match outcome {
             Ok(()) => {
-                rec.outcome = "allowed";
+                rec.outcome = Outcome::Allowed;
                 rec.code = "OK";
             }
             Err((code, why)) => {
                 rec.outcome = match code {
-                    "INTERNAL" | "UNAVAILABLE" | "UNKNOWN" => "failed",
-                    _ => "refused",
+                    "INTERNAL" | "UNAVAILABLE" | "UNKNOWN" => Outcome::Failed,
+                    _ => Outcome::Refused,
                 };
                 rec.code = code;
                 rec.reason = Some(why);

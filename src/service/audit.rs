@@ -26,6 +26,38 @@ pub struct Audit {
     sink: Mutex<Sink>,
 }
 
+/// The export an audit record is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum Operation {
+    #[default]
+    WrapKey,
+    ImportKeyVersion,
+    ImportKey,
+}
+
+/// How an export attempt ended: `allowed` (the material left: returned, or sent to OCI),
+/// `refused` (by policy, the request, or the caller leaving), or `failed` (the daemon or a
+/// service below it failed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allowed,
+    #[default]
+    Refused,
+    Failed,
+}
+
+impl Outcome {
+    /// The outcome a gRPC code stands for.
+    pub fn of(c: Code) -> Outcome {
+        match c {
+            Code::Ok => Outcome::Allowed,
+            Code::Internal | Code::Unavailable | Code::Unknown => Outcome::Failed,
+            _ => Outcome::Refused,
+        }
+    }
+}
+
 /// One export attempt.
 #[derive(Debug, Default, Serialize)]
 pub struct Record {
@@ -33,7 +65,7 @@ pub struct Record {
     pub request_id: String,
     /// The caller's configured name and certificate CN, or why it is unknown.
     pub caller: String,
-    pub operation: &'static str,
+    pub operation: Operation,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_key_label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,8 +103,7 @@ pub struct Record {
     pub algorithm: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
-    /// "allowed" (material returned), "refused" or "failed".
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     /// The gRPC status code name.
     pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,7 +218,7 @@ pub(super) struct AuditOnDrop {
 
 impl AuditOnDrop {
     /// The record of `operation` asked for by `req`.
-    pub(super) fn new<T>(audit: Arc<Audit>, req: &Request<T>, operation: &'static str) -> Self {
+    pub(super) fn new<T>(audit: Arc<Audit>, req: &Request<T>, operation: Operation) -> Self {
         AuditOnDrop {
             audit,
             rec: Some(Record {
@@ -238,25 +269,25 @@ impl Drop for AuditOnDrop {
         };
         let (outcome, reason) = match &self.answered {
             Some(Ok(())) => (
-                "allowed",
+                Outcome::Allowed,
                 format!(
                     "OCI accepted the import ({}), but the caller cancelled or its deadline passed before the answer reached it",
                     rec.oci_created_id.as_deref().unwrap_or("id unknown")
                 ),
             ),
             Some(Err(s)) => (
-                outcome_of(s.code()),
+                Outcome::of(s.code()),
                 format!(
                     "the caller cancelled or its deadline passed; OCI answered: {}",
                     s.message()
                 ),
             ),
             None if self.hsm_started.load(Ordering::SeqCst) => (
-                "refused",
+                Outcome::Refused,
                 "the caller cancelled or its deadline passed while the HSM was working; the result was discarded".into(),
             ),
             None => (
-                "refused",
+                Outcome::Refused,
                 "the caller cancelled or its deadline passed before an HSM session was free; the HSM did no work for this call".into(),
             ),
         };
@@ -268,14 +299,6 @@ impl Drop for AuditOnDrop {
         if let Err(e) = self.audit.write(&rec) {
             tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
         }
-    }
-}
-
-/// "failed" for the codes that mean the daemon or a service below it failed, else "refused".
-pub(super) fn outcome_of(c: Code) -> &'static str {
-    match c {
-        Code::Internal | Code::Unavailable | Code::Unknown => "failed",
-        _ => "refused",
     }
 }
 
@@ -304,11 +327,11 @@ impl super::Bridge {
         }
         match &result {
             Ok(_) => {
-                rec.outcome = "allowed";
+                rec.outcome = Outcome::Allowed;
                 rec.code = "OK";
             }
             Err(s) => {
-                rec.outcome = outcome_of(s.code());
+                rec.outcome = Outcome::of(s.code());
                 rec.code = status::code_name(s.code());
                 rec.reason = Some(s.message().to_string());
             }
@@ -316,15 +339,17 @@ impl super::Bridge {
         if let Err(e) = self.audit.write(&rec) {
             tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
             if result.is_ok() {
-                return Err(Status::unavailable(if rec.operation == "WrapKey" {
-                    format!("the audit log could not be written ({e}); the export was refused")
-                } else {
-                    // The material already went to the vault: say so, and how to learn more.
-                    format!(
-                        "the audit log could not be written ({e}); the answer is withheld, but OCI accepted the import ({}); with an idempotency_key, a retry with the same key returns it without importing again",
-                        rec.oci_created_id.as_deref().unwrap_or("id unknown")
-                    )
-                }));
+                return Err(Status::unavailable(
+                    if rec.operation == Operation::WrapKey {
+                        format!("the audit log could not be written ({e}); the export was refused")
+                    } else {
+                        // The material already went to the vault: say so, and how to learn more.
+                        format!(
+                            "the audit log could not be written ({e}); the answer is withheld, but OCI accepted the import ({}); with an idempotency_key, a retry with the same key returns it without importing again",
+                            rec.oci_created_id.as_deref().unwrap_or("id unknown")
+                        )
+                    },
+                ));
             }
         }
         result
@@ -343,8 +368,8 @@ mod tests {
         let a = Audit::open(&path).unwrap();
         let r = Record {
             request_id: "r1".into(),
-            operation: "WrapKey",
-            outcome: "refused",
+            operation: Operation::WrapKey,
+            outcome: Outcome::Refused,
             code: "PERMISSION_DENIED",
             ..Record::default()
         };

@@ -76,7 +76,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::WrapKeyRequest>,
     ) -> Result<Response<proto::WrapKeyResponse>, Status> {
-        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "WrapKey");
+        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::WrapKey);
         let result = self.wrap_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
@@ -85,7 +85,8 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
-        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "ImportKeyVersion");
+        let mut guard =
+            AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::ImportKeyVersion);
         let result = self.import_key_version_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
@@ -94,7 +95,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
-        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, "ImportKey");
+        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::ImportKey);
         let result = self.import_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
