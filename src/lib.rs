@@ -25,10 +25,10 @@ pub mod config;
 pub mod error;
 pub mod hardening;
 pub mod hsm;
-pub mod import;
+pub(crate) mod import;
 pub mod oci;
-pub mod policy;
-pub mod service;
+pub(crate) mod policy;
+pub(crate) mod service;
 pub mod time;
 pub mod wrap;
 
