@@ -161,7 +161,7 @@ build_kryoptic() {
     say "building kryoptic $kryoptic_version from its published crate source (about a minute)"
     mkdir -p "$kryoptic_dir/fetch/src"
     # A throw-away crate whose only job is to make cargo download the pinned source.
-    printf '[package]\nname = "kryoptic-fetch"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n[dependencies]\nkryoptic = { version = "=%s", default-features = false }\n' \
+    printf '[package]\nname = "kryoptic-fetch"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n[dependencies]\nkryoptic = { version = "=%s", default-features = false }\n\n[workspace]\n' \
         "$kryoptic_version" >"$kryoptic_dir/fetch/Cargo.toml"
     : >"$kryoptic_dir/fetch/src/lib.rs"
     (cd "$kryoptic_dir/fetch" && cargo fetch -q) || die "could not fetch the kryoptic $kryoptic_version source"

@@ -303,6 +303,18 @@ impl Drop for AuditOnDrop {
 }
 
 impl super::Bridge {
+    /// What every export does first: identify the caller (before any other header or field
+    /// is read) and record it, then read the deadline, which the guard keeps.
+    pub(super) fn begin<T>(
+        &self,
+        req: &Request<T>,
+        guard: &mut AuditOnDrop,
+    ) -> Result<(super::auth::Caller, Option<Instant>), Status> {
+        let caller = self.caller(req, Some(guard.record()))?;
+        guard.deadline = super::request::deadline(req);
+        Ok((caller, guard.deadline))
+    }
+
     /// Writes the audit record for an export attempt that ends with `result`. A failed
     /// write turns success into a refusal: nothing leaves without its record. A record the
     /// handler no longer holds (an import whose answer the deadline cut off) is written by

@@ -10,7 +10,6 @@ use tonic::{Request, Status};
 use super::Bridge;
 use super::audit::{AuditOnDrop, INVALID, Record, bounded};
 use super::auth::Caller;
-use super::request::deadline;
 use super::status;
 use super::wrap_key::Export;
 use crate::config::{Operation, ProtectionMode};
@@ -204,9 +203,7 @@ impl Bridge {
         req: Request<proto::ImportKeyVersionRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyVersionResponse, Status> {
-        let caller = self.caller(&req, Some(guard.record()))?;
-        let deadline = deadline(&req);
-        guard.deadline = deadline;
+        let (caller, deadline) = self.begin(&req, guard)?;
         let rec = guard.record();
         let body = req.get_ref();
         let (start, idem) = self.import_preamble(
@@ -287,9 +284,7 @@ impl Bridge {
         req: Request<proto::ImportKeyRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyResponse, Status> {
-        let caller = self.caller(&req, Some(guard.record()))?;
-        let deadline = deadline(&req);
-        guard.deadline = deadline;
+        let (caller, deadline) = self.begin(&req, guard)?;
         let rec = guard.record();
         let body = req.get_ref();
         let (start, idem) = self.import_preamble(

@@ -11,7 +11,7 @@ use super::Bridge;
 use super::audit::{AuditOnDrop, Record};
 use super::auth::Caller;
 use super::keys::{denied, hide_by_id, may_not_touch, permit};
-use super::request::{algorithm, deadline, key_ref, proto_algorithm, shape};
+use super::request::{algorithm, key_ref, proto_algorithm, shape};
 use crate::config::Operation;
 use crate::hsm::KeyRef;
 use crate::proto;
@@ -31,9 +31,7 @@ impl Bridge {
         req: Request<proto::WrapKeyRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::WrapKeyResponse, Status> {
-        let caller = self.caller(&req, Some(guard.record()))?;
-        let deadline = deadline(&req);
-        guard.deadline = deadline;
+        let (caller, deadline) = self.begin(&req, guard)?;
         let hsm_started = guard.hsm_started.clone();
         let rec = guard.record();
         let body = req.get_ref();
