@@ -26,41 +26,50 @@ pub const MAX_ID: usize = 64;
 impl KeyRef {
     /// A label as callers give it: 1 to `MAX_LABEL` bytes, no control characters, no glob
     /// characters (`* ? [ ]`: labels are matched exactly, and globs belong to policy).
-    pub fn label(l: &str) -> Result<KeyRef, String> {
+    pub fn label(l: &str) -> Result<KeyRef, KeyRefError> {
         if l.is_empty() {
-            return Err("the label is empty".into());
+            return Err(KeyRefError::EmptyLabel);
         }
         if l.len() > MAX_LABEL {
-            return Err(format!(
-                "the label is {} bytes; at most {MAX_LABEL}",
-                l.len()
-            ));
+            return Err(KeyRefError::LabelTooLong(l.len()));
         }
         if l.chars().any(char::is_control) {
-            return Err("the label contains control characters".into());
+            return Err(KeyRefError::ControlInLabel);
         }
         if l.contains(['*', '?', '[', ']']) {
-            return Err(
-                "the label contains glob characters (* ? [ ]); labels are matched exactly".into(),
-            );
+            return Err(KeyRefError::GlobInLabel);
         }
         Ok(KeyRef::Label(l.to_string()))
     }
 
     /// A CKA_ID as hex: 1 to `MAX_ID` bytes.
-    pub fn id_hex(h: &str) -> Result<KeyRef, String> {
+    pub fn id_hex(h: &str) -> Result<KeyRef, KeyRefError> {
         if h.len() > 2 * MAX_ID {
-            return Err(format!(
-                "the id is {} hex digits; at most {}",
-                h.len(),
-                2 * MAX_ID
-            ));
+            return Err(KeyRefError::IdTooLong(h.len()));
         }
         crate::wrap::unhex(h)
             .filter(|b| !b.is_empty())
             .map(KeyRef::Id)
-            .ok_or_else(|| format!("the id {h:?} is not hex (an even number of 0-9a-f digits)"))
+            .ok_or_else(|| KeyRefError::NotHex(h.to_string()))
     }
+}
+
+/// Why a caller's key reference is refused (before the token is asked).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefError {
+    #[error("the label is empty")]
+    EmptyLabel,
+    #[error("the label is {0} bytes; at most {MAX_LABEL}")]
+    LabelTooLong(usize),
+    #[error("the label contains control characters")]
+    ControlInLabel,
+    #[error("the label contains glob characters (* ? [ ]); labels are matched exactly")]
+    GlobInLabel,
+    #[error("the id is {0} hex digits; at most {max}", max = 2 * MAX_ID)]
+    IdTooLong(usize),
+    /// At most `2 * MAX_ID` characters (checked first), so quoting it is bounded.
+    #[error("the id {0:?} is not hex (an even number of 0-9a-f digits)")]
+    NotHex(String),
 }
 
 impl fmt::Display for KeyRef {

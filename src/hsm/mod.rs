@@ -26,7 +26,7 @@ use cryptoki::slot::Slot;
 use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
 use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
 pub use error::{ExportRefusal, HsmError, ckr_name, recoverable};
-pub use keys::{KeyInfo, KeyRef};
+pub use keys::{KeyInfo, KeyRef, KeyRefError};
 pub use modes::WrapMode;
 use token::{bring_up, initialize, login};
 

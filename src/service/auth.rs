@@ -101,24 +101,17 @@ impl Authenticator {
 
     /// The caller of `req`, or why it is not recognised (for UNAUTHENTICATED and audit;
     /// bounded, printable text).
-    pub fn identify<T>(&self, req: &Request<T>) -> Result<Caller, String> {
+    pub fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Unidentified> {
         match self.transport {
             Transport::Tls => {
-                let certs = req
-                    .peer_certs()
-                    .ok_or("no client certificate was presented")?;
-                let leaf = certs.first().ok_or("no client certificate was presented")?;
+                let certs = req.peer_certs().ok_or(Unidentified::NoCertificate)?;
+                let leaf = certs.first().ok_or(Unidentified::NoCertificate)?;
                 let cn = subject_cn_cached(leaf.as_ref())?;
                 let client = self
                     .clients
                     .iter()
                     .find(|c| c.subject_cn.as_deref() == Some(cn.as_str()))
-                    .ok_or_else(|| {
-                        format!(
-                            "client certificate CN={:?} is not in server.clients",
-                            shown(&cn)
-                        )
-                    })?;
+                    .ok_or_else(|| Unidentified::CnNotListed(shown(&cn)))?;
                 Ok(Caller::from_entry(client, format!("CN={cn}")))
             }
             Transport::Unix => {
@@ -127,24 +120,42 @@ impl Authenticator {
                     .get::<UdsConnectInfo>()
                     .and_then(|i| i.peer_cred)
                     .map(|c| c.uid())
-                    .ok_or("the Unix socket peer's credentials are unknown")?;
+                    .ok_or(Unidentified::NoPeerCredentials)?;
                 let client = self
                     .clients
                     .iter()
                     .find(|c| c.unix_uid == Some(uid))
-                    .ok_or_else(|| {
-                        format!("uid {uid} has no [[server.clients]] entry with unix_uid = {uid}")
-                    })?;
+                    .ok_or(Unidentified::UidNotListed(uid))?;
                 Ok(Caller::from_entry(client, format!("uid {uid}")))
             }
             Transport::Loopback => {
-                let client = self.clients.iter().find(|c| c.loopback).ok_or(
-                    "plain text on loopback: no [[server.clients]] entry has loopback = true",
-                )?;
+                let client = self
+                    .clients
+                    .iter()
+                    .find(|c| c.loopback)
+                    .ok_or(Unidentified::NoLoopbackEntry)?;
                 Ok(Caller::from_entry(client, "loopback".into()))
             }
         }
     }
+}
+
+/// Why a caller is not recognised: the text of UNAUTHENTICATED and of the audit record
+/// (bounded: a CN is quoted at most [`MAX_CN_SHOWN`] characters long).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unidentified {
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    #[error("the client certificate {0}")]
+    BadCertificate(&'static str),
+    #[error("client certificate CN={0:?} is not in server.clients")]
+    CnNotListed(String),
+    #[error("the Unix socket peer's credentials are unknown")]
+    NoPeerCredentials,
+    #[error("uid {0} has no [[server.clients]] entry with unix_uid = {0}")]
+    UidNotListed(u32),
+    #[error("plain text on loopback: no [[server.clients]] entry has loopback = true")]
+    NoLoopbackEntry,
 }
 
 /// At most [`MAX_CN_SHOWN`] characters of `cn`.
@@ -156,11 +167,11 @@ fn shown(cn: &str) -> String {
 /// 0.3 ms, more than a whole AES wrap, and a connection presents the same certificate on
 /// every call. The result is a pure function of the DER bytes (rustls verified the chain
 /// during the handshake); at `MAX` distinct certificates the memory starts over.
-fn subject_cn_cached(der: &[u8]) -> Result<String, String> {
+fn subject_cn_cached(der: &[u8]) -> Result<String, Unidentified> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     const MAX: usize = 1024;
-    type Seen = Mutex<HashMap<[u8; 32], Result<String, String>>>;
+    type Seen = Mutex<HashMap<[u8; 32], Result<String, Unidentified>>>;
     static SEEN: OnceLock<Seen> = OnceLock::new();
     let seen = SEEN.get_or_init(Default::default);
     let id = openssl::sha::sha256(der);
@@ -182,35 +193,36 @@ fn subject_cn_cached(der: &[u8]) -> Result<String, String> {
 /// (OpenSSL's text of the string is then byte-for-byte the raw value). A BMPString or
 /// UniversalString whose raw bytes happen to spell a listed CN is different text and is
 /// refused, as is any CN with a NUL or another control character.
-fn subject_cn(der: &[u8]) -> Result<String, String> {
-    let cert =
-        X509::from_der(der).map_err(|_| "the client certificate does not parse".to_string())?;
+fn subject_cn(der: &[u8]) -> Result<String, Unidentified> {
+    let cert = X509::from_der(der).map_err(|_| Unidentified::BadCertificate("does not parse"))?;
     let mut cns = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
     let cn = cns
         .next()
-        .ok_or("the client certificate has no subject CN")?;
+        .ok_or(Unidentified::BadCertificate("has no subject CN"))?;
     if cns.next().is_some() {
-        return Err("the client certificate has more than one subject CN".into());
+        return Err(Unidentified::BadCertificate("has more than one subject CN"));
     }
     // The raw bytes, not OpenSSL's C-string view, which would stop at an interior NUL
     // ("cckm.example\0.evil" must not pass as "cckm.example").
     let raw = cn.data().as_slice();
     if raw.contains(&0) {
-        return Err("the client certificate's CN contains a NUL byte".into());
+        return Err(Unidentified::BadCertificate("has a CN with a NUL byte"));
     }
     let text = cn
         .data()
         .to_string()
-        .map_err(|_| "the client certificate's CN is not text".to_string())?;
+        .map_err(|_| Unidentified::BadCertificate("has a CN that is not text"))?;
     if text.as_bytes() != raw {
-        return Err(
-            "the client certificate's CN is not a UTF8String, PrintableString or IA5String".into(),
-        );
+        return Err(Unidentified::BadCertificate(
+            "has a CN that is not a UTF8String, PrintableString or IA5String",
+        ));
     }
     let text = std::str::from_utf8(raw)
-        .map_err(|_| "the client certificate's CN is not UTF-8 text".to_string())?;
+        .map_err(|_| Unidentified::BadCertificate("has a CN that is not UTF-8 text"))?;
     if text.chars().any(char::is_control) {
-        return Err("the client certificate's CN contains control characters".into());
+        return Err(Unidentified::BadCertificate(
+            "has a CN with control characters",
+        ));
     }
     Ok(text.to_string())
 }
@@ -261,9 +273,13 @@ mod tests {
             );
         }
         // The raw bytes spell "cckm.example"; as a BMPString that is six CJK characters.
-        let e = subject_cn(&cert(b"cckm.example", Asn1Type::BMPSTRING)).unwrap_err();
+        let e = subject_cn(&cert(b"cckm.example", Asn1Type::BMPSTRING))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a UTF8String"), "{e}");
-        let e = subject_cn(&cert(b"cckm\x07example", Asn1Type::UTF8STRING)).unwrap_err();
+        let e = subject_cn(&cert(b"cckm\x07example", Asn1Type::UTF8STRING))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("control"), "{e}");
     }
 }
