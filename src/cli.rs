@@ -238,7 +238,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     let audit = CliAudit::open(&cfg)?;
     let mut rec = audit.record(Operation::WrapKey, &key, alg);
     rec.wrapping_key_sha256 = Some(wk.fingerprint());
-    let policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy).map_err(Error::Usage)?;
+    let policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
     if allow_any_wrapping_key {
         rec.reason = Some("--allow-any-wrapping-key: the operator chose the wrapping key".into());
     } else if let Err(why) = policy.allows(&wk.fingerprint()) {
@@ -309,8 +309,7 @@ fn import_key_version_cmd(a: ImportKeyVersionArgs, out: &mut dyn Write) -> Resul
     let key = key.key_ref()?;
     let cfg = Config::load(&common.config)?;
     let audit = CliAudit::open(&cfg)?;
-    let oci =
-        Arc::new(OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(Error::Usage)?);
+    let oci = Arc::new(OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits)?);
     let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -492,9 +491,9 @@ impl CliAudit {
         if cfg.audit.path == Path::new("-") {
             return Ok(CliAudit(None));
         }
-        crate::service::audit::Audit::open(&cfg.audit.path)
-            .map(|a| CliAudit(Some(a)))
-            .map_err(Error::Usage)
+        Ok(CliAudit(Some(crate::service::audit::Audit::open(
+            &cfg.audit.path,
+        )?)))
     }
 
     /// A record of `operation` on `key`, by this user.

@@ -12,6 +12,12 @@ pub enum Error {
     Hsm(#[from] HsmError),
     #[error(transparent)]
     Wrap(#[from] WrapError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Audit(#[from] crate::service::audit::AuditOpenError),
+    #[error(transparent)]
+    OciSetup(#[from] crate::oci::OciError),
     #[error("{0}")]
     Io(String),
     #[error("{0}")]

@@ -15,17 +15,20 @@ pub struct WrappingKeyPolicy {
 
 impl WrappingKeyPolicy {
     /// From the config; reads each pinned key file (an error names it).
-    pub fn load(p: &PolicyConfig) -> Result<WrappingKeyPolicy, String> {
+    pub fn load(p: &PolicyConfig) -> Result<WrappingKeyPolicy, PolicyError> {
         let mut pinned: Vec<String> = p
             .pinned_wrapping_keys
             .iter()
             .map(|s| s.to_ascii_lowercase())
             .collect();
         for f in &p.pinned_wrapping_key_files {
-            let pem = std::fs::read(f)
-                .map_err(|e| format!("policy.pinned_wrapping_key_files: {}: {e}", f.display()))?;
+            let bad = |why: String| PolicyError::PinnedFile {
+                path: f.display().to_string(),
+                why,
+            };
+            let pem = std::fs::read(f).map_err(|e| bad(e.to_string()))?;
             let wk = crate::wrap::WrappingKey::from_pem(&pem, p.min_wrapping_key_bits)
-                .map_err(|e| format!("policy.pinned_wrapping_key_files: {}: {e}", f.display()))?;
+                .map_err(|e| bad(e.to_string()))?;
             pinned.push(wk.fingerprint());
         }
         Ok(WrappingKeyPolicy {
@@ -36,18 +39,34 @@ impl WrappingKeyPolicy {
 
     /// Whether a caller may have a key wrapped for the public key with fingerprint `fp`;
     /// the refusal says which setting decided.
-    pub fn allows(&self, fp: &str) -> Result<(), String> {
+    pub fn allows(&self, fp: &str) -> Result<(), WrappingKeyRefused> {
         match self.setting {
             CallerWrappingKeys::Any => Ok(()),
-            CallerWrappingKeys::None => Err(
-                "wrapping for a caller's key is off (policy.caller_wrapping_keys = \"none\"); use ImportKeyVersion, which fetches the vault's key itself".into(),
-            ),
+            CallerWrappingKeys::None => Err(WrappingKeyRefused::Off),
             CallerWrappingKeys::Pinned if self.pinned.iter().any(|p| p == fp) => Ok(()),
-            CallerWrappingKeys::Pinned => Err(format!(
-                "wrapping key sha256:{fp} is not pinned (policy.pinned_wrapping_keys, policy.pinned_wrapping_key_files)"
-            )),
+            CallerWrappingKeys::Pinned => Err(WrappingKeyRefused::NotPinned(fp.to_string())),
         }
     }
+}
+
+/// The policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy.pinned_wrapping_key_files: {path}: {why}")]
+    PinnedFile { path: String, why: String },
+}
+
+/// Why a caller's wrapping key may not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WrappingKeyRefused {
+    #[error(
+        "wrapping for a caller's key is off (policy.caller_wrapping_keys = \"none\"); use ImportKeyVersion, which fetches the vault's key itself"
+    )]
+    Off,
+    #[error(
+        "wrapping key sha256:{0} is not pinned (policy.pinned_wrapping_keys, policy.pinned_wrapping_key_files)"
+    )]
+    NotPinned(String),
 }
 
 /// Glob match with `*` (any run, including empty) and `?` (one character).

@@ -94,11 +94,14 @@ const MAX_CONNECTION_NAME: usize = 64;
 
 impl OciSide {
     /// Loads every `[oci.connections.NAME]` identity (failing at start, not at first use).
-    pub fn load(cfg: &OciConfig, min_wrapping_bits: u32) -> Result<OciSide, String> {
+    pub fn load(cfg: &OciConfig, min_wrapping_bits: u32) -> Result<OciSide, OciError> {
         let mut identities = BTreeMap::new();
         for (name, c) in &cfg.connections {
-            let id = Identity::load(&c.config_file, &c.profile)
-                .map_err(|e| format!("oci.connections.{name}: {e}"))?;
+            let id =
+                Identity::load(&c.config_file, &c.profile).map_err(|e| OciError::Connection {
+                    name: name.clone(),
+                    err: Box::new(e),
+                })?;
             identities.insert(name.clone(), Arc::new(id));
         }
         Ok(OciSide {

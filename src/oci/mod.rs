@@ -33,4 +33,10 @@ pub enum OciError {
     NotAllowed(String),
     #[error("signing: {0}")]
     Sign(String),
+    /// The HTTPS client could not be set up (TLS roots, `oci.ca_bundle`).
+    #[error("{0}")]
+    Client(String),
+    /// An `[oci.connections.NAME]` identity could not be loaded.
+    #[error("oci.connections.{name}: {err}")]
+    Connection { name: String, err: Box<OciError> },
 }

@@ -129,11 +129,14 @@ impl Audit {
     /// symbolic link at `path` is refused (`O_NOFOLLOW`), and so is, checked on the opened
     /// descriptor, a regular file that another user owns or that group or others may write
     /// (or others read); character devices (`/dev/null`, only root makes them) are taken.
-    pub fn open(path: &Path) -> Result<Audit, String> {
+    pub fn open(path: &Path) -> Result<Audit, AuditOpenError> {
         let sink = if path == Path::new("-") {
             Sink::Stderr
         } else {
-            let bad = |m: String| format!("audit log {}: {m}", path.display());
+            let bad = |why: String| AuditOpenError {
+                path: path.display().to_string(),
+                why,
+            };
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -175,6 +178,14 @@ impl Audit {
             }
         }
     }
+}
+
+/// The audit log could not be opened as it must be.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {why}")]
+pub struct AuditOpenError {
+    path: String,
+    why: String,
 }
 
 /// The owner and mode rules of [`Audit::open`].
@@ -407,14 +418,14 @@ mod tests {
         std::fs::write(&target, "untouched\n").unwrap();
         let link = dir.path().join("audit.jsonl");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = Audit::open(&link).err().unwrap();
+        let e = Audit::open(&link).err().unwrap().to_string();
         assert!(e.contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
         // A file others may write.
         let open = dir.path().join("open.jsonl");
         std::fs::write(&open, "").unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = Audit::open(&open).err().unwrap();
+        let e = Audit::open(&open).err().unwrap().to_string();
         assert!(e.contains("0666") && e.contains("chmod 600"), "{e}");
         // A file another user owns (as root, the tests can make one).
         if rustix::process::geteuid().is_root() {
@@ -422,7 +433,7 @@ mod tests {
             std::fs::write(&theirs, "").unwrap();
             std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600)).unwrap();
             std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
-            let e = Audit::open(&theirs).err().unwrap();
+            let e = Audit::open(&theirs).err().unwrap().to_string();
             assert!(e.contains("owned by uid 65534"), "{e}");
         }
         // Bounded values: control bytes and long text never reach the log.

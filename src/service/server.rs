@@ -61,11 +61,10 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
             "running as root: run the daemon as an unprivileged user that can read the PIN file, the TLS key and the PKCS#11 client configuration"
         );
     }
-    let audit = Arc::new(Audit::open(&cfg.audit.path).map_err(&fail)?);
-    let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy).map_err(&fail)?;
+    let audit = Arc::new(Audit::open(&cfg.audit.path)?);
+    let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
     // Opened before the runtime starts threads: the module's environment is set here.
-    let oci =
-        super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits).map_err(&fail)?;
+    let oci = super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits)?;
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
     tracing::info!(memory = %crate::hardening::memory_report(), "secrets");

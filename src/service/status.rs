@@ -70,6 +70,11 @@ pub fn kms(e: &KmsError) -> Status {
     }
 }
 
+/// A caller's wrapping key the policy refuses.
+pub fn refused_wrapping_key(e: &crate::policy::WrappingKeyRefused) -> Status {
+    Status::permission_denied(e.to_string())
+}
+
 /// An import's refusal as a gRPC status.
 pub fn import(e: &ImportError) -> Status {
     match e {

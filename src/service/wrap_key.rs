@@ -50,7 +50,7 @@ impl Bridge {
         rec.wrapping_key_sha256 = Some(fp.clone());
         self.wrapping_policy
             .allows(&fp)
-            .map_err(Status::permission_denied)?;
+            .map_err(|e| super::status::refused_wrapping_key(&e))?;
         let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;
         let rec = guard.record();
         rec.source_key_label = Some(wrapped.key.label.clone());

@@ -96,16 +96,18 @@ fn tls(ca_bundle: Option<&std::path::Path>) -> Result<rustls::ClientConfig, Stri
 }
 
 impl KmsClient {
-    pub fn new(cfg: &OciConfig, min_wrapping_bits: u32) -> Result<KmsClient, String> {
+    pub fn new(cfg: &OciConfig, min_wrapping_bits: u32) -> Result<KmsClient, super::OciError> {
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls(cfg.ca_bundle.as_deref())?)
+            .tls_backend_preconfigured(
+                tls(cfg.ca_bundle.as_deref()).map_err(super::OciError::Client)?,
+            )
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
             .connect_timeout(Duration::from_millis(cfg.timeout_ms.min(10_000)))
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("hsm-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(|e| super::OciError::Client(format!("HTTP client: {e}")))?;
         Ok(KmsClient {
             http,
             timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
