@@ -18,6 +18,8 @@ pub enum Error {
     Audit(#[from] crate::service::audit::AuditOpenError),
     #[error(transparent)]
     OciSetup(#[from] crate::oci::OciError),
+    #[error(transparent)]
+    SecretFile(#[from] crate::hardening::SecretFileError),
     #[error("{0}")]
     Io(String),
     #[error("{0}")]

@@ -26,7 +26,7 @@ use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior,
 use zeroize::Zeroize;
 
 /// Turns off core dumps for this process. Fails only if the kernel refuses.
-pub fn no_core_dumps() -> Result<(), String> {
+pub fn no_core_dumps() -> Result<(), HardeningError> {
     setrlimit(
         Resource::Core,
         Rlimit {
@@ -34,51 +34,94 @@ pub fn no_core_dumps() -> Result<(), String> {
             maximum: Some(0),
         },
     )
-    .map_err(|e| format!("cannot disable core dumps (setrlimit RLIMIT_CORE): {e}"))?;
-    set_dumpable_behavior(DumpableBehavior::NotDumpable)
-        .map_err(|e| format!("cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE): {e}"))
+    .map_err(HardeningError::CoreDumps)?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(HardeningError::Dumpable)
 }
 
 /// Opens `path` for reading and checks, on the open descriptor (so a file swapped in after a
 /// check by path cannot slip through), that it is a regular file, owned by this user or by
 /// root (not by another user who could have planted or could rewrite it), that group and
 /// others cannot read or write. `what` names the file in the error, e.g. "PIN file".
-pub fn open_private(path: &std::path::Path, what: &str) -> Result<std::fs::File, String> {
-    let bad = |msg: String| format!("{what} {}: {msg}", path.display());
-    let f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+pub fn open_private(
+    path: &std::path::Path,
+    what: &'static str,
+) -> Result<std::fs::File, SecretFileError> {
+    let bad = |check: FileCheck| SecretFileError {
+        what,
+        path: path.display().to_string(),
+        check,
+    };
+    let f = std::fs::File::open(path).map_err(|e| bad(FileCheck::Io(e.to_string())))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| bad(FileCheck::Io(e.to_string())))?;
     check_private(&meta).map_err(bad)?;
     Ok(f)
 }
 
 /// The checks of [`open_private`] on a file's metadata.
-pub fn check_private(meta: &std::fs::Metadata) -> Result<(), String> {
+pub fn check_private(meta: &std::fs::Metadata) -> Result<(), FileCheck> {
     use std::os::unix::fs::MetadataExt;
     if !meta.is_file() {
-        return Err("not a regular file".into());
+        return Err(FileCheck::NotRegular);
     }
     check_owner(meta)?;
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode {mode:04o} lets group or others read it; run chmod 600 on it"
-        ));
+        return Err(FileCheck::Readable(mode));
     }
     Ok(())
 }
 
 /// A file must belong to this user or to root: another user could have planted it, or
 /// could rewrite it.
-pub fn check_owner(meta: &std::fs::Metadata) -> Result<(), String> {
+pub fn check_owner(meta: &std::fs::Metadata) -> Result<(), FileCheck> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!(
-            "owned by uid {}, not by this user (uid {me}) or root; run chown on it",
-            meta.uid()
-        ));
+        return Err(FileCheck::Owner {
+            uid: meta.uid(),
+            me,
+        });
     }
     Ok(())
+}
+
+/// Why a file that holds a secret (or the audit record) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileCheck {
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("owned by uid {uid}, not by this user (uid {me}) or root; run chown on it")]
+    Owner { uid: u32, me: u32 },
+    #[error("mode {0:04o} lets group or others read it; run chmod 600 on it")]
+    Readable(u32),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// A secret file refused, with what it is and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {path}: {check}")]
+pub struct SecretFileError {
+    pub what: &'static str,
+    pub path: String,
+    pub check: FileCheck,
+}
+
+/// The process could not be hardened, or memory for a secret could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HardeningError {
+    #[error("cannot disable core dumps (setrlimit RLIMIT_CORE): {0}")]
+    CoreDumps(rustix::io::Errno),
+    #[error("cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE): {0}")]
+    Dumpable(rustix::io::Errno),
+    #[error("cannot map {0} bytes for a secret: {1}")]
+    Map(usize, rustix::io::Errno),
+    #[error("OpenSSL could not start its secure heap (CRYPTO_secure_malloc_init)")]
+    SecureHeap,
+    #[error("mmap returned a null mapping")]
+    NullMapping,
 }
 
 /// Set once a `mlock` was refused (reported by [`memory_report`], warned about once).
@@ -101,7 +144,7 @@ unsafe impl Sync for Locked {}
 impl Locked {
     /// `len` zero bytes (at least one page is mapped). Fails only if the kernel cannot map
     /// memory; a refused lock is recorded and the memory used unlocked.
-    pub fn new(len: usize) -> Result<Locked, String> {
+    pub fn new(len: usize) -> Result<Locked, HardeningError> {
         let page = rustix::param::page_size();
         let map_len = len.div_ceil(page).max(1) * page;
         // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing;
@@ -114,8 +157,8 @@ impl Locked {
                 MapFlags::PRIVATE,
             )
         }
-        .map_err(|e| format!("cannot map {map_len} bytes for a secret: {e}"))?;
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or("mmap returned a null mapping")?;
+        .map_err(|e| HardeningError::Map(map_len, e))?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(HardeningError::NullMapping)?;
         // SAFETY: `p` is our mapping of `map_len` bytes. Advice and locking change only how
         // the kernel treats these pages; failures leave them as ordinary memory.
         let locked = unsafe {
@@ -183,7 +226,7 @@ thread_local! {
 /// Runs `f` with this thread's [`SCRATCH_LEN`]-byte [`Locked`] scratch (mapped on first use,
 /// kept for the thread's life), zeroed again when `f` returns or unwinds. For secrets that
 /// live only during one call: K in hybrid mode, a padded private key being trimmed.
-pub fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> Result<R, String> {
+pub fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> Result<R, HardeningError> {
     /// Zeroes the scratch however `f` ends.
     struct Wipe<'a>(&'a mut [u8]);
     impl Drop for Wipe<'_> {
@@ -224,7 +267,7 @@ static SECURE_HEAP_LOCKED: AtomicBool = AtomicBool::new(false);
 /// Starts OpenSSL's secure heap (a locked, guarded, non-dumped mapping); from then on the
 /// private numbers of every RSA key OpenSSL decodes or generates live there. Call once,
 /// before any private key is loaded. Ok(false) if the heap exists but could not be locked.
-pub fn openssl_secure_heap() -> Result<bool, String> {
+pub fn openssl_secure_heap() -> Result<bool, HardeningError> {
     openssl::init();
     // SAFETY: a plain OpenSSL call with constant, valid arguments (power-of-two sizes);
     // repeated calls after the first return an error code and change nothing.
@@ -234,7 +277,7 @@ pub fn openssl_secure_heap() -> Result<bool, String> {
             Ok(true)
         }
         2 => Ok(false),
-        _ => Err("OpenSSL could not start its secure heap (CRYPTO_secure_malloc_init)".into()),
+        _ => Err(HardeningError::SecureHeap),
     }
 }
 
@@ -276,16 +319,18 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(open_private(&f, "PIN file").is_ok());
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let e = open_private(&f, "PIN file").unwrap_err();
+        let e = open_private(&f, "PIN file").unwrap_err().to_string();
         assert!(e.contains("0640") && e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         // A file another (unprivileged) user owns could have been planted or rewritten by it.
         if rustix::process::geteuid().is_root() {
             std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
-            let e = open_private(&f, "PIN file").unwrap_err();
+            let e = open_private(&f, "PIN file").unwrap_err().to_string();
             assert!(e.contains("owned by uid 65534"), "{e}");
         }
-        let e = open_private(dir.path(), "PIN file").unwrap_err();
+        let e = open_private(dir.path(), "PIN file")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
 

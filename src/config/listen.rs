@@ -16,7 +16,11 @@ impl ServerConfig {
     /// plain text only on loopback or a Unix socket and only with `plaintext = true`; TLS
     /// needs a certificate, its key and a client CA, because callers are identified by
     /// their certificate. Errors name the setting.
-    pub fn listen(&self) -> Result<Listen, String> {
+    pub fn listen(&self) -> Result<Listen, super::ConfigError> {
+        self.listen_text().map_err(super::ConfigError::Listen)
+    }
+
+    fn listen_text(&self) -> Result<Listen, String> {
         let listen = match self.listen.strip_prefix("unix:") {
             Some("") => return Err("server.listen = \"unix:\" names no socket path".into()),
             Some(path) => Listen::Unix(PathBuf::from(path)),
@@ -98,27 +102,46 @@ mod tests {
         assert!(server("[::1]:1", true, false).listen().is_ok());
         assert!(server("unix:/run/hb.sock", true, false).listen().is_ok());
         assert!(server("0.0.0.0:1", false, true).listen().is_ok());
-        let e = server("0.0.0.0:1", true, false).listen().unwrap_err();
+        let e = server("0.0.0.0:1", true, false)
+            .listen()
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("server.plaintext") && e.contains("0.0.0.0:1"),
             "{e}"
         );
         let e = server("unix:/run/hb.sock", false, false)
             .listen()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server.plaintext = true"), "{e}");
-        let e = server("127.0.0.1:1", false, false).listen().unwrap_err();
+        let e = server("127.0.0.1:1", false, false)
+            .listen()
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("server.tls_cert") && e.contains("server.client_ca"),
             "{e}"
         );
-        let e = server("127.0.0.1:1", true, true).listen().unwrap_err();
+        let e = server("127.0.0.1:1", true, true)
+            .listen()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("choose one"), "{e}");
-        let e = server("localhost:50051", true, false).listen().unwrap_err();
+        let e = server("localhost:50051", true, false)
+            .listen()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("IP address"), "{e}");
         let mut no_cn = server("0.0.0.0:1", false, true);
         no_cn.clients[0].subject_cn = None;
         no_cn.clients[0].loopback = true;
-        assert!(no_cn.listen().unwrap_err().contains("subject_cn"));
+        assert!(
+            no_cn
+                .listen()
+                .unwrap_err()
+                .to_string()
+                .contains("subject_cn")
+        );
     }
 }

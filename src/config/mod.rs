@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub enum ConfigError {
     #[error("config file {file}: {msg}")]
     Invalid { file: String, msg: String },
+    /// The listener, TLS and client settings do not go together (see listen.rs).
+    #[error("{0}")]
+    Listen(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -367,12 +370,20 @@ impl Config {
             msg,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        Self::parse(&text, path).map_err(err)
+        Self::parse(&text, path)
     }
 
     /// Parses config text as if it came from `path` (relative paths resolve against its
-    /// folder). Errors are one line: `line:col: message` where the position is known.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+    /// folder). Errors are one line naming the file: `line:col: message` where the position
+    /// is known.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::parse_text(text, path).map_err(|msg| ConfigError::Invalid {
+            file: path.display().to_string(),
+            msg,
+        })
+    }
+
+    fn parse_text(text: &str, path: &Path) -> Result<Config, String> {
         // First pass on the text itself, so unknown keys and wrong types come with a line.
         if let Err(e) = toml::from_str::<Config>(text) {
             return Err(one_line_toml_error(text, &e));

@@ -10,7 +10,7 @@ pin_file = "pin"
 "#;
 
 fn parse(text: &str) -> Result<Config, String> {
-    Config::parse(text, Path::new("/etc/hb/hsm-bridge.toml"))
+    Config::parse(text, Path::new("/etc/hb/hsm-bridge.toml")).map_err(|e| e.to_string())
 }
 
 #[test]

@@ -149,8 +149,8 @@ impl Hsm {
         };
         let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| load_err(e.to_string()))?;
         initialize(&pkcs11).map_err(|e| load_err(format!("C_Initialize: {e}")))?;
-        let raw =
-            raw::RawModule::open(&cfg.module, cfg.user_type.ck_user_type()).map_err(load_err)?;
+        let raw = raw::RawModule::open(&cfg.module, cfg.user_type.ck_user_type())
+            .map_err(|e| load_err(e.to_string()))?;
         let pin_refused = OnceLock::new();
         let setup = Setup {
             token_label: cfg.token_label.clone(),

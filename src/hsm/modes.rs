@@ -350,7 +350,7 @@ fn wrap_hybrid(
         out.extend_from_slice(&c2);
         Ok::<_, HsmError>(out)
     })
-    .map_err(|e| HsmError::Wrap(WrapError::Crypto(e)))?
+    .map_err(|e| HsmError::Wrap(WrapError::Crypto(e.to_string())))?
 }
 
 /// On a token that pads PKCS#8: opens C2 under K into `scratch` (locked, zeroed by the

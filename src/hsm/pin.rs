@@ -27,7 +27,8 @@ const MAX_PIN: usize = 256;
 /// Reads the PIN from `path`. Refused if group or other may read or write the file.
 pub fn from_file(path: &Path) -> Result<Pin, HsmError> {
     let bad = |msg: String| HsmError::Pin(format!("PIN file {}: {msg}", path.display()));
-    let mut f = crate::hardening::open_private(path, "PIN file").map_err(HsmError::Pin)?;
+    let mut f = crate::hardening::open_private(path, "PIN file")
+        .map_err(|e| HsmError::Pin(e.to_string()))?;
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_PIN + 2));
     (&mut f)
         .take(MAX_PIN as u64 + 2)
@@ -59,7 +60,7 @@ fn from_bytes(raw: &[u8]) -> Result<Pin, String> {
         return Err(format!("the PIN is longer than {MAX_PIN} bytes"));
     }
     std::str::from_utf8(pin).map_err(|_| "the PIN is not UTF-8".to_string())?;
-    let mut locked = Locked::new(pin.len())?;
+    let mut locked = Locked::new(pin.len()).map_err(|e| e.to_string())?;
     locked.as_mut_slice().copy_from_slice(pin);
     Ok(Pin(locked))
 }

@@ -79,20 +79,22 @@ pub struct RawModule {
 impl RawModule {
     /// Opens the module at `path` (already loaded and initialised by `cryptoki`); logins
     /// will be as `user_type`.
-    pub fn open(path: &Path, user_type: sys::CK_USER_TYPE) -> Result<Self, String> {
+    pub fn open(path: &Path, user_type: sys::CK_USER_TYPE) -> Result<Self, RawOpenError> {
         // SAFETY: loading a PKCS#11 library runs its initialisers; this is the same file
         // `cryptoki` has just loaded, so dlopen returns the existing instance.
-        let lib = unsafe { sys::Pkcs11::new(path) }.map_err(|e| e.to_string())?;
+        let lib = unsafe { sys::Pkcs11::new(path) }.map_err(|e| RawOpenError(e.to_string()))?;
         if lib.C_GetFunctionList.is_err() {
-            return Err("the module does not export C_GetFunctionList".into());
+            return Err(RawOpenError(
+                "the module does not export C_GetFunctionList".into(),
+            ));
         }
         let mut list: *mut sys::CK_FUNCTION_LIST = ptr::null_mut();
         // SAFETY: C_GetFunctionList writes a pointer to the module's static function
         // list, valid for as long as the library stays loaded (`_lib` keeps it loaded).
         check(unsafe { lib.C_GetFunctionList(&mut list) })
-            .map_err(|rv| format!("C_GetFunctionList: {rv}"))?;
+            .map_err(|rv| RawOpenError(format!("C_GetFunctionList: {rv}")))?;
         if list.is_null() {
-            return Err("C_GetFunctionList returned no list".into());
+            return Err(RawOpenError("C_GetFunctionList returned no list".into()));
         }
         // SAFETY: `list` is non-null and points to the module's CK_FUNCTION_LIST.
         let (wrap, mechs, login) = unsafe {
@@ -110,9 +112,9 @@ impl RawModule {
                 login_fn,
                 user_type,
             }),
-            _ => Err(
+            _ => Err(RawOpenError(
                 "the module's function list has no C_WrapKey / C_GetMechanismList / C_Login".into(),
-            ),
+            )),
         }
     }
 
@@ -237,6 +239,11 @@ impl RawModule {
         Ok(out)
     }
 }
+
+/// Why the module's own function list could not be had.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RawOpenError(String);
 
 /// Largest wrap output taken from a token: an RSA-16384 OAEP block and an RFC 5649 wrap of
 /// an RSA-4096 PKCS#8 are each under 4 KiB. A larger size asked for is a broken token, and

@@ -197,7 +197,7 @@ fn check_file(meta: &std::fs::Metadata) -> Result<(), String> {
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
-    crate::hardening::check_owner(meta)?;
+    crate::hardening::check_owner(meta).map_err(|e| e.to_string())?;
     let mode = meta.mode() & 0o777;
     if mode & 0o026 != 0 {
         return Err(format!(

@@ -29,8 +29,7 @@ const HEALTH_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until a signal; `Ok` after a clean shutdown.
 pub fn serve(cfg: Config) -> Result<(), Error> {
-    let fail = |m: String| Error::Usage(m);
-    let listen = cfg.server.listen().map_err(&fail)?;
+    let listen = cfg.server.listen()?;
     let tls = match &listen {
         Listen::Tcp(_) if !cfg.server.plaintext => Some(tls_config(&cfg)?),
         _ => None,
@@ -124,12 +123,9 @@ fn tls_config(cfg: &Config) -> Result<ServerTlsConfig, Error> {
     };
     // Opened once and checked on the descriptor: the checked file is the one read.
     let mut key_pem = zeroize::Zeroizing::new(Vec::new());
-    crate::hardening::open_private(key, "server.tls_key")
-        .and_then(|mut f| {
-            std::io::Read::read_to_end(&mut f, &mut key_pem)
-                .map_err(|e| format!("server.tls_key {}: {e}", key.display()))
-        })
-        .map_err(Error::Usage)?;
+    let mut f = crate::hardening::open_private(key, "server.tls_key")?;
+    std::io::Read::read_to_end(&mut f, &mut key_pem)
+        .map_err(|e| Error::Usage(format!("server.tls_key {}: {e}", key.display())))?;
     let identity = Identity::from_pem(read(cert, "server.tls_cert")?, key_pem.as_slice());
     Ok(ServerTlsConfig::new()
         .identity(identity)
