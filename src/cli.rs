@@ -16,6 +16,7 @@ use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
 use crate::service::audit::{Operation, Outcome};
 use crate::service::note_progress;
 use crate::wrap::{self, Algorithm, WrappingKey};
+use tonic::Code;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -245,7 +246,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
         let why = format!(
             "{why}; an operator who vouches for this key can pass --allow-any-wrapping-key"
         );
-        audit.write(rec, Err(("PERMISSION_DENIED", why.clone())))?;
+        audit.write(rec, Err((Code::PermissionDenied, why.clone())))?;
         return Err(Error::Usage(why));
     }
     let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
@@ -254,8 +255,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     let wrapped = match wrapped {
         Ok(w) => w,
         Err(e) => {
-            let code = crate::service::status::code_name(crate::service::status::code(&e));
-            audit.write(rec, Err((code, e.to_string())))?;
+            audit.write(rec, Err((crate::service::status::code(&e), e.to_string())))?;
             return Err(e.into());
         }
     };
@@ -337,7 +337,10 @@ fn import_key_version_cmd(a: ImportKeyVersionArgs, out: &mut dyn Write) -> Resul
         Err(e) => {
             let (code, message) = crate::service::status::import_outcome(&e);
             audit.write(rec, Err((code, message.clone())))?;
-            return Err(Error::Oci(format!("{code}: {message}")));
+            return Err(Error::Oci(format!(
+                "{}: {message}",
+                crate::service::status::code_name(code)
+            )));
         }
     };
     let ms = started.elapsed().as_millis();
@@ -524,7 +527,7 @@ impl CliAudit {
     fn write(
         &self,
         mut rec: crate::service::audit::Record,
-        outcome: Result<(), (&'static str, String)>,
+        outcome: Result<(), (Code, String)>,
     ) -> Result<(), Error> {
         let Some(audit) = &self.0 else { return Ok(()) };
         rec.time = crate::service::audit::now_rfc3339();
@@ -534,11 +537,8 @@ impl CliAudit {
                 rec.code = "OK";
             }
             Err((code, why)) => {
-                rec.outcome = match code {
-                    "INTERNAL" | "UNAVAILABLE" | "UNKNOWN" => Outcome::Failed,
-                    _ => Outcome::Refused,
-                };
-                rec.code = code;
+                rec.outcome = Outcome::of(code);
+                rec.code = crate::service::status::code_name(code);
                 rec.reason = Some(why);
             }
         }

@@ -89,10 +89,10 @@ pub fn import(e: &ImportError) -> Status {
     }
 }
 
-/// The code name and message of an import's refusal, as an audit record and the CLI give them.
-pub fn import_outcome(e: &ImportError) -> (&'static str, String) {
+/// The code and message of an import's refusal, as an audit record and the CLI give them.
+pub fn import_outcome(e: &ImportError) -> (Code, String) {
     let s = import(e);
-    (code_name(s.code()), s.message().to_string())
+    (s.code(), s.message().to_string())
 }
 
 impl From<ImportError> for Status {
