@@ -4,7 +4,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -80,9 +79,9 @@ where
 {
     let permits = Arc::new(Semaphore::new(max));
     let (tx, rx) = mpsc::channel(1);
-    let refused = AtomicU64::new(0);
     tokio::spawn(async move {
         let mut last_warning: Option<Instant> = None;
+        let mut refused: u64 = 0;
         loop {
             let io = tokio::select! {
                 _ = tx.closed() => return,
@@ -98,11 +97,11 @@ where
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 drop(io);
-                let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+                refused += 1;
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     last_warning = Some(Instant::now());
                     tracing::warn!(
-                        refused_so_far = n,
+                        refused_so_far = refused,
                         "{max} connections are open (server.max_connections): closed a new one at accept"
                     );
                 }
