@@ -8,7 +8,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, audit_records, certs, daemon_config};
+use common::daemon::{Daemon, audit_records, daemon_config, tls_server_lines};
 use common::emulator::{ApiIdentity, Emulator, api_identity};
 use common::*;
 use hsm_bridge::proto::{self, key_ref::Key};
@@ -177,13 +177,7 @@ async fn a_grpc_timeout_past_the_clock_crashes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_take_every_descriptor() {
     let fx = softhsm();
-    let c = certs();
-    let server = format!(
-        "listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nmax_connections = 8\ntls_handshake_timeout_secs = 1\n",
-        c.join("server.pem").display(),
-        c.join("server.key").display(),
-        c.join("ca.pem").display()
-    );
+    let server = tls_server_lines() + "max_connections = 8\ntls_handshake_timeout_secs = 1\n";
     let (config, _) = daemon_config(fx, "idle", "caller_wrapping_keys = \"any\"", Some(&server));
     let d = Daemon::start(&config, &[]);
     let idle: Vec<std::net::TcpStream> = (0..60)

@@ -42,6 +42,17 @@ operations = ["list", "wrap"]
 keys = ["test-aes-*"]
 "#;
 
+/// The [server] lines of a TLS daemon on a free loopback port with the test certificates.
+pub fn tls_server_lines() -> String {
+    let c = certs();
+    format!(
+        "listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
+        c.join("server.pem").display(),
+        c.join("server.key").display(),
+        c.join("ca.pem").display()
+    )
+}
+
 /// A daemon config on `fx`'s token: `policy` lines go into [policy]; `server` replaces
 /// the default TLS [server] lines. Returns the config and its audit log.
 pub fn daemon_config(
@@ -50,17 +61,11 @@ pub fn daemon_config(
     policy: &str,
     server: Option<&str>,
 ) -> (PathBuf, PathBuf) {
-    let c = certs();
     let audit = fx.dir.join(format!("audit-{name}.jsonl"));
     let _ = std::fs::remove_file(&audit);
     let server = match server {
         Some(s) => s.to_string(),
-        None => format!(
-            "listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
-            c.join("server.pem").display(),
-            c.join("server.key").display(),
-            c.join("ca.pem").display()
-        ),
+        None => tls_server_lines(),
     };
     let config = write_config(fx, &format!("daemon-{name}.toml"), |base| {
         format!(
