@@ -14,12 +14,13 @@
 //!
 //!     ./softhsm-setup.sh && cargo bench --bench compare [-- --json --seconds 10 --soak 60]
 //!
-//! The token lives in target/tmp/bench-compare/ (made fresh each run, never the dev token).
+//! The token is the test suite's fixture (tests/common/mod.rs), made fresh each run under
+//! target/tmp/ (never the dev token); the daemon runs as the test suite starts it.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,10 +31,15 @@ use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
 use hsm_bridge::proto::{self, WrapKeyRequest};
 use hsm_bridge::wrap::{Algorithm, WrappingKey};
 use serde_json::{Value, json};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
-const TOKEN: &str = "hsm-bridge-bench";
-const KEYS: [(&str, &str); 2] = [("AES-256", "bench-aes-256"), ("RSA-3072", "bench-rsa-3072")];
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Fixture;
+use common::daemon::{self, Daemon};
+
+const KEYS: [(&str, &str); 2] = [("AES-256", "test-aes-256"), ("RSA-3072", "test-rsa-3072")];
 const FEW_FILLERS: usize = 10;
 
 struct Args {
@@ -92,144 +98,39 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-fn module() -> String {
-    std::env::var("HSM_BRIDGE_PKCS11_MODULE")
-        .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, bytes).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
-/// A fresh SoftHSM token with the two source keys, TLS material and a daemon config.
-fn make_token(dir: &Path, sessions: usize) -> PathBuf {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join("tokens")).unwrap();
-    std::fs::write(
-        dir.join("softhsm2.conf"),
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    let mut pin = [0u8; 12];
-    openssl::rand::rand_bytes(&mut pin).unwrap();
-    let pin = hsm_bridge::wrap::hex(&pin);
-    write_private(&dir.join("user-pin"), pin.as_bytes());
-    let conf = dir.join("softhsm2.conf");
-    run(Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            TOKEN,
-            "--so-pin",
-            &pin,
-            "--pin",
-            &pin,
-        ]));
-    let p11 = |args: &[&str]| {
-        run(Command::new("pkcs11-tool")
-            .env("SOFTHSM2_CONF", &conf)
-            .args([
-                "--module",
-                &module(),
-                "--token-label",
-                TOKEN,
-                "--login",
-                "--pin",
-                &pin,
-            ])
-            .args(args));
-    };
-    p11(&[
-        "--label",
-        "bench-aes-256",
-        "--id",
-        "0b01",
-        "--keygen",
-        "--key-type",
-        "AES:32",
-        "--extractable",
-        "--sensitive",
-        "--usage-decrypt",
-    ]);
-    p11(&[
-        "--label",
-        "bench-rsa-3072",
-        "--id",
-        "0b02",
-        "--keypairgen",
-        "--key-type",
-        "rsa:3072",
-        "--extractable",
-        "--sensitive",
-    ]);
-    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-test-certs.sh");
-    run(Command::new("bash").arg(certs).arg(dir.join("tls")));
-    let config = dir.join("bench.toml");
-    let tls = dir.join("tls");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-tls_cert = "{tls}/server.pem"
-tls_key = "{tls}/server.key"
-client_ca = "{tls}/ca.pem"
-max_queue = 256
-
-[[server.clients]]
-name = "bench"
-subject_cn = "cckm.example"
-operations = ["list", "wrap"]
-keys = ["bench-*"]
-
-[hsm]
-module = "{module}"
-module_env = {{ SOFTHSM2_CONF = "./softhsm2.conf" }}
-token_label = "{TOKEN}"
-pin_file = "./user-pin"
-sessions = {sessions}
-wrap_mode = "auto"
-
-[policy]
-exportable = ["bench-*"]
-caller_wrapping_keys = "any"
-
-[audit]
-path = "./audit.jsonl"
-"#,
-            tls = tls.display(),
-            module = module(),
-        ),
-    )
-    .unwrap();
+/// The daemon config of the benchmark on the fixture's token: `sessions` sessions, the
+/// test client `cckm` over mutual TLS, any wrapping key.
+fn bench_config(fx: &Fixture, sessions: usize) -> PathBuf {
+    let (config, _audit) = daemon::daemon_config(
+        fx,
+        "compare",
+        "caller_wrapping_keys = \"any\"",
+        Some(&format!("{}max_queue = 256\n", daemon::tls_server_lines())),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("sessions = 2\n", &format!("sessions = {sessions}\n"));
+    std::fs::write(&config, text).unwrap();
     config
 }
 
-/// Adds `n` token data objects (labels `filler-K`) in this process, with the token's PIN.
-fn add_fillers(dir: &Path, from: usize, n: usize) {
+/// Adds `n` token data objects (labels `filler-K`) to the fixture's token, in this process.
+fn add_fillers(fx: &Fixture, from: usize, n: usize) {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::object::{Attribute, ObjectClass};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     // SOFTHSM2_CONF was set in main, before any other thread started.
-    let pin = std::fs::read_to_string(dir.join("user-pin")).unwrap();
-    let p = Pkcs11::new(module()).unwrap();
+    let p = Pkcs11::new(&fx.module).unwrap();
     p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
     let slot = p
         .get_slots_with_token()
         .unwrap()
         .into_iter()
-        .find(|s| p.get_token_info(*s).unwrap().label().trim_end() == TOKEN)
+        .find(|s| p.get_token_info(*s).unwrap().label().trim_end() == common::TOKEN)
         .unwrap();
     let s = p.open_rw_session(slot).unwrap();
-    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+    s.login(UserType::User, Some(&AuthPin::new(common::PIN.into())))
         .unwrap();
     for i in from..from + n {
         s.create_object(&[
@@ -329,80 +230,26 @@ fn floor(hsm: &Arc<Hsm>, label: &str, wk: &Arc<WrappingKey>, threads: usize, sec
     Stats::from(lat, 0, started.elapsed())
 }
 
-struct Daemon {
-    child: Child,
-    addr: String,
+/// A process's (current RSS, peak RSS) in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env(
-                "HSM_BRIDGE_LOG",
-                std::env::var("HSM_BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("hsm-bridge: listening on ")
-            .unwrap_or_else(|| panic!("daemon did not start: {line:?}"))
-            .to_string();
-        Daemon { child, addr }
+/// `n` mutual-TLS channels to the daemon, as the test client `cckm`.
+async fn channels(d: &Daemon, n: usize) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(d.channel(Some("cckm")).await.expect("mTLS connect"));
     }
-
-    /// (current RSS, peak RSS) in KiB.
-    fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    async fn channels(&self, n: usize, tls_dir: &Path) -> Vec<Channel> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(
-                std::fs::read(tls_dir.join("ca.pem")).unwrap(),
-            ))
-            .identity(Identity::from_pem(
-                std::fs::read(tls_dir.join("cckm.pem")).unwrap(),
-                std::fs::read(tls_dir.join("cckm.key")).unwrap(),
-            ))
-            .domain_name("localhost");
-        let mut out = Vec::new();
-        for _ in 0..n {
-            out.push(
-                Endpoint::from_shared(format!("https://{}", self.addr))
-                    .unwrap()
-                    .tls_config(tls.clone())
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap(),
-            );
-        }
-        out
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    out
 }
 
 /// `callers` concurrent WrapKey loops for `secs`; with `rss`, the daemon's RSS each second.
@@ -457,7 +304,7 @@ async fn load(
         Some((d, samples)) => {
             for _ in 0..secs {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                samples.push(d.rss_kib().0);
+                samples.push(rss_kib(d.pid()).0);
             }
         }
         None => tokio::time::sleep(Duration::from_secs(secs)).await,
@@ -544,7 +391,7 @@ fn recipe(dir: &Path, wrapping_pem: &Path, kind: &str, n: usize) -> f64 {
     } else {
         let mut k = [0u8; 32];
         openssl::rand::rand_bytes(&mut k).unwrap();
-        write_private(&d.join("target_key.bin"), &k);
+        common::write_private(&d.join("target_key.bin"), &k);
     }
     let mut times: Vec<f64> = (0..n)
         .map(|_| {
@@ -557,124 +404,161 @@ fn recipe(dir: &Path, wrapping_pem: &Path, kind: &str, n: usize) -> f64 {
     times[n / 2]
 }
 
+/// What one run measured.
+#[derive(Default)]
+struct Measured {
+    mode: String,
+    floors: BTreeMap<&'static str, Stats>,
+    /// This process's RSS growth per in-process wrap, bytes.
+    floor_growth: BTreeMap<&'static str, f64>,
+    daemon: BTreeMap<(&'static str, usize), Stats>,
+    /// Daemon p50 at one caller with FEW_FILLERS and with `--fillers` extra objects.
+    p50_few: BTreeMap<&'static str, f64>,
+    p50_many: BTreeMap<&'static str, f64>,
+    recipes: BTreeMap<&'static str, f64>,
+    soak_rss: Vec<u64>,
+    peak_kib: u64,
+}
+
 fn main() {
     let a = args();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-compare");
     let out = |l: &str| say(a.json, l);
     let t0 = Instant::now();
     out(&format!(
-        "hsm-bridge compare: {} cores, sessions {}, {} s per load point, {} s soak, token {TOKEN}",
+        "hsm-bridge compare: {} cores, sessions {}, {} s per load point, {} s soak, token {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         a.sessions,
         a.seconds,
-        a.soak
+        a.soak,
+        common::TOKEN
     ));
-    let config = make_token(&dir, a.sessions);
-    // The bench token's config for this process's own module loads (fillers, floor): set
-    // now, while this is the only thread.
-    let conf = dir.join("softhsm2.conf").to_string_lossy().into_owned();
+    let fx = common::softhsm();
+    let config = bench_config(fx, a.sessions);
+    // The token's config for this process's own module loads (fillers, floor): set now,
+    // while this is the only thread.
+    let conf = fx.conf.to_string_lossy().into_owned();
     hsm_bridge::hsm::raw::set_module_env([(&"SOFTHSM2_CONF".to_string(), &conf)]);
-    add_fillers(&dir, 0, FEW_FILLERS);
-    let wk_private =
-        openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(4096).unwrap()).unwrap();
-    let pem = String::from_utf8(wk_private.public_key_to_pem().unwrap()).unwrap();
-    let wk_path = dir.join("wrapping.pub.pem");
-    std::fs::write(&wk_path, &pem).unwrap();
-    let wk = Arc::new(WrappingKey::from_pem(pem.as_bytes(), 2048).unwrap());
+    add_fillers(fx, 0, FEW_FILLERS);
+    let wk_path = fx.wk.wk4096.public_pem.clone();
+    let pem = std::fs::read_to_string(&wk_path).unwrap();
 
-    let mut report: BTreeMap<&str, Value> = BTreeMap::new();
-    // --- floor ---
-    let cfg = Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
-    let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}")));
-    let mode = hsm.mode().to_string();
-    let mut floors = BTreeMap::new();
-    let mut floor_growth = BTreeMap::new();
-    for (kind, label) in KEYS {
-        let before = self_rss_kib();
-        let s = floor(&hsm, label, &wk, a.sessions, a.seconds);
-        // Growth of this process per in-process wrap (no gRPC, no daemon): the token's own.
-        let per_wrap = (self_rss_kib().saturating_sub(before) * 1024) as f64 / s.ops as f64;
-        out(&format!(
-            "floor   {kind:<8} {} threads: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  RSS +{per_wrap:.0} bytes per wrap",
-            a.sessions, s.ops_per_s, s.p50_us, s.p99_us
-        ));
-        floor_growth.insert(kind, per_wrap);
-        floors.insert(kind, s);
-    }
-    Arc::try_unwrap(hsm).ok().expect("no other owner").close();
-
-    // --- daemon, 10 extra objects ---
+    let mut m = Measured::default();
+    measure_floor(&a, &config, &pem, &mut m);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let tls = dir.join("tls");
-    let mut daemon_stats: BTreeMap<(&str, usize), Stats> = BTreeMap::new();
-    let mut p50_few = BTreeMap::new();
-    let mut soak_rss = Vec::new();
-    let peak_kib;
-    {
-        let d = Daemon::start(&config);
-        rt.block_on(async {
-            let channels = d.channels(8, &tls).await;
-            for (kind, label) in KEYS {
-                for callers in [1, a.sessions, 16, 64] {
-                    let (secs, rss) = if kind == "AES-256" && callers == 16 {
-                        (a.soak.max(a.seconds), Some((&d, &mut soak_rss)))
-                    } else if callers == 1 {
-                        (a.seconds.div_ceil(2), None)
-                    } else {
-                        (a.seconds, None)
-                    };
-                    let s = load(&channels, label, &pem, callers, secs, rss).await;
-                    out(&format!(
-                        "daemon  {kind:<8} {callers:>2} callers: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs  errors {}",
-                        s.ops_per_s, s.p50_us, s.p99_us, s.max_us, s.errors
-                    ));
-                    if callers == 1 {
-                        p50_few.insert(kind, s.p50_us);
-                    }
-                    daemon_stats.insert((kind, callers), s);
-                }
-            }
-        });
-        peak_kib = d.rss_kib().1;
-    }
-    // --- recipe ---
-    let mut recipes = BTreeMap::new();
+    rt.block_on(measure_daemon(&a, &config, &pem, &mut m));
     for (kind, _) in KEYS {
-        let ms = recipe(&dir, &wk_path, kind, 21);
+        let ms = recipe(&fx.dir, &wk_path, kind, 21);
         out(&format!(
             "recipe  {kind:<8} openssl command line: {ms:.1} ms per wrap"
         ));
-        recipes.insert(kind, ms);
+        m.recipes.insert(kind, ms);
     }
-    // --- token size ---
     let t = Instant::now();
-    add_fillers(&dir, FEW_FILLERS, a.fillers - FEW_FILLERS);
+    add_fillers(fx, FEW_FILLERS, a.fillers - FEW_FILLERS);
     out(&format!(
         "token   {} extra objects added in {:.1} s",
         a.fillers - FEW_FILLERS,
         t.elapsed().as_secs_f64()
     ));
-    let mut p50_many = BTreeMap::new();
-    {
-        let d = Daemon::start(&config);
-        rt.block_on(async {
-            let channels = d.channels(1, &tls).await;
-            for (kind, label) in KEYS {
-                let s = load(&channels, label, &pem, 1, a.seconds.div_ceil(2), None).await;
-                out(&format!(
-                    "daemon  {kind:<8}  1 caller, {} extra objects: p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
-                    a.fillers, s.p50_us, s.p99_us, s.errors
-                ));
-                p50_many.insert(kind, s.p50_us);
-            }
-        });
+    rt.block_on(measure_token_size(&a, &config, &pem, &mut m));
+    let report = report(&a, &m);
+    out(&format!("total {:.0} s", t0.elapsed().as_secs_f64()));
+    if a.json {
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut stdout, &report).unwrap();
+        writeln!(stdout).unwrap();
     }
+}
 
-    // --- table, ratios, targets ---
+/// The in-process floor for each key, on the daemon config's token and session count.
+fn measure_floor(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
+    let wk = Arc::new(WrappingKey::from_pem(pem.as_bytes(), 2048).unwrap());
+    let cfg = Config::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}")));
+    m.mode = hsm.mode().to_string();
+    for (kind, label) in KEYS {
+        let before = self_rss_kib();
+        let s = floor(&hsm, label, &wk, a.sessions, a.seconds);
+        // Growth of this process per in-process wrap (no gRPC, no daemon): the token's own.
+        let per_wrap = (self_rss_kib().saturating_sub(before) * 1024) as f64 / s.ops as f64;
+        say(
+            a.json,
+            &format!(
+                "floor   {kind:<8} {} threads: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  RSS +{per_wrap:.0} bytes per wrap",
+                a.sessions, s.ops_per_s, s.p50_us, s.p99_us
+            ),
+        );
+        m.floor_growth.insert(kind, per_wrap);
+        m.floors.insert(kind, s);
+    }
+    Arc::try_unwrap(hsm).ok().expect("no other owner").close();
+}
+
+/// The daemon at 1, N, 16 and 64 callers for each key; the AES-256 run at 16 callers is the
+/// soak, with the daemon's RSS sampled each second.
+async fn measure_daemon(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
+    let d = Daemon::start(config, &[]);
+    let channels = channels(&d, 8).await;
+    for (kind, label) in KEYS {
+        for callers in [1, a.sessions, 16, 64] {
+            let (secs, rss) = if kind == "AES-256" && callers == 16 {
+                (a.soak.max(a.seconds), Some((&d, &mut m.soak_rss)))
+            } else if callers == 1 {
+                (a.seconds.div_ceil(2), None)
+            } else {
+                (a.seconds, None)
+            };
+            let s = load(&channels, label, pem, callers, secs, rss).await;
+            say(
+                a.json,
+                &format!(
+                    "daemon  {kind:<8} {callers:>2} callers: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs  errors {}",
+                    s.ops_per_s, s.p50_us, s.p99_us, s.max_us, s.errors
+                ),
+            );
+            if callers == 1 {
+                m.p50_few.insert(kind, s.p50_us);
+            }
+            m.daemon.insert((kind, callers), s);
+        }
+    }
+    m.peak_kib = rss_kib(d.pid()).1;
+}
+
+/// Daemon p50 at one caller on the token with `--fillers` extra objects.
+async fn measure_token_size(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
+    let d = Daemon::start(config, &[]);
+    let channels = channels(&d, 1).await;
+    for (kind, label) in KEYS {
+        let s = load(&channels, label, pem, 1, a.seconds.div_ceil(2), None).await;
+        say(
+            a.json,
+            &format!(
+                "daemon  {kind:<8}  1 caller, {} extra objects: p50 {:>7.0} µs  p99 {:>7.0} µs  errors {}",
+                a.fillers, s.p50_us, s.p99_us, s.errors
+            ),
+        );
+        m.p50_many.insert(kind, s.p50_us);
+    }
+}
+
+/// A target: its name, the measured value, the limit, and whether it was met.
+fn target(name: String, value: f64, limit: f64, at_least: bool) -> Value {
+    let met = if at_least {
+        value >= limit
+    } else {
+        value <= limit
+    };
+    json!({"target": name, "value": round(value), "limit": limit, "met": met})
+}
+
+/// The table and the per-key JSON; adds each key's targets to `targets`.
+fn key_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> BTreeMap<&'static str, Value> {
+    let out = |l: &str| say(a.json, l);
     out("");
     out(&format!(
         "| key | floor ops/s ({n} thr) | daemon ops/s ({n} / 16 / 64 callers) | daemon / floor | p50 / p99 / max µs at 16 | p99 µs at 64 | recipe ms | recipe / daemon per wrap (/ p50 at 1) | p50 µs at 1 caller: {FEW_FILLERS} → {} objects | ratio |",
@@ -682,28 +566,19 @@ fn main() {
         n = a.sessions
     ));
     out("|---|---|---|---|---|---|---|---|---|---|");
-    let mut targets = Vec::new();
-    let mut target = |name: String, value: f64, limit: f64, at_least: bool| {
-        let met = if at_least {
-            value >= limit
-        } else {
-            value <= limit
-        };
-        targets.push(json!({"target": name, "value": round(value), "limit": limit, "met": met}));
-    };
     let mut keys_json = BTreeMap::new();
     for (kind, _) in KEYS {
-        let f = &floors[kind];
-        let dn = &daemon_stats[&(kind, a.sessions)];
-        let d16 = &daemon_stats[&(kind, 16)];
-        let d64 = &daemon_stats[&(kind, 64)];
+        let f = &m.floors[kind];
+        let dn = &m.daemon[&(kind, a.sessions)];
+        let d16 = &m.daemon[&(kind, 16)];
+        let d64 = &m.daemon[&(kind, 64)];
         let best = dn.ops_per_s.max(d16.ops_per_s);
-        let size_ratio = p50_many[kind] / p50_few[kind];
+        let size_ratio = m.p50_many[kind] / m.p50_few[kind];
         // The daemon's time per wrap: its cost under load (1 / ops/s at 16 callers), and
         // the latency of one call alone (p50 at 1 caller).
         let per_wrap_us = 1e6 / d16.ops_per_s;
-        let recipe_ratio = recipes[kind] * 1e3 / per_wrap_us;
-        let recipe_latency_ratio = recipes[kind] * 1e3 / daemon_stats[&(kind, 1)].p50_us;
+        let recipe_ratio = m.recipes[kind] * 1e3 / per_wrap_us;
+        let recipe_latency_ratio = m.recipes[kind] * 1e3 / m.daemon[&(kind, 1)].p50_us;
         out(&format!(
             "| {kind} | {:.0} | {:.0} / {:.0} / {:.0} | {:.2} | {:.0} / {:.0} / {:.0} | {:.0} | {:.1} | {:.0} | {:.0} → {:.0} | {:.2} |",
             f.ops_per_s,
@@ -715,106 +590,108 @@ fn main() {
             d16.p99_us,
             d16.max_us,
             d64.p99_us,
-            recipes[kind],
+            m.recipes[kind],
             recipe_ratio,
-            p50_few[kind],
-            p50_many[kind],
+            m.p50_few[kind],
+            m.p50_many[kind],
             size_ratio
         ));
-        target(
+        let ratio = best / f.ops_per_s;
+        targets.push(target(
             format!("{kind}: daemon ops/s / floor ops/s (≥ 0.7)"),
-            best / f.ops_per_s,
+            ratio,
             0.7,
             true,
-        );
+        ));
         if kind == "AES-256" {
-            target(
+            targets.push(target(
                 "AES-256: daemon ops/s at 16 callers (≥ 4000)".into(),
                 d16.ops_per_s,
                 4000.0,
                 true,
-            );
+            ));
         }
-        target(
+        targets.push(target(
             format!("{kind}: p99 ms at 64 callers (≤ 20)"),
             d64.p99_us / 1e3,
             20.0,
             false,
-        );
-        target(
+        ));
+        targets.push(target(
             format!("{kind}: errors at 64 callers (0)"),
             d64.errors as f64,
             0.0,
             false,
-        );
-        target(
+        ));
+        targets.push(target(
             format!("{kind}: p50 {} objects / {FEW_FILLERS} (≤ 1.2)", a.fillers),
             size_ratio,
             1.2,
             false,
-        );
-        target(
+        ));
+        targets.push(target(
             format!("{kind}: recipe / daemon per wrap (≥ 50)"),
             recipe_ratio,
             50.0,
             true,
-        );
+        ));
         keys_json.insert(kind, json!({
             "floor": f.json(),
-            "floor_rss_growth_bytes_per_wrap": round(floor_growth[kind]),
-            "daemon": {"1": daemon_stats[&(kind, 1)].json(), a.sessions.to_string(): dn.json(), "16": d16.json(), "64": d64.json()},
-            "recipe_ms_per_wrap": round(recipes[kind]),
-            "p50_us_1_caller": {FEW_FILLERS.to_string(): round(p50_few[kind]), a.fillers.to_string(): round(p50_many[kind])},
-            "ratios": {"daemon_over_floor": round(best / f.ops_per_s * 100.0) / 100.0,
+            "floor_rss_growth_bytes_per_wrap": round(m.floor_growth[kind]),
+            "daemon": {"1": m.daemon[&(kind, 1)].json(), a.sessions.to_string(): dn.json(), "16": d16.json(), "64": d64.json()},
+            "recipe_ms_per_wrap": round(m.recipes[kind]),
+            "p50_us_1_caller": {FEW_FILLERS.to_string(): round(m.p50_few[kind]), a.fillers.to_string(): round(m.p50_many[kind])},
+            "ratios": {"daemon_over_floor": round(ratio * 100.0) / 100.0,
                        "recipe_over_daemon_per_wrap": round(recipe_ratio),
                        "recipe_over_daemon_p50_1_caller": round(recipe_latency_ratio),
                        "p50_many_over_few": round(size_ratio * 100.0) / 100.0},
         }));
     }
-    let errors: usize = daemon_stats.values().map(|s| s.errors).sum();
-    let tenth = (soak_rss.len() / 6).max(1);
-    let first = soak_rss.iter().take(tenth).max().copied().unwrap_or(0);
-    let last = soak_rss
-        .iter()
-        .rev()
-        .take(tenth)
-        .max()
-        .copied()
-        .unwrap_or(0);
-    target(
+    keys_json
+}
+
+/// Prints the table, the memory figures and the targets; returns the JSON report.
+fn report(a: &Args, m: &Measured) -> Value {
+    let out = |l: &str| say(a.json, l);
+    let mut targets = Vec::new();
+    let keys_json = key_table(a, m, &mut targets);
+    let errors: usize = m.daemon.values().map(|s| s.errors).sum();
+    let soak = &m.soak_rss;
+    let tenth = (soak.len() / 6).max(1);
+    let first = soak.iter().take(tenth).max().copied().unwrap_or(0);
+    let last = soak.iter().rev().take(tenth).max().copied().unwrap_or(0);
+    targets.push(target(
         "daemon peak RSS MiB (≤ 64)".into(),
-        peak_kib as f64 / 1024.0,
+        m.peak_kib as f64 / 1024.0,
         64.0,
         false,
-    );
-    target(
-        format!(
-            "daemon RSS growth, last vs first {} s of the soak, MiB (≤ 1)",
-            tenth
-        ),
+    ));
+    targets.push(target(
+        format!("daemon RSS growth, last vs first {tenth} s of the soak, MiB (≤ 1)"),
         (last as f64 - first as f64) / 1024.0,
         1.0,
         false,
-    );
-    target(
+    ));
+    targets.push(target(
         "errors, all daemon runs (0)".into(),
         errors as f64,
         0.0,
         false,
-    );
-    let soak_ops = daemon_stats[&("AES-256", 16)].ops as f64;
+    ));
+    let soak_ops = m.daemon[&("AES-256", 16)].ops as f64;
     out("");
     out(&format!(
         "daemon RSS growth over the soak: {:.0} bytes per wrap (in-process floor: {:.0})",
         (last as f64 - first as f64) * 1024.0
-            / (soak_ops * (1.0 - tenth as f64 / soak_rss.len().max(1) as f64)),
-        floor_growth["AES-256"]
+            / (soak_ops * (1.0 - tenth as f64 / soak.len().max(1) as f64)),
+        m.floor_growth["AES-256"]
     ));
     out(&format!(
-        "daemon peak RSS {:.1} MiB; soak RSS first {tenth} s max {:.1} MiB, last {tenth} s max {:.1} MiB; mode {mode}",
-        peak_kib as f64 / 1024.0,
+        "daemon peak RSS {:.1} MiB; soak RSS first {tenth} s max {:.1} MiB, last {tenth} s max {:.1} MiB; mode {}",
+        m.peak_kib as f64 / 1024.0,
         first as f64 / 1024.0,
-        last as f64 / 1024.0
+        last as f64 / 1024.0,
+        m.mode
     ));
     for t in &targets {
         out(&format!(
@@ -824,18 +701,14 @@ fn main() {
             t["value"]
         ));
     }
-    out(&format!("total {:.0} s", t0.elapsed().as_secs_f64()));
-    report.insert("mode", json!(mode));
-    report.insert("sessions", json!(a.sessions));
-    report.insert("seconds", json!(a.seconds));
-    report.insert("soak_seconds", json!(a.soak));
-    report.insert("keys", json!(keys_json));
-    report.insert("daemon_peak_rss_kib", json!(peak_kib));
-    report.insert("soak_rss_kib", json!(soak_rss));
-    report.insert("targets", json!(targets));
-    if a.json {
-        let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut stdout, &report).unwrap();
-        writeln!(stdout).unwrap();
-    }
+    json!({
+        "mode": m.mode,
+        "sessions": a.sessions,
+        "seconds": a.seconds,
+        "soak_seconds": a.soak,
+        "keys": keys_json,
+        "daemon_peak_rss_kib": m.peak_kib,
+        "soak_rss_kib": soak,
+        "targets": targets,
+    })
 }
