@@ -14,7 +14,6 @@ use crate::hsm::{Hsm, KeyInfo, KeyRef};
 use crate::import::{self, ImportError, OciSide};
 use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
 use crate::service::audit::{Operation, Outcome};
-use crate::service::note_progress;
 use crate::wrap::{self, Algorithm, WrappingKey};
 use tonic::Code;
 
@@ -238,7 +237,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
     let audit = CliAudit::open(&cfg)?;
     let mut rec = audit.record(Operation::WrapKey, &key, alg);
-    rec.wrapping_key_sha256 = Some(wk.fingerprint());
+    rec.export.wrapping_key_sha256 = Some(wk.fingerprint());
     let policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
     if allow_any_wrapping_key {
         rec.reason = Some("--allow-any-wrapping-key: the operator chose the wrapping key".into());
@@ -259,9 +258,9 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
             return Err(e.into());
         }
     };
-    rec.source_key_label = Some(wrapped.key.label.clone());
-    rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
-    rec.mode = Some(wrapped.mode.as_str());
+    rec.export.label = Some(wrapped.key.label.clone());
+    rec.export.id_hex = Some(wrap::hex(&wrapped.key.id));
+    rec.export.mode = Some(wrapped.mode.as_str());
     // Recorded before the material is written: nothing leaves without its record.
     audit.write(rec, Ok(()))?;
     write_atomically(&out_file, &wrapped.material)?;
@@ -424,7 +423,7 @@ async fn import_key_version(
     let mut progress = import::Progress::default();
     let target = import::existing_key(oci, &call, a.oci_key_id, a.protection_modes, &mut progress)
         .await
-        .inspect_err(|_| note_progress(rec, &progress))?;
+        .inspect_err(|_| rec.export.merge(&progress))?;
     rec.compartment_id = Some(target.compartment_id.clone());
     rec.protection_mode = Some(target.protection_mode.clone());
     let described = import::describe(&import::Ask {
@@ -454,7 +453,7 @@ async fn import_key_version(
         },
     };
     let prepared = import::prepare(oci, &call, idem, &described, &mut progress, steps).await;
-    note_progress(rec, &progress);
+    rec.export.merge(&progress);
     let prepared = prepared?;
     let answer = oci
         .kms
@@ -466,7 +465,7 @@ async fn import_key_version(
     if let Ok(a) = &answer {
         progress.created_id = Some(a.value.id.clone());
     }
-    note_progress(rec, &progress);
+    rec.export.merge(&progress);
     let mut version = answer?.value;
     if a.wait {
         version = import::wait(
@@ -516,8 +515,8 @@ impl CliAudit {
             ..Default::default()
         };
         match key {
-            KeyRef::Label(l) => rec.source_key_label = Some(l.clone()),
-            KeyRef::Id(i) => rec.source_key_id_hex = Some(wrap::hex(i)),
+            KeyRef::Label(l) => rec.export.label = Some(l.clone()),
+            KeyRef::Id(i) => rec.export.id_hex = Some(wrap::hex(i)),
         }
         rec
     }

@@ -26,7 +26,11 @@ pub struct ApiKeys {
 
 impl ApiKeys {
     /// Registers `key` under `tenancy/user` (or for any, with `None`).
-    pub fn add(&mut self, tenancy_user: Option<&str>, key: PKey<Public>) -> Result<String, String> {
+    pub fn add(
+        &mut self,
+        tenancy_user: Option<&str>,
+        key: PKey<Public>,
+    ) -> Result<String, crate::EmulatorError> {
         let spki = key.public_key_to_der().map_err(|e| e.to_string())?;
         let fp = fingerprint_public(&spki).map_err(|e| e.to_string())?;
         match tenancy_user {
@@ -110,8 +114,21 @@ pub struct Incoming<'a> {
     pub body: &'a [u8],
 }
 
+/// Why a request is not authenticated (OCI's 401 says it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotAuthenticated(pub String);
+
 /// Checks the request; on success returns the signing key id.
-pub fn authenticate(keys: &ApiKeys, req: &Incoming<'_>, now: SystemTime) -> Result<String, String> {
+pub fn authenticate(
+    keys: &ApiKeys,
+    req: &Incoming<'_>,
+    now: SystemTime,
+) -> Result<String, NotAuthenticated> {
+    check_signature(keys, req, now).map_err(NotAuthenticated)
+}
+
+fn check_signature(keys: &ApiKeys, req: &Incoming<'_>, now: SystemTime) -> Result<String, String> {
     let auth = (req.header)("authorization").ok_or("no Authorization header")?;
     let sig = parse_authorization(&auth)?;
     let key = keys
@@ -206,7 +223,7 @@ mod tests {
         method: &str,
         h: &HashMap<String, String>,
         body: &[u8],
-    ) -> Result<String, String> {
+    ) -> Result<String, NotAuthenticated> {
         let header = |n: &str| h.get(n).cloned();
         authenticate(
             keys,
@@ -240,12 +257,13 @@ mod tests {
         assert!(check(&keys, "GET", &g, b"").is_ok());
 
         let e = check(&keys, "POST", &h, br#"{"a":2}"#).unwrap_err();
-        assert!(e.contains("x-content-sha256"), "{e}");
+        assert!(e.0.contains("x-content-sha256"), "{e}");
         let mut other_host = h.clone();
         other_host.insert("host".into(), "evil:8443".into());
         assert!(
             check(&keys, "POST", &other_host, body)
                 .unwrap_err()
+                .0
                 .contains("does not verify")
         );
         let mut old = h.clone();
@@ -253,18 +271,21 @@ mod tests {
         assert!(
             check(&keys, "POST", &old, body)
                 .unwrap_err()
+                .0
                 .contains("clock")
         );
         // a GET signature does not cover the body headers a POST needs
         assert!(
             check(&keys, "POST", &g, b"")
                 .unwrap_err()
+                .0
                 .contains("does not cover")
         );
         let unknown = ApiKeys::default();
         assert!(
             check(&unknown, "POST", &h, body)
                 .unwrap_err()
+                .0
                 .contains("not a registered")
         );
     }

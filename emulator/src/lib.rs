@@ -69,7 +69,33 @@ pub struct Options {
     pub test_oracle: bool,
 }
 
-fn tls_config(opts: &Options) -> Result<rustls::ServerConfig, String> {
+/// Why the emulator cannot start, or cannot create a key: one line naming the option or
+/// the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// An option, a file it names, or a key's name or shape is not usable.
+    #[error("{0}")]
+    Setup(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl From<String> for EmulatorError {
+    fn from(why: String) -> Self {
+        EmulatorError::Setup(why)
+    }
+}
+
+impl From<&str> for EmulatorError {
+    fn from(why: &str) -> Self {
+        EmulatorError::Setup(why.into())
+    }
+}
+
+fn tls_config(opts: &Options) -> Result<rustls::ServerConfig, EmulatorError> {
     let certs = CertificateDer::pem_file_iter(&opts.tls_cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {e}", opts.tls_cert.display()))?;
@@ -88,7 +114,7 @@ fn tls_config(opts: &Options) -> Result<rustls::ServerConfig, String> {
 }
 
 /// Builds the emulator's state from the options.
-pub fn build(opts: &Options) -> Result<Emulator, String> {
+pub fn build(opts: &Options) -> Result<Emulator, EmulatorError> {
     let mut keys = auth::ApiKeys::default();
     for spec in &opts.api_keys {
         let (who, file) = match spec.split_once('=') {
@@ -126,13 +152,22 @@ pub fn build(opts: &Options) -> Result<Emulator, String> {
 
 /// Serves until the process ends. Prints `oci-kms-emulator: listening on https://ADDR`, then
 /// one `key NAME OCID` line per seeded key, on stdout.
-pub async fn run(opts: Options) -> Result<(), String> {
+pub async fn run(opts: Options) -> Result<(), EmulatorError> {
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&opts)?));
     let emu = Arc::new(build(&opts)?);
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", opts.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let listener =
+        TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| EmulatorError::Listen {
+                addr: opts.listen,
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| EmulatorError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
     println!("oci-kms-emulator: listening on https://{addr}");
     for (name, id) in emu.seeded() {
         println!("key {name} {id}");

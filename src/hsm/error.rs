@@ -3,6 +3,7 @@
 
 use cryptoki::error::{Error as CkError, RvError};
 
+use super::modes::WrapMode;
 use crate::wrap::WrapError;
 
 /// Errors from the HSM layer. Each displays as one line that says what to do.
@@ -34,15 +35,17 @@ pub enum HsmError {
         why: String,
         refusal: ExportRefusal,
     },
-    #[error("{0}")]
-    Refused(String),
+    /// What was asked cannot be done on this token or with this key (a precondition of the
+    /// token's proven capabilities, not a fault).
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
     /// The OS random source failed (for hybrid mode's K): the daemon's fault, not the
     /// request's.
     #[error("the OS random source failed: {0}")]
     Random(String),
     /// The caller may not touch this key (caller policy, decided above this layer).
-    #[error("{0}")]
-    Denied(String),
+    #[error(transparent)]
+    Denied(#[from] KeyDenied),
     /// A key named by id that is missing or that the caller may not touch: one answer for
     /// both, naming no key (decided above this layer).
     #[error("no key you may use has {0}")]
@@ -61,6 +64,43 @@ pub enum HsmError {
     DeadlineExceeded,
     #[error(transparent)]
     Wrap(#[from] WrapError),
+}
+
+/// A wrap this token cannot do, by what stands in the way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    #[error(
+        "RSA_OAEP_SHA256 can carry only AES keys; a {shape} key does not fit in one RSA block: use RSA_OAEP_AES_SHA256"
+    )]
+    OaepOnlyCarriesAes { shape: String },
+    #[error(
+        "RSA_OAEP_SHA256 needs the HSM to do RSA-OAEP with SHA-256 itself, and the self-test found this token cannot: use RSA_OAEP_AES_SHA256"
+    )]
+    NoOaepSha256,
+    #[error(
+        "{}; the token answered {rv} when the self-test wrapped an extractable private key",
+        super::modes::PRIVATE_WRAP_REFUSED
+    )]
+    PrivateWrapRefused { rv: String },
+    #[error(
+        "{mode} cannot export RSA keys on this token: it pads PKCS#8 with zero bytes ({pad} on the self-test key), which OCI rejects, and only hybrid mode can strip them"
+    )]
+    Pkcs8Padded { mode: WrapMode, pad: usize },
+    #[error(
+        "{mode} cannot export RSA keys on this token: the self-test could not show that it wraps private keys as exact PKCS#8"
+    )]
+    Pkcs8Unproven { mode: WrapMode },
+    #[error("wrap mode {mode} is not available on this token (see hsm-bridge selftest)")]
+    ModeUnavailable { mode: WrapMode },
+}
+
+/// A caller's key patterns do not allow the key found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{caller} may not touch key {label:?} (its key patterns: {})", patterns.join(", "))]
+pub struct KeyDenied {
+    pub caller: String,
+    pub label: String,
+    pub patterns: Vec<String>,
 }
 
 impl HsmError {

@@ -25,7 +25,7 @@ use cryptoki::slot::Slot;
 
 use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
 use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
-pub use error::{ExportRefusal, HsmError, ckr_name, recoverable};
+pub use error::{ExportRefusal, HsmError, KeyDenied, Unsupported, ckr_name, recoverable};
 pub use keys::{KeyInfo, KeyRef, KeyRefError};
 pub use modes::WrapMode;
 use token::{bring_up, initialize, login};
@@ -280,11 +280,11 @@ impl Hsm {
         &self,
         key: &KeyRef,
         deadline: Option<Instant>,
-        permit: impl Fn(&KeyInfo) -> Result<(), String>,
+        permit: impl Fn(&KeyInfo) -> Result<(), KeyDenied>,
     ) -> Result<KeyInfo, HsmError> {
         self.on_session(deadline, |up, s| {
             let info = self.find_key_in(up, s, key)?;
-            permit(&info).map_err(HsmError::Denied)?;
+            permit(&info)?;
             self.export_check(&info)?;
             Ok(info)
         })
@@ -520,7 +520,7 @@ impl Hsm {
         wk: &WrappingKey,
         alg: Algorithm,
         deadline: Option<Instant>,
-        permit: impl Fn(&KeyInfo) -> Result<(), String>,
+        permit: impl Fn(&KeyInfo) -> Result<(), KeyDenied>,
     ) -> Result<Wrapped, HsmError> {
         if wk.bits < self.min_wrapping_key_bits {
             return Err(HsmError::Wrap(WrapError::WrappingKey(format!(
@@ -538,10 +538,10 @@ impl Hsm {
         key: &KeyRef,
         wk: &WrappingKey,
         alg: Algorithm,
-        permit: &impl Fn(&KeyInfo) -> Result<(), String>,
+        permit: &impl Fn(&KeyInfo) -> Result<(), KeyDenied>,
     ) -> Result<Wrapped, HsmError> {
         let info = self.find_key_in(up, s, key)?;
-        permit(&info).map_err(HsmError::Denied)?;
+        permit(&info)?;
         let shape = self.export_check(&info)?;
         let target = modes::Target {
             handle: info.handle,

@@ -11,8 +11,8 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use zeroize::Zeroize;
 
-use super::HsmError;
 use super::raw::{CK_MECHANISM_TYPE, RawModule, WrapMechanism};
+use super::{HsmError, Unsupported};
 use crate::wrap::envelope::{TRANSPORT_KEY_LEN, check_layout, kwp_len};
 use crate::wrap::soft::{OaepHash, kwp_unwrap_into, kwp_wrap, oaep_encrypt};
 use crate::wrap::verify::{Pkcs8Fit, pkcs8_fit};
@@ -249,15 +249,13 @@ fn wrap_oaep_only(
     wk: &WrappingKey,
 ) -> Result<Vec<u8>, HsmError> {
     if target.shape.algorithm != KeyAlgorithm::Aes {
-        return Err(HsmError::Refused(format!(
-            "RSA_OAEP_SHA256 can carry only AES keys; a {} key does not fit in one RSA block: use RSA_OAEP_AES_SHA256",
-            target.shape.describe()
-        )));
+        return Err(Unsupported::OaepOnlyCarriesAes {
+            shape: target.shape.describe(),
+        }
+        .into());
     }
     if !caps.oaep_sha256 {
-        return Err(HsmError::Refused(
-            "RSA_OAEP_SHA256 needs the HSM to do RSA-OAEP with SHA-256 itself, and the self-test found this token cannot: use RSA_OAEP_AES_SHA256".into(),
-        ));
+        return Err(Unsupported::NoOaepSha256.into());
     }
     let wk_obj = import_wrapping_key(t.s, wk)?;
     t.call(
@@ -400,9 +398,7 @@ pub const PRIVATE_WRAP_REFUSED: &str = "the partition does not allow private-key
 
 fn check_rsa_export(caps: &Capabilities, mode: WrapMode) -> Result<(), HsmError> {
     if let Some(rv) = &caps.private_wrap_refused {
-        return Err(HsmError::Refused(format!(
-            "{PRIVATE_WRAP_REFUSED}; the token answered {rv} when the self-test wrapped an extractable private key"
-        )));
+        return Err(Unsupported::PrivateWrapRefused { rv: rv.clone() }.into());
     }
     let fit = match mode {
         WrapMode::HsmNative => caps.pkcs8_native,
@@ -410,19 +406,13 @@ fn check_rsa_export(caps: &Capabilities, mode: WrapMode) -> Result<(), HsmError>
     };
     match (mode, fit) {
         (_, Some(Pkcs8Fit::Exact)) | (WrapMode::Hybrid, Some(Pkcs8Fit::ZeroPadded(_))) => Ok(()),
-        (_, Some(Pkcs8Fit::ZeroPadded(n))) => Err(HsmError::Refused(format!(
-            "{mode} cannot export RSA keys on this token: it pads PKCS#8 with zero bytes ({n} on the self-test key), which OCI rejects, and only hybrid mode can strip them"
-        ))),
-        (_, None) => Err(HsmError::Refused(format!(
-            "{mode} cannot export RSA keys on this token: the self-test could not show that it wraps private keys as exact PKCS#8"
-        ))),
+        (_, Some(Pkcs8Fit::ZeroPadded(pad))) => Err(Unsupported::Pkcs8Padded { mode, pad }.into()),
+        (_, None) => Err(Unsupported::Pkcs8Unproven { mode }.into()),
     }
 }
 
 fn unavailable(mode: WrapMode) -> HsmError {
-    HsmError::Refused(format!(
-        "wrap mode {mode} is not available on this token (see hsm-bridge selftest)"
-    ))
+    Unsupported::ModeUnavailable { mode }.into()
 }
 
 /// Name and number of a wrap mechanism, for messages.

@@ -179,17 +179,57 @@ pub fn opc_request_id(request_id: &str) -> Option<&str> {
     .then_some(request_id)
 }
 
-/// What the audit record learns along the way.
-#[derive(Default)]
+/// What an export did, learnt along the way: the one record of it that the retry store
+/// keeps with a body, the audit record embeds (these are its field names) and the CLI
+/// prints.
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Progress {
-    pub wrapping_key_sha256: Option<String>,
-    pub mode: Option<&'static str>,
+    #[serde(rename = "source_key_label", skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    #[serde(rename = "source_key_id_hex", skip_serializing_if = "Option::is_none")]
     pub id_hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrapping_key_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// OCI's id of the final answer, when OCI answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub opc_request_id: Option<String>,
+    /// HTTP attempts the import took (retries included).
+    #[serde(rename = "oci_attempts", skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// The key version (ImportKeyVersion) or key (ImportKey) OCI created.
+    #[serde(rename = "oci_created_id", skip_serializing_if = "Option::is_none")]
     pub created_id: Option<String>,
+    /// The body sent was the one first sent for this idempotency key (no new wrap).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Progress {
+    /// Takes what `later` knows: each fact it has replaces this one's (a key named in the
+    /// request is replaced by the key found; the latest OCI answer by a newer one).
+    pub fn merge(&mut self, later: &Progress) {
+        fn take<T: Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+        take(&mut self.label, &later.label);
+        take(&mut self.id_hex, &later.id_hex);
+        take(&mut self.wrapping_key_sha256, &later.wrapping_key_sha256);
+        take(&mut self.mode, &later.mode);
+        take(&mut self.opc_request_id, &later.opc_request_id);
+        take(&mut self.created_id, &later.created_id);
+        if later.attempts > 0 {
+            self.attempts = later.attempts;
+        }
+        self.replayed |= later.replayed;
+    }
 }
 
 /// The import body for OCI: built once, from the HSM's output or from a previous send.
@@ -271,10 +311,13 @@ where
     let wrapped = (steps.wrap)(wk).await?;
     let sent = Sent {
         body: Arc::new(Zeroizing::new((steps.build)(&wrapped)?)),
-        wrapping_key_sha256: fp,
-        mode: wrapped.mode.as_str(),
-        label: wrapped.key.label.clone(),
-        id_hex: wrap::hex(&wrapped.key.id),
+        made: Progress {
+            wrapping_key_sha256: Some(fp),
+            mode: Some(wrapped.mode.as_str()),
+            label: Some(wrapped.key.label.clone()),
+            id_hex: Some(wrap::hex(&wrapped.key.id)),
+            ..Progress::default()
+        },
     };
     if let Some(c) = claim.as_mut() {
         c.sent = Some(sent.clone());
@@ -289,10 +332,7 @@ fn prepared(
     sent: Sent,
     claim: Option<ClaimGuard>,
 ) -> Prepared {
-    progress.wrapping_key_sha256 = Some(sent.wrapping_key_sha256);
-    progress.mode = Some(sent.mode);
-    progress.label = Some(sent.label);
-    progress.id_hex = Some(sent.id_hex);
+    progress.merge(&sent.made);
     Prepared {
         token,
         body: sent.body,

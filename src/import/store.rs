@@ -17,14 +17,11 @@ const REPLAY_TTL: Duration = Duration::from_secs(24 * 3600);
 const REPLAY_MAX: usize = 10_000;
 const REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-/// An import body and what the audit record says about how it was made.
+/// An import body and how it was made (vault key, mode, source key).
 #[derive(Clone)]
 pub(super) struct Sent {
     pub(super) body: Arc<Zeroizing<Vec<u8>>>,
-    pub(super) wrapping_key_sha256: String,
-    pub(super) mode: &'static str,
-    pub(super) label: String,
-    pub(super) id_hex: String,
+    pub(super) made: super::Progress,
 }
 
 /// A body sent for an idempotency key, kept for the caller's retries.

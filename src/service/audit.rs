@@ -67,12 +67,6 @@ pub struct Record {
     pub caller: String,
     pub operation: Operation,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_key_label: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_key_id_hex: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wrapping_key_sha256: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_key_id: Option<String>,
     /// The vault management endpoint the import went to (normalised), or "invalid".
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,22 +81,11 @@ pub struct Record {
     pub protection_mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    /// OCI's id of the final answer, when OCI answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub opc_request_id: Option<String>,
-    /// HTTP attempts the import took (retries included).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oci_attempts: Option<u32>,
-    /// The key version (ImportKeyVersion) or key (ImportKey) OCI created.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oci_created_id: Option<String>,
-    /// The body sent was the one first sent for this idempotency key (no new wrap).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub replayed: bool,
+    /// The source key, vault key and mode of the export; for an import, OCI's answer.
+    #[serde(flatten)]
+    pub export: crate::import::Progress,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<&'static str>,
     pub outcome: Outcome,
     /// The gRPC status code name.
     pub code: &'static str,
@@ -283,7 +266,7 @@ impl Drop for AuditOnDrop {
                 Outcome::Allowed,
                 format!(
                     "OCI accepted the import ({}), but the caller cancelled or its deadline passed before the answer reached it",
-                    rec.oci_created_id.as_deref().unwrap_or("id unknown")
+                    rec.export.created_id.as_deref().unwrap_or("id unknown")
                 ),
             ),
             Some(Err(s)) => (
@@ -369,7 +352,7 @@ impl super::Bridge {
                         // The material already went to the vault: say so, and how to learn more.
                         format!(
                             "the audit log could not be written ({e}); the answer is withheld, but OCI accepted the import ({}); with an idempotency_key, a retry with the same key returns it without importing again",
-                            rec.oci_created_id.as_deref().unwrap_or("id unknown")
+                            rec.export.created_id.as_deref().unwrap_or("id unknown")
                         )
                     },
                 ));

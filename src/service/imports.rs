@@ -95,7 +95,7 @@ impl Bridge {
             &mut progress,
         )
         .await
-        .inspect_err(|_| note_progress(rec, &progress))?;
+        .inspect_err(|_| rec.export.merge(&progress))?;
         rec.compartment_id = Some(bounded(&key.compartment_id, 255));
         rec.protection_mode = Some(bounded(&key.protection_mode, 32));
         if !caller.may_use_compartment(&key.compartment_id) {
@@ -141,7 +141,7 @@ impl Bridge {
             steps,
         )
         .await;
-        note_progress(guard.record(), &progress);
+        guard.record().export.merge(&progress);
         Ok((prepared?, progress))
     }
 
@@ -328,7 +328,7 @@ impl Bridge {
             )
             .await;
         if let Some(rec) = guard.rec.as_mut() {
-            rec.oci_key_id = rec.oci_created_id.clone();
+            rec.oci_key_id = rec.export.created_id.clone();
         }
         let mut key = key?;
         if body.wait_for_enabled {
@@ -463,26 +463,8 @@ fn answered<T>(
         }
         Err(e) => Err(status::kms(&e)),
     };
-    note_progress(rec, progress);
+    rec.export.merge(&progress);
     result
-}
-
-/// What `p` tells the audit record `rec` (the daemon's and the CLI's).
-pub fn note_progress(rec: &mut Record, p: &import::Progress) {
-    if p.wrapping_key_sha256.is_some() {
-        rec.wrapping_key_sha256 = p.wrapping_key_sha256.clone();
-    }
-    if p.mode.is_some() {
-        rec.mode = p.mode;
-    }
-    if p.label.is_some() {
-        rec.source_key_label = p.label.clone();
-        rec.source_key_id_hex = p.id_hex.clone();
-    }
-    rec.opc_request_id = p.opc_request_id.clone();
-    rec.oci_attempts = (p.attempts > 0).then_some(p.attempts);
-    rec.oci_created_id = p.created_id.clone();
-    rec.replayed = p.replayed;
 }
 
 fn proto_version(v: &crate::oci::kms::KeyVersion) -> proto::KeyVersion {

@@ -8,7 +8,7 @@ use super::Bridge;
 use super::auth::Caller;
 use super::request::{deadline, key_ref, page_token, parse_page_token, shape};
 use crate::config::Operation;
-use crate::hsm::{Hsm, HsmError, KeyInfo, KeyRef};
+use crate::hsm::{Hsm, HsmError, KeyDenied, KeyInfo, KeyRef};
 use crate::proto;
 use crate::wrap;
 
@@ -67,13 +67,15 @@ impl Bridge {
         if let KeyRef::Label(l) = &key
             && !caller.may_touch(l)
         {
-            return Err(Status::permission_denied(may_not_touch(&caller, l)));
+            return Err(Status::permission_denied(
+                may_not_touch(&caller, l).to_string(),
+            ));
         }
         let info = self
             .on_hsm(deadline, move |hsm, d| {
                 hsm.find_key(&key, d)
                     .and_then(|info| {
-                        permit(&caller, &info).map_err(HsmError::Denied)?;
+                        permit(&caller, &info)?;
                         Ok(info)
                     })
                     .map_err(|e| hide_by_id(&key, e))
@@ -104,16 +106,16 @@ pub(super) fn denied(op: &str, caller: &Caller) -> Status {
     ))
 }
 
-pub(super) fn may_not_touch(caller: &Caller, label: &str) -> String {
-    format!(
-        "{} may not touch key {label:?} (its key patterns: {})",
-        caller.display,
-        caller.keys.join(", ")
-    )
+pub(super) fn may_not_touch(caller: &Caller, label: &str) -> KeyDenied {
+    KeyDenied {
+        caller: caller.display.clone(),
+        label: label.to_string(),
+        patterns: caller.keys.clone(),
+    }
 }
 
 /// The key `caller` found, if its patterns allow it.
-pub(super) fn permit(caller: &Caller, info: &KeyInfo) -> Result<(), String> {
+pub(super) fn permit(caller: &Caller, info: &KeyInfo) -> Result<(), KeyDenied> {
     if caller.may_touch(&info.label) {
         Ok(())
     } else {

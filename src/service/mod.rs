@@ -23,8 +23,6 @@ pub mod server;
 pub mod status;
 mod wrap_key;
 
-pub use imports::note_progress;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

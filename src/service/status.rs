@@ -12,7 +12,7 @@ use crate::wrap::WrapError;
 pub fn code(e: &HsmError) -> Code {
     match e {
         HsmError::KeyNotFound(_) | HsmError::NoKeyYouMayUse(_) => Code::NotFound,
-        HsmError::Ambiguous { .. } | HsmError::Refused(_) => Code::FailedPrecondition,
+        HsmError::Ambiguous { .. } | HsmError::Unsupported(_) => Code::FailedPrecondition,
         HsmError::NotExportable {
             refusal: ExportRefusal::Policy,
             ..

@@ -47,15 +47,15 @@ impl Bridge {
             .get(body.wrapping_public_key_pem.as_bytes())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fp = wk.fingerprint();
-        rec.wrapping_key_sha256 = Some(fp.clone());
+        rec.export.wrapping_key_sha256 = Some(fp.clone());
         self.wrapping_policy
             .allows(&fp)
             .map_err(|e| super::status::refused_wrapping_key(&e))?;
         let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;
         let rec = guard.record();
-        rec.source_key_label = Some(wrapped.key.label.clone());
-        rec.source_key_id_hex = Some(wrap::hex(&wrapped.key.id));
-        rec.mode = Some(wrapped.mode.as_str());
+        rec.export.label = Some(wrapped.key.label.clone());
+        rec.export.id_hex = Some(wrap::hex(&wrapped.key.id));
+        rec.export.mode = Some(wrapped.mode.as_str());
         Ok(proto::WrapKeyResponse {
             wrapped_key_material: wrapped.material,
             shape: Some(shape(wrapped.shape)),
@@ -80,13 +80,15 @@ impl Bridge {
         }
         let key = key_ref(key)?;
         match &key {
-            KeyRef::Label(l) => rec.source_key_label = Some(l.clone()),
-            KeyRef::Id(id) => rec.source_key_id_hex = Some(wrap::hex(id)),
+            KeyRef::Label(l) => rec.export.label = Some(l.clone()),
+            KeyRef::Id(id) => rec.export.id_hex = Some(wrap::hex(id)),
         }
         if let KeyRef::Label(l) = &key
             && !caller.may_touch(l)
         {
-            return Err(Status::permission_denied(may_not_touch(&caller, l)));
+            return Err(Status::permission_denied(
+                may_not_touch(&caller, l).to_string(),
+            ));
         }
         let alg = algorithm(alg)?;
         rec.algorithm = Some(alg.as_str());

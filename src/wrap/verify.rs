@@ -17,39 +17,94 @@ pub enum Pkcs8Fit {
     ZeroPadded(usize),
 }
 
+/// Which part of a token's output an OAEP finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// A whole `RSA_OAEP_SHA256` output.
+    Output,
+    /// The RSA part of an `RSA_OAEP_AES_SHA256` envelope.
+    RsaPart,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Part::Output => "the output",
+            Part::RsaPart => "the RSA part",
+        })
+    }
+}
+
+/// Why a token's output is not exactly what was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("OAEP-SHA256 decrypts, but to a different value than was wrapped")]
+    OaepValue,
+    #[error("{0} decrypts only as OAEP with SHA-1: the token ignored the SHA-256 parameters")]
+    OaepSha1(Part),
+    #[error("{0} is not RSA-OAEP with SHA-256 / MGF1-SHA-256")]
+    NotOaepSha256(Part),
+    #[error("the output ({0} bytes) is not RFC 5649 under the given key")]
+    NotKwp(usize),
+    #[error("RFC 5649 unwraps to {got} bytes that differ from the {wrapped} bytes wrapped")]
+    KwpValue { got: usize, wrapped: usize },
+    #[error("not an RSA key")]
+    NotRsa,
+    #[error("{len} bytes is too short for a {k}-byte RSA part")]
+    TooShort { len: usize, k: usize },
+    #[error("the RSA part carries a {0}-byte key, not an AES-256 key")]
+    NotAes256(usize),
+    #[error("the AES part is not RFC 5649 under the RSA part's key")]
+    AesPartNotKwp,
+    #[error("the envelope opens to different bytes than were wrapped")]
+    EnvelopeValue,
+    #[error("the unwrapped private key is not DER")]
+    NotDer,
+    #[error("the unwrapped private key is truncated: DER says {der} bytes, got {got}")]
+    Truncated { der: usize, got: usize },
+    #[error("the unwrapped private key has {0} unexpected bytes after its DER")]
+    Trailing(usize),
+}
+
 /// Accepts `ct` only if it is RSA-OAEP with SHA-256 and MGF1-SHA-256 of `expected`.
 pub fn judge_oaep_sha256<T: HasPrivate>(
     key: &PKeyRef<T>,
     ct: &[u8],
     expected: &[u8],
-) -> Result<(), String> {
-    match oaep_decrypt(key, OaepHash::Sha256, ct) {
-        Ok(pt) if pt[..] == *expected => Ok(()),
-        Ok(_) => Err("OAEP-SHA256 decrypts, but to a different value than was wrapped".into()),
-        Err(_) if oaep_decrypt(key, OaepHash::Sha1, ct).is_ok() => Err(
-            "the output decrypts only as OAEP with SHA-1: the token ignored the SHA-256 parameters"
-                .into(),
-        ),
-        Err(_) => Err("the output is not RSA-OAEP with SHA-256 / MGF1-SHA-256".into()),
-    }
-}
-
-/// Accepts `ct` only if it is RFC 5649 of `expected` under `kek`.
-pub fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), String> {
-    let pt = kwp_unwrap(kek, ct).map_err(|_| {
-        format!(
-            "the output ({} bytes) is not RFC 5649 under the given key",
-            ct.len()
-        )
-    })?;
+) -> Result<(), Mismatch> {
+    let pt = open_oaep(key, ct, Part::Output)?;
     if pt[..] == *expected {
         Ok(())
     } else {
-        Err(format!(
-            "RFC 5649 unwraps to {} bytes that differ from the {} bytes wrapped",
-            pt.len(),
-            expected.len()
-        ))
+        Err(Mismatch::OaepValue)
+    }
+}
+
+/// OAEP-SHA256 decryption of `ct`, saying when it opens only as SHA-1.
+fn open_oaep<T: HasPrivate>(
+    key: &PKeyRef<T>,
+    ct: &[u8],
+    part: Part,
+) -> Result<Zeroizing<Vec<u8>>, Mismatch> {
+    oaep_decrypt(key, OaepHash::Sha256, ct).map_err(|_| {
+        if oaep_decrypt(key, OaepHash::Sha1, ct).is_ok() {
+            Mismatch::OaepSha1(part)
+        } else {
+            Mismatch::NotOaepSha256(part)
+        }
+    })
+}
+
+/// Accepts `ct` only if it is RFC 5649 of `expected` under `kek`.
+pub fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), Mismatch> {
+    let pt = kwp_unwrap(kek, ct).map_err(|_| Mismatch::NotKwp(ct.len()))?;
+    if pt[..] == *expected {
+        Ok(())
+    } else {
+        Err(Mismatch::KwpValue {
+            got: pt.len(),
+            wrapped: expected.len(),
+        })
     }
 }
 
@@ -58,33 +113,20 @@ pub fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), String> {
 pub fn open_envelope<T: HasPrivate>(
     key: &PKeyRef<T>,
     material: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, String> {
-    let k = key
-        .rsa()
-        .map_err(|e| format!("not an RSA key: {e}"))?
-        .size() as usize;
+) -> Result<Zeroizing<Vec<u8>>, Mismatch> {
+    let k = key.rsa().map_err(|_| Mismatch::NotRsa)?.size() as usize;
     if material.len() <= k {
-        return Err(format!(
-            "{} bytes is too short for a {k}-byte RSA part",
-            material.len()
-        ));
+        return Err(Mismatch::TooShort {
+            len: material.len(),
+            k,
+        });
     }
     let (c1, c2) = material.split_at(k);
-    let kek = oaep_decrypt(key, OaepHash::Sha256, c1).map_err(|_| {
-        if oaep_decrypt(key, OaepHash::Sha1, c1).is_ok() {
-            "the RSA part decrypts only as OAEP with SHA-1: the token ignored the SHA-256 parameters"
-                .to_string()
-        } else {
-            "the RSA part is not RSA-OAEP with SHA-256 / MGF1-SHA-256".to_string()
-        }
-    })?;
+    let kek = open_oaep(key, c1, Part::RsaPart)?;
     if kek.len() != TRANSPORT_KEY_LEN {
-        return Err(format!(
-            "the RSA part carries a {}-byte key, not an AES-256 key",
-            kek.len()
-        ));
+        return Err(Mismatch::NotAes256(kek.len()));
     }
-    kwp_unwrap(&kek, c2).map_err(|_| "the AES part is not RFC 5649 under the RSA part's key".into())
+    kwp_unwrap(&kek, c2).map_err(|_| Mismatch::AesPartNotKwp)
 }
 
 /// Accepts `material` only if it is `RSA_OAEP_AES_SHA256` of exactly `expected`.
@@ -92,12 +134,12 @@ pub fn judge_envelope<T: HasPrivate>(
     key: &PKeyRef<T>,
     material: &[u8],
     expected: &[u8],
-) -> Result<(), String> {
+) -> Result<(), Mismatch> {
     let pt = open_envelope(key, material)?;
     if pt[..] == *expected {
         Ok(())
     } else {
-        Err("the envelope opens to different bytes than were wrapped".into())
+        Err(Mismatch::EnvelopeValue)
     }
 }
 
@@ -127,13 +169,13 @@ pub fn der_sequence_len(der: &[u8]) -> Option<usize> {
 
 /// Classifies an unwrapped PKCS#8 blob: exact DER, or DER plus 1..7 zero bytes. Anything
 /// else (truncated, non-zero trailing bytes, not a SEQUENCE) is an error.
-pub fn pkcs8_fit(blob: &[u8]) -> Result<Pkcs8Fit, String> {
-    let len = der_sequence_len(blob).ok_or("the unwrapped private key is not DER")?;
+pub fn pkcs8_fit(blob: &[u8]) -> Result<Pkcs8Fit, Mismatch> {
+    let len = der_sequence_len(blob).ok_or(Mismatch::NotDer)?;
     if len > blob.len() {
-        return Err(format!(
-            "the unwrapped private key is truncated: DER says {len} bytes, got {}",
-            blob.len()
-        ));
+        return Err(Mismatch::Truncated {
+            der: len,
+            got: blob.len(),
+        });
     }
     let rest = &blob[len..];
     if rest.is_empty() {
@@ -141,10 +183,7 @@ pub fn pkcs8_fit(blob: &[u8]) -> Result<Pkcs8Fit, String> {
     } else if rest.len() < 8 && rest.iter().all(|&b| b == 0) {
         Ok(Pkcs8Fit::ZeroPadded(rest.len()))
     } else {
-        Err(format!(
-            "the unwrapped private key has {} unexpected bytes after its DER",
-            rest.len()
-        ))
+        Err(Mismatch::Trailing(rest.len()))
     }
 }
 
@@ -169,9 +208,10 @@ mod tests {
         // What SoftHSM 2.7.0 does when asked for 0x1054 with SHA-256: SHA-1 output.
         let sha1 = oaep_encrypt(&key, OaepHash::Sha1, &k).unwrap();
         let why = judge_oaep_sha256(&key, &sha1, &k).unwrap_err();
-        assert!(why.contains("SHA-1"), "{why}");
+        assert_eq!(why, Mismatch::OaepSha1(Part::Output));
+        assert!(why.to_string().contains("SHA-1"), "{why}");
         let why = judge_oaep_sha256(&key, &[0u8; 256], &k).unwrap_err();
-        assert!(why.contains("not RSA-OAEP"), "{why}");
+        assert!(why.to_string().contains("not RSA-OAEP"), "{why}");
     }
 
     #[test]
@@ -187,16 +227,15 @@ mod tests {
         let mut sha1 = oaep_encrypt(&key, OaepHash::Sha1, &kek).unwrap();
         sha1.extend_from_slice(&c2);
         let why = judge_envelope(&key, &sha1, &target).unwrap_err();
-        assert!(why.contains("SHA-1"), "{why}");
+        assert_eq!(why, Mismatch::OaepSha1(Part::RsaPart));
+        assert!(why.to_string().contains("SHA-1"), "{why}");
 
         // A 16-byte transport key is not what OCI documents.
         let mut short = oaep_encrypt(&key, OaepHash::Sha256, &[3u8; 16]).unwrap();
         short.extend_from_slice(&c2);
-        assert!(
-            judge_envelope(&key, &short, &target)
-                .unwrap_err()
-                .contains("16-byte")
-        );
+        let why = judge_envelope(&key, &short, &target).unwrap_err();
+        assert_eq!(why, Mismatch::NotAes256(16));
+        assert!(why.to_string().contains("16-byte"), "{why}");
 
         // Halves swapped (AES part first) must not pass.
         let mut swapped = c2.clone();
@@ -229,10 +268,7 @@ mod tests {
         let mut long = der.clone();
         long.extend_from_slice(&[0; 8]);
         assert!(pkcs8_fit(&long).is_err());
-        assert!(
-            pkcs8_fit(&der[..der.len() - 1])
-                .unwrap_err()
-                .contains("truncated")
-        );
+        let why = pkcs8_fit(&der[..der.len() - 1]).unwrap_err();
+        assert!(why.to_string().contains("truncated"), "{why}");
     }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use super::EmulatorError;
 use super::auth::{self, ApiKeys};
 use hsm_bridge::oci::signer::body_sha256;
 use hsm_bridge::time::rfc3339;
@@ -173,16 +174,14 @@ impl Emulator {
         wrapping: PKey<Private>,
         enable_after: Duration,
         test_oracle: bool,
-    ) -> Result<Emulator, String> {
+    ) -> Result<Emulator, EmulatorError> {
         let bits = wrapping
             .rsa()
             .map_err(|_| "the wrapping key must be RSA")?
             .size()
             * 8;
         if bits < 2048 {
-            return Err(format!(
-                "the wrapping key is RSA-{bits}; use at least 2048 bits"
-            ));
+            return Err(format!("the wrapping key is RSA-{bits}; use at least 2048 bits").into());
         }
         let pem = wrapping.public_key_to_pem().map_err(|e| e.to_string())?;
         Ok(Emulator {
@@ -201,21 +200,19 @@ impl Emulator {
     }
 
     /// Creates key `name` with one INTERNAL, ENABLED version of random material.
-    pub fn seed_key(&self, name: &str, shape: &str) -> Result<String, String> {
+    pub fn seed_key(&self, name: &str, shape: &str) -> Result<String, EmulatorError> {
         if name.is_empty()
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(format!(
-                "key name {name:?}: use letters, digits, '-' and '_'"
-            ));
+            return Err(format!("key name {name:?}: use letters, digits, '-' and '_'").into());
         }
         let (alg, length) = parse_shape(shape)?;
         let id = format!("ocid1.key.oc1.emulator.{name}");
         let mut inner = self.lock();
         if inner.keys.contains_key(&id) {
-            return Err(format!("key {name} exists"));
+            return Err(format!("key {name} exists").into());
         }
         let mut material = Zeroizing::new(vec![0u8; length]);
         let _ = getrandom::fill(&mut material);
@@ -367,7 +364,7 @@ impl Emulator {
                             let inner = self.lock();
                             Reply::json(200, &self.key_json(&inner, &inner.keys[&id]))
                         }
-                        Err(e) => Reply::error(400, "InvalidParameter", &e),
+                        Err(e) => Reply::error(400, "InvalidParameter", &e.to_string()),
                     },
                     Err(r) => r,
                 }

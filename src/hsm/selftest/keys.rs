@@ -88,7 +88,7 @@ fn generate_private(s: &Session) -> Result<(SessionObject<'_>, Vec<u8>), HsmErro
 /// Checks that `blob` (a private key as it came out of a wrap) is PKCS#8 of the key with
 /// `modulus`, and says whether it is exact or zero-padded.
 pub(super) fn judge_private(blob: &[u8], modulus: &[u8]) -> Result<Pkcs8Fit, String> {
-    let fit = pkcs8_fit(blob)?;
+    let fit = pkcs8_fit(blob).map_err(|e| e.to_string())?;
     let der_len = match fit {
         Pkcs8Fit::Exact => blob.len(),
         Pkcs8Fit::ZeroPadded(n) => blob.len() - n,

@@ -170,7 +170,7 @@ fn probe_kwp(
         let r = match (&known.t_val, &known.kek) {
             (Ok(t_val), Ok(kek)) => b
                 .call(WrapMechanism::Kwp(n), &known.kek_obj, &known.t_obj)
-                .and_then(|out| judge_kwp(&kek[..], &out, &t_val[..]))
+                .and_then(|out| judge_kwp(&kek[..], &out, &t_val[..]).map_err(|e| e.to_string()))
                 .map(|()| match known.refused {
                     None => "RFC 5649 verified".to_string(),
                     Some(_) => {
@@ -197,7 +197,9 @@ fn probe_oaep(
     let r = match (&known.refused, &known.t_val) {
         (None, Ok(t_val)) => b
             .call(WrapMechanism::RsaOaepSha256, &b.wk_obj, &known.t_obj)
-            .and_then(|out| judge_oaep_sha256(&b.sw_key, &out, &t_val[..]))
+            .and_then(|out| {
+                judge_oaep_sha256(&b.sw_key, &out, &t_val[..]).map_err(|e| e.to_string())
+            })
             .map(|()| "OAEP SHA-256 / MGF1-SHA-256 verified".to_string()),
         (Some(_), Ok(_)) if caps.kwp.is_some() => Ok(
             "OAEP SHA-256 / MGF1-SHA-256 verified (T's value confirmed by RFC 5649)".to_string(),
@@ -240,7 +242,7 @@ fn probe_native(
 ) {
     let r = b
         .call(WrapMechanism::RsaAesKeyWrapSha256, &b.wk_obj, t_obj)
-        .and_then(|out| judge_envelope(&b.sw_key, &out, t_val))
+        .and_then(|out| judge_envelope(&b.sw_key, &out, t_val).map_err(|e| e.to_string()))
         .map(|()| "RSA_OAEP_AES_SHA256 layout verified".to_string());
     caps.native = r.is_ok();
     mechanisms.push(MechanismFinding::new(
@@ -297,7 +299,7 @@ fn probe_pkcs8(
     if caps.native {
         caps.pkcs8_native = b
             .call(WrapMechanism::RsaAesKeyWrapSha256, &b.wk_obj, p_obj)
-            .and_then(|out| open_envelope(&b.sw_key, &out))
+            .and_then(|out| open_envelope(&b.sw_key, &out).map_err(|e| e.to_string()))
             .and_then(|blob| judge_private(&blob, modulus))
             .ok();
     }
@@ -373,7 +375,7 @@ fn trial(b: &Bench<'_>, caps: &Capabilities, mode: WrapMode, t: &Targets<'_, '_>
         length: 32,
     };
     let aes = wrap(t_obj.handle, aes_shape)
-        .and_then(|out| judge_envelope(&b.sw_key, &out, t_val))
+        .and_then(|out| judge_envelope(&b.sw_key, &out, t_val).map_err(|e| e.to_string()))
         .map(|()| "exact".to_string());
     let rsa = match t.rsa {
         Ok((p_obj, modulus)) => {
@@ -382,7 +384,7 @@ fn trial(b: &Bench<'_>, caps: &Capabilities, mode: WrapMode, t: &Targets<'_, '_>
                 length: 256,
             };
             wrap(p_obj.handle, rsa_shape)
-                .and_then(|out| open_envelope(&b.sw_key, &out))
+                .and_then(|out| open_envelope(&b.sw_key, &out).map_err(|e| e.to_string()))
                 .and_then(|blob| judge_private(&blob, modulus))
                 .and_then(|fit| match fit {
                     Pkcs8Fit::Exact => Ok(match (mode, caps.pkcs8_kwp) {
