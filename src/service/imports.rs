@@ -463,7 +463,7 @@ fn answered<T>(
         }
         Err(e) => Err(status::kms(&e)),
     };
-    rec.export.merge(&progress);
+    rec.export.merge(progress);
     result
 }
 
