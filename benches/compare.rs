@@ -556,6 +556,59 @@ fn target(name: String, value: f64, limit: f64, at_least: bool) -> Value {
     json!({"target": name, "value": round(value), "limit": limit, "met": met})
 }
 
+/// The targets of one key: [daemon/floor ops/s, ops/s at 16, p99 µs at 64, errors at 64,
+/// many/few-objects p50, recipe/daemon per wrap].
+fn key_targets(a: &Args, kind: &str, values: [f64; 6]) -> Vec<Value> {
+    let [
+        ratio,
+        d16_ops,
+        d64_p99_us,
+        d64_errors,
+        size_ratio,
+        recipe_ratio,
+    ] = values;
+    let mut out = Vec::new();
+    out.push(target(
+        format!("{kind}: daemon ops/s / floor ops/s (≥ 0.7)"),
+        ratio,
+        0.7,
+        true,
+    ));
+    if kind == "AES-256" {
+        out.push(target(
+            "AES-256: daemon ops/s at 16 callers (≥ 4000)".into(),
+            d16_ops,
+            4000.0,
+            true,
+        ));
+    }
+    out.push(target(
+        format!("{kind}: p99 ms at 64 callers (≤ 20)"),
+        d64_p99_us / 1e3,
+        20.0,
+        false,
+    ));
+    out.push(target(
+        format!("{kind}: errors at 64 callers (0)"),
+        d64_errors,
+        0.0,
+        false,
+    ));
+    out.push(target(
+        format!("{kind}: p50 {} objects / {FEW_FILLERS} (≤ 1.2)", a.fillers),
+        size_ratio,
+        1.2,
+        false,
+    ));
+    out.push(target(
+        format!("{kind}: recipe / daemon per wrap (≥ 50)"),
+        recipe_ratio,
+        50.0,
+        true,
+    ));
+    out
+}
+
 /// The table and the per-key JSON; adds each key's targets to `targets`.
 fn key_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> BTreeMap<&'static str, Value> {
     let out = |l: &str| say(a.json, l);
@@ -597,43 +650,17 @@ fn key_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> BTreeMap<&'sta
             size_ratio
         ));
         let ratio = best / f.ops_per_s;
-        targets.push(target(
-            format!("{kind}: daemon ops/s / floor ops/s (≥ 0.7)"),
-            ratio,
-            0.7,
-            true,
-        ));
-        if kind == "AES-256" {
-            targets.push(target(
-                "AES-256: daemon ops/s at 16 callers (≥ 4000)".into(),
+        targets.extend(key_targets(
+            a,
+            kind,
+            [
+                ratio,
                 d16.ops_per_s,
-                4000.0,
-                true,
-            ));
-        }
-        targets.push(target(
-            format!("{kind}: p99 ms at 64 callers (≤ 20)"),
-            d64.p99_us / 1e3,
-            20.0,
-            false,
-        ));
-        targets.push(target(
-            format!("{kind}: errors at 64 callers (0)"),
-            d64.errors as f64,
-            0.0,
-            false,
-        ));
-        targets.push(target(
-            format!("{kind}: p50 {} objects / {FEW_FILLERS} (≤ 1.2)", a.fillers),
-            size_ratio,
-            1.2,
-            false,
-        ));
-        targets.push(target(
-            format!("{kind}: recipe / daemon per wrap (≥ 50)"),
-            recipe_ratio,
-            50.0,
-            true,
+                d64.p99_us,
+                d64.errors as f64,
+                size_ratio,
+                recipe_ratio,
+            ],
         ));
         keys_json.insert(kind, json!({
             "floor": f.json(),

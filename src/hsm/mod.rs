@@ -5,12 +5,12 @@
 //! a zeroizing secret and never logged.
 
 mod error;
-pub mod keys;
-pub mod modes;
-pub mod pin;
-pub mod pool;
+pub(crate) mod keys;
+pub(crate) mod modes;
+pub(crate) mod pin;
+pub(crate) mod pool;
 pub mod raw;
-pub mod selftest;
+pub(crate) mod selftest;
 mod token;
 
 use std::collections::HashMap;

@@ -191,7 +191,7 @@ impl RawModule {
             pParameter: param,
             ulParameterLen: param_len as sys::CK_ULONG,
         };
-        let mut wrap_into = |out: &mut Vec<u8>| -> (sys::CK_RV, usize) {
+        let wrap_into = |out: &mut Vec<u8>| -> (sys::CK_RV, usize) {
             let mut len = out.len() as sys::CK_ULONG;
             // SAFETY: `mechanism` and the parameter structs it points to live on this
             // stack frame for the whole call; `out` has `len` writable bytes.
@@ -207,37 +207,47 @@ impl RawModule {
             };
             (rv, len as usize)
         };
-        let mut out = vec![0u8; size_hint.max(1)];
-        let (rv, mut len) = wrap_into(&mut out);
-        match Rv::from(rv) {
-            Rv::Ok => {}
-            Rv::Error(RvError::BufferTooSmall) => {
-                // `len` now holds the size the token needs: bounded before it is allocated.
-                if len > MAX_WRAP_OUTPUT {
-                    tracing::error!(
-                        bytes = len,
-                        "the token asks for a wrap buffer larger than any wrapped key; refused"
-                    );
-                    return Err(RvError::FunctionFailed);
-                }
-                out = vec![0u8; len];
-                let (rv, again) = wrap_into(&mut out);
-                check(rv)?;
-                len = again;
-            }
-            Rv::Error(e) => return Err(e),
-        }
-        if len > out.len() {
-            tracing::error!(
-                bytes = len,
-                buffer = out.len(),
-                "the token says it wrote more than the buffer holds; refused"
-            );
-            return Err(RvError::FunctionFailed);
-        }
-        out.truncate(len);
-        Ok(out)
+        sized_output(wrap_into, size_hint)
     }
+}
+
+/// Runs a PKCS#11 call that writes into a buffer, `size_hint` bytes first; when the token
+/// answers `CKR_BUFFER_TOO_SMALL`, once more with the size it asked for (bounded by
+/// [`MAX_WRAP_OUTPUT`]). A length beyond the buffer is refused, never trusted.
+fn sized_output(
+    mut call: impl FnMut(&mut Vec<u8>) -> (sys::CK_RV, usize),
+    size_hint: usize,
+) -> Result<Vec<u8>, RvError> {
+    let mut out = vec![0u8; size_hint.max(1)];
+    let (rv, mut len) = call(&mut out);
+    match Rv::from(rv) {
+        Rv::Ok => {}
+        Rv::Error(RvError::BufferTooSmall) => {
+            // `len` now holds the size the token needs: bounded before it is allocated.
+            if len > MAX_WRAP_OUTPUT {
+                tracing::error!(
+                    bytes = len,
+                    "the token asks for a wrap buffer larger than any wrapped key; refused"
+                );
+                return Err(RvError::FunctionFailed);
+            }
+            out = vec![0u8; len];
+            let (rv, again) = call(&mut out);
+            check(rv)?;
+            len = again;
+        }
+        Rv::Error(e) => return Err(e),
+    }
+    if len > out.len() {
+        tracing::error!(
+            bytes = len,
+            buffer = out.len(),
+            "the token says it wrote more than the buffer holds; refused"
+        );
+        return Err(RvError::FunctionFailed);
+    }
+    out.truncate(len);
+    Ok(out)
 }
 
 /// Why the module's own function list could not be had.

@@ -97,20 +97,7 @@ impl Identity {
         let meta = f.metadata().map_err(|e| err(file, e))?;
         let mut text = Zeroizing::new(String::new());
         f.read_to_string(&mut text).map_err(|e| err(file, e))?;
-        let sections = parse_ini(&text).map_err(|m| err(file, m))?;
-        let mut values = sections.get("DEFAULT").cloned().unwrap_or_default();
-        match sections.get(profile) {
-            Some(own) => values.extend(own.clone()),
-            None if profile == "DEFAULT" && sections.contains_key("DEFAULT") => {}
-            None => {
-                let names: Vec<&str> = sections.keys().map(String::as_str).collect();
-                return Err(err(
-                    file,
-                    format!("no profile [{profile}] (profiles: {})", names.join(", ")),
-                ));
-            }
-        }
-        let values = Zeroizing::new(values.into_iter().collect::<Vec<_>>());
+        let values = profile_values(file, &text, profile)?;
         let get = |k: &str| {
             values
                 .iter()
@@ -135,9 +122,6 @@ impl Identity {
             need("region")?,
             need("key_file")?,
         );
-        let base = file.parent().unwrap_or(Path::new("."));
-        let key_path = resolve(key_file, base);
-        let pem = read_private(&key_path)?;
         let pass = get("pass_phrase")
             .or_else(|| get("passphrase"))
             .map(|p| Zeroizing::new(p.as_bytes().to_vec()));
@@ -150,24 +134,12 @@ impl Identity {
                 )
             })?;
         }
-        let signer = RequestSigner::from_pem(
-            tenancy,
-            user,
-            fp,
-            pem.as_slice(),
-            pass.as_deref().map(|p| p.as_slice()),
-        )
-        .map_err(|e| err(&key_path, e))?;
-        let actual = fingerprint_of(pem.as_slice(), pass.as_deref().map(|p| p.as_slice()))?;
-        if !actual.eq_ignore_ascii_case(fp) {
-            return Err(err(
-                file,
-                format!(
-                    "[{profile}]: fingerprint {fp} does not match the key in {} (its fingerprint is {actual}); OCI would answer 401",
-                    key_path.display()
-                ),
-            ));
-        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let key = ApiKey {
+            path: resolve(key_file, base),
+            pass: pass.as_deref().map(|p| p.as_slice()),
+        };
+        let signer = key.signer(file, profile, (tenancy, user, fp))?;
         Ok(Identity {
             profile: profile.to_string(),
             tenancy: tenancy.to_string(),
@@ -176,6 +148,60 @@ impl Identity {
             region: region.to_string(),
             signer,
         })
+    }
+}
+
+/// The `[DEFAULT]` values with `profile`'s own over them.
+fn profile_values(
+    file: &Path,
+    text: &str,
+    profile: &str,
+) -> Result<Zeroizing<Vec<(String, String)>>, OciError> {
+    let sections = parse_ini(text).map_err(|m| err(file, m))?;
+    let mut values = sections.get("DEFAULT").cloned().unwrap_or_default();
+    match sections.get(profile) {
+        Some(own) => values.extend(own.clone()),
+        None if profile == "DEFAULT" && sections.contains_key("DEFAULT") => {}
+        None => {
+            let names: Vec<&str> = sections.keys().map(String::as_str).collect();
+            return Err(err(
+                file,
+                format!("no profile [{profile}] (profiles: {})", names.join(", ")),
+            ));
+        }
+    }
+    Ok(Zeroizing::new(values.into_iter().collect()))
+}
+
+/// A profile's API key: its file and the pass phrase that opens it.
+struct ApiKey<'a> {
+    path: PathBuf,
+    pass: Option<&'a [u8]>,
+}
+
+impl ApiKey<'_> {
+    /// The signer for `(tenancy, user, fingerprint)`, once the key's own fingerprint is
+    /// shown to be the one the profile names (else OCI would answer 401).
+    fn signer(
+        &self,
+        file: &Path,
+        profile: &str,
+        (tenancy, user, fp): (&str, &str, &str),
+    ) -> Result<RequestSigner, OciError> {
+        let pem = read_private(&self.path)?;
+        let signer = RequestSigner::from_pem(tenancy, user, fp, pem.as_slice(), self.pass)
+            .map_err(|e| err(&self.path, e))?;
+        let actual = fingerprint_of(pem.as_slice(), self.pass)?;
+        if !actual.eq_ignore_ascii_case(fp) {
+            return Err(err(
+                file,
+                format!(
+                    "[{profile}]: fingerprint {fp} does not match the key in {} (its fingerprint is {actual}); OCI would answer 401",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(signer)
     }
 }
 

@@ -5,8 +5,8 @@
 //! Holds the operator's API private key; never logs it or anything derived from it but the
 //! public fingerprint.
 
-pub mod endpoint;
-pub mod identity;
+pub(crate) mod endpoint;
+pub(crate) mod identity;
 pub mod kms;
 pub mod signer;
 

@@ -7,7 +7,7 @@
 pub mod envelope;
 pub mod soft;
 pub mod verify;
-pub mod wrapping_key;
+pub(crate) mod wrapping_key;
 
 pub use envelope::{Algorithm, KeyAlgorithm, KeyShape};
 pub use wrapping_key::WrappingKey;

@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -11,11 +10,15 @@ use serde_json::json;
 use crate::Error;
 use crate::config::Config;
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
-use crate::import::{self, ImportError, OciSide};
-use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
-use crate::service::audit::{Operation, Outcome};
+use crate::service::audit::Operation;
 use crate::wrap::{self, Algorithm, WrappingKey};
 use tonic::Code;
+
+mod audit;
+mod import_key_version;
+
+use audit::CliAudit;
+use import_key_version::import_key_version_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -292,84 +295,6 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     Ok(())
 }
 
-/// `import-key-version`: the import module's path for one key, audited.
-fn import_key_version_cmd(a: ImportKeyVersionArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let ImportKeyVersionArgs {
-        common,
-        key,
-        oci_key_id,
-        endpoint,
-        connection,
-        algorithm,
-        idempotency_key,
-        wait,
-    } = a;
-    let alg: Algorithm = algorithm.parse()?;
-    let key = key.key_ref()?;
-    let cfg = Config::load(&common.config)?;
-    let audit = CliAudit::open(&cfg)?;
-    let oci = Arc::new(OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits)?);
-    let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
-    let started = std::time::Instant::now();
-    let mut rec = audit.record(Operation::ImportKeyVersion, &key, alg);
-    let ask = CliImport {
-        key: &key,
-        alg,
-        oci_key_id: &oci_key_id,
-        endpoint: &endpoint,
-        connection: &connection,
-        idempotency_key: idempotency_key.as_deref(),
-        wait,
-        protection_modes: &cfg.policy.protection_modes,
-    };
-    let result = rt.block_on(import_key_version(&oci, &hsm, &ask, &mut rec));
-    hsm.close();
-    let (version, progress) = match result {
-        Ok(r) => {
-            audit.write(rec, Ok(()))?;
-            r
-        }
-        Err(e) => {
-            let (code, message) = crate::service::status::import_outcome(&e);
-            audit.write(rec, Err((code, message.clone())))?;
-            return Err(Error::Oci(format!(
-                "{}: {message}",
-                crate::service::status::code_name(code)
-            )));
-        }
-    };
-    let ms = started.elapsed().as_millis();
-    if common.json {
-        let v = json!({
-            "key_version": version,
-            "opc_request_id": progress.opc_request_id,
-            "attempts": progress.attempts,
-            "mode": progress.mode,
-            "wrapping_key_sha256": progress.wrapping_key_sha256,
-            "millis": ms,
-        });
-        writeln!(out, "{v}").map_err(io)?;
-    } else {
-        writeln!(
-                out,
-                "imported {} into {} as version {} ({}), {} mode, {} attempt(s), opc-request-id {}, {ms} ms",
-                progress.label.as_deref().unwrap_or("?"),
-                version.key_id,
-                version.id,
-                version.lifecycle_state,
-                progress.mode.unwrap_or("?"),
-                progress.attempts,
-                progress.opc_request_id.as_deref().unwrap_or("")
-            )
-            .map_err(io)?;
-    }
-    Ok(())
-}
-
 /// `selftest`: what the token proves, and the mode it picks.
 fn selftest(common: &Common, out: &mut dyn Write) -> Result<(), Error> {
     let (_, hsm) = open(&common.config)?;
@@ -382,171 +307,6 @@ fn selftest(common: &Common, out: &mut dyn Write) -> Result<(), Error> {
     }
     hsm.close();
     Ok(())
-}
-
-/// What `import-key-version` was asked.
-struct CliImport<'a> {
-    key: &'a KeyRef,
-    alg: Algorithm,
-    oci_key_id: &'a str,
-    endpoint: &'a str,
-    connection: &'a str,
-    idempotency_key: Option<&'a str>,
-    wait: bool,
-    protection_modes: &'a [crate::config::ProtectionMode],
-}
-
-/// The CLI's ImportKeyVersion: the daemon's path without gRPC, queue or callers; `rec`
-/// learns what happened.
-async fn import_key_version(
-    oci: &Arc<OciSide>,
-    hsm: &Hsm,
-    a: &CliImport<'_>,
-    rec: &mut crate::service::audit::Record,
-) -> Result<(KeyVersion, import::Progress), ImportError> {
-    import::check_key_ocid(a.oci_key_id)?;
-    rec.oci_key_id = Some(a.oci_key_id.to_string());
-    let idem = match a.idempotency_key {
-        Some(k) => import::check_idempotency_key(k)?,
-        None => None,
-    };
-    let (connection, identity) = oci.identity(a.connection)?;
-    rec.oci_connection = Some(connection);
-    let ep = oci.endpoint(a.endpoint)?;
-    rec.oci_endpoint = Some(ep.base.clone());
-    let call = Call {
-        identity: &identity,
-        endpoint: &ep,
-        request_id: None,
-        deadline: None,
-    };
-    let mut progress = import::Progress::default();
-    let target = import::existing_key(oci, &call, a.oci_key_id, a.protection_modes, &mut progress)
-        .await
-        .inspect_err(|_| rec.export.merge(&progress))?;
-    rec.compartment_id = Some(target.compartment_id.clone());
-    rec.protection_mode = Some(target.protection_mode.clone());
-    let described = import::describe(&import::Ask {
-        caller: CLI_CALLER,
-        op: "ImportKeyVersion",
-        target: a.oci_key_id,
-        key: a.key,
-        alg: a.alg,
-        endpoint: &ep,
-        details: "",
-    });
-    let (key, alg) = (a.key, a.alg);
-    let steps = import::Steps {
-        recheck: || async move {
-            hsm.check_export(key, None, |_| Ok(()))
-                .map(|_| ())
-                .map_err(ImportError::from)
-        },
-        wrap: |wk: Arc<WrappingKey>| async move {
-            hsm.wrap(key, &wk, alg, None).map_err(ImportError::from)
-        },
-        build: |w: &crate::hsm::Wrapped| {
-            serde_json::to_vec(&ImportKeyVersionDetails {
-                wrapped_import_key: import::wrapped_import_key(w),
-            })
-            .map_err(|e| ImportError::Body(e.to_string()))
-        },
-    };
-    let prepared = import::prepare(oci, &call, idem, &described, &mut progress, steps).await;
-    rec.export.merge(&progress);
-    let prepared = prepared?;
-    let answer = oci
-        .kms
-        .import_key_version(&call, a.oci_key_id, &prepared.body, &prepared.token)
-        .await;
-    drop(prepared.claim);
-    import::note(&mut progress, &answer);
-    let answer = answer.map_err(ImportError::Oci);
-    if let Ok(a) = &answer {
-        progress.created_id = Some(a.value.id.clone());
-    }
-    rec.export.merge(&progress);
-    let mut version = answer?.value;
-    if a.wait {
-        version = import::wait(
-            oci,
-            || oci.kms.get_key_version(&call, &version.key_id, &version.id),
-            |v: &KeyVersion| v.lifecycle_state.as_str(),
-            None,
-            &format!("key version {}", version.id),
-        )
-        .await?;
-    }
-    Ok((version, progress))
-}
-
-/// Whom the CLI's idempotency keys belong to (a daemon caller's name cannot collide with it:
-/// it has a space).
-const CLI_CALLER: &str = "hsm-bridge cli";
-
-/// The CLI's audit records: to `audit.path` when it is a file (stderr is for the one-line
-/// error), one per export attempt, like the daemon's.
-struct CliAudit(Option<crate::service::audit::Audit>);
-
-impl CliAudit {
-    fn open(cfg: &Config) -> Result<CliAudit, Error> {
-        if cfg.audit.path == Path::new("-") {
-            return Ok(CliAudit(None));
-        }
-        Ok(CliAudit(Some(crate::service::audit::Audit::open(
-            &cfg.audit.path,
-        )?)))
-    }
-
-    /// A record of `operation` on `key`, by this user.
-    fn record(
-        &self,
-        operation: Operation,
-        key: &KeyRef,
-        alg: Algorithm,
-    ) -> crate::service::audit::Record {
-        let mut id = [0u8; 8];
-        let _ = getrandom::fill(&mut id);
-        let mut rec = crate::service::audit::Record {
-            request_id: wrap::hex(&id),
-            caller: format!("cli (uid {})", rustix::process::geteuid().as_raw()),
-            operation,
-            algorithm: Some(alg.as_str()),
-            ..Default::default()
-        };
-        match key {
-            KeyRef::Label(l) => rec.export.label = Some(l.clone()),
-            KeyRef::Id(i) => rec.export.id_hex = Some(wrap::hex(i)),
-        }
-        rec
-    }
-
-    /// Writes `rec` with its outcome; `Err((code, why))` for a refusal. A failed write is an
-    /// error: the export does not go ahead without its record.
-    fn write(
-        &self,
-        mut rec: crate::service::audit::Record,
-        outcome: Result<(), (Code, String)>,
-    ) -> Result<(), Error> {
-        let Some(audit) = &self.0 else { return Ok(()) };
-        rec.time = crate::service::audit::now_rfc3339();
-        match outcome {
-            Ok(()) => {
-                rec.outcome = Outcome::Allowed;
-                rec.code = "OK";
-            }
-            Err((code, why)) => {
-                rec.outcome = Outcome::of(code);
-                rec.code = crate::service::status::code_name(code);
-                rec.reason = Some(why);
-            }
-        }
-        audit.write(&rec).map_err(|e| {
-            Error::Io(format!(
-                "the audit log could not be written ({e}); nothing was exported"
-            ))
-        })
-    }
 }
 
 fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {
