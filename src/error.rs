@@ -20,6 +20,8 @@ pub enum Error {
     OciSetup(#[from] crate::oci::OciError),
     #[error(transparent)]
     SecretFile(#[from] crate::hardening::SecretFileError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("{0}")]
     Io(String),
     #[error("{0}")]

@@ -26,6 +26,7 @@ pub mod error;
 pub mod hardening;
 pub mod hsm;
 pub(crate) mod import;
+pub mod journal;
 pub mod oci;
 pub(crate) mod policy;
 pub(crate) mod service;

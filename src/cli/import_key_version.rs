@@ -38,7 +38,12 @@ pub(super) fn import_key_version_cmd(
     let key = key.key_ref()?;
     let cfg = Config::load(&common.config)?;
     let audit = CliAudit::open(&cfg)?;
-    let oci = Arc::new(OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits)?);
+    let journal = crate::journal::Journal::new(&cfg.journal)?;
+    let oci = Arc::new(OciSide::load(
+        &cfg.oci,
+        cfg.policy.min_wrapping_key_bits,
+        journal,
+    )?);
     let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -170,19 +175,19 @@ async fn import_key_version(
     };
     let prepared = import::prepare(oci, &call, idem, &described, &mut progress, steps).await;
     rec.export.merge(&progress);
-    let prepared = prepared?;
-    let answer = oci
-        .kms
-        .import_key_version(&call, a.oci_key_id, &prepared.body, &prepared.token)
-        .await;
-    drop(prepared.claim);
-    import::note(&mut progress, &answer);
-    let answer = answer.map_err(ImportError::Oci);
-    if let Ok(a) = &answer {
-        progress.created_id = Some(a.value.id.clone());
-    }
+    let answer = import::send(
+        prepared?,
+        &mut progress,
+        |body, token| async move {
+            oci.kms
+                .import_key_version(&call, a.oci_key_id, &body, &token)
+                .await
+        },
+        |v: &KeyVersion| &v.id,
+    )
+    .await;
     rec.export.merge(&progress);
-    let mut version = answer?.value;
+    let mut version = answer?;
     if a.wait {
         version = import::wait(
             oci,

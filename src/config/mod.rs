@@ -29,6 +29,8 @@ pub struct Config {
     pub oci: OciConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub journal: JournalConfig,
     /// The file this was loaded from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -160,6 +162,10 @@ pub struct HsmConfig {
     /// number (e.g. Luna's Crypto User, 0x80000001).
     #[serde(default)]
     pub user_type: UserType,
+    /// The marker a refused PIN leaves (`journal.pin_marker`): while it exists, nothing
+    /// logs in. Set when the config is loaded.
+    #[serde(skip)]
+    pub pin_marker: Option<PathBuf>,
 }
 
 /// `hsm.user_type`.
@@ -397,12 +403,12 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        cfg.resolve_paths(&base);
+        cfg.resolve_paths(&base)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    fn resolve_paths(&mut self, base: &Path) -> Result<(), String> {
         let fix = |p: &mut PathBuf| {
             if let Ok(rest) = p.strip_prefix("~") {
                 if let Some(home) = std::env::var_os("HOME") {
@@ -439,6 +445,9 @@ impl Config {
         if self.audit.path != Path::new("-") {
             fix(&mut self.audit.path);
         }
+        self.journal.resolve(base, fix)?;
+        self.hsm.pin_marker = self.journal.pin_marker.clone();
+        Ok(())
     }
 }
 
@@ -502,8 +511,10 @@ fn expand_str(s: &str) -> Result<String, String> {
     Ok(out)
 }
 
+mod journal;
 mod listen;
 mod validate;
+pub use journal::{JournalConfig, JournalStore, on_this_machine};
 pub use listen::Listen;
 
 #[cfg(test)]

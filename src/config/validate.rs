@@ -19,6 +19,7 @@ impl Config {
             s.max_concurrent_streams,
             1..=1024,
         )?;
+        self.journal.validate()?;
         self.validate_clients()
     }
 
@@ -136,7 +137,7 @@ impl Config {
 }
 
 /// `key = value` must lie in `range`.
-fn in_range<T: PartialOrd + std::fmt::Display>(
+pub(super) fn in_range<T: PartialOrd + std::fmt::Display>(
     key: &str,
     value: T,
     range: std::ops::RangeInclusive<T>,

@@ -4,30 +4,29 @@
 //! [`ImportError`], which `service/status.rs` turns into gRPC codes.
 //!
 //! An `idempotency_key` belongs to the caller that sent it (the retry token is derived from
-//! the caller's name, the operation, the endpoint and the target). One call at a time holds
+//! the caller's name, the operation, the endpoint and the target). Every import goes
+//! through the journal (src/journal/): one call at a time, in any process sharing it, holds
 //! a key's claim, from before the wrap until OCI has answered; a second call with the same
-//! key waits for it (or, past its deadline, gets a retryable `ABORTED`). Afterwards the bytes
-//! sent are kept in memory for 24 hours, and a retry re-sends exactly those bytes with the
-//! same token, so OCI creates nothing new; but only after the retry has passed every check a
-//! fresh import passes, the source key's included.
+//! key waits for it (or, past its deadline, gets a retryable `ABORTED`). The body is
+//! committed before its first send; a retry gets OCI's recorded answer, or re-sends exactly
+//! the recorded bytes under the same token, so OCI creates nothing new; but only after the
+//! retry has passed every check a fresh import passes, the source key's included.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use zeroize::Zeroizing;
 
 use crate::config::{OciConfig, ProtectionMode};
 use crate::hsm::{KeyRef, Wrapped};
+use crate::journal::{Journal, JournalError};
 use crate::oci::kms::{self, Answer, Call, KmsClient, KmsError};
 use crate::oci::{Identity, OciError, endpoint::Endpoint};
 use crate::wrap::{self, Algorithm};
 
-mod store;
+mod flow;
 
 pub use crate::oci::is_ocid;
-pub use store::ClaimGuard;
-use store::{Claim, Sent, Store};
+pub use flow::{Prepared, Steps, prepare, send};
 
 /// Why an import stopped, for the caller (`service/status.rs` picks the gRPC code).
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +52,9 @@ pub enum ImportError {
     /// The HSM (the CLI's own wrap; the daemon's goes through its queue).
     #[error(transparent)]
     Hsm(#[from] crate::hsm::HsmError),
+    /// The import journal could not be written: nothing was sent.
+    #[error("{0}; nothing was sent")]
+    Journal(#[from] JournalError),
     /// The import body could not be made.
     #[error("{0}")]
     Body(String),
@@ -82,11 +84,11 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// deadline.
 const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
 
-/// The OCI side of the daemon: client, identities, sent bodies.
+/// The OCI side of the daemon: client, identities, the import journal.
 pub struct OciSide {
     pub kms: KmsClient,
     identities: BTreeMap<String, Arc<Identity>>,
-    store: Mutex<Store>,
+    pub journal: Arc<Journal>,
 }
 
 /// Longest `oci.connection` name accepted.
@@ -94,7 +96,11 @@ const MAX_CONNECTION_NAME: usize = 64;
 
 impl OciSide {
     /// Loads every `[oci.connections.NAME]` identity (failing at start, not at first use).
-    pub fn load(cfg: &OciConfig, min_wrapping_bits: u32) -> Result<OciSide, OciError> {
+    pub fn load(
+        cfg: &OciConfig,
+        min_wrapping_bits: u32,
+        journal: Arc<Journal>,
+    ) -> Result<OciSide, OciError> {
         let mut identities = BTreeMap::new();
         for (name, c) in &cfg.connections {
             let id =
@@ -107,7 +113,7 @@ impl OciSide {
         Ok(OciSide {
             kms: KmsClient::new(cfg, min_wrapping_bits)?,
             identities,
-            store: Mutex::new(Store::default()),
+            journal,
         })
     }
 
@@ -232,114 +238,6 @@ impl Progress {
     }
 }
 
-/// The import body for OCI: built once, from the HSM's output or from a previous send.
-pub struct Prepared {
-    pub token: String,
-    pub body: Arc<Zeroizing<Vec<u8>>>,
-    /// The idempotency key's claim, held until OCI has answered.
-    pub claim: Option<ClaimGuard>,
-}
-
-/// What `prepare` runs for a fresh import: the HSM wrap for the vault's key, and the JSON
-/// body around the wrapped bytes.
-pub struct Steps<C, W, B> {
-    /// For bytes recorded earlier: the checks a fresh wrap would make of the source key
-    /// (found, the caller may touch it, it may leave), without wrapping.
-    pub recheck: C,
-    pub wrap: W,
-    pub build: B,
-}
-
-/// Gets the bytes to send: recorded ones for an idempotency key used before (after
-/// `recheck`), or by fetching the vault's wrapping key and running `wrap` and `build`.
-/// With an idempotency key, the returned [`Prepared`] holds its claim; a call that finds
-/// the key claimed waits for it within `call.deadline`.
-pub async fn prepare<E, C, CFut, W, WFut, B>(
-    oci: &Arc<OciSide>,
-    call: &Call<'_>,
-    idempotency_key: Option<&str>,
-    request: &Described,
-    progress: &mut Progress,
-    steps: Steps<C, W, B>,
-) -> Result<Prepared, E>
-where
-    E: From<ImportError>,
-    C: FnOnce() -> CFut,
-    CFut: std::future::Future<Output = Result<(), E>>,
-    W: FnOnce(Arc<wrap::WrappingKey>) -> WFut,
-    WFut: std::future::Future<Output = Result<Wrapped, E>>,
-    B: FnOnce(&Wrapped) -> Result<Vec<u8>, E>,
-{
-    let token = kms::retry_token(idempotency_key, &request.scope);
-    let mut claim = None;
-    if idempotency_key.is_some() {
-        loop {
-            match oci.claim(&token, request.digest)? {
-                Claim::Replay(sent) => {
-                    (steps.recheck)().await?;
-                    progress.replayed = true;
-                    return Ok(prepared(progress, token, sent, None));
-                }
-                Claim::Wait(mut rx) => {
-                    let until = call
-                        .deadline
-                        .unwrap_or_else(|| Instant::now() + MAX_CLAIM_WAIT);
-                    if tokio::time::timeout_at(until.into(), rx.changed())
-                        .await
-                        .is_err()
-                    {
-                        return Err(ImportError::in_progress(
-                            "another call with this idempotency_key is still in progress; retry with the same key",
-                        )
-                        .into());
-                    }
-                }
-                Claim::Mine(guard) => {
-                    claim = Some(guard);
-                    break;
-                }
-            }
-        }
-    }
-    let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
-        note_error(progress, &e);
-        ImportError::Oci(e)
-    })?;
-    // recorded now: a refused wrap is audited with the vault key it was for
-    let fp = wk.fingerprint();
-    progress.wrapping_key_sha256 = Some(fp.clone());
-    let wrapped = (steps.wrap)(wk).await?;
-    let sent = Sent {
-        body: Arc::new(Zeroizing::new((steps.build)(&wrapped)?)),
-        made: Progress {
-            wrapping_key_sha256: Some(fp),
-            mode: Some(wrapped.mode.as_str()),
-            label: Some(wrapped.key.label.clone()),
-            id_hex: Some(wrap::hex(&wrapped.key.id)),
-            ..Progress::default()
-        },
-    };
-    if let Some(c) = claim.as_mut() {
-        c.sent = Some(sent.clone());
-    }
-    Ok(prepared(progress, token, sent, claim))
-}
-
-/// What `sent` tells the audit record; the bytes to send with `token`.
-fn prepared(
-    progress: &mut Progress,
-    token: String,
-    sent: Sent,
-    claim: Option<ClaimGuard>,
-) -> Prepared {
-    progress.merge(&sent.made);
-    Prepared {
-        token,
-        body: sent.body,
-        claim,
-    }
-}
-
 /// `wrappedImportKey` for `w`.
 pub fn wrapped_import_key(w: &Wrapped) -> kms::WrappedImportKey {
     kms::WrappedImportKey {
@@ -348,7 +246,7 @@ pub fn wrapped_import_key(w: &Wrapped) -> kms::WrappedImportKey {
     }
 }
 
-/// What an idempotency key is bound to.
+/// What an idempotency key is bound to, and what the journal records of the request.
 pub struct Described {
     /// Caller, operation, endpoint and OCI target: with the idempotency key, derives the
     /// retry token, so one caller's key never names another caller's import.
@@ -356,12 +254,17 @@ pub struct Described {
     /// SHA-256 of everything asked (scope, source key, algorithm, details): a key reused
     /// with a different request is refused.
     pub digest: [u8; 32],
+    pub caller: String,
+    pub op: &'static str,
+    pub target: String,
+    pub endpoint: String,
+    pub algorithm: &'static str,
 }
 
 /// What `caller` asks of `op`.
 pub struct Ask<'a> {
     pub caller: &'a str,
-    pub op: &'a str,
+    pub op: &'static str,
     pub target: &'a str,
     pub key: &'a KeyRef,
     pub alg: Algorithm,
@@ -383,6 +286,11 @@ pub fn describe(a: &Ask<'_>) -> Described {
     Described {
         digest: h.finish(),
         scope,
+        caller: a.caller.to_string(),
+        op: a.op,
+        target: a.target.to_string(),
+        endpoint: a.endpoint.base.clone(),
+        algorithm: a.alg.as_str(),
     }
 }
 

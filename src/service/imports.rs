@@ -158,21 +158,26 @@ impl Bridge {
         created: fn(&T) -> &String,
     ) -> Result<T, Status>
     where
-        T: Send + 'static,
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
         F: FnOnce(Arc<import::OciSide>, Arc<zeroize::Zeroizing<Vec<u8>>>, String) -> Fut
             + Send
             + 'static,
         Fut: std::future::Future<Output = Result<Answer<T>, KmsError>> + Send + 'static,
     {
-        let import::Prepared { token, body, claim } = prepared;
         let mut carried = guard.hand_off();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let oci = self.oci.clone();
         tokio::spawn(async move {
-            let answer = send(oci, body, token).await;
-            // Released once OCI has answered: a retry now re-sends these bytes.
-            drop(claim);
-            let result = answered(carried.record(), &mut progress, answer, created);
+            // The journal's record is freed once OCI's answer is in it.
+            let answer = import::send(
+                prepared,
+                &mut progress,
+                |body, token| send(oci, body, token),
+                created,
+            )
+            .await;
+            carried.record().export.merge(&progress);
+            let result = answer.map_err(|e| status::import(&e));
             carried.answered = Some(result.as_ref().map(|_| ()).map_err(Clone::clone));
             // With the caller gone, `carried` is dropped here and writes the record.
             let _ = tx.send((result, carried));
@@ -445,26 +450,6 @@ impl Destination {
 struct ImportStart {
     export: Export,
     dest: Destination,
-}
-
-/// Records OCI's answer to an import (request id, attempts, what it created) and returns
-/// its value or the failure as a status.
-fn answered<T>(
-    rec: &mut Record,
-    progress: &mut import::Progress,
-    answer: Result<Answer<T>, KmsError>,
-    created: impl Fn(&T) -> &String,
-) -> Result<T, Status> {
-    import::note(progress, &answer);
-    let result = match answer {
-        Ok(a) => {
-            progress.created_id = Some(created(&a.value).clone());
-            Ok(a.value)
-        }
-        Err(e) => Err(status::kms(&e)),
-    };
-    rec.export.merge(progress);
-    result
 }
 
 fn proto_version(v: &crate::oci::kms::KeyVersion) -> proto::KeyVersion {

@@ -63,7 +63,9 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     let audit = Arc::new(Audit::open(&cfg.audit.path)?);
     let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
     // Opened before the runtime starts threads: the module's environment is set here.
-    let oci = super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits)?;
+    let journal = crate::journal::Journal::new(&cfg.journal)?;
+    let oci =
+        super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits, journal.clone())?;
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
     tracing::info!(memory = %crate::hardening::memory_report(), "secrets");
@@ -72,6 +74,11 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
+    // A journal that is down is reported, and refuses imports; the daemon serves the rest.
+    runtime.block_on(async {
+        journal.report_at_start().await;
+        journal.spawn_purge();
+    });
     let bridge = Arc::new(Bridge::new(
         hsm.clone(),
         auth,

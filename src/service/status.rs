@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::hsm::{ExportRefusal, HsmError};
 use crate::import::ImportError;
+use crate::journal::JournalError;
 use crate::oci::kms::KmsError;
 use crate::wrap::WrapError;
 
@@ -86,6 +87,8 @@ pub fn import(e: &ImportError) -> Status {
         ImportError::Oci(k) => kms(k),
         ImportError::Hsm(h) => status(h),
         ImportError::Body(m) => Status::internal(m.clone()),
+        ImportError::Journal(JournalError::Unavailable(_)) => Status::unavailable(e.to_string()),
+        ImportError::Journal(JournalError::LeaseLost) => Status::aborted(e.to_string()),
     }
 }
 

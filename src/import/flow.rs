@@ -1,0 +1,270 @@
+//! One import's path through the journal (src/journal/): claim the record, wrap, commit the
+//! body, send, record OCI's answer. A retry of a key finds the record and gets the recorded
+//! answer or refusal, or re-sends the recorded bytes; every one only after the checks a
+//! fresh import passes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use super::{Described, ImportError, MAX_CLAIM_WAIT, OciSide, Progress, note, note_error};
+use crate::hsm::{WrapMode, Wrapped};
+use crate::journal::{Claimed, Entry, Failure, JournalError, Lease, Made, Outcome, Record};
+use crate::oci::kms::{self, Answer, Call, KmsError};
+use crate::wrap;
+
+/// What an import does next.
+pub enum Prepared {
+    /// Send `body` with `token`; `lease` holds the record until OCI's answer is in it.
+    Send {
+        token: String,
+        body: Arc<Zeroizing<Vec<u8>>>,
+        lease: Lease,
+    },
+    /// OCI accepted this key's import before: its recorded answer, no new import call.
+    Answered(Box<Record>),
+}
+
+/// What `prepare` runs: the checks of the source key for a recorded import, and for a
+/// fresh one the HSM wrap for the vault's key and the JSON body around the wrapped bytes.
+pub struct Steps<C, W, B> {
+    /// For a recorded import: the checks a fresh wrap would make of the source key (found,
+    /// the caller may touch it, it may leave), without wrapping.
+    pub recheck: C,
+    pub wrap: W,
+    pub build: B,
+}
+
+/// Claims the import's journal record and gets what to do: the recorded answer or
+/// refusal, the recorded bytes to send again, or (nothing sent before) a fresh wrap whose
+/// body is committed before this returns. A call that finds the record claimed elsewhere
+/// waits for it within `call.deadline`, then gets a retryable `ABORTED`. A journal that
+/// cannot be written refuses the import here, before anything is wrapped or sent.
+pub async fn prepare<E, C, CFut, W, WFut, B>(
+    oci: &Arc<OciSide>,
+    call: &Call<'_>,
+    idempotency_key: Option<&str>,
+    request: &Described,
+    progress: &mut Progress,
+    steps: Steps<C, W, B>,
+) -> Result<Prepared, E>
+where
+    E: From<ImportError>,
+    C: FnOnce() -> CFut,
+    CFut: std::future::Future<Output = Result<(), E>>,
+    W: FnOnce(Arc<wrap::WrappingKey>) -> WFut,
+    WFut: std::future::Future<Output = Result<Wrapped, E>>,
+    B: FnOnce(&Wrapped) -> Result<Vec<u8>, E>,
+{
+    let token = kms::retry_token(idempotency_key, &request.scope);
+    let entry = Entry {
+        token: token.clone(),
+        caller: request.caller.clone(),
+        idempotency_key: idempotency_key.map(str::to_string),
+        operation: request.op.to_string(),
+        target: request.target.clone(),
+        endpoint: request.endpoint.clone(),
+        algorithm: request.algorithm.to_string(),
+        digest: request.digest,
+    };
+    let until = call
+        .deadline
+        .unwrap_or_else(|| Instant::now() + MAX_CLAIM_WAIT);
+    let mut pause = Duration::from_millis(20);
+    let lease = loop {
+        let claimed = oci.journal.claim(&entry).await.map_err(ImportError::from)?;
+        let recorded = match claimed {
+            Claimed::Fresh(lease) => break lease,
+            Claimed::Mismatch => {
+                return Err(ImportError::invalid(
+                    "idempotency_key was already used for a different request (source key, algorithm, target or details); use a new key",
+                )
+                .into());
+            }
+            Claimed::Busy => {
+                if Instant::now() + pause >= until {
+                    return Err(ImportError::in_progress(
+                        "an import with this idempotency_key is in progress (in this daemon or on another replica); retry with the same key",
+                    )
+                    .into());
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+                continue;
+            }
+            Claimed::Resend(lease, r) => (Some(lease), r),
+            Claimed::Accepted(r) | Claimed::Failed(r) => (None, r),
+        };
+        // A recorded import: as allowed now as a fresh one would be, or nothing is returned.
+        (steps.recheck)().await?;
+        progress.replayed = true;
+        progress.merge(&made_progress(&recorded.1));
+        return match recorded {
+            (Some(lease), r) => match r.body.clone() {
+                Some(body) => Ok(Prepared::Send { token, body, lease }),
+                None => Err(ImportError::from(JournalError::Unavailable(
+                    "a recorded import has no body".into(),
+                ))
+                .into()),
+            },
+            (None, r) if r.failure.is_some() => Err(ImportError::Oci(recorded_refusal(&r)).into()),
+            (None, r) => Ok(Prepared::Answered(Box::new(r))),
+        };
+    };
+    let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
+        note_error(progress, &e);
+        ImportError::Oci(e)
+    })?;
+    // recorded now: a refused wrap is audited with the vault key it was for
+    let fp = wk.fingerprint();
+    progress.wrapping_key_sha256 = Some(fp.clone());
+    let wrapped = (steps.wrap)(wk).await?;
+    let body = Arc::new(Zeroizing::new((steps.build)(&wrapped)?));
+    let made = Progress {
+        wrapping_key_sha256: Some(fp),
+        mode: Some(wrapped.mode.as_str()),
+        label: Some(wrapped.key.label.clone()),
+        id_hex: Some(wrap::hex(&wrapped.key.id)),
+        ..Progress::default()
+    };
+    lease
+        .prepare(&body, &journal_made(&made))
+        .await
+        .map_err(ImportError::from)?;
+    progress.merge(&made);
+    Ok(Prepared::Send { token, body, lease })
+}
+
+/// Sends a prepared import with `send(body, token)` and records OCI's answer in the
+/// journal, or returns the answer recorded before. `progress` learns OCI's request id,
+/// the attempts and what was created.
+pub async fn send<T, F, Fut>(
+    prepared: Prepared,
+    progress: &mut Progress,
+    send: F,
+    created: fn(&T) -> &String,
+) -> Result<T, ImportError>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnOnce(Arc<Zeroizing<Vec<u8>>>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Answer<T>, KmsError>>,
+{
+    match prepared {
+        Prepared::Answered(r) => {
+            let value: T = r
+                .answer
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok())
+                .ok_or_else(|| {
+                    JournalError::Unavailable(format!(
+                        "the recorded answer of import {} cannot be read",
+                        r.token
+                    ))
+                })?;
+            progress.created_id = r.created_id.clone();
+            progress.opc_request_id = r.opc_request_id.clone();
+            Ok(value)
+        }
+        Prepared::Send { token, body, lease } => {
+            let answer = send(body, token).await;
+            note(progress, &answer);
+            lease.finish(&outcome(&answer, created)).await;
+            let value = answer?.value;
+            progress.created_id = Some(created(&value).clone());
+            Ok(value)
+        }
+    }
+}
+
+/// Whether OCI's error status refuses the import itself, for good: a retry of the same
+/// bytes would get the same answer. Not: authentication (401, 403; an operator may fix the
+/// API key), timeouts (408), conflicts (409: retry-token in use), throttling (429), 5xx.
+fn definitive(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 409 | 429)
+}
+
+/// What the journal records of OCI's answer.
+fn outcome<T: Serialize>(
+    answer: &Result<Answer<T>, KmsError>,
+    created: fn(&T) -> &String,
+) -> Outcome {
+    match answer {
+        Ok(a) => match serde_json::to_string(&a.value) {
+            Ok(json) => Outcome::Accepted {
+                created_id: created(&a.value).clone(),
+                answer: json,
+                opc_request_id: a.opc_request_id.clone(),
+            },
+            // Not expected; unknown is always safe: a retry re-sends, OCI answers the same.
+            Err(_) => Outcome::Unknown {
+                opc_request_id: Some(a.opc_request_id.clone()),
+            },
+        },
+        Err(KmsError::Service {
+            status,
+            code,
+            message,
+            opc_request_id,
+            ..
+        }) if definitive(*status) => Outcome::Failed {
+            failure: Failure {
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            },
+            opc_request_id: opc_request_id.clone(),
+        },
+        Err(e) => Outcome::Unknown {
+            opc_request_id: e.opc_request_id().map(str::to_string),
+        },
+    }
+}
+
+/// OCI's refusal as recorded, as OCI gave it.
+fn recorded_refusal(r: &Record) -> KmsError {
+    let f = r.failure.clone().unwrap_or(Failure {
+        status: 400,
+        code: String::new(),
+        message: String::new(),
+    });
+    KmsError::Service {
+        op: if r.operation == "ImportKey" {
+            "ImportKey"
+        } else {
+            "ImportKeyVersion"
+        },
+        status: f.status,
+        code: f.code,
+        message: format!("{} (recorded at {})", f.message, r.updated_at()),
+        opc_request_id: r.opc_request_id.clone().unwrap_or_default(),
+        attempts: 0,
+    }
+}
+
+fn journal_made(p: &Progress) -> Made {
+    Made {
+        source_key_label: p.label.clone(),
+        source_key_id_hex: p.id_hex.clone(),
+        mode: p.mode.map(str::to_string),
+        wrapping_key_sha256: p.wrapping_key_sha256.clone(),
+    }
+}
+
+/// What a record says of how its body was made, for the audit record.
+fn made_progress(r: &Record) -> Progress {
+    Progress {
+        label: r.made.source_key_label.clone(),
+        id_hex: r.made.source_key_id_hex.clone(),
+        mode: r.made.mode.as_deref().and_then(|m| {
+            [WrapMode::HsmNative, WrapMode::HsmTwoStep, WrapMode::Hybrid]
+                .into_iter()
+                .map(WrapMode::as_str)
+                .find(|s| *s == m)
+        }),
+        wrapping_key_sha256: r.made.wrapping_key_sha256.clone(),
+        ..Progress::default()
+    }
+}

@@ -1,0 +1,518 @@
+//! The import journal: what every import sent and what OCI answered, durable across
+//! crashes, restarts and replicas (docs/ARCHITECTURE.md, "The import journal").
+//!
+//! A record is keyed by the import's `opc-retry-token`, which is derived from the caller,
+//! the operation, the endpoint, the target and the caller's idempotency key. Before anything
+//! is wrapped, a call claims the record (an insert, or a lease on an unfinished record whose
+//! holder went away); before the first send, it commits the exact body bytes; after OCI
+//! answers, the state becomes accepted, failed or unknown. Only one call at a time, in any
+//! process on any machine sharing the database, holds a record's lease, and a record's body,
+//! once committed, never changes: every attempt for one key sends the same bytes under the
+//! same token. The body is wrapped for the vault's key: only the vault can open it.
+//!
+//! Two backends behind [`Backend`]: SQLite (`sqlite.rs`, the default) and PostgreSQL
+//! (`postgres.rs`, for replicas). If the journal cannot be written, an import is refused
+//! before anything is wrapped or sent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::config::{JournalConfig, JournalStore};
+
+mod postgres;
+mod sqlite;
+
+/// A future a backend returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why the journal could not do what was asked. Every one refuses an import that has not
+/// been sent yet; none affects WrapKey or listing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// The database cannot be opened, reached or written.
+    #[error("the import journal is unavailable: {0}")]
+    Unavailable(String),
+    /// The lease on a record was lost (another process took it over after it expired).
+    #[error("the claim on this import was lost to another call; retry with the same key")]
+    LeaseLost,
+}
+
+/// What a record is about: everything a claim writes.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The `opc-retry-token` (the primary key).
+    pub token: String,
+    pub caller: String,
+    pub idempotency_key: Option<String>,
+    pub operation: String,
+    /// ImportKeyVersion: the key OCID; ImportKey: the compartment OCID.
+    pub target: String,
+    pub endpoint: String,
+    pub algorithm: String,
+    /// SHA-256 of everything asked: a key reused for another request is refused.
+    pub digest: [u8; 32],
+}
+
+/// Where a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Claimed; no body yet, so nothing was sent.
+    Claimed,
+    /// The body is committed; it may have been sent.
+    Prepared,
+    /// OCI created the key version or key.
+    Accepted,
+    /// OCI refused the import, definitively.
+    Failed,
+    /// Sent, and OCI's answer was lost.
+    Unknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Claimed => "claimed",
+            State::Prepared => "prepared",
+            State::Accepted => "accepted",
+            State::Failed => "failed",
+            State::Unknown => "unknown",
+        }
+    }
+
+    fn parse(s: &str) -> Result<State, JournalError> {
+        Ok(match s {
+            "claimed" => State::Claimed,
+            "prepared" => State::Prepared,
+            "accepted" => State::Accepted,
+            "failed" => State::Failed,
+            "unknown" => State::Unknown,
+            other => {
+                return Err(JournalError::Unavailable(format!(
+                    "a record has an unknown state {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+/// How the body was made.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Made {
+    pub source_key_label: Option<String>,
+    pub source_key_id_hex: Option<String>,
+    pub mode: Option<String>,
+    pub wrapping_key_sha256: Option<String>,
+}
+
+/// OCI's definitive refusal, replayed to a retry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+/// A record as stored. `body` is read only where it is needed (a re-send).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub token: String,
+    pub caller: String,
+    pub idempotency_key: Option<String>,
+    pub operation: String,
+    pub target: String,
+    pub endpoint: String,
+    pub algorithm: String,
+    pub state: State,
+    #[serde(flatten)]
+    pub made: Made,
+    /// Bytes of the body (never the body itself in listings).
+    pub body_bytes: Option<u64>,
+    #[serde(skip)]
+    pub body: Option<Arc<Zeroizing<Vec<u8>>>>,
+    #[serde(skip)]
+    pub digest: Vec<u8>,
+    pub created_id: Option<String>,
+    /// OCI's answer (the key version or key, JSON), for an accepted import.
+    #[serde(skip)]
+    pub answer: Option<String>,
+    pub opc_request_id: Option<String>,
+    pub failure: Option<Failure>,
+    pub lease_owner: Option<String>,
+    /// Milliseconds since the epoch.
+    pub lease_until_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Record {
+    /// When the record was made, RFC 3339.
+    pub fn created_at(&self) -> String {
+        rfc3339_ms(self.created_at_ms)
+    }
+    pub fn updated_at(&self) -> String {
+        rfc3339_ms(self.updated_at_ms)
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    crate::time::rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// What a backend found when asked for a claim.
+pub enum RawClaim {
+    /// A new record, claimed.
+    Inserted,
+    /// An unfinished record whose lease was free or expired, now claimed.
+    Taken(Record),
+    /// A record that cannot be claimed now: finished, held, or for another request.
+    Held(Record),
+}
+
+/// OCI's answer, as the journal records it.
+pub enum Outcome {
+    Accepted {
+        created_id: String,
+        answer: String,
+        opc_request_id: String,
+    },
+    Failed {
+        failure: Failure,
+        opc_request_id: String,
+    },
+    /// The answer was lost (or OCI asked for a retry): a retry re-sends the same bytes.
+    Unknown { opc_request_id: Option<String> },
+}
+
+/// One small interface, two databases. Times are the database's own where it has one to
+/// share (PostgreSQL), so replicas' clocks do not decide leases.
+pub trait Backend: Send + Sync {
+    /// Inserts `entry` claimed by `owner`, or takes the lease of its unfinished record if
+    /// the lease is free or expired and the request digest matches; else returns the record.
+    fn claim<'a>(
+        &'a self,
+        entry: &'a Entry,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<RawClaim, JournalError>>;
+    /// Commits the body, if `owner` holds the lease and no body was committed before.
+    fn prepare<'a>(
+        &'a self,
+        token: &'a str,
+        owner: &'a str,
+        body: &'a [u8],
+        made: &'a Made,
+    ) -> BoxFuture<'a, Result<bool, JournalError>>;
+    /// Extends `owner`'s lease; false if it no longer holds it.
+    fn renew<'a>(
+        &'a self,
+        token: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, JournalError>>;
+    /// Records OCI's answer and frees the lease. An accepted answer replaces anything; a
+    /// failure or an unknown one never replaces an accepted one.
+    fn finish<'a>(
+        &'a self,
+        token: &'a str,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+    /// Frees `owner`'s lease; a record with no body (nothing sent) is deleted.
+    fn release<'a>(
+        &'a self,
+        token: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+    /// The newest `limit` records (without bodies), newest first; with `unresolved`, only
+    /// prepared or unknown ones whose lease is free or expired.
+    fn list(
+        &self,
+        limit: u32,
+        unresolved: bool,
+    ) -> BoxFuture<'_, Result<Vec<Record>, JournalError>>;
+    /// One record, with its answer but without its body.
+    fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>>;
+    /// Deletes records made more than `age` ago whose lease is free or expired.
+    fn purge(&self, age: Duration) -> BoxFuture<'_, Result<u64, JournalError>>;
+}
+
+/// What a claim on an import's record gives the caller.
+pub enum Claimed {
+    /// Nothing was ever sent under this token: wrap, then [`Lease::prepare`].
+    Fresh(Lease),
+    /// A body was committed (and maybe sent): send exactly it again.
+    Resend(Lease, Record),
+    /// OCI accepted it: the recorded answer.
+    Accepted(Record),
+    /// OCI refused it: the recorded refusal.
+    Failed(Record),
+    /// Another call, here or on another replica, holds the claim.
+    Busy,
+    /// The idempotency key was used for a different request.
+    Mismatch,
+}
+
+/// The import journal of this process.
+pub struct Journal {
+    backend: Arc<dyn Backend>,
+    /// This process's name in leases: random per process.
+    owner: String,
+    lease: Duration,
+    retention: Duration,
+    what: String,
+    down: AtomicBool,
+}
+
+impl Journal {
+    /// The journal `cfg` names. Nothing is opened yet: a database that is down refuses
+    /// imports when they come, not the daemon's start.
+    pub fn new(cfg: &JournalConfig) -> Result<Arc<Journal>, JournalError> {
+        let (backend, what): (Arc<dyn Backend>, String) = match &cfg.store {
+            Some(JournalStore::Sqlite(path)) => (
+                Arc::new(sqlite::Sqlite::new(path.clone())),
+                format!("sqlite:{}", path.display()),
+            ),
+            Some(JournalStore::Postgres(pg)) => (
+                Arc::new(postgres::Postgres::new(
+                    (**pg).clone(),
+                    cfg.password_file.clone(),
+                    cfg.ca_file.clone(),
+                )?),
+                postgres::describe(pg),
+            ),
+            None => {
+                return Err(JournalError::Unavailable(
+                    "journal.url was not parsed".into(),
+                ));
+            }
+        };
+        let mut id = [0u8; 8];
+        let _ = getrandom::fill(&mut id);
+        Ok(Arc::new(Journal {
+            backend,
+            owner: format!(
+                "{}/{}/{}",
+                rustix::system::uname().nodename().to_string_lossy(),
+                std::process::id(),
+                crate::wrap::hex(&id)
+            ),
+            lease: Duration::from_secs(cfg.lease_secs),
+            retention: Duration::from_secs(cfg.retention_hours * 3600),
+            what,
+            down: AtomicBool::new(false),
+        }))
+    }
+
+    /// Where the journal is (no password).
+    pub fn describe(&self) -> &str {
+        &self.what
+    }
+
+    /// Notes whether the journal answered: one log line when it goes down, one when it is
+    /// back.
+    fn health<T>(&self, r: Result<T, JournalError>) -> Result<T, JournalError> {
+        match &r {
+            Err(JournalError::Unavailable(why)) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::error!(journal = %self.what, "the import journal is down; imports are refused until it is back: {why}");
+                }
+            }
+            _ => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(journal = %self.what, "the import journal is back; imports resume");
+                }
+            }
+        }
+        r
+    }
+
+    /// Whether the last operation found the journal down.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Claims `entry`'s record for this call.
+    pub async fn claim(self: &Arc<Self>, entry: &Entry) -> Result<Claimed, JournalError> {
+        let raw = self.health(self.backend.claim(entry, &self.owner, self.lease).await)?;
+        Ok(match raw {
+            RawClaim::Inserted => Claimed::Fresh(self.lease_on(&entry.token)),
+            RawClaim::Taken(r) if r.body.is_none() => Claimed::Fresh(self.lease_on(&entry.token)),
+            RawClaim::Taken(r) => Claimed::Resend(self.lease_on(&entry.token), r),
+            RawClaim::Held(r) if r.digest != entry.digest => Claimed::Mismatch,
+            RawClaim::Held(r) if r.state == State::Accepted => Claimed::Accepted(r),
+            RawClaim::Held(r) if r.state == State::Failed => Claimed::Failed(r),
+            RawClaim::Held(_) => Claimed::Busy,
+        })
+    }
+
+    fn lease_on(self: &Arc<Self>, token: &str) -> Lease {
+        let (journal, token2) = (self.clone(), token.to_string());
+        // Renewed at a third of its life while the call holds it.
+        let heartbeat = tokio::spawn(async move {
+            let every = journal.lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                match journal
+                    .backend
+                    .renew(&token2, &journal.owner, journal.lease)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(token = %token2, "an import's claim was taken over after it expired");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(token = %token2, "renewing an import's claim: {e}"),
+                }
+            }
+        });
+        Lease {
+            journal: self.clone(),
+            token: token.to_string(),
+            heartbeat,
+            finished: false,
+        }
+    }
+
+    /// The newest records.
+    pub async fn list(&self, limit: u32) -> Result<Vec<Record>, JournalError> {
+        self.health(self.backend.list(limit, false).await)
+    }
+
+    /// Records a crash left prepared or unknown (a caller's retry resolves them).
+    pub async fn unresolved(&self) -> Result<Vec<Record>, JournalError> {
+        self.health(self.backend.list(1000, true).await)
+    }
+
+    pub async fn get(&self, token: &str) -> Result<Option<Record>, JournalError> {
+        self.health(self.backend.get(token).await)
+    }
+
+    /// Deletes records older than `journal.retention_hours`.
+    pub async fn purge(&self) -> Result<u64, JournalError> {
+        self.health(self.backend.purge(self.retention).await)
+    }
+
+    /// The start-up report: one line listing the records a crash left unresolved, and
+    /// the purge of expired ones. Failures are logged: the daemon starts anyway.
+    pub async fn report_at_start(&self) {
+        match self.purge().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(journal = %self.what, purged = n, "expired import records purged")
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+        match self.unresolved().await {
+            Ok(r) if r.is_empty() => {
+                tracing::info!(journal = %self.what, "import journal open; no unresolved imports")
+            }
+            Ok(r) => {
+                let list: Vec<String> = r
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} ({} {} by {}, key {}, {})",
+                            r.token,
+                            r.operation,
+                            r.target,
+                            r.caller,
+                            r.idempotency_key.as_deref().unwrap_or("-"),
+                            r.state.as_str()
+                        )
+                    })
+                    .collect();
+                tracing::warn!(
+                    journal = %self.what,
+                    count = r.len(),
+                    "imports left unresolved by a crash (sent or about to be, answer unknown); a retry with the same idempotency_key resolves each: {}",
+                    list.join("; ")
+                );
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    /// Purges expired records every hour, for as long as the process runs.
+    pub fn spawn_purge(self: &Arc<Self>) {
+        let journal = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                if let Err(e) = journal.purge().await {
+                    tracing::error!("{e}");
+                }
+            }
+        });
+    }
+}
+
+/// This call's claim on a record. Renewed while held; dropped without [`Lease::finish`]
+/// (the wrap failed, or the call gave up before sending), it is freed, and a record with
+/// no body is deleted.
+pub struct Lease {
+    journal: Arc<Journal>,
+    token: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+    finished: bool,
+}
+
+impl Lease {
+    /// Commits the body before its first send.
+    pub async fn prepare(&self, body: &[u8], made: &Made) -> Result<(), JournalError> {
+        let j = &self.journal;
+        match j.health(j.backend.prepare(&self.token, &j.owner, body, made).await)? {
+            true => Ok(()),
+            false => Err(JournalError::LeaseLost),
+        }
+    }
+
+    /// Records OCI's answer; a failure to write it is logged (the answer still reaches the
+    /// caller, and a retry re-sends the same bytes, which OCI answers the same way).
+    pub async fn finish(mut self, outcome: &Outcome) {
+        self.heartbeat.abort();
+        let j = &self.journal;
+        match j.health(j.backend.finish(&self.token, outcome).await) {
+            Ok(()) => self.finished = true,
+            Err(e) => {
+                tracing::error!(token = %self.token, "OCI's answer could not be recorded: {e}")
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        if self.finished {
+            return;
+        }
+        let (journal, token) = (self.journal.clone(), std::mem::take(&mut self.token));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = journal.backend.release(&token, &journal.owner).await {
+                    tracing::warn!(%token, "freeing an import's claim (it expires by itself): {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Milliseconds since the epoch, by this machine's clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The columns every backend reads a record from, in this order.
+pub(crate) const COLUMNS: &str = "token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, \
+     source_key_label, source_key_id_hex, mode, wrapping_key_sha256, created_id, answer, opc_request_id, \
+     failure_status, failure_code, failure_message, lease_owner, lease_until, created_at, updated_at, \
+     length(body)";

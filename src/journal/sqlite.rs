@@ -1,0 +1,411 @@
+//! The SQLite journal (the default): one file, WAL, every commit synchronous, created 0600.
+//! rusqlite is blocking, so every statement runs on tokio's blocking threads, one at a time
+//! per process; the daemon and the CLI may share the file (SQLite's own locks, a 5 s busy
+//! wait). Times are this machine's clock.
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use zeroize::Zeroizing;
+
+use super::{
+    Backend, BoxFuture, COLUMNS, Entry, Failure, JournalError, Made, Outcome, RawClaim, Record,
+    State, now_ms,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS hsm_bridge_imports (
+    token TEXT PRIMARY KEY,
+    caller TEXT NOT NULL,
+    idempotency_key TEXT,
+    operation TEXT NOT NULL,
+    target TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    request_digest BLOB NOT NULL,
+    state TEXT NOT NULL,
+    body BLOB,
+    source_key_label TEXT,
+    source_key_id_hex TEXT,
+    mode TEXT,
+    wrapping_key_sha256 TEXT,
+    created_id TEXT,
+    answer TEXT,
+    opc_request_id TEXT,
+    failure_status INTEGER,
+    failure_code TEXT,
+    failure_message TEXT,
+    lease_owner TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hsm_bridge_imports_created ON hsm_bridge_imports (created_at);
+";
+
+pub struct Sqlite {
+    path: PathBuf,
+    conn: Arc<Mutex<Option<Connection>>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Unavailable(e.to_string())
+}
+
+impl Sqlite {
+    pub fn new(path: PathBuf) -> Sqlite {
+        Sqlite {
+            path,
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs `f` on the connection (opened first if need be) on a blocking thread. After an
+    /// error the connection is closed, so the next call opens the file afresh.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, JournalError>> {
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                if guard.is_none() {
+                    *guard = Some(open(&path)?);
+                }
+                let c = guard.as_mut().expect("opened above");
+                let r = f(c);
+                if r.is_err() {
+                    *guard = None;
+                }
+                r.map_err(|e| unavailable(format!("{}: {e}", path.display())))
+            })
+            .await
+            .map_err(unavailable)?
+        })
+    }
+}
+
+/// Opens (creating, mode 0600) the journal file: never through a symbolic link, never a
+/// file that others may write.
+fn open(path: &Path) -> Result<Connection, JournalError> {
+    let at = |e: &dyn std::fmt::Display| unavailable(format!("{}: {e}", path.display()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| at(&e))?;
+    let meta = f.metadata().map_err(|e| at(&e))?;
+    if !meta.is_file() {
+        return Err(at(&"not a regular file"));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(at(&"group or others may write it; chmod 600 it"));
+    }
+    drop(f);
+    let c = Connection::open(path).map_err(|e| at(&e))?;
+    c.busy_timeout(Duration::from_secs(5)).map_err(|e| at(&e))?;
+    let mode: String = c
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| at(&e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(at(&format!("journal_mode is {mode}, not WAL")));
+    }
+    c.execute_batch("PRAGMA synchronous=FULL;")
+        .map_err(|e| at(&e))?;
+    c.execute_batch(SCHEMA).map_err(|e| at(&e))?;
+    Ok(c)
+}
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let state: String = r.get(8)?;
+    let failure = match r.get::<_, Option<i64>>(16)? {
+        Some(status) => Some(Failure {
+            status: status as u16,
+            code: r.get::<_, Option<String>>(17)?.unwrap_or_default(),
+            message: r.get::<_, Option<String>>(18)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(Record {
+        token: r.get(0)?,
+        caller: r.get(1)?,
+        idempotency_key: r.get(2)?,
+        operation: r.get(3)?,
+        target: r.get(4)?,
+        endpoint: r.get(5)?,
+        algorithm: r.get(6)?,
+        digest: r.get(7)?,
+        state: State::parse(&state).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, e.into())
+        })?,
+        made: Made {
+            source_key_label: r.get(9)?,
+            source_key_id_hex: r.get(10)?,
+            mode: r.get(11)?,
+            wrapping_key_sha256: r.get(12)?,
+        },
+        created_id: r.get(13)?,
+        answer: r.get(14)?,
+        opc_request_id: r.get(15)?,
+        failure,
+        lease_owner: r.get(19)?,
+        lease_until_ms: r.get(20)?,
+        created_at_ms: r.get(21)?,
+        updated_at_ms: r.get(22)?,
+        body_bytes: r.get::<_, Option<i64>>(23)?.map(|n| n as u64),
+        body: None,
+    })
+}
+
+fn select_one(c: &Connection, token: &str, with_body: bool) -> rusqlite::Result<Option<Record>> {
+    let body = if with_body { ", body" } else { "" };
+    c.query_row(
+        &format!("SELECT {COLUMNS}{body} FROM hsm_bridge_imports WHERE token = ?1"),
+        [token],
+        |r| {
+            let mut rec = record(r)?;
+            if with_body {
+                rec.body = r
+                    .get::<_, Option<Vec<u8>>>(24)?
+                    .map(|b| Arc::new(Zeroizing::new(b)));
+            }
+            Ok(rec)
+        },
+    )
+    .optional()
+}
+
+impl Backend for Sqlite {
+    fn claim<'a>(
+        &'a self,
+        entry: &'a Entry,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<RawClaim, JournalError>> {
+        let (e, owner) = (entry.clone(), owner.to_string());
+        self.run(move |c| {
+            let now = now_ms();
+            let until = now + lease.as_millis() as i64;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT INTO hsm_bridge_imports (token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, lease_owner, lease_until, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'claimed', ?9, ?10, ?11, ?11)
+                 ON CONFLICT (token) DO NOTHING",
+                params![e.token, e.caller, e.idempotency_key, e.operation, e.target, e.endpoint, e.algorithm, &e.digest[..], owner, until, now],
+            )?;
+            let out = if inserted == 1 {
+                RawClaim::Inserted
+            } else {
+                let taken = tx.execute(
+                    "UPDATE hsm_bridge_imports SET lease_owner = ?2, lease_until = ?3, updated_at = ?4
+                     WHERE token = ?1 AND request_digest = ?5 AND state IN ('claimed', 'prepared', 'unknown')
+                       AND (lease_owner IS NULL OR lease_until < ?4)",
+                    params![e.token, owner, until, now, &e.digest[..]],
+                )?;
+                match select_one(&tx, &e.token, taken == 1)? {
+                    Some(r) if taken == 1 => RawClaim::Taken(r),
+                    Some(r) => RawClaim::Held(r),
+                    // deleted between the two statements: impossible inside the transaction
+                    None => return Err(rusqlite::Error::QueryReturnedNoRows),
+                }
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        token: &'a str,
+        owner: &'a str,
+        body: &'a [u8],
+        made: &'a Made,
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let (token, owner, made) = (token.to_string(), owner.to_string(), made.clone());
+        let body = Zeroizing::new(body.to_vec());
+        self.run(move |c| {
+            let n = c.execute(
+                "UPDATE hsm_bridge_imports SET body = ?3, state = 'prepared', source_key_label = ?4, source_key_id_hex = ?5,
+                     mode = ?6, wrapping_key_sha256 = ?7, updated_at = ?8
+                 WHERE token = ?1 AND lease_owner = ?2 AND body IS NULL",
+                params![token, owner, &body[..], made.source_key_label, made.source_key_id_hex, made.mode, made.wrapping_key_sha256, now_ms()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        token: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let (token, owner) = (token.to_string(), owner.to_string());
+        self.run(move |c| {
+            let n = c.execute(
+                "UPDATE hsm_bridge_imports SET lease_until = ?3 WHERE token = ?1 AND lease_owner = ?2",
+                params![token, owner, now_ms() + lease.as_millis() as i64],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        token: &'a str,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        let token = token.to_string();
+        let (sql, values) = finish_values(outcome);
+        self.run(move |c| {
+            c.execute(
+                sql,
+                params![
+                    token,
+                    values.0,
+                    values.1,
+                    values.2,
+                    values.3,
+                    values.4,
+                    values.5,
+                    values.6,
+                    now_ms()
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        token: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        let (token, owner) = (token.to_string(), owner.to_string());
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM hsm_bridge_imports WHERE token = ?1 AND lease_owner = ?2 AND body IS NULL",
+                params![token, owner],
+            )?;
+            tx.execute(
+                "UPDATE hsm_bridge_imports SET lease_owner = NULL, lease_until = 0 WHERE token = ?1 AND lease_owner = ?2",
+                params![token, owner],
+            )?;
+            tx.commit()
+        })
+    }
+
+    fn list(
+        &self,
+        limit: u32,
+        unresolved: bool,
+    ) -> BoxFuture<'_, Result<Vec<Record>, JournalError>> {
+        self.run(move |c| {
+            let filter = if unresolved {
+                "WHERE state IN ('prepared', 'unknown') AND (lease_owner IS NULL OR lease_until < ?2)"
+            } else {
+                "WHERE ?2 = ?2"
+            };
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM hsm_bridge_imports {filter} ORDER BY created_at DESC LIMIT ?1"
+            ))?;
+            let rows = st.query_map(params![limit, now_ms()], record)?;
+            rows.collect()
+        })
+    }
+
+    fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
+        let token = token.to_string();
+        self.run(move |c| select_one(c, &token, false))
+    }
+
+    fn purge(&self, age: Duration) -> BoxFuture<'_, Result<u64, JournalError>> {
+        self.run(move |c| {
+            let now = now_ms();
+            let n = c.execute(
+                "DELETE FROM hsm_bridge_imports WHERE created_at < ?1 AND (lease_owner IS NULL OR lease_until < ?2)",
+                params![now - age.as_millis() as i64, now],
+            )?;
+            Ok(n as u64)
+        })
+    }
+}
+
+/// The `finish` statement for `outcome` and its values after the token: state, created id,
+/// answer, opc-request-id, failure status, code, message (then the time). An accepted
+/// answer replaces anything; a failure or an unknown one never an accepted one.
+#[allow(clippy::type_complexity)]
+pub(super) fn finish_values(
+    outcome: &Outcome,
+) -> (
+    &'static str,
+    (
+        &'static str,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+    ),
+) {
+    const ANY: &str = "UPDATE hsm_bridge_imports SET state = ?2, created_id = ?3, answer = ?4, opc_request_id = ?5,
+             failure_status = ?6, failure_code = ?7, failure_message = ?8, lease_owner = NULL, lease_until = 0, updated_at = ?9
+         WHERE token = ?1";
+    const UNLESS_ACCEPTED: &str = "UPDATE hsm_bridge_imports SET state = ?2, created_id = ?3, answer = ?4, opc_request_id = ?5,
+             failure_status = ?6, failure_code = ?7, failure_message = ?8, lease_owner = NULL, lease_until = 0, updated_at = ?9
+         WHERE token = ?1 AND state <> 'accepted'";
+    match outcome {
+        Outcome::Accepted {
+            created_id,
+            answer,
+            opc_request_id,
+        } => (
+            ANY,
+            (
+                "accepted",
+                Some(created_id.clone()),
+                Some(answer.clone()),
+                Some(opc_request_id.clone()),
+                None,
+                None,
+                None,
+            ),
+        ),
+        Outcome::Failed {
+            failure,
+            opc_request_id,
+        } => (
+            UNLESS_ACCEPTED,
+            (
+                "failed",
+                None,
+                None,
+                Some(opc_request_id.clone()),
+                Some(failure.status as i64),
+                Some(failure.code.clone()),
+                Some(failure.message.clone()),
+            ),
+        ),
+        Outcome::Unknown { opc_request_id } => (
+            UNLESS_ACCEPTED,
+            (
+                "unknown",
+                None,
+                None,
+                opc_request_id.clone(),
+                None,
+                None,
+                None,
+            ),
+        ),
+    }
+}
