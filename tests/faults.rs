@@ -91,6 +91,36 @@ fn a_wrong_pin_stops_the_daemon_after_one_login_attempt() {
         String::from_utf8_lossy(&out.stdout).is_empty(),
         "never listened"
     );
+
+    // A supervisor restarts it: the marker the refusal left stops every later start (and
+    // the CLI) before C_Login, so a restart loop cannot lock a Luna partition.
+    let marker = fx.dir.join("pin-refused-wrong-pin");
+    let text = std::fs::read_to_string(&marker).expect("the refusal leaves its marker");
+    assert!(text.contains("CKR_PIN_INCORRECT"), "{text}");
+    assert!(
+        !text.contains("not-the-pin"),
+        "the marker never holds the PIN"
+    );
+    for args in [
+        vec!["serve", "--config", config.to_str().unwrap()],
+        vec!["keys", "--config", config.to_str().unwrap()],
+    ] {
+        let out = hsm_bridge(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("pin-reset"), "says how to go on: {err}");
+    }
+    assert_eq!(calls(&log, "C_Login"), 1, "no C_Login after the refusal");
+
+    // The operator fixes the PIN and removes the marker: the next start logs in.
+    write_private(&wrong, format!("{PIN}\n").as_bytes());
+    let reset = hsm_bridge_ok(&["pin-reset", "--config", config.to_str().unwrap()]);
+    assert!(reset.contains("removed"), "{reset}");
+    assert!(!marker.exists());
+    let again = hsm_bridge_ok(&["pin-reset", "--config", config.to_str().unwrap()]);
+    assert!(again.contains("nothing to reset"), "{again}");
+    hsm_bridge_ok(&["keys", "--config", config.to_str().unwrap()]);
+    assert_eq!(calls(&log, "C_Login"), 2);
 }
 
 #[test]

@@ -16,6 +16,7 @@ use tonic::Code;
 
 mod audit;
 mod import_key_version;
+mod journal;
 
 use audit::CliAudit;
 use import_key_version::import_key_version_cmd;
@@ -59,6 +60,36 @@ pub enum Command {
     Selftest {
         #[command(flatten)]
         common: Common,
+    },
+    /// Read the import journal: what was sent, when, by whom, and what OCI answered (never
+    /// the bytes sent).
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Remove the marker a refused PIN left, once the PIN is fixed: the next start logs in.
+    PinReset {
+        /// Config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// The newest records, newest first.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One record, by its retry token (as `journal list` prints it).
+    Show {
+        #[command(flatten)]
+        common: Common,
+        token: String,
     },
 }
 
@@ -179,6 +210,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Wrap(a) => wrap_key(a, out),
         Command::ImportKeyVersion(a) => import_key_version_cmd(a, out),
         Command::Selftest { common } => selftest(&common, out),
+        Command::Journal { command } => journal::run(command, out),
+        Command::PinReset { config } => journal::pin_reset(&config, out),
     }
 }
 

@@ -14,7 +14,7 @@ pub(crate) mod selftest;
 mod token;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::Pkcs11;
@@ -59,7 +59,7 @@ pub struct Hsm {
     /// Kept (locked, zeroed on drop) to log in again after the token lost the login.
     pin: pin::Pin,
     /// Set when the token refused the PIN after start-up: no further `C_Login` is tried.
-    pin_refused: OnceLock<String>,
+    pin_refused: pin::Refusal,
 }
 
 /// The module's current generation and its state.
@@ -151,7 +151,7 @@ impl Hsm {
         initialize(&pkcs11).map_err(|e| load_err(format!("C_Initialize: {e}")))?;
         let raw = raw::RawModule::open(&cfg.module, cfg.user_type.ck_user_type())
             .map_err(|e| load_err(e.to_string()))?;
-        let pin_refused = OnceLock::new();
+        let pin_refused = pin::Refusal::new(cfg.pin_marker.clone());
         let setup = Setup {
             token_label: cfg.token_label.clone(),
             sessions: cfg.sessions,

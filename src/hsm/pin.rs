@@ -2,8 +2,10 @@
 //! environment variable. Never from the command line, never logged. Held in a page of its
 //! own, locked in RAM where the OS allows (see [`crate::hardening::Locked`]).
 
-use std::io::Read;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use zeroize::Zeroizing;
 
@@ -63,6 +65,73 @@ fn from_bytes(raw: &[u8]) -> Result<Pin, String> {
     let mut locked = Locked::new(pin.len()).map_err(|e| e.to_string())?;
     locked.as_mut_slice().copy_from_slice(pin);
     Ok(Pin(locked))
+}
+
+/// A PIN the token refused: remembered in this process, and, through a marker file
+/// (`journal.pin_marker`), across restarts, so that a supervisor restarting the daemon in a
+/// loop cannot lock a Luna partition. The marker holds when and why, never the PIN; an
+/// operator removes it (`hsm-bridge pin-reset`) once the PIN is fixed.
+pub struct Refusal {
+    seen: OnceLock<String>,
+    marker: Option<PathBuf>,
+}
+
+impl Refusal {
+    pub fn new(marker: Option<PathBuf>) -> Refusal {
+        Refusal {
+            seen: OnceLock::new(),
+            marker,
+        }
+    }
+
+    /// Why no `C_Login` may be tried, if none may.
+    pub fn get(&self) -> Option<String> {
+        if let Some(why) = self.seen.get() {
+            return Some(format!(
+                "{why}, earlier; not trying the PIN again (fix it and restart)"
+            ));
+        }
+        let marker = self.marker.as_ref()?;
+        let said = match std::fs::File::open(marker) {
+            Ok(f) => {
+                let mut text = String::new();
+                let _ = f.take(1024).read_to_string(&mut text);
+                text.lines().next().unwrap_or("").to_string()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => format!("the marker cannot be read: {e}"),
+        };
+        Some(format!(
+            "the token refused the PIN before ({said}); not trying it again: fix the PIN, then run `hsm-bridge pin-reset --config FILE` (or delete {})",
+            marker.display()
+        ))
+    }
+
+    /// Remembers that the token refused the PIN, and leaves the marker.
+    pub fn set(&self, token: &str, why: &str) {
+        let _ = self.seen.set(why.to_string());
+        let Some(marker) = &self.marker else { return };
+        let line = format!(
+            "{} token {token:?}: {why}\n",
+            crate::time::rfc3339(std::time::SystemTime::now())
+        );
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(marker)
+            .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()));
+        match written {
+            Ok(()) => {
+                tracing::error!(marker = %marker.display(), "the token refused the PIN; later starts will not log in until the marker is removed (hsm-bridge pin-reset)")
+            }
+            Err(e) => {
+                tracing::error!(marker = %marker.display(), "the token refused the PIN, and the marker could not be written ({e}): a restart will try the PIN again")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! twice with a refused PIN), the session pool, and the start-up self-test.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -28,7 +28,7 @@ pub(super) fn start(
     label: &str,
     count: usize,
     pin: &pin::Pin,
-    pin_refused: &OnceLock<String>,
+    pin_refused: &pin::Refusal,
 ) -> Result<(Up, selftest::TokenSummary), HsmError> {
     let (slot, token) = find_token(pkcs11, label)?;
     let open = || {
@@ -56,7 +56,7 @@ pub(super) fn bring_up(
     raw: &raw::RawModule,
     setup: &Setup,
     pin: &pin::Pin,
-    pin_refused: &OnceLock<String>,
+    pin_refused: &pin::Refusal,
 ) -> Result<(Up, selftest::Report), HsmError> {
     let (up, token) = start(
         pkcs11,
@@ -83,16 +83,14 @@ pub(super) fn login(
     s: &Session,
     pin: &pin::Pin,
     token: &str,
-    refused: &OnceLock<String>,
+    refused: &pin::Refusal,
 ) -> Result<(), HsmError> {
     let fail = |why: String| HsmError::Login {
         token: token.to_string(),
         why,
     };
     if let Some(why) = refused.get() {
-        return Err(fail(format!(
-            "{why}, earlier; not trying the PIN again (fix it and restart)"
-        )));
+        return Err(fail(why));
     }
     let why = match raw.login_user(s.handle(), pin.bytes()) {
         Ok(()) | Err(RvError::UserAlreadyLoggedIn) => return Ok(()),
@@ -105,7 +103,7 @@ pub(super) fn login(
                         "the PIN has expired (CKR_PIN_EXPIRED; on a Luna, the initial Crypto Officer password must be changed first, e.g. lunacm role changepw)"
                     }
                 };
-                let _ = refused.set(why.to_string());
+                refused.set(token, why);
                 why.to_string()
             }
             RvError::UserPinNotInitialized => {

@@ -333,7 +333,9 @@ fn generate_pair(fx: &Fixture, key_type: &str, label: &str, id: &str) {
     );
 }
 
-/// Writes a config next to the token, after `edit` has changed the base text.
+/// Writes a config next to the token, after `edit` has changed the base text. Each config
+/// has an import journal and a PIN-refusal marker of its own (named after it), so a test
+/// that makes the token refuse the PIN stops only its own configs from logging in.
 pub fn write_config(fx: &Fixture, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
     let luna = match fx.kind {
         TokenKind::Luna => format!(
@@ -351,12 +353,17 @@ pin_file = "./user-pin"
 sessions = 2
 wrap_mode = "auto"
 
+[journal]
+url = "sqlite:./journal-{stem}.sqlite"
+pin_marker = "./pin-refused-{stem}"
+
 [policy]
 exportable = ["test-*"]
 "#,
         fx.daemon_module(),
         fx.kind.conf_var(),
-        fx.conf.file_name().unwrap().to_string_lossy()
+        fx.conf.file_name().unwrap().to_string_lossy(),
+        stem = Path::new(name).file_stem().unwrap().to_string_lossy()
     );
     let path = fx.dir.join(name);
     std::fs::write(&path, edit(base)).unwrap();
