@@ -230,7 +230,7 @@ pub trait Backend: Send + Sync {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), JournalError>>;
     /// The newest `limit` records (without bodies), newest first; with `unresolved`, only
-    /// prepared or unknown ones whose lease is free or expired.
+    /// prepared or unknown ones (sent, or about to be, with no answer recorded).
     fn list(
         &self,
         limit: u32,
@@ -385,7 +385,8 @@ impl Journal {
         self.health(self.backend.list(limit, false).await)
     }
 
-    /// Records a crash left prepared or unknown (a caller's retry resolves them).
+    /// Records left prepared or unknown: by a crash, or in flight right now (here or on
+    /// another replica; `lease_owner` says which). A caller's retry resolves them.
     pub async fn unresolved(&self) -> Result<Vec<Record>, JournalError> {
         self.health(self.backend.list(1000, true).await)
     }

@@ -405,9 +405,7 @@ impl Backend for Postgres {
     ) -> BoxFuture<'_, Result<Vec<Record>, JournalError>> {
         Box::pin(async move {
             let filter = if unresolved {
-                format!(
-                    "WHERE state IN ('prepared', 'unknown') AND (lease_owner IS NULL OR lease_until < {NOW})"
-                )
+                "WHERE state IN ('prepared', 'unknown')".to_string()
             } else {
                 String::new()
             };

@@ -310,7 +310,7 @@ impl Backend for Sqlite {
     ) -> BoxFuture<'_, Result<Vec<Record>, JournalError>> {
         self.run(move |c| {
             let filter = if unresolved {
-                "WHERE state IN ('prepared', 'unknown') AND (lease_owner IS NULL OR lease_until < ?2)"
+                "WHERE state IN ('prepared', 'unknown') AND ?2 = ?2"
             } else {
                 "WHERE ?2 = ?2"
             };

@@ -131,14 +131,25 @@ impl Emulator {
     /// Starts the emulator on a free port, accepting `api_keys` (public PEM files), with
     /// `keys` seeded (`NAME=SHAPE`), and the test oracle on.
     pub fn start(dir: &Path, api_keys: &[&Path], keys: &[&str]) -> Emulator {
+        Self::start_with(dir, api_keys, keys, 150)
+    }
+
+    /// As [`Emulator::start`], with new versions CREATING for `enable_after_ms`.
+    pub fn start_with(
+        dir: &Path,
+        api_keys: &[&Path],
+        keys: &[&str],
+        enable_after_ms: u64,
+    ) -> Emulator {
         let c = certs();
+        let enable_after_ms = enable_after_ms.to_string();
         let mut cmd = Command::new(binary());
         cmd.args([
             "--listen",
             "127.0.0.1:0",
             "--test-oracle",
             "--enable-after-ms",
-            "150",
+            &enable_after_ms,
         ])
         .arg("--tls-cert")
         .arg(c.join("server.pem"))

@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod emulator;
 pub mod fault;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -180,12 +181,19 @@ pub fn kryoptic() -> Option<&'static Fixture> {
             module.display()
         );
         if std::env::var("HSM_BRIDGE_SKIP_KRYOPTIC").as_deref() == Ok("1") {
-            eprintln!("\n*** SKIPPED on kryoptic: {msg} ***\n");
+            skip_notice(&format!("on kryoptic: {msg}"));
             return None;
         }
         panic!("{msg} (or set HSM_BRIDGE_SKIP_KRYOPTIC=1 to skip the kryoptic tests)");
     }
     Some(FX.get_or_init(|| make_fixture(TokenKind::Kryoptic, module.display().to_string())))
+}
+
+/// Says that tests are skipped, on the terminal: written to the process's stderr directly,
+/// so the test harness's output capture does not hide it.
+pub fn skip_notice(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "\n*** SKIPPED {msg} ***\n");
 }
 
 /// The Luna-like test token of this test process (a kryoptic token of its own behind the

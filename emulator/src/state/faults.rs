@@ -1,5 +1,5 @@
 //! Faults the tests ask for: the next requests that match answer a chosen status or a raw
-//! body, late, or not at all (`POST /_emulator/faults`).
+//! body, late, or not at all, or are handled and their answer lost (`POST /_emulator/faults`).
 
 #[allow(unused_imports)]
 use super::*;
@@ -30,6 +30,10 @@ pub struct Fault {
     /// Close the connection without an answer.
     #[serde(default)]
     pub drop: bool,
+    /// With `drop`: handle the request first (an import is made), then drop the answer
+    /// (after `delay_ms`): OCI accepted, and the caller never heard.
+    #[serde(default)]
+    pub processed: bool,
 }
 
 fn one() -> u32 {

@@ -280,6 +280,13 @@ impl Emulator {
             Some(f) => {
                 entry.fault = true;
                 let delay = Duration::from_millis(f.delay_ms);
+                if f.drop && f.processed {
+                    let reply = self.route(req, &mut entry);
+                    entry.status = reply.status;
+                    entry.code = Some("(handled; answer dropped)".into());
+                    self.record(entry);
+                    return Outcome::Drop { delay };
+                }
                 if f.drop {
                     entry.status = 0;
                     entry.code = Some("(connection dropped)".into());

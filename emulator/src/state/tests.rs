@@ -129,6 +129,7 @@ fn faults_match_and_run_out() {
         raw_body: None,
         delay_ms: 0,
         drop: false,
+        processed: false,
     });
     let header = |_: &str| None;
     let req = |path: &'static str| HttpRequest {
