@@ -21,15 +21,21 @@
 # .softhsm/kryoptic/. kryoptic does RSA-OAEP with SHA-256 and RFC 5649 inside the token, so
 # the HSM-only wrap modes can be tested; SoftHSM2 2.6.1 cannot.
 #
+# With --with-postgres, also: installs Debian's PostgreSQL server (package postgresql), for
+# the tests of the import journal on PostgreSQL; they start a throw-away server of their own
+# under target/tmp/ (tests/common/postgres.rs) and use no other.
+#
 # Idempotent: a second run installs nothing, creates nothing, rewrites nothing, and exits 0.
 set -euo pipefail
 
 with_kryoptic=0
+with_postgres=0
 for arg in "$@"; do
     case "$arg" in
         --with-kryoptic) with_kryoptic=1 ;;
+        --with-postgres) with_postgres=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) printf 'softhsm-setup: unknown argument %s (known: --with-kryoptic)\n' "$arg" >&2; exit 2 ;;
+        *) printf 'softhsm-setup: unknown argument %s (known: --with-kryoptic, --with-postgres)\n' "$arg" >&2; exit 2 ;;
     esac
 done
 
@@ -47,6 +53,9 @@ packages=(softhsm2 opensc openssl libssl-dev pkg-config gcc libc6-dev ca-certifi
 if ((with_kryoptic)); then
     # bindgen needs libclang (not the whole clang); the sqlite token store needs libsqlite3.
     packages+=(libclang1-14 libclang-common-14-dev libsqlite3-dev)
+fi
+if ((with_postgres)); then
+    packages+=(postgresql)
 fi
 missing=()
 for p in "${packages[@]}"; do
