@@ -1,0 +1,215 @@
+//! What the import journal costs per import, next to what surrounds it, in one run:
+//!
+//! - **journal**: one import's three journal writes (claim, body commit, OCI's answer), in
+//!   process, on SQLite (WAL, synchronous=FULL, on this machine's disk) and on PostgreSQL (a
+//!   throw-away server on 127.0.0.1, as the tests start one; fsync off there, so its figure
+//!   is the round trips and the server's work, not a disk's);
+//! - **HSM wrap**: `Hsm::wrap` of an AES-256 key for an RSA-4096 key on the SoftHSM2 test
+//!   fixture, in process;
+//! - **import**: the daemon's whole ImportKeyVersion over mTLS against the local OCI
+//!   emulator (GetKey, the wrap, the journal, the signed POST), once per journal backend.
+//!
+//! p50 and p99 of each. A measurement: it asserts nothing.
+//!
+//!     ./softhsm-setup.sh --with-postgres && cargo bench --bench journal [-- --imports N]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hsm_bridge::config::Config;
+use hsm_bridge::hsm::{Hsm, KeyRef};
+use hsm_bridge::journal::{Claimed, Entry, Journal, Made, Outcome};
+use hsm_bridge::proto::{self, key_ref::Key};
+use hsm_bridge::wrap::{Algorithm, WrappingKey};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::daemon::{Daemon, daemon_config};
+use common::emulator::{Emulator, api_identity};
+use common::postgres::Postgres;
+
+fn args() -> usize {
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut imports = 1000;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--imports" => {
+                imports = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--imports needs a number")
+            }
+            other => panic!("unknown argument {other:?}; use --imports N"),
+        }
+    }
+    imports
+}
+
+/// (p50, p99) in microseconds.
+fn quantiles(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
+    (at(0.50), at(0.99))
+}
+
+fn report(what: &str, v: Vec<Duration>) -> (f64, f64) {
+    let n = v.len();
+    let (p50, p99) = quantiles(v);
+    println!("{what:<44} n {n:>5}  p50 {p50:>9.0} µs  p99 {p99:>9.0} µs");
+    (p50, p99)
+}
+
+/// The journal of a config whose `[journal]` holds `journal_lines`.
+fn journal(dir: &Path, name: &str, journal_lines: &str) -> Arc<Journal> {
+    let text = format!(
+        "[hsm]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"x\"\npin_env = \"UNUSED\"\n\n[journal]\n{journal_lines}"
+    );
+    let cfg = Config::parse(&text, &dir.join(format!("{name}.toml"))).unwrap_or_else(|e| panic!("{e}"));
+    Journal::new(&cfg.journal).unwrap()
+}
+
+/// `n` imports' journal writes: claim, commit of a body of OCI's size, the answer.
+async fn journal_writes(j: &Arc<Journal>, tag: &str, n: usize) -> Vec<Duration> {
+    let body = vec![0x5au8; 740];
+    let made = Made {
+        source_key_label: Some("bench-aes-256".into()),
+        source_key_id_hex: Some("0b01".into()),
+        mode: Some("hybrid".into()),
+        wrapping_key_sha256: Some("00".repeat(32)),
+    };
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + 20 {
+        let entry = Entry {
+            token: format!("{tag}-{i:08}"),
+            caller: "bench".into(),
+            idempotency_key: Some(format!("bench-{i}")),
+            operation: "ImportKeyVersion".into(),
+            target: "ocid1.key.oc1..bench".into(),
+            endpoint: "https://localhost:1".into(),
+            algorithm: "RSA_OAEP_AES_SHA256".into(),
+            digest: [7u8; 32],
+        };
+        let t = Instant::now();
+        let Claimed::Fresh(lease) = j.claim(&entry).await.unwrap() else {
+            panic!("a new token is fresh")
+        };
+        lease.prepare(&body, &made).await.unwrap();
+        lease
+            .finish(&Outcome::Accepted {
+                created_id: format!("ocid1.keyversion.oc1..{i}"),
+                answer: "{\"id\":\"x\"}".into(),
+                opc_request_id: "bench".into(),
+            })
+            .await;
+        if i >= 20 {
+            times.push(t.elapsed());
+        }
+    }
+    times
+}
+
+/// The daemon's ImportKeyVersion, `n` times, each with a fresh idempotency key (`tag` in
+/// it: two daemons with journals of their own must not share keys, or the second re-wraps
+/// under the first's retry token and OCI refuses it).
+async fn imports(d: &Daemon, emu: &Emulator, tag: &str, n: usize) -> Vec<Duration> {
+    let mut c = d.client("cckm").await;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + 5 {
+        let req = proto::ImportKeyVersionRequest {
+            source_key: Some(proto::KeyRef {
+                key: Some(Key::Label("test-aes-256".into())),
+            }),
+            oci_key_id: emu.keys["k"].clone(),
+            oci: Some(proto::OciTarget {
+                connection: String::new(),
+                management_endpoint: emu.base.clone(),
+            }),
+            algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+            idempotency_key: format!("bench-{tag}-{}-{i}", std::process::id()),
+            wait_for_enabled: false,
+        };
+        let t = Instant::now();
+        c.import_key_version(req).await.expect("import");
+        if i >= 5 {
+            times.push(t.elapsed());
+        }
+    }
+    times
+}
+
+fn main() {
+    let n = args();
+    let fx = common::softhsm();
+    let dir = fx.dir.join("bench-journal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pg = Postgres::start("bench").expect("PostgreSQL: ./softhsm-setup.sh --with-postgres");
+    pg.create_db("bench");
+    pg.create_db("benchd");
+    // the fixture token's config for this process's own module load
+    let conf = fx.conf.to_string_lossy().into_owned();
+    hsm_bridge::hsm::raw::set_module_env([(&"SOFTHSM2_CONF".to_string(), &conf)]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("hsm-bridge journal bench: {n} imports per journal figure");
+
+    let sqlite = journal(&dir, "sqlite", "url = \"sqlite:./bench-journal.sqlite\"\n");
+    let postgres = journal(&dir, "postgres", &pg.journal_lines("bench"));
+    let tag = format!("b{}", std::process::id());
+    let j_sqlite = report(
+        "journal, SQLite (3 synchronous commits)",
+        rt.block_on(journal_writes(&sqlite, &format!("{tag}s"), n)),
+    );
+    let j_pg = report(
+        "journal, PostgreSQL on loopback (3 statements)",
+        rt.block_on(journal_writes(&postgres, &format!("{tag}p"), n)),
+    );
+
+    let cfg = Config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"));
+    let hsm = Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}"));
+    let wk = WrappingKey::from_pem(&std::fs::read(&fx.wk.wk4096.public_pem).unwrap(), 2048).unwrap();
+    let key = KeyRef::Label("test-aes-256".into());
+    let wraps: Vec<Duration> = (0..n.min(500) + 20)
+        .map(|_| {
+            let t = Instant::now();
+            hsm.wrap(&key, &wk, Algorithm::RsaOaepAesSha256, None).unwrap();
+            t.elapsed()
+        })
+        .skip(20)
+        .collect();
+    let wrap = report(&format!("HSM wrap ({}), in process", hsm.mode()), wraps);
+    hsm.close();
+
+    let identity = api_identity(&dir, "api");
+    let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], &["k=AES-256"]);
+    let mut whole = Vec::new();
+    for (name, lines) in [
+        ("sqlite", "url = \"sqlite:./journal-daemon-bench-sqlite.sqlite\"\n".to_string()),
+        ("postgres", pg.journal_lines("benchd")),
+    ] {
+        let (config, _) = daemon_config(fx, &format!("bench-{name}"), &emu.oci_config(&identity, 3), None);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace(
+            &format!("url = \"sqlite:./journal-daemon-bench-{name}.sqlite\"\n"),
+            &lines,
+        );
+        std::fs::write(&config, text).unwrap();
+        let d = Daemon::start(&config, &[]);
+        let count = n.min(300);
+        let times = rt.block_on(imports(&d, &emu, name, count));
+        whole.push((name, report(&format!("daemon ImportKeyVersion, journal on {name}"), times)));
+    }
+    println!();
+    println!("| per import | p50 µs | p99 µs |");
+    println!("|---|---|---|");
+    println!("| journal, SQLite | {:.0} | {:.0} |", j_sqlite.0, j_sqlite.1);
+    println!("| journal, PostgreSQL (loopback) | {:.0} | {:.0} |", j_pg.0, j_pg.1);
+    println!("| HSM wrap | {:.0} | {:.0} |", wrap.0, wrap.1);
+    for (name, (p50, p99)) in &whole {
+        println!("| whole import (emulator on loopback), journal on {name} | {p50:.0} | {p99:.0} |");
+    }
+}
