@@ -66,7 +66,8 @@ fn journal(dir: &Path, name: &str, journal_lines: &str) -> Arc<Journal> {
     let text = format!(
         "[hsm]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"x\"\npin_env = \"UNUSED\"\n\n[journal]\n{journal_lines}"
     );
-    let cfg = Config::parse(&text, &dir.join(format!("{name}.toml"))).unwrap_or_else(|e| panic!("{e}"));
+    let cfg =
+        Config::parse(&text, &dir.join(format!("{name}.toml"))).unwrap_or_else(|e| panic!("{e}"));
     Journal::new(&cfg.journal).unwrap()
 }
 
@@ -171,12 +172,14 @@ fn main() {
 
     let cfg = Config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"));
     let hsm = Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}"));
-    let wk = WrappingKey::from_pem(&std::fs::read(&fx.wk.wk4096.public_pem).unwrap(), 2048).unwrap();
+    let wk =
+        WrappingKey::from_pem(&std::fs::read(&fx.wk.wk4096.public_pem).unwrap(), 2048).unwrap();
     let key = KeyRef::Label("test-aes-256".into());
     let wraps: Vec<Duration> = (0..n.min(500) + 20)
         .map(|_| {
             let t = Instant::now();
-            hsm.wrap(&key, &wk, Algorithm::RsaOaepAesSha256, None).unwrap();
+            hsm.wrap(&key, &wk, Algorithm::RsaOaepAesSha256, None)
+                .unwrap();
             t.elapsed()
         })
         .skip(20)
@@ -188,10 +191,18 @@ fn main() {
     let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], &["k=AES-256"]);
     let mut whole = Vec::new();
     for (name, lines) in [
-        ("sqlite", "url = \"sqlite:./journal-daemon-bench-sqlite.sqlite\"\n".to_string()),
+        (
+            "sqlite",
+            "url = \"sqlite:./journal-daemon-bench-sqlite.sqlite\"\n".to_string(),
+        ),
         ("postgres", pg.journal_lines("benchd")),
     ] {
-        let (config, _) = daemon_config(fx, &format!("bench-{name}"), &emu.oci_config(&identity, 3), None);
+        let (config, _) = daemon_config(
+            fx,
+            &format!("bench-{name}"),
+            &emu.oci_config(&identity, 3),
+            None,
+        );
         let text = std::fs::read_to_string(&config).unwrap();
         let text = text.replace(
             &format!("url = \"sqlite:./journal-daemon-bench-{name}.sqlite\"\n"),
@@ -201,15 +212,29 @@ fn main() {
         let d = Daemon::start(&config, &[]);
         let count = n.min(300);
         let times = rt.block_on(imports(&d, &emu, name, count));
-        whole.push((name, report(&format!("daemon ImportKeyVersion, journal on {name}"), times)));
+        whole.push((
+            name,
+            report(
+                &format!("daemon ImportKeyVersion, journal on {name}"),
+                times,
+            ),
+        ));
     }
     println!();
     println!("| per import | p50 µs | p99 µs |");
     println!("|---|---|---|");
-    println!("| journal, SQLite | {:.0} | {:.0} |", j_sqlite.0, j_sqlite.1);
-    println!("| journal, PostgreSQL (loopback) | {:.0} | {:.0} |", j_pg.0, j_pg.1);
+    println!(
+        "| journal, SQLite | {:.0} | {:.0} |",
+        j_sqlite.0, j_sqlite.1
+    );
+    println!(
+        "| journal, PostgreSQL (loopback) | {:.0} | {:.0} |",
+        j_pg.0, j_pg.1
+    );
     println!("| HSM wrap | {:.0} | {:.0} |", wrap.0, wrap.1);
     for (name, (p50, p99)) in &whole {
-        println!("| whole import (emulator on loopback), journal on {name} | {p50:.0} | {p99:.0} |");
+        println!(
+            "| whole import (emulator on loopback), journal on {name} | {p50:.0} | {p99:.0} |"
+        );
     }
 }

@@ -107,10 +107,13 @@ impl Refusal {
         ))
     }
 
-    /// Remembers that the token refused the PIN, and leaves the marker.
-    pub fn set(&self, token: &str, why: &str) {
+    /// Remembers that the token refused the PIN, and leaves the marker; returns what to add
+    /// to the refusal's message about it.
+    pub fn set(&self, token: &str, why: &str) -> String {
         let _ = self.seen.set(why.to_string());
-        let Some(marker) = &self.marker else { return };
+        let Some(marker) = &self.marker else {
+            return String::new();
+        };
         let line = format!(
             "{} token {token:?}: {why}\n",
             crate::time::rfc3339(std::time::SystemTime::now())
@@ -124,12 +127,14 @@ impl Refusal {
             .open(marker)
             .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()));
         match written {
-            Ok(()) => {
-                tracing::error!(marker = %marker.display(), "the token refused the PIN; later starts will not log in until the marker is removed (hsm-bridge pin-reset)")
-            }
-            Err(e) => {
-                tracing::error!(marker = %marker.display(), "the token refused the PIN, and the marker could not be written ({e}): a restart will try the PIN again")
-            }
+            Ok(()) => format!(
+                "; nothing logs in again until the PIN is fixed and `hsm-bridge pin-reset` removes {}",
+                marker.display()
+            ),
+            Err(e) => format!(
+                "; the marker {} could not be written ({e}): a restart will try the PIN again",
+                marker.display()
+            ),
         }
     }
 }

@@ -103,8 +103,7 @@ pub(super) fn login(
                         "the PIN has expired (CKR_PIN_EXPIRED; on a Luna, the initial Crypto Officer password must be changed first, e.g. lunacm role changepw)"
                     }
                 };
-                refused.set(token, why);
-                why.to_string()
+                format!("{why}{}", refused.set(token, why))
             }
             RvError::UserPinNotInitialized => {
                 "the user PIN is not initialised (CKR_USER_PIN_NOT_INITIALIZED)".to_string()

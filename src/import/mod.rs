@@ -185,9 +185,9 @@ pub fn opc_request_id(request_id: &str) -> Option<&str> {
     .then_some(request_id)
 }
 
-/// What an export did, learnt along the way: the one record of it that the retry store
-/// keeps with a body, the audit record embeds (these are its field names) and the CLI
-/// prints.
+/// What an export did, learnt along the way: the one record of it that the audit record
+/// embeds (these are its field names) and the CLI prints; the journal keeps how a body was
+/// made from it (`journal::Made`).
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Progress {
     #[serde(rename = "source_key_label", skip_serializing_if = "Option::is_none")]
@@ -207,7 +207,8 @@ pub struct Progress {
     /// The key version (ImportKeyVersion) or key (ImportKey) OCI created.
     #[serde(rename = "oci_created_id", skip_serializing_if = "Option::is_none")]
     pub created_id: Option<String>,
-    /// The body sent was the one first sent for this idempotency key (no new wrap).
+    /// A recorded import: the journal's answer, refusal or bytes for this idempotency key
+    /// (no new wrap).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
 }
