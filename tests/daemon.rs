@@ -655,6 +655,30 @@ async fn health_is_serving_and_reflection_lists_the_service() {
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"hsmbridge.v1.KeySourceBridge"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    // The same answer for a person, with no code: `hsm-bridge health`.
+    let c = certs();
+    let path = |f: &str| c.join(f).to_string_lossy().into_owned();
+    let (ca, cert, key) = (path("ca.pem"), path("cckm.pem"), path("cckm.key"));
+    let probe = |addr: &str| {
+        hsm_bridge(&[
+            "health", "--addr", addr, "--ca", &ca, "--cert", &cert, "--key", &key,
+            "--server-name", "localhost", "--timeout-secs", "3",
+        ])
+    };
+    let out = probe(&d.addr);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    drop(d);
+    let out = probe(&addr_of_nothing());
+    assert!(!out.status.success(), "exit 0 only when SERVING");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+/// A loopback address where nothing listens.
+fn addr_of_nothing() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
 }
 
 /// Fires `n` RSA-4096 wraps at once; returns each call's result and when it ended.

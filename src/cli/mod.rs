@@ -15,6 +15,7 @@ use crate::wrap::{self, Algorithm, WrappingKey};
 use tonic::Code;
 
 mod audit;
+mod health;
 mod import_key_version;
 mod journal;
 
@@ -67,6 +68,9 @@ pub enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Ask a running daemon's health service how it is: prints SERVING, NOT_SERVING, ...;
+    /// exits 0 only when SERVING.
+    Health(health::HealthArgs),
     /// Remove the marker a refused PIN left, once the PIN is fixed: the next start logs in.
     PinReset {
         /// Config file (TOML).
@@ -212,6 +216,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Selftest { common } => selftest(&common, out),
         Command::Journal { command } => journal::run(command, out),
         Command::PinReset { config } => journal::pin_reset(&config, out),
+        Command::Health(a) => health::run(a, out),
     }
 }
 

@@ -1,0 +1,107 @@
+//! `health`: the daemon's `grpc.health.v1.Health` answer, for a person or a script (exit 0
+//! only when SERVING). Plain text without `--ca`; TLS with it, and mutual TLS with `--cert`
+//! and `--key`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use super::{Error, io};
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The daemon's address, HOST:PORT (e.g. 127.0.0.1:50051).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: String,
+    /// CA certificate (PEM) that the daemon's certificate must chain to: connect with TLS.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a daemon that asks for one.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The name the daemon's certificate must carry (default: the host of --addr).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// The service to ask about ("" is the daemon as a whole).
+    #[arg(long, default_value = "hsmbridge.v1.KeySourceBridge")]
+    pub service: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
+}
+
+pub(super) fn run(a: HealthArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
+    let status = rt.block_on(check(&a))?;
+    writeln!(out, "{}", status.as_str_name()).map_err(io)?;
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(Error::Io(format!(
+            "{} is {} ({})",
+            a.addr,
+            status.as_str_name(),
+            if a.service.is_empty() {
+                "the daemon"
+            } else {
+                &a.service
+            }
+        )))
+    }
+}
+
+async fn check(a: &HealthArgs) -> Result<ServingStatus, Error> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())));
+    let scheme = if a.ca.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{}", a.addr))
+        .map_err(|e| Error::Usage(format!("--addr {}: {e}", a.addr)))?
+        .connect_timeout(Duration::from_secs(a.timeout_secs))
+        .timeout(Duration::from_secs(a.timeout_secs));
+    if let Some(ca) = &a.ca {
+        let host = a.addr.rsplit_once(':').map_or(a.addr.as_str(), |(h, _)| h);
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca)?))
+            .domain_name(a.server_name.clone().unwrap_or_else(|| host.to_string()));
+        if let (Some(cert), Some(key)) = (&a.cert, &a.key) {
+            let key = zeroize::Zeroizing::new(read(key)?);
+            tls = tls.identity(Identity::from_pem(read(cert)?, &key[..]));
+        }
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| Error::Usage(format!("TLS: {e}")))?;
+    }
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| Error::Io(format!("{}: cannot connect: {}", a.addr, source_text(&e))))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: a.service.clone(),
+        })
+        .await
+        .map_err(|s| Error::Io(format!("{}: {}: {}", a.addr, s.code(), s.message())))?;
+    Ok(ServingStatus::try_from(answer.into_inner().status).unwrap_or(ServingStatus::Unknown))
+}
+
+/// An error and its causes, on one line.
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
