@@ -662,12 +662,27 @@ async fn health_is_serving_and_reflection_lists_the_service() {
     let (ca, cert, key) = (path("ca.pem"), path("cckm.pem"), path("cckm.key"));
     let probe = |addr: &str| {
         hsm_bridge(&[
-            "health", "--addr", addr, "--ca", &ca, "--cert", &cert, "--key", &key,
-            "--server-name", "localhost", "--timeout-secs", "3",
+            "health",
+            "--addr",
+            addr,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--server-name",
+            "localhost",
+            "--timeout-secs",
+            "3",
         ])
     };
     let out = probe(&d.addr);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
     drop(d);
     let out = probe(&addr_of_nothing());

@@ -62,7 +62,8 @@ pub(super) fn run(a: HealthArgs, out: &mut dyn Write) -> Result<(), Error> {
 }
 
 async fn check(a: &HealthArgs) -> Result<ServingStatus, Error> {
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())));
+    let read =
+        |p: &PathBuf| std::fs::read(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())));
     let scheme = if a.ca.is_some() { "https" } else { "http" };
     let mut ep = Endpoint::from_shared(format!("{scheme}://{}", a.addr))
         .map_err(|e| Error::Usage(format!("--addr {}: {e}", a.addr)))?
