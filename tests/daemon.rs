@@ -1426,3 +1426,66 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
         assert!(r.get("mode").is_none(), "no wrap happened: {r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_named_by_pkcs11_uri_follow_the_same_rules() {
+    let _shared = shared().await;
+    let fx = softhsm();
+    let (config, audit) = daemon_config(fx, "uri", "caller_wrapping_keys = \"any\"", None);
+    let d = Daemon::start(&config, &[]);
+    let uri = |u: &str| {
+        Some(proto::KeyRef {
+            key: Some(Key::Pkcs11Uri(u.into())),
+        })
+    };
+    let wk = &fx.wk.wk4096;
+    let alg = proto::WrappingAlgorithm::RsaOaepAesSha256;
+    let mut cckm = d.client("cckm").await;
+    let r = wrap(
+        &mut cckm,
+        uri("pkcs11:object=test-aes-256;type=secret-key"),
+        wk,
+        alg,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        open(&r.wrapped_key_material, wk, 512, "RSA_OAEP_AES_SHA256"),
+        fx.aes["test-aes-256"]
+    );
+    let e = wrap(
+        &mut cckm,
+        uri("pkcs11:object=x?pin-value=1234"),
+        wk,
+        alg,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("pkcs11_uri") && !e.message().contains("1234"),
+        "{e:?}"
+    );
+    // the caller's label patterns hold for a label in a URI, before the token is asked
+    let mut limited = d.client("limited").await;
+    let e = wrap(
+        &mut limited,
+        uri("pkcs11:object=test-rsa-2048"),
+        wk,
+        alg,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // and for a key named by id only, the one answer that names no key
+    let e = wrap(&mut limited, uri("pkcs11:id=%20%01"), wk, alg, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let recs = audit_records(&audit);
+    assert_eq!(recs[0]["source_key_label"], "test-aes-256");
+    assert_eq!(recs[0]["outcome"], "allowed");
+}

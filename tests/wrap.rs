@@ -522,6 +522,74 @@ fn every_working_mode_forced_wraps_correctly(fx: &Fixture) {
     }
 }
 
+/// Keys and tokens named by PKCS#11 URI (RFC 7512) reach the same key as by label: the
+/// material opens (openssl) to the known value; a URI for another token, or a strict-parse
+/// failure, is refused with the reason; `hsm.token` as a URI serves the same token.
+fn pkcs11_uris_name_the_same_keys(fx: &Fixture) {
+    let config = cfg(fx);
+    let dir = tempfile::tempdir().unwrap();
+    let wk = &fx.wk.wk4096;
+    for uri in [
+        "pkcs11:object=test-aes-256;type=secret-key".to_string(),
+        format!("pkcs11:token={TOKEN};id=%10%03"),
+        "pkcs11:object=test%2daes%2d256;id=%10%03".to_string(),
+    ] {
+        let out = dir.path().join("uri.bin");
+        hsm_bridge_ok(&wrap_args(
+            &config,
+            &["--key", &uri],
+            wk.public_pem.to_str().unwrap(),
+            "RSA_OAEP_AES_SHA256",
+            out.to_str().unwrap(),
+        ));
+        let got = openssl_unwrap(&out, &wk.private_pem, 512, "RSA_OAEP_AES_SHA256");
+        assert_eq!(got, fx.aes["test-aes-256"], "{uri}");
+    }
+    for (uri, why) in [
+        (
+            "pkcs11:token=another-token;object=test-aes-256",
+            "no secret or private key",
+        ),
+        (
+            "pkcs11:object=test-aes-256;type=private",
+            "no secret or private key",
+        ),
+        ("pkcs11:object=test-aes-256;object=x", "twice"),
+        (
+            "pkcs11:object=test-aes-256?pin-value=1234",
+            "PINs come from",
+        ),
+        ("pkcs11:object=test%zz", "percent escape"),
+        ("pkcs11:colour=blue;object=x", "unknown attribute"),
+    ] {
+        let e = hsm_bridge_refuses(&wrap_args(
+            &config,
+            &["--key", uri],
+            wk.public_pem.to_str().unwrap(),
+            "RSA_OAEP_AES_SHA256",
+            dir.path().join("no.bin").to_str().unwrap(),
+        ));
+        assert!(e.contains(why), "{uri}: {e}");
+        assert!(!e.contains("1234"), "{e}");
+    }
+    let by_uri = write_config(fx, "token-uri.toml", |t| {
+        t.replace(
+            &format!("token_label = \"{TOKEN}\""),
+            &format!("token = \"pkcs11:token={TOKEN}\""),
+        )
+    });
+    let keys = hsm_bridge_ok(&["keys", "--config", by_uri.to_str().unwrap()]);
+    assert!(keys.contains("test-aes-256"), "{keys}");
+    let wrong = write_config(fx, "token-uri-wrong.toml", |t| {
+        t.replace(
+            &format!("token_label = \"{TOKEN}\""),
+            "token = \"pkcs11:token=no-such-token;manufacturer=nobody\"",
+        )
+    });
+    let e = hsm_bridge_refuses(&["keys", "--config", wrong.to_str().unwrap()]);
+    assert!(e.contains("no-such-token") && e.contains(TOKEN), "{e}");
+}
+
 /// Runs every test above on one token, as a module named after it.
 macro_rules! on_token {
     ($token:ident, $fixture:expr) => {
@@ -532,6 +600,10 @@ macro_rules! on_token {
                 $fixture
             }
 
+            #[test]
+            fn pkcs11_uris_name_the_same_keys() {
+                fx().map(super::pkcs11_uris_name_the_same_keys);
+            }
             #[test]
             fn aes_keys_unwrap_to_their_known_values() {
                 fx().map(super::aes_keys_unwrap_to_their_known_values);

@@ -40,10 +40,8 @@ impl CliAudit {
             algorithm: Some(alg.as_str()),
             ..Default::default()
         };
-        match key {
-            KeyRef::Label(l) => rec.export.label = Some(l.clone()),
-            KeyRef::Id(i) => rec.export.id_hex = Some(wrap::hex(i)),
-        }
+        rec.export.label = key.label_named().map(str::to_string);
+        rec.export.id_hex = key.id_named().map(wrap::hex);
         rec
     }
 

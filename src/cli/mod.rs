@@ -165,6 +165,9 @@ pub struct KeyArg {
     /// CKA_ID of the key, hex.
     #[arg(long, value_name = "HEX")]
     pub id: Option<String>,
+    /// The key as a PKCS#11 URI (RFC 7512), e.g. "pkcs11:object=demo-aes-256;type=secret-key".
+    #[arg(long, value_name = "URI", conflicts_with_all = ["label", "id"])]
+    pub key: Option<String>,
 }
 
 impl Cli {
@@ -184,12 +187,17 @@ impl Cli {
 
 impl KeyArg {
     fn key_ref(&self) -> Result<KeyRef, Error> {
-        match (&self.label, &self.id) {
-            (Some(l), _) => KeyRef::label(l).map_err(|why| Error::Usage(format!("--label: {why}"))),
-            (None, Some(h)) => {
+        match (&self.label, &self.id, &self.key) {
+            (Some(l), _, _) => {
+                KeyRef::label(l).map_err(|why| Error::Usage(format!("--label: {why}")))
+            }
+            (None, Some(h), _) => {
                 KeyRef::id_hex(h).map_err(|why| Error::Usage(format!("--id: {why}")))
             }
-            (None, None) => Err(Error::Usage("give --label or --id".into())),
+            (None, None, Some(u)) => {
+                KeyRef::uri(u).map_err(|why| Error::Usage(format!("--key: {why}")))
+            }
+            (None, None, None) => Err(Error::Usage("give --label, --id or --key".into())),
         }
     }
 }

@@ -147,7 +147,11 @@ pub struct HsmConfig {
     /// paths relative to the config file.
     #[serde(default)]
     pub module_env: BTreeMap<String, String>,
+    /// The token's label; or, instead, `token`: a PKCS#11 URI naming it by any of token,
+    /// manufacturer, serial, model, slot-id (RFC 7512).
+    #[serde(default)]
     pub token_label: String,
+    pub token: Option<String>,
     pub pin_file: Option<PathBuf>,
     pub pin_env: Option<String>,
     #[serde(default = "default_sessions")]
@@ -166,6 +170,21 @@ pub struct HsmConfig {
     /// logs in. Set when the config is loaded.
     #[serde(skip)]
     pub pin_marker: Option<PathBuf>,
+}
+
+impl HsmConfig {
+    /// What the token must match.
+    pub fn token_match(&self) -> Result<crate::hsm::uri::TokenMatch, crate::hsm::uri::UriError> {
+        match &self.token {
+            Some(uri) => crate::hsm::uri::TokenMatch::parse(uri),
+            None => Ok(crate::hsm::uri::TokenMatch::label(&self.token_label)),
+        }
+    }
+
+    /// The token as messages name it: its label, or the URI.
+    pub fn token_name(&self) -> &str {
+        self.token.as_deref().unwrap_or(&self.token_label)
+    }
 }
 
 /// `hsm.user_type`.

@@ -34,8 +34,20 @@ impl Config {
             }
             _ => {}
         }
-        if h.token_label.is_empty() || h.token_label.len() > 32 {
-            return Err("hsm.token_label must be 1 to 32 bytes".into());
+        match &h.token {
+            Some(_) if !h.token_label.is_empty() => {
+                return Err("give hsm.token_label or hsm.token (a PKCS#11 URI), not both".into());
+            }
+            Some(_) => {
+                h.token_match().map_err(|e| format!("hsm.token: {e}"))?;
+            }
+            None if h.token_label.is_empty() || h.token_label.len() > 32 => {
+                return Err(
+                    "hsm.token_label must be 1 to 32 bytes (or give hsm.token, a PKCS#11 URI)"
+                        .into(),
+                );
+            }
+            None => {}
         }
         in_range("hsm.sessions", h.sessions, 1..=256)?;
         if let UserType::Number(n) = h.user_type

@@ -17,6 +17,8 @@ pub enum KeyRef {
     Label(String),
     /// `CKA_ID` bytes.
     Id(Vec<u8>),
+    /// A PKCS#11 URI (RFC 7512): label and/or id, maybe the class and the token.
+    Uri(super::uri::KeyUri),
 }
 
 /// Longest label and id a caller may name (PKCS#11 sets no limit; HSMs use 32 to 128 bytes).
@@ -52,6 +54,30 @@ impl KeyRef {
             .map(KeyRef::Id)
             .ok_or_else(|| KeyRefError::NotHex(h.to_string()))
     }
+
+    /// A PKCS#11 URI, e.g. `pkcs11:object=demo-aes-256;type=secret-key` (see `uri.rs`).
+    pub fn uri(u: &str) -> Result<KeyRef, super::uri::UriError> {
+        Ok(KeyRef::Uri(super::uri::KeyUri::parse(u)?))
+    }
+
+    /// The label this names, if it names one (for the caller's label patterns, which apply
+    /// before the token is asked).
+    pub fn label_named(&self) -> Option<&str> {
+        match self {
+            KeyRef::Label(l) => Some(l),
+            KeyRef::Uri(u) => u.label.as_deref(),
+            KeyRef::Id(_) => None,
+        }
+    }
+
+    /// The CKA_ID this names, if any.
+    pub fn id_named(&self) -> Option<&[u8]> {
+        match self {
+            KeyRef::Id(id) => Some(id),
+            KeyRef::Uri(u) => u.id.as_deref(),
+            KeyRef::Label(_) => None,
+        }
+    }
 }
 
 /// Why a caller's key reference is refused (before the token is asked).
@@ -77,6 +103,7 @@ impl fmt::Display for KeyRef {
         match self {
             KeyRef::Label(l) => write!(f, "label {l:?}"),
             KeyRef::Id(id) => write!(f, "id {}", hex(id)),
+            KeyRef::Uri(u) => write!(f, "{u}"),
         }
     }
 }
@@ -100,6 +127,15 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
+    /// Whether the key is of the class a URI's `type` asks for.
+    pub fn class_is(&self, c: super::uri::KeyClass) -> bool {
+        self.class
+            == match c {
+                super::uri::KeyClass::Secret => ObjectClass::SECRET_KEY,
+                super::uri::KeyClass::Private => ObjectClass::PRIVATE_KEY,
+            }
+    }
+
     /// OCI shape, if OCI has one for this key type (importable or not).
     pub fn shape(&self) -> Option<KeyShape> {
         let algorithm = match (self.class, self.key_type) {
@@ -200,10 +236,21 @@ pub fn read_info(s: &Session, handle: ObjectHandle) -> Result<Option<KeyInfo>, C
 /// Finds the one secret or private key that `key` names. Public keys and certificates that
 /// share the label or id are ignored; two secret/private keys are an error.
 pub fn find(s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
-    let template = match key {
-        KeyRef::Label(l) => vec![Attribute::Label(l.as_bytes().to_vec())],
-        KeyRef::Id(id) => vec![Attribute::Id(id.clone())],
-    };
+    let mut template = Vec::new();
+    if let Some(l) = key.label_named() {
+        template.push(Attribute::Label(l.as_bytes().to_vec()));
+    }
+    if let Some(id) = key.id_named() {
+        template.push(Attribute::Id(id.to_vec()));
+    }
+    if let KeyRef::Uri(u) = key
+        && let Some(class) = u.class
+    {
+        template.push(Attribute::Class(match class {
+            super::uri::KeyClass::Secret => ObjectClass::SECRET_KEY,
+            super::uri::KeyClass::Private => ObjectClass::PRIVATE_KEY,
+        }));
+    }
     let handles = s
         .find_objects(&template)
         .map_err(|e| HsmError::pkcs11("C_FindObjects", e))?;
@@ -229,10 +276,12 @@ pub fn find(s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
 
 /// Whether a cached handle still names the same key.
 pub fn still_matches(info: &KeyInfo, key: &KeyRef) -> bool {
-    match key {
-        KeyRef::Label(l) => info.label == *l,
-        KeyRef::Id(id) => info.id == *id,
-    }
+    key.label_named().is_none_or(|l| info.label == l)
+        && key.id_named().is_none_or(|id| info.id == id)
+        && match key {
+            KeyRef::Uri(super::uri::KeyUri { class: Some(c), .. }) => info.class_is(*c),
+            _ => true,
+        }
 }
 
 /// Every secret and private key on the token, sorted by label then id.

@@ -12,6 +12,7 @@ pub(crate) mod pool;
 pub mod raw;
 pub(crate) mod selftest;
 mod token;
+pub mod uri;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -95,7 +96,10 @@ impl Live {
 
 /// What bringing the token up takes, at start and at every re-initialisation.
 struct Setup {
+    /// How the token is named in messages: its label, or the URI.
     token_label: String,
+    /// What the token must match (`hsm.token_label`, or the `hsm.token` URI).
+    token: uri::TokenMatch,
     sessions: usize,
     wrap_mode: WrapModeSetting,
     allow_hybrid: bool,
@@ -153,13 +157,17 @@ impl Hsm {
             .map_err(|e| load_err(e.to_string()))?;
         let pin_refused = pin::Refusal::new(cfg.pin_marker.clone());
         let setup = Setup {
-            token_label: cfg.token_label.clone(),
+            token_label: cfg.token_name().to_string(),
+            token: cfg.token_match().map_err(|e| HsmError::TokenNotFound {
+                label: format!("{} ({e})", cfg.token_name()),
+                present: "not searched".into(),
+            })?,
             sessions: cfg.sessions,
             wrap_mode: cfg.wrap_mode,
             allow_hybrid: policy.allow_hybrid,
         };
         let (up, report) = bring_up(&pkcs11, &raw, &setup, &pin, &pin_refused)?;
-        tracing::info!(mode = %report.chosen, token = %cfg.token_label, "token ready");
+        tracing::info!(mode = %report.chosen, token = %cfg.token_name(), "token ready");
         Ok(Hsm {
             pkcs11,
             raw,
@@ -424,6 +432,16 @@ impl Hsm {
     }
 
     fn find_key_in(&self, up: &Up, s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
+        // A URI's token attributes must name this token.
+        if let KeyRef::Uri(u) = key {
+            let t = &self.report.token;
+            if !u
+                .token
+                .matches(&t.label, &t.manufacturer, &t.serial, &t.model, t.slot_id)
+            {
+                return Err(HsmError::KeyNotFound(key.to_string()));
+            }
+        }
         let cache = || up.cache.lock().unwrap_or_else(|p| p.into_inner());
         let cached = cache().get(key).copied();
         if let Some(handle) = cached {

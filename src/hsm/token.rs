@@ -10,7 +10,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
-use super::{HsmError, Setup, Up, ckr_name, pin, pool, raw, selftest};
+use super::{HsmError, Setup, Up, ckr_name, pin, pool, raw, selftest, uri};
 
 /// `C_Initialize` with OS locking; "already initialised" (another user of the module in this
 /// process) is success.
@@ -25,12 +25,12 @@ pub(super) fn initialize(pkcs11: &Pkcs11) -> Result<(), CkError> {
 pub(super) fn start(
     pkcs11: &Pkcs11,
     raw: &raw::RawModule,
-    label: &str,
+    (want, label): (&uri::TokenMatch, &str),
     count: usize,
     pin: &pin::Pin,
     pin_refused: &pin::Refusal,
 ) -> Result<(Up, selftest::TokenSummary), HsmError> {
-    let (slot, token) = find_token(pkcs11, label)?;
+    let (slot, token) = find_token(pkcs11, want, label)?;
     let open = || {
         pkcs11
             .open_ro_session(slot)
@@ -61,7 +61,7 @@ pub(super) fn bring_up(
     let (up, token) = start(
         pkcs11,
         raw,
-        &setup.token_label,
+        (&setup.token, &setup.token_label),
         setup.sessions,
         pin,
         pin_refused,
@@ -116,7 +116,8 @@ pub(super) fn login(
 
 pub(super) fn find_token(
     pkcs11: &Pkcs11,
-    label: &str,
+    want: &uri::TokenMatch,
+    name: &str,
 ) -> Result<(Slot, selftest::TokenSummary), HsmError> {
     let slots = pkcs11
         .get_slots_with_token()
@@ -126,25 +127,24 @@ pub(super) fn find_token(
         let Ok(info) = pkcs11.get_token_info(slot) else {
             continue;
         };
-        let l = info.label().trim_end().to_string();
-        if l == label {
-            let fw = info.firmware_version();
-            return Ok((
-                slot,
-                selftest::TokenSummary {
-                    label: l,
-                    manufacturer: info.manufacturer_id().trim_end().to_string(),
-                    model: info.model().trim_end().to_string(),
-                    firmware: format!("{}.{}", fw.major(), fw.minor()),
-                },
-            ));
+        let fw = info.firmware_version();
+        let t = selftest::TokenSummary {
+            label: info.label().trim_end().to_string(),
+            manufacturer: info.manufacturer_id().trim_end().to_string(),
+            model: info.model().trim_end().to_string(),
+            serial: info.serial_number().trim_end().to_string(),
+            firmware: format!("{}.{}", fw.major(), fw.minor()),
+            slot_id: slot.id(),
+        };
+        if want.matches(&t.label, &t.manufacturer, &t.serial, &t.model, t.slot_id) {
+            return Ok((slot, t));
         }
-        if !l.is_empty() {
-            present.push(format!("{l:?}"));
+        if !t.label.is_empty() {
+            present.push(format!("{:?}", t.label));
         }
     }
     Err(HsmError::TokenNotFound {
-        label: label.to_string(),
+        label: name.to_string(),
         present: if present.is_empty() {
             "none".into()
         } else {

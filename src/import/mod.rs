@@ -277,6 +277,7 @@ pub fn describe(a: &Ask<'_>) -> Described {
     let key = match a.key {
         KeyRef::Label(l) => format!("label:{l}"),
         KeyRef::Id(id) => format!("id:{}", wrap::hex(id)),
+        KeyRef::Uri(u) => format!("uri:{u}"),
     };
     let scope = format!("{} {} {} {}", a.caller, a.op, a.endpoint.base, a.target);
     let mut h = openssl::sha::Sha256::new();

@@ -64,7 +64,7 @@ impl Bridge {
             return Err(denied("GetSourceKey", &caller));
         }
         let key = key_ref(req.get_ref().source_key.as_ref())?;
-        if let KeyRef::Label(l) = &key
+        if let Some(l) = key.label_named()
             && !caller.may_touch(l)
         {
             return Err(Status::permission_denied(
@@ -123,11 +123,11 @@ pub(super) fn permit(caller: &Caller, info: &KeyInfo) -> Result<(), KeyDenied> {
     }
 }
 
-/// A key named by id that is missing, or that the caller may not touch, gets one answer
+/// A key named by id only (no label) that is missing, or that the caller may not touch, gets one answer
 /// that names no key: probing ids learns neither labels nor which ids exist.
 pub(super) fn hide_by_id(key: &KeyRef, e: HsmError) -> HsmError {
-    match (key, &e) {
-        (KeyRef::Id(id), HsmError::KeyNotFound(_) | HsmError::Denied(_)) => {
+    match (key.label_named(), key.id_named(), &e) {
+        (None, Some(id), HsmError::KeyNotFound(_) | HsmError::Denied(_)) => {
             HsmError::NoKeyYouMayUse(format!("CKA_ID {}", wrap::hex(id)))
         }
         _ => e,

@@ -62,8 +62,10 @@ pub(super) fn key_ref(k: Option<&proto::KeyRef>) -> Result<KeyRef, Status> {
             .map_err(|why| Status::invalid_argument(format!("source_key.label: {why}"))),
         Some(proto::key_ref::Key::IdHex(h)) => KeyRef::id_hex(h)
             .map_err(|why| Status::invalid_argument(format!("source_key.id_hex: {why}"))),
+        Some(proto::key_ref::Key::Pkcs11Uri(u)) => KeyRef::uri(u)
+            .map_err(|why| Status::invalid_argument(format!("source_key.pkcs11_uri: {why}"))),
         None => Err(Status::invalid_argument(
-            "source_key: give a label or an id_hex",
+            "source_key: give a label, an id_hex or a pkcs11_uri",
         )),
     }
 }

@@ -79,11 +79,9 @@ impl Bridge {
             return Err(denied(name, &caller));
         }
         let key = key_ref(key)?;
-        match &key {
-            KeyRef::Label(l) => rec.export.label = Some(l.clone()),
-            KeyRef::Id(id) => rec.export.id_hex = Some(wrap::hex(id)),
-        }
-        if let KeyRef::Label(l) = &key
+        rec.export.label = key.label_named().map(str::to_string);
+        rec.export.id_hex = key.id_named().map(wrap::hex);
+        if let Some(l) = key.label_named()
             && !caller.may_touch(l)
         {
             return Err(Status::permission_denied(

@@ -57,7 +57,10 @@ pub struct TokenSummary {
     pub label: String,
     pub manufacturer: String,
     pub model: String,
+    pub serial: String,
     pub firmware: String,
+    /// The slot it is in.
+    pub slot_id: u64,
 }
 
 impl MechanismFinding {
