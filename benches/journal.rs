@@ -140,6 +140,50 @@ async fn imports(d: &Daemon, emu: &Emulator, tag: &str, n: usize) -> Vec<Duratio
     times
 }
 
+/// The daemon's whole ImportKeyVersion against the emulator, with each journal backend.
+fn whole_imports(
+    rt: &tokio::runtime::Runtime,
+    fx: &common::Fixture,
+    dir: &Path,
+    pg: &Postgres,
+    n: usize,
+) -> Vec<(&'static str, (f64, f64))> {
+    let identity = api_identity(&dir, "api");
+    let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], &["k=AES-256"]);
+    let mut whole = Vec::new();
+    for (name, lines) in [
+        (
+            "sqlite",
+            "url = \"sqlite:./journal-daemon-bench-sqlite.sqlite\"\n".to_string(),
+        ),
+        ("postgres", pg.journal_lines("benchd")),
+    ] {
+        let (config, _) = daemon_config(
+            fx,
+            &format!("bench-{name}"),
+            &emu.oci_config(&identity, 3),
+            None,
+        );
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace(
+            &format!("url = \"sqlite:./journal-daemon-bench-{name}.sqlite\"\n"),
+            &lines,
+        );
+        std::fs::write(&config, text).unwrap();
+        let d = Daemon::start(&config, &[]);
+        let count = n.min(300);
+        let times = rt.block_on(imports(&d, &emu, name, count));
+        whole.push((
+            name,
+            report(
+                &format!("daemon ImportKeyVersion, journal on {name}"),
+                times,
+            ),
+        ));
+    }
+    whole
+}
+
 fn main() {
     let n = args();
     let fx = common::softhsm();
@@ -187,39 +231,7 @@ fn main() {
     let wrap = report(&format!("HSM wrap ({}), in process", hsm.mode()), wraps);
     hsm.close();
 
-    let identity = api_identity(&dir, "api");
-    let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], &["k=AES-256"]);
-    let mut whole = Vec::new();
-    for (name, lines) in [
-        (
-            "sqlite",
-            "url = \"sqlite:./journal-daemon-bench-sqlite.sqlite\"\n".to_string(),
-        ),
-        ("postgres", pg.journal_lines("benchd")),
-    ] {
-        let (config, _) = daemon_config(
-            fx,
-            &format!("bench-{name}"),
-            &emu.oci_config(&identity, 3),
-            None,
-        );
-        let text = std::fs::read_to_string(&config).unwrap();
-        let text = text.replace(
-            &format!("url = \"sqlite:./journal-daemon-bench-{name}.sqlite\"\n"),
-            &lines,
-        );
-        std::fs::write(&config, text).unwrap();
-        let d = Daemon::start(&config, &[]);
-        let count = n.min(300);
-        let times = rt.block_on(imports(&d, &emu, name, count));
-        whole.push((
-            name,
-            report(
-                &format!("daemon ImportKeyVersion, journal on {name}"),
-                times,
-            ),
-        ));
-    }
+    let whole = whole_imports(&rt, fx, &dir, &pg, n);
     println!();
     println!("| per import | p50 µs | p99 µs |");
     println!("|---|---|---|");

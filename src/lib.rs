@@ -27,6 +27,7 @@ pub mod hardening;
 pub mod hsm;
 pub(crate) mod import;
 pub mod journal;
+pub mod metrics;
 pub mod oci;
 pub(crate) mod policy;
 pub(crate) mod service;

@@ -716,3 +716,158 @@ async fn oci_faults_end_in_clear_answers_without_duplicates() {
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// GET /metrics on the daemon's metrics listener (its address from the daemon's log).
+async fn scrape(d: &Daemon) -> String {
+    let log = d.log_text();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("metrics listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no metrics listener in the log: {log}"));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// The value of the sample `name{labels}` (labels in the exporter's order), 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_happened() {
+    let fx = softhsm();
+    let dir = fx.dir.join("oci-metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = api_identity(&dir, "api");
+    let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], &["aes=AES-256"]);
+    let policy = format!(
+        "caller_wrapping_keys = \"any\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+        emu.oci_config(&identity, 3)
+    );
+    let (config, _audit) = daemon_config(fx, "metrics", &policy, None);
+    let d = Daemon::start(&config, &[]);
+    let before = scrape(&d).await;
+    assert_eq!(
+        sample(&before, "hsm_bridge_health_serving"),
+        1.0,
+        "{before}"
+    );
+    assert!(
+        before.contains("hsm_bridge_build_info{version=\""),
+        "{before}"
+    );
+    assert_eq!(sample(&before, "hsm_bridge_journal_up"), 1.0);
+
+    // two wraps, one refused call, one import with a 429 retry
+    let wk = std::fs::read_to_string(&fx.wk.wk4096.public_pem).unwrap();
+    let wrap = |label: &str| proto::WrapKeyRequest {
+        source_key: by_label(label),
+        wrapping_public_key_pem: wk.clone(),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+    };
+    let mut cckm = d.client("cckm").await;
+    for _ in 0..2 {
+        cckm.wrap_key(wrap("test-aes-256")).await.unwrap();
+    }
+    let e = d
+        .client("limited")
+        .await
+        .wrap_key(wrap("test-rsa-2048"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    emu.fault(json!({"method": "POST", "path_contains": "/keyVersions/import", "count": 1, "status": 429}))
+        .await;
+    let req = proto::ImportKeyVersionRequest {
+        source_key: by_label("test-aes-256"),
+        oci_key_id: emu.keys["aes"].clone(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: emu.base.clone(),
+        }),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        idempotency_key: "metrics-1".into(),
+        wait_for_enabled: false,
+    };
+    cckm.import_key_version(req).await.unwrap();
+
+    let after = scrape(&d).await;
+    let moved = |series: &str| sample(&after, series) - sample(&before, series);
+    let mode = selftest_json(&fx.config)["chosen_mode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        moved(&format!(
+            "hsm_bridge_exports_total{{operation=\"WrapKey\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\"}}"
+        )),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(
+            "hsm_bridge_exports_total{operation=\"WrapKey\",outcome=\"refused\",key_type=\"unknown\",mode=\"none\"}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved(&format!(
+            "hsm_bridge_exports_total{{operation=\"ImportKeyVersion\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\"}}"
+        )),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved("hsm_bridge_oci_retries_total{operation=\"ImportKeyVersion\",status=\"429\"}"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved("hsm_bridge_oci_attempts_total{operation=\"ImportKeyVersion\",status=\"429\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved("hsm_bridge_oci_attempts_total{operation=\"ImportKeyVersion\",status=\"200\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved(&format!(
+            "hsm_bridge_hsm_wrap_seconds_count{{mode=\"{mode}\"}}"
+        )),
+        3.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved("hsm_bridge_rpc_seconds_count{method=\"WrapKey\"}"),
+        3.0
+    );
+    assert_eq!(
+        moved("hsm_bridge_rpc_seconds_count{method=\"ImportKeyVersion\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved("hsm_bridge_oci_call_seconds_count{operation=\"ImportKeyVersion\"}"),
+        1.0
+    );
+    // gauges (the health probe may hold a session at this instant: present, not exact)
+    assert!(after.contains("\nhsm_bridge_hsm_queue_calls "), "{after}");
+    assert!(
+        after.contains("\nhsm_bridge_hsm_sessions_in_use "),
+        "{after}"
+    );
+    // no key label anywhere without metrics.key_labels
+    assert!(!after.contains("test-aes-256"), "{after}");
+    std::fs::write(dir.join("metrics-after.txt"), &after).unwrap();
+}

@@ -77,8 +77,24 @@ pub(super) fn import_key_version_cmd(
             )));
         }
     };
-    let ms = started.elapsed().as_millis();
-    if common.json {
+    print_import(
+        out,
+        common.json,
+        &version,
+        &progress,
+        started.elapsed().as_millis(),
+    )
+}
+
+/// The CLI's report of an import: JSON, or one line.
+fn print_import(
+    out: &mut dyn Write,
+    json: bool,
+    version: &KeyVersion,
+    progress: &import::Progress,
+    ms: u128,
+) -> Result<(), Error> {
+    if json {
         let v = json!({
             "key_version": version,
             "opc_request_id": progress.opc_request_id,

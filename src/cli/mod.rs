@@ -310,6 +310,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     rec.export.label = Some(wrapped.key.label.clone());
     rec.export.id_hex = Some(wrap::hex(&wrapped.key.id));
     rec.export.mode = Some(wrapped.mode.as_str());
+    rec.export.key_type = Some(wrapped.shape.algorithm.as_str());
     // Recorded before the material is written: nothing leaves without its record.
     audit.write(rec, Ok(()))?;
     write_atomically(&out_file, &wrapped.material)?;

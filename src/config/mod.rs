@@ -31,6 +31,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub journal: JournalConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The file this was loaded from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -364,6 +366,19 @@ pub struct OciConnection {
 
 fn default_profile() -> String {
     "DEFAULT".into()
+}
+
+/// `[metrics]`: Prometheus metrics on a listener of their own (src/metrics.rs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `IP:PORT` for `GET /metrics` (plain HTTP: keep it on loopback or a private network);
+    /// unset: no listener.
+    pub listen: Option<String>,
+    /// Also count exports by key label (cardinality grows with the keys, and key names can
+    /// be sensitive).
+    #[serde(default)]
+    pub key_labels: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,10 @@ impl Config {
             1..=1024,
         )?;
         self.journal.validate()?;
+        if let Some(l) = &self.metrics.listen {
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|_| format!("metrics.listen = {l:?} is not IP:PORT"))?;
+        }
         self.validate_clients()
     }
 

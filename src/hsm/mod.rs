@@ -373,6 +373,7 @@ impl Hsm {
         }
         let started = Instant::now();
         live.generation += 1;
+        crate::metrics::get().reinitialised();
         live.last_reinit = Some(started);
         let old = std::mem::replace(&mut live.state, State::Down(String::new()));
         if let State::Up(old) = old {
@@ -575,8 +576,10 @@ impl Hsm {
             target,
             wk,
         )?;
+        let took = started.elapsed();
+        crate::metrics::get().hsm_wrap(self.mode().as_str(), took);
         tracing::debug!(key = %info.name(), shape = %shape.describe(), alg = %alg, mode = %self.mode(),
-            micros = started.elapsed().as_micros() as u64, "wrapped");
+            micros = took.as_micros() as u64, "wrapped");
         Ok(Wrapped {
             material,
             algorithm: alg,

@@ -32,6 +32,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(session) = idle.pop() {
+                crate::metrics::get().session_leased();
                 return Some(Lease {
                     pool: self,
                     session: Some(session),
@@ -70,6 +71,7 @@ impl Deref for Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
+        crate::metrics::get().session_returned();
         if let Some(s) = self.session.take() {
             self.pool
                 .idle

@@ -73,46 +73,28 @@ where
     let until = call
         .deadline
         .unwrap_or_else(|| Instant::now() + MAX_CLAIM_WAIT);
-    let mut pause = Duration::from_millis(20);
-    let lease = loop {
-        let claimed = oci.journal.claim(&entry).await.map_err(ImportError::from)?;
-        let recorded = match claimed {
-            Claimed::Fresh(lease) => break lease,
-            Claimed::Mismatch => {
-                return Err(ImportError::invalid(
-                    "idempotency_key was already used for a different request (source key, algorithm, target or details); use a new key",
-                )
-                .into());
-            }
-            Claimed::Busy => {
-                if Instant::now() + pause >= until {
-                    return Err(ImportError::in_progress(
-                        "an import with this idempotency_key is in progress (in this daemon or on another replica); retry with the same key",
-                    )
-                    .into());
+    let lease = match claim(oci, &entry, until).await? {
+        Next::Fresh(lease) => lease,
+        Next::Recorded(lease, recorded) => {
+            let recorded = (lease, *recorded);
+            // A recorded import: as allowed now as a fresh one would be, or nothing is returned.
+            (steps.recheck)().await?;
+            progress.replayed = true;
+            progress.merge(&made_progress(&recorded.1));
+            return match recorded {
+                (Some(lease), r) => match r.body.clone() {
+                    Some(body) => Ok(Prepared::Send { token, body, lease }),
+                    None => Err(ImportError::from(JournalError::Unavailable(
+                        "a recorded import has no body".into(),
+                    ))
+                    .into()),
+                },
+                (None, r) if r.failure.is_some() => {
+                    Err(ImportError::Oci(recorded_refusal(&r)).into())
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
-                continue;
-            }
-            Claimed::Resend(lease, r) => (Some(lease), r),
-            Claimed::Accepted(r) | Claimed::Failed(r) => (None, r),
-        };
-        // A recorded import: as allowed now as a fresh one would be, or nothing is returned.
-        (steps.recheck)().await?;
-        progress.replayed = true;
-        progress.merge(&made_progress(&recorded.1));
-        return match recorded {
-            (Some(lease), r) => match r.body.clone() {
-                Some(body) => Ok(Prepared::Send { token, body, lease }),
-                None => Err(ImportError::from(JournalError::Unavailable(
-                    "a recorded import has no body".into(),
-                ))
-                .into()),
-            },
-            (None, r) if r.failure.is_some() => Err(ImportError::Oci(recorded_refusal(&r)).into()),
-            (None, r) => Ok(Prepared::Answered(Box::new(r))),
-        };
+                (None, r) => Ok(Prepared::Answered(Box::new(r))),
+            };
+        }
     };
     let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
         note_error(progress, &e);
@@ -126,6 +108,7 @@ where
     let made = Progress {
         wrapping_key_sha256: Some(fp),
         mode: Some(wrapped.mode.as_str()),
+        key_type: Some(wrapped.shape.algorithm.as_str()),
         label: Some(wrapped.key.label.clone()),
         id_hex: Some(wrap::hex(&wrapped.key.id)),
         ..Progress::default()
@@ -136,6 +119,41 @@ where
         .map_err(ImportError::from)?;
     progress.merge(&made);
     Ok(Prepared::Send { token, body, lease })
+}
+
+/// What a claim found: nothing sent before (this call holds the lease), or a record (with
+/// the lease when its bytes are to be sent again).
+enum Next {
+    Fresh(Lease),
+    Recorded(Option<Lease>, Box<Record>),
+}
+
+/// Claims `entry`, waiting (until `until`) while another call or replica holds it.
+async fn claim(oci: &OciSide, entry: &Entry, until: Instant) -> Result<Next, ImportError> {
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match oci.journal.claim(entry).await? {
+            Claimed::Fresh(lease) => return Ok(Next::Fresh(lease)),
+            Claimed::Resend(lease, r) => return Ok(Next::Recorded(Some(lease), Box::new(r))),
+            Claimed::Accepted(r) | Claimed::Failed(r) => {
+                return Ok(Next::Recorded(None, Box::new(r)));
+            }
+            Claimed::Mismatch => {
+                return Err(ImportError::invalid(
+                    "idempotency_key was already used for a different request (source key, algorithm, target or details); use a new key",
+                ));
+            }
+            Claimed::Busy => {
+                if Instant::now() + pause >= until {
+                    return Err(ImportError::in_progress(
+                        "an import with this idempotency_key is in progress (in this daemon or on another replica); retry with the same key",
+                    ));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+        }
+    }
 }
 
 /// Sends a prepared import with `send(body, token)` and records OCI's answer in the

@@ -198,6 +198,9 @@ pub struct Progress {
     pub wrapping_key_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
+    /// "AES" or "RSA", for metrics (the audit record has the label and id).
+    #[serde(skip)]
+    pub key_type: Option<&'static str>,
     /// OCI's id of the final answer, when OCI answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opc_request_id: Option<String>,
@@ -230,6 +233,7 @@ impl Progress {
         take(&mut self.id_hex, &later.id_hex);
         take(&mut self.wrapping_key_sha256, &later.wrapping_key_sha256);
         take(&mut self.mode, &later.mode);
+        take(&mut self.key_type, &later.key_type);
         take(&mut self.opc_request_id, &later.opc_request_id);
         take(&mut self.created_id, &later.created_id);
         if later.attempts > 0 {

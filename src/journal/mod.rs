@@ -317,6 +317,7 @@ impl Journal {
     /// Notes whether the journal answered: one log line when it goes down, one when it is
     /// back.
     fn health<T>(&self, r: Result<T, JournalError>) -> Result<T, JournalError> {
+        crate::metrics::get().journal(!matches!(r, Err(JournalError::Unavailable(_))));
         match &r {
             Err(JournalError::Unavailable(why)) => {
                 if !self.down.swap(true, Ordering::Relaxed) {

@@ -47,7 +47,25 @@ pub enum Outcome {
     Failed,
 }
 
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::WrapKey => "WrapKey",
+            Operation::ImportKeyVersion => "ImportKeyVersion",
+            Operation::ImportKey => "ImportKey",
+        }
+    }
+}
+
 impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+
     /// The outcome a gRPC code stands for.
     pub fn of(c: Code) -> Outcome {
         match c {
@@ -147,6 +165,24 @@ impl Audit {
     /// Writes one record as a JSON line and flushes it to the kernel. An error here must
     /// stop the export (fail closed).
     pub fn write(&self, record: &Record) -> std::io::Result<()> {
+        let r = self.write_line(record);
+        let outcome = if r.is_ok() {
+            record.outcome.as_str()
+        } else {
+            crate::metrics::get().audit_failed();
+            "refused"
+        };
+        crate::metrics::get().export(
+            record.operation.as_str(),
+            outcome,
+            record.export.key_type,
+            record.export.mode,
+            record.export.label.as_deref(),
+        );
+        r
+    }
+
+    fn write_line(&self, record: &Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         match &mut *self.sink.lock().unwrap_or_else(|p| p.into_inner()) {

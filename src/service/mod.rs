@@ -60,6 +60,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ListSourceKeysRequest>,
     ) -> Result<Response<proto::ListSourceKeysResponse>, Status> {
+        let _timer = crate::metrics::RpcTimer::start("ListSourceKeys");
         self.list_source_keys_inner(req).await
     }
 
@@ -67,6 +68,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::GetSourceKeyRequest>,
     ) -> Result<Response<proto::SourceKey>, Status> {
+        let _timer = crate::metrics::RpcTimer::start("GetSourceKey");
         self.get_source_key_inner(req).await
     }
 
@@ -74,6 +76,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::WrapKeyRequest>,
     ) -> Result<Response<proto::WrapKeyResponse>, Status> {
+        let _timer = crate::metrics::RpcTimer::start("WrapKey");
         let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::WrapKey);
         let result = self.wrap_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
@@ -83,6 +86,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
+        let _timer = crate::metrics::RpcTimer::start("ImportKeyVersion");
         let mut guard =
             AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::ImportKeyVersion);
         let result = self.import_key_version_inner(req, &mut guard).await;
@@ -93,6 +97,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
+        let _timer = crate::metrics::RpcTimer::start("ImportKey");
         let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::ImportKey);
         let result = self.import_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)

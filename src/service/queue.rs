@@ -28,6 +28,23 @@ pub struct HsmQueue {
 pub struct Admission {
     _slot: OwnedSemaphorePermit,
     _session: OwnedSemaphorePermit,
+    _counted: Counted,
+}
+
+/// A call holding or waiting for a session, in `hsm_bridge_hsm_queue_calls`.
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        crate::metrics::get().queue_enter();
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        crate::metrics::get().queue_leave();
+    }
 }
 
 impl HsmQueue {
@@ -52,6 +69,7 @@ impl HsmQueue {
             .map_err(|_| Refused::Full {
                 capacity: self.capacity,
             })?;
+        let counted = Counted::new();
         let session = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), self.sessions.clone().acquire_owned())
                 .await
@@ -62,6 +80,7 @@ impl HsmQueue {
         Ok(Admission {
             _slot: slot,
             _session: session,
+            _counted: counted,
         })
     }
 

@@ -40,26 +40,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         (Listen::Tcp(_), None) => Transport::Loopback,
     };
     let auth = Authenticator::new(transport, cfg.server.clients.clone());
-    if auth.reachable() == 0 {
-        tracing::warn!(
-            "no [[server.clients]] entry can match a caller on this listener ({}): every call will be UNAUTHENTICATED",
-            match transport {
-                Transport::Tls => "TLS: give entries a subject_cn",
-                Transport::Unix => "Unix socket: give entries a unix_uid",
-                Transport::Loopback => "plain text on loopback: give one entry loopback = true",
-            }
-        );
-    }
-    if cfg.policy.caller_wrapping_keys == crate::config::CallerWrappingKeys::Any {
-        tracing::warn!(
-            "policy.caller_wrapping_keys = \"any\": any caller with the wrap operation can export keys to a public key of its own choosing; use \"pinned\" or \"none\" outside development"
-        );
-    }
-    if rustix::process::geteuid().is_root() {
-        tracing::warn!(
-            "running as root: run the daemon as an unprivileged user that can read the PIN file, the TLS key and the PKCS#11 client configuration"
-        );
-    }
+    warn_at_start(&cfg, &auth, transport);
     let audit = Arc::new(Audit::open(&cfg.audit.path)?);
     let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
     // Opened before the runtime starts threads: the module's environment is set here.
@@ -79,6 +60,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         journal.report_at_start().await;
         journal.spawn_purge();
     });
+    start_metrics(&runtime, &cfg.metrics)?;
     let bridge = Arc::new(Bridge::new(
         hsm.clone(),
         auth,
@@ -190,8 +172,54 @@ async fn run(
     shut_down(server, &bridge, limits.grace).await
 }
 
+/// What the operator should hear at start: no caller can match, any wrapping key goes,
+/// the daemon runs as root.
+fn warn_at_start(cfg: &Config, auth: &Authenticator, transport: Transport) {
+    if auth.reachable() == 0 {
+        tracing::warn!(
+            "no [[server.clients]] entry can match a caller on this listener ({}): every call will be UNAUTHENTICATED",
+            match transport {
+                Transport::Tls => "TLS: give entries a subject_cn",
+                Transport::Unix => "Unix socket: give entries a unix_uid",
+                Transport::Loopback => "plain text on loopback: give one entry loopback = true",
+            }
+        );
+    }
+    if cfg.policy.caller_wrapping_keys == crate::config::CallerWrappingKeys::Any {
+        tracing::warn!(
+            "policy.caller_wrapping_keys = \"any\": any caller with the wrap operation can export keys to a public key of its own choosing; use \"pinned\" or \"none\" outside development"
+        );
+    }
+    if rustix::process::geteuid().is_root() {
+        tracing::warn!(
+            "running as root: run the daemon as an unprivileged user that can read the PIN file, the TLS key and the PKCS#11 client configuration"
+        );
+    }
+}
+
+/// The metrics listener, when `[metrics] listen` is set.
+fn start_metrics(
+    runtime: &tokio::runtime::Runtime,
+    cfg: &crate::config::MetricsConfig,
+) -> Result<(), Error> {
+    crate::metrics::get().set_key_labels(cfg.key_labels);
+    let Some(addr) = &cfg.listen else {
+        return Ok(());
+    };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| Error::Io(format!("metrics.listen {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("metrics.listen {addr}: {e}")))?;
+    tracing::info!(addr = %bound, "metrics listening (GET /metrics)");
+    runtime.spawn(crate::metrics::serve(listener));
+    Ok(())
+}
+
 /// Sets the health of "" and of the service.
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    crate::metrics::get().serving(status == ServingStatus::Serving);
     for name in ["", SERVICE_NAME] {
         health.set_service_status(name, status).await;
     }

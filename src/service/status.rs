@@ -45,6 +45,9 @@ pub fn code(e: &HsmError) -> Code {
 }
 
 pub fn status(e: &HsmError) -> Status {
+    if let Some(rv) = e.rv() {
+        crate::metrics::get().hsm_error(&crate::hsm::ckr_name(rv));
+    }
     Status::new(code(e), e.to_string())
 }
 

@@ -56,6 +56,7 @@ impl Bridge {
         rec.export.label = Some(wrapped.key.label.clone());
         rec.export.id_hex = Some(wrap::hex(&wrapped.key.id));
         rec.export.mode = Some(wrapped.mode.as_str());
+        rec.export.key_type = Some(wrapped.shape.algorithm.as_str());
         Ok(proto::WrapKeyResponse {
             wrapped_key_material: wrapped.material,
             shape: Some(shape(wrapped.shape)),

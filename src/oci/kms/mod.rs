@@ -130,9 +130,21 @@ impl KmsClient {
         call: &Call<'_>,
         req: &Request<'_>,
     ) -> Result<(u16, Vec<u8>, String, u32), KmsError> {
+        let started = Instant::now();
+        let r = self.send_attempts(call, req).await;
+        crate::metrics::get().oci_call(req.op, started.elapsed());
+        r
+    }
+
+    async fn send_attempts(
+        &self,
+        call: &Call<'_>,
+        req: &Request<'_>,
+    ) -> Result<(u16, Vec<u8>, String, u32), KmsError> {
         let deadline = call.deadline;
         let mut attempt = 0u32;
         let mut last_error = String::new();
+        let m = crate::metrics::get();
         loop {
             attempt += 1;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -153,10 +165,13 @@ impl KmsClient {
             let retry_reason = match outcome {
                 Ok((status, body, opc)) => {
                     if (200..300).contains(&status) {
+                        m.oci_attempt(req.op, status, false);
                         return Ok((status, body, opc, attempt));
                     }
                     let (code, message) = error_body(&body);
-                    if !retryable(status, &code) || attempt >= self.max_attempts {
+                    let last = !retryable(status, &code) || attempt >= self.max_attempts;
+                    m.oci_attempt(req.op, status, !last);
+                    if last {
                         return Err(KmsError::Service {
                             op: req.op,
                             status,
@@ -169,6 +184,7 @@ impl KmsClient {
                     format!("{status} {code} (opc-request-id {opc})")
                 }
                 Err(why) => {
+                    m.oci_attempt(req.op, 0, attempt < self.max_attempts);
                     if attempt >= self.max_attempts {
                         return Err(KmsError::Transport {
                             op: req.op,
