@@ -148,8 +148,8 @@ fn whole_imports(
     pg: &Postgres,
     n: usize,
 ) -> Vec<(&'static str, (f64, f64))> {
-    let identity = api_identity(&dir, "api");
-    let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], &["k=AES-256"]);
+    let identity = api_identity(dir, "api");
+    let emu = Emulator::start(dir, &[identity.key.public_pem.as_path()], &["k=AES-256"]);
     let mut whole = Vec::new();
     for (name, lines) in [
         (
