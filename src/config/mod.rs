@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// `IP:PORT` of a plain-text listener that serves only `grpc.health.v1.Health` (for
+    /// probes that cannot do mutual TLS, e.g. Kubernetes' gRPC probes); unset: none.
+    pub health_listen: Option<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -99,6 +102,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout_secs: default_handshake_timeout(),
             max_concurrent_streams: default_streams(),
             clients: Vec::new(),
+            health_listen: None,
         }
     }
 }

@@ -20,6 +20,10 @@ impl Config {
             1..=1024,
         )?;
         self.journal.validate()?;
+        if let Some(l) = &self.server.health_listen {
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|_| format!("server.health_listen = {l:?} is not IP:PORT"))?;
+        }
         if let Some(l) = &self.metrics.listen {
             l.parse::<std::net::SocketAddr>()
                 .map_err(|_| format!("metrics.listen = {l:?} is not IP:PORT"))?;

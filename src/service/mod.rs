@@ -17,6 +17,7 @@ pub mod auth;
 mod imports;
 mod keys;
 pub mod limit;
+mod notify;
 pub mod queue;
 mod request;
 pub mod server;

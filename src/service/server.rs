@@ -24,6 +24,8 @@ use crate::proto::key_source_bridge_server::KeySourceBridgeServer;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The service name health reports on, besides "".
 const SERVICE_NAME: &str = "hsmbridge.v1.KeySourceBridge";
+/// The health service name that follows the process, not the token (liveness).
+const PROCESS_SERVICE: &str = "hsm-bridge.process";
 /// How often the token is checked for the health service.
 const HEALTH_EVERY: Duration = Duration::from_secs(5);
 
@@ -74,6 +76,11 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
         max_connections: cfg.server.max_connections,
         max_streams: cfg.server.max_concurrent_streams,
+        health_listen: cfg
+            .server
+            .health_listen
+            .as_deref()
+            .and_then(|l| l.parse().ok()),
     };
     let result = runtime.block_on(run(listen, tls, bridge, hsm.clone(), limits));
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -94,6 +101,8 @@ struct Limits {
     max_connections: usize,
     /// HTTP/2 streams per connection.
     max_streams: u32,
+    /// The plain-text listener for health probes only.
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 /// Largest header block a caller may send (tonic's own default is larger).
@@ -131,7 +140,16 @@ async fn run(
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
+    // For liveness probes: SERVING while the process serves, whatever the token's state (a
+    // restart cannot mend an HSM, and each one logs in again).
+    health
+        .set_service_status(PROCESS_SERVICE, ServingStatus::Serving)
+        .await;
     let probe = tokio::spawn(follow_the_token(health.clone(), hsm));
+    let probes = match limits.health_listen {
+        Some(addr) => Some(health_only(addr, health_service.clone()).await?),
+        None => None,
+    };
     let described = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -162,14 +180,46 @@ async fn run(
     .await?;
 
     let signal = wait_for_signal().await;
+    super::notify::stopping();
     tracing::info!(
         "{signal}: no new calls; waiting up to {}s for calls in flight",
         limits.grace.as_secs()
     );
     set_health(&health, ServingStatus::NotServing).await;
+    health
+        .set_service_status(PROCESS_SERVICE, ServingStatus::NotServing)
+        .await;
     let _ = stop_tx.send(());
     probe.abort();
+    if let Some(p) = probes {
+        p.abort();
+    }
     shut_down(server, &bridge, limits.grace).await
+}
+
+/// The plain-text listener that serves only the health service (`server.health_listen`).
+async fn health_only<H: tonic_health::pb::health_server::Health>(
+    addr: std::net::SocketAddr,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+) -> Result<tokio::task::JoinHandle<()>, Error>
+{
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Io(format!("server.health_listen {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("server.health_listen {addr}: {e}")))?;
+    tracing::info!(addr = %bound, "health probes listening (plain text, grpc.health.v1 only)");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::error!("health probe listener: {e}");
+        }
+    }))
 }
 
 /// What the operator should hear at start: no caller can match, any wrapping key goes,
@@ -313,6 +363,8 @@ async fn shut_down(
 fn announce(addr: &str) {
     tracing::info!(%addr, "listening");
     println!("hsm-bridge: listening on {addr}");
+    super::notify::ready(addr);
+    super::notify::spawn_watchdog();
 }
 
 /// Binds a Unix socket that only this user can connect to: created under umask 0177 so
