@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::fault::{self, calls};
 use common::*;
@@ -629,4 +630,80 @@ async fn a_token_that_lies_about_its_wrap_exports_nothing() {
         ),
         fx.aes["test-aes-256"]
     );
+}
+
+/// SIGHUP: a new client list takes effect for new calls, a call in flight finishes under
+/// the settings it started with, a broken file is refused with its reason and the old
+/// settings stay; systemd hears READY, RELOADING and READY again on `NOTIFY_SOCKET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_client_list_and_keeps_calls_in_flight() {
+    let fx = softhsm();
+    let (config, _log, ctl) = fault_config(fx, "reload", "./user-pin");
+    let sock_path = fx.dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let d = common::daemon::Daemon::start_with_env(
+        &config,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let heard = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(heard().contains("READY=1"));
+
+    let ch = d.plain_channel().await;
+    let c = hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient::new(ch);
+    let wk = read(&fx.wk.wk2048.public_pem);
+    let aes256 = wrap_request(label_ref("test-aes-256"), wk.clone());
+    let aes128 = wrap_request(label_ref("test-aes-128"), wk);
+    // a slow HSM, so that one call is in flight across the reload
+    std::fs::write(&ctl, "C_WrapKey delay:1500 1\n").unwrap();
+    let in_flight = {
+        let (mut c, req) = (c.clone(), aes256.clone());
+        tokio::spawn(async move { c.wrap_key(req).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    let narrowed = text.replace("keys = [\"*\"]", "keys = [\"test-aes-128\"]");
+    assert_ne!(text, narrowed);
+    std::fs::write(&config, &narrowed).unwrap();
+    d.hangup();
+    assert!(heard().contains("RELOADING=1"));
+    assert!(heard().contains("READY=1"));
+    in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight finishes under the old client list");
+    let mut c2 = c.clone();
+    let e = c2.wrap_key(aes256.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    c2.wrap_key(aes128.clone())
+        .await
+        .expect("the new list allows it");
+
+    // A broken file: refused with its reason, the settings stay.
+    std::fs::write(&config, format!("{narrowed}\nnot toml at all [[[\n")).unwrap();
+    d.hangup();
+    assert!(heard().contains("RELOADING=1"));
+    let ready = heard();
+    assert!(
+        ready.contains("READY=1") && ready.contains("reload refused"),
+        "{ready}"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("not reloaded") && log.contains("reload.toml"),
+        "{log}"
+    );
+    c2.wrap_key(aes128).await.expect("the old settings stay");
+    let e = c2.wrap_key(aes256).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    std::fs::write(&config, text).unwrap();
+    d.terminate();
+    assert!(heard().contains("STOPPING=1"));
 }

@@ -339,10 +339,12 @@ impl super::Bridge {
         &self,
         req: &Request<T>,
         guard: &mut AuditOnDrop,
-    ) -> Result<(super::auth::Caller, Option<Instant>), Status> {
-        let caller = self.caller(req, Some(guard.record()))?;
+    ) -> Result<(Arc<super::Settings>, super::auth::Caller, Option<Instant>), Status> {
+        // The settings at the call's start serve it to the end, a reload notwithstanding.
+        let settings = self.settings();
+        let caller = self.caller(&settings, req, Some(guard.record()))?;
         guard.deadline = super::request::deadline(req);
-        Ok((caller, guard.deadline))
+        Ok((settings, caller, guard.deadline))
     }
 
     /// Writes the audit record for an export attempt that ends with `result`. A failed

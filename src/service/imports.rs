@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use tonic::{Request, Status};
 
-use super::Bridge;
 use super::audit::{AuditOnDrop, INVALID, Record, bounded};
 use super::auth::Caller;
 use super::status;
 use super::wrap_key::Export;
+use super::{Bridge, Settings};
 use crate::config::{Operation, ProtectionMode};
 use crate::import;
 use crate::oci::kms::{Answer, Call, KmsError};
@@ -27,10 +27,11 @@ impl Bridge {
     /// Nothing has touched the HSM or the network yet.
     fn import_preamble<'r>(
         &self,
+        settings: Arc<Settings>,
         caller: Caller,
         rec: &mut Record,
         ask: ImportAsk<'_>,
-        fields: impl FnOnce(&Caller, &mut Record) -> Result<Option<&'r str>, Status>,
+        fields: impl FnOnce(&Caller, &Settings, &mut Record) -> Result<Option<&'r str>, Status>,
     ) -> Result<(ImportStart, Option<&'r str>), Status> {
         let ImportAsk {
             op,
@@ -41,20 +42,20 @@ impl Bridge {
         } = ask;
         let export = self.admit_export(caller, rec, (Operation::Import, op), key, alg)?;
         // The request's own fields, before any configuration is consulted.
-        let idem = fields(&export.caller, rec)?;
+        let idem = fields(&export.caller, &settings, rec)?;
         let target = oci.ok_or_else(|| {
             Status::invalid_argument(
                 "oci.management_endpoint is required (the vault's management endpoint)",
             )
         })?;
-        let endpoint = self
+        let endpoint = settings
             .oci
             .endpoint(&target.management_endpoint)
             .inspect_err(|_| {
                 rec.oci_endpoint = Some(bounded(&target.management_endpoint, MAX_AUDITED_URL));
             })?;
         rec.oci_endpoint = Some(endpoint.base.clone());
-        let (connection, identity) = self.oci.identity(&target.connection)?;
+        let (connection, identity) = settings.oci.identity(&target.connection)?;
         rec.oci_connection = Some(connection);
         if !export.caller.may_send_to(&endpoint.base) {
             return Err(Status::permission_denied(format!(
@@ -64,6 +65,7 @@ impl Bridge {
         }
         Ok((
             ImportStart {
+                settings,
                 export,
                 dest: Destination {
                     identity,
@@ -81,6 +83,7 @@ impl Bridge {
     /// before anything is wrapped or sent.
     async fn check_existing_key(
         &self,
+        settings: &Settings,
         rec: &mut Record,
         caller: &Caller,
         call: &Call<'_>,
@@ -88,10 +91,10 @@ impl Bridge {
     ) -> Result<(), Status> {
         let mut progress = import::Progress::default();
         let key = import::existing_key(
-            &self.oci,
+            &settings.oci,
             call,
             key_id,
-            &self.protection_modes,
+            &settings.protection_modes,
             &mut progress,
         )
         .await
@@ -133,7 +136,7 @@ impl Bridge {
         };
         let mut progress = import::Progress::default();
         let prepared = import::prepare(
-            &self.oci,
+            &start.settings.oci,
             call,
             idempotency_key,
             described,
@@ -151,6 +154,7 @@ impl Bridge {
     /// record of what OCI did, with the id it created.
     async fn send_import<T, F, Fut>(
         &self,
+        oci: Arc<import::OciSide>,
         guard: &mut AuditOnDrop,
         prepared: import::Prepared,
         mut progress: import::Progress,
@@ -166,7 +170,6 @@ impl Bridge {
     {
         let mut carried = guard.hand_off();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let oci = self.oci.clone();
         tokio::spawn(async move {
             // The journal's record is freed once OCI's answer is in it.
             let answer = import::send(
@@ -208,10 +211,11 @@ impl Bridge {
         req: Request<proto::ImportKeyVersionRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyVersionResponse, Status> {
-        let (caller, deadline) = self.begin(&req, guard)?;
+        let (settings, caller, deadline) = self.begin(&req, guard)?;
         let rec = guard.record();
         let body = req.get_ref();
         let (start, idem) = self.import_preamble(
+            settings,
             caller,
             rec,
             ImportAsk {
@@ -221,7 +225,7 @@ impl Bridge {
                 oci: body.oci.as_ref(),
                 deadline,
             },
-            |_, rec| {
+            |_, _, rec| {
                 import::check_key_ocid(&body.oci_key_id)
                     .inspect_err(|_| rec.oci_key_id = Some(INVALID.into()))?;
                 rec.oci_key_id = Some(body.oci_key_id.clone());
@@ -230,6 +234,7 @@ impl Bridge {
         )?;
         let call = start.dest.call();
         self.check_existing_key(
+            &start.settings,
             guard.record(),
             &start.export.caller,
             &call,
@@ -256,6 +261,7 @@ impl Bridge {
         let (dest, key_id) = (start.dest.clone(), body.oci_key_id.clone());
         let mut version = self
             .send_import(
+                start.settings.oci.clone(),
                 guard,
                 prepared,
                 progress,
@@ -269,9 +275,9 @@ impl Bridge {
             )
             .await?;
         if body.wait_for_enabled {
-            let kms = &self.oci.kms;
+            let kms = &start.settings.oci.kms;
             version = import::wait(
-                &self.oci,
+                &start.settings.oci,
                 || kms.get_key_version(&call, &version.key_id, &version.id),
                 |v: &crate::oci::kms::KeyVersion| v.lifecycle_state.as_str(),
                 deadline,
@@ -289,10 +295,11 @@ impl Bridge {
         req: Request<proto::ImportKeyRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::ImportKeyResponse, Status> {
-        let (caller, deadline) = self.begin(&req, guard)?;
+        let (settings, caller, deadline) = self.begin(&req, guard)?;
         let rec = guard.record();
         let body = req.get_ref();
         let (start, idem) = self.import_preamble(
+            settings,
             caller,
             rec,
             ImportAsk {
@@ -302,7 +309,7 @@ impl Bridge {
                 oci: body.oci.as_ref(),
                 deadline,
             },
-            |caller, rec| self.import_key_fields(caller, rec, body),
+            |caller, settings, rec| self.import_key_fields(settings, caller, rec, body),
         )?;
         let described = import::describe(&import::Ask {
             caller: &start.export.caller.name,
@@ -322,6 +329,7 @@ impl Bridge {
         let dest = start.dest.clone();
         let key = self
             .send_import(
+                start.settings.oci.clone(),
                 guard,
                 prepared,
                 progress,
@@ -337,9 +345,9 @@ impl Bridge {
         }
         let mut key = key?;
         if body.wait_for_enabled {
-            let kms = &self.oci.kms;
+            let kms = &start.settings.oci.kms;
             key = import::wait(
-                &self.oci,
+                &start.settings.oci,
                 || kms.get_key(&call, &key.id),
                 |k: &crate::oci::kms::Key| k.lifecycle_state.as_str(),
                 deadline,
@@ -357,6 +365,7 @@ impl Bridge {
     /// (OCI's limits), idempotency key (returned).
     fn import_key_fields<'r>(
         &self,
+        settings: &Settings,
         caller: &Caller,
         rec: &mut Record,
         body: &'r proto::ImportKeyRequest,
@@ -395,7 +404,7 @@ impl Bridge {
         )?;
         let idem = import::check_idempotency_key(&body.idempotency_key)?;
         import::protection_allowed(
-            &self.protection_modes,
+            &settings.protection_modes,
             &body.protection_mode,
             "the key asked for",
         )?;
@@ -448,6 +457,8 @@ impl Destination {
 
 /// What an import has established before it touches the HSM or the network.
 struct ImportStart {
+    /// The settings it runs under (the ones at its start).
+    settings: Arc<Settings>,
     export: Export,
     dest: Destination,
 }

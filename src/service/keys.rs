@@ -21,7 +21,7 @@ impl Bridge {
         &self,
         req: Request<proto::ListSourceKeysRequest>,
     ) -> Result<Response<proto::ListSourceKeysResponse>, Status> {
-        let caller = self.caller(&req, None)?;
+        let caller = self.caller(&self.settings(), &req, None)?;
         let deadline = deadline(&req);
         if !caller.may(Operation::List) {
             return Err(denied("ListSourceKeys", &caller));
@@ -58,7 +58,7 @@ impl Bridge {
         &self,
         req: Request<proto::GetSourceKeyRequest>,
     ) -> Result<Response<proto::SourceKey>, Status> {
-        let caller = self.caller(&req, None)?;
+        let caller = self.caller(&self.settings(), &req, None)?;
         let deadline = deadline(&req);
         if !caller.may(Operation::List) {
             return Err(denied("GetSourceKey", &caller));

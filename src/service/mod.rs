@@ -19,6 +19,7 @@ mod keys;
 pub mod limit;
 mod notify;
 pub mod queue;
+mod reload;
 mod request;
 pub mod server;
 pub mod status;
@@ -39,20 +40,43 @@ use audit::{Audit, AuditOnDrop, Record};
 use auth::{Authenticator, Caller};
 use queue::{HsmQueue, Refused};
 
-/// Everything a call needs, shared by all calls.
-pub struct Bridge {
-    hsm: Arc<Hsm>,
+/// What SIGHUP may replace (`server.rs`, `reload`): a call takes the settings current at
+/// its start and keeps them to its end.
+pub struct Settings {
     auth: Authenticator,
-    audit: Arc<Audit>,
-    /// Admission to the HSM: bounded, fair, deadline-aware.
-    queue: HsmQueue,
     /// Which caller-supplied wrapping keys `WrapKey` may use.
     wrapping_policy: WrappingKeyPolicy,
-    /// Callers' wrapping keys, parsed once each.
-    wrapping_keys: wrap::wrapping_key::ParsedKeys,
+    /// The OCI client, identities and endpoint allow-list (and the shared journal).
     oci: Arc<import::OciSide>,
     /// `policy.protection_modes`: what an import may create or add a version to.
     protection_modes: Vec<ProtectionMode>,
+}
+
+impl Settings {
+    pub fn new(
+        auth: Authenticator,
+        policy: &PolicyConfig,
+        wrapping_policy: WrappingKeyPolicy,
+        oci: import::OciSide,
+    ) -> Settings {
+        Settings {
+            auth,
+            wrapping_policy,
+            oci: Arc::new(oci),
+            protection_modes: policy.protection_modes.clone(),
+        }
+    }
+}
+
+/// Everything a call needs, shared by all calls.
+pub struct Bridge {
+    hsm: Arc<Hsm>,
+    audit: Arc<Audit>,
+    /// Admission to the HSM: bounded, fair, deadline-aware.
+    queue: HsmQueue,
+    /// Callers' wrapping keys, parsed once each.
+    wrapping_keys: wrap::wrapping_key::ParsedKeys,
+    settings: std::sync::RwLock<Arc<Settings>>,
 }
 
 #[tonic::async_trait]
@@ -106,25 +130,27 @@ impl KeySourceBridge for Bridge {
 }
 
 impl Bridge {
-    pub fn new(
-        hsm: Arc<Hsm>,
-        auth: Authenticator,
-        audit: Arc<Audit>,
-        max_queue: usize,
-        policy: &PolicyConfig,
-        wrapping_policy: WrappingKeyPolicy,
-        oci: import::OciSide,
-    ) -> Bridge {
+    pub fn new(hsm: Arc<Hsm>, audit: Arc<Audit>, max_queue: usize, settings: Settings) -> Bridge {
         Bridge {
             queue: HsmQueue::new(hsm.sessions(), max_queue),
             wrapping_keys: wrap::wrapping_key::ParsedKeys::new(hsm.min_wrapping_key_bits()),
             hsm,
-            auth,
             audit,
-            wrapping_policy,
-            oci: Arc::new(oci),
-            protection_modes: policy.protection_modes.clone(),
+            settings: std::sync::RwLock::new(Arc::new(settings)),
         }
+    }
+
+    /// The settings now (a call keeps the ones it started with).
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `new` in place for calls that start from now on.
+    pub fn replace_settings(&self, new: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
     }
 
     /// Waits until every queued or running HSM call has finished (for shutdown).
@@ -165,8 +191,13 @@ impl Bridge {
 
     /// The caller of `req`, recorded in `rec`: the first thing every call does, before any
     /// other header or field is read.
-    fn caller<T>(&self, req: &Request<T>, rec: Option<&mut Record>) -> Result<Caller, Status> {
-        let caller = self.auth.identify(req).map_err(|why| {
+    fn caller<T>(
+        &self,
+        settings: &Settings,
+        req: &Request<T>,
+        rec: Option<&mut Record>,
+    ) -> Result<Caller, Status> {
+        let caller = settings.auth.identify(req).map_err(|why| {
             Status::unauthenticated(format!(
                 "{why}; ask the operator to add you to server.clients"
             ))

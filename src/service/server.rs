@@ -41,14 +41,15 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         (Listen::Unix(_), None) => Transport::Unix,
         (Listen::Tcp(_), None) => Transport::Loopback,
     };
-    let auth = Authenticator::new(transport, cfg.server.clients.clone());
-    warn_at_start(&cfg, &auth, transport);
+    warn_at_start(
+        &cfg,
+        &Authenticator::new(transport, cfg.server.clients.clone()),
+        transport,
+    );
     let audit = Arc::new(Audit::open(&cfg.audit.path)?);
-    let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
-    // Opened before the runtime starts threads: the module's environment is set here.
     let journal = crate::journal::Journal::new(&cfg.journal)?;
-    let oci =
-        super::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits, journal.clone())?;
+    let settings = super::reload::settings(&cfg, transport, &journal)?;
+    // Opened before the runtime starts threads: the module's environment is set here.
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
     tracing::info!(memory = %crate::hardening::memory_report(), "secrets");
@@ -65,13 +66,17 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     start_metrics(&runtime, &cfg.metrics)?;
     let bridge = Arc::new(Bridge::new(
         hsm.clone(),
-        auth,
         audit,
         cfg.server.max_queue,
-        &cfg.policy,
-        wrapping_policy,
-        oci,
+        settings,
     ));
+    let reloader = super::reload::Reloader {
+        path: cfg.path.clone(),
+        transport,
+        journal: journal.clone(),
+        fixed: super::reload::fixed_parts(&cfg),
+    };
+    runtime.block_on(async { reloader.spawn(bridge.clone()) });
     let limits = Limits {
         grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
         max_connections: cfg.server.max_connections,
@@ -201,8 +206,7 @@ async fn run(
 async fn health_only<H: tonic_health::pb::health_server::Health>(
     addr: std::net::SocketAddr,
     health: tonic_health::pb::health_server::HealthServer<H>,
-) -> Result<tokio::task::JoinHandle<()>, Error>
-{
+) -> Result<tokio::task::JoinHandle<()>, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Io(format!("server.health_listen {addr}: {e}")))?;

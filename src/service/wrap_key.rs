@@ -31,7 +31,7 @@ impl Bridge {
         req: Request<proto::WrapKeyRequest>,
         guard: &mut AuditOnDrop,
     ) -> Result<proto::WrapKeyResponse, Status> {
-        let (caller, deadline) = self.begin(&req, guard)?;
+        let (settings, caller, deadline) = self.begin(&req, guard)?;
         let hsm_started = guard.hsm_started.clone();
         let rec = guard.record();
         let body = req.get_ref();
@@ -48,7 +48,8 @@ impl Bridge {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fp = wk.fingerprint();
         rec.export.wrapping_key_sha256 = Some(fp.clone());
-        self.wrapping_policy
+        settings
+            .wrapping_policy
             .allows(&fp)
             .map_err(|e| super::status::refused_wrapping_key(&e))?;
         let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;

@@ -92,8 +92,17 @@ impl Daemon {
         Self::start_logging_to(config, extra_args, &config.with_extension("log"))
     }
 
+    /// As [`Daemon::start`], with `env` set for the daemon.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(config, &[], &config.with_extension("log"), env)
+    }
+
     /// As [`Daemon::start`], with stderr to `log`.
     pub fn start_logging_to(config: &Path, extra_args: &[&str], log: &Path) -> Daemon {
+        Self::start_full(config, extra_args, log, &[])
+    }
+
+    fn start_full(config: &Path, extra_args: &[&str], log: &Path, env: &[(&str, &str)]) -> Daemon {
         let log = log.to_path_buf();
         // Held until the daemon listens, by which time it has logged in.
         let login = super::token_login_lock();
@@ -104,6 +113,7 @@ impl Daemon {
             .args(extra_args)
             .env_remove("SOFTHSM2_CONF")
             .env_remove("KRYOPTIC_CONF")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -177,6 +187,15 @@ impl Daemon {
             .connect_with_connector(UnixConnector(path))
             .await
             .unwrap()
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hangup(&self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.pid() as i32).unwrap(),
+            rustix::process::Signal::HUP,
+        )
+        .unwrap();
     }
 
     /// Sends SIGTERM.

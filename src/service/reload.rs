@@ -1,0 +1,92 @@
+//! SIGHUP: the config file read again, validated in full, and what can change without
+//! touching the HSM put in place for calls that start from then on: the client list, the
+//! wrapping-key policy, `policy.protection_modes`, the OCI endpoint allow-list and
+//! identities. Calls in flight finish under the settings they started with. A file that
+//! fails any check is logged with the reason, and the old settings stay. Settings that need
+//! the HSM, the listener or the journal again (`[hsm]`, `policy.exportable`, `[server]`'s
+//! listener and TLS, `[journal]`, `[audit]`, `[metrics]`) are left as they are, and the log
+//! says which changed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::auth::{Authenticator, Transport};
+use super::{Bridge, Settings, notify};
+use crate::Error;
+use crate::config::Config;
+use crate::journal::Journal;
+
+/// The settings `cfg` gives, for `transport`, with the daemon's journal.
+pub fn settings(
+    cfg: &Config,
+    transport: Transport,
+    journal: &Arc<Journal>,
+) -> Result<Settings, Error> {
+    let auth = Authenticator::new(transport, cfg.server.clients.clone());
+    let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
+    let oci =
+        crate::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits, journal.clone())?;
+    Ok(Settings::new(auth, &cfg.policy, wrapping_policy, oci))
+}
+
+/// What a reload needs: where the config is, and what it was at start.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub transport: Transport,
+    pub journal: Arc<Journal>,
+    /// The parts that need a restart, as they were at start.
+    pub fixed: String,
+}
+
+/// The parts of a config that a reload cannot change, for comparison.
+pub fn fixed_parts(cfg: &Config) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        cfg.hsm.module,
+        cfg.hsm.token_name(),
+        cfg.hsm.sessions,
+        cfg.policy.exportable,
+        cfg.server.tls_cert,
+        cfg.server.tls_key,
+        cfg.server.client_ca,
+        cfg.journal.url,
+        cfg.audit.path,
+    )
+}
+
+impl Reloader {
+    /// Reloads on every SIGHUP, for as long as the runtime runs.
+    pub fn spawn(self, bridge: Arc<Bridge>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: the config cannot be reloaded without a restart");
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                notify::reloading();
+                let status = match self.reload(&bridge) {
+                    Ok(()) => "reloaded".to_string(),
+                    Err(e) => {
+                        tracing::error!(config = %self.path.display(), "SIGHUP: the config was not reloaded, the old settings stay: {e}");
+                        format!("reload refused: {e}")
+                    }
+                };
+                notify::reloaded(&status);
+            }
+        });
+    }
+
+    fn reload(&self, bridge: &Bridge) -> Result<(), Error> {
+        let cfg = Config::load(&self.path)?;
+        let new = settings(&cfg, self.transport, &self.journal)?;
+        if fixed_parts(&cfg) != self.fixed {
+            tracing::warn!(
+                "SIGHUP: [hsm], policy.exportable, the TLS files, [journal] or [audit] changed; those take a restart (the rest is reloaded)"
+            );
+        }
+        bridge.replace_settings(new);
+        tracing::info!(config = %self.path.display(), clients = cfg.server.clients.len(), "SIGHUP: reloaded the client list, policy, OCI endpoints and identities");
+        Ok(())
+    }
+}
