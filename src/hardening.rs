@@ -67,10 +67,19 @@ pub fn check_private(meta: &std::fs::Metadata) -> Result<(), FileCheck> {
     }
     check_owner(meta)?;
     let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(FileCheck::Readable(mode));
+    if mode & 0o077 == 0 || group_read_of_a_mounted_secret(meta, mode) {
+        Ok(())
+    } else {
+        Err(FileCheck::Readable(mode))
     }
-    Ok(())
+}
+
+/// A Kubernetes Secret volume (`defaultMode: 0440` with the pod's `fsGroup`): owned by
+/// root, so this user cannot rewrite it, readable by this process's own group and by
+/// nobody else. The one group-readable form accepted.
+fn group_read_of_a_mounted_secret(meta: &std::fs::Metadata, mode: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    mode == 0o440 && meta.uid() == 0 && meta.gid() == rustix::process::getegid().as_raw()
 }
 
 /// A file must belong to this user or to root: another user could have planted it, or
@@ -322,6 +331,17 @@ mod tests {
         let e = open_private(&f, "PIN file").unwrap_err().to_string();
         assert!(e.contains("0640") && e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A Kubernetes Secret volume: root's, 0440, the process's own group; no other group.
+        if rustix::process::geteuid().is_root() {
+            let me = rustix::process::getegid().as_raw();
+            std::os::unix::fs::chown(&f, Some(0), Some(me)).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o440)).unwrap();
+            assert!(open_private(&f, "PIN file").is_ok());
+            std::os::unix::fs::chown(&f, None, Some(me + 12345)).unwrap();
+            assert!(open_private(&f, "PIN file").is_err());
+            std::os::unix::fs::chown(&f, None, Some(me)).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         // A file another (unprivileged) user owns could have been planted or rewritten by it.
         if rustix::process::geteuid().is_root() {
             std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
