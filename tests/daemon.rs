@@ -1241,7 +1241,7 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
             None,
             good_pem.clone(),
             1,
-            "give a label or an id_hex",
+            "give a label, an id_hex or a pkcs11_uri",
         ),
         (
             "malformed PEM",
@@ -1488,4 +1488,63 @@ async fn keys_named_by_pkcs11_uri_follow_the_same_rules() {
     let recs = audit_records(&audit);
     assert_eq!(recs[0]["source_key_label"], "test-aes-256");
     assert_eq!(recs[0]["outcome"], "allowed");
+}
+
+/// SIGHUP with new TLS files: new connections get the new certificate and client CA; a
+/// connection opened before keeps working; callers with the old CA's certificates are
+/// refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_tls_certificate_for_new_connections() {
+    let _shared = shared().await;
+    let fx = softhsm();
+    let (config, _) = daemon_config(fx, "rotate", "caller_wrapping_keys = \"any\"", None);
+    let mut d = Daemon::start(&config, &[]);
+    let wk = &fx.wk.wk4096;
+    let alg = proto::WrappingAlgorithm::RsaOaepAesSha256;
+    let mut before = d.client("cckm").await;
+    wrap(&mut before, by_label("test-aes-256"), wk, alg, None)
+        .await
+        .unwrap();
+
+    // A new CA, server certificate and client certificates.
+    let fresh = fx.dir.join("rotated-certs");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-test-certs.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old = certs().clone();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(old.to_str().unwrap(), fresh.to_str().unwrap()),
+    )
+    .unwrap();
+    d.hangup();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("SIGHUP: reloaded") {
+        assert!(Instant::now() < end, "{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // the connection opened before still serves
+    wrap(&mut before, by_label("test-aes-256"), wk, alg, None)
+        .await
+        .expect("an open connection keeps its TLS session");
+    // new connections: the old CA's material no longer works, the new one does
+    assert!(
+        d.channel(Some("cckm")).await.is_err(),
+        "the old CA must not be trusted any more"
+    );
+    d.tls = fresh;
+    let mut after = d.client("cckm").await;
+    wrap(&mut after, by_label("test-aes-256"), wk, alg, None)
+        .await
+        .expect("the rotated certificate and client CA serve new connections");
 }

@@ -23,6 +23,7 @@ mod reload;
 mod request;
 pub mod server;
 pub mod status;
+mod tls;
 mod wrap_key;
 
 use std::sync::Arc;

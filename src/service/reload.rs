@@ -1,10 +1,11 @@
 //! SIGHUP: the config file read again, validated in full, and what can change without
 //! touching the HSM put in place for calls that start from then on: the client list, the
 //! wrapping-key policy, `policy.protection_modes`, the OCI endpoint allow-list and
-//! identities. Calls in flight finish under the settings they started with. A file that
+//! identities, and the TLS certificate, key and client CA (for new connections: open ones
+//! keep theirs). Calls in flight finish under the settings they started with. A file that
 //! fails any check is logged with the reason, and the old settings stay. Settings that need
-//! the HSM, the listener or the journal again (`[hsm]`, `policy.exportable`, `[server]`'s
-//! listener and TLS, `[journal]`, `[audit]`, `[metrics]`) are left as they are, and the log
+//! the HSM, the listener or the journal again (`[hsm]`, `policy.exportable`,
+//! `server.listen`, `[journal]`, `[audit]`, `[metrics]`) are left as they are, and the log
 //! says which changed.
 
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub fn settings(
 pub struct Reloader {
     pub path: PathBuf,
     pub transport: Transport,
+    /// The TLS of new connections, when the daemon speaks TLS.
+    pub tls: Option<super::tls::TlsState>,
     pub journal: Arc<Journal>,
     /// The parts that need a restart, as they were at start.
     pub fixed: String,
@@ -41,14 +44,12 @@ pub struct Reloader {
 /// The parts of a config that a reload cannot change, for comparison.
 pub fn fixed_parts(cfg: &Config) -> String {
     format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
         cfg.hsm.module,
         cfg.hsm.token_name(),
         cfg.hsm.sessions,
         cfg.policy.exportable,
-        cfg.server.tls_cert,
-        cfg.server.tls_key,
-        cfg.server.client_ca,
+        cfg.server.listen,
         cfg.journal.url,
         cfg.audit.path,
     )
@@ -80,13 +81,21 @@ impl Reloader {
     fn reload(&self, bridge: &Bridge) -> Result<(), Error> {
         let cfg = Config::load(&self.path)?;
         let new = settings(&cfg, self.transport, &self.journal)?;
+        let tls = match &self.tls {
+            Some(_) => Some(super::tls::server_config(&cfg.server)?),
+            None => None,
+        };
         if fixed_parts(&cfg) != self.fixed {
             tracing::warn!(
-                "SIGHUP: [hsm], policy.exportable, the TLS files, [journal] or [audit] changed; those take a restart (the rest is reloaded)"
+                "SIGHUP: [hsm], policy.exportable, server.listen, [journal] or [audit] changed; those take a restart (the rest is reloaded)"
             );
         }
+        // Everything checked: now all of it at once.
+        if let (Some(state), Some(cfg)) = (&self.tls, tls) {
+            state.replace(cfg);
+        }
         bridge.replace_settings(new);
-        tracing::info!(config = %self.path.display(), clients = cfg.server.clients.len(), "SIGHUP: reloaded the client list, policy, OCI endpoints and identities");
+        tracing::info!(config = %self.path.display(), clients = cfg.server.clients.len(), "SIGHUP: reloaded the client list, policy, OCI endpoints and identities, and the TLS certificate, key and client CA for new connections");
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use super::Bridge;
@@ -33,7 +33,9 @@ const HEALTH_EVERY: Duration = Duration::from_secs(5);
 pub fn serve(cfg: Config) -> Result<(), Error> {
     let listen = cfg.server.listen()?;
     let tls = match &listen {
-        Listen::Tcp(_) if !cfg.server.plaintext => Some(tls_config(&cfg)?),
+        Listen::Tcp(_) if !cfg.server.plaintext => Some(super::tls::TlsState::new(
+            super::tls::server_config(&cfg.server)?,
+        )),
         _ => None,
     };
     let transport = match (&listen, &tls) {
@@ -73,6 +75,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     let reloader = super::reload::Reloader {
         path: cfg.path.clone(),
         transport,
+        tls: tls.clone(),
         journal: journal.clone(),
         fixed: super::reload::fixed_parts(&cfg),
     };
@@ -86,6 +89,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
             .health_listen
             .as_deref()
             .and_then(|l| l.parse().ok()),
+        handshake_timeout: Duration::from_secs(cfg.server.tls_handshake_timeout_secs),
     };
     let result = runtime.block_on(run(listen, tls, bridge, hsm.clone(), limits));
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -108,37 +112,16 @@ struct Limits {
     max_streams: u32,
     /// The plain-text listener for health probes only.
     health_listen: Option<std::net::SocketAddr>,
+    /// Longest TLS handshake.
+    handshake_timeout: Duration,
 }
 
 /// Largest header block a caller may send (tonic's own default is larger).
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Usage(format!("{what} {}: {e}", path.display())))
-}
-
-fn tls_config(cfg: &Config) -> Result<ServerTlsConfig, Error> {
-    let s = &cfg.server;
-    let (Some(cert), Some(key), Some(ca)) = (&s.tls_cert, &s.tls_key, &s.client_ca) else {
-        return Err(Error::Usage(
-            "TLS needs server.tls_cert, server.tls_key and server.client_ca".into(),
-        ));
-    };
-    // Opened once and checked on the descriptor: the checked file is the one read.
-    let mut key_pem = zeroize::Zeroizing::new(Vec::new());
-    let mut f = crate::hardening::open_private(key, "server.tls_key")?;
-    std::io::Read::read_to_end(&mut f, &mut key_pem)
-        .map_err(|e| Error::Usage(format!("server.tls_key {}: {e}", key.display())))?;
-    let identity = Identity::from_pem(read(cert, "server.tls_cert")?, key_pem.as_slice());
-    Ok(ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(ca, "server.client_ca")?))
-        .timeout(Duration::from_secs(s.tls_handshake_timeout_secs)))
-}
-
 async fn run(
     listen: Listen,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<super::tls::TlsState>,
     bridge: Arc<Bridge>,
     hsm: Arc<Hsm>,
     limits: Limits,
@@ -166,11 +149,6 @@ async fn run(
     let mut builder = Server::builder()
         .max_concurrent_streams(limits.max_streams)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::Usage(format!("TLS configuration: {e}")))?;
-    }
     let api = KeySourceBridgeServer::from_arc(bridge.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let router = builder
@@ -179,7 +157,7 @@ async fn run(
         .add_service(reflection)
         .add_service(reflection_alpha);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = serve_on(listen, router, limits.max_connections, async {
+    let server = serve_on(listen, tls, router, &limits, async {
         let _ = stop_rx.await;
     })
     .await?;
@@ -306,10 +284,12 @@ async fn follow_the_token(health: tonic_health::server::HealthReporter, hsm: Arc
 /// `stopped`; the serving task.
 async fn serve_on(
     listen: Listen,
+    tls: Option<super::tls::TlsState>,
     router: tonic::transport::server::Router,
-    max_connections: usize,
+    limits: &Limits,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, Error> {
+    let max_connections = limits.max_connections;
     Ok(match listen {
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -329,7 +309,13 @@ async fn serve_on(
                     Ok(io)
                 }
             });
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            match tls {
+                Some(tls) => {
+                    let incoming = super::tls::incoming(incoming, tls, limits.handshake_timeout);
+                    tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+                }
+                None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+            }
         }
         Listen::Unix(path) => {
             let listener = Arc::new(bind_unix(&path)?);
