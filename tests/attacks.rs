@@ -731,3 +731,56 @@ fn cli_exports_follow_the_wrapping_key_policy_and_are_audited() {
     assert_eq!(r["oci_key_id"], emu.keys["aes"].as_str());
     assert_eq!(r["protection_mode"], "HSM");
 }
+
+/// Found running the README's examples as root: `hsm-bridge wrap --out /dev/null` renamed its
+/// output over /dev/null, leaving a regular file there (and every later reader of
+/// /dev/null got the text written to it). `--out` now refuses anything but a regular file
+/// or a new name; the node, pipe or link stays as it was.
+#[test]
+fn wrap_out_never_replaces_a_device_a_pipe_or_a_link() {
+    use std::os::unix::fs::FileTypeExt;
+    let fx = softhsm();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let target = dir.path().join("target.bin");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let wk = fx.wk.wk2048.public_pem.to_str().unwrap();
+    let config = fx.config.to_str().unwrap();
+    for out in [&fifo, &link, &dir.path().to_path_buf()] {
+        let l = hsm_bridge_refuses(&[
+            "wrap",
+            "--config",
+            config,
+            "--allow-any-wrapping-key",
+            "--label",
+            "test-aes-256",
+            "--wrapping-key",
+            wk,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(l.contains("not a regular file"), "{l}");
+    }
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+}

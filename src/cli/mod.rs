@@ -399,6 +399,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("--out {} names no file", path.display())))?;
+    // The new file is renamed over the path: never over a device, a pipe, a directory or a
+    // symbolic link (as root, `--out /dev/null` would otherwise replace /dev/null).
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return Err(Error::Usage(format!(
+            "--out {}: not a regular file; name a new file or a regular one to replace",
+            path.display()
+        )));
+    }
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
