@@ -5,6 +5,7 @@
 //! a zeroizing secret and never logged.
 
 mod error;
+mod export;
 pub(crate) mod keys;
 pub(crate) mod modes;
 pub(crate) mod pin;
@@ -463,59 +464,6 @@ impl Hsm {
     /// Every secret and private key on the token.
     pub fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
         self.on_session(deadline, |_, s| keys::list(s))
-    }
-
-    /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
-    /// token must allow it out, and policy must list it.
-    pub fn export_check(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
-        let refuse = |refusal, why: String| HsmError::NotExportable {
-            key: info.name(),
-            why,
-            refusal,
-        };
-        let shape = info.shape().ok_or_else(|| {
-            refuse(
-                ExportRefusal::Shape,
-                format!(
-                    "it is {}; OCI imports only AES and RSA keys",
-                    info.describe()
-                ),
-            )
-        })?;
-        if !shape.importable() {
-            return Err(refuse(
-                ExportRefusal::Shape,
-                format!(
-                    "it is {}; OCI imports AES-128/192/256 and RSA-2048/3072/4096",
-                    shape.describe()
-                ),
-            ));
-        }
-        if !info.extractable {
-            return Err(refuse(
-                ExportRefusal::Token,
-                "the token marks it not extractable (CKA_EXTRACTABLE = false)".into(),
-            ));
-        }
-        if info.wrap_with_trusted {
-            return Err(refuse(ExportRefusal::Token, "it is CKA_WRAP_WITH_TRUSTED and OCI's wrapping key is not a trusted key on this token".into(),
-            ));
-        }
-        if !self.exportable_by_policy(info) {
-            return Err(refuse(
-                ExportRefusal::Policy,
-                format!(
-                    "its label {:?} matches no pattern in policy.exportable",
-                    info.label
-                ),
-            ));
-        }
-        Ok(shape)
-    }
-
-    /// Whether `policy.exportable` lists the key's label.
-    pub fn exportable_by_policy(&self, info: &KeyInfo) -> bool {
-        crate::policy::any_match(&self.exportable, &info.label)
     }
 
     /// Wraps the key `key` names for `wk` with `alg`, after the export checks. With a
