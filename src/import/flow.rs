@@ -75,24 +75,21 @@ where
         .unwrap_or_else(|| Instant::now() + MAX_CLAIM_WAIT);
     let lease = match claim(oci, &entry, until).await? {
         Next::Fresh(lease) => lease,
-        Next::Recorded(lease, recorded) => {
-            let recorded = (lease, *recorded);
+        Next::Recorded(lease, r) => {
             // A recorded import: as allowed now as a fresh one would be, or nothing is returned.
             (steps.recheck)().await?;
             progress.replayed = true;
-            progress.merge(&made_progress(&recorded.1));
-            return match recorded {
-                (Some(lease), r) => match r.body.clone() {
+            progress.merge(&made_progress(&r));
+            return match lease {
+                Some(lease) => match r.body.clone() {
                     Some(body) => Ok(Prepared::Send { token, body, lease }),
                     None => Err(ImportError::from(JournalError::Unavailable(
                         "a recorded import has no body".into(),
                     ))
                     .into()),
                 },
-                (None, r) if r.failure.is_some() => {
-                    Err(ImportError::Oci(recorded_refusal(&r)).into())
-                }
-                (None, r) => Ok(Prepared::Answered(Box::new(r))),
+                None if r.failure.is_some() => Err(ImportError::Oci(recorded_refusal(&r)).into()),
+                None => Ok(Prepared::Answered(r)),
             };
         }
     };

@@ -333,11 +333,6 @@ impl Journal {
         r
     }
 
-    /// Whether the last operation found the journal down.
-    pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
-    }
-
     /// Claims `entry`'s record for this call.
     pub async fn claim(self: &Arc<Self>, entry: &Entry) -> Result<Claimed, JournalError> {
         let raw = self.health(self.backend.claim(entry, &self.owner, self.lease).await)?;

@@ -269,45 +269,46 @@ impl Backend for Postgres {
             let lease_ms = lease.as_millis() as i64;
             let digest = &e.digest[..];
             self.with(async |c| {
-                let inserted = c
-                    .execute(
-                        &format!(
-                            "INSERT INTO hsm_bridge_imports (token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, lease_owner, lease_until, created_at, updated_at)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'claimed', $9, {NOW} + $10, {NOW}, {NOW})
-                             ON CONFLICT (token) DO NOTHING"
-                        ),
-                        &[&e.token, &e.caller, &e.idempotency_key, &e.operation, &e.target, &e.endpoint, &e.algorithm, &digest, &owner, &lease_ms],
-                    )
-                    .await?;
-                if inserted == 1 {
-                    return Ok(RawClaim::Inserted);
+                // A record released (deleted) between the statements is free again: the next
+                // round inserts it, or finds whoever did.
+                loop {
+                    let inserted = c
+                        .execute(
+                            &format!(
+                                "INSERT INTO hsm_bridge_imports (token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, lease_owner, lease_until, created_at, updated_at)
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'claimed', $9, {NOW} + $10, {NOW}, {NOW})
+                                 ON CONFLICT (token) DO NOTHING"
+                            ),
+                            &[&e.token, &e.caller, &e.idempotency_key, &e.operation, &e.target, &e.endpoint, &e.algorithm, &digest, &owner, &lease_ms],
+                        )
+                        .await?;
+                    if inserted == 1 {
+                        return Ok(RawClaim::Inserted);
+                    }
+                    let taken = c
+                        .query_opt(
+                            &format!(
+                                "UPDATE hsm_bridge_imports SET lease_owner = $2, lease_until = {NOW} + $3, updated_at = {NOW}
+                                 WHERE token = $1 AND request_digest = $4 AND state IN ('claimed', 'prepared', 'unknown')
+                                   AND (lease_owner IS NULL OR lease_until < {NOW})
+                                 RETURNING {COLUMNS}, body"
+                            ),
+                            &[&e.token, &owner, &lease_ms, &digest],
+                        )
+                        .await?;
+                    if let Some(row) = taken {
+                        return Ok(RawClaim::Taken(record(&row, true)?));
+                    }
+                    let held = c
+                        .query_opt(
+                            &format!("SELECT {COLUMNS} FROM hsm_bridge_imports WHERE token = $1"),
+                            &[&e.token],
+                        )
+                        .await?;
+                    if let Some(row) = held {
+                        return Ok(RawClaim::Held(record(&row, false)?));
+                    }
                 }
-                let taken = c
-                    .query_opt(
-                        &format!(
-                            "UPDATE hsm_bridge_imports SET lease_owner = $2, lease_until = {NOW} + $3, updated_at = {NOW}
-                             WHERE token = $1 AND request_digest = $4 AND state IN ('claimed', 'prepared', 'unknown')
-                               AND (lease_owner IS NULL OR lease_until < {NOW})
-                             RETURNING {COLUMNS}, body"
-                        ),
-                        &[&e.token, &owner, &lease_ms, &digest],
-                    )
-                    .await?;
-                if let Some(row) = taken {
-                    return Ok(RawClaim::Taken(record(&row, true)?));
-                }
-                let held = c
-                    .query_opt(
-                        &format!("SELECT {COLUMNS} FROM hsm_bridge_imports WHERE token = $1"),
-                        &[&e.token],
-                    )
-                    .await?;
-                Ok(match held {
-                    Some(row) => RawClaim::Held(record(&row, false)?),
-                    // Released (deleted) between the statements: it is free now; the next
-                    // claim inserts it. Reported as held by nobody: the caller polls.
-                    None => RawClaim::Held(vanished(e)),
-                })
             })
             .await
         })
@@ -450,32 +451,5 @@ impl Backend for Postgres {
             })
             .await
         })
-    }
-}
-
-/// A record that was released between a claim's statements: unfinished and held by
-/// nobody, so the claim is tried again.
-fn vanished(e: &Entry) -> Record {
-    Record {
-        token: e.token.clone(),
-        caller: e.caller.clone(),
-        idempotency_key: e.idempotency_key.clone(),
-        operation: e.operation.clone(),
-        target: e.target.clone(),
-        endpoint: e.endpoint.clone(),
-        algorithm: e.algorithm.clone(),
-        state: State::Claimed,
-        made: Made::default(),
-        body_bytes: None,
-        body: None,
-        digest: e.digest.to_vec(),
-        created_id: None,
-        answer: None,
-        opc_request_id: None,
-        failure: None,
-        lease_owner: None,
-        lease_until_ms: 0,
-        created_at_ms: 0,
-        updated_at_ms: 0,
     }
 }

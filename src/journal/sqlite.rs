@@ -310,14 +310,14 @@ impl Backend for Sqlite {
     ) -> BoxFuture<'_, Result<Vec<Record>, JournalError>> {
         self.run(move |c| {
             let filter = if unresolved {
-                "WHERE state IN ('prepared', 'unknown') AND ?2 = ?2"
+                "WHERE state IN ('prepared', 'unknown')"
             } else {
-                "WHERE ?2 = ?2"
+                ""
             };
             let mut st = c.prepare(&format!(
                 "SELECT {COLUMNS} FROM hsm_bridge_imports {filter} ORDER BY created_at DESC LIMIT ?1"
             ))?;
-            let rows = st.query_map(params![limit, now_ms()], record)?;
+            let rows = st.query_map(params![limit], record)?;
             rows.collect()
         })
     }

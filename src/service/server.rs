@@ -43,14 +43,10 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         (Listen::Unix(_), None) => Transport::Unix,
         (Listen::Tcp(_), None) => Transport::Loopback,
     };
-    warn_at_start(
-        &cfg,
-        &Authenticator::new(transport, cfg.server.clients.clone()),
-        transport,
-    );
     let audit = Arc::new(Audit::open(&cfg.audit.path)?);
     let journal = crate::journal::Journal::new(&cfg.journal)?;
     let settings = super::reload::settings(&cfg, transport, &journal)?;
+    warn_at_start(&cfg, &settings.auth, transport);
     // Opened before the runtime starts threads: the module's environment is set here.
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
