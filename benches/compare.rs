@@ -1,10 +1,15 @@
 //! The daemon against the HSM's own limit, on one token of its own, in one run:
 //!
 //! - **floor**: the chosen wrap mode called in-process on the same session pool, N threads
-//!   (N = `--sessions`), no gRPC;
+//!   (N = `--sessions`), no gRPC: ops/s and this process's CPU per wrap;
+//! - **CPU per call**: in `--rounds` rounds, each of the floor, a plaintext daemon and an
+//!   mTLS daemon in turn (`--cpu-seconds` each, 16 callers): the daemon process's CPU
+//!   (user + system, `/proc/PID/stat`, so the load generator in this process does not count)
+//!   per call against the floor's CPU per wrap in the same round;
 //! - **daemon**: `hsm-bridge serve` on 127.0.0.1 with mutual TLS, C concurrent `WrapKey`
-//!   callers for T seconds (C = N, 16, 64): ops/s, p50/p99/max, errors, daemon peak RSS; the
-//!   AES-256 run at 16 callers lasts `--soak` seconds and samples the daemon's RSS;
+//!   callers for T seconds (C = N, 16, 64): ops/s, p50/p99/max, errors, CPU per call, daemon
+//!   peak RSS; the AES-256 run at 16 callers lasts `--soak` seconds and samples the daemon's
+//!   RSS; the same soak on a kryoptic token (which frees session objects) where it is built;
 //! - **recipe**: the openssl command-line recipe from OCI's documentation, per wrap;
 //! - **token size**: daemon p50 at 1 caller with 10 and with `--fillers` extra objects;
 //!
@@ -12,7 +17,12 @@
 //! Prints a table and the targets of issue 6; `--json` prints the same as JSON on stdout
 //! (the table then goes to stderr). A measurement: it asserts nothing.
 //!
-//!     ./softhsm-setup.sh && cargo bench --bench compare [-- --json --seconds 10 --soak 60]
+//!     ./softhsm-setup.sh --with-kryoptic && cargo bench --bench compare [-- --json
+//!         --seconds 10 --soak 60 --rounds 3 --cpu-seconds 5 --perf DIR]
+//!
+//! `--cpu-only` stops after the CPU points (their table only). `--perf DIR` records the
+//! daemon with `perf record` during the first round of each CPU
+//! point (DIR/perf-KEY-{floor,plaintext,mTLS}.data; perf's own CPU is outside the daemon's figure).
 //!
 //! The token is the test suite's fixture (tests/common/mod.rs), made fresh each run under
 //! target/tmp/ (never the dev token); the daemon runs as the test suite starts it.
@@ -48,6 +58,10 @@ struct Args {
     soak: u64,
     sessions: usize,
     fillers: usize,
+    rounds: usize,
+    cpu_seconds: u64,
+    perf: Option<PathBuf>,
+    cpu_only: bool,
 }
 
 fn args() -> Args {
@@ -57,6 +71,10 @@ fn args() -> Args {
         soak: 60,
         sessions: 4,
         fillers: 5000,
+        rounds: 3,
+        cpu_seconds: 5,
+        perf: None,
+        cpu_only: false,
     };
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(flag) = it.next() {
@@ -71,8 +89,12 @@ fn args() -> Args {
             "--soak" => a.soak = num("--soak"),
             "--sessions" => a.sessions = num("--sessions") as usize,
             "--fillers" => a.fillers = num("--fillers") as usize,
+            "--rounds" => a.rounds = (num("--rounds") as usize).max(1),
+            "--cpu-seconds" => a.cpu_seconds = num("--cpu-seconds"),
+            "--cpu-only" => a.cpu_only = true,
+            "--perf" => a.perf = Some(PathBuf::from(it.next().expect("--perf needs a folder"))),
             other => panic!(
-                "unknown argument {other:?}; use --json, --seconds N, --soak N, --sessions N, --fillers N"
+                "unknown argument {other:?}; use --json, --seconds N, --soak N, --sessions N, --fillers N, --rounds N, --cpu-seconds N, --perf DIR, --cpu-only"
             ),
         }
     }
@@ -98,14 +120,39 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-/// The daemon config of the benchmark on the fixture's token: `sessions` sessions, the
-/// test client `cckm` over mutual TLS, any wrapping key.
-fn bench_config(fx: &Fixture, sessions: usize) -> PathBuf {
+/// How the benchmark's callers reach the daemon.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Transport {
+    /// Plain HTTP/2 on loopback, the caller known by `loopback = true`: no TLS cost.
+    Plaintext,
+    /// Mutual TLS as the test client `cckm`.
+    Mtls,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "plaintext",
+            Transport::Mtls => "mTLS",
+        }
+    }
+}
+
+/// The daemon config of the benchmark on the fixture's token: `sessions` sessions, any
+/// wrapping key, the callers over `transport`.
+fn bench_config(fx: &Fixture, sessions: usize, transport: Transport) -> PathBuf {
+    let server = match transport {
+        Transport::Mtls => format!("{}max_queue = 256\n", daemon::tls_server_lines()),
+        Transport::Plaintext => "listen = \"127.0.0.1:0\"\nplaintext = true\nmax_queue = 256\n\n\
+             [[server.clients]]\nname = \"bench-local\"\nloopback = true\n\
+             operations = [\"list\", \"wrap\"]\nkeys = [\"*\"]\n"
+            .to_string(),
+    };
     let (config, _audit) = daemon::daemon_config(
         fx,
-        "compare",
+        &format!("compare-{}", transport.name()),
         "caller_wrapping_keys = \"any\"",
-        Some(&format!("{}max_queue = 256\n", daemon::tls_server_lines())),
+        Some(&server),
     );
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace("sessions = 2\n", &format!("sessions = {sessions}\n"));
@@ -147,6 +194,28 @@ fn add_fillers(fx: &Fixture, from: usize, n: usize) {
     p.finalize().ok();
 }
 
+/// What one load point measured, before the statistics.
+#[derive(Default)]
+struct Run {
+    lat: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+    /// CPU seconds (user + system) of the process doing the wraps: this one for the floor,
+    /// the daemon's for a load.
+    cpu_s: f64,
+}
+
+impl Run {
+    /// This run and `other` as one (rounds of the same point).
+    fn join(mut self, other: Run) -> Run {
+        self.lat.extend(other.lat);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.cpu_s += other.cpu_s;
+        self
+    }
+}
+
 #[derive(Default)]
 struct Stats {
     ops: usize,
@@ -155,10 +224,18 @@ struct Stats {
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
+    /// CPU µs per completed call (or wrap), errors included in the calls.
+    cpu_us: f64,
 }
 
 impl Stats {
-    fn from(mut lat: Vec<Duration>, errors: usize, elapsed: Duration) -> Stats {
+    fn from(run: Run) -> Stats {
+        let Run {
+            mut lat,
+            errors,
+            elapsed,
+            cpu_s,
+        } = run;
         lat.sort();
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let pick = |q: f64| {
@@ -172,17 +249,31 @@ impl Stats {
             p50_us: pick(0.50),
             p99_us: pick(0.99),
             max_us: lat.last().map_or(0.0, |&d| us(d)),
+            cpu_us: cpu_s * 1e6 / (lat.len() + errors).max(1) as f64,
         }
     }
 
     fn json(&self) -> Value {
         json!({"ops": self.ops, "errors": self.errors, "ops_per_s": round(self.ops_per_s),
-               "p50_us": round(self.p50_us), "p99_us": round(self.p99_us), "max_us": round(self.max_us)})
+               "p50_us": round(self.p50_us), "p99_us": round(self.p99_us), "max_us": round(self.max_us),
+               "cpu_us_per_call": round(self.cpu_us)})
     }
 }
 
 fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// A process's CPU time so far, user + system, in seconds (`/proc/PID/stat`; threads that
+/// have exited included). `pid` is a number or "self".
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in brackets and may hold spaces: state is
+    // the first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 /// This process's resident set, KiB.
@@ -195,14 +286,22 @@ fn self_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// In-process wraps on `threads` threads for `secs`.
-fn floor(hsm: &Arc<Hsm>, label: &str, wk: &Arc<WrappingKey>, threads: usize, secs: u64) -> Stats {
+/// In-process wraps on `threads` threads for `secs`, with this process's CPU over them;
+/// with `perf`, this process recorded by `perf record` into that file meanwhile.
+fn floor(
+    hsm: &Arc<Hsm>,
+    (label, wk): (&str, &Arc<WrappingKey>),
+    threads: usize,
+    secs: u64,
+    perf: Option<PathBuf>,
+) -> Run {
     let key = KeyRef::Label(label.into());
     for _ in 0..50 {
         hsm.wrap(&key, wk, Algorithm::RsaOaepAesSha256, None)
             .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu = cpu_seconds("self");
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -221,13 +320,43 @@ fn floor(hsm: &Arc<Hsm>, label: &str, wk: &Arc<WrappingKey>, threads: usize, sec
             })
         })
         .collect();
+    let recorder = perf.map(|out| perf_record(&std::process::id().to_string(), &out, secs));
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
     let lat: Vec<Duration> = handles
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    Stats::from(lat, 0, started.elapsed())
+    let run = Run {
+        lat,
+        errors: 0,
+        elapsed: started.elapsed(),
+        cpu_s: cpu_seconds("self") - cpu,
+    };
+    if let Some(mut p) = recorder {
+        p.wait().expect("perf record");
+    }
+    run
+}
+
+/// `perf record` of process `pid` into `out` for most of the next `secs`.
+fn perf_record(pid: &str, out: &Path, secs: u64) -> std::process::Child {
+    Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+        ])
+        .args(["-q", "-p", pid, "-o"])
+        .arg(out)
+        .args(["--", "sleep", &secs.saturating_sub(1).max(1).to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("perf record (install linux-perf)")
 }
 
 /// A process's (current RSS, peak RSS) in KiB.
@@ -243,24 +372,30 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// `n` mutual-TLS channels to the daemon, as the test client `cckm`.
-async fn channels(d: &Daemon, n: usize) -> Vec<Channel> {
+/// `n` channels to the daemon: mutual TLS as the test client `cckm`, or plain text.
+async fn channels(d: &Daemon, transport: Transport, n: usize) -> Vec<Channel> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(d.channel(Some("cckm")).await.expect("mTLS connect"));
+        out.push(match transport {
+            Transport::Mtls => d.channel(Some("cckm")).await.expect("mTLS connect"),
+            Transport::Plaintext => d.plain_channel().await,
+        });
     }
     out
 }
 
-/// `callers` concurrent WrapKey loops for `secs`; with `rss`, the daemon's RSS each second.
+/// `callers` concurrent WrapKey loops for `secs` against `d`, with the daemon's CPU over
+/// them; with `rss`, the daemon's RSS each second; with `perf`, the daemon recorded by
+/// `perf record` into that file meanwhile.
 async fn load(
+    d: &Daemon,
     channels: &[Channel],
-    label: &str,
-    pem: &str,
+    (label, pem): (&str, &str),
     callers: usize,
     secs: u64,
-    rss: Option<(&Daemon, &mut Vec<u64>)>,
-) -> Stats {
+    rss: Option<&mut Vec<u64>>,
+    perf: Option<PathBuf>,
+) -> Run {
     let req = WrapKeyRequest {
         source_key: Some(proto::KeyRef {
             key: Some(proto::key_ref::Key::Label(label.into())),
@@ -277,6 +412,8 @@ async fn load(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let pid = d.pid().to_string();
+    let cpu = cpu_seconds(&pid);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|i| {
@@ -300,8 +437,9 @@ async fn load(
             })
         })
         .collect();
+    let recorder = perf.map(|out| perf_record(&pid, &out, secs));
     match rss {
-        Some((d, samples)) => {
+        Some(samples) => {
             for _ in 0..secs {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 samples.push(rss_kib(d.pid()).0);
@@ -314,11 +452,16 @@ async fn load(
     for t in tasks {
         lat.extend(t.await.unwrap());
     }
-    Stats::from(
+    let run = Run {
         lat,
-        errors.load(Ordering::Relaxed) as usize,
-        started.elapsed(),
-    )
+        errors: errors.load(Ordering::Relaxed) as usize,
+        elapsed: started.elapsed(),
+        cpu_s: cpu_seconds(&pid) - cpu,
+    };
+    if let Some(mut p) = recorder {
+        p.wait().expect("perf record");
+    }
+    run
 }
 
 /// One wrap with the openssl command-line recipe of OCI's documentation (a process per
@@ -404,6 +547,18 @@ fn recipe(dir: &Path, wrapping_pem: &Path, kind: &str, n: usize) -> f64 {
     times[n / 2]
 }
 
+/// The callers of the CPU-per-call points (the figure of issue 17's first measurement).
+const CPU_CALLERS: usize = 16;
+
+/// One round of a CPU point: CPU µs per wrap (floor) or per call (daemons), and ops/s.
+#[derive(Clone, Copy, Default)]
+struct CpuRound {
+    floor_us: f64,
+    floor_ops: f64,
+    daemon_us: [f64; 2],
+    daemon_ops: [f64; 2],
+}
+
 /// What one run measured.
 #[derive(Default)]
 struct Measured {
@@ -411,6 +566,8 @@ struct Measured {
     floors: BTreeMap<&'static str, Stats>,
     /// This process's RSS growth per in-process wrap, bytes.
     floor_growth: BTreeMap<&'static str, f64>,
+    /// The CPU rounds of each key, in order.
+    cpu: BTreeMap<&'static str, Vec<CpuRound>>,
     daemon: BTreeMap<(&'static str, usize), Stats>,
     /// Daemon p50 at one caller with FEW_FILLERS and with `--fillers` extra objects.
     p50_few: BTreeMap<&'static str, f64>,
@@ -418,22 +575,28 @@ struct Measured {
     recipes: BTreeMap<&'static str, f64>,
     soak_rss: Vec<u64>,
     peak_kib: u64,
+    /// The soak on kryoptic: its mode, its stats, its RSS samples; None where not built.
+    kryoptic: Option<(String, Stats, Vec<u64>, u64)>,
 }
+
+const TRANSPORTS: [Transport; 2] = [Transport::Plaintext, Transport::Mtls];
 
 fn main() {
     let a = args();
     let out = |l: &str| say(a.json, l);
     let t0 = Instant::now();
     out(&format!(
-        "hsm-bridge compare: {} cores, sessions {}, {} s per load point, {} s soak, token {}",
+        "hsm-bridge compare: {} cores, sessions {}, {} s per load point, {} rounds of {} s per CPU point, {} s soak, token {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         a.sessions,
         a.seconds,
+        a.rounds,
+        a.cpu_seconds,
         a.soak,
         common::TOKEN
     ));
     let fx = common::softhsm();
-    let config = bench_config(fx, a.sessions);
+    let kx = kryoptic_fixture(&a);
     // The token's config for this process's own module loads (fillers, floor): set now,
     // while this is the only thread.
     let conf = fx.conf.to_string_lossy().into_owned();
@@ -441,15 +604,26 @@ fn main() {
     add_fillers(fx, 0, FEW_FILLERS);
     let wk_path = fx.wk.wk4096.public_pem.clone();
     let pem = std::fs::read_to_string(&wk_path).unwrap();
+    if let Some(dir) = &a.perf {
+        std::fs::create_dir_all(dir).unwrap();
+    }
 
     let mut m = Measured::default();
-    measure_floor(&a, &config, &pem, &mut m);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    measure_cpu(&a, fx, &pem, &rt, &mut m);
+    if a.cpu_only {
+        cpu_table(&a, &m, &mut Vec::new());
+        return;
+    }
+    let config = bench_config(fx, a.sessions, Transport::Mtls);
     rt.block_on(measure_daemon(&a, &config, &pem, &mut m));
+    if let Some(kx) = kx {
+        rt.block_on(measure_kryoptic(&a, kx, &pem, &mut m));
+    }
     for (kind, _) in KEYS {
         let ms = recipe(&fx.dir, &wk_path, kind, 21);
         out(&format!(
@@ -474,27 +648,103 @@ fn main() {
     }
 }
 
-/// The in-process floor for each key, on the daemon config's token and session count.
-fn measure_floor(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
+/// The kryoptic fixture, where the module is built (`./softhsm-setup.sh --with-kryoptic`);
+/// otherwise the soak there is skipped, saying so.
+fn kryoptic_fixture(a: &Args) -> Option<&'static Fixture> {
+    if common::kryoptic_module().is_file() {
+        common::kryoptic()
+    } else {
+        say(
+            a.json,
+            "kryoptic: not built (./softhsm-setup.sh --with-kryoptic); its soak is skipped",
+        );
+        None
+    }
+}
+
+/// The floor and the daemon's CPU per call, round by round: for each key, the floor, then
+/// the plaintext daemon, then the mTLS daemon, each `--cpu-seconds`, so that each round's
+/// ratio compares neighbours in time. The floor's stats are all its rounds together.
+fn measure_cpu(a: &Args, fx: &Fixture, pem: &str, rt: &tokio::runtime::Runtime, m: &mut Measured) {
     let wk = Arc::new(WrappingKey::from_pem(pem.as_bytes(), 2048).unwrap());
-    let cfg = Config::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let floor_config = bench_config(fx, a.sessions, Transport::Mtls);
+    let cfg = Config::load(&floor_config).unwrap_or_else(|e| panic!("{e}"));
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}")));
     m.mode = hsm.mode().to_string();
+    let daemons: Vec<(Daemon, Vec<Channel>)> = TRANSPORTS
+        .iter()
+        .map(|&t| {
+            let d = Daemon::start(&bench_config(fx, a.sessions, t), &[]);
+            let ch = rt.block_on(channels(&d, t, 8));
+            (d, ch)
+        })
+        .collect();
     for (kind, label) in KEYS {
-        let before = self_rss_kib();
-        let s = floor(&hsm, label, &wk, a.sessions, a.seconds);
+        let mut floor_all = Run::default();
+        let mut growth = 0u64;
+        let mut rounds = Vec::new();
+        for r in 0..a.rounds {
+            let before = self_rss_kib();
+            let perf = |what: &str| {
+                a.perf
+                    .as_ref()
+                    .filter(|_| r == 0)
+                    .map(|dir| dir.join(format!("perf-{kind}-{what}.data")))
+            };
+            let f = floor(&hsm, (label, &wk), a.sessions, a.cpu_seconds, perf("floor"));
+            growth += self_rss_kib().saturating_sub(before) * 1024;
+            let mut round = CpuRound::default();
+            let fs = Stats::from(Run {
+                lat: f.lat.clone(),
+                ..f
+            });
+            (round.floor_us, round.floor_ops) = (fs.cpu_us, fs.ops_per_s);
+            floor_all = floor_all.join(f);
+            for (i, (d, ch)) in daemons.iter().enumerate() {
+                let run = rt.block_on(load(
+                    d,
+                    ch,
+                    (label, pem),
+                    CPU_CALLERS,
+                    a.cpu_seconds,
+                    None,
+                    perf(TRANSPORTS[i].name()),
+                ));
+                let s = Stats::from(run);
+                (round.daemon_us[i], round.daemon_ops[i]) = (s.cpu_us, s.ops_per_s);
+            }
+            say(
+                a.json,
+                &format!(
+                    "cpu     {kind:<8} round {}: floor {:>6.1} µs/wrap ({:.0} ops/s); daemon {CPU_CALLERS} callers plaintext {:>6.1} µs/call ({:.0} ops/s) = {:.2}×; mTLS {:>6.1} µs/call ({:.0} ops/s) = {:.2}×",
+                    r + 1,
+                    round.floor_us,
+                    round.floor_ops,
+                    round.daemon_us[0],
+                    round.daemon_ops[0],
+                    round.daemon_us[0] / round.floor_us,
+                    round.daemon_us[1],
+                    round.daemon_ops[1],
+                    round.daemon_us[1] / round.floor_us,
+                ),
+            );
+            rounds.push(round);
+        }
+        let s = Stats::from(floor_all);
         // Growth of this process per in-process wrap (no gRPC, no daemon): the token's own.
-        let per_wrap = (self_rss_kib().saturating_sub(before) * 1024) as f64 / s.ops as f64;
+        let per_wrap = growth as f64 / s.ops as f64;
         say(
             a.json,
             &format!(
-                "floor   {kind:<8} {} threads: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  RSS +{per_wrap:.0} bytes per wrap",
-                a.sessions, s.ops_per_s, s.p50_us, s.p99_us
+                "floor   {kind:<8} {} threads: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  {:.1} µs CPU per wrap  RSS +{per_wrap:.0} bytes per wrap",
+                a.sessions, s.ops_per_s, s.p50_us, s.p99_us, s.cpu_us
             ),
         );
         m.floor_growth.insert(kind, per_wrap);
         m.floors.insert(kind, s);
+        m.cpu.insert(kind, rounds);
     }
+    drop(daemons);
     Arc::try_unwrap(hsm).ok().expect("no other owner").close();
 }
 
@@ -502,22 +752,23 @@ fn measure_floor(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
 /// soak, with the daemon's RSS sampled each second.
 async fn measure_daemon(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
     let d = Daemon::start(config, &[]);
-    let channels = channels(&d, 8).await;
+    let channels = channels(&d, Transport::Mtls, 8).await;
     for (kind, label) in KEYS {
         for callers in [1, a.sessions, 16, 64] {
             let (secs, rss) = if kind == "AES-256" && callers == 16 {
-                (a.soak.max(a.seconds), Some((&d, &mut m.soak_rss)))
+                (a.soak.max(a.seconds), Some(&mut m.soak_rss))
             } else if callers == 1 {
                 (a.seconds.div_ceil(2), None)
             } else {
                 (a.seconds, None)
             };
-            let s = load(&channels, label, pem, callers, secs, rss).await;
+            let run = load(&d, &channels, (label, pem), callers, secs, rss, None).await;
+            let s = Stats::from(run);
             say(
                 a.json,
                 &format!(
-                    "daemon  {kind:<8} {callers:>2} callers: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs  errors {}",
-                    s.ops_per_s, s.p50_us, s.p99_us, s.max_us, s.errors
+                    "daemon  {kind:<8} {callers:>2} callers: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs  {:>6.1} µs CPU per call  errors {}",
+                    s.ops_per_s, s.p50_us, s.p99_us, s.max_us, s.cpu_us, s.errors
                 ),
             );
             if callers == 1 {
@@ -529,12 +780,64 @@ async fn measure_daemon(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
     m.peak_kib = rss_kib(d.pid()).1;
 }
 
+/// The AES-256 soak (16 callers, mTLS, `--soak` s) on a kryoptic token, which frees session
+/// objects: the daemon's own memory behaviour without SoftHSM 2.6.1's growth.
+async fn measure_kryoptic(a: &Args, kx: &Fixture, pem: &str, m: &mut Measured) {
+    let config = bench_config(kx, a.sessions, Transport::Mtls);
+    let d = Daemon::start(&config, &[]);
+    let channels = channels(&d, Transport::Mtls, 8).await;
+    let mut rss = Vec::new();
+    let label = KEYS[0].1;
+    let run = load(
+        &d,
+        &channels,
+        (label, pem),
+        16,
+        a.soak,
+        Some(&mut rss),
+        None,
+    )
+    .await;
+    let s = Stats::from(run);
+    let mode = d
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("mode=").nth(1))
+        .map(|v| {
+            v.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap_or_else(|| "auto".into());
+    say(
+        a.json,
+        &format!(
+            "kryoptic AES-256 16 callers, {} s soak: {:>8.0} ops/s  p50 {:>7.0} µs  p99 {:>7.0} µs  {:>6.1} µs CPU per call  errors {}",
+            a.soak, s.ops_per_s, s.p50_us, s.p99_us, s.cpu_us, s.errors
+        ),
+    );
+    let peak = rss_kib(d.pid()).1;
+    m.kryoptic = Some((mode, s, rss, peak));
+}
+
 /// Daemon p50 at one caller on the token with `--fillers` extra objects.
 async fn measure_token_size(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
     let d = Daemon::start(config, &[]);
-    let channels = channels(&d, 1).await;
+    let channels = channels(&d, Transport::Mtls, 1).await;
     for (kind, label) in KEYS {
-        let s = load(&channels, label, pem, 1, a.seconds.div_ceil(2), None).await;
+        let run = load(
+            &d,
+            &channels,
+            (label, pem),
+            1,
+            a.seconds.div_ceil(2),
+            None,
+            None,
+        )
+        .await;
+        let s = Stats::from(run);
         say(
             a.json,
             &format!(
@@ -677,16 +980,112 @@ fn key_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> BTreeMap<&'sta
     keys_json
 }
 
+/// The median of `v` (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The CPU-per-call table (median of the rounds' ratios, with their range) and its targets.
+fn cpu_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> Value {
+    let out = |l: &str| say(a.json, l);
+    out("");
+    out(&format!(
+        "| key | floor CPU µs per wrap ({n} thr) | daemon plaintext CPU µs per call ({CPU_CALLERS} callers) | plaintext / floor (rounds) | daemon mTLS CPU µs per call | mTLS / floor (rounds) |",
+        n = a.sessions
+    ));
+    out("|---|---|---|---|---|---|");
+    let mut keys = BTreeMap::new();
+    for (kind, _) in KEYS {
+        let rounds = &m.cpu[kind];
+        let floor = median(rounds.iter().map(|r| r.floor_us).collect());
+        let mut cells = Vec::new();
+        let mut json_t = BTreeMap::new();
+        for (i, t) in TRANSPORTS.iter().enumerate() {
+            let per_call = median(rounds.iter().map(|r| r.daemon_us[i]).collect());
+            let ratios: Vec<f64> = rounds.iter().map(|r| r.daemon_us[i] / r.floor_us).collect();
+            let ratio = median(ratios.clone());
+            let (lo, hi) = ratios
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            cells.push(format!("{per_call:.0} | **{ratio:.2}** ({lo:.2}–{hi:.2})"));
+            json_t.insert(t.name(), json!({
+                "cpu_us_per_call": round(per_call),
+                "over_floor": round(ratio * 100.0) / 100.0,
+                "rounds_over_floor": ratios.iter().map(|r| round(r * 100.0) / 100.0).collect::<Vec<_>>(),
+                "ops_per_s": round(median(rounds.iter().map(|r| r.daemon_ops[i]).collect())),
+            }));
+            if kind == "AES-256" && *t == Transport::Plaintext {
+                targets.push(target(
+                    "AES-256: daemon CPU per call / floor CPU per wrap, plaintext (≤ 1.25; goal 1.1)".into(),
+                    ratio,
+                    1.25,
+                    false,
+                ));
+            }
+        }
+        out(&format!("| {kind} | {floor:.0} | {} |", cells.join(" | ")));
+        keys.insert(
+            kind,
+            json!({
+                "floor_cpu_us_per_wrap": round(floor),
+                "floor_ops_per_s": round(median(rounds.iter().map(|r| r.floor_ops).collect())),
+                "daemon": json_t,
+            }),
+        );
+    }
+    json!({"callers": CPU_CALLERS, "rounds": a.rounds, "seconds_per_point": a.cpu_seconds, "keys": keys})
+}
+
+/// RSS samples' growth: (window in samples, max of the first window, max of the last), KiB.
+fn growth(samples: &[u64]) -> (usize, u64, u64) {
+    let window = (samples.len() / 6).max(1);
+    let first = samples.iter().take(window).max().copied().unwrap_or(0);
+    let last = samples
+        .iter()
+        .rev()
+        .take(window)
+        .max()
+        .copied()
+        .unwrap_or(0);
+    (window, first, last)
+}
+
+/// The kryoptic soak's lines and targets; its JSON (null where skipped).
+fn kryoptic_report(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> Value {
+    let Some((mode, s, rss, peak)) = &m.kryoptic else {
+        return Value::Null;
+    };
+    let (window, first, last) = growth(rss);
+    say(
+        a.json,
+        &format!(
+            "kryoptic soak ({mode}): daemon RSS first {window} s max {:.1} MiB, last {window} s max {:.1} MiB, peak {:.1} MiB, {:.0} bytes per wrap over {} wraps",
+            first as f64 / 1024.0,
+            last as f64 / 1024.0,
+            *peak as f64 / 1024.0,
+            (last as f64 - first as f64) * 1024.0 / s.ops.max(1) as f64,
+            s.ops
+        ),
+    );
+    targets.push(target(
+        format!("kryoptic: daemon RSS growth, last vs first {window} s of the soak, MiB (≤ 1)"),
+        (last as f64 - first as f64) / 1024.0,
+        1.0,
+        false,
+    ));
+    json!({"mode": mode, "stats": s.json(), "soak_rss_kib": rss, "peak_rss_kib": peak})
+}
+
 /// Prints the table, the memory figures and the targets; returns the JSON report.
 fn report(a: &Args, m: &Measured) -> Value {
     let out = |l: &str| say(a.json, l);
     let mut targets = Vec::new();
+    let cpu_json = cpu_table(a, m, &mut targets);
     let keys_json = key_table(a, m, &mut targets);
     let errors: usize = m.daemon.values().map(|s| s.errors).sum();
     let soak = &m.soak_rss;
-    let tenth = (soak.len() / 6).max(1);
-    let first = soak.iter().take(tenth).max().copied().unwrap_or(0);
-    let last = soak.iter().rev().take(tenth).max().copied().unwrap_or(0);
+    let (tenth, first, last) = growth(soak);
     targets.push(target(
         "daemon peak RSS MiB (≤ 64)".into(),
         m.peak_kib as f64 / 1024.0,
@@ -720,6 +1119,7 @@ fn report(a: &Args, m: &Measured) -> Value {
         last as f64 / 1024.0,
         m.mode
     ));
+    let kryoptic_json = kryoptic_report(a, m, &mut targets);
     for t in &targets {
         out(&format!(
             "{} {} = {}",
@@ -733,7 +1133,9 @@ fn report(a: &Args, m: &Measured) -> Value {
         "sessions": a.sessions,
         "seconds": a.seconds,
         "soak_seconds": a.soak,
+        "cpu_per_call": cpu_json,
         "keys": keys_json,
+        "kryoptic_soak": kryoptic_json,
         "daemon_peak_rss_kib": m.peak_kib,
         "soak_rss_kib": soak,
         "targets": targets,
