@@ -133,7 +133,7 @@ impl KeySourceBridge for Bridge {
 impl Bridge {
     pub fn new(hsm: Arc<Hsm>, audit: Arc<Audit>, max_queue: usize, settings: Settings) -> Bridge {
         Bridge {
-            queue: HsmQueue::new(hsm.sessions(), max_queue),
+            queue: HsmQueue::new(&hsm, hsm.sessions(), max_queue),
             wrapping_keys: wrap::wrapping_key::ParsedKeys::new(hsm.min_wrapping_key_bits()),
             hsm,
             audit,
@@ -159,34 +159,25 @@ impl Bridge {
         self.queue.drain(within).await
     }
 
-    /// Runs `work` on a blocking thread with an HSM session, if the queue has room; gives
-    /// up at the call's deadline. A call still waiting for a session at its deadline never
+    /// Runs `work` on an HSM worker (which has a session), if the queue has room; gives up
+    /// at the call's deadline. A call still waiting for a worker at its deadline never
     /// reaches the HSM.
     async fn on_hsm<T: Send + 'static>(
         &self,
         deadline: Option<Instant>,
         work: impl FnOnce(&Hsm, Option<Instant>) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, Status> {
-        let admission = self.queue.admit(deadline).await.map_err(|r| match r {
-            Refused::Full { capacity } => Status::resource_exhausted(format!(
-                "the HSM queue is full ({capacity} calls in progress or waiting; server.max_queue); retry with backoff"
-            )),
-            Refused::Deadline => status::status(&HsmError::DeadlineExceeded),
-            Refused::Closed => Status::unavailable("the daemon is shutting down"),
-        })?;
-        let hsm = self.hsm.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let _admission = admission;
-            work(&hsm, deadline)
-        });
-        let joined = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), task)
-                .await
-                .map_err(|_| status::status(&HsmError::DeadlineExceeded))?,
-            None => task.await,
-        };
-        joined
-            .map_err(|e| Status::internal(format!("HSM worker failed: {e}")))?
+        self.queue
+            .run(deadline, work)
+            .await
+            .map_err(|r| match r {
+                Refused::Full { capacity } => Status::resource_exhausted(format!(
+                    "the HSM queue is full ({capacity} calls in progress or waiting; server.max_queue); retry with backoff"
+                )),
+                Refused::Deadline => status::status(&HsmError::DeadlineExceeded),
+                Refused::Closed => Status::unavailable("the daemon is shutting down"),
+                Refused::Failed => Status::internal("HSM worker failed"),
+            })?
             .map_err(|e| status::status(&e))
     }
 
