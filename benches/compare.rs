@@ -42,6 +42,8 @@ use hsm_bridge::proto::{self, WrapKeyRequest};
 use hsm_bridge::wrap::{Algorithm, WrappingKey};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -203,6 +205,8 @@ struct Run {
     /// CPU seconds (user + system) of the process doing the wraps: this one for the floor,
     /// the daemon's for a load.
     cpu_s: f64,
+    /// That process's context switches.
+    switches: u64,
 }
 
 impl Run {
@@ -212,6 +216,7 @@ impl Run {
         self.errors += other.errors;
         self.elapsed += other.elapsed;
         self.cpu_s += other.cpu_s;
+        self.switches += other.switches;
         self
     }
 }
@@ -226,6 +231,8 @@ struct Stats {
     max_us: f64,
     /// CPU µs per completed call (or wrap), errors included in the calls.
     cpu_us: f64,
+    /// Context switches per call (or wrap).
+    switches: f64,
 }
 
 impl Stats {
@@ -235,6 +242,7 @@ impl Stats {
             errors,
             elapsed,
             cpu_s,
+            switches,
         } = run;
         lat.sort();
         let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -250,13 +258,14 @@ impl Stats {
             p99_us: pick(0.99),
             max_us: lat.last().map_or(0.0, |&d| us(d)),
             cpu_us: cpu_s * 1e6 / (lat.len() + errors).max(1) as f64,
+            switches: switches as f64 / (lat.len() + errors).max(1) as f64,
         }
     }
 
     fn json(&self) -> Value {
         json!({"ops": self.ops, "errors": self.errors, "ops_per_s": round(self.ops_per_s),
                "p50_us": round(self.p50_us), "p99_us": round(self.p99_us), "max_us": round(self.max_us),
-               "cpu_us_per_call": round(self.cpu_us)})
+               "cpu_us_per_call": round(self.cpu_us), "switches_per_call": round(self.switches)})
     }
 }
 
@@ -274,6 +283,25 @@ fn cpu_seconds(pid: &str) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
     ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// A process's context switches so far, voluntary and not, summed over its threads
+/// (`/proc/PID/task/*/status`; threads that have exited are not counted).
+fn switches(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks.flatten().map(|t| switches_of(&t.path())).sum()
+}
+
+/// One thread's context switches so far (`DIR/status` of a `/proc` thread folder).
+fn switches_of(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// This process's resident set, KiB.
@@ -303,11 +331,15 @@ fn floor(
     let stop = Arc::new(AtomicBool::new(false));
     let cpu = cpu_seconds("self");
     let started = Instant::now();
+    // Counted over the wrapping threads (they are gone once joined).
+    let switched = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let (hsm, wk, key, stop) = (hsm.clone(), wk.clone(), key.clone(), stop.clone());
+            let switched = switched.clone();
             std::thread::spawn(move || {
                 let mut lat = Vec::with_capacity(100_000);
+                let before = switches_of(Path::new("/proc/thread-self"));
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     std::hint::black_box(
@@ -316,6 +348,10 @@ fn floor(
                     );
                     lat.push(t.elapsed());
                 }
+                switched.fetch_add(
+                    switches_of(Path::new("/proc/thread-self")) - before,
+                    Ordering::Relaxed,
+                );
                 lat
             })
         })
@@ -332,6 +368,7 @@ fn floor(
         errors: 0,
         elapsed: started.elapsed(),
         cpu_s: cpu_seconds("self") - cpu,
+        switches: switched.load(Ordering::Relaxed),
     };
     if let Some(mut p) = recorder {
         p.wait().expect("perf record");
@@ -384,50 +421,74 @@ async fn channels(d: &Daemon, transport: Transport, n: usize) -> Vec<Channel> {
     out
 }
 
-/// `callers` concurrent WrapKey loops for `secs` against `d`, with the daemon's CPU over
+/// What a load's callers ask for.
+#[derive(Clone)]
+enum Ask {
+    /// WrapKey of this source key label for this PEM wrapping key.
+    Wrap(WrapKeyRequest),
+    /// grpc.health.v1 Check: the server's cost of a call with no HSM work, no audit.
+    Health,
+}
+
+impl Ask {
+    fn wrap(label: &str, pem: &str) -> Ask {
+        Ask::Wrap(WrapKeyRequest {
+            source_key: Some(proto::KeyRef {
+                key: Some(proto::key_ref::Key::Label(label.into())),
+            }),
+            wrapping_public_key_pem: pem.into(),
+            algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        })
+    }
+
+    async fn call(&self, ch: &Channel) -> Result<(), tonic::Status> {
+        match self {
+            Ask::Wrap(req) => KeySourceBridgeClient::new(ch.clone())
+                .wrap_key(req.clone())
+                .await
+                .map(|r| drop(std::hint::black_box(r))),
+            Ask::Health => HealthClient::new(ch.clone())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| drop(std::hint::black_box(r))),
+        }
+    }
+}
+
+/// `callers` concurrent loops of `ask` for `secs` against `d`, with the daemon's CPU over
 /// them; with `rss`, the daemon's RSS each second; with `perf`, the daemon recorded by
 /// `perf record` into that file meanwhile.
 async fn load(
     d: &Daemon,
     channels: &[Channel],
-    (label, pem): (&str, &str),
+    ask: &Ask,
     callers: usize,
     secs: u64,
     rss: Option<&mut Vec<u64>>,
     perf: Option<PathBuf>,
 ) -> Run {
-    let req = WrapKeyRequest {
-        source_key: Some(proto::KeyRef {
-            key: Some(proto::key_ref::Key::Label(label.into())),
-        }),
-        wrapping_public_key_pem: pem.into(),
-        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-    };
     // warm up every connection
     for ch in channels {
-        KeySourceBridgeClient::new(ch.clone())
-            .wrap_key(req.clone())
-            .await
-            .unwrap();
+        ask.call(ch).await.unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let pid = d.pid().to_string();
     let cpu = cpu_seconds(&pid);
+    let switched = switches(&pid);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|i| {
-            let mut c = KeySourceBridgeClient::new(channels[i % channels.len()].clone());
-            let (req, stop, errors) = (req.clone(), stop.clone(), errors.clone());
+            let ch = channels[i % channels.len()].clone();
+            let (ask, stop, errors) = (ask.clone(), stop.clone(), errors.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(50_000);
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    match c.wrap_key(req.clone()).await {
-                        Ok(r) => {
-                            std::hint::black_box(r);
-                            lat.push(t.elapsed());
-                        }
+                    match ask.call(&ch).await {
+                        Ok(()) => lat.push(t.elapsed()),
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
                         }
@@ -457,6 +518,7 @@ async fn load(
         errors: errors.load(Ordering::Relaxed) as usize,
         elapsed: started.elapsed(),
         cpu_s: cpu_seconds(&pid) - cpu,
+        switches: switches(&pid).saturating_sub(switched),
     };
     if let Some(mut p) = recorder {
         p.wait().expect("perf record");
@@ -555,8 +617,13 @@ const CPU_CALLERS: usize = 16;
 struct CpuRound {
     floor_us: f64,
     floor_ops: f64,
+    floor_switches: f64,
     daemon_us: [f64; 2],
     daemon_ops: [f64; 2],
+    daemon_switches: [f64; 2],
+    /// CPU µs per health check (no HSM work, no audit), each transport.
+    health_us: [f64; 2],
+    health_switches: [f64; 2],
 }
 
 /// What one run measured.
@@ -698,34 +765,58 @@ fn measure_cpu(a: &Args, fx: &Fixture, pem: &str, rt: &tokio::runtime::Runtime, 
                 lat: f.lat.clone(),
                 ..f
             });
-            (round.floor_us, round.floor_ops) = (fs.cpu_us, fs.ops_per_s);
+            (round.floor_us, round.floor_ops, round.floor_switches) =
+                (fs.cpu_us, fs.ops_per_s, fs.switches);
             floor_all = floor_all.join(f);
             for (i, (d, ch)) in daemons.iter().enumerate() {
                 let run = rt.block_on(load(
                     d,
                     ch,
-                    (label, pem),
+                    &Ask::wrap(label, pem),
                     CPU_CALLERS,
                     a.cpu_seconds,
                     None,
                     perf(TRANSPORTS[i].name()),
                 ));
                 let s = Stats::from(run);
-                (round.daemon_us[i], round.daemon_ops[i]) = (s.cpu_us, s.ops_per_s);
+                (
+                    round.daemon_us[i],
+                    round.daemon_ops[i],
+                    round.daemon_switches[i],
+                ) = (s.cpu_us, s.ops_per_s, s.switches);
+                let health = rt.block_on(load(
+                    d,
+                    ch,
+                    &Ask::Health,
+                    CPU_CALLERS,
+                    a.cpu_seconds.div_ceil(2),
+                    None,
+                    perf(&format!("{}-health", TRANSPORTS[i].name())),
+                ));
+                let health = Stats::from(health);
+                round.health_us[i] = health.cpu_us;
+                round.health_switches[i] = health.switches;
             }
             say(
                 a.json,
                 &format!(
-                    "cpu     {kind:<8} round {}: floor {:>6.1} µs/wrap ({:.0} ops/s); daemon {CPU_CALLERS} callers plaintext {:>6.1} µs/call ({:.0} ops/s) = {:.2}×; mTLS {:>6.1} µs/call ({:.0} ops/s) = {:.2}×",
+                    "cpu     {kind:<8} round {}: floor {:>6.1} µs/wrap ({:.0} ops/s, {:.2} switches); daemon {CPU_CALLERS} callers plaintext {:>6.1} µs/call ({:.0} ops/s, {:.2} switches) = {:.2}×; mTLS {:>6.1} µs/call ({:.0} ops/s, {:.2} switches) = {:.2}×; health check {:.1} / {:.1} µs/call ({:.2} / {:.2} switches)",
                     r + 1,
                     round.floor_us,
                     round.floor_ops,
+                    round.floor_switches,
                     round.daemon_us[0],
                     round.daemon_ops[0],
+                    round.daemon_switches[0],
                     round.daemon_us[0] / round.floor_us,
                     round.daemon_us[1],
                     round.daemon_ops[1],
+                    round.daemon_switches[1],
                     round.daemon_us[1] / round.floor_us,
+                    round.health_us[0],
+                    round.health_us[1],
+                    round.health_switches[0],
+                    round.health_switches[1],
                 ),
             );
             rounds.push(round);
@@ -762,7 +853,16 @@ async fn measure_daemon(a: &Args, config: &Path, pem: &str, m: &mut Measured) {
             } else {
                 (a.seconds, None)
             };
-            let run = load(&d, &channels, (label, pem), callers, secs, rss, None).await;
+            let run = load(
+                &d,
+                &channels,
+                &Ask::wrap(label, pem),
+                callers,
+                secs,
+                rss,
+                None,
+            )
+            .await;
             let s = Stats::from(run);
             say(
                 a.json,
@@ -791,7 +891,7 @@ async fn measure_kryoptic(a: &Args, kx: &Fixture, pem: &str, m: &mut Measured) {
     let run = load(
         &d,
         &channels,
-        (label, pem),
+        &Ask::wrap(label, pem),
         16,
         a.soak,
         Some(&mut rss),
@@ -830,7 +930,7 @@ async fn measure_token_size(a: &Args, config: &Path, pem: &str, m: &mut Measured
         let run = load(
             &d,
             &channels,
-            (label, pem),
+            &Ask::wrap(label, pem),
             1,
             a.seconds.div_ceil(2),
             None,
@@ -991,10 +1091,10 @@ fn cpu_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> Value {
     let out = |l: &str| say(a.json, l);
     out("");
     out(&format!(
-        "| key | floor CPU µs per wrap ({n} thr) | daemon plaintext CPU µs per call ({CPU_CALLERS} callers) | plaintext / floor (rounds) | daemon mTLS CPU µs per call | mTLS / floor (rounds) |",
+        "| key | floor CPU µs per wrap ({n} thr) | daemon plaintext CPU µs per call ({CPU_CALLERS} callers) | plaintext / floor (rounds) | daemon mTLS CPU µs per call | mTLS / floor (rounds) | health check CPU µs per call, plaintext / mTLS |",
         n = a.sessions
     ));
-    out("|---|---|---|---|---|---|");
+    out("|---|---|---|---|---|---|---|");
     let mut keys = BTreeMap::new();
     for (kind, _) in KEYS {
         let rounds = &m.cpu[kind];
@@ -1009,8 +1109,10 @@ fn cpu_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> Value {
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
             cells.push(format!("{per_call:.0} | **{ratio:.2}** ({lo:.2}–{hi:.2})"));
+            let health = median(rounds.iter().map(|r| r.health_us[i]).collect());
             json_t.insert(t.name(), json!({
                 "cpu_us_per_call": round(per_call),
+                "health_check_cpu_us_per_call": round(health),
                 "over_floor": round(ratio * 100.0) / 100.0,
                 "rounds_over_floor": ratios.iter().map(|r| round(r * 100.0) / 100.0).collect::<Vec<_>>(),
                 "ops_per_s": round(median(rounds.iter().map(|r| r.daemon_ops[i]).collect())),
@@ -1024,7 +1126,13 @@ fn cpu_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> Value {
                 ));
             }
         }
-        out(&format!("| {kind} | {floor:.0} | {} |", cells.join(" | ")));
+        let health = |i: usize| median(rounds.iter().map(|r| r.health_us[i]).collect());
+        out(&format!(
+            "| {kind} | {floor:.0} | {} | {:.0} / {:.0} |",
+            cells.join(" | "),
+            health(0),
+            health(1)
+        ));
         keys.insert(
             kind,
             json!({

@@ -15,12 +15,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// The label sets recorded on every call hold `&'static str`: a lookup allocates nothing.
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExportLabels {
-    operation: String,
-    outcome: String,
-    key_type: String,
-    mode: String,
+    operation: &'static str,
+    outcome: &'static str,
+    key_type: &'static str,
+    mode: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,7 +34,7 @@ struct KeyLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
-    mode: String,
+    mode: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,7 +44,7 @@ struct OpLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
-    method: String,
+    method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -215,18 +217,18 @@ impl Metrics {
     /// One export attempt, as its audit record says.
     pub fn export(
         &self,
-        operation: &str,
-        outcome: &str,
-        key_type: Option<&str>,
-        mode: Option<&str>,
+        operation: &'static str,
+        outcome: &'static str,
+        key_type: Option<&'static str>,
+        mode: Option<&'static str>,
         key: Option<&str>,
     ) {
         self.exports
             .get_or_create(&ExportLabels {
-                operation: operation.into(),
-                outcome: outcome.into(),
-                key_type: key_type.unwrap_or("unknown").into(),
-                mode: mode.unwrap_or("none").into(),
+                operation,
+                outcome,
+                key_type: key_type.unwrap_or("unknown"),
+                mode: mode.unwrap_or("none"),
             })
             .inc();
         if self.key_labels.load(Ordering::Relaxed) {
@@ -240,9 +242,9 @@ impl Metrics {
         }
     }
 
-    pub fn hsm_wrap(&self, mode: &str, took: Duration) {
+    pub fn hsm_wrap(&self, mode: &'static str, took: Duration) {
         self.hsm_wrap
-            .get_or_create(&ModeLabel { mode: mode.into() })
+            .get_or_create(&ModeLabel { mode })
             .observe(took.as_secs_f64());
     }
 
@@ -329,7 +331,7 @@ impl Drop for RpcTimer {
         get()
             .rpc
             .get_or_create(&MethodLabel {
-                method: self.method.into(),
+                method: self.method,
             })
             .observe(self.started.elapsed().as_secs_f64());
     }

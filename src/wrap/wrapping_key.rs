@@ -128,13 +128,16 @@ impl WrappingKey {
     }
 }
 
-/// Parsed wrapping keys by SHA-256 of their PEM text: OpenSSL 3's PEM decoder costs far more
-/// than the wrap itself under load (locks in its decoder registry), and callers send the same
-/// vault key again and again. Only keys that passed every check are kept; at `CAPACITY`
-/// distinct keys the cache starts over, so hostile callers cannot grow it.
+/// Parsed wrapping keys by their PEM text: OpenSSL 3's PEM decoder costs far more than the
+/// wrap itself under load (locks in its decoder registry), and callers send the same vault
+/// key again and again. Keyed by the text itself (std's randomly keyed SipHash, then a full
+/// comparison): a lookup costs well under a microsecond, where a SHA-256 of the text through
+/// OpenSSL cost about three (BENCHMARKS.md, issue 17). Only keys that passed every check are
+/// kept; at `CAPACITY` distinct keys the cache starts over, so hostile callers cannot grow it
+/// (at most `CAPACITY` × `MAX_PEM_BYTES` of text).
 pub struct ParsedKeys {
     min_bits: u32,
-    keys: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::sync::Arc<WrappingKey>>>,
+    keys: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, std::sync::Arc<WrappingKey>>>,
 }
 
 impl ParsedKeys {
@@ -153,9 +156,8 @@ impl ParsedKeys {
             // refused by from_pem; not worth hashing
             return WrappingKey::from_pem(pem, self.min_bits).map(std::sync::Arc::new);
         }
-        let id = openssl::sha::sha256(pem);
         let lock = || self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = lock().get(&id) {
+        if let Some(k) = lock().get(pem) {
             return Ok(k.clone());
         }
         let key = std::sync::Arc::new(WrappingKey::from_pem(pem, self.min_bits)?);
@@ -163,7 +165,7 @@ impl ParsedKeys {
         if keys.len() >= Self::CAPACITY {
             keys.clear();
         }
-        keys.insert(id, key.clone());
+        keys.insert(pem.into(), key.clone());
         Ok(key)
     }
 }
