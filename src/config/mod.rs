@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// HTTP/2 streams (calls) one connection may have open at once.
     #[serde(default = "default_streams")]
     pub max_concurrent_streams: u32,
+    /// Threads for the network side (connections, TLS, gRPC, audit); the HSM work runs on
+    /// threads of its own, one per session.
+    #[serde(default = "default_io_threads")]
+    pub io_threads: usize,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
     /// `IP:PORT` of a plain-text listener that serves only `grpc.health.v1.Health` (for
@@ -79,6 +83,11 @@ fn default_handshake_timeout() -> u64 {
 }
 fn default_streams() -> u32 {
     100
+}
+/// One: a call's network work is tens of microseconds, far below its HSM work, and every
+/// further thread adds wake-ups between threads to each call (BENCHMARKS.md, issue 17).
+fn default_io_threads() -> usize {
+    1
 }
 
 fn default_max_queue() -> usize {
@@ -101,6 +110,7 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             tls_handshake_timeout_secs: default_handshake_timeout(),
             max_concurrent_streams: default_streams(),
+            io_threads: default_io_threads(),
             clients: Vec::new(),
             health_listen: None,
         }

@@ -19,6 +19,7 @@ impl Config {
             s.max_concurrent_streams,
             1..=1024,
         )?;
+        in_range("server.io_threads", s.io_threads, 1..=64)?;
         self.journal.validate()?;
         if let Some(l) = &self.server.health_listen {
             l.parse::<std::net::SocketAddr>()

@@ -7,7 +7,11 @@
 //! Why threads of its own rather than tokio's blocking pool: a worker that finishes a call
 //! takes the next waiting one at once, without going to sleep and being woken again, and a
 //! call goes to a worker in one step instead of waiting for a session permit first and
-//! then for a blocking thread (docs/ARCHITECTURE.md, "Performance"; BENCHMARKS.md).
+//! then for a blocking thread. The workers run under `SCHED_BATCH`: a worker woken (by the
+//! token's own locks, or by a network HSM's answer) waits for the running thread's turn to
+//! end instead of preempting it, so the network thread is not thrown off its CPU between
+//! the steps of a call (BENCHMARKS.md, issue 17). Nothing but the wake-up order changes:
+//! the workers' share of the CPU is that of any other thread.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -239,6 +243,9 @@ impl<R: Send + Sync + 'static> WorkQueue<R> {
 
 /// A worker: takes the oldest waiting call, does it, and sleeps only when none is waiting.
 fn serve<R>(shared: &Shared<R>, resource: &Weak<R>) {
+    if let Err(e) = batch_policy() {
+        tracing::debug!("HSM worker stays SCHED_OTHER: sched_setscheduler(SCHED_BATCH): {e}");
+    }
     loop {
         let job = {
             let mut w = shared.lock();
@@ -261,6 +268,20 @@ fn serve<R>(shared: &Shared<R>, resource: &Weak<R>) {
             // The owner has let go: nothing can run any more; the caller hears "closed".
             None => drop(job),
         }
+    }
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (no real-time priority, no privilege needed).
+#[allow(unsafe_code)]
+fn batch_policy() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` that outlives the call; pid 0 is the calling
+    // thread, and the call only changes its scheduling policy.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -458,6 +479,30 @@ mod tests {
         let r: Answer<()> = q.run(None, |_: &Gate, _| panic!("work panicked")).await;
         assert_eq!(r, Err(Refused::Failed));
         assert_eq!(q.run(None, |_: &Gate, _| 5).await, Ok(5));
+    }
+
+    #[tokio::test]
+    async fn workers_run_under_sched_batch() {
+        let unit = Arc::new(());
+        let q = WorkQueue::new(&unit, 1, 1);
+        let policy = q
+            .run(None, |_: &(), _| {
+                // SAFETY: reads the calling thread's policy; no pointers.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::sched_getscheduler(0)
+                }
+            })
+            .await;
+        assert_eq!(policy, Ok(libc::SCHED_BATCH));
+    }
+
+    #[tokio::test]
+    async fn work_whose_resource_is_gone_is_answered_closed() {
+        let gone = Arc::new(());
+        let q = WorkQueue::new(&gone, 1, 1);
+        drop(gone);
+        assert_eq!(q.run(None, |_: &(), _| 1).await, Err(Refused::Closed));
     }
 
     #[tokio::test]

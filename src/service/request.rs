@@ -51,8 +51,11 @@ pub(super) fn request_id<T>(req: &Request<T>) -> String {
     {
         return v.to_string();
     }
+    // OpenSSL's per-thread DRBG: no system call per call, as getrandom(2) would be.
     let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
+    if openssl::rand::rand_bytes(&mut b).is_err() {
+        let _ = getrandom::fill(&mut b);
+    }
     wrap::hex(&b)
 }
 

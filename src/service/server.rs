@@ -53,6 +53,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     tracing::info!(memory = %crate::hardening::memory_report(), "secrets");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.server.io_threads)
         .enable_all()
         .build()
         .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
