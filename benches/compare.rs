@@ -207,6 +207,8 @@ struct Run {
     cpu_s: f64,
     /// That process's context switches.
     switches: u64,
+    /// Of `cpu_s`, the daemon's HSM workers' (0 for the floor).
+    hsm_cpu_s: f64,
 }
 
 impl Run {
@@ -217,6 +219,7 @@ impl Run {
         self.elapsed += other.elapsed;
         self.cpu_s += other.cpu_s;
         self.switches += other.switches;
+        self.hsm_cpu_s += other.hsm_cpu_s;
         self
     }
 }
@@ -233,6 +236,8 @@ struct Stats {
     cpu_us: f64,
     /// Context switches per call (or wrap).
     switches: f64,
+    /// Of `cpu_us`, the daemon's HSM workers'.
+    hsm_cpu_us: f64,
 }
 
 impl Stats {
@@ -243,6 +248,7 @@ impl Stats {
             elapsed,
             cpu_s,
             switches,
+            hsm_cpu_s,
         } = run;
         lat.sort();
         let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -259,6 +265,7 @@ impl Stats {
             max_us: lat.last().map_or(0.0, |&d| us(d)),
             cpu_us: cpu_s * 1e6 / (lat.len() + errors).max(1) as f64,
             switches: switches as f64 / (lat.len() + errors).max(1) as f64,
+            hsm_cpu_us: hsm_cpu_s * 1e6 / (lat.len() + errors).max(1) as f64,
         }
     }
 
@@ -282,6 +289,27 @@ fn cpu_seconds(pid: &str) -> f64 {
     let rest = &stat[stat.rfind(')').unwrap() + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// CPU seconds so far of a process's threads named `hsm-worker-*` (the daemon's HSM
+/// workers, src/service/queue.rs); the rest of its CPU is the network side's.
+fn hsm_worker_cpu_seconds(pid: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("hsm-worker-"))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
     ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
@@ -369,6 +397,7 @@ fn floor(
         elapsed: started.elapsed(),
         cpu_s: cpu_seconds("self") - cpu,
         switches: switched.load(Ordering::Relaxed),
+        hsm_cpu_s: 0.0,
     };
     if let Some(mut p) = recorder {
         p.wait().expect("perf record");
@@ -477,6 +506,7 @@ async fn load(
     let errors = Arc::new(AtomicU64::new(0));
     let pid = d.pid().to_string();
     let cpu = cpu_seconds(&pid);
+    let hsm_cpu = hsm_worker_cpu_seconds(&pid);
     let switched = switches(&pid);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
@@ -519,6 +549,7 @@ async fn load(
         elapsed: started.elapsed(),
         cpu_s: cpu_seconds(&pid) - cpu,
         switches: switches(&pid).saturating_sub(switched),
+        hsm_cpu_s: hsm_worker_cpu_seconds(&pid) - hsm_cpu,
     };
     if let Some(mut p) = recorder {
         p.wait().expect("perf record");
@@ -621,6 +652,8 @@ struct CpuRound {
     daemon_us: [f64; 2],
     daemon_ops: [f64; 2],
     daemon_switches: [f64; 2],
+    /// Of `daemon_us`, the HSM workers'.
+    daemon_hsm_us: [f64; 2],
     /// CPU µs per health check (no HSM work, no audit), each transport.
     health_us: [f64; 2],
     health_switches: [f64; 2],
@@ -783,7 +816,8 @@ fn measure_cpu(a: &Args, fx: &Fixture, pem: &str, rt: &tokio::runtime::Runtime, 
                     round.daemon_us[i],
                     round.daemon_ops[i],
                     round.daemon_switches[i],
-                ) = (s.cpu_us, s.ops_per_s, s.switches);
+                    round.daemon_hsm_us[i],
+                ) = (s.cpu_us, s.ops_per_s, s.switches, s.hsm_cpu_us);
                 let health = rt.block_on(load(
                     d,
                     ch,
@@ -800,16 +834,18 @@ fn measure_cpu(a: &Args, fx: &Fixture, pem: &str, rt: &tokio::runtime::Runtime, 
             say(
                 a.json,
                 &format!(
-                    "cpu     {kind:<8} round {}: floor {:>6.1} µs/wrap ({:.0} ops/s, {:.2} switches); daemon {CPU_CALLERS} callers plaintext {:>6.1} µs/call ({:.0} ops/s, {:.2} switches) = {:.2}×; mTLS {:>6.1} µs/call ({:.0} ops/s, {:.2} switches) = {:.2}×; health check {:.1} / {:.1} µs/call ({:.2} / {:.2} switches)",
+                    "cpu     {kind:<8} round {}: floor {:>6.1} µs/wrap ({:.0} ops/s, {:.2} switches); daemon {CPU_CALLERS} callers plaintext {:>6.1} µs/call (HSM workers {:.1}; {:.0} ops/s, {:.2} switches) = {:.2}×; mTLS {:>6.1} µs/call (HSM workers {:.1}; {:.0} ops/s, {:.2} switches) = {:.2}×; health check {:.1} / {:.1} µs/call ({:.2} / {:.2} switches)",
                     r + 1,
                     round.floor_us,
                     round.floor_ops,
                     round.floor_switches,
                     round.daemon_us[0],
+                    round.daemon_hsm_us[0],
                     round.daemon_ops[0],
                     round.daemon_switches[0],
                     round.daemon_us[0] / round.floor_us,
                     round.daemon_us[1],
+                    round.daemon_hsm_us[1],
                     round.daemon_ops[1],
                     round.daemon_switches[1],
                     round.daemon_us[1] / round.floor_us,
@@ -1091,7 +1127,7 @@ fn cpu_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> Value {
     let out = |l: &str| say(a.json, l);
     out("");
     out(&format!(
-        "| key | floor CPU µs per wrap ({n} thr) | daemon plaintext CPU µs per call ({CPU_CALLERS} callers) | plaintext / floor (rounds) | daemon mTLS CPU µs per call | mTLS / floor (rounds) | health check CPU µs per call, plaintext / mTLS |",
+        "| key | floor CPU µs per wrap ({n} thr) | daemon plaintext CPU µs per call ({CPU_CALLERS} callers; HSM workers + the rest) | plaintext / floor (rounds) | daemon mTLS CPU µs per call | mTLS / floor (rounds) | health check CPU µs per call, plaintext / mTLS |",
         n = a.sessions
     ));
     out("|---|---|---|---|---|---|---|");
@@ -1108,10 +1144,15 @@ fn cpu_table(a: &Args, m: &Measured, targets: &mut Vec<Value>) -> Value {
             let (lo, hi) = ratios
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-            cells.push(format!("{per_call:.0} | **{ratio:.2}** ({lo:.2}–{hi:.2})"));
+            let hsm = median(rounds.iter().map(|r| r.daemon_hsm_us[i]).collect());
+            cells.push(format!(
+                "{per_call:.0} ({hsm:.0} + {:.0}) | **{ratio:.2}** ({lo:.2}–{hi:.2})",
+                per_call - hsm
+            ));
             let health = median(rounds.iter().map(|r| r.health_us[i]).collect());
             json_t.insert(t.name(), json!({
                 "cpu_us_per_call": round(per_call),
+                "hsm_workers_cpu_us_per_call": round(hsm),
                 "health_check_cpu_us_per_call": round(health),
                 "over_floor": round(ratio * 100.0) / 100.0,
                 "rounds_over_floor": ratios.iter().map(|r| round(r * 100.0) / 100.0).collect::<Vec<_>>(),
