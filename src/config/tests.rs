@@ -26,6 +26,7 @@ fn minimal_config_and_defaults() {
     assert_eq!(c.policy.caller_wrapping_keys, CallerWrappingKeys::None);
     assert_eq!(c.policy.min_wrapping_key_bits, 2048);
     assert_eq!(c.audit.path, Path::new("-"));
+    assert_eq!(c.server.io_threads, 1);
 }
 
 #[test]
@@ -61,6 +62,15 @@ fn bad_values() {
     assert!(e.contains("abc"), "{e}");
     let e = parse(&format!("{MIN}[oci]\nallowed_endpoints = [\"http://*\"]\n")).unwrap_err();
     assert!(e.contains("https://"), "{e}");
+    let e = parse(&format!("{MIN}[server]\nio_threads = 0\n")).unwrap_err();
+    assert!(e.contains("server.io_threads"), "{e}");
+    assert_eq!(
+        parse(&format!("{MIN}[server]\nio_threads = 4\n"))
+            .unwrap()
+            .server
+            .io_threads,
+        4
+    );
 }
 
 #[test]
