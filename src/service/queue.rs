@@ -338,11 +338,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn full_queue_refuses_at_once() {
-        let gate = Arc::new(Gate::default());
-        let q = Arc::new(WorkQueue::new(&gate, 1, 1));
-        // One call working, one waiting; the next is refused immediately.
+    /// A call that holds `q`'s only worker until the gate opens, once it has started.
+    async fn occupy(q: &Arc<WorkQueue<Gate>>, gate: &Gate) -> tokio::task::JoinHandle<Answer<()>> {
         let first = tokio::spawn({
             let q = q.clone();
             async move { q.run(None, |g: &Gate, _| g.pass()).await }
@@ -350,6 +347,15 @@ mod tests {
         while gate.runs.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        first
+    }
+
+    #[tokio::test]
+    async fn full_queue_refuses_at_once() {
+        let gate = Arc::new(Gate::default());
+        let q = Arc::new(WorkQueue::new(&gate, 1, 1));
+        // One call working, one waiting; the next is refused immediately.
+        let first = occupy(&q, &gate).await;
         let second = tokio::spawn({
             let q = q.clone();
             async move { q.run(None, |_: &Gate, _| 2).await }
@@ -369,13 +375,7 @@ mod tests {
     async fn a_call_that_expires_while_waiting_never_runs() {
         let gate = Arc::new(Gate::default());
         let q = Arc::new(WorkQueue::new(&gate, 1, 10));
-        let first = tokio::spawn({
-            let q = q.clone();
-            async move { q.run(None, |g: &Gate, _| g.pass()).await }
-        });
-        while gate.runs.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let first = occupy(&q, &gate).await;
         let ran = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let r = q
@@ -412,13 +412,7 @@ mod tests {
     async fn abandoned_calls_give_their_room_back() {
         let gate = Arc::new(Gate::default());
         let q = Arc::new(WorkQueue::new(&gate, 1, 2));
-        let first = tokio::spawn({
-            let q = q.clone();
-            async move { q.run(None, |g: &Gate, _| g.pass()).await }
-        });
-        while gate.runs.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let first = occupy(&q, &gate).await;
         // Two callers wait, then leave (their tasks are cancelled).
         for _ in 0..2 {
             let waiter = tokio::spawn({
@@ -445,13 +439,7 @@ mod tests {
     async fn calls_run_in_arrival_order() {
         let gate = Arc::new(Gate::default());
         let q = Arc::new(WorkQueue::new(&gate, 1, 100));
-        let first = tokio::spawn({
-            let q = q.clone();
-            async move { q.run(None, |g: &Gate, _| g.pass()).await }
-        });
-        while gate.runs.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let first = occupy(&q, &gate).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for i in 0..20 {
