@@ -129,11 +129,7 @@ pub struct KeyInfo {
 impl KeyInfo {
     /// Whether the key is of the class a URI's `type` asks for.
     pub fn class_is(&self, c: super::uri::KeyClass) -> bool {
-        self.class
-            == match c {
-                super::uri::KeyClass::Secret => ObjectClass::SECRET_KEY,
-                super::uri::KeyClass::Private => ObjectClass::PRIVATE_KEY,
-            }
+        self.class == c.object_class()
     }
 
     /// OCI shape, if OCI has one for this key type (importable or not).
@@ -246,10 +242,7 @@ pub fn find(s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
     if let KeyRef::Uri(u) = key
         && let Some(class) = u.class
     {
-        template.push(Attribute::Class(match class {
-            super::uri::KeyClass::Secret => ObjectClass::SECRET_KEY,
-            super::uri::KeyClass::Private => ObjectClass::PRIVATE_KEY,
-        }));
+        template.push(Attribute::Class(class.object_class()));
     }
     let handles = s
         .find_objects(&template)

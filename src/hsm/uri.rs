@@ -132,6 +132,16 @@ pub enum KeyClass {
     Private,
 }
 
+impl KeyClass {
+    /// The `CKA_CLASS` of keys of this kind.
+    pub fn object_class(self) -> cryptoki::object::ObjectClass {
+        match self {
+            KeyClass::Secret => cryptoki::object::ObjectClass::SECRET_KEY,
+            KeyClass::Private => cryptoki::object::ObjectClass::PRIVATE_KEY,
+        }
+    }
+}
+
 /// A key as a URI names it: label and/or id, optionally its class and its token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyUri {
