@@ -30,3 +30,16 @@ pub enum Error {
     #[error("{0}")]
     Oci(String),
 }
+
+/// The causes of `e` (its `source()` chain, not `e` itself), each as ": cause": for one-line
+/// messages that keep the reason a library error wraps, e.g. "connection refused".
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = String::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}

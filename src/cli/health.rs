@@ -82,10 +82,13 @@ async fn check(a: &HealthArgs) -> Result<ServingStatus, Error> {
             .tls_config(tls)
             .map_err(|e| Error::Usage(format!("TLS: {e}")))?;
     }
-    let channel = ep
-        .connect()
-        .await
-        .map_err(|e| Error::Io(format!("{}: cannot connect: {}", a.addr, source_text(&e))))?;
+    let channel = ep.connect().await.map_err(|e| {
+        Error::Io(format!(
+            "{}: cannot connect: {e}{}",
+            a.addr,
+            crate::error::causes(&e)
+        ))
+    })?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: a.service.clone(),
@@ -93,16 +96,4 @@ async fn check(a: &HealthArgs) -> Result<ServingStatus, Error> {
         .await
         .map_err(|s| Error::Io(format!("{}: {}: {}", a.addr, s.code(), s.message())))?;
     Ok(ServingStatus::try_from(answer.into_inner().status).unwrap_or(ServingStatus::Unknown))
-}
-
-/// An error and its causes, on one line.
-fn source_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        cur = s.source();
-    }
-    text
 }

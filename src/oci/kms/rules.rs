@@ -124,20 +124,14 @@ pub(super) fn ocid_for_url<'a>(
 
 /// A transport error with its causes, e.g. "connection refused".
 pub(super) fn describe(e: reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
-        "timed out".to_string()
+    let what = if e.is_timeout() {
+        "timed out"
     } else if e.is_connect() {
-        "could not connect".to_string()
+        "could not connect"
     } else {
-        "the connection failed".to_string()
+        "the connection failed"
     };
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+    format!("{what}{}", crate::error::causes(&e))
 }
 
 #[cfg(test)]
