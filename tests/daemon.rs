@@ -1508,17 +1508,7 @@ async fn sighup_rotates_the_tls_certificate_for_new_connections() {
 
     // A new CA, server certificate and client certificates.
     let fresh = fx.dir.join("rotated-certs");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-test-certs.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg(&fresh)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::daemon::make_certs(&fresh);
     let old = certs().clone();
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

@@ -16,15 +16,21 @@ pub fn certs() -> &'static PathBuf {
     static CERTS: OnceLock<PathBuf> = OnceLock::new();
     CERTS.get_or_init(|| {
         let dir = process_dir("certs");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-test-certs.sh");
-        let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
-        assert!(
-            out.status.success(),
-            "make-test-certs.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        make_certs(&dir);
         dir
     })
+}
+
+/// A fresh CA, server certificate and client certificates in `dir`
+/// (tests/make-test-certs.sh).
+pub fn make_certs(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-test-certs.sh");
+    let out = Command::new("bash").arg(script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "make-test-certs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The clients every TLS daemon config knows.
