@@ -4,9 +4,9 @@
 //! identities, and the TLS certificate, key and client CA (for new connections: open ones
 //! keep theirs). Calls in flight finish under the settings they started with. A file that
 //! fails any check is logged with the reason, and the old settings stay. Settings that need
-//! the HSM, the listener or the journal again (`[hsm]`, `policy.exportable`,
-//! `server.listen`, `[journal]`, `[audit]`, `[metrics]`) are left as they are, and the log
-//! says which changed.
+//! the HSM, the listener, the runtime or the journal again (`[hsm]`, `policy.exportable`,
+//! the `[server]` settings but the clients and TLS files, `[journal]`, `[audit]`,
+//! `[metrics]`) are left as they are, and the log says that one changed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,17 +41,29 @@ pub struct Reloader {
     pub fixed: String,
 }
 
-/// The parts of a config that a reload cannot change, for comparison.
+/// The parts of a config that a reload cannot change, for comparison: `[hsm]`,
+/// `policy.exportable`, every `[server]` setting but the clients and the TLS files,
+/// `[journal]`, `[audit]`, `[metrics]`.
 pub fn fixed_parts(cfg: &Config) -> String {
+    let s = &cfg.server;
     format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
         cfg.hsm.module,
         cfg.hsm.token_name(),
         cfg.hsm.sessions,
         cfg.policy.exportable,
-        cfg.server.listen,
+        s.listen,
+        s.plaintext,
+        s.max_queue,
+        s.shutdown_grace_secs,
+        s.max_connections,
+        s.tls_handshake_timeout_secs,
+        s.max_concurrent_streams,
+        s.io_threads,
+        s.health_listen,
         cfg.journal.url,
         cfg.audit.path,
+        (&cfg.metrics.listen, cfg.metrics.key_labels),
     )
 }
 
@@ -87,7 +99,7 @@ impl Reloader {
         };
         if fixed_parts(&cfg) != self.fixed {
             tracing::warn!(
-                "SIGHUP: [hsm], policy.exportable, server.listen, [journal] or [audit] changed; those take a restart (the rest is reloaded)"
+                "SIGHUP: [hsm], policy.exportable, a [server] setting other than the clients and TLS files, [journal], [audit] or [metrics] changed; those take a restart (the rest is reloaded)"
             );
         }
         // Everything checked: now all of it at once.
