@@ -47,6 +47,24 @@ pub fn rfc3339(t: SystemTime) -> String {
     let (secs, millis) = unix(t);
     let (year, month, day) = civil(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
+    if (0..=9999).contains(&year) {
+        // Digit by digit: every audit record carries one (BENCHMARKS.md, issue 17).
+        let mut s = String::with_capacity(24);
+        let mut put = |n: i64, width: u32, then: char| {
+            for k in (0..width).rev() {
+                s.push(char::from(b'0' + (n / 10_i64.pow(k) % 10) as u8));
+            }
+            s.push(then);
+        };
+        put(year, 4, '-');
+        put(month, 2, '-');
+        put(day, 2, 'T');
+        put(rem / 3600, 2, ':');
+        put(rem % 3600 / 60, 2, ':');
+        put(rem % 60, 2, '.');
+        put(i64::from(millis), 3, 'Z');
+        return s;
+    }
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         rem / 3600,
@@ -108,6 +126,25 @@ mod tests {
         assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(at(1_798_761_599, 999)), "2026-12-31T23:59:59.999Z");
         assert_eq!(rfc3339(at(1_389_000_000, 0)), "2014-01-06T09:20:00.000Z");
+        assert_eq!(
+            rfc3339(at(253_402_300_799, 999)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        // Past the four-digit years: the general path.
+        assert_eq!(rfc3339(at(253_402_300_800, 0)), "10000-01-01T00:00:00.000Z");
+        // The digit-by-digit text is the formatted one, across days, hours and milliseconds.
+        for k in 0..20_000u64 {
+            let (secs, millis) = (k * 7_919_993 % 4_102_444_800, k * 37 % 1000);
+            let (y, mo, d) = civil((secs / 86_400) as i64);
+            let r = secs % 86_400;
+            let formatted = format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+                r / 3600,
+                r % 3600 / 60,
+                r % 60
+            );
+            assert_eq!(rfc3339(at(secs, millis)), formatted);
+        }
     }
 
     #[test]

@@ -166,24 +166,29 @@ fn shown(cn: &str) -> String {
 /// [`subject_cn`], remembered per certificate: OpenSSL 3's certificate decoder costs about
 /// 0.3 ms, more than a whole AES wrap, and a connection presents the same certificate on
 /// every call. The result is a pure function of the DER bytes (rustls verified the chain
-/// during the handshake); at `MAX` distinct certificates the memory starts over.
+/// during the handshake). Keyed by the bytes themselves (std's randomly keyed SipHash, then
+/// a full comparison), not by an OpenSSL SHA-256 of them, which cost about three
+/// microseconds a call (BENCHMARKS.md, issue 17); at `MAX` distinct certificates the memory
+/// starts over, and a certificate larger than `MAX_DER` is not remembered.
 fn subject_cn_cached(der: &[u8]) -> Result<String, Unidentified> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     const MAX: usize = 1024;
-    type Seen = Mutex<HashMap<[u8; 32], Result<String, Unidentified>>>;
+    const MAX_DER: usize = 16 * 1024;
+    type Seen = Mutex<HashMap<Box<[u8]>, Result<String, Unidentified>>>;
     static SEEN: OnceLock<Seen> = OnceLock::new();
     let seen = SEEN.get_or_init(Default::default);
-    let id = openssl::sha::sha256(der);
-    if let Some(r) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+    if let Some(r) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(der) {
         return r.clone();
     }
     let r = subject_cn(der);
-    let mut map = seen.lock().unwrap_or_else(|p| p.into_inner());
-    if map.len() >= MAX {
-        map.clear();
+    if der.len() <= MAX_DER {
+        let mut map = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX {
+            map.clear();
+        }
+        map.insert(der.into(), r.clone());
     }
-    map.insert(id, r.clone());
     r
 }
 

@@ -65,7 +65,7 @@ fn fresh_request_id() -> String {
     static IDS: OnceLock<(std::collections::hash_map::RandomState, AtomicU64)> = OnceLock::new();
     let (key, counter) = IDS.get_or_init(Default::default);
     let n = counter.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}", key.hash_one(n))
+    crate::wrap::hex(&key.hash_one(n).to_be_bytes())
 }
 
 pub(super) fn key_ref(k: Option<&proto::KeyRef>) -> Result<KeyRef, Status> {

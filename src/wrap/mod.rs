@@ -23,12 +23,14 @@ pub enum WrapError {
     Crypto(String),
 }
 
-/// Lower-case hex, for fingerprints and CKA_ID.
+/// Lower-case hex, for fingerprints and CKA_ID. By table, not `write!` per byte: it runs
+/// several times per call (BENCHMARKS.md, issue 17).
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     s
 }
@@ -58,5 +60,9 @@ mod tests {
         assert_eq!(unhex("+1+3"), None, "a sign is not a hex digit");
         assert_eq!(unhex("-1"), None);
         assert_eq!(unhex(""), Some(vec![]));
+        let every: Vec<u8> = (0..=255).collect();
+        let formatted: String = every.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&every), formatted);
+        assert_eq!(unhex(&formatted), Some(every));
     }
 }
