@@ -159,7 +159,7 @@ impl<R: Send + Sync + 'static> WorkQueue<R> {
             let (shared, resource) = (shared.clone(), Arc::downgrade(resource));
             std::thread::Builder::new()
                 .name(format!("hsm-worker-{i}"))
-                .spawn(move || serve(&shared, &resource))
+                .spawn(move || serve(&shared, resource))
                 .expect("an HSM worker thread");
         }
         WorkQueue {
@@ -242,7 +242,9 @@ impl<R: Send + Sync + 'static> WorkQueue<R> {
 }
 
 /// A worker: takes the oldest waiting call, does it, and sleeps only when none is waiting.
-fn serve<R>(shared: &Shared<R>, resource: &Weak<R>) {
+/// Takes the resource's `Weak` by value: it is let go before the worker counts itself out,
+/// so that once `alive` is 0 no worker holds the resource in any way.
+fn serve<R>(shared: &Shared<R>, resource: Weak<R>) {
     if let Err(e) = batch_policy() {
         tracing::debug!("HSM worker stays SCHED_OTHER: sched_setscheduler(SCHED_BATCH): {e}");
     }
@@ -254,6 +256,7 @@ fn serve<R>(shared: &Shared<R>, resource: &Weak<R>) {
                     break j;
                 }
                 if w.closed {
+                    drop(resource);
                     w.alive -= 1;
                     shared.exited.notify_all();
                     return;
