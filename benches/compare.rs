@@ -276,8 +276,10 @@ impl Stats {
     }
 }
 
+/// `x` to two decimals, for the JSON and the target lines (a ratio to one decimal would say
+/// 1.3 for a 1.25 that met its target).
 fn round(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+    (x * 100.0).round() / 100.0
 }
 
 /// A process's CPU time so far, user + system, in seconds (`/proc/PID/stat`; threads that
