@@ -167,9 +167,10 @@ fn shown(cn: &str) -> String {
 /// 0.3 ms, more than a whole AES wrap, and a connection presents the same certificate on
 /// every call. The result is a pure function of the DER bytes (rustls verified the chain
 /// during the handshake). Keyed by the bytes themselves (std's randomly keyed SipHash, then
-/// a full comparison), not by an OpenSSL SHA-256 of them, which cost about three
-/// microseconds a call (BENCHMARKS.md, issue 17); at `MAX` distinct certificates the memory
-/// starts over, and a certificate larger than `MAX_DER` is not remembered.
+/// a full comparison), not by an OpenSSL SHA-256 of them (for the wrapping key's PEM text,
+/// of about the same size, that cost about three microseconds a call; BENCHMARKS.md, issue
+/// 17); at `MAX` distinct certificates the memory starts over, and a certificate larger
+/// than `MAX_DER` is not remembered.
 fn subject_cn_cached(der: &[u8]) -> Result<String, Unidentified> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
