@@ -3,6 +3,8 @@
 //! socket), or the one entry marked `loopback = true` (plain text on loopback TCP). A caller
 //! no entry names gets nothing.
 
+use std::sync::Arc;
+
 use openssl::nid::Nid;
 use openssl::x509::X509;
 use tonic::Request;
@@ -11,9 +13,15 @@ use tonic::transport::server::UdsConnectInfo;
 use crate::config::{ClientConfig, Operation};
 use crate::policy::{any_match, glob_match};
 
-/// An identified caller and what it may do.
+/// An identified caller and what it may do. Shared: the [`Authenticator`] makes one per
+/// `[[server.clients]]` entry when the settings are loaded, so identifying the caller of a
+/// call hands out a reference instead of copying its entry (BENCHMARKS.md, issue 17).
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub struct Caller(Arc<Identity>);
+
+/// What a [`Caller`] is: its entry's name, how it was recognised, and its grants.
+#[derive(Debug)]
+pub struct Identity {
     /// The `[[server.clients]]` name: what idempotency keys are scoped to.
     pub name: String,
     /// For audit: "name (CN=...)", "name (uid N)" or "name (loopback)".
@@ -27,7 +35,15 @@ pub struct Caller {
     pub compartments: Option<Vec<String>>,
 }
 
-impl Caller {
+impl std::ops::Deref for Caller {
+    type Target = Identity;
+
+    fn deref(&self) -> &Identity {
+        &self.0
+    }
+}
+
+impl Identity {
     pub fn may(&self, op: Operation) -> bool {
         self.operations.contains(&op)
     }
@@ -48,16 +64,26 @@ impl Caller {
             .as_ref()
             .is_none_or(|p| p.iter().any(|p| glob_match(p, ocid)))
     }
+}
 
-    fn from_entry(c: &ClientConfig, how: String) -> Caller {
-        Caller {
+impl Caller {
+    /// Entry `c` as a caller recognised on `transport`: by its CN, its uid, or loopback.
+    /// (An entry that cannot match on `transport` is never handed out; its text says so.)
+    fn from_entry(c: &ClientConfig, transport: Transport) -> Caller {
+        let how = match (transport, &c.subject_cn, c.unix_uid) {
+            (Transport::Tls, Some(cn), _) => format!("CN={cn}"),
+            (Transport::Unix, _, Some(uid)) => format!("uid {uid}"),
+            (Transport::Loopback, _, _) if c.loopback => "loopback".into(),
+            _ => "not on this listener".into(),
+        };
+        Caller(Arc::new(Identity {
             name: c.name.clone(),
             display: format!("{} ({how})", c.name),
             operations: c.operations.clone(),
             keys: c.keys.clone(),
             endpoints: c.oci_endpoints.clone(),
             compartments: c.oci_compartments.clone(),
-        }
+        }))
     }
 }
 
@@ -76,6 +102,8 @@ pub enum Transport {
 pub struct Authenticator {
     transport: Transport,
     clients: Vec<ClientConfig>,
+    /// `clients[i]` as the caller [`Self::identify`] hands out.
+    callers: Vec<Caller>,
 }
 
 /// Longest CN quoted back in a refusal or an audit record.
@@ -83,7 +111,15 @@ const MAX_CN_SHOWN: usize = 64;
 
 impl Authenticator {
     pub fn new(transport: Transport, clients: Vec<ClientConfig>) -> Authenticator {
-        Authenticator { transport, clients }
+        let callers = clients
+            .iter()
+            .map(|c| Caller::from_entry(c, transport))
+            .collect();
+        Authenticator {
+            transport,
+            clients,
+            callers,
+        }
     }
 
     /// The entries this listener can ever match (for a start-up warning when there are none).
@@ -102,17 +138,15 @@ impl Authenticator {
     /// The caller of `req`, or why it is not recognised (for UNAUTHENTICATED and audit;
     /// bounded, printable text).
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Unidentified> {
-        match self.transport {
+        let entry = match self.transport {
             Transport::Tls => {
                 let certs = req.peer_certs().ok_or(Unidentified::NoCertificate)?;
                 let leaf = certs.first().ok_or(Unidentified::NoCertificate)?;
                 let cn = subject_cn_cached(leaf.as_ref())?;
-                let client = self
-                    .clients
+                self.clients
                     .iter()
-                    .find(|c| c.subject_cn.as_deref() == Some(cn.as_str()))
-                    .ok_or_else(|| Unidentified::CnNotListed(shown(&cn)))?;
-                Ok(Caller::from_entry(client, format!("CN={cn}")))
+                    .position(|c| c.subject_cn.as_deref() == Some(cn.as_str()))
+                    .ok_or_else(|| Unidentified::CnNotListed(shown(&cn)))?
             }
             Transport::Unix => {
                 let uid = req
@@ -121,22 +155,18 @@ impl Authenticator {
                     .and_then(|i| i.peer_cred)
                     .map(|c| c.uid())
                     .ok_or(Unidentified::NoPeerCredentials)?;
-                let client = self
-                    .clients
+                self.clients
                     .iter()
-                    .find(|c| c.unix_uid == Some(uid))
-                    .ok_or(Unidentified::UidNotListed(uid))?;
-                Ok(Caller::from_entry(client, format!("uid {uid}")))
+                    .position(|c| c.unix_uid == Some(uid))
+                    .ok_or(Unidentified::UidNotListed(uid))?
             }
-            Transport::Loopback => {
-                let client = self
-                    .clients
-                    .iter()
-                    .find(|c| c.loopback)
-                    .ok_or(Unidentified::NoLoopbackEntry)?;
-                Ok(Caller::from_entry(client, "loopback".into()))
-            }
-        }
+            Transport::Loopback => self
+                .clients
+                .iter()
+                .position(|c| c.loopback)
+                .ok_or(Unidentified::NoLoopbackEntry)?,
+        };
+        Ok(self.callers[entry].clone())
     }
 }
 
