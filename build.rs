@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("hsmbridge_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallBuffers")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

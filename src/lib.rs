@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod hardening;
