@@ -28,6 +28,7 @@ pub mod hardening;
 pub mod hsm;
 pub(crate) mod import;
 pub mod journal;
+pub(crate) mod memo;
 pub mod metrics;
 pub mod oci;
 pub(crate) mod policy;

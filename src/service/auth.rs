@@ -193,33 +193,22 @@ fn shown(cn: &str) -> String {
     cn.chars().take(MAX_CN_SHOWN).collect()
 }
 
-/// [`subject_cn`], remembered per certificate: OpenSSL 3's certificate decoder costs about
-/// 0.3 ms, more than a whole AES wrap, and a connection presents the same certificate on
-/// every call. The result is a pure function of the DER bytes (rustls verified the chain
-/// during the handshake). Keyed by the bytes themselves (std's randomly keyed SipHash, then
-/// a full comparison), not by an OpenSSL SHA-256 of them (for the wrapping key's PEM text,
-/// of about the same size, that cost about three microseconds a call; BENCHMARKS.md, issue
-/// 17); at `MAX` distinct certificates the memory starts over, and a certificate larger
-/// than `MAX_DER` is not remembered.
+/// [`subject_cn`], remembered per certificate ([`crate::memo::Memo`]): OpenSSL 3's
+/// certificate decoder costs about 0.3 ms, more than a whole AES wrap, and a connection
+/// presents the same certificate on every call. The result is a pure function of the DER
+/// bytes (rustls verified the chain during the handshake); at `MAX` distinct certificates
+/// the memory starts over, and a certificate larger than `MAX_DER` is not remembered.
 fn subject_cn_cached(der: &[u8]) -> Result<String, Unidentified> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::OnceLock;
     const MAX: usize = 1024;
     const MAX_DER: usize = 16 * 1024;
-    type Seen = Mutex<HashMap<Box<[u8]>, Result<String, Unidentified>>>;
-    static SEEN: OnceLock<Seen> = OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    if let Some(r) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(der) {
-        return r.clone();
+    static SEEN: OnceLock<crate::memo::Memo<Result<String, Unidentified>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(|| crate::memo::Memo::new(MAX, MAX_DER));
+    if let Some(r) = seen.get(der) {
+        return r;
     }
     let r = subject_cn(der);
-    if der.len() <= MAX_DER {
-        let mut map = seen.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX {
-            map.clear();
-        }
-        map.insert(der.into(), r.clone());
-    }
+    seen.put(der, r.clone());
     r
 }
 

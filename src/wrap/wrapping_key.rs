@@ -128,16 +128,14 @@ impl WrappingKey {
     }
 }
 
-/// Parsed wrapping keys by their PEM text: OpenSSL 3's PEM decoder costs far more than the
-/// wrap itself under load (locks in its decoder registry), and callers send the same vault
-/// key again and again. Keyed by the text itself (std's randomly keyed SipHash, then a full
-/// comparison): a lookup costs well under a microsecond, where a SHA-256 of the text through
-/// OpenSSL cost about three (BENCHMARKS.md, issue 17). Only keys that passed every check are
+/// Parsed wrapping keys by their PEM text ([`crate::memo::Memo`]): OpenSSL 3's PEM decoder
+/// costs far more than the wrap itself under load (locks in its decoder registry), and
+/// callers send the same vault key again and again. Only keys that passed every check are
 /// kept; at `CAPACITY` distinct keys the cache starts over, so hostile callers cannot grow it
 /// (at most `CAPACITY` × `MAX_PEM_BYTES` of text).
 pub struct ParsedKeys {
     min_bits: u32,
-    keys: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, std::sync::Arc<WrappingKey>>>,
+    keys: crate::memo::Memo<std::sync::Arc<WrappingKey>>,
 }
 
 impl ParsedKeys {
@@ -146,26 +144,21 @@ impl ParsedKeys {
     pub fn new(min_bits: u32) -> ParsedKeys {
         ParsedKeys {
             min_bits,
-            keys: Default::default(),
+            keys: crate::memo::Memo::new(Self::CAPACITY, MAX_PEM_BYTES),
         }
     }
 
     /// The key `pem` holds, parsed and checked as [`WrappingKey::from_pem`] does.
     pub fn get(&self, pem: &[u8]) -> Result<std::sync::Arc<WrappingKey>, WrapError> {
         if pem.len() > MAX_PEM_BYTES {
-            // refused by from_pem; not worth hashing
+            // refused by from_pem; not worth looking up
             return WrappingKey::from_pem(pem, self.min_bits).map(std::sync::Arc::new);
         }
-        let lock = || self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = lock().get(pem) {
-            return Ok(k.clone());
+        if let Some(k) = self.keys.get(pem) {
+            return Ok(k);
         }
         let key = std::sync::Arc::new(WrappingKey::from_pem(pem, self.min_bits)?);
-        let mut keys = lock();
-        if keys.len() >= Self::CAPACITY {
-            keys.clear();
-        }
-        keys.insert(pem.into(), key.clone());
+        self.keys.put(pem, key.clone());
         Ok(key)
     }
 }
@@ -235,7 +228,7 @@ mod tests {
         let (small, _, _) = rsa_pem(1024);
         assert!(cache.get(&small).is_err());
         assert!(cache.get(&small).is_err());
-        assert_eq!(cache.keys.lock().unwrap().len(), 2);
+        assert_eq!(cache.keys.len(), 2);
     }
 
     #[test]
