@@ -10,6 +10,8 @@
 #   - seeds the demo keys, generated inside the token (their values are never known outside it):
 #       demo-aes-128, demo-aes-192, demo-aes-256, demo-rsa-2048, demo-rsa-3072, demo-rsa-4096
 #         (extractable, sensitive), and demo-locked-aes-256 (not extractable);
+#   - creates the import journal's record key hsm-bridge-journal-mac in the token (a generic
+#     secret for HMAC-SHA256, sensitive, never extractable);
 #   - makes dev TLS material in .softhsm/tls/ (a CA, a server certificate for localhost and
 #     127.0.0.1, client certificates; tests/make-test-certs.sh), remade when it nears expiry;
 #   - makes a dev OCI API-key identity in .softhsm/oci/ for the local OCI KMS emulator;
@@ -147,6 +149,9 @@ seed_demo_keys() {
     seed demo-rsa-3072 0202 --keypairgen --key-type rsa:3072 --extractable --sensitive
     seed demo-rsa-4096 0203 --keypairgen --key-type rsa:4096 --extractable --sensitive
     seed demo-locked-aes-256 0301 --keygen --key-type AES:32 --sensitive --usage-decrypt
+    # The import journal's record key: HMAC-SHA256 over every journal record, made in the
+    # token and never extractable, so whoever can write the database cannot forge one.
+    seed hsm-bridge-journal-mac 0f01 --keygen --key-type GENERIC:32 --sensitive --private --usage-sign
 }
 seed_demo_keys "$module" "$token_label" "$dir/user-pin"
 
@@ -276,7 +281,7 @@ if [ ! -f "$dir/env" ] || [ "$(cat "$dir/env")" != "$env_text" ]; then
     printf '%s\n' "$env_text" >"$dir/env"
 fi
 if ((with_kryoptic)); then
-    say "ready: tokens $token_label and $kryoptic_token, 7 demo keys each, environment in .softhsm/env"
+    say "ready: tokens $token_label and $kryoptic_token, 7 demo keys and the journal record key each, environment in .softhsm/env"
 else
-    say "ready: token $token_label, 7 demo keys, environment in .softhsm/env"
+    say "ready: token $token_label, 7 demo keys and the journal record key, environment in .softhsm/env"
 fi

@@ -1,11 +1,12 @@
 //! What the import journal costs per import, next to what surrounds it, in one run:
 //!
-//! - **journal**: one import's three journal writes (claim, body commit, OCI's answer), in
-//!   process, on SQLite (WAL, synchronous=FULL, on this machine's disk) and on PostgreSQL (a
+//! - **journal**: one import's three journal writes (claim, body commit, OCI's answer), each
+//!   with its record MAC made in the HSM (the fixture token's record key, as the daemon
+//!   does), in process, on SQLite (WAL, synchronous=FULL, on this machine's disk) and on PostgreSQL (a
 //!   throw-away server on 127.0.0.1, as the tests start one; fsync off there, so its figure
 //!   is the round trips and the server's work, not a disk's);
 //! - **HSM wrap**: `Hsm::wrap` of an AES-256 key for an RSA-4096 key on the SoftHSM2 test
-//!   fixture, in process;
+//!   fixture, in process; and one record MAC (`CKM_SHA256_HMAC` over a record of OCI's size);
 //! - **import**: the daemon's whole ImportKeyVersion over mTLS against the local OCI
 //!   emulator (GetKey, the wrap, the journal, the signed POST), once per journal backend.
 //!
@@ -73,7 +74,7 @@ fn journal(dir: &Path, name: &str, journal_lines: &str) -> Arc<Journal> {
 
 /// `n` imports' journal writes: claim, commit of a body of OCI's size, the answer.
 async fn journal_writes(j: &Arc<Journal>, tag: &str, n: usize) -> Vec<Duration> {
-    let body = vec![0x5au8; 740];
+    let body = Arc::new(zeroize::Zeroizing::new(vec![0x5au8; 740]));
     let made = Made {
         source_key_label: Some("bench-aes-256".into()),
         source_key_id_hex: Some("0b01".into()),
@@ -93,10 +94,11 @@ async fn journal_writes(j: &Arc<Journal>, tag: &str, n: usize) -> Vec<Duration> 
             digest: [7u8; 32],
         };
         let t = Instant::now();
-        let Claimed::Fresh(lease) = j.claim(&entry).await.unwrap() else {
+        let ticket = j.ticket(entry).await.unwrap();
+        let Claimed::Fresh(mut lease) = j.claim(&ticket).await.unwrap() else {
             panic!("a new token is fresh")
         };
-        lease.prepare(&body, &made).await.unwrap();
+        lease.prepare(body.clone(), &made).await.unwrap();
         lease
             .finish(&Outcome::Accepted {
                 created_id: format!("ocid1.keyversion.oc1..{i}"),
@@ -202,20 +204,34 @@ fn main() {
         .unwrap();
     println!("hsm-bridge journal bench: {n} imports per journal figure");
 
+    let cfg = Config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"));
+    let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}")));
     let sqlite = journal(&dir, "sqlite", "url = \"sqlite:./bench-journal.sqlite\"\n");
     let postgres = journal(&dir, "postgres", &pg.journal_lines("bench"));
+    for j in [&sqlite, &postgres] {
+        j.set_key(Journal::key_from(&cfg.journal, &hsm).unwrap_or_else(|e| panic!("{e}")));
+    }
     let tag = format!("b{}", std::process::id());
     let j_sqlite = report(
-        "journal, SQLite (3 synchronous commits)",
+        "journal, SQLite (3 synchronous commits, 3 MACs)",
         rt.block_on(journal_writes(&sqlite, &format!("{tag}s"), n)),
     );
     let j_pg = report(
-        "journal, PostgreSQL on loopback (3 statements)",
+        "journal, PostgreSQL on loopback (3 statements, 3 MACs)",
         rt.block_on(journal_writes(&postgres, &format!("{tag}p"), n)),
     );
 
-    let cfg = Config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"));
-    let hsm = Hsm::open(&cfg.hsm, &cfg.policy).unwrap_or_else(|e| panic!("{e}"));
+    let record = vec![0x5au8; 1100];
+    let macs: Vec<Duration> = (0..n.min(500) + 20)
+        .map(|_| {
+            let t = Instant::now();
+            hsm.record_mac(cfg.journal.mac_key_label(), &record)
+                .unwrap();
+            t.elapsed()
+        })
+        .skip(20)
+        .collect();
+    let mac = report("record MAC (CKM_SHA256_HMAC), in process", macs);
     let wk =
         WrappingKey::from_pem(&std::fs::read(&fx.wk.wk4096.public_pem).unwrap(), 2048).unwrap();
     let key = KeyRef::Label("test-aes-256".into());
@@ -229,7 +245,10 @@ fn main() {
         .skip(20)
         .collect();
     let wrap = report(&format!("HSM wrap ({}), in process", hsm.mode()), wraps);
-    hsm.close();
+    drop((sqlite, postgres));
+    if let Ok(hsm) = Arc::try_unwrap(hsm) {
+        hsm.close();
+    }
 
     let whole = whole_imports(&rt, fx, &dir, &pg, n);
     println!();
@@ -244,6 +263,7 @@ fn main() {
         j_pg.0, j_pg.1
     );
     println!("| HSM wrap | {:.0} | {:.0} |", wrap.0, wrap.1);
+    println!("| record MAC in the HSM | {:.0} | {:.0} |", mac.0, mac.1);
     for (name, (p50, p99)) in &whole {
         println!(
             "| whole import (emulator on loopback), journal on {name} | {p50:.0} | {p99:.0} |"

@@ -86,6 +86,7 @@ pub struct Metrics {
     sessions_in_use: Gauge,
     audit_failures: Counter,
     journal_failures: Counter,
+    journal_forged: Counter,
     journal_up: Gauge,
     reinits: Counter,
     serving: Gauge,
@@ -114,6 +115,7 @@ impl Metrics {
             sessions_in_use: Gauge::default(),
             audit_failures: Counter::default(),
             journal_failures: Counter::default(),
+            journal_forged: Counter::default(),
             journal_up: Gauge::default(),
             reinits: Counter::default(),
             serving: Gauge::default(),
@@ -191,6 +193,11 @@ impl Metrics {
             "hsm_bridge_journal_failures",
             "Import journal operations that failed (imports refused or answers unrecorded)",
             self.journal_failures.clone(),
+        );
+        r.register(
+            "hsm_bridge_journal_forged_records",
+            "Import journal records refused because their MAC did not match (planted or changed in the database)",
+            self.journal_forged.clone(),
         );
         r.register(
             "hsm_bridge_journal_up",
@@ -294,6 +301,9 @@ impl Metrics {
             self.journal_failures.inc();
         }
         self.journal_up.set(i64::from(ok));
+    }
+    pub fn journal_forged(&self) {
+        self.journal_forged.inc();
     }
     pub fn reinitialised(&self) {
         self.reinits.inc();

@@ -45,6 +45,14 @@ fn kubernetes_manifests_agree_with_the_config() {
         cfg.journal.url.starts_with("postgres://"),
         "replicas share one journal"
     );
+    // over TLS that nothing on the way can turn off: the daemon requires it (ca_file), and
+    // the URL says so to whoever reads or copies it
+    assert!(cfg.journal.postgres_tls(), "{}", cfg.journal.url);
+    assert!(
+        cfg.journal.url.ends_with("?sslmode=require"),
+        "{}",
+        cfg.journal.url
+    );
     let health = cfg
         .server
         .health_listen

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::daemon::{Daemon, audit_records, daemon_config};
+use common::daemon::{Daemon, audit_records, daemon_config, sample};
 use common::emulator::{ApiIdentity, Emulator, api_identity};
 use common::*;
 use hsm_bridge::proto::{self, key_ref::Key};
@@ -717,33 +717,6 @@ async fn oci_faults_end_in_clear_answers_without_duplicates() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
-/// GET /metrics on the daemon's metrics listener (its address from the daemon's log).
-async fn scrape(d: &Daemon) -> String {
-    let log = d.log_text();
-    let addr = log
-        .lines()
-        .find(|l| l.contains("metrics listening"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .map(|a| a.split_whitespace().next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no metrics listener in the log: {log}"));
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
-/// The value of the sample `name{labels}` (labels in the exporter's order), 0 if absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_happened() {
     let fx = softhsm();
@@ -757,7 +730,7 @@ async fn metrics_count_exactly_what_happened() {
     );
     let (config, _audit) = daemon_config(fx, "metrics", &policy, None);
     let d = Daemon::start(&config, &[]);
-    let before = scrape(&d).await;
+    let before = d.scrape_metrics().await;
     assert_eq!(
         sample(&before, "hsm_bridge_health_serving"),
         1.0,
@@ -802,7 +775,7 @@ async fn metrics_count_exactly_what_happened() {
     };
     cckm.import_key_version(req).await.unwrap();
 
-    let after = scrape(&d).await;
+    let after = d.scrape_metrics().await;
     let moved = |series: &str| sample(&after, series) - sample(&before, series);
     let mode = selftest_json(&fx.config)["chosen_mode"]
         .as_str()

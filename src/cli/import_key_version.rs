@@ -42,9 +42,10 @@ pub(super) fn import_key_version_cmd(
     let oci = Arc::new(OciSide::load(
         &cfg.oci,
         cfg.policy.min_wrapping_key_bits,
-        journal,
+        journal.clone(),
     )?);
-    let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+    let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
+    journal.set_key(crate::journal::Journal::key_from(&cfg.journal, &hsm)?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -62,7 +63,11 @@ pub(super) fn import_key_version_cmd(
         protection_modes: &cfg.policy.protection_modes,
     };
     let result = rt.block_on(import_key_version(&oci, &hsm, &ask, &mut rec));
-    hsm.close();
+    drop(rt);
+    // The journal holds the HSM only weakly: the module is closed here, whatever it holds.
+    if let Ok(hsm) = Arc::try_unwrap(hsm) {
+        hsm.close();
+    }
     let (version, progress) = match result {
         Ok(r) => {
             audit.write(rec, Ok(()))?;

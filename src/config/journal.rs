@@ -26,6 +26,13 @@ pub struct JournalConfig {
     /// dies holding one delays a retry of that key at most this long.
     #[serde(default = "default_lease")]
     pub lease_secs: u64,
+    /// The label of the token's generic secret key that authenticates journal records
+    /// (HMAC-SHA256 in the HSM; default `hsm-bridge-journal-mac`). Replicas share the
+    /// token, so they share the key.
+    pub mac_key_label: Option<String>,
+    /// Instead of a key on the token: a private file of at least 32 random bytes that
+    /// authenticates journal records (every replica needs the same file).
+    pub mac_key_file: Option<PathBuf>,
     /// The marker that a refused PIN leaves (default: `hsm-bridge.pin-refused` next to
     /// the SQLite journal, or next to the config file for PostgreSQL).
     pub pin_marker: Option<PathBuf>,
@@ -49,6 +56,8 @@ impl Default for JournalConfig {
             ca_file: None,
             retention_hours: default_retention(),
             lease_secs: default_lease(),
+            mac_key_label: None,
+            mac_key_file: None,
             pin_marker: None,
             store: None,
         }
@@ -76,6 +85,7 @@ impl JournalConfig {
         self.password_file.as_mut().map(&fix);
         self.ca_file.as_mut().map(&fix);
         self.pin_marker.as_mut().map(&fix);
+        self.mac_key_file.as_mut().map(&fix);
         let store = parse_url(&self.url, base)?;
         if self.pin_marker.is_none() {
             let dir = match &store {
@@ -88,15 +98,54 @@ impl JournalConfig {
         Ok(())
     }
 
+    /// The label of the token's record key (when no `mac_key_file` is set).
+    pub fn mac_key_label(&self) -> &str {
+        self.mac_key_label
+            .as_deref()
+            .unwrap_or(crate::journal::seal::DEFAULT_LABEL)
+    }
+
+    /// Whether the PostgreSQL journal must use TLS: with `ca_file`, or when a host is not on
+    /// this machine (which `validate` refuses without `ca_file`).
+    pub fn postgres_tls(&self) -> bool {
+        match &self.store {
+            Some(JournalStore::Postgres(pg)) => self.ca_file.is_some() || !on_this_machine(pg),
+            _ => false,
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
         super::validate::in_range("journal.retention_hours", self.retention_hours, 1..=720)?;
+        if self.mac_key_label.is_some() && self.mac_key_file.is_some() {
+            return Err(
+                "journal.mac_key_label and journal.mac_key_file exclude each other: the records' key is on the token or in a file".into(),
+            );
+        }
+        if let Some(l) = &self.mac_key_label {
+            crate::hsm::KeyRef::label(l).map_err(|e| format!("journal.mac_key_label: {e}"))?;
+        }
         super::validate::in_range("journal.lease_secs", self.lease_secs, 1..=300)?;
         match &self.store {
             Some(JournalStore::Postgres(pg)) => {
                 if !on_this_machine(pg) && self.ca_file.is_none() {
                     return Err("journal.url names a PostgreSQL server that is not on loopback or a Unix socket: set journal.ca_file (the connection then uses TLS and verifies the server's certificate)".into());
                 }
-                Ok(())
+                let mode = url_sslmode(&self.url);
+                match mode.as_deref() {
+                    Some(m @ ("disable" | "allow" | "prefer")) if self.postgres_tls() => Err(format!(
+                        "journal.url has sslmode={m}, which lets anyone on the network path turn TLS off and read the password: remove it (with journal.ca_file the journal always requires TLS and verifies the server) or write sslmode=require"
+                    )),
+                    Some("require" | "verify-ca" | "verify-full") if self.ca_file.is_none() => Err(
+                        "journal.url asks for TLS (sslmode): set journal.ca_file, the CA certificates the server's certificate must chain to"
+                            .into(),
+                    ),
+                    _ if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable
+                        && self.postgres_tls() =>
+                    {
+                        Err("journal.url turns TLS off, which journal.ca_file requires".into())
+                    }
+                    _ => Ok(()),
+                }
             }
             Some(JournalStore::Sqlite(_)) => {
                 if self.password_file.is_some() || self.ca_file.is_some() {
@@ -127,7 +176,13 @@ fn parse_url(url: &str, base: &Path) -> Result<JournalStore, String> {
         }));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let pg = tokio_postgres::Config::from_str(url).map_err(|e| {
+        // tokio-postgres knows disable, prefer and require; the journal always verifies the
+        // server's certificate and name when it uses TLS, which is what libpq's verify-ca
+        // and verify-full ask for.
+        let url = url
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require");
+        let pg = tokio_postgres::Config::from_str(&url).map_err(|e| {
             // The URL may hold a password after all: never quoted.
             format!("journal.url is not a PostgreSQL URL tokio-postgres accepts ({e})")
         })?;
@@ -148,6 +203,15 @@ fn parse_url(url: &str, base: &Path) -> Result<JournalStore, String> {
         "journal.url must start with sqlite: or postgres:// (got {:?})",
         url.chars().take(12).collect::<String>()
     ))
+}
+
+/// The `sslmode` a PostgreSQL URL names, lower case, if it names one.
+fn url_sslmode(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sslmode="))
+        .map(str::to_ascii_lowercase)
 }
 
 /// Whether every host the URL names is loopback or a Unix socket.
@@ -208,5 +272,53 @@ mod tests {
             panic!()
         };
         assert!(on_this_machine(&sock));
+    }
+
+    fn validated(url: &str, ca: bool) -> Result<JournalConfig, String> {
+        let mut c = JournalConfig {
+            url: url.into(),
+            password_file: Some("/etc/hsm-bridge/pw".into()),
+            ca_file: ca.then(|| "/etc/hsm-bridge/ca.pem".into()),
+            ..JournalConfig::default()
+        };
+        c.store = Some(parse_url(url, Path::new("/etc/hsm-bridge"))?);
+        c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn tls_cannot_be_turned_off_where_it_is_required() {
+        // off this machine: TLS, which needs a CA
+        assert!(validated("postgres://b@db.example/j", false).is_err());
+        assert!(
+            validated("postgres://b@db.example/j", true)
+                .unwrap()
+                .postgres_tls()
+        );
+        // a CA file means TLS, on loopback too
+        assert!(
+            validated("postgres://b@127.0.0.1/j", true)
+                .unwrap()
+                .postgres_tls()
+        );
+        assert!(
+            !validated("postgres://b@127.0.0.1/j", false)
+                .unwrap()
+                .postgres_tls()
+        );
+        for mode in ["disable", "prefer"] {
+            for host in ["db.example", "127.0.0.1"] {
+                let e =
+                    validated(&format!("postgres://b@{host}/j?sslmode={mode}"), true).unwrap_err();
+                assert!(e.contains(&format!("sslmode={mode}")), "{e}");
+            }
+        }
+        for mode in ["require", "verify-ca", "verify-full"] {
+            assert!(validated(&format!("postgres://b@db.example/j?sslmode={mode}"), true).is_ok());
+            let e =
+                validated(&format!("postgres://b@127.0.0.1/j?sslmode={mode}"), false).unwrap_err();
+            assert!(e.contains("journal.ca_file"), "{e}");
+        }
+        // plain text on loopback without a CA stays possible (SCRAM only: postgres.rs)
+        assert!(validated("postgres://b@127.0.0.1/j?sslmode=disable", false).is_ok());
     }
 }

@@ -52,6 +52,9 @@ pub enum HsmError {
     NoKeyYouMayUse(String),
     #[error("self-test: {0}")]
     SelfTest(String),
+    /// The journal's record key is not one the daemon may use (src/journal/seal.rs).
+    #[error("{0}")]
+    RecordKey(String),
     #[error("{op} failed: {}", ck_error_text(.err))]
     Pkcs11 { op: &'static str, err: CkError },
     #[error("C_WrapKey with {mechanism} failed: {}{}", ckr_name(*.rv), wrap_hint(*.rv))]

@@ -461,6 +461,42 @@ impl Hsm {
         Ok(info)
     }
 
+    /// HMAC-SHA256 of `data` (`CKM_SHA256_HMAC`) with the token's secret key labelled
+    /// `label`: the journal's record key (src/journal/seal.rs). The key must be a generic
+    /// secret of at least 32 bytes that the token keeps sensitive and never lets out, so
+    /// that no one without the token can make a record's MAC.
+    pub fn record_mac(&self, label: &str, data: &[u8]) -> Result<[u8; 32], HsmError> {
+        let key = KeyRef::Label(label.to_string());
+        self.on_session(Some(Instant::now() + SESSION_WAIT), |up, s| {
+            let info = self.find_key_in(up, s, &key)?;
+            let unfit = |why: &str| {
+                HsmError::RecordKey(format!(
+                    "the journal's record key {label:?} {why}; it must be a generic secret key of at least 32 bytes, sensitive and not extractable (README, \"The import journal\")"
+                ))
+            };
+            if info.class != cryptoki::object::ObjectClass::SECRET_KEY
+                || info.key_type != cryptoki::object::KeyType::GENERIC_SECRET
+            {
+                return Err(unfit(&format!("is {}", info.describe())));
+            }
+            if info.extractable || !info.sensitive {
+                return Err(unfit("may leave the token (CKA_EXTRACTABLE or not CKA_SENSITIVE)"));
+            }
+            if info.length < 32 {
+                return Err(unfit(&format!("is {} bytes", info.length)));
+            }
+            let mac = s
+                .sign(&cryptoki::mechanism::Mechanism::Sha256Hmac, info.handle, data)
+                .map_err(|e| HsmError::pkcs11("C_Sign (CKM_SHA256_HMAC)", e))?;
+            let n = mac.len();
+            <[u8; 32]>::try_from(mac).map_err(|_| {
+                HsmError::RecordKey(format!(
+                    "C_Sign (CKM_SHA256_HMAC) with {label:?} gave {n} bytes, not 32"
+                ))
+            })
+        })
+    }
+
     /// Every secret and private key on the token.
     pub fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
         self.on_session(deadline, |_, s| keys::list(s))

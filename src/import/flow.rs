@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::{Described, ImportError, MAX_CLAIM_WAIT, OciSide, Progress, note, note_error};
 use crate::hsm::{WrapMode, Wrapped};
-use crate::journal::{Claimed, Entry, Failure, JournalError, Lease, Made, Outcome, Record};
+use crate::journal::{Claimed, Entry, Failure, JournalError, Lease, Made, Outcome, Record, Ticket};
 use crate::oci::kms::{self, Answer, Call, KmsError};
 use crate::wrap;
 
@@ -73,7 +73,8 @@ where
     let until = call
         .deadline
         .unwrap_or_else(|| Instant::now() + MAX_CLAIM_WAIT);
-    let lease = match claim(oci, &entry, until).await? {
+    let ticket = oci.journal.ticket(entry).await.map_err(ImportError::from)?;
+    let mut lease = match claim(oci, &ticket, until).await? {
         Next::Fresh(lease) => lease,
         Next::Recorded(lease, r) => {
             // A recorded import: as allowed now as a fresh one would be, or nothing is returned.
@@ -111,7 +112,7 @@ where
         ..Progress::default()
     };
     lease
-        .prepare(&body, &journal_made(&made))
+        .prepare(body.clone(), &journal_made(&made))
         .await
         .map_err(ImportError::from)?;
     progress.merge(&made);
@@ -125,11 +126,11 @@ enum Next {
     Recorded(Option<Lease>, Box<Record>),
 }
 
-/// Claims `entry`, waiting (until `until`) while another call or replica holds it.
-async fn claim(oci: &OciSide, entry: &Entry, until: Instant) -> Result<Next, ImportError> {
+/// Claims `ticket`'s record, waiting (until `until`) while another call or replica holds it.
+async fn claim(oci: &OciSide, ticket: &Ticket, until: Instant) -> Result<Next, ImportError> {
     let mut pause = Duration::from_millis(20);
     loop {
-        match oci.journal.claim(entry).await? {
+        match oci.journal.claim(ticket).await? {
             Claimed::Fresh(lease) => return Ok(Next::Fresh(lease)),
             Claimed::Resend(lease, r) => return Ok(Next::Recorded(Some(lease), Box::new(r))),
             Claimed::Accepted(r) | Claimed::Failed(r) => {

@@ -16,8 +16,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -26,7 +26,11 @@ use zeroize::Zeroizing;
 use crate::config::{JournalConfig, JournalStore};
 
 mod postgres;
+pub mod seal;
 mod sqlite;
+
+pub use seal::RecordKey;
+use seal::Sealed;
 
 /// A future a backend returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -41,6 +45,15 @@ pub enum JournalError {
     /// The lease on a record was lost (another process took it over after it expired).
     #[error("the claim on this import was lost to another call; retry with the same key")]
     LeaseLost,
+    /// The key that authenticates records is missing or unusable.
+    #[error("the import journal has no record key: {0}")]
+    NoKey(String),
+    /// A record's MAC does not match what it holds: someone who can write the database
+    /// planted or changed it. It is never sent or replayed.
+    #[error(
+        "the journal record of this import ({token}) failed its integrity check: {why}; it was written or changed by someone without the daemon's record key, so nothing was sent or replayed; the record is kept for an operator (hsm-bridge journal show {token})"
+    )]
+    Forged { token: String, why: String },
 }
 
 /// What a record is about: everything a claim writes.
@@ -145,6 +158,10 @@ pub struct Record {
     pub opc_request_id: Option<String>,
     pub failure: Option<Failure>,
     pub lease_owner: Option<String>,
+    /// HMAC-SHA256 of what the record holds (src/journal/seal.rs); `None` in a record
+    /// written without one.
+    #[serde(skip)]
+    pub mac: Option<Vec<u8>>,
     /// Milliseconds since the epoch.
     pub lease_until_ms: i64,
     pub created_at_ms: i64,
@@ -165,7 +182,7 @@ fn rfc3339_ms(ms: i64) -> String {
     crate::time::rfc3339(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
-/// What a backend found when asked for a claim.
+/// What a backend found when asked for a claim. Records come with their body and MAC.
 pub enum RawClaim {
     /// A new record, claimed.
     Inserted,
@@ -190,14 +207,61 @@ pub enum Outcome {
     Unknown { opc_request_id: Option<String> },
 }
 
+impl Outcome {
+    /// What the record holds once this outcome is written, as its MAC covers it.
+    fn sealed<'a>(
+        &'a self,
+        entry: &'a Entry,
+        body: Option<&'a [u8]>,
+        made: &'a Made,
+    ) -> Sealed<'a> {
+        let mut s = Sealed {
+            entry,
+            state: State::Unknown,
+            body,
+            made,
+            created_id: None,
+            answer: None,
+            opc_request_id: None,
+            failure: None,
+        };
+        match self {
+            Outcome::Accepted {
+                created_id,
+                answer,
+                opc_request_id,
+            } => {
+                s.state = State::Accepted;
+                s.created_id = Some(created_id);
+                s.answer = Some(answer);
+                s.opc_request_id = Some(opc_request_id);
+            }
+            Outcome::Failed {
+                failure,
+                opc_request_id,
+            } => {
+                s.state = State::Failed;
+                s.opc_request_id = Some(opc_request_id);
+                s.failure = Some(failure);
+            }
+            Outcome::Unknown { opc_request_id } => s.opc_request_id = opc_request_id.as_deref(),
+        }
+        s
+    }
+}
+
 /// One small interface, two databases. Times are the database's own where it has one to
-/// share (PostgreSQL), so replicas' clocks do not decide leases.
+/// share (PostgreSQL), so replicas' clocks do not decide leases. Every write of what a
+/// record holds carries the MAC of the result (src/journal/seal.rs), made above this
+/// interface; a backend stores and returns it, and never decides by it.
 pub trait Backend: Send + Sync {
-    /// Inserts `entry` claimed by `owner`, or takes the lease of its unfinished record if
-    /// the lease is free or expired and the request digest matches; else returns the record.
+    /// Inserts `entry` claimed by `owner` (with `mac`, the MAC of a fresh claimed record),
+    /// or takes the lease of its unfinished record if the lease is free or expired and the
+    /// request digest matches; else returns the record.
     fn claim<'a>(
         &'a self,
         entry: &'a Entry,
+        mac: &'a [u8],
         owner: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<RawClaim, JournalError>>;
@@ -208,6 +272,7 @@ pub trait Backend: Send + Sync {
         owner: &'a str,
         body: &'a [u8],
         made: &'a Made,
+        mac: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, JournalError>>;
     /// Extends `owner`'s lease; false if it no longer holds it.
     fn renew<'a>(
@@ -222,12 +287,15 @@ pub trait Backend: Send + Sync {
         &'a self,
         token: &'a str,
         outcome: &'a Outcome,
+        mac: &'a [u8],
     ) -> BoxFuture<'a, Result<(), JournalError>>;
-    /// Frees `owner`'s lease; a record with no body (nothing sent) is deleted.
+    /// Frees `owner`'s lease; with `delete_unsent`, a record with no body (nothing sent)
+    /// is deleted.
     fn release<'a>(
         &'a self,
         token: &'a str,
         owner: &'a str,
+        delete_unsent: bool,
     ) -> BoxFuture<'a, Result<(), JournalError>>;
     /// The newest `limit` records (without bodies), newest first; with `unresolved`, only
     /// prepared or unknown ones (sent, or about to be, with no answer recorded).
@@ -258,6 +326,13 @@ pub enum Claimed {
     Mismatch,
 }
 
+/// An import's request, with the MAC of its fresh claim made once for every attempt to
+/// claim it.
+pub struct Ticket {
+    entry: Arc<Entry>,
+    mac: [u8; 32],
+}
+
 /// The import journal of this process.
 pub struct Journal {
     backend: Arc<dyn Backend>,
@@ -267,11 +342,14 @@ pub struct Journal {
     retention: Duration,
     what: String,
     down: AtomicBool,
+    /// What authenticates records; until it is set, imports are refused (listing works).
+    key: OnceLock<Arc<RecordKey>>,
 }
 
 impl Journal {
     /// The journal `cfg` names. Nothing is opened yet: a database that is down refuses
-    /// imports when they come, not the daemon's start.
+    /// imports when they come, not the daemon's start. Imports need [`Journal::set_key`]
+    /// first.
     pub fn new(cfg: &JournalConfig) -> Result<Arc<Journal>, JournalError> {
         let (backend, what): (Arc<dyn Backend>, String) = match &cfg.store {
             Some(JournalStore::Sqlite(path)) => (
@@ -306,7 +384,26 @@ impl Journal {
             retention: Duration::from_secs(cfg.retention_hours * 3600),
             what,
             down: AtomicBool::new(false),
+            key: OnceLock::new(),
         }))
+    }
+
+    /// The key that authenticates records from now on (once; later calls change nothing).
+    pub fn set_key(&self, key: RecordKey) {
+        tracing::info!(journal = %self.what, key = %key.describe(), "import journal records are authenticated");
+        let _ = self.key.set(Arc::new(key));
+    }
+
+    /// The record key `cfg` names: the token's secret key by label (`hsm`), or a secret
+    /// file. Fails with the reason, and what to do, when it is missing or unfit.
+    pub fn key_from(
+        cfg: &JournalConfig,
+        hsm: &Arc<crate::hsm::Hsm>,
+    ) -> Result<RecordKey, JournalError> {
+        match &cfg.mac_key_file {
+            Some(path) => RecordKey::file(path),
+            None => RecordKey::token(hsm, cfg.mac_key_label()),
+        }
     }
 
     /// Where the journal is (no password).
@@ -333,22 +430,114 @@ impl Journal {
         r
     }
 
-    /// Claims `entry`'s record for this call.
-    pub async fn claim(self: &Arc<Self>, entry: &Entry) -> Result<Claimed, JournalError> {
-        let raw = self.health(self.backend.claim(entry, &self.owner, self.lease).await)?;
+    /// The MAC of `sealed` under the record key.
+    async fn mac(&self, sealed: &Sealed<'_>) -> Result<[u8; 32], JournalError> {
+        let key = self.key.get().ok_or_else(|| {
+            JournalError::NoKey(
+                "none was loaded (journal.mac_key_label or journal.mac_key_file)".into(),
+            )
+        })?;
+        key.mac(sealed.encode()).await
+    }
+
+    /// Checks a stored record's MAC against what it holds. A record that fails is counted
+    /// and logged, and the error says why; nothing in it may be used.
+    async fn verify(&self, r: &Record) -> Result<(), JournalError> {
+        let why = match seal::entry_of(r) {
+            Err(JournalError::Forged { why, .. }) => Some(why),
+            Err(e) => return Err(e),
+            Ok(entry) => match &r.mac {
+                None => Some("it has no MAC".to_string()),
+                Some(stored) => {
+                    let want = self.mac(&seal::sealed_record(r, &entry)).await?;
+                    let same = stored.len() == want.len() && openssl::memcmp::eq(&want, stored);
+                    (!same).then(|| "its MAC does not match what it holds".to_string())
+                }
+            },
+        };
+        match why {
+            None => Ok(()),
+            Some(why) => {
+                crate::metrics::get().journal_forged();
+                tracing::error!(journal = %self.what, token = %r.token, caller = %r.caller,
+                    state = %r.state.as_str(), "a journal record failed its integrity check ({why}): it is not used; someone who can write the database planted or changed it");
+                Err(JournalError::Forged {
+                    token: r.token.clone(),
+                    why,
+                })
+            }
+        }
+    }
+
+    /// `entry`, ready to be claimed: the MAC of its fresh record is made here, once.
+    pub async fn ticket(&self, entry: Entry) -> Result<Ticket, JournalError> {
+        let mac = self
+            .mac(&Sealed {
+                entry: &entry,
+                state: State::Claimed,
+                body: None,
+                made: &Made::default(),
+                created_id: None,
+                answer: None,
+                opc_request_id: None,
+                failure: None,
+            })
+            .await?;
+        Ok(Ticket {
+            entry: Arc::new(entry),
+            mac,
+        })
+    }
+
+    /// Claims the ticket's record for this call. A record found is used only if its MAC
+    /// verifies: otherwise the claim is refused ([`JournalError::Forged`]), and a lease
+    /// taken on it is given back without touching the record.
+    pub async fn claim(self: &Arc<Self>, t: &Ticket) -> Result<Claimed, JournalError> {
+        let raw = self.health(
+            self.backend
+                .claim(&t.entry, &t.mac, &self.owner, self.lease)
+                .await,
+        )?;
         Ok(match raw {
-            RawClaim::Inserted => Claimed::Fresh(self.lease_on(&entry.token)),
-            RawClaim::Taken(r) if r.body.is_none() => Claimed::Fresh(self.lease_on(&entry.token)),
-            RawClaim::Taken(r) => Claimed::Resend(self.lease_on(&entry.token), r),
-            RawClaim::Held(r) if r.digest != entry.digest => Claimed::Mismatch,
-            RawClaim::Held(r) if r.state == State::Accepted => Claimed::Accepted(r),
-            RawClaim::Held(r) if r.state == State::Failed => Claimed::Failed(r),
+            RawClaim::Inserted => Claimed::Fresh(self.lease_on(t.entry.clone(), None)),
+            RawClaim::Taken(r) => {
+                if let Err(e) = self.verify(&r).await {
+                    if let Err(free) = self.backend.release(&r.token, &self.owner, false).await {
+                        tracing::warn!(token = %r.token, "freeing the claim on a refused record (it expires by itself): {free}");
+                    }
+                    return Err(e);
+                }
+                match r.body.clone() {
+                    None => Claimed::Fresh(self.lease_on(t.entry.clone(), None)),
+                    Some(body) => {
+                        let sent = (body, r.made.clone());
+                        Claimed::Resend(self.lease_on(t.entry.clone(), Some(sent)), r)
+                    }
+                }
+            }
+            RawClaim::Held(r) if r.digest != t.entry.digest => {
+                self.verify(&r).await?;
+                Claimed::Mismatch
+            }
+            RawClaim::Held(r) if matches!(r.state, State::Accepted | State::Failed) => {
+                self.verify(&r).await?;
+                if r.state == State::Accepted {
+                    Claimed::Accepted(r)
+                } else {
+                    Claimed::Failed(r)
+                }
+            }
             RawClaim::Held(_) => Claimed::Busy,
         })
     }
 
-    fn lease_on(self: &Arc<Self>, token: &str) -> Lease {
-        let (journal, token2) = (self.clone(), token.to_string());
+    /// A lease on `entry`'s record, with the body and its making when one was committed.
+    fn lease_on(
+        self: &Arc<Self>,
+        entry: Arc<Entry>,
+        sent: Option<(Arc<Zeroizing<Vec<u8>>>, Made)>,
+    ) -> Lease {
+        let (journal, token2) = (self.clone(), entry.token.clone());
         // Renewed at a third of its life while the call holds it.
         let heartbeat = tokio::spawn(async move {
             let every = journal.lease / 3;
@@ -368,9 +557,15 @@ impl Journal {
                 }
             }
         });
+        let (body, made) = match sent {
+            Some((b, m)) => (Some(b), m),
+            None => (None, Made::default()),
+        };
         Lease {
             journal: self.clone(),
-            token: token.to_string(),
+            entry,
+            body,
+            made,
             heartbeat,
             finished: false,
         }
@@ -452,20 +647,44 @@ impl Journal {
 
 /// This call's claim on a record. Renewed while held; dropped without [`Lease::finish`]
 /// (the wrap failed, or the call gave up before sending), it is freed, and a record with
-/// no body is deleted.
+/// no body is deleted. It knows what the record holds, to make the MAC of each write.
 pub struct Lease {
     journal: Arc<Journal>,
-    token: String,
+    entry: Arc<Entry>,
+    /// The committed body, once there is one.
+    body: Option<Arc<Zeroizing<Vec<u8>>>>,
+    made: Made,
     heartbeat: tokio::task::JoinHandle<()>,
     finished: bool,
 }
 
 impl Lease {
     /// Commits the body before its first send.
-    pub async fn prepare(&self, body: &[u8], made: &Made) -> Result<(), JournalError> {
+    pub async fn prepare(
+        &mut self,
+        body: Arc<Zeroizing<Vec<u8>>>,
+        made: &Made,
+    ) -> Result<(), JournalError> {
         let j = &self.journal;
-        match j.health(j.backend.prepare(&self.token, &j.owner, body, made).await)? {
-            true => Ok(()),
+        let mac = j
+            .mac(&Sealed {
+                entry: &self.entry,
+                state: State::Prepared,
+                body: Some(body.as_slice()),
+                made,
+                created_id: None,
+                answer: None,
+                opc_request_id: None,
+                failure: None,
+            })
+            .await?;
+        let token = &self.entry.token;
+        match j.health(j.backend.prepare(token, &j.owner, &body, made, &mac).await)? {
+            true => {
+                self.body = Some(body);
+                self.made = made.clone();
+                Ok(())
+            }
             false => Err(JournalError::LeaseLost),
         }
     }
@@ -474,11 +693,17 @@ impl Lease {
     /// caller, and a retry re-sends the same bytes, which OCI answers the same way).
     pub async fn finish(mut self, outcome: &Outcome) {
         self.heartbeat.abort();
-        let j = &self.journal;
-        match j.health(j.backend.finish(&self.token, outcome).await) {
+        let j = self.journal.clone();
+        let token = &self.entry.token;
+        let body = self.body.as_deref().map(|b| b.as_slice());
+        let written = match j.mac(&outcome.sealed(&self.entry, body, &self.made)).await {
+            Ok(mac) => j.health(j.backend.finish(token, outcome, &mac).await),
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(()) => self.finished = true,
             Err(e) => {
-                tracing::error!(token = %self.token, "OCI's answer could not be recorded: {e}")
+                tracing::error!(token = %token, "OCI's answer could not be recorded: {e}")
             }
         }
     }
@@ -490,10 +715,10 @@ impl Drop for Lease {
         if self.finished {
             return;
         }
-        let (journal, token) = (self.journal.clone(), std::mem::take(&mut self.token));
+        let (journal, token) = (self.journal.clone(), self.entry.token.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = journal.backend.release(&token, &journal.owner).await {
+                if let Err(e) = journal.backend.release(&token, &journal.owner, true).await {
                     tracing::warn!(%token, "freeing an import's claim (it expires by itself): {e}");
                 }
             });
@@ -512,7 +737,9 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) const COLUMNS: &str = "token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, \
      source_key_label, source_key_id_hex, mode, wrapping_key_sha256, created_id, answer, opc_request_id, \
      failure_status, failure_code, failure_message, lease_owner, lease_until, created_at, updated_at, \
-     length(body)";
+     length(body), mac";
+/// The column of the body when it is selected after [`COLUMNS`].
+pub(crate) const BODY_COLUMN: usize = 25;
 
 #[cfg(test)]
 mod tests;

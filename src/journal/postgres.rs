@@ -2,20 +2,29 @@
 //! (no transaction spans a round trip), so one connection serves concurrent imports; it is
 //! opened on first use, and again after it breaks. Times are the server's clock, so
 //! replicas' clocks do not decide leases. The password comes from `journal.password_file`,
-//! read at each connect; off loopback the connection uses TLS and verifies the server.
+//! read at each connect.
+//!
+//! The network path: with `journal.ca_file` (required off loopback and Unix sockets) the
+//! connection must be TLS (`sslmode=require`, whatever the URL says; a server that answers
+//! "no TLS" gets nothing), the server's certificate must chain to that CA and name the
+//! host, and SCRAM binds itself to the TLS channel when the server offers it. Without TLS
+//! (loopback or a Unix socket, no `ca_file`) the password is given only to SCRAM-SHA-256:
+//! a server that asks for it in clear text or as MD5 (a local process posing as the
+//! server) is refused before anything is sent.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 use zeroize::Zeroizing;
 
 use super::{
-    Backend, BoxFuture, COLUMNS, Entry, Failure, JournalError, Made, Outcome, RawClaim, Record,
-    State,
+    BODY_COLUMN, Backend, BoxFuture, COLUMNS, Entry, Failure, JournalError, Made, Outcome,
+    RawClaim, Record, State,
 };
 
 /// The server's time, in milliseconds since the epoch.
@@ -50,9 +59,13 @@ CREATE TABLE IF NOT EXISTS hsm_bridge_imports (
     lease_owner TEXT,
     lease_until BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL
+    updated_at BIGINT NOT NULL,
+    mac BYTEA
 );
 CREATE INDEX IF NOT EXISTS hsm_bridge_imports_created ON hsm_bridge_imports (created_at);
+-- A journal made before records carried a MAC gets the column; its old records, without
+-- one, are refused when used (and expire).
+ALTER TABLE hsm_bridge_imports ADD COLUMN IF NOT EXISTS mac BYTEA;
 ";
 
 pub struct Postgres {
@@ -66,9 +79,14 @@ fn unavailable(e: impl std::fmt::Display) -> JournalError {
     JournalError::Unavailable(e.to_string())
 }
 
+/// A client library error with its causes ("error communicating with the server" says
+/// nothing; the reason is below it).
+fn pg_error(e: tokio_postgres::Error) -> JournalError {
+    JournalError::Unavailable(format!("{e}{}", crate::error::causes(&e)))
+}
+
 /// Where the journal is, for logs: user, hosts, database; never a password.
 pub fn describe(pg: &tokio_postgres::Config) -> String {
-    use tokio_postgres::config::Host;
     let hosts: Vec<String> = pg
         .get_hosts()
         .iter()
@@ -118,6 +136,9 @@ impl Postgres {
         }
         let client = match &self.tls {
             Some(tls) => {
+                // Never `prefer`: a server (or a man in the middle) that says "no TLS"
+                // must not get a password in clear.
+                cfg.ssl_mode(SslMode::Require);
                 let (client, conn) = timed(cfg.connect(tls.clone())).await?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -127,7 +148,11 @@ impl Postgres {
                 client
             }
             None => {
-                let (client, conn) = timed(cfg.connect(NoTls)).await?;
+                let stream = match tokio::time::timeout(TIMEOUT, local_stream(&cfg)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(unavailable("no answer within 5 s")),
+                };
+                let (client, conn) = timed(cfg.connect_raw(stream, NoTls)).await?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::warn!("journal connection closed: {e}");
@@ -158,7 +183,7 @@ impl Postgres {
                 if c.is_closed() || e.is_closed() {
                     *self.client.lock().await = None;
                 }
-                Err(unavailable(e))
+                Err(pg_error(e))
             }
             Err(_) => {
                 *self.client.lock().await = None;
@@ -172,8 +197,222 @@ async fn timed<T>(
     f: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, JournalError> {
     match tokio::time::timeout(TIMEOUT, f).await {
-        Ok(r) => r.map_err(unavailable),
+        Ok(r) => r.map_err(pg_error),
         Err(_) => Err(unavailable("no answer within 5 s")),
+    }
+}
+
+/// A plain-text connection to the first of the URL's hosts that answers (loopback or a
+/// Unix socket: the config allows nothing else without TLS), with [`ScramOnly`] on it.
+async fn local_stream(cfg: &tokio_postgres::Config) -> Result<ScramOnly<Local>, JournalError> {
+    let ports = cfg.get_ports();
+    let port = |i: usize| match ports {
+        [] => 5432,
+        [p] => *p,
+        many => many.get(i).copied().unwrap_or(5432),
+    };
+    let mut last = String::from("journal.url names no host");
+    let addrs = cfg.get_hostaddrs();
+    for (i, host) in cfg.get_hosts().iter().enumerate() {
+        let r = match (addrs.get(i), host) {
+            (Some(ip), _) => tokio::net::TcpStream::connect((*ip, port(i)))
+                .await
+                .map(Local::Tcp),
+            (None, Host::Tcp(name)) => tokio::net::TcpStream::connect((name.as_str(), port(i)))
+                .await
+                .map(Local::Tcp),
+            (None, Host::Unix(dir)) => {
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", port(i))))
+                    .await
+                    .map(Local::Unix)
+            }
+        };
+        match r {
+            Ok(s) => {
+                if let Local::Tcp(t) = &s {
+                    let _ = t.set_nodelay(true);
+                }
+                return Ok(ScramOnly::new(s));
+            }
+            Err(e) => last = format!("{host:?}: {e}"),
+        }
+    }
+    Err(unavailable(last))
+}
+
+/// A socket to a server on this machine.
+enum Local {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Reads the server's messages until it has accepted the login, and fails the connection
+/// (before the client can answer) if the server asks for the password in clear text or
+/// as MD5: without TLS, the password goes only to SCRAM-SHA-256, which never reveals it.
+struct ScramOnly<S> {
+    io: S,
+    /// Message header bytes seen so far (type and length).
+    header: [u8; 5],
+    have: usize,
+    /// Bytes left of the current message's body, and its type.
+    left: usize,
+    kind: u8,
+    /// The authentication code of an 'R' message, as it arrives.
+    code: [u8; 4],
+    have_code: usize,
+    /// The login is done: nothing more is looked at.
+    done: bool,
+}
+
+impl<S> ScramOnly<S> {
+    fn new(io: S) -> ScramOnly<S> {
+        ScramOnly {
+            io,
+            header: [0; 5],
+            have: 0,
+            left: 0,
+            kind: 0,
+            code: [0; 4],
+            have_code: 0,
+            done: false,
+        }
+    }
+
+    /// Looks at bytes the server sent; an error names what it asked for.
+    fn inspect(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !self.done && !bytes.is_empty() {
+            if self.left == 0 && self.have < 5 {
+                let n = (5 - self.have).min(bytes.len());
+                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have == 5 {
+                    let len = u32::from_be_bytes(self.header[1..5].try_into().expect("4 bytes"));
+                    if len < 4 {
+                        return Err(std::io::Error::other("the server sent a malformed message"));
+                    }
+                    self.kind = self.header[0];
+                    self.left = len as usize - 4;
+                    self.have_code = 0;
+                    if self.left == 0 {
+                        self.have = 0;
+                    }
+                }
+                continue;
+            }
+            let n = self.left.min(bytes.len());
+            if self.kind == b'R' && self.have_code < 4 {
+                let k = (4 - self.have_code).min(n);
+                self.code[self.have_code..self.have_code + k].copy_from_slice(&bytes[..k]);
+                self.have_code += k;
+                if self.have_code == 4 {
+                    match u32::from_be_bytes(self.code) {
+                        0 => self.done = true,
+                        3 => return Err(refused_auth("in clear text")),
+                        5 => return Err(refused_auth("as an MD5 hash")),
+                        _ => {}
+                    }
+                }
+            }
+            self.left -= n;
+            bytes = &bytes[n..];
+            if self.left == 0 {
+                self.have = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn refused_auth(how: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "the server asked for the journal's password {how}; without TLS hsm-bridge gives it only to SCRAM-SHA-256 (set password_encryption = scram-sha-256 and the pg_hba.conf method scram-sha-256, or use TLS with journal.ca_file)"
+        ),
+    )
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ScramOnly<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let me = &mut *self;
+        match std::pin::Pin::new(&mut me.io).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) => {
+                std::task::Poll::Ready(me.inspect(&buf.filled()[before..]))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ScramOnly<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tokio::io::AsyncRead for Local {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Local::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Local::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Local {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Local::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Local::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Local::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Local::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Local::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Local::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
     }
 }
 
@@ -216,74 +455,102 @@ fn tls(ca: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect,
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(cfg))
 }
 
-fn record(r: &Row, with_body: bool) -> Result<Record, tokio_postgres::Error> {
-    let state: String = r.try_get(8)?;
-    let failure = r.try_get::<_, Option<i64>>(16)?.map(|status| Failure {
-        status: status as u16,
-        code: r.get::<_, Option<String>>(17).unwrap_or_default(),
-        message: r.get::<_, Option<String>>(18).unwrap_or_default(),
-    });
-    Ok(Record {
-        token: r.try_get(0)?,
-        caller: r.try_get(1)?,
-        idempotency_key: r.try_get(2)?,
-        operation: r.try_get(3)?,
-        target: r.try_get(4)?,
-        endpoint: r.try_get(5)?,
-        algorithm: r.try_get(6)?,
-        digest: r.try_get(7)?,
-        // an unknown state reads as unknown: a retry re-sends, which is always safe
-        state: State::parse(&state).unwrap_or(State::Unknown),
-        made: Made {
-            source_key_label: r.try_get(9)?,
-            source_key_id_hex: r.try_get(10)?,
-            mode: r.try_get(11)?,
-            wrapping_key_sha256: r.try_get(12)?,
-        },
-        created_id: r.try_get(13)?,
-        answer: r.try_get(14)?,
-        opc_request_id: r.try_get(15)?,
-        failure,
-        lease_owner: r.try_get(19)?,
-        lease_until_ms: r.try_get(20)?,
-        created_at_ms: r.try_get(21)?,
-        updated_at_ms: r.try_get(22)?,
-        body_bytes: r.try_get::<_, Option<i32>>(23)?.map(|n| n as u64),
-        body: if with_body {
-            r.try_get::<_, Option<Vec<u8>>>(24)?
-                .map(|b| Arc::new(Zeroizing::new(b)))
-        } else {
-            None
-        },
-    })
+/// A row as a record; a row this code did not write (a state it does not know, a value
+/// of the wrong type) is an error, never a guess.
+fn record(r: &Row, with_body: bool) -> Result<Record, JournalError> {
+    let bad =
+        |e: tokio_postgres::Error| unavailable(format!("a journal record cannot be read: {e}"));
+    let state: String = r.try_get(8).map_err(bad)?;
+    let failure = match r.try_get::<_, Option<i64>>(16).map_err(bad)? {
+        Some(status) => Some(Failure {
+            status: u16::try_from(status)
+                .map_err(|_| unavailable(format!("a journal record has the status {status}")))?,
+            code: r
+                .try_get::<_, Option<String>>(17)
+                .map_err(bad)?
+                .unwrap_or_default(),
+            message: r
+                .try_get::<_, Option<String>>(18)
+                .map_err(bad)?
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
+    let rec = || -> Result<Record, tokio_postgres::Error> {
+        Ok(Record {
+            token: r.try_get(0)?,
+            caller: r.try_get(1)?,
+            idempotency_key: r.try_get(2)?,
+            operation: r.try_get(3)?,
+            target: r.try_get(4)?,
+            endpoint: r.try_get(5)?,
+            algorithm: r.try_get(6)?,
+            digest: r.try_get(7)?,
+            state: State::Claimed,
+            made: Made {
+                source_key_label: r.try_get(9)?,
+                source_key_id_hex: r.try_get(10)?,
+                mode: r.try_get(11)?,
+                wrapping_key_sha256: r.try_get(12)?,
+            },
+            created_id: r.try_get(13)?,
+            answer: r.try_get(14)?,
+            opc_request_id: r.try_get(15)?,
+            failure: None,
+            lease_owner: r.try_get(19)?,
+            lease_until_ms: r.try_get(20)?,
+            created_at_ms: r.try_get(21)?,
+            updated_at_ms: r.try_get(22)?,
+            body_bytes: r.try_get::<_, Option<i32>>(23)?.map(|n| n as u64),
+            mac: r.try_get(24)?,
+            body: if with_body {
+                r.try_get::<_, Option<Vec<u8>>>(BODY_COLUMN)?
+                    .map(|b| Arc::new(Zeroizing::new(b)))
+            } else {
+                None
+            },
+        })
+    };
+    let mut rec = rec().map_err(bad)?;
+    rec.state = State::parse(&state)?;
+    rec.failure = failure;
+    Ok(rec)
+}
+
+/// What the claim statements found, before it is read as records.
+enum Found {
+    Inserted,
+    Taken(Row),
+    Held(Row),
 }
 
 impl Backend for Postgres {
     fn claim<'a>(
         &'a self,
         e: &'a Entry,
+        mac: &'a [u8],
         owner: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<RawClaim, JournalError>> {
         Box::pin(async move {
             let lease_ms = lease.as_millis() as i64;
             let digest = &e.digest[..];
-            self.with(async |c| {
+            let found = self.with(async |c| {
                 // A record released (deleted) between the statements is free again: the next
                 // round inserts it, or finds whoever did.
                 loop {
                     let inserted = c
                         .execute(
                             &format!(
-                                "INSERT INTO hsm_bridge_imports (token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, lease_owner, lease_until, created_at, updated_at)
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'claimed', $9, {NOW} + $10, {NOW}, {NOW})
+                                "INSERT INTO hsm_bridge_imports (token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, lease_owner, lease_until, created_at, updated_at, mac)
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'claimed', $9, {NOW} + $10, {NOW}, {NOW}, $11)
                                  ON CONFLICT (token) DO NOTHING"
                             ),
-                            &[&e.token, &e.caller, &e.idempotency_key, &e.operation, &e.target, &e.endpoint, &e.algorithm, &digest, &owner, &lease_ms],
+                            &[&e.token, &e.caller, &e.idempotency_key, &e.operation, &e.target, &e.endpoint, &e.algorithm, &digest, &owner, &lease_ms, &mac],
                         )
                         .await?;
                     if inserted == 1 {
-                        return Ok(RawClaim::Inserted);
+                        return Ok(Found::Inserted);
                     }
                     let taken = c
                         .query_opt(
@@ -297,20 +564,25 @@ impl Backend for Postgres {
                         )
                         .await?;
                     if let Some(row) = taken {
-                        return Ok(RawClaim::Taken(record(&row, true)?));
+                        return Ok(Found::Taken(row));
                     }
                     let held = c
                         .query_opt(
-                            &format!("SELECT {COLUMNS} FROM hsm_bridge_imports WHERE token = $1"),
+                            &format!("SELECT {COLUMNS}, body FROM hsm_bridge_imports WHERE token = $1"),
                             &[&e.token],
                         )
                         .await?;
                     if let Some(row) = held {
-                        return Ok(RawClaim::Held(record(&row, false)?));
+                        return Ok(Found::Held(row));
                     }
                 }
             })
-            .await
+            .await?;
+            Ok(match found {
+                Found::Inserted => RawClaim::Inserted,
+                Found::Taken(row) => RawClaim::Taken(record(&row, true)?),
+                Found::Held(row) => RawClaim::Held(record(&row, true)?),
+            })
         })
     }
 
@@ -320,6 +592,7 @@ impl Backend for Postgres {
         owner: &'a str,
         body: &'a [u8],
         made: &'a Made,
+        mac: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, JournalError>> {
         Box::pin(async move {
             self.with(async |c| {
@@ -327,10 +600,10 @@ impl Backend for Postgres {
                     .execute(
                         &format!(
                             "UPDATE hsm_bridge_imports SET body = $3, state = 'prepared', source_key_label = $4, source_key_id_hex = $5,
-                                 mode = $6, wrapping_key_sha256 = $7, updated_at = {NOW}
+                                 mode = $6, wrapping_key_sha256 = $7, mac = $8, updated_at = {NOW}
                              WHERE token = $1 AND lease_owner = $2 AND body IS NULL"
                         ),
-                        &[&token, &owner, &body, &made.source_key_label, &made.source_key_id_hex, &made.mode, &made.wrapping_key_sha256],
+                        &[&token, &owner, &body, &made.source_key_label, &made.source_key_id_hex, &made.mode, &made.wrapping_key_sha256, &mac],
                     )
                     .await?;
                 Ok(n == 1)
@@ -364,13 +637,14 @@ impl Backend for Postgres {
         &'a self,
         token: &'a str,
         outcome: &'a Outcome,
+        mac: &'a [u8],
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
             let (sql, v) = super::sqlite::finish_values(outcome);
             // The same statement as SQLite's, in PostgreSQL's placeholders and clock.
-            let sql = sql.replace("?9", NOW).replace('?', "$");
-            let params: [&(dyn ToSql + Sync); 8] =
-                [&token, &v.0, &v.1, &v.2, &v.3, &v.4, &v.5, &v.6];
+            let sql = sql.replace("?10", NOW).replace('?', "$");
+            let params: [&(dyn ToSql + Sync); 9] =
+                [&token, &v.0, &v.1, &v.2, &v.3, &v.4, &v.5, &v.6, &mac];
             self.with(async |c| c.execute(&sql, &params).await.map(|_| ()))
                 .await
         })
@@ -380,14 +654,17 @@ impl Backend for Postgres {
         &'a self,
         token: &'a str,
         owner: &'a str,
+        delete_unsent: bool,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
             self.with(async |c| {
-                c.execute(
-                    "DELETE FROM hsm_bridge_imports WHERE token = $1 AND lease_owner = $2 AND body IS NULL",
-                    &[&token, &owner],
-                )
-                .await?;
+                if delete_unsent {
+                    c.execute(
+                        "DELETE FROM hsm_bridge_imports WHERE token = $1 AND lease_owner = $2 AND body IS NULL",
+                        &[&token, &owner],
+                    )
+                    .await?;
+                }
                 c.execute(
                     "UPDATE hsm_bridge_imports SET lease_owner = NULL, lease_until = 0 WHERE token = $1 AND lease_owner = $2",
                     &[&token, &owner],
@@ -411,31 +688,31 @@ impl Backend for Postgres {
                 String::new()
             };
             let limit = limit as i64;
-            self.with(async |c| {
-                let rows = c
-                    .query(
+            let rows = self
+                .with(async |c| {
+                    c.query(
                         &format!("SELECT {COLUMNS} FROM hsm_bridge_imports {filter} ORDER BY created_at DESC LIMIT $1"),
                         &[&limit],
                     )
-                    .await?;
-                rows.iter().map(|r| record(r, false)).collect()
-            })
-            .await
+                    .await
+                })
+                .await?;
+            rows.iter().map(|r| record(r, false)).collect()
         })
     }
 
     fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
         Box::pin(async move {
-            self.with(async |c| {
-                let row = c
-                    .query_opt(
+            let row = self
+                .with(async |c| {
+                    c.query_opt(
                         &format!("SELECT {COLUMNS} FROM hsm_bridge_imports WHERE token = $1"),
                         &[&token],
                     )
-                    .await?;
-                row.map(|r| record(&r, false)).transpose()
-            })
-            .await
+                    .await
+                })
+                .await?;
+            row.map(|r| record(&r, false)).transpose()
         })
     }
 
@@ -451,5 +728,58 @@ impl Backend for Postgres {
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn auth(code: u32, rest: &[u8]) -> Vec<u8> {
+        let mut b = code.to_be_bytes().to_vec();
+        b.extend_from_slice(rest);
+        msg(b'R', &b)
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes.
+    fn feed(stream: &[u8], step: usize) -> std::io::Result<bool> {
+        let mut g = ScramOnly::new(());
+        for piece in stream.chunks(step) {
+            g.inspect(piece)?;
+        }
+        Ok(g.done)
+    }
+
+    #[test]
+    fn only_scram_gets_the_password_without_tls() {
+        let scram = [
+            auth(10, b"SCRAM-SHA-256\0\0"),
+            auth(11, b"r=nonce,s=salt,i=4096"),
+            auth(12, b"v=proof"),
+            auth(0, b""),
+            msg(b'S', b"server_version\x0015\0"),
+            // after the login, nothing is looked at
+            auth(3, b""),
+        ]
+        .concat();
+        for step in [1, 2, 3, 7, 1000] {
+            assert!(feed(&scram, step).unwrap(), "step {step}");
+        }
+        for (code, how) in [(3, "clear text"), (5, "MD5")] {
+            let asked = [msg(b'N', b"notice"), auth(code, b"salt")].concat();
+            for step in [1, 3, 1000] {
+                let e = feed(&asked, step).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+                assert!(e.to_string().contains(how), "{e}");
+            }
+        }
+        assert!(feed(&[b'R', 0, 0, 0, 2], 1).is_err(), "a length below 4");
     }
 }

@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use zeroize::Zeroizing;
 
 use super::{
-    Backend, BoxFuture, COLUMNS, Entry, Failure, JournalError, Made, Outcome, RawClaim, Record,
-    State, now_ms,
+    BODY_COLUMN, Backend, BoxFuture, COLUMNS, Entry, Failure, JournalError, Made, Outcome,
+    RawClaim, Record, State, now_ms,
 };
 
 const SCHEMA: &str = "
@@ -41,10 +41,15 @@ CREATE TABLE IF NOT EXISTS hsm_bridge_imports (
     lease_owner TEXT,
     lease_until INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    mac BLOB
 );
 CREATE INDEX IF NOT EXISTS hsm_bridge_imports_created ON hsm_bridge_imports (created_at);
 ";
+
+/// A journal made before records carried a MAC gets the column; its old records, without
+/// one, are refused when used (and expire).
+const ADD_MAC: &str = "ALTER TABLE hsm_bridge_imports ADD COLUMN mac BLOB";
 
 pub struct Sqlite {
     path: PathBuf,
@@ -120,6 +125,16 @@ fn open(path: &Path) -> Result<Connection, JournalError> {
     c.execute_batch("PRAGMA synchronous=FULL;")
         .map_err(|e| at(&e))?;
     c.execute_batch(SCHEMA).map_err(|e| at(&e))?;
+    let has_mac: bool = c
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('hsm_bridge_imports') WHERE name = 'mac'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n == 1),
+        )
+        .map_err(|e| at(&e))?;
+    if !has_mac {
+        c.execute_batch(ADD_MAC).map_err(|e| at(&e))?;
+    }
     Ok(c)
 }
 
@@ -160,6 +175,7 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         created_at_ms: r.get(21)?,
         updated_at_ms: r.get(22)?,
         body_bytes: r.get::<_, Option<i64>>(23)?.map(|n| n as u64),
+        mac: r.get(24)?,
         body: None,
     })
 }
@@ -173,7 +189,7 @@ fn select_one(c: &Connection, token: &str, with_body: bool) -> rusqlite::Result<
             let mut rec = record(r)?;
             if with_body {
                 rec.body = r
-                    .get::<_, Option<Vec<u8>>>(24)?
+                    .get::<_, Option<Vec<u8>>>(BODY_COLUMN)?
                     .map(|b| Arc::new(Zeroizing::new(b)));
             }
             Ok(rec)
@@ -186,19 +202,20 @@ impl Backend for Sqlite {
     fn claim<'a>(
         &'a self,
         entry: &'a Entry,
+        mac: &'a [u8],
         owner: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<RawClaim, JournalError>> {
-        let (e, owner) = (entry.clone(), owner.to_string());
+        let (e, owner, mac) = (entry.clone(), owner.to_string(), mac.to_vec());
         self.run(move |c| {
             let now = now_ms();
             let until = now + lease.as_millis() as i64;
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let inserted = tx.execute(
-                "INSERT INTO hsm_bridge_imports (token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, lease_owner, lease_until, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'claimed', ?9, ?10, ?11, ?11)
+                "INSERT INTO hsm_bridge_imports (token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, lease_owner, lease_until, created_at, updated_at, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'claimed', ?9, ?10, ?11, ?11, ?12)
                  ON CONFLICT (token) DO NOTHING",
-                params![e.token, e.caller, e.idempotency_key, e.operation, e.target, e.endpoint, e.algorithm, &e.digest[..], owner, until, now],
+                params![e.token, e.caller, e.idempotency_key, e.operation, e.target, e.endpoint, e.algorithm, &e.digest[..], owner, until, now, mac],
             )?;
             let out = if inserted == 1 {
                 RawClaim::Inserted
@@ -209,7 +226,7 @@ impl Backend for Sqlite {
                        AND (lease_owner IS NULL OR lease_until < ?4)",
                     params![e.token, owner, until, now, &e.digest[..]],
                 )?;
-                match select_one(&tx, &e.token, taken == 1)? {
+                match select_one(&tx, &e.token, true)? {
                     Some(r) if taken == 1 => RawClaim::Taken(r),
                     Some(r) => RawClaim::Held(r),
                     // deleted between the two statements: impossible inside the transaction
@@ -227,15 +244,16 @@ impl Backend for Sqlite {
         owner: &'a str,
         body: &'a [u8],
         made: &'a Made,
+        mac: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, JournalError>> {
         let (token, owner, made) = (token.to_string(), owner.to_string(), made.clone());
-        let body = Zeroizing::new(body.to_vec());
+        let (body, mac) = (Zeroizing::new(body.to_vec()), mac.to_vec());
         self.run(move |c| {
             let n = c.execute(
                 "UPDATE hsm_bridge_imports SET body = ?3, state = 'prepared', source_key_label = ?4, source_key_id_hex = ?5,
-                     mode = ?6, wrapping_key_sha256 = ?7, updated_at = ?8
+                     mode = ?6, wrapping_key_sha256 = ?7, updated_at = ?8, mac = ?9
                  WHERE token = ?1 AND lease_owner = ?2 AND body IS NULL",
-                params![token, owner, &body[..], made.source_key_label, made.source_key_id_hex, made.mode, made.wrapping_key_sha256, now_ms()],
+                params![token, owner, &body[..], made.source_key_label, made.source_key_id_hex, made.mode, made.wrapping_key_sha256, now_ms(), mac],
             )?;
             Ok(n == 1)
         })
@@ -261,8 +279,9 @@ impl Backend for Sqlite {
         &'a self,
         token: &'a str,
         outcome: &'a Outcome,
+        mac: &'a [u8],
     ) -> BoxFuture<'a, Result<(), JournalError>> {
-        let token = token.to_string();
+        let (token, mac) = (token.to_string(), mac.to_vec());
         let (sql, values) = finish_values(outcome);
         self.run(move |c| {
             c.execute(
@@ -276,6 +295,7 @@ impl Backend for Sqlite {
                     values.4,
                     values.5,
                     values.6,
+                    mac,
                     now_ms()
                 ],
             )?;
@@ -287,14 +307,17 @@ impl Backend for Sqlite {
         &'a self,
         token: &'a str,
         owner: &'a str,
+        delete_unsent: bool,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         let (token, owner) = (token.to_string(), owner.to_string());
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "DELETE FROM hsm_bridge_imports WHERE token = ?1 AND lease_owner = ?2 AND body IS NULL",
-                params![token, owner],
-            )?;
+            if delete_unsent {
+                tx.execute(
+                    "DELETE FROM hsm_bridge_imports WHERE token = ?1 AND lease_owner = ?2 AND body IS NULL",
+                    params![token, owner],
+                )?;
+            }
             tx.execute(
                 "UPDATE hsm_bridge_imports SET lease_owner = NULL, lease_until = 0 WHERE token = ?1 AND lease_owner = ?2",
                 params![token, owner],
@@ -340,7 +363,7 @@ impl Backend for Sqlite {
 }
 
 /// The `finish` statement for `outcome` and its values after the token: state, created id,
-/// answer, opc-request-id, failure status, code, message (then the time). An accepted
+/// answer, opc-request-id, failure status, code, message (then the MAC and the time). An accepted
 /// answer replaces anything; a failure or an unknown one never an accepted one.
 #[allow(clippy::type_complexity)]
 pub(super) fn finish_values(
@@ -358,10 +381,10 @@ pub(super) fn finish_values(
     ),
 ) {
     const ANY: &str = "UPDATE hsm_bridge_imports SET state = ?2, created_id = ?3, answer = ?4, opc_request_id = ?5,
-             failure_status = ?6, failure_code = ?7, failure_message = ?8, lease_owner = NULL, lease_until = 0, updated_at = ?9
+             failure_status = ?6, failure_code = ?7, failure_message = ?8, lease_owner = NULL, lease_until = 0, mac = ?9, updated_at = ?10
          WHERE token = ?1";
     const UNLESS_ACCEPTED: &str = "UPDATE hsm_bridge_imports SET state = ?2, created_id = ?3, answer = ?4, opc_request_id = ?5,
-             failure_status = ?6, failure_code = ?7, failure_message = ?8, lease_owner = NULL, lease_until = 0, updated_at = ?9
+             failure_status = ?6, failure_code = ?7, failure_message = ?8, lease_owner = NULL, lease_until = 0, mac = ?9, updated_at = ?10
          WHERE token = ?1 AND state <> 'accepted'";
     match outcome {
         Outcome::Accepted {

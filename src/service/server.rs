@@ -50,6 +50,9 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     // Opened before the runtime starts threads: the module's environment is set here.
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
+    // Without the key that authenticates its records, the journal could be made to send
+    // what a database writer chose: no start.
+    journal.set_key(crate::journal::Journal::key_from(&cfg.journal, &hsm)?);
     tracing::info!(memory = %crate::hardening::memory_report(), "secrets");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

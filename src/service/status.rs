@@ -40,7 +40,8 @@ pub fn code(e: &HsmError) -> Code {
         | HsmError::Pin(_)
         | HsmError::Down(_)
         | HsmError::Random(_)
-        | HsmError::SelfTest(_) => Code::Unavailable,
+        | HsmError::SelfTest(_)
+        | HsmError::RecordKey(_) => Code::Unavailable,
     }
 }
 
@@ -92,6 +93,9 @@ pub fn import(e: &ImportError) -> Status {
         ImportError::Body(m) => Status::internal(m.clone()),
         ImportError::Journal(JournalError::Unavailable(_)) => Status::unavailable(e.to_string()),
         ImportError::Journal(JournalError::LeaseLost) => Status::aborted(e.to_string()),
+        ImportError::Journal(JournalError::NoKey(_)) => Status::unavailable(e.to_string()),
+        // Not the caller's fault, and no retry mends it: an operator must look at the record.
+        ImportError::Journal(JournalError::Forged { .. }) => Status::data_loss(e.to_string()),
     }
 }
 

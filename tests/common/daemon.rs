@@ -231,6 +231,38 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The metrics listener's address, from the daemon's log.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log_text();
+        log.lines()
+            .find(|l| l.contains("metrics listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no metrics listener in the log: {log}"))
+    }
+
+    /// GET /metrics on the daemon's metrics listener: the body.
+    pub async fn scrape_metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(self.metrics_addr())
+            .await
+            .unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        out.split_once("\r\n\r\n").unwrap().1.to_string()
+    }
+}
+
+/// The value of the sample `name{labels}` (labels in the exporter's order), 0 if absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 impl Drop for Daemon {

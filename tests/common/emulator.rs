@@ -141,6 +141,34 @@ impl Emulator {
         keys: &[&str],
         enable_after_ms: u64,
     ) -> Emulator {
+        Self::start_full(dir, api_keys, keys, enable_after_ms, None)
+    }
+
+    /// As [`Emulator::start_with`], the vault's wrapping key being `wrapping_private_pem`
+    /// (so that a test can wrap for it as anyone could with the public half).
+    pub fn start_with_wrapping_key(
+        dir: &Path,
+        api_keys: &[&Path],
+        keys: &[&str],
+        enable_after_ms: u64,
+        wrapping_private_pem: &Path,
+    ) -> Emulator {
+        Self::start_full(
+            dir,
+            api_keys,
+            keys,
+            enable_after_ms,
+            Some(wrapping_private_pem),
+        )
+    }
+
+    fn start_full(
+        dir: &Path,
+        api_keys: &[&Path],
+        keys: &[&str],
+        enable_after_ms: u64,
+        wrapping_key: Option<&Path>,
+    ) -> Emulator {
         let c = certs();
         let enable_after_ms = enable_after_ms.to_string();
         let mut cmd = Command::new(binary());
@@ -157,6 +185,9 @@ impl Emulator {
         .arg(c.join("server.key"));
         for k in api_keys {
             cmd.arg("--api-key").arg(k);
+        }
+        if let Some(w) = wrapping_key {
+            cmd.arg("--wrapping-key").arg(w);
         }
         for k in keys {
             cmd.args(["--key", k]);

@@ -318,9 +318,33 @@ fn make_fixture(kind: TokenKind, module: String) -> Fixture {
     }
     generate_pair(&fx, "rsa:1024", "test-rsa-1024", "2004");
     generate_pair(&fx, "EC:prime256v1", "test-ec-p256", "4001");
+    make_record_key(&fx, RECORD_KEY);
 
     write_config(&fx, "hsm-bridge.toml", |c| c);
     fx
+}
+
+/// The label of the import journal's record key (the daemon's default).
+pub const RECORD_KEY: &str = "hsm-bridge-journal-mac";
+
+/// A generic secret key for the import journal's record MACs, generated inside the token:
+/// sensitive, private, not extractable, as `softhsm-setup.sh` makes it.
+pub fn make_record_key(fx: &Fixture, label: &str) {
+    p11_ok(
+        fx,
+        &[
+            "--keygen",
+            "--key-type",
+            "GENERIC:32",
+            "--label",
+            label,
+            "--id",
+            "0f01",
+            "--sensitive",
+            "--private",
+            "--usage-sign",
+        ],
+    );
 }
 
 /// A key pair generated inside the token; the private key extractable and sensitive.

@@ -5,6 +5,7 @@
 //! stopped when the test is done. The journal's user has a password (scram-sha-256 over
 //! TCP), in a file the daemon reads; the test itself administers through the socket.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -22,6 +23,8 @@ pub struct Postgres {
     data: PathBuf,
     socket: PathBuf,
     run_as: Option<String>,
+    /// TLS on (`start_tls`): the server's certificate and key, in its data folder.
+    tls: bool,
 }
 
 /// The newest installed server's binaries, if any.
@@ -44,6 +47,22 @@ impl Postgres {
     /// saying how to install them; `HSM_BRIDGE_SKIP_POSTGRES=1` turns that into a skip that
     /// the test run prints (`.ci/run` never sets it).
     pub fn start(name: &str) -> Option<Postgres> {
+        Self::start_with(name, None)
+    }
+
+    /// As [`Postgres::start`], with TLS on: `cert` and `key` (PEM) are the server's.
+    pub fn start_tls(
+        name: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Option<Postgres> {
+        Self::start_with(name, Some((cert, key)))
+    }
+
+    fn start_with(
+        name: &str,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             let msg = "PostgreSQL server binaries missing (/usr/lib/postgresql/*/bin/initdb): run ./softhsm-setup.sh --with-postgres";
             if std::env::var("HSM_BRIDGE_SKIP_POSTGRES").as_deref() == Ok("1") {
@@ -75,6 +94,7 @@ impl Postgres {
             data,
             socket,
             run_as,
+            tls: tls.is_some(),
         };
         if let Some(user) = &pg.run_as {
             let out = Command::new("chown")
@@ -100,6 +120,22 @@ impl Postgres {
                 "--no-sync",
             ])
             .arg(format!("--pwfile={}", initdb_pw.display())));
+        if let Some((cert, key)) = tls {
+            // the server reads its key only if it owns it and nobody else may read it
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = pg.data.join(to);
+                std::fs::copy(from, &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if let Some(user) = &pg.run_as {
+                    let out = Command::new("chown")
+                        .arg(format!("{user}:{user}"))
+                        .arg(&to)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "chown: {}", text(&out));
+                }
+            }
+        }
         pg.start_again();
         Some(pg)
     }
@@ -133,9 +169,10 @@ impl Postgres {
             .arg(self.dir.join("server.log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
                 self.port,
-                self.socket.display()
+                self.socket.display(),
+                if self.tls { " -c ssl=on" } else { "" }
             ))
             .args(["-w", "-t", "60", "start"]));
     }
