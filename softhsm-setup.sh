@@ -27,17 +27,23 @@
 # the tests of the import journal on PostgreSQL; they start a throw-away server of their own
 # under target/tmp/ (tests/common/postgres.rs) and use no other.
 #
+# With --with-promtool, also: takes promtool (Prometheus' checker of metrics expositions, a
+# single binary) out of Debian's prometheus package into .tools/bin/ (git-ignored), without
+# installing the package: no Prometheus server, no service. The metrics test runs it.
+#
 # Idempotent: a second run installs nothing, creates nothing, rewrites nothing, and exits 0.
 set -euo pipefail
 
 with_kryoptic=0
 with_postgres=0
+with_promtool=0
 for arg in "$@"; do
     case "$arg" in
         --with-kryoptic) with_kryoptic=1 ;;
         --with-postgres) with_postgres=1 ;;
+        --with-promtool) with_promtool=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) printf 'softhsm-setup: unknown argument %s (known: --with-kryoptic, --with-postgres)\n' "$arg" >&2; exit 2 ;;
+        *) printf 'softhsm-setup: unknown argument %s (known: --with-kryoptic, --with-postgres, --with-promtool)\n' "$arg" >&2; exit 2 ;;
     esac
 done
 
@@ -219,6 +225,26 @@ dbargs = \"$kt/token.sql\""
 if ((with_kryoptic)); then
     build_kryoptic
     setup_kryoptic_token
+fi
+
+# --- promtool (optional) --------------------------------------------------------------
+promtool="$here/.tools/bin/promtool"
+if ((with_promtool)) && [ ! -x "$promtool" ]; then
+    say "taking promtool out of Debian's prometheus package into .tools/bin/ (the package is not installed)"
+    tmp="$(mktemp -d)"
+    chmod 755 "$tmp" # apt's download user writes there
+    if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || die "could not download Debian's prometheus package"
+    fi
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool \
+        || die "no promtool in Debian's prometheus package"
+    mkdir -p "$(dirname "$promtool")"
+    mv "$tmp/usr/bin/promtool" "$promtool.tmp"
+    mv "$promtool.tmp" "$promtool"
+    rm -rf "$tmp"
 fi
 
 # --- dev TLS material for `hsm-bridge serve --config config/hsm-bridge.toml` ----------

@@ -13,7 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // The label sets recorded on every call hold `&'static str`: a lookup allocates nothing.
 
@@ -70,10 +69,21 @@ fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// Most distinct key labels the per-key family keeps; attempts on keys past them are
+/// counted under `key="(other)"`.
+pub const MAX_KEY_LABELS: usize = 256;
+/// How long one encoding of the exposition serves every scrape (a flood of scrapes costs
+/// one encoding per interval, and they share its bytes).
+const ENCODE_EVERY: Duration = Duration::from_secs(1);
+
 /// Every metric the daemon keeps.
 pub struct Metrics {
     registry: Registry,
     key_labels: AtomicBool,
+    /// The key labels the per-key family has, bounded by [`MAX_KEY_LABELS`].
+    labels_seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The latest encoding of each format, and when it was made.
+    encoded: std::sync::Mutex<[Option<(Instant, bytes::Bytes)>; 2]>,
     exports: Family<ExportLabels, Counter>,
     exports_by_key: Family<KeyLabels, Counter>,
     hsm_wrap: Seconds<ModeLabel>,
@@ -103,6 +113,8 @@ impl Metrics {
         let mut r = Registry::default();
         let m = Metrics {
             key_labels: AtomicBool::new(false),
+            labels_seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            encoded: std::sync::Mutex::new([None, None]),
             exports: Family::default(),
             exports_by_key: Family::default(),
             hsm_wrap: Family::new_with_constructor(seconds),
@@ -221,7 +233,8 @@ impl Metrics {
         self.key_labels.store(on, Ordering::Relaxed);
     }
 
-    /// One export attempt, as its audit record says.
+    /// One export attempt, as its audit record says; `key` only for a key the token has
+    /// (never a label a caller merely asked for).
     pub fn export(
         &self,
         operation: &'static str,
@@ -238,12 +251,21 @@ impl Metrics {
                 mode: mode.unwrap_or("none"),
             })
             .inc();
-        if self.key_labels.load(Ordering::Relaxed) {
+        if let (true, Some(key)) = (self.key_labels.load(Ordering::Relaxed), key) {
+            let key = {
+                let mut seen = self.labels_seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.contains(key) || seen.len() < MAX_KEY_LABELS {
+                    seen.insert(key.to_string());
+                    key
+                } else {
+                    "(other)"
+                }
+            };
             self.exports_by_key
                 .get_or_create(&KeyLabels {
                     operation: operation.into(),
                     outcome: outcome.into(),
-                    key: key.unwrap_or("unknown").into(),
+                    key: key.into(),
                 })
                 .inc();
         }
@@ -347,50 +369,196 @@ impl Drop for RpcTimer {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the process ends: HTTP/1.1, one request per
-/// connection, at most 8 KiB of request and 5 s to send it; anything else is 404 or 400.
-pub async fn serve(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                    let n = conn.read(&mut chunk).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
-            let line = String::from_utf8_lossy(line);
-            let mut words = line.split_whitespace();
-            let (status, ctype, body) = match (words.next(), words.next()) {
-                (Some("GET"), Some("/metrics")) => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    get().text(),
-                ),
-                (Some(_), Some(_)) => ("404 Not Found", "text/plain", "GET /metrics\n".into()),
-                _ => ("400 Bad Request", "text/plain", "GET /metrics\n".into()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-            let _ = conn.shutdown().await;
+/// The longest a metrics connection stays open, whatever it is doing (a scraper that reads
+/// slowly, or not at all, lets go of its connection then).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Longest wait for a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The two expositions: the classic text format (0.0.4), and OpenMetrics 1.0 for a scraper
+/// that asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    OpenMetrics,
+}
+
+impl Format {
+    /// What an `Accept` header asks for: OpenMetrics when it names it, else the classic
+    /// text (Prometheus asks for both, OpenMetrics first; promtool and curl for neither).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+impl Metrics {
+    /// The exposition in `format`: encoded at most once per [`ENCODE_EVERY`], the bytes
+    /// shared by every scrape meanwhile.
+    pub fn exposition(&self, format: Format) -> bytes::Bytes {
+        let slot = format as usize;
+        let mut cache = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, body)) = &cache[slot]
+            && at.elapsed() < ENCODE_EVERY
+        {
+            return body.clone();
+        }
+        let open = self.text();
+        let body = bytes::Bytes::from(match format {
+            Format::OpenMetrics => open,
+            Format::Text => classic(&open),
         });
+        cache[slot] = Some((Instant::now(), body.clone()));
+        body
+    }
+}
+
+/// The classic text format (0.0.4) of an OpenMetrics exposition: a counter's family is
+/// named after its samples (`x_total`), there is no `# UNIT` and no `# EOF`. Everything
+/// else is written alike in both.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Serves `GET /metrics` on the connections of `incoming` until the process ends: HTTP/1.1
+/// by hyper, one request per connection, its head within 5 s, the whole connection within
+/// [`CONNECTION_LIFETIME`] (the listener's tracker closes it then); anything else is 404
+/// or 405.
+pub async fn serve<S>(
+    mut incoming: tokio_stream::wrappers::ReceiverStream<Result<S, std::io::Error>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    while let Some(conn) = incoming.next().await {
+        let Ok(conn) = conn else { continue };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|req| async move {
+                Ok::<_, std::convert::Infallible>(respond(&req))
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(8192)
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
+        });
+    }
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+fn respond<B>(req: &hyper::Request<B>) -> hyper::Response<Body> {
+    let plain = |status: hyper::StatusCode, text: &'static str| {
+        let mut r = hyper::Response::new(Body::new(bytes::Bytes::from_static(text.as_bytes())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return plain(hyper::StatusCode::NOT_FOUND, "GET /metrics\n");
+    }
+    if req.method() != hyper::Method::GET {
+        return plain(hyper::StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n");
+    }
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let mut r = hyper::Response::new(Body::new(get().exposition(format)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(format.content_type()),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_key_family_is_bounded() {
+        let m = Metrics::new();
+        m.set_key_labels(true);
+        for i in 0..MAX_KEY_LABELS + 50 {
+            m.export(
+                "WrapKey",
+                "allowed",
+                Some("AES"),
+                Some("hybrid"),
+                Some(&format!("k{i}")),
+            );
+        }
+        // a label a caller only asked for is never recorded
+        m.export("WrapKey", "refused", None, None, None);
+        let text = m.text();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("hsm_bridge_exports_by_key_total{"))
+            .count();
+        assert_eq!(series, MAX_KEY_LABELS + 1, "{text}");
+        assert!(text.contains("key=\"(other)\"} 50"), "{text}");
+        assert!(!text.contains("key=\"unknown\""), "{text}");
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_after_their_samples() {
+        let open = "# HELP a_things Things.\n# TYPE a_things counter\na_things_total{x=\"1\"} 2\n# HELP b Gauge.\n# TYPE b gauge\n# UNIT b seconds\nb 1\n# EOF\n";
+        assert_eq!(
+            classic(open),
+            "# HELP a_things_total Things.\n# TYPE a_things_total counter\na_things_total{x=\"1\"} 2\n# HELP b Gauge.\n# TYPE b gauge\nb 1\n"
+        );
+        assert_eq!(Format::negotiate(None), Format::Text);
+        // one encoding serves every scrape within the interval, and they share its bytes
+        let (a, b) = (
+            get().exposition(Format::Text),
+            get().exposition(Format::Text),
+        );
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert!(!a.is_empty());
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
     }
 }

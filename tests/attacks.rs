@@ -172,12 +172,14 @@ async fn a_grpc_timeout_past_the_clock_crashes_nothing() {
 }
 
 /// Medium 5: 2,000 idle TCP connections held 2,000 descriptors and starved the callers and
-/// the health probe. Now past `max_connections` a connection is closed at accept, and one
-/// that never finishes its TLS handshake is dropped after `tls_handshake_timeout_secs`.
+/// the health probe. Now a connection that has not finished its TLS handshake is one of at
+/// most `max_handshakes` (a newcomer pushes out the oldest), and is dropped after
+/// `tls_handshake_timeout_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_take_every_descriptor() {
     let fx = softhsm();
-    let server = tls_server_lines() + "max_connections = 8\ntls_handshake_timeout_secs = 1\n";
+    let server = tls_server_lines()
+        + "max_connections = 8\nmax_handshakes = 8\ntls_handshake_timeout_secs = 1\n";
     let (config, _) = daemon_config(fx, "idle", "caller_wrapping_keys = \"any\"", Some(&server));
     let d = Daemon::start(&config, &[]);
     let idle: Vec<std::net::TcpStream> = (0..60)
@@ -204,7 +206,7 @@ async fn idle_connections_cannot_take_every_descriptor() {
         "a caller is served once the idle ones are gone: {r:?}"
     );
     assert!(
-        d.log_text().contains("server.max_connections"),
+        d.log_text().contains("server.max_handshakes"),
         "{}",
         d.log_text()
     );
@@ -783,4 +785,392 @@ fn wrap_out_never_replaces_a_device_a_pipe_or_a_link() {
             .is_symlink()
     );
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+}
+
+/// Raises this test process's own file limit to its hard limit (it holds thousands of
+/// sockets).
+fn raise_own_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let r = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        rustix::process::Rlimit {
+            current: r.maximum,
+            maximum: r.maximum,
+        },
+    )
+    .unwrap();
+}
+
+/// `n` plain TCP connections to `addr` that send nothing (those the listener refuses or
+/// closes at once are counted too: the point is what the daemon does with them).
+fn idle_sockets(addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect()
+}
+
+/// The daemon's own view of its module: never re-initialised, no PKCS#11 error.
+async fn the_module_never_faltered(d: &Daemon) {
+    let m = d.scrape_metrics().await;
+    assert_eq!(
+        common::daemon::sample(&m, "hsm_bridge_module_reinitialisations_total"),
+        0.0,
+        "{m}"
+    );
+    assert!(!m.contains("hsm_bridge_hsm_errors_total{"), "{m}");
+    let log = d.log_text();
+    assert!(
+        !log.contains("re-initialis") && !log.contains("Too many open files"),
+        "{log}"
+    );
+}
+
+/// High 3: with the file limit at 1,024 (systemd's default), 1,100 idle connections to the
+/// plain health listener took the descriptors the HSM module needed (SoftHSM answered
+/// CKR_GENERAL_ERROR, the module was re-initialised, callers got UNAVAILABLE), and so did
+/// 4,905 to the metrics listener. Now the daemon raises its soft limit, derives each
+/// listener's cap from what is left beside the module's share, and a newcomer on either
+/// side door pushes out the oldest connection: the HSM keeps its descriptors, a listed
+/// caller is served, and a probe still gets its answer during the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_doors_cannot_starve_the_hsm() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    raise_own_file_limit();
+    let fx = softhsm();
+    let server = tls_server_lines() + "health_listen = \"127.0.0.1:0\"\n";
+    let policy = "caller_wrapping_keys = \"any\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let (config, _) = daemon_config(fx, "side-doors", policy, Some(&server));
+    let d = Daemon::start_with_file_limit(&config, 1024);
+    let log = d.log_text();
+    assert!(log.contains("file descriptors: 1024;"), "{log}");
+    let (health, metrics) = (d.health_addr(), d.metrics_addr());
+
+    for (door, addr) in [("health", &health), ("metrics", &metrics)] {
+        let flood = idle_sockets(addr, 1100);
+        assert!(flood.len() > 1000, "{door}: {} connected", flood.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut cckm = d.client("cckm").await;
+        for i in 0..5 {
+            let r = cckm
+                .wrap_key(wrap_req(by_label("test-aes-256"), &fx.wk.wk2048))
+                .await;
+            assert!(r.is_ok(), "{door} flood, call {i}: {r:?}");
+        }
+        // a probe still gets through: it pushes out the oldest idle connection
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let s = HealthClient::new(ch)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.status, ServingStatus::Serving as i32, "{door}");
+        drop(flood);
+    }
+    the_module_never_faltered(&d).await;
+    let log = d.log_text();
+    assert!(
+        log.contains("server.health_listen: the connection cap")
+            && log.contains("metrics.listen: the connection cap"),
+        "{log}"
+    );
+}
+
+/// The health listener's HTTP/2 settings, read off the wire: at most a few streams per
+/// connection (60,000 Watch streams on 3 connections took 280 MB before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_listener_allows_few_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = softhsm();
+    let server = tls_server_lines() + "health_listen = \"127.0.0.1:0\"\n";
+    let (config, _) = daemon_config(fx, "health-streams", "", Some(&server));
+    let d = Daemon::start(&config, &[]);
+    let mut c = tokio::net::TcpStream::connect(d.health_addr())
+        .await
+        .unwrap();
+    // the client preface and an empty SETTINGS frame
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    c.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 4, "the server's first frame is SETTINGS");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).await.unwrap();
+    let max_streams = body
+        .chunks(6)
+        .find(|s| u16::from_be_bytes([s[0], s[1]]) == 3)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+    assert_eq!(max_streams, Some(4), "SETTINGS_MAX_CONCURRENT_STREAMS");
+}
+
+/// A TLS connection to the daemon as `who` (a test certificate), made by hand.
+async fn raw_tls(d: &Daemon, who: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let c = common::daemon::certs();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(c.join("ca.pem")).unwrap())
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_file(c.join(format!("{who}.pem"))).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(c.join(format!("{who}.key"))).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&d.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// How long until the daemon closes `s` (it sends nothing itself but its HTTP/2 preface).
+async fn closed_within(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at((started + within).into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Medium 4: the cap counted handshakes in progress and finished connections never timed
+/// out: 256 idle TCP connections renewed at 26/s gave 0 of 10 legitimate calls, and 256
+/// connections with a certificate whose CN is not listed held the cap for 45 s. Now
+/// handshakes have a budget of their own (a newcomer pushes out the oldest, a quarter per
+/// address, a short timeout); a connection whose certificate names no client never takes a
+/// client's place, and is closed at the handshake stage's time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_and_unlisted_connections_leave_a_listed_caller_served() {
+    raise_own_file_limit();
+    let fx = softhsm();
+    let server = tls_server_lines() + "tls_handshake_timeout_secs = 2\n";
+    let (config, _) = daemon_config(
+        fx,
+        "unlisted-flood",
+        "caller_wrapping_keys = \"any\"",
+        Some(&server),
+    );
+    let d = Daemon::start(&config, &[]);
+    // 256 idle TCP connections, renewed all along
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewer = {
+        let (addr, stop) = (d.addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = std::collections::VecDeque::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::net::TcpStream::connect(&addr) {
+                    held.push_back(s);
+                }
+                if held.len() > 256 {
+                    held.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let _idle = idle_sockets(&d.addr, 256);
+    // 256 connections with a certificate from the client CA whose CN is not listed
+    let mut unlisted = Vec::new();
+    for _ in 0..256 {
+        if let Ok(ch) = d.channel(Some("unlisted")).await {
+            let mut c =
+                hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient::new(ch.clone());
+            let _ = c
+                .wrap_key(wrap_req(by_label("test-aes-256"), &fx.wk.wk2048))
+                .await;
+            unlisted.push(ch);
+        }
+    }
+    let mut one = raw_tls(&d, "unlisted").await;
+    let mut served = 0;
+    for _ in 0..10 {
+        let r = d
+            .client("cckm")
+            .await
+            .wrap_key(wrap_req(by_label("test-aes-256"), &fx.wk.wk2048))
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        served += 1;
+    }
+    assert_eq!(served, 10);
+    // an unlisted connection is closed at the handshake stage's limit
+    let closed = closed_within(&mut one, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "an unlisted connection stayed open");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    renewer.join().unwrap();
+    let log = d.log_text();
+    assert!(log.contains("names no [[server.clients]] entry"), "{log}");
+}
+
+/// Medium 4, the other half: a finished connection that sits idle is closed after
+/// `server.idle_timeout_secs`, but never while a call on it is in progress (an import
+/// waiting 3 s for OCI on a connection whose idle timeout is 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_never_during_a_call() {
+    let v = vault("idle-timeout", |t| {
+        t.replace("[server]\n", "[server]\nidle_timeout_secs = 1\n")
+    });
+    let mut idle = raw_tls(&v.daemon, "cckm").await;
+    let closed = closed_within(&mut idle, Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_secs(1)),
+        "an idle connection is closed after the idle time: {closed:?}"
+    );
+    let path = format!("{}/keyVersions/import", v.emu.keys["aes"]);
+    v.emu
+        .fault(json!({"path_contains": path, "count": 1, "delay_ms": 3000}))
+        .await;
+    let r = import_as(
+        &v,
+        "cckm",
+        version_request(&v, by_label("test-aes-256"), "slow-1"),
+    )
+    .await;
+    assert!(r.is_ok(), "a call in progress keeps its connection: {r:?}");
+}
+
+/// Medium 6: `wrap --out` wrote through `.NAME.PID.tmp`, created without `O_EXCL` or
+/// `O_NOFOLLOW`: links planted in a world-writable folder for the coming PIDs made root
+/// overwrite a file it alone could write. Now the temporary name is random and created
+/// exclusively (mode 0600), and no planted link is followed.
+#[test]
+fn wrap_out_follows_no_planted_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = softhsm();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("only-root-writes-this");
+    std::fs::write(&victim, b"root's own").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // a link for each of the next PIDs, as a local user can plant them
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for pid in last..last + 3000 {
+        let _ =
+            std::os::unix::fs::symlink(&victim, shared.path().join(format!(".out.bin.{pid}.tmp")));
+    }
+    let out = shared.path().join("out.bin");
+    let wk = &fx.wk.wk2048;
+    hsm_bridge_ok(&[
+        "wrap",
+        "--config",
+        fx.config.to_str().unwrap(),
+        "--allow-any-wrapping-key",
+        "--label",
+        "test-aes-256",
+        "--wrapping-key",
+        wk.public_pem.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"root's own",
+        "a planted link was followed"
+    );
+    let meta = std::fs::symlink_metadata(&out).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        open_material(
+            &std::fs::read(&out).unwrap(),
+            wk,
+            256,
+            "RSA_OAEP_AES_SHA256"
+        ),
+        fx.aes["test-aes-256"]
+    );
+}
+
+/// Medium 7: with `metrics.key_labels = true` every label a caller asked for became a
+/// series, refused or not, without bound (33,000 distinct labels grew the exposition to
+/// 6.9 MB). Now only labels of keys the token has are recorded (and the family is bounded:
+/// `metrics::tests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_record_no_label_a_caller_only_asked_for() {
+    let fx = softhsm();
+    let policy = "caller_wrapping_keys = \"any\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\nkey_labels = true\n";
+    let (config, _) = daemon_config(fx, "key-labels", policy, None);
+    let d = Daemon::start(&config, &[]);
+    let mut c = d.client("cckm").await;
+    for i in 0..500 {
+        let e = c
+            .wrap_key(wrap_req(by_label(&format!("ghost-{i}")), &fx.wk.wk2048))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+    }
+    c.wrap_key(wrap_req(by_label("test-aes-256"), &fx.wk.wk2048))
+        .await
+        .unwrap();
+    let m = d.scrape_metrics().await;
+    assert!(!m.contains("ghost-"), "labels no key has were recorded");
+    assert!(
+        m.contains("hsm_bridge_exports_by_key_total{operation=\"WrapKey\",outcome=\"allowed\",key=\"test-aes-256\"} 1"),
+        "{m}"
+    );
+    assert!(m.len() < 64 * 1024, "{} bytes", m.len());
+}
+
+/// Low 10: with `audit.path = "-"` (the shipped and Kubernetes configs) a CLI export left
+/// no record at all. Now the record of every CLI export that happened goes to stderr then
+/// (a refusal's one line on stderr stands for its own).
+#[test]
+fn cli_exports_are_recorded_with_the_audit_log_on_stderr() {
+    let fx = softhsm();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.bin");
+    let run = hsm_bridge(&[
+        "wrap",
+        "--config",
+        fx.config.to_str().unwrap(),
+        "--allow-any-wrapping-key",
+        "--label",
+        "test-aes-256",
+        "--wrapping-key",
+        fx.wk.wk2048.public_pem.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let record: serde_json::Value = stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no audit record on stderr: {stderr}"));
+    assert_eq!(record["operation"], "WrapKey", "{record}");
+    assert_eq!(record["outcome"], "allowed", "{record}");
+    assert_eq!(record["source_key_label"], "test-aes-256", "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-any-wrapping-key"),
+        "{record}"
+    );
 }

@@ -1492,14 +1492,63 @@ async fn keys_named_by_pkcs11_uri_follow_the_same_rules() {
     assert_eq!(recs[0]["outcome"], "allowed");
 }
 
-/// SIGHUP with new TLS files: new connections get the new certificate and client CA; a
-/// connection opened before keeps working; callers with the old CA's certificates are
-/// refused from then on.
+/// Revokes `who`'s certificate in the CA of `dir` (tests/make-test-certs.sh) with the
+/// openssl command line; returns the CRL's path.
+fn revoke(dir: &std::path::Path, who: &str) -> std::path::PathBuf {
+    let ca = dir.join("crl-ca");
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::write(ca.join("index.txt"), "").unwrap();
+    std::fs::write(ca.join("crlnumber"), "01\n").unwrap();
+    let cnf = ca.join("ca.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\ncrlnumber = {}\ndefault_md = sha256\ndefault_crl_days = 2\n",
+            ca.join("index.txt").display(),
+            ca.join("crlnumber").display()
+        ),
+    )
+    .unwrap();
+    let (key, cert) = (dir.join("ca.key"), dir.join("ca.pem"));
+    let base = [
+        "-config",
+        cnf.to_str().unwrap(),
+        "-keyfile",
+        key.to_str().unwrap(),
+        "-cert",
+        cert.to_str().unwrap(),
+    ];
+    let victim = dir.join(format!("{who}.pem"));
+    let mut revoke = vec!["ca"];
+    revoke.extend(base);
+    revoke.extend(["-revoke", victim.to_str().unwrap()]);
+    openssl_ok(&revoke);
+    let crl = dir.join("crl.pem");
+    let mut make = vec!["ca"];
+    make.extend(base);
+    make.extend(["-gencrl", "-out", crl.to_str().unwrap()]);
+    openssl_ok(&make);
+    crl
+}
+
+/// Waits until the daemon has logged its `n`th reload.
+async fn reloaded(d: &Daemon, n: usize) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while d.log_text().matches("SIGHUP: reloaded").count() < n {
+        assert!(Instant::now() < end, "{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGHUP with new TLS files: new connections get the new certificate and client CA, and a
+/// connection opened before under the old CA can export nothing more (it once could: a
+/// rotated CA did not reach open connections). A reload that changes no CA leaves open
+/// connections serving; a CRL reaches open connections too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_rotates_the_tls_certificate_for_new_connections() {
+async fn sighup_rotates_the_tls_certificate_and_client_ca_for_every_connection() {
     let _shared = shared().await;
     let fx = softhsm();
-    let (config, _) = daemon_config(fx, "rotate", "caller_wrapping_keys = \"any\"", None);
+    let (config, audit) = daemon_config(fx, "rotate", "caller_wrapping_keys = \"any\"", None);
     let mut d = Daemon::start(&config, &[]);
     let wk = &fx.wk.wk4096;
     let alg = proto::WrappingAlgorithm::RsaOaepAesSha256;
@@ -1507,36 +1556,68 @@ async fn sighup_rotates_the_tls_certificate_for_new_connections() {
     wrap(&mut before, by_label("test-aes-256"), wk, alg, None)
         .await
         .unwrap();
+    // a reload that changes nothing: the open connection serves on
+    d.hangup();
+    reloaded(&d, 1).await;
+    wrap(&mut before, by_label("test-aes-256"), wk, alg, None)
+        .await
+        .expect("the same client CA still vouches for the connection");
 
     // A new CA, server certificate and client certificates.
     let fresh = fx.dir.join("rotated-certs");
     common::daemon::make_certs(&fresh);
     let old = certs().clone();
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(old.to_str().unwrap(), fresh.to_str().unwrap()),
-    )
-    .unwrap();
+    let rotated = text.replace(old.to_str().unwrap(), fresh.to_str().unwrap());
+    std::fs::write(&config, &rotated).unwrap();
     d.hangup();
-    let end = Instant::now() + Duration::from_secs(10);
-    while !d.log_text().contains("SIGHUP: reloaded") {
-        assert!(Instant::now() < end, "{}", d.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reloaded(&d, 2).await;
 
-    // the connection opened before still serves
-    wrap(&mut before, by_label("test-aes-256"), wk, alg, None)
+    // the connection opened under the old CA exports nothing more
+    let e = wrap(&mut before, by_label("test-aes-256"), wk, alg, None)
         .await
-        .expect("an open connection keeps its TLS session");
+        .expect_err("an open connection from a CA the reload removed must not export");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("reloaded"), "{}", e.message());
+    let last = audit_records(&audit).pop().unwrap();
+    assert_eq!(last["code"], "UNAUTHENTICATED", "{last}");
     // new connections: the old CA's material no longer works, the new one does
     assert!(
         d.channel(Some("cckm")).await.is_err(),
         "the old CA must not be trusted any more"
     );
-    d.tls = fresh;
+    d.tls = fresh.clone();
     let mut after = d.client("cckm").await;
     wrap(&mut after, by_label("test-aes-256"), wk, alg, None)
         .await
         .expect("the rotated certificate and client CA serve new connections");
+    let mut limited = d.client("limited").await;
+    wrap(&mut limited, by_label("test-aes-256"), wk, alg, None)
+        .await
+        .unwrap();
+
+    // server.client_crl: cckm's new certificate revoked, its open connection refused
+    let crl = revoke(&fresh, "cckm");
+    std::fs::write(
+        &config,
+        rotated.replace(
+            "[server]\n",
+            &format!("[server]\nclient_crl = \"{}\"\n", crl.display()),
+        ),
+    )
+    .unwrap();
+    d.hangup();
+    reloaded(&d, 3).await;
+    let e = wrap(&mut after, by_label("test-aes-256"), wk, alg, None)
+        .await
+        .expect_err("a revoked certificate's open connection must not export");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().to_lowercase().contains("revoked"),
+        "{}",
+        e.message()
+    );
+    wrap(&mut limited, by_label("test-aes-256"), wk, alg, None)
+        .await
+        .expect("a certificate the CRL does not list serves on");
 }

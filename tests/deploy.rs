@@ -89,6 +89,32 @@ fn kubernetes_manifests_agree_with_the_config() {
         ports["metrics"],
         port_of(cfg.metrics.listen.as_deref().unwrap())
     );
+
+    // The NetworkPolicy: the gRPC and metrics ports each from named peers only, and no rule
+    // for the plain-text probe port (the kubelet reaches it from the node).
+    let np = &yaml("networkpolicy.yaml")[0];
+    assert_eq!(s(&np["kind"]), "NetworkPolicy");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert!(
+        np["spec"]["policyTypes"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .any(|t| s(t) == "Ingress")
+    );
+    let mut opened = Vec::new();
+    for rule in np["spec"]["ingress"].as_vec().unwrap() {
+        let from = rule["from"].as_vec().expect("every rule names its peers");
+        assert!(!from.is_empty(), "{rule:?}");
+        for p in rule["ports"].as_vec().expect("every rule names its ports") {
+            opened.push(s(&p["port"]).to_string());
+        }
+    }
+    opened.sort();
+    assert_eq!(opened, ["grpc", "metrics"]);
     for (probe, service) in [
         ("readinessProbe", "hsmbridge.v1.KeySourceBridge"),
         ("livenessProbe", "hsm-bridge.process"),

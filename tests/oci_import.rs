@@ -843,4 +843,62 @@ async fn metrics_count_exactly_what_happened() {
     // no key label anywhere without metrics.key_labels
     assert!(!after.contains("test-aes-256"), "{after}");
     std::fs::write(dir.join("metrics-after.txt"), &after).unwrap();
+
+    // Content negotiation: the classic text format unless OpenMetrics is asked for, and
+    // promtool (Prometheus' own checker) passes the classic one; before, OpenMetrics was
+    // served to everyone and promtool said "no help text" of every counter.
+    let (ctype, text) = d.scrape_as(Some("text/plain")).await;
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"), "{text}");
+    promtool_check(&text);
+    let (ctype, open) = d
+        .scrape_as(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ))
+        .await;
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(open.ends_with("# EOF\n"), "{open}");
+}
+
+/// `promtool check metrics` of an exposition: it must pass with nothing to say. promtool is
+/// `.tools/bin/promtool` (`./softhsm-setup.sh --with-promtool`) or `HSM_BRIDGE_PROMTOOL`;
+/// without it the test fails saying how to get it; `HSM_BRIDGE_SKIP_PROMTOOL=1` makes that
+/// a skip the run prints (`.ci/run` never sets it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let promtool = std::env::var_os("HSM_BRIDGE_PROMTOOL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/promtool")
+        });
+    let Ok(mut child) = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        let msg = "promtool missing: run ./softhsm-setup.sh --with-promtool";
+        if std::env::var("HSM_BRIDGE_SKIP_PROMTOOL").as_deref() == Ok("1") {
+            skip_notice(msg);
+            return;
+        }
+        panic!("{msg} (or set HSM_BRIDGE_SKIP_PROMTOOL=1 to skip this check)");
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
 }

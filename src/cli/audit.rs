@@ -10,18 +10,20 @@ use crate::hsm::KeyRef;
 use crate::service::audit::{Operation, Outcome};
 use crate::wrap::{self, Algorithm};
 
-/// The CLI's audit records: to `audit.path` when it is a file (stderr is for the one-line
-/// error), one per export attempt, like the daemon's.
-pub(super) struct CliAudit(Option<crate::service::audit::Audit>);
+/// The CLI's audit records, one per export attempt, like the daemon's: to `audit.path`,
+/// or with `audit.path = "-"` to stderr for every export that happened (a refusal's one
+/// line on stderr is its own record there: the command's error stays one line).
+pub(super) struct CliAudit {
+    audit: crate::service::audit::Audit,
+    to_stderr: bool,
+}
 
 impl CliAudit {
     pub(super) fn open(cfg: &Config) -> Result<CliAudit, Error> {
-        if cfg.audit.path == Path::new("-") {
-            return Ok(CliAudit(None));
-        }
-        Ok(CliAudit(Some(crate::service::audit::Audit::open(
-            &cfg.audit.path,
-        )?)))
+        Ok(CliAudit {
+            audit: crate::service::audit::Audit::open(&cfg.audit.path)?,
+            to_stderr: cfg.audit.path == Path::new("-"),
+        })
     }
 
     /// A record of `operation` on `key`, by this user.
@@ -52,7 +54,9 @@ impl CliAudit {
         mut rec: crate::service::audit::Record,
         outcome: Result<(), (Code, String)>,
     ) -> Result<(), Error> {
-        let Some(audit) = &self.0 else { return Ok(()) };
+        if self.to_stderr && outcome.is_err() {
+            return Ok(());
+        }
         rec.time = crate::service::audit::now_rfc3339();
         match outcome {
             Ok(()) => {
@@ -65,7 +69,7 @@ impl CliAudit {
                 rec.reason = Some(why);
             }
         }
-        audit.write(&rec).map_err(|e| {
+        self.audit.write(&rec).map_err(|e| {
             Error::Io(format!(
                 "the audit log could not be written ({e}); nothing was exported"
             ))

@@ -2,6 +2,7 @@
 //! errors are one line on stderr and a non-zero exit.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -281,6 +282,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     } = a;
     let alg: Algorithm = algorithm.parse()?;
     let key = key.key_ref()?;
+    check_out(&out_file)?;
     let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
     let cfg = Config::load(&common.config)?;
     let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
@@ -388,8 +390,25 @@ fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, so a failed run
-/// never leaves a half-written file.
+/// `--out` must be a new name or a regular file: the new file is renamed over the path, and
+/// never over a device, a pipe, a directory or a symbolic link (as root, `--out /dev/null`
+/// would otherwise replace /dev/null). Checked before anything is wrapped, and again just
+/// before the rename.
+fn check_out(path: &Path) -> Result<(), Error> {
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        return Err(Error::Usage(format!(
+            "--out {}: not a regular file; name a new file or a regular one to replace",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder (a random name,
+/// created with `O_EXCL`, mode 0600), so a failed run never leaves a half-written file and
+/// a link planted in a shared folder is never followed.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let err = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
     let dir = path
@@ -399,29 +418,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("--out {} names no file", path.display())))?;
-    // The new file is renamed over the path: never over a device, a pipe, a directory or a
-    // symbolic link (as root, `--out /dev/null` would otherwise replace /dev/null).
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && !meta.file_type().is_file()
-    {
-        return Err(Error::Usage(format!(
-            "--out {}: not a regular file; name a new file or a regular one to replace",
-            path.display()
-        )));
-    }
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    check_out(path)?;
+    // A random name, created exclusively (never through a link planted in a shared
+    // folder), mode 0600; removed if anything fails before the rename.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map(|_| ()).map_err(|e| err(e.error))
 }

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) for client certificates; reloaded with SIGHUP,
+    /// and then checked against open connections too.
+    pub client_crl: Option<PathBuf>,
     #[serde(default)]
     pub plaintext: bool,
     /// Calls that may wait for an HSM session beyond those being served; past this a
@@ -55,12 +58,28 @@ pub struct ServerConfig {
     /// How long SIGTERM/SIGINT waits for calls in flight before the daemon exits anyway.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
-    /// Connections open at once (TLS handshakes included); one more is closed at accept.
+    /// Connections open at once, once their TLS handshake is done and their certificate
+    /// names a client; one more is closed. At most what the file limit allows beside the
+    /// HSM module's share (the start-up log says what it is).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    #[serde(default = "default_per_address")]
+    pub max_connections_per_address: usize,
+    /// TLS handshakes in progress at once (a quarter of them from one address); a new one
+    /// pushes out the oldest when full.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
     /// A TLS handshake not finished within this is dropped.
     #[serde(default = "default_handshake_timeout")]
     pub tls_handshake_timeout_secs: u64,
+    /// A connection with no call in progress and no byte either way for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// A connection is asked to go away (HTTP/2 GOAWAY; calls in progress finish) after this
+    /// long; clients reconnect.
+    #[serde(default = "default_max_connection_age")]
+    pub max_connection_age_secs: u64,
     /// HTTP/2 streams (calls) one connection may have open at once.
     #[serde(default = "default_streams")]
     pub max_concurrent_streams: u32,
@@ -78,8 +97,20 @@ pub struct ServerConfig {
 fn default_max_connections() -> usize {
     256
 }
+fn default_per_address() -> usize {
+    64
+}
+fn default_max_handshakes() -> usize {
+    64
+}
 fn default_handshake_timeout() -> u64 {
-    10
+    5
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_max_connection_age() -> u64 {
+    3600
 }
 fn default_streams() -> u32 {
     100
@@ -104,11 +135,16 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            client_crl: None,
             plaintext: false,
             max_queue: default_max_queue(),
             shutdown_grace_secs: default_grace(),
             max_connections: default_max_connections(),
+            max_connections_per_address: default_per_address(),
+            max_handshakes: default_max_handshakes(),
             tls_handshake_timeout_secs: default_handshake_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connection_age_secs: default_max_connection_age(),
             max_concurrent_streams: default_streams(),
             io_threads: default_io_threads(),
             clients: Vec::new(),
@@ -476,6 +512,7 @@ impl Config {
         self.server.tls_cert.as_mut().map(fix);
         self.server.tls_key.as_mut().map(fix);
         self.server.client_ca.as_mut().map(fix);
+        self.server.client_crl.as_mut().map(fix);
         self.policy
             .pinned_wrapping_key_files
             .iter_mut()

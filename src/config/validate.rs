@@ -10,6 +10,18 @@ impl Config {
         let s = &self.server;
         in_range("server.max_connections", s.max_connections, 1..=65_536)?;
         in_range(
+            "server.max_connections_per_address",
+            s.max_connections_per_address,
+            1..=65_536,
+        )?;
+        in_range("server.max_handshakes", s.max_handshakes, 4..=4096)?;
+        in_range("server.idle_timeout_secs", s.idle_timeout_secs, 1..=86_400)?;
+        in_range(
+            "server.max_connection_age_secs",
+            s.max_connection_age_secs,
+            10..=604_800,
+        )?;
+        in_range(
             "server.tls_handshake_timeout_secs",
             s.tls_handshake_timeout_secs,
             1..=300,

@@ -81,6 +81,7 @@ where
             (steps.recheck)().await?;
             progress.replayed = true;
             progress.merge(&made_progress(&r));
+            progress.on_token = true;
             return match lease {
                 Some(lease) => match r.body.clone() {
                     Some(body) => Ok(Prepared::Send { token, body, lease }),
@@ -109,6 +110,7 @@ where
         key_type: Some(wrapped.shape.algorithm.as_str()),
         label: Some(wrapped.key.label.clone()),
         id_hex: Some(wrap::hex(&wrapped.key.id)),
+        on_token: true,
         ..Progress::default()
     };
     lease

@@ -201,6 +201,11 @@ pub struct Progress {
     /// "AES" or "RSA", for metrics (the audit record has the label and id).
     #[serde(skip)]
     pub key_type: Option<&'static str>,
+    /// `label` is that of a key the token has (found for a wrap, or by the re-check of a
+    /// recorded import), not only what a caller asked for: only such labels reach the
+    /// per-key metrics.
+    #[serde(skip)]
+    pub on_token: bool,
     /// OCI's id of the final answer, when OCI answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opc_request_id: Option<String>,
@@ -240,6 +245,7 @@ impl Progress {
             self.attempts = later.attempts;
         }
         self.replayed |= later.replayed;
+        self.on_token |= later.on_token;
     }
 }
 

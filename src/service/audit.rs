@@ -177,7 +177,11 @@ impl Audit {
             outcome,
             record.export.key_type,
             record.export.mode,
-            record.export.label.as_deref(),
+            record
+                .export
+                .label
+                .as_deref()
+                .filter(|_| record.export.on_token),
         );
         r
     }

@@ -135,6 +135,16 @@ impl Authenticator {
         }
     }
 
+    /// Whether a client certificate (DER) would identify a caller on this TLS listener.
+    pub fn lists_certificate(&self, leaf: &[u8]) -> bool {
+        self.transport == Transport::Tls
+            && subject_cn_cached(leaf).is_ok_and(|cn| {
+                self.clients
+                    .iter()
+                    .any(|c| c.subject_cn.as_deref() == Some(cn.as_str()))
+            })
+    }
+
     /// The caller of `req`, or why it is not recognised (for UNAUTHENTICATED and audit;
     /// bounded, printable text).
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Unidentified> {

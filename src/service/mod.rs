@@ -23,7 +23,7 @@ mod reload;
 mod request;
 pub mod server;
 pub mod status;
-mod tls;
+pub mod tls;
 mod wrap_key;
 
 use std::sync::Arc;
@@ -78,6 +78,9 @@ pub struct Bridge {
     /// Callers' wrapping keys, parsed once each.
     wrapping_keys: wrap::wrapping_key::ParsedKeys,
     settings: std::sync::RwLock<Arc<Settings>>,
+    /// The daemon's TLS, when it speaks TLS: every call's connection must still be vouched
+    /// for by the client CA in place now (a reload may have replaced it).
+    tls: Option<tls::TlsState>,
 }
 
 #[tonic::async_trait]
@@ -131,14 +134,27 @@ impl KeySourceBridge for Bridge {
 }
 
 impl Bridge {
-    pub fn new(hsm: Arc<Hsm>, audit: Arc<Audit>, max_queue: usize, settings: Settings) -> Bridge {
+    pub fn new(
+        hsm: Arc<Hsm>,
+        audit: Arc<Audit>,
+        max_queue: usize,
+        settings: Settings,
+        tls: Option<tls::TlsState>,
+    ) -> Bridge {
         Bridge {
             queue: HsmQueue::new(&hsm, hsm.sessions(), max_queue),
             wrapping_keys: wrap::wrapping_key::ParsedKeys::new(hsm.min_wrapping_key_bits()),
             hsm,
             audit,
             settings: std::sync::RwLock::new(Arc::new(settings)),
+            tls,
         }
+    }
+
+    /// Whether a client certificate (DER) names a `[[server.clients]]` entry now: a TLS
+    /// connection whose certificate does not is closed after its handshake.
+    pub fn lists_certificate(&self, leaf: &[u8]) -> bool {
+        self.settings().auth.lists_certificate(leaf)
     }
 
     /// The settings now (a call keeps the ones it started with).
@@ -194,6 +210,12 @@ impl Bridge {
                 "{why}; ask the operator to add you to server.clients"
             ))
         })?;
+        if let Some(tls) = &self.tls {
+            let conn = req.extensions().get::<limit::ConnHandle>();
+            let chain = req.peer_certs().unwrap_or_default();
+            tls.vouches(conn.map(|c| &*c.0), &chain[..])
+                .map_err(Status::unauthenticated)?;
+        }
         if let Some(rec) = rec {
             rec.caller = caller.display.clone();
         }

@@ -1,8 +1,8 @@
 //! SIGHUP: the config file read again, validated in full, and what can change without
 //! touching the HSM put in place for calls that start from then on: the client list, the
 //! wrapping-key policy, `policy.protection_modes`, the OCI endpoint allow-list and
-//! identities, and the TLS certificate, key and client CA (for new connections: open ones
-//! keep theirs). Calls in flight finish under the settings they started with. A file that
+//! identities, and the TLS certificate, key, client CA and CRL (for new connections; a call
+//! on an open one is let through only if its certificate passes the new CA and CRL). Calls in flight finish under the settings they started with. A file that
 //! fails any check is logged with the reason, and the old settings stay. Settings that need
 //! the HSM, the listener, the runtime or the journal again (`[hsm]`, `policy.exportable`,
 //! the `[server]` settings but the clients and TLS files, `[journal]`, `[audit]`,
@@ -56,7 +56,13 @@ pub fn fixed_parts(cfg: &Config) -> String {
         s.plaintext,
         s.max_queue,
         s.shutdown_grace_secs,
-        s.max_connections,
+        (
+            s.max_connections,
+            s.max_connections_per_address,
+            s.max_handshakes,
+            s.idle_timeout_secs,
+            s.max_connection_age_secs,
+        ),
         s.tls_handshake_timeout_secs,
         s.max_concurrent_streams,
         s.io_threads,
@@ -107,7 +113,7 @@ impl Reloader {
             state.replace(cfg);
         }
         bridge.replace_settings(new);
-        tracing::info!(config = %self.path.display(), clients = cfg.server.clients.len(), "SIGHUP: reloaded the client list, policy, OCI endpoints and identities, and the TLS certificate, key and client CA for new connections");
+        tracing::info!(config = %self.path.display(), clients = cfg.server.clients.len(), "SIGHUP: reloaded the client list, policy, OCI endpoints and identities, and the TLS certificate, key, client CA and CRL (new connections use them; calls on open ones are checked against the CA and CRL)");
         Ok(())
     }
 }

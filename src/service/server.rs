@@ -53,6 +53,7 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     // Without the key that authenticates its records, the journal could be made to send
     // what a database writer chose: no start.
     journal.set_key(crate::journal::Journal::key_from(&cfg.journal, &hsm)?);
+    let caps = Caps::plan(&cfg);
     tracing::info!(memory = %crate::hardening::memory_report(), "secrets");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -65,12 +66,13 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
         journal.report_at_start().await;
         journal.spawn_purge();
     });
-    start_metrics(&runtime, &cfg.metrics)?;
+    start_metrics(&runtime, &cfg.metrics, caps.metrics)?;
     let bridge = Arc::new(Bridge::new(
         hsm.clone(),
         audit,
         cfg.server.max_queue,
         settings,
+        tls.clone(),
     ));
     let reloader = super::reload::Reloader {
         path: cfg.path.clone(),
@@ -82,7 +84,8 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     runtime.block_on(async { reloader.spawn(bridge.clone()) });
     let limits = Limits {
         grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
-        max_connections: cfg.server.max_connections,
+        caps,
+        per_address: cfg.server.max_connections_per_address,
         max_streams: cfg.server.max_concurrent_streams,
         health_listen: cfg
             .server
@@ -90,6 +93,8 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
             .as_deref()
             .and_then(|l| l.parse().ok()),
         handshake_timeout: Duration::from_secs(cfg.server.tls_handshake_timeout_secs),
+        idle: Duration::from_secs(cfg.server.idle_timeout_secs),
+        max_age: Duration::from_secs(cfg.server.max_connection_age_secs),
     };
     let result = runtime.block_on(run(listen, tls, bridge, hsm.clone(), limits));
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -107,13 +112,91 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
 struct Limits {
     /// How long SIGTERM waits for calls in flight.
     grace: Duration,
-    max_connections: usize,
+    caps: Caps,
+    /// Established connections from one address.
+    per_address: usize,
     /// HTTP/2 streams per connection.
     max_streams: u32,
     /// The plain-text listener for health probes only.
     health_listen: Option<std::net::SocketAddr>,
     /// Longest TLS handshake.
     handshake_timeout: Duration,
+    /// A connection with no call and no byte this long is closed.
+    idle: Duration,
+    /// A connection is asked to go away after this long.
+    max_age: Duration,
+}
+
+/// The health listener's limits: probes make a call a few seconds apart, each on a
+/// connection of its own or on one kept open.
+const HEALTH_STREAMS: u32 = 4;
+const HEALTH_IDLE: Duration = Duration::from_secs(30);
+const HEALTH_AGE: Duration = Duration::from_secs(300);
+/// Connections the health and metrics listeners want (before the file limit has its say).
+const HEALTH_CONNECTIONS: usize = 32;
+const METRICS_CONNECTIONS: usize = 16;
+/// How long calls in progress may finish on a connection past its age (imports that wait
+/// for OCI and for ENABLED take minutes at the most).
+const AGE_GRACE: Duration = Duration::from_secs(900);
+
+/// Each listener's connection cap, fitted to the process's file limit (raised to its hard
+/// limit first) so that the HSM module keeps descriptors of its own.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    api: usize,
+    handshakes: usize,
+    health: usize,
+    metrics: usize,
+}
+
+impl Caps {
+    fn plan(cfg: &Config) -> Caps {
+        let (files, before) = limit::raise_file_limit();
+        let tls = !cfg.server.plaintext && !cfg.server.listen.starts_with("unix:");
+        let wanted = [
+            cfg.server.max_connections,
+            if tls { cfg.server.max_handshakes } else { 0 },
+            if cfg.server.health_listen.is_some() {
+                HEALTH_CONNECTIONS
+            } else {
+                0
+            },
+            if cfg.metrics.listen.is_some() {
+                METRICS_CONNECTIONS
+            } else {
+                0
+            },
+        ];
+        let got = limit::plan(files, &wanted);
+        let caps = Caps {
+            api: got[0],
+            handshakes: got[1],
+            health: got[2],
+            metrics: got[3],
+        };
+        let used: usize = got.iter().sum();
+        let raised = if before < files {
+            format!(" (the soft limit raised from {before})")
+        } else {
+            String::new()
+        };
+        tracing::info!(
+            "file descriptors: {files}{raised}; connections at most: server.listen {} (+{} TLS handshakes), health {}, metrics {}; the other {} are the HSM module's, the journal's, OCI's and the daemon's files",
+            caps.api,
+            caps.handshakes,
+            caps.health,
+            caps.metrics,
+            files.saturating_sub(used as u64)
+        );
+        if got[..] != wanted[..] {
+            tracing::warn!(
+                "the file limit ({files}) is too low for the configured connection caps (server.max_connections {}, server.max_handshakes {}): they were cut to fit; raise LimitNOFILE (systemd) or the container's limit",
+                cfg.server.max_connections,
+                cfg.server.max_handshakes
+            );
+        }
+        caps
+    }
 }
 
 /// Largest header block a caller may send (tonic's own default is larger).
@@ -135,7 +218,7 @@ async fn run(
         .await;
     let probe = tokio::spawn(follow_the_token(health.clone(), hsm));
     let probes = match limits.health_listen {
-        Some(addr) => Some(health_only(addr, health_service.clone()).await?),
+        Some(addr) => Some(health_only(addr, health_service.clone(), limits.caps.health).await?),
         None => None,
     };
     let described = || {
@@ -146,9 +229,25 @@ async fn run(
     let reflection_err = |e: tonic_reflection::server::Error| Error::Io(format!("reflection: {e}"));
     let reflection = described().build_v1().map_err(reflection_err)?;
     let reflection_alpha = described().build_v1alpha().map_err(reflection_err)?;
+    let tracker = limit::Tracker::new(limit::Caps {
+        what: "server.listen",
+        max: limits.caps.api,
+        per_address: limits.per_address,
+        idle: match &listen {
+            // a Unix socket's peers have no address to find their calls by (and are this
+            // user's and root's processes only)
+            Listen::Unix(_) => None,
+            Listen::Tcp(_) => Some(limits.idle),
+        },
+        lifetime: None,
+        when_full: limit::WhenFull::Refuse,
+    });
     let mut builder = Server::builder()
         .max_concurrent_streams(limits.max_streams)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_connection_age(limits.max_age)
+        .max_connection_age_grace(AGE_GRACE)
+        .layer(limit::InFlightLayer(tracker.clone()));
     let api = KeySourceBridgeServer::from_arc(bridge.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let router = builder
@@ -157,7 +256,11 @@ async fn run(
         .add_service(reflection)
         .add_service(reflection_alpha);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = serve_on(listen, tls, router, &limits, async {
+    let listed: super::tls::Listed = {
+        let bridge = bridge.clone();
+        Arc::new(move |leaf| bridge.lists_certificate(leaf))
+    };
+    let server = serve_on(listen, tls, router, &limits, tracker, listed, async {
         let _ = stop_rx.await;
     })
     .await?;
@@ -180,10 +283,14 @@ async fn run(
     shut_down(server, &bridge, limits.grace).await
 }
 
-/// The plain-text listener that serves only the health service (`server.health_listen`).
+/// The plain-text listener that serves only the health service (`server.health_listen`):
+/// anyone who can reach it may connect, so it has a small cap (a newcomer pushes out the
+/// oldest connection, half of them at most from one address), a short idle time, a
+/// lifetime and few streams per connection.
 async fn health_only<H: tonic_health::pb::health_server::Health>(
     addr: std::net::SocketAddr,
     health: tonic_health::pb::health_server::HealthServer<H>,
+    cap: usize,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -191,10 +298,23 @@ async fn health_only<H: tonic_health::pb::health_server::Health>(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Io(format!("server.health_listen {addr}: {e}")))?;
-    tracing::info!(addr = %bound, "health probes listening (plain text, grpc.health.v1 only)");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tracing::info!(addr = %bound, connections = cap, "health probes listening (plain text, grpc.health.v1 only)");
+    let tracker = limit::Tracker::new(limit::Caps {
+        what: "server.health_listen",
+        max: cap,
+        per_address: (cap / 2).max(1),
+        idle: Some(HEALTH_IDLE),
+        lifetime: Some(HEALTH_AGE + HEALTH_IDLE),
+        when_full: limit::WhenFull::EvictOldest,
+    });
+    let incoming = limit::incoming(tracker.clone(), tcp_accept(Arc::new(listener)));
     Ok(tokio::spawn(async move {
         if let Err(e) = Server::builder()
+            .max_concurrent_streams(HEALTH_STREAMS)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .max_connection_age(HEALTH_AGE)
+            .max_connection_age_grace(Duration::from_secs(5))
+            .layer(limit::InFlightLayer(tracker))
             .add_service(health)
             .serve_with_incoming(incoming)
             .await
@@ -233,6 +353,7 @@ fn warn_at_start(cfg: &Config, auth: &Authenticator, transport: Transport) {
 fn start_metrics(
     runtime: &tokio::runtime::Runtime,
     cfg: &crate::config::MetricsConfig,
+    cap: usize,
 ) -> Result<(), Error> {
     crate::metrics::get().set_key_labels(cfg.key_labels);
     let Some(addr) = &cfg.listen else {
@@ -244,8 +365,20 @@ fn start_metrics(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Io(format!("metrics.listen {addr}: {e}")))?;
-    tracing::info!(addr = %bound, "metrics listening (GET /metrics)");
-    runtime.spawn(crate::metrics::serve(listener));
+    tracing::info!(addr = %bound, connections = cap, "metrics listening (GET /metrics)");
+    let _guard = runtime.enter();
+    let tracker = limit::Tracker::new(limit::Caps {
+        what: "metrics.listen",
+        max: cap,
+        per_address: (cap / 2).max(1),
+        idle: None,
+        lifetime: Some(crate::metrics::CONNECTION_LIFETIME),
+        when_full: limit::WhenFull::EvictOldest,
+    });
+    runtime.spawn(crate::metrics::serve(limit::incoming(
+        tracker,
+        tcp_accept(Arc::new(listener)),
+    )));
     Ok(())
 }
 
@@ -280,16 +413,45 @@ async fn follow_the_token(health: tonic_health::server::HealthReporter, hsm: Arc
     }
 }
 
-/// Binds `listen` and serves `router` on it, at most `max_connections` at once, until
-/// `stopped`; the serving task.
+/// One accepted TCP socket and its peer, to come.
+type Accepting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::io::Result<(tokio::net::TcpStream, Option<std::net::SocketAddr>)>,
+            > + Send,
+    >,
+>;
+
+/// Accepts from a TCP listener: the socket (no Nagle: a response held back for the
+/// client's delayed ACK costs 40 ms) and its peer.
+fn tcp_accept(
+    listener: Arc<tokio::net::TcpListener>,
+) -> impl FnMut() -> Accepting + Send + 'static {
+    move || {
+        let listener = listener.clone();
+        Box::pin(async move {
+            let (io, peer) = listener.accept().await?;
+            io.set_nodelay(true)?;
+            Ok((io, Some(peer)))
+        })
+    }
+}
+
+/// Binds `listen` and serves `router` on it until `stopped`, each connection a member of
+/// `tracker` (with TLS: once its handshake is done and `listed` knows its certificate);
+/// the serving task.
+#[allow(clippy::too_many_arguments)]
 async fn serve_on(
     listen: Listen,
     tls: Option<super::tls::TlsState>,
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<
+        tower_layer::Stack<limit::InFlightLayer, tower_layer::Identity>,
+    >,
     limits: &Limits,
+    tracker: Arc<limit::Tracker>,
+    listed: super::tls::Listed,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, Error> {
-    let max_connections = limits.max_connections;
     Ok(match listen {
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -300,29 +462,38 @@ async fn serve_on(
                 .map_err(|e| Error::Io(e.to_string()))?;
             announce(&local.to_string());
             let listener = Arc::new(listener);
-            let incoming = limit::incoming(max_connections, move || {
-                let listener = listener.clone();
-                async move {
-                    let (io, _) = listener.accept().await?;
-                    // No Nagle: a response held back for the client's delayed ACK costs 40 ms.
-                    io.set_nodelay(true)?;
-                    Ok(io)
-                }
-            });
             match tls {
                 Some(tls) => {
-                    let incoming = super::tls::incoming(incoming, tls, limits.handshake_timeout);
+                    let handshakes = limit::Tracker::new(limit::Caps {
+                        what: "TLS handshakes (server.max_handshakes)",
+                        max: limits.caps.handshakes,
+                        per_address: (limits.caps.handshakes / 4).max(1),
+                        idle: None,
+                        lifetime: Some(limits.handshake_timeout),
+                        when_full: limit::WhenFull::EvictOldest,
+                    });
+                    let incoming = limit::incoming(handshakes, tcp_accept(listener));
+                    let incoming = super::tls::incoming(
+                        incoming,
+                        tls,
+                        limits.handshake_timeout,
+                        tracker,
+                        listed,
+                    );
                     tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
                 }
-                None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped)),
+                None => {
+                    let incoming = limit::incoming(tracker, tcp_accept(listener));
+                    tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+                }
             }
         }
         Listen::Unix(path) => {
             let listener = Arc::new(bind_unix(&path)?);
             announce(&format!("unix:{}", path.display()));
-            let incoming = limit::incoming(max_connections, move || {
+            let incoming = limit::incoming(tracker, move || {
                 let listener = listener.clone();
-                async move { Ok(listener.accept().await?.0) }
+                async move { Ok((listener.accept().await?.0, None)) }
             });
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }

@@ -55,6 +55,7 @@ impl Bridge {
         let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;
         let rec = guard.record();
         rec.export.label = Some(wrapped.key.label.clone());
+        rec.export.on_token = true;
         rec.export.id_hex = Some(wrap::hex(&wrapped.key.id));
         rec.export.mode = Some(wrapped.mode.as_str());
         rec.export.key_type = Some(wrapped.shape.algorithm.as_str());

@@ -108,11 +108,44 @@ impl Daemon {
         Self::start_full(config, extra_args, log, &[])
     }
 
+    /// As [`Daemon::start`], with both the soft and the hard `RLIMIT_NOFILE` at `files`
+    /// (systemd's default is 1,024), set by util-linux's `prlimit`, which then becomes the
+    /// daemon (same process).
+    pub fn start_with_file_limit(config: &Path, files: u64) -> Daemon {
+        let limit = format!("--nofile={files}:{files}");
+        Self::start_cmd(
+            Command::new("prlimit")
+                .arg(limit)
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_hsm-bridge")),
+            config,
+            &[],
+            &config.with_extension("log"),
+            &[],
+        )
+    }
+
     fn start_full(config: &Path, extra_args: &[&str], log: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::start_cmd(
+            &mut Command::new(env!("CARGO_BIN_EXE_hsm-bridge")),
+            config,
+            extra_args,
+            log,
+            env,
+        )
+    }
+
+    fn start_cmd(
+        cmd: &mut Command,
+        config: &Path,
+        extra_args: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = log.to_path_buf();
         // Held until the daemon listens, by which time it has logged in.
         let login = super::token_login_lock();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -232,29 +265,59 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The metrics listener's address, from the daemon's log.
-    pub fn metrics_addr(&self) -> String {
+    /// The address of the listener whose log line says `what` (e.g. "metrics listening").
+    pub fn side_addr(&self, what: &str) -> String {
         let log = self.log_text();
         log.lines()
-            .find(|l| l.contains("metrics listening"))
+            .find(|l| l.contains(what))
             .and_then(|l| l.split("addr=").nth(1))
             .map(|a| a.split_whitespace().next().unwrap().to_string())
-            .unwrap_or_else(|| panic!("no metrics listener in the log: {log}"))
+            .unwrap_or_else(|| panic!("no {what:?} in the log: {log}"))
+    }
+
+    /// The metrics listener's address, from the daemon's log.
+    pub fn metrics_addr(&self) -> String {
+        self.side_addr("metrics listening")
+    }
+
+    /// The plain-text health listener's address, from the daemon's log.
+    pub fn health_addr(&self) -> String {
+        self.side_addr("health probes listening")
     }
 
     /// GET /metrics on the daemon's metrics listener: the body.
     pub async fn scrape_metrics(&self) -> String {
+        self.scrape_as(None).await.1
+    }
+
+    /// GET /metrics with `accept` as the Accept header: the content type and the body.
+    pub async fn scrape_as(&self, accept: Option<&str>) -> (String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut c = tokio::net::TcpStream::connect(self.metrics_addr())
             .await
             .unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        c.write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         c.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        out.split_once("\r\n\r\n").unwrap().1.to_string()
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        let ctype = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-type")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        (ctype, body.to_string())
     }
 }
 
