@@ -26,6 +26,16 @@ use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior,
 use zeroize::Zeroize;
 
 /// Turns off core dumps for this process. Fails only if the kernel refuses.
+/// Ignores SIGHUP, whose default action ends the process, until the daemon's reload
+/// handler takes it over: a `systemctl reload` (or any SIGHUP) that comes while the daemon
+/// starts (loading its config, logging in, running the self-test) changes nothing.
+pub fn ignore_hangup() {
+    // SAFETY: SIG_IGN is a valid disposition for SIGHUP; no handler code of ours runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 pub fn no_core_dumps() -> Result<(), HardeningError> {
     setrlimit(
         Resource::Core,

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod oci;
 pub(crate) mod policy;
 pub(crate) mod service;
+pub mod text;
 pub mod time;
 pub mod wrap;
 

@@ -7,6 +7,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = hsm_bridge::cli::Cli::parse();
+    if cli.is_serve() {
+        hsm_bridge::hardening::ignore_hangup();
+    }
     let filter = EnvFilter::try_from_env("HSM_BRIDGE_LOG")
         .unwrap_or_else(|_| EnvFilter::new(cli.default_log_level()));
     let logs = tracing_subscriber::fmt()

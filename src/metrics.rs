@@ -72,9 +72,10 @@ fn seconds() -> Histogram {
 /// Most distinct key labels the per-key family keeps; attempts on keys past them are
 /// counted under `key="(other)"`.
 pub const MAX_KEY_LABELS: usize = 256;
-/// How long one encoding of the exposition serves every scrape (a flood of scrapes costs
-/// one encoding per interval, and they share its bytes).
-const ENCODE_EVERY: Duration = Duration::from_secs(1);
+/// How long one encoding of the exposition serves the scrapes that come after it (a flood
+/// of scrapes costs one encoding per interval, and they share its bytes); a scrape that
+/// arrives while an encoding is made gets that one.
+const ENCODE_EVERY: Duration = Duration::from_millis(100);
 
 /// Every metric the daemon keeps.
 pub struct Metrics {
@@ -402,22 +403,24 @@ impl Format {
 }
 
 impl Metrics {
-    /// The exposition in `format`: encoded at most once per [`ENCODE_EVERY`], the bytes
-    /// shared by every scrape meanwhile.
+    /// The exposition in `format`: one encoding at a time, which the scrapes that waited
+    /// for it, and those within [`ENCODE_EVERY`] of it, share.
     pub fn exposition(&self, format: Format) -> bytes::Bytes {
+        let asked = Instant::now();
         let slot = format as usize;
         let mut cache = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, body)) = &cache[slot]
-            && at.elapsed() < ENCODE_EVERY
+        if let Some((made, body)) = &cache[slot]
+            && (*made >= asked || made.elapsed() < ENCODE_EVERY)
         {
             return body.clone();
         }
+        let made = Instant::now();
         let open = self.text();
         let body = bytes::Bytes::from(match format {
             Format::OpenMetrics => open,
             Format::Text => classic(&open),
         });
-        cache[slot] = Some((Instant::now(), body.clone()));
+        cache[slot] = Some((made, body.clone()));
         body
     }
 }

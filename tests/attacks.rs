@@ -844,8 +844,6 @@ async fn side_doors_cannot_starve_the_hsm() {
     let policy = "caller_wrapping_keys = \"any\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
     let (config, _) = daemon_config(fx, "side-doors", policy, Some(&server));
     let d = Daemon::start_with_file_limit(&config, 1024);
-    let log = d.log_text();
-    assert!(log.contains("file descriptors: 1024;"), "{log}");
     let (health, metrics) = (d.health_addr(), d.metrics_addr());
 
     for (door, addr) in [("health", &health), ("metrics", &metrics)] {
@@ -875,6 +873,7 @@ async fn side_doors_cannot_starve_the_hsm() {
     }
     the_module_never_faltered(&d).await;
     let log = d.log_text();
+    assert!(log.contains("file descriptors: 1024;"), "{log}");
     assert!(
         log.contains("server.health_listen: the connection cap")
             && log.contains("metrics.listen: the connection cap"),
@@ -1172,5 +1171,108 @@ fn cli_exports_are_recorded_with_the_audit_log_on_stderr() {
             .unwrap()
             .contains("--allow-any-wrapping-key"),
         "{record}"
+    );
+}
+
+/// Low 9: an import that OCI accepted but whose `wait_for_enabled` missed its deadline was
+/// audited (and counted) as `refused`, though the key had left: it is `allowed` whenever a
+/// version was created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_accepted_but_not_enabled_in_time_is_audited_as_allowed() {
+    let fx = softhsm();
+    let dir = fx.dir.join("attack-not-enabled");
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = api_identity(&dir, "api");
+    // versions stay CREATING for a minute
+    let emu = Emulator::start_with(
+        &dir,
+        &[identity.key.public_pem.as_path()],
+        &["aes=AES-256"],
+        60_000,
+    );
+    let (config, audit) = daemon_config(fx, "not-enabled", &emu.oci_config(&identity, 2), None);
+    let d = Daemon::start(&config, &[]);
+    let mut req = tonic::Request::new(proto::ImportKeyVersionRequest {
+        source_key: by_label("test-aes-256"),
+        oci_key_id: emu.keys["aes"].clone(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: emu.base.clone(),
+        }),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        idempotency_key: "not-enabled-1".into(),
+        wait_for_enabled: true,
+    });
+    req.set_timeout(Duration::from_secs(3));
+    let e = d
+        .client("cckm")
+        .await
+        .import_key_version(req)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    let rec = audit_records(&audit).pop().unwrap();
+    assert_eq!(rec["outcome"], "allowed", "{rec}");
+    assert_eq!(rec["code"], "DEADLINE_EXCEEDED", "{rec}");
+    assert!(
+        rec["oci_created_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("ocid1.keyversion"),
+        "{rec}"
+    );
+}
+
+/// Low 12: labels with U+2028 (a line separator) or U+202E (a right-to-left override)
+/// reached the audit log raw, where a log viewer shows a new line or reordered text. Now a
+/// caller's label with one is refused, and a token's key label with one is escaped in the
+/// record (it reads back the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_cannot_forge_or_reorder_audit_lines() {
+    let fx = softhsm();
+    let label = "test-\u{2028}{\"outcome\":\"refused\"}\u{202E}652-sea";
+    let out = p11(
+        fx,
+        &[
+            "--keygen",
+            "--key-type",
+            "AES:32",
+            "--label",
+            label,
+            "--id",
+            "5001",
+            "--extractable",
+            "--sensitive",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (config, audit) = daemon_config(fx, "bidi", "caller_wrapping_keys = \"any\"", None);
+    let d = Daemon::start(&config, &[]);
+    let mut c = d.client("cckm").await;
+    let e = c
+        .wrap_key(wrap_req(by_label("test-aes\u{2028}256"), &fx.wk.wk2048))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    c.wrap_key(wrap_req(by_id("5001"), &fx.wk.wk2048))
+        .await
+        .unwrap();
+    let raw = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        !raw.contains('\u{2028}') && !raw.contains('\u{202E}'),
+        "raw separators or overrides in the audit log: {raw:?}"
+    );
+    assert_eq!(raw.lines().count(), 2, "{raw:?}");
+    let records = audit_records(&audit);
+    assert_eq!(records[1]["source_key_label"], label);
+    assert_eq!(records[0]["code"], "INVALID_ARGUMENT");
+    assert!(
+        records[0].get("source_key_label").is_none(),
+        "{}",
+        records[0]
     );
 }

@@ -1621,3 +1621,49 @@ async fn sighup_rotates_the_tls_certificate_and_client_ca_for_every_connection()
         .await
         .expect("a certificate the CRL does not list serves on");
 }
+
+/// Low 8: SIGHUP silently kept `policy.allow_hybrid` and WrapKey's
+/// `policy.min_wrapping_key_bits` as they were, and a reload to `caller_wrapping_keys =
+/// "any"` warned nothing. Now the log names each setting that takes a restart, and the
+/// reload warns as the start does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_what_takes_a_restart_and_warns_as_the_start_does() {
+    let fx = softhsm();
+    let (config, _) = daemon_config(fx, "reload-warns", "caller_wrapping_keys = \"none\"", None);
+    let d = Daemon::start(&config, &[]);
+    assert!(!d.log_text().contains("caller_wrapping_keys = \"any\""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "caller_wrapping_keys = \"none\"",
+            "caller_wrapping_keys = \"any\"\nallow_hybrid = false\nmin_wrapping_key_bits = 3072",
+        ),
+    )
+    .unwrap();
+    d.hangup();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("SIGHUP: reloaded") {
+        assert!(Instant::now() < end, "{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = d.log_text();
+    let restart = log
+        .lines()
+        .find(|l| l.contains("takes a restart"))
+        .unwrap_or_else(|| panic!("no restart warning: {log}"));
+    assert!(
+        restart.contains("policy.allow_hybrid") && restart.contains("policy.min_wrapping_key_bits"),
+        "{restart}"
+    );
+    assert!(
+        !restart.contains("server.listen"),
+        "only what changed: {restart}"
+    );
+    assert!(
+        log.matches("any caller with the wrap operation can export keys")
+            .count()
+            == 1,
+        "the reload warns of \"any\" as a start does: {log}"
+    );
+}

@@ -256,6 +256,29 @@ fn the_systemd_unit_is_hardened_and_matches_its_config() {
     );
     let (credential, _) = one("LoadCredential").split_once(':').unwrap();
 
+    // The install steps in the header leave the config where User= can read it: the folder
+    // and the file in the daemon's group (root:root 0750 kept it out).
+    let steps: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   install "))
+        .collect();
+    let step = |path: &str| {
+        steps
+            .iter()
+            .find(|l| l.split('#').next().unwrap().trim_end().ends_with(path))
+            .unwrap_or_else(|| panic!("no install step for {path}: {steps:?}"))
+    };
+    let folder = step("/etc/hsm-bridge");
+    assert!(
+        folder.contains("-g hsm-bridge") && folder.contains("-m 0750"),
+        "{folder}"
+    );
+    let config = step("/etc/hsm-bridge/hsm-bridge.toml");
+    assert!(
+        config.contains("-g hsm-bridge") && config.contains("-m 0640"),
+        "{config}"
+    );
+
     // The config it runs: the PIN from the credential, state and logs in the unit's folders.
     let text = std::fs::read_to_string(root().join("deploy/systemd/hsm-bridge.toml")).unwrap();
     let creds = "/run/credentials/hsm-bridge.service";

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::fault::{self, calls};
 use common::*;
@@ -706,4 +706,122 @@ async fn sighup_reloads_the_client_list_and_keeps_calls_in_flight() {
     std::fs::write(&config, text).unwrap();
     d.terminate();
     assert!(heard().contains("STOPPING=1"));
+}
+
+/// Low 11: a SIGHUP before the reload handler was installed killed the daemon (exit 129
+/// during the self-test). Now SIGHUP is ignored from the first line of `serve` until the
+/// handler takes over. Here the token holds C_Login for two seconds, and SIGHUPs come
+/// meanwhile.
+#[test]
+fn a_sighup_during_start_up_is_harmless() {
+    use std::io::{BufRead, BufReader};
+    let fx = softhsm();
+    let (config, log, ctl) = fault_config(fx, "early-hup", "./user-pin");
+    std::fs::write(&ctl, "C_Login delay:2000 1\n").unwrap();
+    let _login = token_login_lock();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("SOFTHSM2_CONF")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let end = Instant::now() + Duration::from_secs(60);
+    while calls(&log, "C_Login") == 0 {
+        assert!(Instant::now() < end, "no C_Login");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // in C_Login now (for two seconds): SIGHUP, as `systemctl reload` would send it
+    for _ in 0..5 {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::HUP);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    if let Some(status) = child.try_wait().unwrap() {
+        panic!("the daemon died during start-up: {status}");
+    }
+    assert!(line.contains("listening"), "{line:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Low 12: the PIN marker was per pod (an `emptyDir`), so each new pod presented a refused
+/// PIN once more. Now the refusal is also recorded in the import journal, which the
+/// replicas share: a second replica, with a marker file of its own and the same wrong PIN,
+/// never calls C_Login, until `pin-reset` clears the record for all of them.
+fn a_refused_pin_reaches_every_replica(name: &str, journal: Option<String>) {
+    let fx = softhsm();
+    let wrong = fx.dir.join(format!("{name}-wrong-pin"));
+    write_private(&wrong, b"not-the-pin\n");
+    let pin = format!("./{name}-wrong-pin");
+    let (a, log_a, _) = fault_config(fx, &format!("{name}-a"), &pin);
+    let (b, log_b, _) = fault_config(fx, &format!("{name}-b"), &pin);
+    // both replicas on one journal (A's SQLite file, or a PostgreSQL database)
+    let shared = journal.unwrap_or_else(|| format!("url = \"sqlite:./journal-{name}-a.sqlite\"\n"));
+    let text_b = std::fs::read_to_string(&b).unwrap();
+    let own = format!("url = \"sqlite:./journal-{name}-b.sqlite\"\n");
+    assert!(text_b.contains(&own));
+    std::fs::write(&b, text_b.replace(&own, &shared)).unwrap();
+    let text_a = std::fs::read_to_string(&a).unwrap();
+    std::fs::write(
+        &a,
+        text_a.replace(
+            &format!("url = \"sqlite:./journal-{name}-a.sqlite\"\n"),
+            &shared,
+        ),
+    )
+    .unwrap();
+
+    let out = hsm_bridge(&["serve", "--config", a.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CKR_PIN_INCORRECT") && err.contains("every replica"),
+        "{err}"
+    );
+    assert_eq!(calls(&log_a, "C_Login"), 1);
+    // another replica (a new pod: no marker file of its own) refuses before C_Login
+    for args in [["serve", "--config"], ["keys", "--config"]] {
+        let out = hsm_bridge(&[args[0], args[1], b.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("import journal") && err.contains("pin-reset"),
+            "{err}"
+        );
+        assert!(!err.contains("not-the-pin"), "{err}");
+    }
+    assert_eq!(
+        calls(&log_b, "C_Login"),
+        0,
+        "the second replica never presented the PIN"
+    );
+    // the operator fixes the PIN and resets once, from any replica
+    write_private(&wrong, format!("{PIN}\n").as_bytes());
+    let reset = hsm_bridge_ok(&["pin-reset", "--config", b.to_str().unwrap()]);
+    assert!(reset.contains("import journal"), "{reset}");
+    hsm_bridge_ok(&["keys", "--config", b.to_str().unwrap()]);
+    assert_eq!(calls(&log_b, "C_Login"), 1);
+}
+
+#[test]
+fn a_refused_pin_reaches_every_replica_sqlite() {
+    a_refused_pin_reaches_every_replica("pin-shared-sqlite", None);
+}
+
+#[test]
+fn a_refused_pin_reaches_every_replica_postgres() {
+    let Some(pg) = common::postgres::Postgres::start("pin-shared") else {
+        return;
+    };
+    pg.create_db("pinshared");
+    a_refused_pin_reaches_every_replica("pin-shared-pg", Some(pg.journal_lines("pinshared")));
 }

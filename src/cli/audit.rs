@@ -7,7 +7,7 @@ use tonic::Code;
 use super::Error;
 use crate::config::Config;
 use crate::hsm::KeyRef;
-use crate::service::audit::{Operation, Outcome};
+use crate::service::audit::Operation;
 use crate::wrap::{self, Algorithm};
 
 /// The CLI's audit records, one per export attempt, like the daemon's: to `audit.path`,
@@ -58,17 +58,7 @@ impl CliAudit {
             return Ok(());
         }
         rec.time = crate::service::audit::now_rfc3339();
-        match outcome {
-            Ok(()) => {
-                rec.outcome = Outcome::Allowed;
-                rec.code = "OK";
-            }
-            Err((code, why)) => {
-                rec.outcome = Outcome::of(code);
-                rec.code = crate::service::status::code_name(code);
-                rec.reason = Some(why);
-            }
-        }
+        rec.conclude(outcome);
         self.audit.write(&rec).map_err(|e| {
             Error::Io(format!(
                 "the audit log could not be written ({e}); nothing was exported"

@@ -44,7 +44,11 @@ pub(super) fn import_key_version_cmd(
         cfg.policy.min_wrapping_key_bits,
         journal.clone(),
     )?);
-    let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
+    let hsm = Arc::new(Hsm::open_shared(
+        &cfg.hsm,
+        &cfg.policy,
+        Some(journal.clone()),
+    )?);
     journal.set_key(crate::journal::Journal::key_from(&cfg.journal, &hsm)?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -107,7 +107,8 @@ fn show_text(r: &Record) -> String {
         .collect()
 }
 
-/// `pin-reset`: removes the PIN-refusal marker, saying what it held.
+/// `pin-reset`: removes the PIN-refusal marker and the journal's record of it (which every
+/// replica reads), saying what they held.
 pub(super) fn pin_reset(config: &Path, out: &mut dyn Write) -> Result<(), Error> {
     let cfg = Config::load(config)?;
     let marker = cfg
@@ -115,24 +116,45 @@ pub(super) fn pin_reset(config: &Path, out: &mut dyn Write) -> Result<(), Error>
         .pin_marker
         .as_ref()
         .ok_or_else(|| Error::Usage("the config names no PIN-refusal marker".into()))?;
+    let mut said = Vec::new();
     match std::fs::read_to_string(marker) {
         Ok(text) => {
             std::fs::remove_file(marker)
                 .map_err(|e| Error::Io(format!("{}: {e}", marker.display())))?;
-            writeln!(
-                out,
-                "removed {} ({}); the next start logs in with the PIN as configured",
-                marker.display(),
-                text.trim()
-            )
-            .map_err(io)
+            said.push(format!("removed {} ({})", marker.display(), text.trim()));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => writeln!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Io(format!("{}: {e}", marker.display()))),
+    }
+    let journal = Journal::new(&cfg.journal)?;
+    let token = cfg.hsm.token_name();
+    match journal.clear_pin_refusal(token) {
+        Ok(Some(text)) => said.push(format!(
+            "removed the record in the import journal ({}) that every replica reads ({text})",
+            journal.describe()
+        )),
+        Ok(None) => {}
+        Err(e) => {
+            for s in &said {
+                writeln!(out, "{s}").map_err(io)?;
+            }
+            return Err(Error::Io(format!(
+                "the import journal's record of the refused PIN could not be removed ({e}); until it is, every replica refuses to log in: run pin-reset again once the journal is reachable"
+            )));
+        }
+    }
+    if said.is_empty() {
+        return writeln!(
             out,
-            "no PIN-refusal marker at {}: nothing to reset",
+            "no PIN-refusal marker at {} and none in the import journal: nothing to reset",
             marker.display()
         )
-        .map_err(io),
-        Err(e) => Err(Error::Io(format!("{}: {e}", marker.display()))),
+        .map_err(io);
     }
+    writeln!(
+        out,
+        "{}; the next start logs in with the PIN as configured",
+        said.join("; ")
+    )
+    .map_err(io)
 }

@@ -177,6 +177,11 @@ impl Cli {
         matches!(self.command, Command::Serve { log_json: true, .. })
     }
 
+    /// Whether this runs the daemon.
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
+
     /// The default log level: info for the daemon, warnings only for one-shot commands.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
@@ -205,7 +210,7 @@ impl KeyArg {
 
 fn open(config: &Path) -> Result<(Config, Hsm), Error> {
     let cfg = Config::load(config)?;
-    let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+    let hsm = open_hsm(&cfg)?;
     Ok((cfg, hsm))
 }
 
@@ -299,7 +304,7 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
         audit.write(rec, Err((Code::PermissionDenied, why.clone())))?;
         return Err(Error::Usage(why));
     }
-    let hsm = Hsm::open(&cfg.hsm, &cfg.policy)?;
+    let hsm = open_hsm(&cfg)?;
     let wrapped = hsm.wrap(&key, &wk, alg, None);
     hsm.close();
     let wrapped = match wrapped {
@@ -372,6 +377,13 @@ fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {
         "sensitive": k.sensitive,
         "exportable": hsm.export_check(k).is_ok(),
     })
+}
+
+/// The token, for a command that logs in: a PIN the token refused before, here or on
+/// another replica sharing the journal, is not presented again.
+fn open_hsm(cfg: &Config) -> Result<Hsm, Error> {
+    let journal = crate::journal::Journal::new(&cfg.journal)?;
+    Ok(Hsm::open_shared(&cfg.hsm, &cfg.policy, Some(journal))?)
 }
 
 /// The part of a refusal after "may not be exported: ".

@@ -35,7 +35,7 @@ impl KeyRef {
         if l.len() > MAX_LABEL {
             return Err(KeyRefError::LabelTooLong(l.len()));
         }
-        if l.chars().any(char::is_control) {
+        if crate::text::has_deceptive(l) {
             return Err(KeyRefError::ControlInLabel);
         }
         if l.contains(['*', '?', '[', ']']) {
@@ -87,7 +87,7 @@ pub enum KeyRefError {
     EmptyLabel,
     #[error("the label is {0} bytes; at most {MAX_LABEL}")]
     LabelTooLong(usize),
-    #[error("the label contains control characters")]
+    #[error("the label contains control characters, line separators or bidirectional controls")]
     ControlInLabel,
     #[error("the label contains glob characters (* ? [ ]); labels are matched exactly")]
     GlobInLabel,

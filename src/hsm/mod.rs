@@ -30,6 +30,7 @@ use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
 pub use error::{ExportRefusal, HsmError, KeyDenied, Unsupported, ckr_name, recoverable};
 pub use keys::{KeyInfo, KeyRef, KeyRefError};
 pub use modes::WrapMode;
+pub use pin::SharedRefusal;
 use token::{bring_up, initialize, login};
 
 /// The result of one wrap.
@@ -138,6 +139,16 @@ impl Hsm {
     /// self-test. Fails with the reason if any step does, or if the configured wrap mode is
     /// impossible on this token.
     pub fn open(cfg: &HsmConfig, policy: &PolicyConfig) -> Result<Hsm, HsmError> {
+        Self::open_shared(cfg, policy, None)
+    }
+
+    /// As [`Hsm::open`], with refused PINs also remembered in (and read from) `shared`:
+    /// the import journal, which replicas share.
+    pub fn open_shared(
+        cfg: &HsmConfig,
+        policy: &PolicyConfig,
+        shared: Option<std::sync::Arc<dyn pin::SharedRefusal>>,
+    ) -> Result<Hsm, HsmError> {
         let module = cfg.module.display().to_string();
         if !cfg.module.is_file() {
             return Err(HsmError::ModuleMissing(module));
@@ -156,7 +167,7 @@ impl Hsm {
         initialize(&pkcs11).map_err(|e| load_err(format!("C_Initialize: {e}")))?;
         let raw = raw::RawModule::open(&cfg.module, cfg.user_type.ck_user_type())
             .map_err(|e| load_err(e.to_string()))?;
-        let pin_refused = pin::Refusal::new(cfg.pin_marker.clone());
+        let pin_refused = pin::Refusal::new(cfg.pin_marker.clone(), shared);
         let setup = Setup {
             token_label: cfg.token_name().to_string(),
             token: cfg.token_match().map_err(|e| HsmError::TokenNotFound {

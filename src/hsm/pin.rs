@@ -67,30 +67,72 @@ fn from_bytes(raw: &[u8]) -> Result<Pin, String> {
     Ok(Pin(locked))
 }
 
+/// Where a refused PIN is remembered beyond this machine: the import journal, which every
+/// replica shares (src/journal/, "pin refusals"), so that a new pod, with a marker file of
+/// its own, does not present a PIN another replica had refused.
+pub trait SharedRefusal: Send + Sync {
+    /// What was recorded for `token`, if anything.
+    fn get(&self, token: &str) -> Result<Option<String>, String>;
+    /// Records `said` (when and why, never the PIN) for `token`.
+    fn set(&self, token: &str, said: &str) -> Result<(), String>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
 /// A PIN the token refused: remembered in this process, and, through a marker file
-/// (`journal.pin_marker`), across restarts, so that a supervisor restarting the daemon in a
-/// loop cannot lock a Luna partition. The marker holds when and why, never the PIN; an
-/// operator removes it (`hsm-bridge pin-reset`) once the PIN is fixed.
+/// (`journal.pin_marker`) and the import journal that replicas share, across restarts and
+/// replicas, so that a supervisor restarting the daemon in a loop, or a new pod, cannot
+/// lock a Luna partition. Both hold when and why, never the PIN; an operator removes them
+/// (`hsm-bridge pin-reset`) once the PIN is fixed. A journal that cannot be read leaves the
+/// marker file to decide (and says so in the log): the daemon starts when the journal is
+/// down.
 pub struct Refusal {
     seen: OnceLock<String>,
     marker: Option<PathBuf>,
+    shared: Option<std::sync::Arc<dyn SharedRefusal>>,
 }
 
 impl Refusal {
-    pub fn new(marker: Option<PathBuf>) -> Refusal {
+    pub fn new(
+        marker: Option<PathBuf>,
+        shared: Option<std::sync::Arc<dyn SharedRefusal>>,
+    ) -> Refusal {
         Refusal {
             seen: OnceLock::new(),
             marker,
+            shared,
         }
     }
 
-    /// Why no `C_Login` may be tried, if none may.
-    pub fn get(&self) -> Option<String> {
+    /// Why no `C_Login` may be tried on `token`, if none may.
+    pub fn get(&self, token: &str) -> Option<String> {
         if let Some(why) = self.seen.get() {
             return Some(format!(
                 "{why}, earlier; not trying the PIN again (fix it and restart)"
             ));
         }
+        if let Some(why) = self.marker_says() {
+            return Some(why);
+        }
+        let shared = self.shared.as_ref()?;
+        match shared.get(token) {
+            Ok(Some(said)) => Some(format!(
+                "the token refused the PIN before ({said}; recorded in {}, which every replica reads); not trying it again: fix the PIN, then run `hsm-bridge pin-reset --config FILE`",
+                shared.describe()
+            )),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "the record of refused PINs in {} cannot be read ({e}); going by the marker file alone",
+                    shared.describe()
+                );
+                None
+            }
+        }
+    }
+
+    /// What the marker file says, if there is one.
+    fn marker_says(&self) -> Option<String> {
         let marker = self.marker.as_ref()?;
         let said = match std::fs::File::open(marker) {
             Ok(f) => {
@@ -107,17 +149,27 @@ impl Refusal {
         ))
     }
 
-    /// Remembers that the token refused the PIN, and leaves the marker; returns what to add
-    /// to the refusal's message about it.
+    /// Remembers that the token refused the PIN, and leaves the marker and the journal's
+    /// record; returns what to add to the refusal's message about them.
     pub fn set(&self, token: &str, why: &str) -> String {
         let _ = self.seen.set(why.to_string());
-        let Some(marker) = &self.marker else {
-            return String::new();
-        };
         let line = format!(
             "{} token {token:?}: {why}\n",
             crate::time::rfc3339(std::time::SystemTime::now())
         );
+        let shared = match &self.shared {
+            Some(s) => match s.set(token, line.trim_end()) {
+                Ok(()) => format!("; recorded in {} for every replica", s.describe()),
+                Err(e) => format!(
+                    "; the record in {} could not be written ({e}): another replica may try the PIN once more",
+                    s.describe()
+                ),
+            },
+            None => String::new(),
+        };
+        let Some(marker) = &self.marker else {
+            return shared;
+        };
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -126,7 +178,7 @@ impl Refusal {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(marker)
             .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()));
-        match written {
+        let local = match written {
             Ok(()) => format!(
                 "; nothing logs in again until the PIN is fixed and `hsm-bridge pin-reset` removes {}",
                 marker.display()
@@ -135,7 +187,8 @@ impl Refusal {
                 "; the marker {} could not be written ({e}): a restart will try the PIN again",
                 marker.display()
             ),
-        }
+        };
+        format!("{local}{shared}")
     }
 }
 

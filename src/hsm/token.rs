@@ -89,7 +89,7 @@ pub(super) fn login(
         token: token.to_string(),
         why,
     };
-    if let Some(why) = refused.get() {
+    if let Some(why) = refused.get(token) {
         return Err(fail(why));
     }
     let why = match raw.login_user(s.handle(), pin.bytes()) {

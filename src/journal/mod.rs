@@ -308,6 +308,22 @@ pub trait Backend: Send + Sync {
     fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>>;
     /// Deletes records made more than `age` ago whose lease is free or expired.
     fn purge(&self, age: Duration) -> BoxFuture<'_, Result<u64, JournalError>>;
+    /// What a refusal of the PIN recorded for the token `token`, if anything.
+    fn pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, JournalError>>;
+    /// Records (replacing any) that the token `token` refused the PIN: `said` is when and why.
+    fn set_pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+        said: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+    /// Removes the record for `token`; what it said, if there was one.
+    fn clear_pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, JournalError>>;
 }
 
 /// What a claim on an import's record gives the caller.
@@ -643,6 +659,51 @@ impl Journal {
             }
         });
     }
+}
+
+/// Refused PINs, shared by every replica of the journal (a table of their own: one row per
+/// token label, when and why, never the PIN). The HSM layer asks from wherever it logs in
+/// (at start, before any runtime; or on a worker thread), so each question runs to its end
+/// on a thread and a runtime of its own.
+impl crate::hsm::SharedRefusal for Journal {
+    fn get(&self, token: &str) -> Result<Option<String>, String> {
+        blocking(self.backend.pin_refusal(token)).map_err(|e| e.to_string())
+    }
+
+    fn set(&self, token: &str, said: &str) -> Result<(), String> {
+        blocking(self.backend.set_pin_refusal(token, said)).map_err(|e| e.to_string())
+    }
+
+    fn describe(&self) -> String {
+        format!("the import journal ({})", self.what)
+    }
+}
+
+impl Journal {
+    /// Removes the record of a refused PIN for `token` (`hsm-bridge pin-reset`); what it
+    /// said, if there was one.
+    pub fn clear_pin_refusal(&self, token: &str) -> Result<Option<String>, JournalError> {
+        blocking(self.backend.clear_pin_refusal(token))
+    }
+}
+
+/// Runs `work` to its end on a thread of its own, in a runtime of its own.
+fn blocking<T: Send>(work: BoxFuture<'_, Result<T, JournalError>>) -> Result<T, JournalError> {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| JournalError::Unavailable(format!("a runtime: {e}")))?;
+            rt.block_on(work)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(JournalError::Unavailable(
+                "the journal's thread failed".into(),
+            ))
+        })
+    })
 }
 
 /// This call's claim on a record. Renewed while held; dropped without [`Lease::finish`]

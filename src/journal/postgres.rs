@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS hsm_bridge_imports (
     mac BYTEA
 );
 CREATE INDEX IF NOT EXISTS hsm_bridge_imports_created ON hsm_bridge_imports (created_at);
+CREATE TABLE IF NOT EXISTS hsm_bridge_pin_refusals (
+    token TEXT PRIMARY KEY,
+    said TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
 -- A journal made before records carried a MAC gets the column; its old records, without
 -- one, are refused when used (and expire).
 ALTER TABLE hsm_bridge_imports ADD COLUMN IF NOT EXISTS mac BYTEA;
@@ -190,6 +195,23 @@ impl Postgres {
                 Err(unavailable("no answer within 5 s"))
             }
         }
+    }
+}
+
+impl Postgres {
+    /// The `said` column of the one row `sql` gives for `token`, if any.
+    fn said<'a>(
+        &'a self,
+        sql: &'static str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, JournalError>> {
+        Box::pin(async move {
+            self.with(async |c| {
+                let row = c.query_opt(sql, &[&token]).await?;
+                row.map(|r| r.try_get(0)).transpose()
+            })
+            .await
+        })
     }
 }
 
@@ -714,6 +736,47 @@ impl Backend for Postgres {
                 .await?;
             row.map(|r| record(&r, false)).transpose()
         })
+    }
+
+    fn pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, JournalError>> {
+        self.said(
+            "SELECT said FROM hsm_bridge_pin_refusals WHERE token = $1",
+            token,
+        )
+    }
+
+    fn set_pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+        said: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            self.with(async |c| {
+                c.execute(
+                    &format!(
+                        "INSERT INTO hsm_bridge_pin_refusals (token, said, at) VALUES ($1, $2, {NOW})
+                         ON CONFLICT (token) DO UPDATE SET said = $2, at = {NOW}"
+                    ),
+                    &[&token, &said],
+                )
+                .await
+                .map(|_| ())
+            })
+            .await
+        })
+    }
+
+    fn clear_pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, JournalError>> {
+        self.said(
+            "DELETE FROM hsm_bridge_pin_refusals WHERE token = $1 RETURNING said",
+            token,
+        )
     }
 
     fn purge(&self, age: Duration) -> BoxFuture<'_, Result<u64, JournalError>> {

@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS hsm_bridge_imports (
     mac BLOB
 );
 CREATE INDEX IF NOT EXISTS hsm_bridge_imports_created ON hsm_bridge_imports (created_at);
+CREATE TABLE IF NOT EXISTS hsm_bridge_pin_refusals (
+    token TEXT PRIMARY KEY,
+    said TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 ";
 
 /// A journal made before records carried a MAC gets the column; its old records, without
@@ -91,6 +96,18 @@ impl Sqlite {
             .await
             .map_err(unavailable)?
         })
+    }
+}
+
+impl Sqlite {
+    /// The `said` column of the one row `sql` gives for `token`, if any.
+    fn said(
+        &self,
+        sql: &'static str,
+        token: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, JournalError>> {
+        let token = token.to_string();
+        self.run(move |c| c.query_row(sql, [token], |r| r.get(0)).optional())
     }
 }
 
@@ -348,6 +365,42 @@ impl Backend for Sqlite {
     fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
         let token = token.to_string();
         self.run(move |c| select_one(c, &token, false))
+    }
+
+    fn pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, JournalError>> {
+        self.said(
+            "SELECT said FROM hsm_bridge_pin_refusals WHERE token = ?1",
+            token,
+        )
+    }
+
+    fn set_pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+        said: &'a str,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        let (token, said) = (token.to_string(), said.to_string());
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO hsm_bridge_pin_refusals (token, said, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (token) DO UPDATE SET said = ?2, at = ?3",
+                params![token, said, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn clear_pin_refusal<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, JournalError>> {
+        self.said(
+            "DELETE FROM hsm_bridge_pin_refusals WHERE token = ?1 RETURNING said",
+            token,
+        )
     }
 
     fn purge(&self, age: Duration) -> BoxFuture<'_, Result<u64, JournalError>> {

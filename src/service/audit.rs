@@ -57,6 +57,29 @@ impl Operation {
     }
 }
 
+impl Record {
+    /// Sets the outcome, code and reason of an attempt that ended with `result`. An export
+    /// that made something at the destination (`export.created_id`) is `allowed` whatever
+    /// came after (e.g. a version that was not ENABLED within the deadline): the key left.
+    pub fn conclude(&mut self, result: Result<(), (Code, String)>) {
+        match result {
+            Ok(()) => {
+                self.outcome = Outcome::Allowed;
+                self.code = "OK";
+            }
+            Err((code, why)) => {
+                self.outcome = if self.export.created_id.is_some() {
+                    Outcome::Allowed
+                } else {
+                    Outcome::of(code)
+                };
+                self.code = status::code_name(code);
+                self.reason = Some(why);
+            }
+        }
+    }
+}
+
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -118,7 +141,7 @@ pub const INVALID: &str = "invalid";
 /// `value` if it is at most `max` bytes of printable text, else [`INVALID`]. For values
 /// recorded before (or without) a stricter check.
 pub fn bounded(value: &str, max: usize) -> String {
-    if value.len() <= max && !value.chars().any(char::is_control) {
+    if value.len() <= max && !crate::text::has_deceptive(value) {
         value.to_string()
     } else {
         INVALID.to_string()
@@ -187,7 +210,7 @@ impl Audit {
     }
 
     fn write_line(&self, record: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        let mut line = crate::text::json_line(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         match &mut *self.sink.lock().unwrap_or_else(|p| p.into_inner()) {
             Sink::File(f) => {
@@ -325,7 +348,12 @@ impl Drop for AuditOnDrop {
                 "the caller cancelled or its deadline passed before an HSM session was free; the HSM did no work for this call".into(),
             ),
         };
-        rec.outcome = outcome;
+        // something made at the destination is an export that happened
+        rec.outcome = if rec.export.created_id.is_some() {
+            Outcome::Allowed
+        } else {
+            outcome
+        };
         rec.reason = Some(reason);
         if rec.caller.is_empty() {
             rec.caller = "unknown".into();
@@ -373,17 +401,10 @@ impl super::Bridge {
                 _ => "unknown".into(),
             };
         }
-        match &result {
-            Ok(_) => {
-                rec.outcome = Outcome::Allowed;
-                rec.code = "OK";
-            }
-            Err(s) => {
-                rec.outcome = Outcome::of(s.code());
-                rec.code = status::code_name(s.code());
-                rec.reason = Some(s.message().to_string());
-            }
-        }
+        rec.conclude(match &result {
+            Ok(_) => Ok(()),
+            Err(s) => Err((s.code(), s.message().to_string())),
+        });
         if let Err(e) = self.audit.write(&rec) {
             tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
             if result.is_ok() {

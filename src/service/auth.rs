@@ -254,9 +254,9 @@ fn subject_cn(der: &[u8]) -> Result<String, Unidentified> {
     }
     let text = std::str::from_utf8(raw)
         .map_err(|_| Unidentified::BadCertificate("has a CN that is not UTF-8 text"))?;
-    if text.chars().any(char::is_control) {
+    if crate::text::has_deceptive(text) {
         return Err(Unidentified::BadCertificate(
-            "has a CN with control characters",
+            "has a CN with control characters, line separators or bidirectional controls",
         ));
     }
     Ok(text.to_string())

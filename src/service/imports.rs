@@ -379,7 +379,7 @@ impl Bridge {
         rec.compartment_id = Some(body.compartment_id.clone());
         if body.display_name.is_empty()
             || body.display_name.len() > 255
-            || body.display_name.chars().any(char::is_control)
+            || crate::text::has_deceptive(&body.display_name)
         {
             rec.display_name = Some(INVALID.into());
             return Err(Status::invalid_argument(

@@ -373,12 +373,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let conn = self.slot.conn.clone();
+        let me = &mut *self;
+        let conn = &me.slot.conn;
         if conn.is_closed() {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let r = Pin::new(&mut me.io).poll_read(cx, buf);
         match r {
             Poll::Ready(Ok(())) if buf.filled().len() > before => conn.touch(),
             Poll::Pending => {

@@ -5,8 +5,10 @@
 //! on an open one is let through only if its certificate passes the new CA and CRL). Calls in flight finish under the settings they started with. A file that
 //! fails any check is logged with the reason, and the old settings stay. Settings that need
 //! the HSM, the listener, the runtime or the journal again (`[hsm]`, `policy.exportable`,
-//! the `[server]` settings but the clients and TLS files, `[journal]`, `[audit]`,
-//! `[metrics]`) are left as they are, and the log says that one changed.
+//! `policy.allow_hybrid`, `policy.min_wrapping_key_bits`, the `[server]` settings but the
+//! clients and TLS files, `[journal]`, `[audit]`, `[metrics]`) are left as they are, and the
+//! log names each one that changed. A reload warns as the start does (`caller_wrapping_keys
+//! = "any"`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,40 +39,67 @@ pub struct Reloader {
     /// The TLS of new connections, when the daemon speaks TLS.
     pub tls: Option<super::tls::TlsState>,
     pub journal: Arc<Journal>,
-    /// The parts that need a restart, as they were at start.
-    pub fixed: String,
+    /// The settings that need a restart, as they were at start.
+    pub fixed: Vec<(&'static str, String)>,
 }
 
-/// The parts of a config that a reload cannot change, for comparison: `[hsm]`,
-/// `policy.exportable`, every `[server]` setting but the clients and the TLS files,
-/// `[journal]`, `[audit]`, `[metrics]`.
-pub fn fixed_parts(cfg: &Config) -> String {
+/// The settings a reload cannot change, each by name with its value, for comparison:
+/// `[hsm]` (the module, the token, the sessions, the login, the wrap mode),
+/// `policy.exportable`, `policy.allow_hybrid` and `policy.min_wrapping_key_bits` (which the
+/// HSM layer and WrapKey's key cache hold), every `[server]` setting but the clients and the
+/// TLS files, `[journal]`, `[audit]`, `[metrics]`.
+pub fn fixed_parts(cfg: &Config) -> Vec<(&'static str, String)> {
     let s = &cfg.server;
-    format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        cfg.hsm.module,
-        cfg.hsm.token_name(),
-        cfg.hsm.sessions,
-        cfg.policy.exportable,
-        s.listen,
-        s.plaintext,
-        s.max_queue,
-        s.shutdown_grace_secs,
+    let v = |x: &dyn std::fmt::Debug| format!("{x:?}");
+    vec![
+        ("[hsm]", v(&cfg.hsm)),
+        ("policy.exportable", v(&cfg.policy.exportable)),
+        ("policy.allow_hybrid", v(&cfg.policy.allow_hybrid)),
         (
-            s.max_connections,
-            s.max_connections_per_address,
-            s.max_handshakes,
-            s.idle_timeout_secs,
-            s.max_connection_age_secs,
+            "policy.min_wrapping_key_bits",
+            v(&cfg.policy.min_wrapping_key_bits),
         ),
-        s.tls_handshake_timeout_secs,
-        s.max_concurrent_streams,
-        s.io_threads,
-        s.health_listen,
-        cfg.journal.url,
-        cfg.audit.path,
-        (&cfg.metrics.listen, cfg.metrics.key_labels),
-    )
+        ("server.listen", v(&s.listen)),
+        ("server.plaintext", v(&s.plaintext)),
+        ("server.max_queue", v(&s.max_queue)),
+        ("server.shutdown_grace_secs", v(&s.shutdown_grace_secs)),
+        ("server.max_connections", v(&s.max_connections)),
+        (
+            "server.max_connections_per_address",
+            v(&s.max_connections_per_address),
+        ),
+        ("server.max_handshakes", v(&s.max_handshakes)),
+        ("server.idle_timeout_secs", v(&s.idle_timeout_secs)),
+        (
+            "server.max_connection_age_secs",
+            v(&s.max_connection_age_secs),
+        ),
+        (
+            "server.tls_handshake_timeout_secs",
+            v(&s.tls_handshake_timeout_secs),
+        ),
+        (
+            "server.max_concurrent_streams",
+            v(&s.max_concurrent_streams),
+        ),
+        ("server.io_threads", v(&s.io_threads)),
+        ("server.health_listen", v(&s.health_listen)),
+        ("[journal]", v(&cfg.journal)),
+        ("[audit]", v(&cfg.audit.path)),
+        (
+            "[metrics]",
+            v(&(&cfg.metrics.listen, cfg.metrics.key_labels)),
+        ),
+    ]
+}
+
+/// The names of the settings that differ between `now` and `then`.
+fn changed(now: &[(&'static str, String)], then: &[(&'static str, String)]) -> Vec<&'static str> {
+    now.iter()
+        .zip(then)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect()
 }
 
 impl Reloader {
@@ -103,11 +132,14 @@ impl Reloader {
             Some(_) => Some(super::tls::server_config(&cfg.server)?),
             None => None,
         };
-        if fixed_parts(&cfg) != self.fixed {
+        let restart = changed(&fixed_parts(&cfg), &self.fixed);
+        if !restart.is_empty() {
             tracing::warn!(
-                "SIGHUP: [hsm], policy.exportable, a [server] setting other than the clients and TLS files, [journal], [audit] or [metrics] changed; those take a restart (the rest is reloaded)"
+                "SIGHUP: {} changed, which takes a restart: the value at start stays until then (the rest is reloaded)",
+                restart.join(", ")
             );
         }
+        super::server::warn_about_policy(&cfg);
         // Everything checked: now all of it at once.
         if let (Some(state), Some(cfg)) = (&self.tls, tls) {
             state.replace(cfg);

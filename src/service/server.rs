@@ -48,7 +48,11 @@ pub fn serve(cfg: Config) -> Result<(), Error> {
     let settings = super::reload::settings(&cfg, transport, &journal)?;
     warn_at_start(&cfg, &settings.auth, transport);
     // Opened before the runtime starts threads: the module's environment is set here.
-    let hsm = Arc::new(Hsm::open(&cfg.hsm, &cfg.policy)?);
+    let hsm = Arc::new(Hsm::open_shared(
+        &cfg.hsm,
+        &cfg.policy,
+        Some(journal.clone()),
+    )?);
     tracing::info!(mode = %hsm.mode(), sessions = hsm.sessions(), "self-test passed");
     // Without the key that authenticates its records, the journal could be made to send
     // what a database writer chose: no start.
@@ -337,14 +341,19 @@ fn warn_at_start(cfg: &Config, auth: &Authenticator, transport: Transport) {
             }
         );
     }
-    if cfg.policy.caller_wrapping_keys == crate::config::CallerWrappingKeys::Any {
-        tracing::warn!(
-            "policy.caller_wrapping_keys = \"any\": any caller with the wrap operation can export keys to a public key of its own choosing; use \"pinned\" or \"none\" outside development"
-        );
-    }
+    warn_about_policy(cfg);
     if rustix::process::geteuid().is_root() {
         tracing::warn!(
             "running as root: run the daemon as an unprivileged user that can read the PIN file, the TLS key and the PKCS#11 client configuration"
+        );
+    }
+}
+
+/// What the operator should hear of the policy, at start and at every reload.
+pub(super) fn warn_about_policy(cfg: &Config) {
+    if cfg.policy.caller_wrapping_keys == crate::config::CallerWrappingKeys::Any {
+        tracing::warn!(
+            "policy.caller_wrapping_keys = \"any\": any caller with the wrap operation can export keys to a public key of its own choosing; use \"pinned\" or \"none\" outside development"
         );
     }
 }
