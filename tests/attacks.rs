@@ -850,24 +850,29 @@ async fn side_doors_cannot_starve_the_hsm() {
         let flood = idle_sockets(addr, 1100);
         assert!(flood.len() > 1000, "{door}: {} connected", flood.len());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut cckm = d.client("cckm").await;
-        for i in 0..5 {
-            let r = cckm
-                .wrap_key(wrap_req(by_label("test-aes-256"), &fx.wk.wk2048))
-                .await;
-            assert!(r.is_ok(), "{door} flood, call {i}: {r:?}");
-        }
-        // a probe still gets through: it pushes out the oldest idle connection
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let s = HealthClient::new(ch)
-            .check(HealthCheckRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
+        // (bounded waits: a daemon out of descriptors accepts nothing, and would hang us)
+        let served = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut cckm = d.client("cckm").await;
+            for i in 0..5 {
+                let r = cckm
+                    .wrap_key(wrap_req(by_label("test-aes-256"), &fx.wk.wk2048))
+                    .await;
+                assert!(r.is_ok(), "{door} flood, call {i}: {r:?}");
+            }
+            // a probe still gets through: it pushes out the oldest idle connection
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            HealthClient::new(ch)
+                .check(HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+        })
+        .await;
+        let s = served.unwrap_or_else(|_| panic!("{door} flood: no answer within 30 s"));
         assert_eq!(s.status, ServingStatus::Serving as i32, "{door}");
         drop(flood);
     }
@@ -1001,7 +1006,6 @@ async fn unauthenticated_and_unlisted_connections_leave_a_listed_caller_served()
             unlisted.push(ch);
         }
     }
-    let mut one = raw_tls(&d, "unlisted").await;
     let mut served = 0;
     for _ in 0..10 {
         let r = d
@@ -1014,6 +1018,7 @@ async fn unauthenticated_and_unlisted_connections_leave_a_listed_caller_served()
     }
     assert_eq!(served, 10);
     // an unlisted connection is closed at the handshake stage's limit
+    let mut one = raw_tls(&d, "unlisted").await;
     let closed = closed_within(&mut one, Duration::from_secs(10)).await;
     assert!(closed.is_some(), "an unlisted connection stayed open");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

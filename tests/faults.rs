@@ -782,17 +782,19 @@ fn a_refused_pin_reaches_every_replica(name: &str, journal: Option<String>) {
 
     let out = hsm_bridge(&["serve", "--config", a.to_str().unwrap()]);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("CKR_PIN_INCORRECT") && err.contains("every replica"),
-        "{err}"
-    );
+    let err_a = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err_a.contains("CKR_PIN_INCORRECT"), "{err_a}");
     assert_eq!(calls(&log_a, "C_Login"), 1);
     // another replica (a new pod: no marker file of its own) refuses before C_Login
     for args in [["serve", "--config"], ["keys", "--config"]] {
         let out = hsm_bridge(&[args[0], args[1], b.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{err}");
+        assert_eq!(
+            calls(&log_b, "C_Login"),
+            0,
+            "the second replica presented the refused PIN again: {err}"
+        );
         assert!(
             err.contains("import journal") && err.contains("pin-reset"),
             "{err}"
@@ -804,6 +806,7 @@ fn a_refused_pin_reaches_every_replica(name: &str, journal: Option<String>) {
         0,
         "the second replica never presented the PIN"
     );
+    assert!(err_a.contains("recorded in the import journal"), "{err_a}");
     // the operator fixes the PIN and resets once, from any replica
     write_private(&wrong, format!("{PIN}\n").as_bytes());
     let reset = hsm_bridge_ok(&["pin-reset", "--config", b.to_str().unwrap()]);
