@@ -43,6 +43,15 @@ impl serde_json::ser::Formatter for Escaping {
         w: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
+        // Every character of `is_deceptive` that serde_json leaves to us (it escapes C0
+        // controls itself) is DEL or starts with one of these bytes (C1 controls: C2;
+        // U+061C: D8; the rest: E2): most fragments have none and go out as they are.
+        if !fragment
+            .bytes()
+            .any(|b| matches!(b, 0x7F | 0xC2 | 0xD8 | 0xE2))
+        {
+            return w.write_all(fragment.as_bytes());
+        }
         let mut rest = fragment;
         while let Some(i) = rest.find(is_deceptive) {
             w.write_all(&rest.as_bytes()[..i])?;

@@ -126,13 +126,11 @@ impl Daemon {
     }
 
     fn start_full(config: &Path, extra_args: &[&str], log: &Path, env: &[(&str, &str)]) -> Daemon {
-        Self::start_cmd(
-            &mut Command::new(env!("CARGO_BIN_EXE_hsm-bridge")),
-            config,
-            extra_args,
-            log,
-            env,
-        )
+        // HSM_BRIDGE_DAEMON_BIN: another build of the daemon, for A/B benchmarks
+        // (BENCHMARKS.md); this build's own otherwise.
+        let bin = std::env::var_os("HSM_BRIDGE_DAEMON_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_hsm-bridge").into());
+        Self::start_cmd(&mut Command::new(bin), config, extra_args, log, env)
     }
 
     fn start_cmd(
