@@ -126,12 +126,16 @@ pub(super) fn pin_reset(config: &Path, out: &mut dyn Write) -> Result<(), Error>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::Io(format!("{}: {e}", marker.display()))),
     }
-    let journal = Journal::new(&cfg.journal)?;
     let token = cfg.hsm.token_name();
-    match journal.clear_pin_refusal(token) {
-        Ok(Some(text)) => said.push(format!(
-            "removed the record in the import journal ({}) that every replica reads ({text})",
-            journal.describe()
+    let cleared = match Journal::if_there(&cfg.journal)? {
+        Some(journal) => journal
+            .clear_pin_refusal(token)
+            .map(|said| said.map(|text| (text, journal.describe().to_string()))),
+        None => Ok(None),
+    };
+    match cleared {
+        Ok(Some((text, journal))) => said.push(format!(
+            "removed the record in the import journal ({journal}) that every replica reads ({text})"
         )),
         Ok(None) => {}
         Err(e) => {

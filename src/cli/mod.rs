@@ -382,8 +382,9 @@ fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {
 /// The token, for a command that logs in: a PIN the token refused before, here or on
 /// another replica sharing the journal, is not presented again.
 fn open_hsm(cfg: &Config) -> Result<Hsm, Error> {
-    let journal = crate::journal::Journal::new(&cfg.journal)?;
-    Ok(Hsm::open_shared(&cfg.hsm, &cfg.policy, Some(journal))?)
+    let shared = crate::journal::Journal::if_there(&cfg.journal)?
+        .map(|j| j as std::sync::Arc<dyn crate::hsm::SharedRefusal>);
+    Ok(Hsm::open_shared(&cfg.hsm, &cfg.policy, shared)?)
 }
 
 /// The part of a refusal after "may not be exported: ".

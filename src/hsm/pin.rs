@@ -68,8 +68,8 @@ fn from_bytes(raw: &[u8]) -> Result<Pin, String> {
 }
 
 /// Where a refused PIN is remembered beyond this machine: the import journal, which every
-/// replica shares (src/journal/, "pin refusals"), so that a new pod, with a marker file of
-/// its own, does not present a PIN another replica had refused.
+/// replica shares (src/journal/mod.rs, its table of refused PINs), so that a new pod, with a
+/// marker file of its own, does not present a PIN another replica had refused.
 pub trait SharedRefusal: Send + Sync {
     /// What was recorded for `token`, if anything.
     fn get(&self, token: &str) -> Result<Option<String>, String>;
@@ -83,9 +83,9 @@ pub trait SharedRefusal: Send + Sync {
 /// (`journal.pin_marker`) and the import journal that replicas share, across restarts and
 /// replicas, so that a supervisor restarting the daemon in a loop, or a new pod, cannot
 /// lock a Luna partition. Both hold when and why, never the PIN; an operator removes them
-/// (`hsm-bridge pin-reset`) once the PIN is fixed. A journal that cannot be read leaves the
-/// marker file to decide (and says so in the log): the daemon starts when the journal is
-/// down.
+/// (`hsm-bridge pin-reset`) once the PIN is fixed. A journal that cannot be read (within
+/// its 5 s timeout) leaves the marker file to decide, and the log says so: the daemon
+/// starts when the journal is down.
 pub struct Refusal {
     seen: OnceLock<String>,
     marker: Option<PathBuf>,

@@ -404,6 +404,17 @@ impl Journal {
         }))
     }
 
+    /// The journal `cfg` names, for a command that only reads it or clears a record: `None`
+    /// for a SQLite journal whose file does not exist yet (a command run by another user,
+    /// root say, must not create the daemon's journal; SQLite itself gives the files it
+    /// adds to an existing one the database's owner).
+    pub fn if_there(cfg: &JournalConfig) -> Result<Option<Arc<Journal>>, JournalError> {
+        match &cfg.store {
+            Some(JournalStore::Sqlite(path)) if !path.exists() => Ok(None),
+            _ => Journal::new(cfg).map(Some),
+        }
+    }
+
     /// The key that authenticates records from now on (once; later calls change nothing).
     pub fn set_key(&self, key: RecordKey) {
         tracing::info!(journal = %self.what, key = %key.describe(), "import journal records are authenticated");
