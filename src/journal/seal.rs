@@ -247,16 +247,7 @@ mod tests {
     use super::*;
 
     fn entry() -> Entry {
-        Entry {
-            token: "t".into(),
-            caller: "c".into(),
-            idempotency_key: Some("k".into()),
-            operation: "ImportKeyVersion".into(),
-            target: "ocid1.key.oc1..t".into(),
-            endpoint: "https://localhost:1".into(),
-            algorithm: "RSA_OAEP_AES_SHA256".into(),
-            digest: [7; 32],
-        }
+        crate::journal::tests::entry("t", 7)
     }
 
     #[test]

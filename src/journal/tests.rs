@@ -38,7 +38,7 @@ fn body(b: &[u8]) -> Arc<Zeroizing<Vec<u8>>> {
     Arc::new(Zeroizing::new(b.to_vec()))
 }
 
-fn entry(token: &str, digest: u8) -> Entry {
+pub(super) fn entry(token: &str, digest: u8) -> Entry {
     Entry {
         token: token.into(),
         caller: "c".into(),
