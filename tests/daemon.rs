@@ -1667,3 +1667,85 @@ async fn a_reload_names_what_takes_a_restart_and_warns_as_the_start_does() {
         "the reload warns of \"any\" as a start does: {log}"
     );
 }
+
+/// `hsm-bridge health` invoked the wrong ways says what to do, once, in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_what_to_do_when_invoked_wrongly() {
+    let fx = softhsm();
+    let server = common::daemon::tls_server_lines() + "health_listen = \"127.0.0.1:0\"\n";
+    let (config, _) = daemon_config(fx, "health-cli", "", Some(&server));
+    let d = Daemon::start(&config, &[]);
+    let c = certs();
+    let f = |name: &str| c.join(name).to_str().unwrap().to_string();
+    let plain = d.health_addr();
+    let free = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--addr".into(), free.clone()], "nothing listens on"),
+        (
+            vec!["--addr".into(), d.addr.clone()],
+            "it speaks TLS: pass --ca",
+        ),
+        (
+            vec!["--addr".into(), d.addr.clone(), "--ca".into(), f("ca.pem")],
+            "asks for a client certificate: pass --cert and --key",
+        ),
+        (
+            vec![
+                "--addr".into(),
+                d.addr.clone(),
+                "--ca".into(),
+                f("rogue-ca.pem"),
+                "--cert".into(),
+                f("cckm.pem"),
+                "--key".into(),
+                f("cckm.key"),
+            ],
+            "not one --ca vouches for",
+        ),
+        (
+            vec![
+                "--addr".into(),
+                d.addr.clone(),
+                "--ca".into(),
+                f("ca.pem"),
+                "--cert".into(),
+                f("rogue.pem"),
+                "--key".into(),
+                f("rogue.key"),
+            ],
+            "refused the client certificate",
+        ),
+        (
+            vec!["--addr".into(), plain.clone(), "--ca".into(), f("ca.pem")],
+            "does not speak TLS there: leave out --ca",
+        ),
+    ];
+    for (args, says) in cases {
+        let mut all = vec!["health"];
+        all.extend(args.iter().map(String::as_str));
+        let line = hsm_bridge_refuses(&all);
+        assert!(line.contains(says), "{args:?}: {line}");
+        // each cause once
+        for w in line.split(": ").collect::<Vec<_>>().windows(2) {
+            assert_ne!(w[0], w[1], "{line}");
+        }
+    }
+    // and the right ways answer
+    let ok = hsm_bridge_ok(&["health", "--addr", &plain]);
+    assert_eq!(ok.trim(), "SERVING");
+    let ok = hsm_bridge_ok(&[
+        "health",
+        "--addr",
+        &d.addr,
+        "--ca",
+        &f("ca.pem"),
+        "--cert",
+        &f("cckm.pem"),
+        "--key",
+        &f("cckm.key"),
+    ]);
+    assert_eq!(ok.trim(), "SERVING");
+}

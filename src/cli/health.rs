@@ -82,18 +82,84 @@ async fn check(a: &HealthArgs) -> Result<ServingStatus, Error> {
             .tls_config(tls)
             .map_err(|e| Error::Usage(format!("TLS: {e}")))?;
     }
-    let channel = ep.connect().await.map_err(|e| {
-        Error::Io(format!(
-            "{}: cannot connect: {e}{}",
-            a.addr,
-            crate::error::causes(&e)
-        ))
-    })?;
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| Error::Io(cannot_connect(a, &e)))?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: a.service.clone(),
         })
         .await
-        .map_err(|s| Error::Io(format!("{}: {}: {}", a.addr, s.code(), s.message())))?;
+        .map_err(|s| Error::Io(refused(a, &s)))?;
     Ok(ServingStatus::try_from(answer.into_inner().status).unwrap_or(ServingStatus::Unknown))
+}
+
+/// Why no connection could be made, and what to do: one line.
+fn cannot_connect(a: &HealthArgs, e: &tonic::transport::Error) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return format!("nothing listens on {} (connection refused)", a.addr);
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return format!(
+                        "{}: no answer within {} s (--timeout-secs)",
+                        a.addr, a.timeout_secs
+                    );
+                }
+                _ => {}
+            }
+        }
+        cur = c.source();
+    }
+    let why = format!("{e}{}", crate::error::causes(e));
+    if why.contains("NotValidForName") || why.contains("not valid for name") {
+        return format!(
+            "{}: the daemon's certificate does not name the host; pass --server-name with a name it carries ({why})",
+            a.addr
+        );
+    }
+    if a.ca.is_some()
+        && (why.contains("InvalidContentType")
+            || why.contains("corrupt message")
+            || why.contains("received corrupt"))
+    {
+        return format!(
+            "{}: the daemon does not speak TLS there: leave out --ca (a plain-text listener, e.g. server.health_listen) ({why})",
+            a.addr
+        );
+    }
+    if why.contains("invalid peer certificate") {
+        return format!(
+            "{}: the daemon's certificate is not one --ca vouches for; pass the CA that issued it ({why})",
+            a.addr
+        );
+    }
+    format!("{}: cannot connect: {why}", a.addr)
+}
+
+/// Why the connection answered no health status, and what to do: one line. A transport
+/// failure after connecting is the daemon refusing how we came: TLS, or the certificate.
+fn refused(a: &HealthArgs, s: &tonic::Status) -> String {
+    // A status the daemon sent comes with its response headers; one made on this side from
+    // a broken connection has none.
+    let transport = s.metadata().is_empty();
+    match (transport, &a.ca, &a.cert) {
+        (true, None, _) => format!(
+            "{}: the daemon did not answer in plain text; it speaks TLS: pass --ca (the CA of its certificate), and --cert and --key when it asks for a client certificate",
+            a.addr
+        ),
+        (true, Some(_), None) => format!(
+            "{}: the daemon asks for a client certificate: pass --cert and --key (one its server.client_ca issued)",
+            a.addr
+        ),
+        (true, Some(_), Some(_)) => format!(
+            "{}: the daemon refused the client certificate (not issued by its server.client_ca, revoked, or expired)",
+            a.addr
+        ),
+        _ => format!("{}: {}: {}", a.addr, s.code(), s.message()),
+    }
 }
