@@ -14,8 +14,8 @@
 //! - **token size**: daemon p50 at 1 caller with 10 and with `--fillers` extra objects;
 //!
 //! for an AES-256 and an RSA-3072 source key, wrapped for an RSA-4096 key (a vault's size).
-//! Prints a table and the targets of issue 6; `--json` prints the same as JSON on stdout
-//! (the table then goes to stderr). A measurement: it asserts nothing.
+//! Prints a table and the targets (BENCHMARKS.md, "Targets"); `--json` prints the same as
+//! JSON on stdout (the table then goes to stderr). A measurement: it asserts nothing.
 //!
 //!     ./softhsm-setup.sh --with-kryoptic && cargo bench --bench compare [-- --json
 //!         --seconds 10 --soak 60 --rounds 3 --cpu-seconds 5 --perf DIR]
@@ -642,7 +642,8 @@ fn recipe(dir: &Path, wrapping_pem: &Path, kind: &str, n: usize) -> f64 {
     times[n / 2]
 }
 
-/// The callers of the CPU-per-call points (the figure of issue 17's first measurement).
+/// The callers of the CPU-per-call points (the figure of the first measurement in
+/// BENCHMARKS.md, "The daemon's own CPU per call").
 const CPU_CALLERS: usize = 16;
 
 /// One round of a CPU point: CPU µs per wrap (floor) or per call (daemons), and ops/s.

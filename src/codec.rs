@@ -2,9 +2,9 @@
 //! buffer of `buffer_size` for each call's request and for its answer; its default, 8 KiB,
 //! is glibc's "large" size class, whose every allocation first consolidates the fast bins
 //! (`malloc_consolidate`, about a microsecond a call on the network thread;
-//! BENCHMARKS.md, issue 17). A WrapKey request (a PEM wrapping key and a key name) or an
-//! AES key's answer fits in 1,000 bytes; a larger message has its buffer grown to fit, as
-//! tonic does with any message larger than its default.
+//! BENCHMARKS.md, "The daemon's own CPU per call"). A WrapKey request (a PEM wrapping key
+//! and a key name) or an AES key's answer fits in 1,000 bytes; a larger message has its
+//! buffer grown to fit, as tonic does with any message larger than its default.
 
 use std::marker::PhantomData;
 

@@ -2,8 +2,9 @@
 //! send again and again (a wrapping key's PEM text, a client certificate's DER). Keyed by
 //! the bytes themselves (std's randomly keyed SipHash, then a full comparison), which costs
 //! well under a microsecond where an OpenSSL SHA-256 of them cost about three
-//! (BENCHMARKS.md, issue 17). At `capacity` entries it starts over, and keys longer than
-//! `max_key` are not kept, so hostile callers cannot grow it past `capacity` × `max_key`.
+//! (BENCHMARKS.md, "The daemon's own CPU per call"). At `capacity` entries it starts over,
+//! and keys longer than `max_key` are not kept, so hostile callers cannot grow it past
+//! `capacity` × `max_key`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

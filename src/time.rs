@@ -48,7 +48,8 @@ pub fn rfc3339(t: SystemTime) -> String {
     let (year, month, day) = civil(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     if (0..=9999).contains(&year) {
-        // Digit by digit: every audit record carries one (BENCHMARKS.md, issue 17).
+        // Digit by digit: every audit record carries one (BENCHMARKS.md, "The daemon's own
+        // CPU per call").
         let mut s = String::with_capacity(24);
         let mut put = |n: i64, width: u32, then: char| {
             for k in (0..width).rev() {

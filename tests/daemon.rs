@@ -1155,9 +1155,9 @@ fn proto_compiles_with_protoc() {
     );
 }
 
-/// Every hostile input of issue 7 (point 5) that the daemon can see: INVALID_ARGUMENT with a
-/// reason, and one audit record per export asked for. (All of them are refused before the
-/// HSM queue: the checks run before `on_hsm`.)
+/// Every hostile input of the first attack review (SECURITY.md) that the daemon can see:
+/// INVALID_ARGUMENT with a reason, and one audit record per export asked for. (All of them
+/// are refused before the HSM queue: the checks run before `on_hsm`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
     use openssl::bn::BigNum;

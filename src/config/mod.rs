@@ -116,7 +116,8 @@ fn default_streams() -> u32 {
     100
 }
 /// One: a call's network work is tens of microseconds, far below its HSM work, and every
-/// further thread adds wake-ups between threads to each call (BENCHMARKS.md, issue 17).
+/// further thread adds wake-ups between threads to each call (BENCHMARKS.md, "The daemon's
+/// own CPU per call").
 fn default_io_threads() -> usize {
     1
 }

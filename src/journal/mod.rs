@@ -215,16 +215,7 @@ impl Outcome {
         body: Option<&'a [u8]>,
         made: &'a Made,
     ) -> Sealed<'a> {
-        let mut s = Sealed {
-            entry,
-            state: State::Unknown,
-            body,
-            made,
-            created_id: None,
-            answer: None,
-            opc_request_id: None,
-            failure: None,
-        };
+        let mut s = Sealed::unanswered(entry, State::Unknown, body, made);
         match self {
             Outcome::Accepted {
                 created_id,
@@ -499,16 +490,12 @@ impl Journal {
     /// `entry`, ready to be claimed: the MAC of its fresh record is made here, once.
     pub async fn ticket(&self, entry: Entry) -> Result<Ticket, JournalError> {
         let mac = self
-            .mac(&Sealed {
-                entry: &entry,
-                state: State::Claimed,
-                body: None,
-                made: &Made::default(),
-                created_id: None,
-                answer: None,
-                opc_request_id: None,
-                failure: None,
-            })
+            .mac(&Sealed::unanswered(
+                &entry,
+                State::Claimed,
+                None,
+                &Made::default(),
+            ))
             .await?;
         Ok(Ticket {
             entry: Arc::new(entry),
@@ -739,16 +726,12 @@ impl Lease {
     ) -> Result<(), JournalError> {
         let j = &self.journal;
         let mac = j
-            .mac(&Sealed {
-                entry: &self.entry,
-                state: State::Prepared,
-                body: Some(body.as_slice()),
+            .mac(&Sealed::unanswered(
+                &self.entry,
+                State::Prepared,
+                Some(body.as_slice()),
                 made,
-                created_id: None,
-                answer: None,
-                opc_request_id: None,
-                failure: None,
-            })
+            ))
             .await?;
         let token = &self.entry.token;
         match j.health(j.backend.prepare(token, &j.owner, &body, made, &mac).await)? {

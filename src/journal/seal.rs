@@ -152,7 +152,26 @@ pub struct Sealed<'a> {
 /// Versions the encoding below: a record sealed under another layout never verifies.
 const DOMAIN: &[u8] = b"hsm-bridge journal record v1\0";
 
-impl Sealed<'_> {
+impl<'a> Sealed<'a> {
+    /// A record with no answer recorded yet (claimed, prepared, or before an outcome).
+    pub fn unanswered(
+        entry: &'a Entry,
+        state: State,
+        body: Option<&'a [u8]>,
+        made: &'a Made,
+    ) -> Sealed<'a> {
+        Sealed {
+            entry,
+            state,
+            body,
+            made,
+            created_id: None,
+            answer: None,
+            opc_request_id: None,
+            failure: None,
+        }
+    }
+
     /// The bytes the MAC is made over: a domain string, then each field as a presence byte
     /// and, when present, its length (4 bytes, big-endian) and bytes. No two different
     /// records encode alike.

@@ -15,7 +15,8 @@ use crate::policy::{any_match, glob_match};
 
 /// An identified caller and what it may do. Shared: the [`Authenticator`] makes one per
 /// `[[server.clients]]` entry when the settings are loaded, so identifying the caller of a
-/// call hands out a reference instead of copying its entry (BENCHMARKS.md, issue 17).
+/// call hands out a reference instead of copying its entry (BENCHMARKS.md, "The daemon's
+/// own CPU per call").
 #[derive(Debug, Clone)]
 pub struct Caller(Arc<Identity>);
 

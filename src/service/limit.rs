@@ -175,41 +175,20 @@ impl Tracker {
                 })
         };
         if crowded(&m) {
-            match self.caps.when_full {
-                WhenFull::EvictOldest => {
-                    let oldest = m
-                        .open
-                        .values()
-                        .find(|c| c.peer.map(|p| p.ip()) == ip)
-                        .cloned();
-                    if let Some(c) = oldest {
-                        evict(&mut m, &c);
-                    }
-                    self.warn(&mut m, "from one address", "closed the oldest to make room");
-                }
-                WhenFull::Refuse => {
-                    self.warn(
-                        &mut m,
-                        "from one address",
-                        "closed a new connection at accept",
-                    );
-                    return None;
-                }
+            let oldest = |m: &Members| {
+                m.open
+                    .values()
+                    .find(|c| c.peer.map(|p| p.ip()) == ip)
+                    .cloned()
+            };
+            if !self.make_room(&mut m, oldest, "from one address") {
+                return None;
             }
         }
         if m.open.len() >= self.caps.max {
-            match self.caps.when_full {
-                WhenFull::EvictOldest => {
-                    let oldest = m.open.values().next().cloned();
-                    if let Some(c) = oldest {
-                        evict(&mut m, &c);
-                    }
-                    self.warn(&mut m, "in all", "closed the oldest to make room");
-                }
-                WhenFull::Refuse => {
-                    self.warn(&mut m, "in all", "closed a new connection at accept");
-                    return None;
-                }
+            let oldest = |m: &Members| m.open.values().next().cloned();
+            if !self.make_room(&mut m, oldest, "in all") {
+                return None;
             }
         }
         let id = m.next_id;
@@ -233,6 +212,29 @@ impl Tracker {
             tracker: self.clone(),
             conn,
         })
+    }
+
+    /// The cap `which` is met: with [`WhenFull::EvictOldest`] the member `oldest` picks is
+    /// closed and true returned; with [`WhenFull::Refuse`], false (the newcomer is closed).
+    fn make_room(
+        &self,
+        m: &mut Members,
+        oldest: impl Fn(&Members) -> Option<Arc<Conn>>,
+        which: &str,
+    ) -> bool {
+        match self.caps.when_full {
+            WhenFull::EvictOldest => {
+                if let Some(c) = oldest(m) {
+                    evict(m, &c);
+                }
+                self.warn(m, which, "closed the oldest to make room");
+                true
+            }
+            WhenFull::Refuse => {
+                self.warn(m, which, "closed a new connection at accept");
+                false
+            }
+        }
     }
 
     /// Says (at most every 10 s) that the cap was met and what was done.

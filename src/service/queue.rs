@@ -10,8 +10,8 @@
 //! then for a blocking thread. The workers run under `SCHED_BATCH`: a worker woken (by the
 //! token's own locks, or by a network HSM's answer) waits for the running thread's turn to
 //! end instead of preempting it, so the network thread is not thrown off its CPU between
-//! the steps of a call (BENCHMARKS.md, issue 17). Nothing but the wake-up order changes:
-//! the workers' share of the CPU is that of any other thread.
+//! the steps of a call (BENCHMARKS.md, "The daemon's own CPU per call"). Nothing but the
+//! wake-up order changes: the workers' share of the CPU is that of any other thread.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;

@@ -57,7 +57,8 @@ pub(super) fn request_id<T>(req: &Request<T>) -> String {
 /// A fresh request id: 16 hex digits, a keyed hash (std's SipHash, its key drawn from the
 /// operating system once per process) of a per-process counter. Ids do not repeat within a
 /// process (short of 2^32 of them), cannot be guessed from one another, and cost no system
-/// call (a getrandom(2) per call showed in the profile; BENCHMARKS.md, issue 17).
+/// call (a getrandom(2) per call showed in the profile; BENCHMARKS.md, "The daemon's own
+/// CPU per call").
 fn fresh_request_id() -> String {
     use std::hash::BuildHasher;
     use std::sync::OnceLock;

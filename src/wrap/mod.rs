@@ -24,7 +24,7 @@ pub enum WrapError {
 }
 
 /// Lower-case hex, for fingerprints and CKA_ID. By table, not `write!` per byte: it runs
-/// several times per call (BENCHMARKS.md, issue 17).
+/// several times per call (BENCHMARKS.md, "The daemon's own CPU per call").
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
