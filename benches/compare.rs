@@ -39,7 +39,7 @@ use hsm_bridge::config::Config;
 use hsm_bridge::hsm::{Hsm, KeyRef};
 use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
 use hsm_bridge::proto::{self, WrapKeyRequest};
-use hsm_bridge::wrap::{Algorithm, WrappingKey};
+use hsm_bridge::wrap::{Algorithm, Format, WrappingKey};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -355,7 +355,7 @@ fn floor(
 ) -> Run {
     let key = KeyRef::Label(label.into());
     for _ in 0..50 {
-        hsm.wrap(&key, wk, Algorithm::RsaOaepAesSha256, None)
+        hsm.wrap(&key, wk, Format::oci(Algorithm::RsaOaepAesSha256), None)
             .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -373,7 +373,7 @@ fn floor(
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     std::hint::black_box(
-                        hsm.wrap(&key, &wk, Algorithm::RsaOaepAesSha256, None)
+                        hsm.wrap(&key, &wk, Format::oci(Algorithm::RsaOaepAesSha256), None)
                             .unwrap(),
                     );
                     lat.push(t.elapsed());
@@ -469,6 +469,7 @@ impl Ask {
             }),
             wrapping_public_key_pem: pem.into(),
             algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+            ..Default::default()
         })
     }
 

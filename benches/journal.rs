@@ -22,7 +22,7 @@ use hsm_bridge::config::Config;
 use hsm_bridge::hsm::{Hsm, KeyRef};
 use hsm_bridge::journal::{Claimed, Entry, Journal, Made, Outcome};
 use hsm_bridge::proto::{self, key_ref::Key};
-use hsm_bridge::wrap::{Algorithm, WrappingKey};
+use hsm_bridge::wrap::{Algorithm, Format, WrappingKey};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -238,7 +238,7 @@ fn main() {
     let wraps: Vec<Duration> = (0..n.min(500) + 20)
         .map(|_| {
             let t = Instant::now();
-            hsm.wrap(&key, &wk, Algorithm::RsaOaepAesSha256, None)
+            hsm.wrap(&key, &wk, Format::oci(Algorithm::RsaOaepAesSha256), None)
                 .unwrap();
             t.elapsed()
         })

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hsm_bridge::config::Config;
 use hsm_bridge::hsm::{Hsm, KeyRef};
-use hsm_bridge::wrap::{Algorithm, WrappingKey};
+use hsm_bridge::wrap::{Algorithm, Format, WrappingKey};
 use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
 
@@ -52,17 +52,17 @@ fn main() {
     ] {
         let key = KeyRef::Label(label.into());
         for alg in algorithms {
-            if let Err(e) = hsm.wrap(&key, &wk, alg, None) {
+            if let Err(e) = hsm.wrap(&key, &wk, Format::oci(alg), None) {
                 println!("{label:<16} {:<20} refused: {e}", alg.as_str());
                 continue;
             }
             for _ in 0..20 {
-                hsm.wrap(&key, &wk, alg, None).unwrap();
+                hsm.wrap(&key, &wk, Format::oci(alg), None).unwrap();
             }
             let mut times: Vec<Duration> = (0..iterations)
                 .map(|_| {
                     let t = Instant::now();
-                    std::hint::black_box(hsm.wrap(&key, &wk, alg, None).unwrap());
+                    std::hint::black_box(hsm.wrap(&key, &wk, Format::oci(alg), None).unwrap());
                     t.elapsed()
                 })
                 .collect();

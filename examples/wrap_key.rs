@@ -43,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             wrapping_public_key_pem: std::fs::read_to_string(wrapping_pem)?,
             algorithm: WrappingAlgorithm::RsaOaepAesSha256 as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();

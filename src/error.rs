@@ -15,7 +15,7 @@ pub enum Error {
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
-    Audit(#[from] crate::service::audit::AuditOpenError),
+    Audit(#[from] crate::audit::AuditOpenError),
     #[error(transparent)]
     OciSetup(#[from] crate::oci::OciError),
     #[error(transparent)]

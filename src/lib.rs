@@ -20,7 +20,9 @@
 // and src/hardening.rs (locked memory, OpenSSL's secure heap); each allows it itself.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
+pub mod code;
 pub mod codec;
 pub mod config;
 pub mod error;

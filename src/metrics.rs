@@ -22,6 +22,7 @@ struct ExportLabels {
     outcome: &'static str,
     key_type: &'static str,
     mode: &'static str,
+    format: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -149,7 +150,7 @@ impl Metrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "hsm_bridge_exports",
-            "Export attempts (WrapKey, ImportKeyVersion, ImportKey, CLI), by operation, outcome, key type and wrap mode",
+            "Export attempts (WrapKey, ImportKeyVersion, ImportKey, CLI), by operation, outcome, key type, wrap mode and format",
             self.exports.clone(),
         );
         r.register(
@@ -242,6 +243,7 @@ impl Metrics {
         outcome: &'static str,
         key_type: Option<&'static str>,
         mode: Option<&'static str>,
+        format: Option<&'static str>,
         key: Option<&str>,
     ) {
         self.exports
@@ -250,6 +252,7 @@ impl Metrics {
                 outcome,
                 key_type: key_type.unwrap_or("unknown"),
                 mode: mode.unwrap_or("none"),
+                format: format.unwrap_or("none"),
             })
             .inc();
         if let (true, Some(key)) = (self.key_labels.load(Ordering::Relaxed), key) {
@@ -526,11 +529,12 @@ mod tests {
                 "allowed",
                 Some("AES"),
                 Some("hybrid"),
+                Some("oci:RSA_OAEP_AES_SHA256"),
                 Some(&format!("k{i}")),
             );
         }
         // a label a caller only asked for is never recorded
-        m.export("WrapKey", "refused", None, None, None);
+        m.export("WrapKey", "refused", None, None, None, None);
         let text = m.text();
         let series = text
             .lines()

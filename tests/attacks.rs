@@ -32,6 +32,7 @@ fn wrap_req(key: Option<proto::KeyRef>, wk: &KeyPair) -> proto::WrapKeyRequest {
         source_key: key,
         wrapping_public_key_pem: std::fs::read_to_string(&wk.public_pem).unwrap(),
         algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        ..Default::default()
     }
 }
 

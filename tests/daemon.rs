@@ -48,6 +48,7 @@ fn wrap_req(
         source_key: key,
         wrapping_public_key_pem: pem(wk),
         algorithm: alg as i32,
+        ..Default::default()
     }
 }
 
@@ -1119,6 +1120,7 @@ async fn oversized_request_is_refused_cheaply() {
         source_key: by_label("test-aes-256"),
         wrapping_public_key_pem: "A".repeat(100 * 1024),
         algorithm: 0,
+        ..Default::default()
     };
     let e = c.wrap_key(req).await.unwrap_err();
     assert!(
@@ -1166,19 +1168,10 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
     let fx = softhsm();
     let (config, audit) = daemon_config(fx, "hostile", "caller_wrapping_keys = \"any\"", None);
     // Through the fault module, to count what reaches the token.
-    let (log, ctl) = (fx.dir.join("hostile.calls"), fx.dir.join("hostile.control"));
-    let _ = std::fs::remove_file(&log);
-    std::fs::write(&ctl, "").unwrap();
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, common::fault::route(fx, &text, &log, &ctl)).unwrap();
+    let log = common::fault::route_config(fx, &config, "hostile");
     let d = Daemon::start(&config, &[]);
     let mut c = d.client("cckm").await;
-    let counted = [
-        "C_FindObjectsInit",
-        "C_WrapKey",
-        "C_OpenSession",
-        "C_GetTokenInfo",
-    ];
+    let counted = common::fault::COUNTED;
     let before = counted.map(|f| common::fault::calls(&log, f));
     assert!(before[3] > 0, "the fault module logs the start-up's calls");
     let good_pem = pem(&fx.wk.wk2048);
@@ -1295,6 +1288,7 @@ async fn hostile_inputs_are_refused_with_a_reason_and_audited() {
                 source_key: key.clone(),
                 wrapping_public_key_pem: pem.clone(),
                 algorithm: *alg,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -266,6 +266,7 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
                 }),
                 wrapping_public_key_pem: std::fs::read_to_string(&kp.public_pem).unwrap(),
                 algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -290,6 +291,7 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
             }),
             wrapping_public_key_pem: std::fs::read_to_string(&kp.public_pem).unwrap(),
             algorithm: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -307,6 +309,7 @@ async fn shipped_config_serves_every_demo_key_over_mtls() {
                 }),
                 wrapping_public_key_pem: std::fs::read_to_string(&own.public_pem).unwrap(),
                 algorithm: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -194,6 +194,7 @@ fn wrap_request(
         source_key: key,
         wrapping_public_key_pem: pem,
         algorithm: hsm_bridge::proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        ..Default::default()
     }
 }
 

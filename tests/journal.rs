@@ -462,6 +462,7 @@ async fn a_journal_that_is_down_refuses_imports_and_nothing_else() {
             wrapping_public_key_pem: std::fs::read_to_string(&softhsm().wk.wk4096.public_pem)
                 .unwrap(),
             algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+            ..Default::default()
         })
         .await
         .expect("WrapKey while the journal is down");

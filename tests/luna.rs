@@ -90,6 +90,7 @@ async fn a_cloning_partition_refuses_rsa_wraps_and_serves_aes() {
         source_key: by_label(label),
         wrapping_public_key_pem: std::fs::read_to_string(&wk.public_pem).unwrap(),
         algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        ..Default::default()
     };
     let e = c.wrap_key(req("test-rsa-3072")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");

@@ -748,6 +748,7 @@ async fn metrics_count_exactly_what_happened() {
         source_key: by_label(label),
         wrapping_public_key_pem: wk.clone(),
         algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        ..Default::default()
     };
     let mut cckm = d.client("cckm").await;
     for _ in 0..2 {
@@ -783,21 +784,21 @@ async fn metrics_count_exactly_what_happened() {
         .to_string();
     assert_eq!(
         moved(&format!(
-            "hsm_bridge_exports_total{{operation=\"WrapKey\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\"}}"
+            "hsm_bridge_exports_total{{operation=\"WrapKey\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\",format=\"oci:RSA_OAEP_AES_SHA256\"}}"
         )),
         2.0,
         "{after}"
     );
     assert_eq!(
         moved(
-            "hsm_bridge_exports_total{operation=\"WrapKey\",outcome=\"refused\",key_type=\"unknown\",mode=\"none\"}"
+            "hsm_bridge_exports_total{operation=\"WrapKey\",outcome=\"refused\",key_type=\"unknown\",mode=\"none\",format=\"none\"}"
         ),
         1.0,
         "{after}"
     );
     assert_eq!(
         moved(&format!(
-            "hsm_bridge_exports_total{{operation=\"ImportKeyVersion\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\"}}"
+            "hsm_bridge_exports_total{{operation=\"ImportKeyVersion\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\",format=\"oci:RSA_OAEP_AES_SHA256\"}}"
         )),
         1.0,
         "{after}"

@@ -10,7 +10,7 @@ use hsm_bridge::oci::{RequestParts, RequestSigner};
 use hsm_bridge::wrap::envelope::{TRANSPORT_KEY_LEN, check_layout, kwp_len};
 use hsm_bridge::wrap::soft::{OaepHash, kwp_unwrap, kwp_wrap, oaep_encrypt};
 use hsm_bridge::wrap::verify::{Pkcs8Fit, open_envelope, pkcs8_fit};
-use hsm_bridge::wrap::{Algorithm, KeyAlgorithm, KeyShape};
+use hsm_bridge::wrap::{Algorithm, Format, KeyAlgorithm, KeyShape};
 use oci_kms_emulator::auth::{ApiKeys, Incoming, authenticate};
 use openssl::pkey::{PKey, Private};
 use proptest::prelude::*;
@@ -56,24 +56,29 @@ proptest! {
         prop_assert!(kwp_unwrap(&kek, &bad).is_err());
     }
 
-    /// An envelope (OAEP-SHA256 of K, then RFC 5649 under K) opens to the target, and has
-    /// the layout `check_layout` accepts for an AES target of that length.
+    /// An envelope (OAEP of K with SHA-256 or SHA-1, then RFC 5649 under K) opens to the
+    /// target with that hash only, and has the layout `check_layout` accepts for an AES
+    /// target of that length.
     #[test]
-    fn envelopes_open_and_have_oci_layout(
+    fn envelopes_open_and_have_the_hybrid_layout(
         k in prop::array::uniform32(any::<u8>()),
         len in prop::sample::select(vec![16usize, 24, 32]),
         seed in any::<u8>(),
+        hash in prop::sample::select(vec![OaepHash::Sha256, OaepHash::Sha1]),
     ) {
         let target: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
         let key = rsa2048();
-        let mut material = oaep_encrypt(key, OaepHash::Sha256, &k).unwrap();
+        let mut material = oaep_encrypt(key, hash, &k).unwrap();
         material.extend(kwp_wrap(&k, &target).unwrap());
         prop_assert_eq!(k.len(), TRANSPORT_KEY_LEN);
-        prop_assert_eq!(&open_envelope(key, &material).unwrap()[..], &target[..]);
+        prop_assert_eq!(&open_envelope(key, hash, &material).unwrap()[..], &target[..]);
+        prop_assert!(open_envelope(key, hash.other(), &material).is_err());
         let shape = KeyShape { algorithm: KeyAlgorithm::Aes, length: len };
-        prop_assert!(check_layout(Algorithm::RsaOaepAesSha256, shape, 256, &material).is_ok());
-        prop_assert!(check_layout(Algorithm::RsaOaepAesSha256, shape, 256, &material[..material.len() - 8]).is_err());
-        prop_assert!(check_layout(Algorithm::RsaOaepSha256, shape, 256, &material).is_err());
+        let hybrid = Format::hybrid(hash);
+        prop_assert!(check_layout(hybrid, shape, 256, &material).is_ok());
+        prop_assert!(check_layout(hybrid, shape, 256, &material[..material.len() - 8]).is_err());
+        let direct = Format::oci(Algorithm::RsaOaepSha256);
+        prop_assert!(check_layout(direct, shape, 256, &material).is_err());
     }
 
     /// A DER SEQUENCE is exact, or padded with 1..7 zero bytes; anything else after it,

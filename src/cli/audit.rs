@@ -2,26 +2,25 @@
 
 use std::path::Path;
 
-use tonic::Code;
-
 use super::Error;
+use crate::audit::Operation;
+use crate::code::Code;
 use crate::config::Config;
 use crate::hsm::KeyRef;
-use crate::service::audit::Operation;
-use crate::wrap::{self, Algorithm};
+use crate::wrap::{self, Format};
 
 /// The CLI's audit records, one per export attempt, like the daemon's: to `audit.path`,
 /// or with `audit.path = "-"` to stderr for every export that happened (a refusal's one
 /// line on stderr is its own record there: the command's error stays one line).
 pub(super) struct CliAudit {
-    audit: crate::service::audit::Audit,
+    audit: crate::audit::Audit,
     to_stderr: bool,
 }
 
 impl CliAudit {
     pub(super) fn open(cfg: &Config) -> Result<CliAudit, Error> {
         Ok(CliAudit {
-            audit: crate::service::audit::Audit::open(&cfg.audit.path)?,
+            audit: crate::audit::Audit::open(&cfg.audit.path)?,
             to_stderr: cfg.audit.path == Path::new("-"),
         })
     }
@@ -31,15 +30,16 @@ impl CliAudit {
         &self,
         operation: Operation,
         key: &KeyRef,
-        alg: Algorithm,
-    ) -> crate::service::audit::Record {
+        format: &'static Format,
+    ) -> crate::audit::Record {
         let mut id = [0u8; 8];
         let _ = getrandom::fill(&mut id);
-        let mut rec = crate::service::audit::Record {
+        let mut rec = crate::audit::Record {
             request_id: wrap::hex(&id),
             caller: format!("cli (uid {})", rustix::process::geteuid().as_raw()),
             operation,
-            algorithm: Some(alg.as_str()),
+            algorithm: Some(format.algorithm()),
+            format: Some(format.name),
             ..Default::default()
         };
         rec.export.label = key.label_named().map(str::to_string);
@@ -51,13 +51,13 @@ impl CliAudit {
     /// error: the export does not go ahead without its record.
     pub(super) fn write(
         &self,
-        mut rec: crate::service::audit::Record,
+        mut rec: crate::audit::Record,
         outcome: Result<(), (Code, String)>,
     ) -> Result<(), Error> {
         if self.to_stderr && outcome.is_err() {
             return Ok(());
         }
-        rec.time = crate::service::audit::now_rfc3339();
+        rec.time = crate::audit::now_rfc3339();
         rec.conclude(outcome);
         self.audit.write(&rec).map_err(|e| {
             Error::Io(format!(

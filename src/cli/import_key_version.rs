@@ -8,12 +8,12 @@ use serde_json::json;
 
 use super::audit::CliAudit;
 use super::{Error, ImportKeyVersionArgs, io};
+use crate::audit::Operation;
 use crate::config::Config;
 use crate::hsm::{Hsm, KeyRef};
 use crate::import::{self, ImportError, OciSide};
 use crate::oci::kms::{Call, ImportKeyVersionDetails, KeyVersion};
-use crate::service::audit::Operation;
-use crate::wrap::{Algorithm, WrappingKey};
+use crate::wrap::{Algorithm, Format, WrappingKey};
 
 /// Whom the CLI's idempotency keys belong to (a daemon caller's name cannot collide with it:
 /// it has a space).
@@ -55,7 +55,7 @@ pub(super) fn import_key_version_cmd(
         .build()
         .map_err(|e| Error::Io(format!("tokio runtime: {e}")))?;
     let started = std::time::Instant::now();
-    let mut rec = audit.record(Operation::ImportKeyVersion, &key, alg);
+    let mut rec = audit.record(Operation::ImportKeyVersion, &key, Format::oci(alg));
     let ask = CliImport {
         key: &key,
         alg,
@@ -78,12 +78,9 @@ pub(super) fn import_key_version_cmd(
             r
         }
         Err(e) => {
-            let (code, message) = crate::service::status::import_outcome(&e);
+            let (code, message) = (e.code(), e.message());
             audit.write(rec, Err((code, message.clone())))?;
-            return Err(Error::Oci(format!(
-                "{}: {message}",
-                crate::service::status::code_name(code)
-            )));
+            return Err(Error::Oci(format!("{code}: {message}")));
         }
     };
     print_import(
@@ -148,7 +145,7 @@ async fn import_key_version(
     oci: &Arc<OciSide>,
     hsm: &Hsm,
     a: &CliImport<'_>,
-    rec: &mut crate::service::audit::Record,
+    rec: &mut crate::audit::Record,
 ) -> Result<(KeyVersion, import::Progress), ImportError> {
     import::check_key_ocid(a.oci_key_id)?;
     rec.oci_key_id = Some(a.oci_key_id.to_string());
@@ -177,19 +174,20 @@ async fn import_key_version(
         op: "ImportKeyVersion",
         target: a.oci_key_id,
         key: a.key,
-        alg: a.alg,
+        format: Format::oci(a.alg),
         endpoint: &ep,
         details: "",
     });
     let (key, alg) = (a.key, a.alg);
     let steps = import::Steps {
         recheck: || async move {
-            hsm.check_export(key, None, |_| Ok(()))
+            hsm.check_export(key, Format::oci(alg), None, |_| Ok(()))
                 .map(|_| ())
                 .map_err(ImportError::from)
         },
         wrap: |wk: Arc<WrappingKey>| async move {
-            hsm.wrap(key, &wk, alg, None).map_err(ImportError::from)
+            hsm.wrap(key, &wk, Format::oci(alg), None)
+                .map_err(ImportError::from)
         },
         build: |w: &crate::hsm::Wrapped| {
             serde_json::to_vec(&ImportKeyVersionDetails {

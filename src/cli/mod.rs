@@ -9,11 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::Error;
+use crate::audit::Operation;
+use crate::code::Code;
 use crate::config::Config;
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
-use crate::service::audit::Operation;
-use crate::wrap::{self, Algorithm, WrappingKey};
-use tonic::Code;
+use crate::wrap::{self, Algorithm, Format, WrappingKey};
 
 mod audit;
 mod health;
@@ -53,7 +53,7 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Wrap one key for an RSA wrapping public key, as OCI's ImportKey(Version) takes it.
+    /// Wrap one key for an RSA wrapping public key, in a cloud's import format.
     Wrap(WrapArgs),
     /// Add a version to an OCI key from a token key: fetch the vault's wrapping key, wrap in
     /// the HSM, ImportKeyVersion (with retries), optionally wait until ENABLED.
@@ -117,10 +117,23 @@ pub struct WrapArgs {
     /// PEM public key (SubjectPublicKeyInfo or PKCS#1) to wrap for.
     #[arg(long, value_name = "PEM_FILE")]
     pub wrapping_key: PathBuf,
-    /// RSA_OAEP_AES_SHA256 (any key) or RSA_OAEP_SHA256 (AES keys, where the HSM does OAEP-SHA256).
-    #[arg(long, default_value = "RSA_OAEP_AES_SHA256")]
-    pub algorithm: String,
-    /// Where to write the raw wrapped bytes (OCI's keyMaterial before base64).
+    /// The cloud's format, CLOUD:NAME: oci:RSA_OAEP_AES_SHA256, oci:RSA_OAEP_SHA256,
+    /// aws:RSA_AES_KEY_WRAP_SHA_256, aws:RSA_AES_KEY_WRAP_SHA_1, aws:RSAES_OAEP_SHA_256,
+    /// aws:RSAES_OAEP_SHA_1, gcp:RSA_OAEP_{3072,4096}_SHA256_AES_256,
+    /// gcp:RSA_OAEP_{3072,4096}_SHA1_AES_256, gcp:RSA_OAEP_{3072,4096}_SHA256, azure:byok.
+    /// Default: oci:ALGORITHM.
+    #[arg(long, value_name = "NAME")]
+    pub format: Option<String>,
+    /// OCI's name for the format: RSA_OAEP_AES_SHA256 (any key; the default) or
+    /// RSA_OAEP_SHA256 (AES keys, where the HSM does OAEP-SHA256). Means oci:ALGORITHM.
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// For azure:byok: the key-exchange key's versioned id, which the .byok file names
+    /// (https://VAULT.vault.azure.net/keys/NAME/VERSION).
+    #[arg(long, value_name = "ID")]
+    pub azure_kek_id: Option<String>,
+    /// Where to write the bytes the cloud's import takes, before its own base64 (for
+    /// azure:byok, the .byok file).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Wrap for this key even where policy.caller_wrapping_keys would refuse it: the
@@ -253,7 +266,7 @@ fn keys(common: &Common, out: &mut dyn Write) -> Result<(), Error> {
         )
         .map_err(io)?;
         for k in &keys {
-            let export = match hsm.export_check(k) {
+            let export = match hsm.exportable(k) {
                 Ok(_) => "yes".to_string(),
                 Err(e) => format!("no: {}", short_reason(&e.to_string())),
             };
@@ -281,18 +294,28 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
         common,
         key,
         wrapping_key,
+        format,
         algorithm,
+        azure_kek_id,
         out: out_file,
         allow_any_wrapping_key,
     } = a;
-    let alg: Algorithm = algorithm.parse()?;
+    let alg = algorithm
+        .as_deref()
+        .map(str::parse::<Algorithm>)
+        .transpose()?;
+    let format = Format::resolve(format.as_deref(), alg)?;
+    let kek = format.kek(azure_kek_id.as_deref())?;
     let key = key.key_ref()?;
     check_out(&out_file)?;
     let pem = read_limited(&wrapping_key, wrap::wrapping_key::MAX_PEM_BYTES)?;
     let cfg = Config::load(&common.config)?;
     let wk = WrappingKey::from_pem(&pem, cfg.policy.min_wrapping_key_bits)?;
+    format
+        .fits_wrapping_key(wk.bits)
+        .map_err(wrap::WrapError::WrappingKey)?;
     let audit = CliAudit::open(&cfg)?;
-    let mut rec = audit.record(Operation::WrapKey, &key, alg);
+    let mut rec = audit.record(Operation::WrapKey, &key, format);
     rec.export.wrapping_key_sha256 = Some(wk.fingerprint());
     let policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
     if allow_any_wrapping_key {
@@ -305,12 +328,13 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
         return Err(Error::Usage(why));
     }
     let hsm = open_hsm(&cfg)?;
-    let wrapped = hsm.wrap(&key, &wk, alg, None);
+    let generator = hsm.generator();
+    let wrapped = hsm.wrap(&key, &wk, format, None);
     hsm.close();
     let wrapped = match wrapped {
         Ok(w) => w,
         Err(e) => {
-            audit.write(rec, Err((crate::service::status::code(&e), e.to_string())))?;
+            audit.write(rec, Err((e.code(), e.to_string())))?;
             return Err(e.into());
         }
     };
@@ -318,16 +342,18 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
     rec.export.id_hex = Some(wrap::hex(&wrapped.key.id));
     rec.export.mode = Some(wrapped.mode.as_str());
     rec.export.key_type = Some(wrapped.shape.algorithm.as_str());
+    let material = format.seal(wrapped.material, kek.as_ref(), &generator)?;
     // Recorded before the material is written: nothing leaves without its record.
     audit.write(rec, Ok(()))?;
-    write_atomically(&out_file, &wrapped.material)?;
+    write_atomically(&out_file, &material)?;
     if common.json {
         let v = json!({
-            "algorithm": wrapped.algorithm.as_str(),
+            "format": format.name,
+            "algorithm": format.algorithm(),
             "mode": wrapped.mode.as_str(),
             "shape": {"algorithm": wrapped.shape.algorithm.as_str(), "length": wrapped.shape.length},
             "wrapping_key_sha256": wk.fingerprint(),
-            "bytes": wrapped.material.len(),
+            "bytes": material.len(),
             "key": {"label": wrapped.key.label, "id_hex": wrap::hex(&wrapped.key.id)},
         });
         writeln!(out, "{v}").map_err(io)?;
@@ -337,11 +363,11 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
             "wrapped {} ({}) with {} in {} mode for RSA-{} key sha256:{}: {} bytes written to {}",
             wrapped.key.name(),
             wrapped.shape.describe(),
-            wrapped.algorithm,
+            format,
             wrapped.mode,
             wk.bits,
             wk.fingerprint(),
-            wrapped.material.len(),
+            material.len(),
             out_file.display()
         )
         .map_err(io)?;
@@ -375,7 +401,7 @@ fn key_json(hsm: &Hsm, k: &KeyInfo) -> serde_json::Value {
         "length": length,
         "extractable": k.extractable,
         "sensitive": k.sensitive,
-        "exportable": hsm.export_check(k).is_ok(),
+        "exportable": hsm.exportable(k).is_ok(),
     })
 }
 

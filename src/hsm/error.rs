@@ -4,6 +4,7 @@
 use cryptoki::error::{Error as CkError, RvError};
 
 use super::modes::WrapMode;
+use crate::code::Code;
 use crate::wrap::WrapError;
 
 /// Errors from the HSM layer. Each displays as one line that says what to do.
@@ -73,20 +74,31 @@ pub enum HsmError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsupported {
     #[error(
-        "RSA_OAEP_SHA256 can carry only AES keys; a {shape} key does not fit in one RSA block: use RSA_OAEP_AES_SHA256"
+        "{format} can carry only AES keys; a {shape} key does not fit in one RSA block: {instead}"
     )]
-    OaepOnlyCarriesAes { shape: String },
+    OaepOnlyCarriesAes {
+        format: &'static str,
+        shape: String,
+        instead: String,
+    },
     #[error(
-        "RSA_OAEP_SHA256 needs the HSM to do RSA-OAEP with SHA-256 itself, and the self-test found this token cannot: use RSA_OAEP_AES_SHA256"
+        "{format} needs the HSM to do RSA-OAEP with {hash} itself (the key must never reach the host), and the self-test found this token cannot: {instead}"
     )]
-    NoOaepSha256,
+    NoDirectOaep {
+        format: &'static str,
+        hash: &'static str,
+        instead: String,
+    },
+    /// The wrap mode chosen for this format's hash cannot run, or no mode can.
+    #[error("{format}: {why} (see hsm-bridge selftest)")]
+    NoModeFor { format: &'static str, why: String },
     #[error(
         "{}; the token answered {rv} when the self-test wrapped an extractable private key",
         super::modes::PRIVATE_WRAP_REFUSED
     )]
     PrivateWrapRefused { rv: String },
     #[error(
-        "{mode} cannot export RSA keys on this token: it pads PKCS#8 with zero bytes ({pad} on the self-test key), which OCI rejects, and only hybrid mode can strip them"
+        "{mode} cannot export RSA keys on this token: it pads PKCS#8 with zero bytes ({pad} on the self-test key), which the clouds reject, and only hybrid mode can strip them"
     )]
     Pkcs8Padded { mode: WrapMode, pad: usize },
     #[error(
@@ -124,6 +136,49 @@ impl HsmError {
     }
 }
 
+impl HsmError {
+    /// The canonical code for this error (src/code.rs).
+    pub fn code(&self) -> Code {
+        match self {
+            HsmError::KeyNotFound(_) | HsmError::NoKeyYouMayUse(_) => Code::NotFound,
+            HsmError::Ambiguous { .. } | HsmError::Unsupported(_) => Code::FailedPrecondition,
+            HsmError::NotExportable {
+                refusal: ExportRefusal::Policy,
+                ..
+            }
+            | HsmError::Denied(_) => Code::PermissionDenied,
+            HsmError::NotExportable { .. } => Code::FailedPrecondition,
+            HsmError::Busy(_) => Code::ResourceExhausted,
+            HsmError::DeadlineExceeded => Code::DeadlineExceeded,
+            HsmError::Wrap(
+                WrapError::WrappingKey(_)
+                | WrapError::UnknownAlgorithm(_)
+                | WrapError::UnknownFormat(_)
+                | WrapError::Format(_),
+            ) => Code::InvalidArgument,
+            HsmError::Wrap(WrapError::Crypto(_)) => Code::Internal,
+            HsmError::WrapCall {
+                rv:
+                    RvError::KeyNotWrappable
+                    | RvError::KeyUnextractable
+                    | RvError::KeyFunctionNotPermitted,
+                ..
+            } => Code::FailedPrecondition,
+            HsmError::WrapCall { .. }
+            | HsmError::Pkcs11 { .. }
+            | HsmError::ModuleMissing(_)
+            | HsmError::ModuleLoad { .. }
+            | HsmError::TokenNotFound { .. }
+            | HsmError::Login { .. }
+            | HsmError::Pin(_)
+            | HsmError::Down(_)
+            | HsmError::Random(_)
+            | HsmError::SelfTest(_)
+            | HsmError::RecordKey(_) => Code::Unavailable,
+        }
+    }
+}
+
 /// Codes after which a fresh, logged-in session may succeed: the session or the login was
 /// lost, or the device hiccuped. Never `CKR_PIN_INCORRECT` (a Luna partition locks after a
 /// few bad PINs) and never a refusal about the key or the mechanism.
@@ -145,7 +200,7 @@ pub fn recoverable(rv: RvError) -> bool {
 pub enum ExportRefusal {
     /// The token: not CKA_EXTRACTABLE, or wrap-with-trusted only.
     Token,
-    /// OCI: a key type or size it does not import.
+    /// The cloud: a key type or size its format does not take.
     Shape,
     /// This daemon's policy.exportable.
     Policy,

@@ -1,37 +1,25 @@
-//! Which keys may leave the token: OCI must be able to import the key, the token must let
-//! it out, and `policy.exportable` must list it. Checked before every wrap, and before a
-//! recorded import is answered again.
+//! Which keys may leave the token: the cloud must take the key in the format asked for, the
+//! token must let it out, and `policy.exportable` must list it. Checked before every wrap,
+//! and before a recorded import is answered again.
 
 use super::{ExportRefusal, Hsm, HsmError, KeyInfo};
-use crate::wrap::KeyShape;
+use crate::wrap::{Format, KeyShape};
 
 impl Hsm {
-    /// Why `info` may not leave, or `Ok` if it may: OCI must be able to import it, the
-    /// token must allow it out, and policy must list it.
-    pub fn export_check(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
+    /// Why `info` may not leave in `format`, or `Ok` if it may: the cloud must take it in
+    /// that format, the token must allow it out, and policy must list it.
+    pub fn export_check(&self, info: &KeyInfo, format: &Format) -> Result<KeyShape, HsmError> {
         let refuse = |refusal, why: String| HsmError::NotExportable {
             key: info.name(),
             why,
             refusal,
         };
-        let shape = info.shape().ok_or_else(|| {
-            refuse(
-                ExportRefusal::Shape,
-                format!(
-                    "it is {}; OCI imports only AES and RSA keys",
-                    info.describe()
-                ),
-            )
-        })?;
-        if !shape.importable() {
-            return Err(refuse(
-                ExportRefusal::Shape,
-                format!(
-                    "it is {}; OCI imports AES-128/192/256 and RSA-2048/3072/4096",
-                    shape.describe()
-                ),
-            ));
-        }
+        let shape = info
+            .shape()
+            .ok_or_else(|| refuse(ExportRefusal::Shape, format.takes_no(&info.describe())))?;
+        format
+            .takes(shape)
+            .map_err(|why| refuse(ExportRefusal::Shape, why))?;
         if !info.extractable {
             return Err(refuse(
                 ExportRefusal::Token,
@@ -39,7 +27,7 @@ impl Hsm {
             ));
         }
         if info.wrap_with_trusted {
-            return Err(refuse(ExportRefusal::Token, "it is CKA_WRAP_WITH_TRUSTED and OCI's wrapping key is not a trusted key on this token".into(),
+            return Err(refuse(ExportRefusal::Token, "it is CKA_WRAP_WITH_TRUSTED and the cloud's wrapping key is not a trusted key on this token".into(),
             ));
         }
         if !self.exportable_by_policy(info) {

@@ -26,7 +26,7 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
 use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
-use crate::wrap::{Algorithm, KeyShape, WrapError, WrappingKey};
+use crate::wrap::{Format, KeyShape, WrapError, WrappingKey};
 pub use error::{ExportRefusal, HsmError, KeyDenied, Unsupported, ckr_name, recoverable};
 pub use keys::{KeyInfo, KeyRef, KeyRefError};
 pub use modes::WrapMode;
@@ -36,9 +36,9 @@ use token::{bring_up, initialize, login};
 /// The result of one wrap.
 #[derive(Debug, Clone)]
 pub struct Wrapped {
-    /// OCI `keyMaterial`, before base64.
+    /// The token's output in the format (before the format's envelope, src/wrap/format.rs).
     pub material: Vec<u8>,
-    pub algorithm: Algorithm,
+    pub format: &'static Format,
     pub mode: WrapMode,
     pub shape: KeyShape,
     pub key: KeyInfo,
@@ -198,12 +198,36 @@ impl Hsm {
         })
     }
 
+    /// The mode chosen for OCI's default format (hybrid layout, OAEP SHA-256).
     pub fn mode(&self) -> WrapMode {
         self.report.chosen
     }
 
+    /// The mode `format` wraps in on this token, or why it cannot.
+    pub fn mode_for(&self, format: &'static Format) -> Result<WrapMode, HsmError> {
+        self.report.mode_for(format)
+    }
+
+    /// Whether `info` may leave in some format (the key listings' "exportable").
+    pub fn exportable(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
+        self.export_check(info, Format::widest())
+    }
+
     pub fn selftest_report(&self) -> &selftest::Report {
         &self.report
+    }
+
+    /// What made a wrap, for envelopes that name it (Azure's `.byok` `generator`): this tool
+    /// and the token, with its firmware.
+    pub fn generator(&self) -> String {
+        let t = &self.report.token;
+        format!(
+            "hsm-bridge {}; {} {} firmware {}",
+            env!("CARGO_PKG_VERSION"),
+            t.manufacturer,
+            t.model,
+            t.firmware
+        )
     }
 
     pub fn token_label(&self) -> &str {
@@ -293,19 +317,21 @@ impl Hsm {
         self.on_session(deadline, |up, s| self.find_key_in(up, s, key))
     }
 
-    /// The checks a wrap of `key` would make, without wrapping: the key is found, `permit`
-    /// allows it (a caller's patterns) and it may leave (token attributes and policy). For
-    /// an answer recorded earlier, which must be as allowed now as a fresh export would be.
+    /// The checks a wrap of `key` in `format` would make, without wrapping: the key is
+    /// found, `permit` allows it (a caller's patterns) and it may leave (the cloud's rules,
+    /// token attributes and policy). For an answer recorded earlier, which must be as
+    /// allowed now as a fresh export would be.
     pub fn check_export(
         &self,
         key: &KeyRef,
+        format: &'static Format,
         deadline: Option<Instant>,
         permit: impl Fn(&KeyInfo) -> Result<(), KeyDenied>,
     ) -> Result<KeyInfo, HsmError> {
         self.on_session(deadline, |up, s| {
             let info = self.find_key_in(up, s, key)?;
             permit(&info)?;
-            self.export_check(&info)?;
+            self.export_check(&info, format)?;
             Ok(info)
         })
     }
@@ -513,36 +539,51 @@ impl Hsm {
         self.on_session(deadline, |_, s| keys::list(s))
     }
 
-    /// Wraps the key `key` names for `wk` with `alg`, after the export checks. With a
+    /// Wraps the key `key` names for `wk` in `format`, after the export checks. With a
     /// deadline, gives up (before any HSM work) if no session is free in time.
     pub fn wrap(
         &self,
         key: &KeyRef,
         wk: &WrappingKey,
-        alg: Algorithm,
+        format: &'static Format,
         deadline: Option<Instant>,
     ) -> Result<Wrapped, HsmError> {
-        self.wrap_if(key, wk, alg, deadline, |_| Ok(()))
+        self.wrap_if(key, wk, format, deadline, |_| Ok(()))
     }
 
     /// As [`Hsm::wrap`], with `permit` asked about the key found (a caller's label
     /// patterns, for a key named by id) before anything is wrapped. A session-level error
     /// gets one retry on a fresh, logged-in session.
+    ///
+    /// A wrapping key below policy, or of a size the format does not take, is refused before
+    /// any HSM call; a key the cloud does not take in the format, or a format this token
+    /// cannot do, after the key is looked up and before anything is wrapped.
     pub fn wrap_if(
         &self,
         key: &KeyRef,
         wk: &WrappingKey,
-        alg: Algorithm,
+        format: &'static Format,
         deadline: Option<Instant>,
         permit: impl Fn(&KeyInfo) -> Result<(), KeyDenied>,
     ) -> Result<Wrapped, HsmError> {
+        self.precheck(wk, format)?;
+        self.on_session(deadline, |up, s| {
+            self.wrap_on(up, s, key, wk, format, &permit)
+        })
+    }
+
+    /// The checks of a wrap that need no token: the wrapping key against policy and the
+    /// format.
+    pub fn precheck(&self, wk: &WrappingKey, format: &'static Format) -> Result<(), HsmError> {
         if wk.bits < self.min_wrapping_key_bits {
             return Err(HsmError::Wrap(WrapError::WrappingKey(format!(
                 "RSA-{} is below the minimum of {} bits (policy.min_wrapping_key_bits)",
                 wk.bits, self.min_wrapping_key_bits
             ))));
         }
-        self.on_session(deadline, |up, s| self.wrap_on(up, s, key, wk, alg, &permit))
+        format
+            .fits_wrapping_key(wk.bits)
+            .map_err(|why| HsmError::Wrap(WrapError::WrappingKey(why)))
     }
 
     fn wrap_on(
@@ -551,34 +592,28 @@ impl Hsm {
         s: &Session,
         key: &KeyRef,
         wk: &WrappingKey,
-        alg: Algorithm,
+        format: &'static Format,
         permit: &impl Fn(&KeyInfo) -> Result<(), KeyDenied>,
     ) -> Result<Wrapped, HsmError> {
         let info = self.find_key_in(up, s, key)?;
         permit(&info)?;
-        let shape = self.export_check(&info)?;
+        // The cloud's rule for the key first, then whether this token can do the format.
+        let shape = self.export_check(&info, format)?;
+        let mode = self.mode_for(format)?;
         let target = modes::Target {
             handle: info.handle,
             shape,
         };
         let started = Instant::now();
-        let material = modes::wrap(
-            &self.raw,
-            s,
-            &self.report.caps,
-            self.mode(),
-            alg,
-            target,
-            wk,
-        )?;
+        let material = modes::wrap(&self.raw, s, &self.report.caps, mode, format, target, wk)?;
         let took = started.elapsed();
-        crate::metrics::get().hsm_wrap(self.mode().as_str(), took);
-        tracing::debug!(key = %info.name(), shape = %shape.describe(), alg = %alg, mode = %self.mode(),
+        crate::metrics::get().hsm_wrap(mode.as_str(), took);
+        tracing::debug!(key = %info.name(), shape = %shape.describe(), format = %format, mode = %mode,
             micros = took.as_micros() as u64, "wrapped");
         Ok(Wrapped {
             material,
-            algorithm: alg,
-            mode: self.mode(),
+            format,
+            mode,
             shape,
             key: info,
         })

@@ -1,5 +1,5 @@
-//! The three wrap modes (docs/ARCHITECTURE.md, "Wrap modes"). Each turns a target key handle into OCI key
-//! material for a wrapping public key. The target is never read in clear: the token wraps
+//! The three wrap modes (docs/ARCHITECTURE.md, "Wrap modes"). Each turns a target key handle
+//! into key material in a cloud's format (src/wrap/format.rs) for a wrapping public key. The target is never read in clear: the token wraps
 //! it. Only hybrid mode holds key material on the host: the one-time key K, and on a token
 //! that pads PKCS#8, the private key for as long as it takes to strip the padding; both in
 //! the thread's locked scratch ([`crate::hardening::with_scratch`]), zeroed after each wrap.
@@ -16,7 +16,7 @@ use super::{HsmError, Unsupported};
 use crate::wrap::envelope::{TRANSPORT_KEY_LEN, check_layout, kwp_len};
 use crate::wrap::soft::{OaepHash, kwp_unwrap_into, kwp_wrap, oaep_encrypt};
 use crate::wrap::verify::{Pkcs8Fit, pkcs8_fit};
-use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrapError, WrappingKey};
+use crate::wrap::{Format, KeyAlgorithm, KeyShape, Layout, WrapError, WrappingKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WrapMode {
@@ -43,15 +43,38 @@ impl fmt::Display for WrapMode {
     }
 }
 
+/// One finding for each OAEP hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByHash<T> {
+    pub sha256: T,
+    pub sha1: T,
+}
+
+impl<T: Copy> ByHash<T> {
+    pub fn get(&self, hash: OaepHash) -> T {
+        match hash {
+            OaepHash::Sha256 => self.sha256,
+            OaepHash::Sha1 => self.sha1,
+        }
+    }
+
+    pub fn set(&mut self, hash: OaepHash, value: T) {
+        match hash {
+            OaepHash::Sha256 => self.sha256 = value,
+            OaepHash::Sha1 => self.sha1 = value,
+        }
+    }
+}
+
 /// What the self-test proved the token does.
 #[derive(Debug, Clone, Default)]
 pub struct Capabilities {
     /// The mechanism number that is RFC 5649 on this token.
     pub kwp: Option<CK_MECHANISM_TYPE>,
-    /// `CKM_RSA_PKCS_OAEP` honours SHA-256 / MGF1-SHA-256.
-    pub oaep_sha256: bool,
-    /// `CKM_RSA_AES_KEY_WRAP` gives exactly OCI's `RSA_OAEP_AES_SHA256`.
-    pub native: bool,
+    /// `CKM_RSA_PKCS_OAEP` honours the hash (and MGF1 of the same hash).
+    pub oaep: ByHash<bool>,
+    /// `CKM_RSA_AES_KEY_WRAP` gives exactly the hybrid layout with the hash.
+    pub native: ByHash<bool>,
     /// How private keys come out of the KWP mechanism; `None` if not established.
     pub pkcs8_kwp: Option<Pkcs8Fit>,
     /// How private keys come out of `CKM_RSA_AES_KEY_WRAP`; `None` if not established.
@@ -70,7 +93,7 @@ impl Capabilities {
     pub fn same_behaviour(&self, other: &Capabilities) -> bool {
         let kind = |f: Option<Pkcs8Fit>| f.map(|f| matches!(f, Pkcs8Fit::Exact));
         self.kwp == other.kwp
-            && self.oaep_sha256 == other.oaep_sha256
+            && self.oaep == other.oaep
             && self.native == other.native
             && kind(self.pkcs8_kwp) == kind(other.pkcs8_kwp)
             && kind(self.pkcs8_native) == kind(other.pkcs8_native)
@@ -79,7 +102,7 @@ impl Capabilities {
     }
 }
 
-/// A key to wrap: its handle and OCI shape.
+/// A key to wrap: its handle and shape.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
     pub handle: ObjectHandle,
@@ -189,31 +212,33 @@ fn size_hint(shape: KeyShape) -> usize {
     }
 }
 
-/// Wraps `target` for `wk` with `alg`, in `mode`.
+/// Wraps `target` for `wk` in `format`, in `mode` (a direct format always wraps with one
+/// `C_WrapKey` in the token, whatever the mode).
 pub fn wrap(
     raw: &RawModule,
     s: &Session,
     caps: &Capabilities,
     mode: WrapMode,
-    alg: Algorithm,
+    format: &'static Format,
     target: Target,
     wk: &WrappingKey,
 ) -> Result<Vec<u8>, HsmError> {
     let t = Token { raw, s };
-    let material = match alg {
-        Algorithm::RsaOaepSha256 => wrap_oaep_only(&t, caps, target, wk)?,
-        Algorithm::RsaOaepAesSha256 => {
+    let hash = format.hash;
+    let material = match format.layout {
+        Layout::Direct => wrap_oaep_only(&t, caps, format, target, wk)?,
+        Layout::Hybrid => {
             if target.shape.algorithm == KeyAlgorithm::Rsa {
                 check_rsa_export(caps, mode)?;
             }
             match mode {
-                WrapMode::HsmNative => wrap_native(&t, caps, target, wk)?,
-                WrapMode::HsmTwoStep => wrap_two_step(&t, caps, target, wk)?,
-                WrapMode::Hybrid => wrap_hybrid(&t, caps, target, wk)?,
+                WrapMode::HsmNative => wrap_native(&t, caps, hash, target, wk)?,
+                WrapMode::HsmTwoStep => wrap_two_step(&t, caps, hash, target, wk)?,
+                WrapMode::Hybrid => wrap_hybrid(&t, caps, hash, target, wk)?,
             }
         }
     };
-    check_layout(alg, target.shape, wk.modulus_len(), &material)?;
+    check_layout(format, target.shape, wk.modulus_len(), &material)?;
     Ok(material)
 }
 
@@ -241,25 +266,28 @@ impl Token<'_> {
     }
 }
 
-/// `RSA_OAEP_SHA256`: the AES key itself under OAEP-SHA256, in the token.
+/// A direct format: the AES key itself under OAEP with the format's hash, in the token.
 fn wrap_oaep_only(
     t: &Token<'_>,
     caps: &Capabilities,
+    format: &'static Format,
     target: Target,
     wk: &WrappingKey,
 ) -> Result<Vec<u8>, HsmError> {
     if target.shape.algorithm != KeyAlgorithm::Aes {
         return Err(Unsupported::OaepOnlyCarriesAes {
+            format: format.name,
             shape: target.shape.describe(),
+            instead: format.instead(),
         }
         .into());
     }
-    if !caps.oaep_sha256 {
-        return Err(Unsupported::NoOaepSha256.into());
+    if !caps.oaep.get(format.hash) {
+        return Err(no_direct_oaep(format));
     }
     let wk_obj = import_wrapping_key(t.s, wk)?;
     t.call(
-        WrapMechanism::RsaOaepSha256,
+        WrapMechanism::RsaOaep(format.hash),
         wk_obj.handle,
         target.handle,
         wk.modulus_len(),
@@ -270,29 +298,31 @@ fn wrap_oaep_only(
 fn wrap_native(
     t: &Token<'_>,
     caps: &Capabilities,
+    hash: OaepHash,
     target: Target,
     wk: &WrappingKey,
 ) -> Result<Vec<u8>, HsmError> {
-    if !caps.native {
+    if !caps.native.get(hash) {
         return Err(unavailable(WrapMode::HsmNative));
     }
     let wk_obj = import_wrapping_key(t.s, wk)?;
     t.call(
-        WrapMechanism::RsaAesKeyWrapSha256,
+        WrapMechanism::RsaAesKeyWrap(hash),
         wk_obj.handle,
         target.handle,
         wk.modulus_len() + size_hint(target.shape),
     )
 }
 
-/// hsm-two-step: K generated in the token, RFC 5649 of the target under K, OAEP-SHA256 of K.
+/// hsm-two-step: K generated in the token, RFC 5649 of the target under K, OAEP of K.
 fn wrap_two_step(
     t: &Token<'_>,
     caps: &Capabilities,
+    hash: OaepHash,
     target: Target,
     wk: &WrappingKey,
 ) -> Result<Vec<u8>, HsmError> {
-    let (Some(kwp), true) = (caps.kwp, caps.oaep_sha256) else {
+    let (Some(kwp), true) = (caps.kwp, caps.oaep.get(hash)) else {
         return Err(unavailable(WrapMode::HsmTwoStep));
     };
     let k = session_aes_generate(t.s)?;
@@ -304,7 +334,7 @@ fn wrap_two_step(
     )?;
     let wk_obj = import_wrapping_key(t.s, wk)?;
     let mut out = t.call(
-        WrapMechanism::RsaOaepSha256,
+        WrapMechanism::RsaOaep(hash),
         wk_obj.handle,
         k.handle,
         wk.modulus_len(),
@@ -319,6 +349,7 @@ fn wrap_two_step(
 fn wrap_hybrid(
     t: &Token<'_>,
     caps: &Capabilities,
+    hash: OaepHash,
     target: Target,
     wk: &WrappingKey,
 ) -> Result<Vec<u8>, HsmError> {
@@ -344,7 +375,7 @@ fn wrap_hybrid(
                 c2
             }
         };
-        let mut out = oaep_encrypt(&wk.pkey, OaepHash::Sha256, k)?;
+        let mut out = oaep_encrypt(&wk.pkey, hash, k)?;
         out.extend_from_slice(&c2);
         Ok::<_, HsmError>(out)
     })
@@ -415,13 +446,23 @@ fn unavailable(mode: WrapMode) -> HsmError {
     Unsupported::ModeUnavailable { mode }.into()
 }
 
+/// A direct format on a token that does not do OAEP with its hash.
+pub fn no_direct_oaep(format: &'static Format) -> HsmError {
+    Unsupported::NoDirectOaep {
+        format: format.name,
+        hash: format.hash.as_str(),
+        instead: format.instead(),
+    }
+    .into()
+}
+
 /// Name and number of a wrap mechanism, for messages.
 pub fn describe(m: WrapMechanism) -> String {
     match m {
-        WrapMechanism::RsaAesKeyWrapSha256 => {
-            "CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP SHA-256".into()
+        WrapMechanism::RsaAesKeyWrap(h) => {
+            format!("CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP {}", h.as_str())
         }
-        WrapMechanism::RsaOaepSha256 => "CKM_RSA_PKCS_OAEP with SHA-256".into(),
+        WrapMechanism::RsaOaep(h) => format!("CKM_RSA_PKCS_OAEP with {}", h.as_str()),
         WrapMechanism::Kwp(n) => format!("{} ({n:#x})", kwp_name(n)),
     }
 }

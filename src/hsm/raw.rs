@@ -24,6 +24,8 @@ use std::ptr;
 use cryptoki::error::{Rv, RvError};
 use cryptoki_sys as sys;
 
+use crate::wrap::soft::OaepHash;
+
 pub use sys::{CK_MECHANISM_TYPE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_SLOT_ID};
 
 /// `CKM_RSA_AES_KEY_WRAP`.
@@ -37,13 +39,14 @@ pub const CKM_LUNA_AES_KWP: CK_MECHANISM_TYPE = 0x8000_0171;
 /// `CKM_RSA_PKCS_OAEP`.
 pub const CKM_RSA_PKCS_OAEP: CK_MECHANISM_TYPE = sys::CKM_RSA_PKCS_OAEP;
 
-/// A wrap mechanism with the parameters OCI's formats need.
+/// A wrap mechanism with the parameters the clouds' formats need (src/wrap/format.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WrapMechanism {
-    /// `CKM_RSA_AES_KEY_WRAP` with a 256-bit AES key and OAEP SHA-256 / MGF1-SHA-256.
-    RsaAesKeyWrapSha256,
-    /// `CKM_RSA_PKCS_OAEP` with SHA-256 / MGF1-SHA-256, empty label.
-    RsaOaepSha256,
+    /// `CKM_RSA_AES_KEY_WRAP` with a 256-bit AES key and OAEP with the hash and MGF1 of the
+    /// same hash.
+    RsaAesKeyWrap(OaepHash),
+    /// `CKM_RSA_PKCS_OAEP` with the hash and MGF1 of the same hash, empty label.
+    RsaOaep(OaepHash),
     /// RFC 5649 under the given mechanism number, no parameters.
     Kwp(CK_MECHANISM_TYPE),
 }
@@ -162,9 +165,17 @@ impl RawModule {
         key: CK_OBJECT_HANDLE,
         size_hint: usize,
     ) -> Result<Vec<u8>, RvError> {
+        let hash = match mech {
+            WrapMechanism::RsaAesKeyWrap(h) | WrapMechanism::RsaOaep(h) => h,
+            WrapMechanism::Kwp(_) => OaepHash::Sha256,
+        };
+        let (hash_alg, mgf) = match hash {
+            OaepHash::Sha256 => (sys::CKM_SHA256, sys::CKG_MGF1_SHA256),
+            OaepHash::Sha1 => (sys::CKM_SHA_1, sys::CKG_MGF1_SHA1),
+        };
         let mut oaep = sys::CK_RSA_PKCS_OAEP_PARAMS {
-            hashAlg: sys::CKM_SHA256,
-            mgf: sys::CKG_MGF1_SHA256,
+            hashAlg: hash_alg,
+            mgf,
             source: sys::CKZ_DATA_SPECIFIED,
             pSourceData: ptr::null_mut(),
             ulSourceDataLen: 0,
@@ -174,12 +185,12 @@ impl RawModule {
             pOAEPParams: &mut oaep,
         };
         let (number, param, param_len): (_, *mut c_void, usize) = match mech {
-            WrapMechanism::RsaAesKeyWrapSha256 => (
+            WrapMechanism::RsaAesKeyWrap(_) => (
                 CKM_RSA_AES_KEY_WRAP,
                 (&mut rsa_aes as *mut sys::CK_RSA_AES_KEY_WRAP_PARAMS).cast(),
                 size_of::<sys::CK_RSA_AES_KEY_WRAP_PARAMS>(),
             ),
-            WrapMechanism::RsaOaepSha256 => (
+            WrapMechanism::RsaOaep(_) => (
                 CKM_RSA_PKCS_OAEP,
                 (&mut oaep as *mut sys::CK_RSA_PKCS_OAEP_PARAMS).cast(),
                 size_of::<sys::CK_RSA_PKCS_OAEP_PARAMS>(),

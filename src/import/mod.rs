@@ -16,15 +16,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::code::Code;
 use crate::config::{OciConfig, ProtectionMode};
 use crate::hsm::{KeyRef, Wrapped};
 use crate::journal::{Journal, JournalError};
 use crate::oci::kms::{self, Answer, Call, KmsClient, KmsError};
 use crate::oci::{Identity, OciError, endpoint::Endpoint};
-use crate::wrap::{self, Algorithm};
+use crate::wrap::{self, Format};
 
 mod flow;
 
+pub use crate::audit::Progress;
 pub use crate::oci::is_ocid;
 pub use flow::{Prepared, Steps, prepare, send};
 
@@ -61,6 +63,34 @@ pub enum ImportError {
 }
 
 impl ImportError {
+    /// The canonical code for this refusal (src/code.rs).
+    pub fn code(&self) -> Code {
+        match self {
+            ImportError::Invalid(_) => Code::InvalidArgument,
+            ImportError::Denied(_) => Code::PermissionDenied,
+            ImportError::NotConfigured(_) => Code::FailedPrecondition,
+            ImportError::InProgress(_) => Code::Aborted,
+            ImportError::NotEnabled(_) => Code::DeadlineExceeded,
+            ImportError::Oci(k) => k.code(),
+            ImportError::Hsm(h) => h.code(),
+            ImportError::Body(_) => Code::Internal,
+            ImportError::Journal(JournalError::Unavailable(_) | JournalError::NoKey(_)) => {
+                Code::Unavailable
+            }
+            ImportError::Journal(JournalError::LeaseLost) => Code::Aborted,
+            // Not the caller's fault, and no retry mends it: an operator must look at the record.
+            ImportError::Journal(JournalError::Forged { .. }) => Code::DataLoss,
+        }
+    }
+
+    /// What a caller is told (OCI's details for OCI's refusals).
+    pub fn message(&self) -> String {
+        match self {
+            ImportError::Oci(k) => k.message(),
+            other => other.to_string(),
+        }
+    }
+
     fn invalid(m: impl Into<String>) -> Self {
         ImportError::Invalid(m.into())
     }
@@ -185,75 +215,11 @@ pub fn opc_request_id(request_id: &str) -> Option<&str> {
     .then_some(request_id)
 }
 
-/// What an export did, learnt along the way: the one record of it that the audit record
-/// embeds (these are its field names) and the CLI prints; the journal keeps how a body was
-/// made from it (`journal::Made`).
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Progress {
-    #[serde(rename = "source_key_label", skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    #[serde(rename = "source_key_id_hex", skip_serializing_if = "Option::is_none")]
-    pub id_hex: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wrapping_key_sha256: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<&'static str>,
-    /// "AES" or "RSA", for metrics (the audit record has the label and id).
-    #[serde(skip)]
-    pub key_type: Option<&'static str>,
-    /// `label` is that of a key the token has (found for a wrap, or by the re-check of a
-    /// recorded import), not only what a caller asked for: only such labels reach the
-    /// per-key metrics.
-    #[serde(skip)]
-    pub on_token: bool,
-    /// OCI's id of the final answer, when OCI answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub opc_request_id: Option<String>,
-    /// HTTP attempts the import took (retries included).
-    #[serde(rename = "oci_attempts", skip_serializing_if = "is_zero")]
-    pub attempts: u32,
-    /// The key version (ImportKeyVersion) or key (ImportKey) OCI created.
-    #[serde(rename = "oci_created_id", skip_serializing_if = "Option::is_none")]
-    pub created_id: Option<String>,
-    /// A recorded import: the journal's answer, refusal or bytes for this idempotency key
-    /// (no new wrap).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub replayed: bool,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-impl Progress {
-    /// Takes what `later` knows: each fact it has replaces this one's (a key named in the
-    /// request is replaced by the key found; the latest OCI answer by a newer one).
-    pub fn merge(&mut self, later: &Progress) {
-        fn take<T: Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
-            if theirs.is_some() {
-                mine.clone_from(theirs);
-            }
-        }
-        take(&mut self.label, &later.label);
-        take(&mut self.id_hex, &later.id_hex);
-        take(&mut self.wrapping_key_sha256, &later.wrapping_key_sha256);
-        take(&mut self.mode, &later.mode);
-        take(&mut self.key_type, &later.key_type);
-        take(&mut self.opc_request_id, &later.opc_request_id);
-        take(&mut self.created_id, &later.created_id);
-        if later.attempts > 0 {
-            self.attempts = later.attempts;
-        }
-        self.replayed |= later.replayed;
-        self.on_token |= later.on_token;
-    }
-}
-
 /// `wrappedImportKey` for `w`.
 pub fn wrapped_import_key(w: &Wrapped) -> kms::WrappedImportKey {
     kms::WrappedImportKey {
         key_material: openssl::base64::encode_block(&w.material),
-        wrapping_algorithm: w.algorithm.as_str(),
+        wrapping_algorithm: w.format.algorithm(),
     }
 }
 
@@ -278,7 +244,7 @@ pub struct Ask<'a> {
     pub op: &'static str,
     pub target: &'a str,
     pub key: &'a KeyRef,
-    pub alg: Algorithm,
+    pub format: &'static Format,
     pub endpoint: &'a Endpoint,
     pub details: &'a str,
 }
@@ -291,7 +257,8 @@ pub fn describe(a: &Ask<'_>) -> Described {
     };
     let scope = format!("{} {} {} {}", a.caller, a.op, a.endpoint.base, a.target);
     let mut h = openssl::sha::Sha256::new();
-    for part in [&scope, &key, a.alg.as_str(), a.details] {
+    // The cloud's own algorithm name: for OCI's formats, the digest is what it always was.
+    for part in [&scope, &key, a.format.algorithm(), a.details] {
         h.update(part.as_bytes());
         h.update(b"\0");
     }
@@ -302,7 +269,7 @@ pub fn describe(a: &Ask<'_>) -> Described {
         op: a.op,
         target: a.target.to_string(),
         endpoint: a.endpoint.base.clone(),
-        algorithm: a.alg.as_str(),
+        algorithm: a.format.algorithm(),
     }
 }
 

@@ -7,15 +7,18 @@ use std::time::Instant;
 
 use tonic::{Request, Status};
 
-use super::audit::{AuditOnDrop, INVALID, Record, bounded};
+use super::audit::AuditOnDrop;
 use super::auth::Caller;
+use super::request::algorithm;
 use super::status;
 use super::wrap_key::Export;
 use super::{Bridge, Settings};
+use crate::audit::{INVALID, Record, bounded};
 use crate::config::{Operation, ProtectionMode};
 use crate::import;
 use crate::oci::kms::{Answer, Call, KmsError};
 use crate::proto;
+use crate::wrap::Format;
 
 /// Most bytes of a refused endpoint kept in an audit record.
 const MAX_AUDITED_URL: usize = 255;
@@ -40,7 +43,9 @@ impl Bridge {
             oci,
             deadline,
         } = ask;
-        let export = self.admit_export(caller, rec, (Operation::Import, op), key, alg)?;
+        let export = self.admit_export(caller, rec, (Operation::Import, op), key, || {
+            algorithm(alg).map(Format::oci)
+        })?;
         // The request's own fields, before any configuration is consulted.
         let idem = fields(&export.caller, &settings, rec)?;
         let target = oci.ok_or_else(|| {
@@ -246,7 +251,7 @@ impl Bridge {
             op: "ImportKeyVersion",
             target: &body.oci_key_id,
             key: &start.export.key,
-            alg: start.export.alg,
+            format: start.export.format,
             endpoint: &start.dest.endpoint,
             details: "",
         });
@@ -316,7 +321,7 @@ impl Bridge {
             op: "ImportKey",
             target: &body.compartment_id,
             key: &start.export.key,
-            alg: start.export.alg,
+            format: start.export.format,
             endpoint: &start.dest.endpoint,
             details: &import_key_details(body),
         });

@@ -36,7 +36,7 @@ impl Bridge {
         let mut visible = keys
             .iter()
             .filter(|k| caller.may_touch(&k.label))
-            .filter(|k| !body.exportable_only || self.hsm.export_check(k).is_ok())
+            .filter(|k| !body.exportable_only || self.hsm.exportable(k).is_ok())
             .filter(|k| {
                 after
                     .as_ref()
@@ -86,7 +86,7 @@ impl Bridge {
 }
 
 pub(super) fn source_key(hsm: &Hsm, k: &KeyInfo) -> proto::SourceKey {
-    let check = hsm.export_check(k);
+    let check = hsm.exportable(k);
     proto::SourceKey {
         label: k.label.clone(),
         id_hex: wrap::hex(&k.id),

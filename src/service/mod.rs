@@ -31,13 +31,14 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::{self as audit_log, Audit, Record};
 use crate::config::{PolicyConfig, ProtectionMode};
 use crate::hsm::{Hsm, HsmError};
 use crate::import;
 use crate::policy::WrappingKeyPolicy;
 use crate::proto::{self, key_source_bridge_server::KeySourceBridge};
 use crate::wrap;
-use audit::{Audit, AuditOnDrop, Record};
+use audit::AuditOnDrop;
 use auth::{Authenticator, Caller};
 use queue::{HsmQueue, Refused};
 
@@ -106,7 +107,7 @@ impl KeySourceBridge for Bridge {
         req: Request<proto::WrapKeyRequest>,
     ) -> Result<Response<proto::WrapKeyResponse>, Status> {
         let _timer = crate::metrics::RpcTimer::start("WrapKey");
-        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::WrapKey);
+        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit_log::Operation::WrapKey);
         let result = self.wrap_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
@@ -116,8 +117,11 @@ impl KeySourceBridge for Bridge {
         req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
         let _timer = crate::metrics::RpcTimer::start("ImportKeyVersion");
-        let mut guard =
-            AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::ImportKeyVersion);
+        let mut guard = AuditOnDrop::new(
+            self.audit.clone(),
+            &req,
+            audit_log::Operation::ImportKeyVersion,
+        );
         let result = self.import_key_version_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
@@ -127,7 +131,7 @@ impl KeySourceBridge for Bridge {
         req: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
         let _timer = crate::metrics::RpcTimer::start("ImportKey");
-        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit::Operation::ImportKey);
+        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit_log::Operation::ImportKey);
         let result = self.import_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }

@@ -8,7 +8,7 @@ use tonic::{Request, Status};
 
 use crate::hsm::{KeyInfo, KeyRef};
 use crate::proto;
-use crate::wrap::{self, Algorithm};
+use crate::wrap::{self, Algorithm, AzureKek, Format};
 
 /// The latest deadline a caller can ask for: `grpc-timeout` is read saturating and capped.
 pub(super) const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
@@ -100,6 +100,26 @@ pub(super) fn proto_algorithm(a: Algorithm) -> proto::WrappingAlgorithm {
         Algorithm::RsaOaepAesSha256 => proto::WrappingAlgorithm::RsaOaepAesSha256,
         Algorithm::RsaOaepSha256 => proto::WrappingAlgorithm::RsaOaepSha256,
     }
+}
+
+/// The format a WrapKey asks for: `format` when set (`algorithm` must then be UNSPECIFIED
+/// or OCI's name for the same format), else OCI's format for `algorithm`.
+pub(super) fn format(name: &str, alg: i32) -> Result<&'static Format, Status> {
+    let unspecified = alg == proto::WrappingAlgorithm::Unspecified as i32;
+    let alg = if unspecified {
+        None
+    } else {
+        Some(algorithm(alg)?)
+    };
+    Format::resolve(Some(name).filter(|n| !n.is_empty()), alg)
+        .map_err(|e| Status::invalid_argument(format!("format: {e}")))
+}
+
+/// The key-exchange key an `azure:byok` wrap names (and only it takes one).
+pub(super) fn azure_kek(format: &Format, id: &str) -> Result<Option<AzureKek>, Status> {
+    format
+        .kek(Some(id).filter(|i| !i.is_empty()))
+        .map_err(|e| Status::invalid_argument(format!("azure_kek_id: {e}")))
 }
 
 pub(super) fn shape(s: wrap::KeyShape) -> proto::KeyShape {

@@ -12,10 +12,10 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use super::Bridge;
-use super::audit::Audit;
 use super::auth::{Authenticator, Transport};
 use super::limit;
 use crate::Error;
+use crate::audit::Audit;
 use crate::config::{Config, Listen};
 use crate::hsm::Hsm;
 use crate::proto::key_source_bridge_server::KeySourceBridgeServer;

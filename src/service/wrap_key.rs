@@ -1,5 +1,5 @@
 //! WrapKey, and what every export shares: admission (the caller's operation, the key
-//! against its patterns, the algorithm) and the HSM wrap under the caller's patterns.
+//! against its patterns, the format) and the HSM wrap under the caller's patterns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,21 +8,22 @@ use std::time::Instant;
 use tonic::{Request, Status};
 
 use super::Bridge;
-use super::audit::{AuditOnDrop, Record};
+use super::audit::AuditOnDrop;
 use super::auth::Caller;
 use super::keys::{denied, hide_by_id, may_not_touch, permit};
-use super::request::{algorithm, key_ref, proto_algorithm, shape};
+use super::request::{azure_kek, format, key_ref, proto_algorithm, shape};
+use crate::audit::Record;
 use crate::config::Operation;
 use crate::hsm::KeyRef;
 use crate::proto;
-use crate::wrap::{self, Algorithm, WrappingKey};
+use crate::wrap::{self, Format, WrappingKey};
 
-/// An admitted export: who asked, for which key, with which algorithm.
+/// An admitted export: who asked, for which key, in which format.
 #[derive(Clone)]
 pub(super) struct Export {
     pub(super) caller: Caller,
     pub(super) key: KeyRef,
-    pub(super) alg: Algorithm,
+    pub(super) format: &'static Format,
 }
 
 impl Bridge {
@@ -40,8 +41,9 @@ impl Bridge {
             rec,
             (Operation::Wrap, "WrapKey"),
             body.source_key.as_ref(),
-            body.algorithm,
+            || format(&body.format, body.algorithm),
         )?;
+        let kek = azure_kek(export.format, &body.azure_kek_id)?;
         let wk = self
             .wrapping_keys
             .get(body.wrapping_public_key_pem.as_bytes())
@@ -52,7 +54,12 @@ impl Bridge {
             .wrapping_policy
             .allows(&fp)
             .map_err(|e| super::status::refused_wrapping_key(&e))?;
+        let generator = self.hsm.generator();
         let wrapped = self.wrap_for(export, wk, deadline, hsm_started).await?;
+        let material = wrapped
+            .format
+            .seal(wrapped.material, kek.as_ref(), &generator)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let rec = guard.record();
         rec.export.label = Some(wrapped.key.label.clone());
         rec.export.on_token = true;
@@ -60,23 +67,28 @@ impl Bridge {
         rec.export.mode = Some(wrapped.mode.as_str());
         rec.export.key_type = Some(wrapped.shape.algorithm.as_str());
         Ok(proto::WrapKeyResponse {
-            wrapped_key_material: wrapped.material,
+            wrapped_key_material: material,
             shape: Some(shape(wrapped.shape)),
             wrapping_key_sha256: fp,
             mode: wrapped.mode.as_str().into(),
-            algorithm: proto_algorithm(wrapped.algorithm) as i32,
+            algorithm: wrapped
+                .format
+                .oci_algorithm()
+                .map_or(0, |a| proto_algorithm(a) as i32),
+            format: wrapped.format.name.into(),
         })
     }
 
     /// The checks every export starts with, after the caller is known, each recorded as it
-    /// passes: its `op`eration, the source key (against its label patterns), the algorithm.
+    /// passes: its `op`eration, the source key (against its label patterns), the format
+    /// (`format` reads it from the request).
     pub(super) fn admit_export(
         &self,
         caller: Caller,
         rec: &mut Record,
         (op, name): (Operation, &'static str),
         key: Option<&proto::KeyRef>,
-        alg: i32,
+        format: impl FnOnce() -> Result<&'static Format, Status>,
     ) -> Result<Export, Status> {
         if !caller.may(op) {
             return Err(denied(name, &caller));
@@ -91,9 +103,14 @@ impl Bridge {
                 may_not_touch(&caller, l).to_string(),
             ));
         }
-        let alg = algorithm(alg)?;
-        rec.algorithm = Some(alg.as_str());
-        Ok(Export { caller, key, alg })
+        let format = format()?;
+        rec.algorithm = Some(format.algorithm());
+        rec.format = Some(format.name);
+        Ok(Export {
+            caller,
+            key,
+            format,
+        })
     }
 
     /// Wraps the export's key for `wk` on an HSM session; a key named by id must still match
@@ -105,10 +122,18 @@ impl Bridge {
         deadline: Option<Instant>,
         hsm_started: Arc<AtomicBool>,
     ) -> Result<crate::hsm::Wrapped, Status> {
-        let Export { caller, key, alg } = export;
+        let Export {
+            caller,
+            key,
+            format,
+        } = export;
+        // What needs no token is refused before the HSM queue.
+        self.hsm
+            .precheck(&wk, format)
+            .map_err(|e| super::status::status(&e))?;
         self.on_hsm(deadline, move |hsm, d| {
             hsm_started.store(true, Ordering::SeqCst);
-            hsm.wrap_if(&key, &wk, alg, d, |info| permit(&caller, info))
+            hsm.wrap_if(&key, &wk, format, d, |info| permit(&caller, info))
                 .map_err(|e| hide_by_id(&key, e))
         })
         .await
@@ -121,9 +146,13 @@ impl Bridge {
         export: Export,
         deadline: Option<Instant>,
     ) -> Result<(), Status> {
-        let Export { caller, key, .. } = export;
+        let Export {
+            caller,
+            key,
+            format,
+        } = export;
         self.on_hsm(deadline, move |hsm, d| {
-            hsm.check_export(&key, d, |info| permit(&caller, info))
+            hsm.check_export(&key, format, d, |info| permit(&caller, info))
                 .map(|_| ())
                 .map_err(|e| hide_by_id(&key, e))
         })

@@ -1,4 +1,4 @@
-//! OCI's two wrapping algorithms and key shapes, and the exact layout of `keyMaterial`.
+//! OCI's two wrapping algorithms, key shapes, and the exact layout of wrapped material.
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,7 +40,7 @@ impl FromStr for Algorithm {
     }
 }
 
-/// Key algorithms OCI imports.
+/// Key algorithms hsm-bridge exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAlgorithm {
     Aes,
@@ -56,7 +56,7 @@ impl KeyAlgorithm {
     }
 }
 
-/// OCI `keyShape`: algorithm and length in bytes (AES key bytes, RSA modulus bytes).
+/// A key's shape, in OCI's `keyShape` units: algorithm and length in bytes (AES key bytes, RSA modulus bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyShape {
     pub algorithm: KeyAlgorithm,
@@ -83,26 +83,27 @@ pub fn kwp_len(n: usize) -> usize {
     8 + n.div_ceil(8) * 8
 }
 
-/// The one-time AES key size OCI's examples use for `RSA_OAEP_AES_SHA256` (bytes).
+/// The one-time AES key's size in the hybrid layout (bytes): AES-256 for every cloud.
 pub const TRANSPORT_KEY_LEN: usize = 32;
 
-/// Checks that `material` has a plausible layout for `alg`, a target of `shape`, and a
+/// Checks that `material` has a plausible layout for `format`, a target of `shape`, and a
 /// wrapping key of `modulus_len` bytes. Catches a token that answers with the wrong
 /// construction before the bytes go anywhere.
 pub fn check_layout(
-    alg: Algorithm,
+    format: &super::Format,
     shape: KeyShape,
     modulus_len: usize,
     material: &[u8],
 ) -> Result<(), WrapError> {
-    let ok = match (alg, shape.algorithm) {
-        (Algorithm::RsaOaepSha256, _) => material.len() == modulus_len,
-        (Algorithm::RsaOaepAesSha256, KeyAlgorithm::Aes) => {
+    use super::Layout;
+    let ok = match (format.layout, shape.algorithm) {
+        (Layout::Direct, _) => material.len() == modulus_len,
+        (Layout::Hybrid, KeyAlgorithm::Aes) => {
             material.len() == modulus_len + kwp_len(shape.length)
         }
         // PKCS#8 length is not known in advance; C2 is whole semiblocks and at least the
         // modulus itself long.
-        (Algorithm::RsaOaepAesSha256, KeyAlgorithm::Rsa) => {
+        (Layout::Hybrid, KeyAlgorithm::Rsa) => {
             material.len() > modulus_len + shape.length
                 && (material.len() - modulus_len).is_multiple_of(8)
         }
@@ -111,7 +112,7 @@ pub fn check_layout(
         Ok(())
     } else {
         Err(WrapError::Crypto(format!(
-            "the token returned {} bytes, which is not a valid {alg} layout for {} under a {}-bit wrapping key",
+            "the token returned {} bytes, which is not a valid {format} layout for {} under a {}-bit wrapping key",
             material.len(),
             shape.describe(),
             modulus_len * 8
@@ -151,18 +152,20 @@ mod tests {
 
     #[test]
     fn layout_check() {
+        let hybrid = super::super::Format::oci(Algorithm::RsaOaepAesSha256);
+        let direct = super::super::Format::oci(Algorithm::RsaOaepSha256);
         let aes = KeyShape {
             algorithm: KeyAlgorithm::Aes,
             length: 32,
         };
-        assert!(check_layout(Algorithm::RsaOaepAesSha256, aes, 512, &[0; 552]).is_ok());
-        assert!(check_layout(Algorithm::RsaOaepAesSha256, aes, 512, &[0; 551]).is_err());
-        assert!(check_layout(Algorithm::RsaOaepSha256, aes, 512, &[0; 512]).is_ok());
+        assert!(check_layout(hybrid, aes, 512, &[0; 552]).is_ok());
+        assert!(check_layout(hybrid, aes, 512, &[0; 551]).is_err());
+        assert!(check_layout(direct, aes, 512, &[0; 512]).is_ok());
         let rsa = KeyShape {
             algorithm: KeyAlgorithm::Rsa,
             length: 256,
         };
-        assert!(check_layout(Algorithm::RsaOaepAesSha256, rsa, 512, &[0; 512 + 1232]).is_ok());
-        assert!(check_layout(Algorithm::RsaOaepAesSha256, rsa, 512, &[0; 512 + 40]).is_err());
+        assert!(check_layout(hybrid, rsa, 512, &[0; 512 + 1232]).is_ok());
+        assert!(check_layout(hybrid, rsa, 512, &[0; 512 + 40]).is_err());
     }
 }

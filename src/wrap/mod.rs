@@ -1,15 +1,17 @@
-//! Pure functions around OCI's import formats: the envelope, wrapping-key parsing and
-//! validation, and the software OAEP / RFC 5649 used by hybrid mode and by the self-test.
+//! Pure functions around the clouds' import formats: the formats as data, the layouts and
+//! envelopes, wrapping-key parsing and validation, and the software OAEP / RFC 5649 used by hybrid mode and by the self-test.
 //!
 //! Nothing here talks to the HSM. Key material that passes through here (the one-time
 //! AES key K, a padded PKCS#8 blob being re-wrapped) lives only in zeroizing buffers.
 
 pub mod envelope;
+pub mod format;
 pub mod soft;
 pub mod verify;
 pub(crate) mod wrapping_key;
 
 pub use envelope::{Algorithm, KeyAlgorithm, KeyShape};
+pub use format::{AzureKek, Cloud, FORMATS, Format, Layout};
 pub use wrapping_key::WrappingKey;
 
 /// Errors from parsing outside input and from the software crypto.
@@ -19,6 +21,10 @@ pub enum WrapError {
     WrappingKey(String),
     #[error("unknown wrapping algorithm {0:?}: expected RSA_OAEP_AES_SHA256 or RSA_OAEP_SHA256")]
     UnknownAlgorithm(String),
+    #[error("unknown format {0:?}: expected one of {names}", names = format::Format::names())]
+    UnknownFormat(String),
+    #[error("{0}")]
+    Format(String),
     #[error("{0}")]
     Crypto(String),
 }

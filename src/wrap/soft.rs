@@ -1,4 +1,4 @@
-//! Software RSA-OAEP (SHA-256, MGF1-SHA-256, empty label) through OpenSSL, and RFC 5649
+//! Software RSA-OAEP (SHA-256 or SHA-1, MGF1 of the same hash, empty label) through OpenSSL, and RFC 5649
 //! key wrap with padding through `aes-kw`.
 //!
 //! Used by hybrid mode (OAEP of the one-time key K; re-wrap of PKCS#8 on a token that
@@ -14,19 +14,38 @@ use zeroize::Zeroizing;
 
 use super::WrapError;
 
-/// Which OAEP hash pair to use. OCI's is SHA-256 for both; SHA-1 exists here only so the
-/// self-test can say "this token ignored the SHA-256 parameters".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which OAEP hash pair to use: the same hash for the label and for MGF1. OCI's is SHA-256;
+/// AWS and Google Cloud offer both; Azure takes SHA-1 only (src/wrap/format.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OaepHash {
     Sha256,
     Sha1,
 }
 
 impl OaepHash {
+    /// Both, in the order the self-test proves them.
+    pub const ALL: [OaepHash; 2] = [OaepHash::Sha256, OaepHash::Sha1];
+
     fn md(self) -> &'static openssl::md::MdRef {
         match self {
             OaepHash::Sha256 => Md::sha256(),
             OaepHash::Sha1 => Md::sha1(),
+        }
+    }
+
+    /// "SHA-256" or "SHA-1", for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OaepHash::Sha256 => "SHA-256",
+            OaepHash::Sha1 => "SHA-1",
+        }
+    }
+
+    /// The other one.
+    pub fn other(self) -> OaepHash {
+        match self {
+            OaepHash::Sha256 => OaepHash::Sha1,
+            OaepHash::Sha1 => OaepHash::Sha256,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Opening OCI key material in software and judging whether a token's output is exactly
+//! Opening wrapped key material in software and judging whether a token's output is exactly
 //! what was asked for. The self-test's decisions are these functions, so they are pure
 //! and tested with crafted bytes.
 
@@ -20,9 +20,9 @@ pub enum Pkcs8Fit {
 /// Which part of a token's output an OAEP finding is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
-    /// A whole `RSA_OAEP_SHA256` output.
+    /// A whole direct-OAEP output.
     Output,
-    /// The RSA part of an `RSA_OAEP_AES_SHA256` envelope.
+    /// The RSA part of a hybrid envelope.
     RsaPart,
 }
 
@@ -38,12 +38,12 @@ impl std::fmt::Display for Part {
 /// Why a token's output is not exactly what was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Mismatch {
-    #[error("OAEP-SHA256 decrypts, but to a different value than was wrapped")]
-    OaepValue,
-    #[error("{0} decrypts only as OAEP with SHA-1: the token ignored the SHA-256 parameters")]
-    OaepSha1(Part),
-    #[error("{0} is not RSA-OAEP with SHA-256 / MGF1-SHA-256")]
-    NotOaepSha256(Part),
+    #[error("OAEP-{} decrypts, but to a different value than was wrapped", .0.as_str())]
+    OaepValue(OaepHash),
+    #[error("{part} decrypts only as OAEP with {}: the token ignored the {} parameters", .got.as_str(), .got.other().as_str())]
+    OaepOtherHash { part: Part, got: OaepHash },
+    #[error("{part} is not RSA-OAEP with {h} / MGF1-{h}", h = .hash.as_str())]
+    NotOaep { part: Part, hash: OaepHash },
     #[error("the output ({0} bytes) is not RFC 5649 under the given key")]
     NotKwp(usize),
     #[error("RFC 5649 unwraps to {got} bytes that differ from the {wrapped} bytes wrapped")]
@@ -66,31 +66,36 @@ pub enum Mismatch {
     Trailing(usize),
 }
 
-/// Accepts `ct` only if it is RSA-OAEP with SHA-256 and MGF1-SHA-256 of `expected`.
-pub fn judge_oaep_sha256<T: HasPrivate>(
+/// Accepts `ct` only if it is RSA-OAEP with `hash` and MGF1-`hash` of `expected`.
+pub fn judge_oaep<T: HasPrivate>(
     key: &PKeyRef<T>,
+    hash: OaepHash,
     ct: &[u8],
     expected: &[u8],
 ) -> Result<(), Mismatch> {
-    let pt = open_oaep(key, ct, Part::Output)?;
+    let pt = open_oaep(key, hash, ct, Part::Output)?;
     if pt[..] == *expected {
         Ok(())
     } else {
-        Err(Mismatch::OaepValue)
+        Err(Mismatch::OaepValue(hash))
     }
 }
 
-/// OAEP-SHA256 decryption of `ct`, saying when it opens only as SHA-1.
+/// OAEP decryption of `ct` with `hash`, saying when it opens only with the other hash.
 fn open_oaep<T: HasPrivate>(
     key: &PKeyRef<T>,
+    hash: OaepHash,
     ct: &[u8],
     part: Part,
 ) -> Result<Zeroizing<Vec<u8>>, Mismatch> {
-    oaep_decrypt(key, OaepHash::Sha256, ct).map_err(|_| {
-        if oaep_decrypt(key, OaepHash::Sha1, ct).is_ok() {
-            Mismatch::OaepSha1(part)
+    oaep_decrypt(key, hash, ct).map_err(|_| {
+        if oaep_decrypt(key, hash.other(), ct).is_ok() {
+            Mismatch::OaepOtherHash {
+                part,
+                got: hash.other(),
+            }
         } else {
-            Mismatch::NotOaepSha256(part)
+            Mismatch::NotOaep { part, hash }
         }
     })
 }
@@ -108,10 +113,11 @@ pub fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), Mismatch>
     }
 }
 
-/// Splits `RSA_OAEP_AES_SHA256` material and opens both halves: returns the target
-/// bytes as wrapped (for a private key, possibly padded PKCS#8).
+/// Splits hybrid material (OAEP with `hash` of K, then RFC 5649 under K) and opens both
+/// halves: returns the target bytes as wrapped (for a private key, possibly padded PKCS#8).
 pub fn open_envelope<T: HasPrivate>(
     key: &PKeyRef<T>,
+    hash: OaepHash,
     material: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, Mismatch> {
     let k = key.rsa().map_err(|_| Mismatch::NotRsa)?.size() as usize;
@@ -122,20 +128,21 @@ pub fn open_envelope<T: HasPrivate>(
         });
     }
     let (c1, c2) = material.split_at(k);
-    let kek = open_oaep(key, c1, Part::RsaPart)?;
+    let kek = open_oaep(key, hash, c1, Part::RsaPart)?;
     if kek.len() != TRANSPORT_KEY_LEN {
         return Err(Mismatch::NotAes256(kek.len()));
     }
     kwp_unwrap(&kek, c2).map_err(|_| Mismatch::AesPartNotKwp)
 }
 
-/// Accepts `material` only if it is `RSA_OAEP_AES_SHA256` of exactly `expected`.
+/// Accepts `material` only if it is the hybrid layout with `hash` of exactly `expected`.
 pub fn judge_envelope<T: HasPrivate>(
     key: &PKeyRef<T>,
+    hash: OaepHash,
     material: &[u8],
     expected: &[u8],
 ) -> Result<(), Mismatch> {
-    let pt = open_envelope(key, material)?;
+    let pt = open_envelope(key, hash, material)?;
     if pt[..] == *expected {
         Ok(())
     } else {
@@ -203,15 +210,32 @@ mod tests {
         let key = rsa();
         let k = [9u8; 32];
         let good = oaep_encrypt(&key, OaepHash::Sha256, &k).unwrap();
-        assert_eq!(judge_oaep_sha256(&key, &good, &k), Ok(()));
-        assert!(judge_oaep_sha256(&key, &good, &[8u8; 32]).is_err());
+        let sha256 = OaepHash::Sha256;
+        assert_eq!(judge_oaep(&key, sha256, &good, &k), Ok(()));
+        assert!(judge_oaep(&key, sha256, &good, &[8u8; 32]).is_err());
         // What SoftHSM 2.7.0 does when asked for 0x1054 with SHA-256: SHA-1 output.
         let sha1 = oaep_encrypt(&key, OaepHash::Sha1, &k).unwrap();
-        let why = judge_oaep_sha256(&key, &sha1, &k).unwrap_err();
-        assert_eq!(why, Mismatch::OaepSha1(Part::Output));
-        assert!(why.to_string().contains("SHA-1"), "{why}");
-        let why = judge_oaep_sha256(&key, &[0u8; 256], &k).unwrap_err();
-        assert!(why.to_string().contains("not RSA-OAEP"), "{why}");
+        let why = judge_oaep(&key, sha256, &sha1, &k).unwrap_err();
+        assert_eq!(
+            why,
+            Mismatch::OaepOtherHash {
+                part: Part::Output,
+                got: OaepHash::Sha1
+            }
+        );
+        assert!(why.to_string().contains("only as OAEP with SHA-1"), "{why}");
+        let why = judge_oaep(&key, sha256, &[0u8; 256], &k).unwrap_err();
+        assert!(
+            why.to_string().contains("not RSA-OAEP with SHA-256"),
+            "{why}"
+        );
+        // And the other way round: SHA-1 asked for, SHA-256 given.
+        assert_eq!(judge_oaep(&key, OaepHash::Sha1, &sha1, &k), Ok(()));
+        let why = judge_oaep(&key, OaepHash::Sha1, &good, &k).unwrap_err();
+        assert!(
+            why.to_string().contains("ignored the SHA-1 parameters"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -222,25 +246,35 @@ mod tests {
         let c2 = kwp_wrap(&kek, &target).unwrap();
         let mut good = oaep_encrypt(&key, OaepHash::Sha256, &kek).unwrap();
         good.extend_from_slice(&c2);
-        assert_eq!(judge_envelope(&key, &good, &target), Ok(()));
+        assert_eq!(
+            judge_envelope(&key, OaepHash::Sha256, &good, &target),
+            Ok(())
+        );
 
         let mut sha1 = oaep_encrypt(&key, OaepHash::Sha1, &kek).unwrap();
         sha1.extend_from_slice(&c2);
-        let why = judge_envelope(&key, &sha1, &target).unwrap_err();
-        assert_eq!(why, Mismatch::OaepSha1(Part::RsaPart));
+        let why = judge_envelope(&key, OaepHash::Sha256, &sha1, &target).unwrap_err();
+        assert_eq!(
+            why,
+            Mismatch::OaepOtherHash {
+                part: Part::RsaPart,
+                got: OaepHash::Sha1
+            }
+        );
+        assert_eq!(judge_envelope(&key, OaepHash::Sha1, &sha1, &target), Ok(()));
         assert!(why.to_string().contains("SHA-1"), "{why}");
 
         // A 16-byte transport key is not what OCI documents.
         let mut short = oaep_encrypt(&key, OaepHash::Sha256, &[3u8; 16]).unwrap();
         short.extend_from_slice(&c2);
-        let why = judge_envelope(&key, &short, &target).unwrap_err();
+        let why = judge_envelope(&key, OaepHash::Sha256, &short, &target).unwrap_err();
         assert_eq!(why, Mismatch::NotAes256(16));
         assert!(why.to_string().contains("16-byte"), "{why}");
 
         // Halves swapped (AES part first) must not pass.
         let mut swapped = c2.clone();
         swapped.extend_from_slice(&good[..256]);
-        assert!(judge_envelope(&key, &swapped, &target).is_err());
+        assert!(judge_envelope(&key, OaepHash::Sha256, &swapped, &target).is_err());
         assert!(judge_kwp(&kek, &c2, &target).is_ok());
         assert!(judge_kwp(&kek, &c2, &[5u8; 16]).is_err());
     }

@@ -56,3 +56,27 @@ pub fn calls(log: &Path, function: &str) -> usize {
         .filter(|l| *l == function)
         .count()
 }
+
+/// Rewrites the config at `config` (made by `write_config` for `fx`) to load the fault
+/// module in front of `fx`'s module, with a fresh call log and an empty control file named
+/// after `name`; returns the log's path.
+pub fn route_config(fx: &Fixture, config: &Path, name: &str) -> PathBuf {
+    let (log, ctl) = (
+        fx.dir.join(format!("{name}.calls")),
+        fx.dir.join(format!("{name}.control")),
+    );
+    let _ = std::fs::remove_file(&log);
+    std::fs::write(&ctl, "").unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, route(fx, &text, &log, &ctl)).unwrap();
+    log
+}
+
+/// The calls the hostile-input tests count, in this order: key lookups, wraps, new
+/// sessions, and the health probe's token checks.
+pub const COUNTED: [&str; 4] = [
+    "C_FindObjectsInit",
+    "C_WrapKey",
+    "C_OpenSession",
+    "C_GetTokenInfo",
+];

@@ -606,6 +606,25 @@ pub fn openssl_unwrap(
     modulus_len: usize,
     algorithm: &str,
 ) -> Vec<u8> {
+    match algorithm {
+        "RSA_OAEP_SHA256" => openssl_open(material, wrapping_private, modulus_len, true, "sha256"),
+        "RSA_OAEP_AES_SHA256" => {
+            openssl_open(material, wrapping_private, modulus_len, false, "sha256")
+        }
+        other => panic!("unknown algorithm {other}"),
+    }
+}
+
+/// Opens `material` with the openssl command line: RSA-OAEP with `md` (and MGF1-`md`, empty
+/// label) of the key itself when `direct`, else of a one-time AES-256 key followed by RFC
+/// 5649 of the key under it.
+pub fn openssl_open(
+    material: &Path,
+    wrapping_private: &Path,
+    modulus_len: usize,
+    direct: bool,
+    md: &str,
+) -> Vec<u8> {
     let bytes = std::fs::read(material).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
@@ -622,42 +641,37 @@ pub fn openssl_unwrap(
             "-pkeyopt",
             "rsa_padding_mode:oaep",
             "-pkeyopt",
-            "rsa_oaep_md:sha256",
+            &format!("rsa_oaep_md:{md}"),
             "-pkeyopt",
-            "rsa_mgf1_md:sha256",
+            &format!("rsa_mgf1_md:{md}"),
         ]);
     };
-    match algorithm {
-        "RSA_OAEP_SHA256" => {
-            assert_eq!(bytes.len(), modulus_len);
-            oaep(material, &p("key"));
-            std::fs::read(p("key")).unwrap()
-        }
-        "RSA_OAEP_AES_SHA256" => {
-            assert!(bytes.len() > modulus_len);
-            std::fs::write(p("c1"), &bytes[..modulus_len]).unwrap();
-            std::fs::write(p("c2"), &bytes[modulus_len..]).unwrap();
-            oaep(&p("c1"), &p("k"));
-            let k = std::fs::read(p("k")).unwrap();
-            assert_eq!(k.len(), 32, "the transport key must be AES-256");
-            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
-            openssl_ok(&[
-                "enc",
-                "-d",
-                "-id-aes256-wrap-pad",
-                "-iv",
-                "A65959A6",
-                "-K",
-                &hex,
-                "-in",
-                p("c2").to_str().unwrap(),
-                "-out",
-                p("key").to_str().unwrap(),
-            ]);
-            std::fs::read(p("key")).unwrap()
-        }
-        other => panic!("unknown algorithm {other}"),
+    if direct {
+        assert_eq!(bytes.len(), modulus_len);
+        oaep(material, &p("key"));
+        return std::fs::read(p("key")).unwrap();
     }
+    assert!(bytes.len() > modulus_len);
+    std::fs::write(p("c1"), &bytes[..modulus_len]).unwrap();
+    std::fs::write(p("c2"), &bytes[modulus_len..]).unwrap();
+    oaep(&p("c1"), &p("k"));
+    let k = std::fs::read(p("k")).unwrap();
+    assert_eq!(k.len(), 32, "the transport key must be AES-256");
+    let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+    openssl_ok(&[
+        "enc",
+        "-d",
+        "-id-aes256-wrap-pad",
+        "-iv",
+        "A65959A6",
+        "-K",
+        &hex,
+        "-in",
+        p("c2").to_str().unwrap(),
+        "-out",
+        p("key").to_str().unwrap(),
+    ]);
+    std::fs::read(p("key")).unwrap()
 }
 
 /// Opens wrapped `material` (bytes, not a file) for `wk` with the openssl command line.

@@ -56,7 +56,7 @@ pub(super) fn unwrap_material(
             oaep_decrypt(wrapping, OaepHash::Sha256, material)
                 .map_err(|_| "the key material does not decrypt with the vault's wrapping key (RSA-OAEP, SHA-256)".to_string())?
         }
-        "RSA_OAEP_AES_SHA256" => open_envelope(wrapping, material)
+        "RSA_OAEP_AES_SHA256" => open_envelope(wrapping, OaepHash::Sha256, material)
             .map_err(|e| format!("the key material does not unwrap: {e}"))?,
         other => {
             return Err(format!(

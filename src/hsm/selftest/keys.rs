@@ -159,7 +159,7 @@ pub(super) fn known_keys<'a>(
             let t_obj = modes::session_aes_generate(s)?;
             let kek_obj = modes::session_aes_generate(s)?;
             let learn = |obj: &SessionObject<'_>| {
-                call(WrapMechanism::RsaOaepSha256, wk_obj, obj)
+                call(WrapMechanism::RsaOaep(OaepHash::Sha256), wk_obj, obj)
                     .and_then(|out| {
                         crate::wrap::soft::oaep_decrypt(sw_key, OaepHash::Sha256, &out).map_err(
                             |_| {

@@ -1,5 +1,6 @@
 //! The known-answer self-test: proves, with keys made for the purpose, which wrap
-//! mechanisms on this token produce exactly OCI's formats, and so which wrap mode to use.
+//! mechanisms on this token produce exactly the clouds' formats (src/wrap/format.rs), for
+//! each OAEP hash, and so which wrap mode each format uses.
 //!
 //! It makes a throw-away RSA-2048 key pair in software, imports the public half as a
 //! session key, wraps session keys whose values it knows with each candidate mechanism,
@@ -27,8 +28,9 @@ use super::raw::{
     CKM_RSA_AES_KEY_WRAP, CKM_RSA_PKCS_OAEP, RawModule, WrapMechanism,
 };
 use crate::config::WrapModeSetting;
-use crate::wrap::verify::{Pkcs8Fit, judge_envelope, judge_kwp, judge_oaep_sha256, open_envelope};
-use crate::wrap::{Algorithm, KeyAlgorithm, KeyShape, WrappingKey};
+use crate::wrap::soft::OaepHash;
+use crate::wrap::verify::{Pkcs8Fit, judge_envelope, judge_kwp, judge_oaep, open_envelope};
+use crate::wrap::{Format, KeyAlgorithm, KeyShape, Layout, WrappingKey};
 
 /// KWP candidates, in order of preference.
 const KWP_CANDIDATES: [CK_MECHANISM_TYPE; 3] =
@@ -93,7 +95,21 @@ impl<'a> Bench<'a> {
     }
 }
 
-const OAEP_NAME: &str = "CKM_RSA_PKCS_OAEP (SHA-256)";
+/// The report's name for OAEP with `hash` in the token.
+fn oaep_name(hash: OaepHash) -> &'static str {
+    match hash {
+        OaepHash::Sha256 => "CKM_RSA_PKCS_OAEP (SHA-256)",
+        OaepHash::Sha1 => "CKM_RSA_PKCS_OAEP (SHA-1)",
+    }
+}
+
+/// The report's name for `CKM_RSA_AES_KEY_WRAP` with `hash`.
+fn native_name(hash: OaepHash) -> &'static str {
+    match hash {
+        OaepHash::Sha256 => "CKM_RSA_AES_KEY_WRAP (SHA-256)",
+        OaepHash::Sha1 => "CKM_RSA_AES_KEY_WRAP (SHA-1)",
+    }
+}
 
 /// Runs the self-test on session `s` and picks the mode for `setting`.
 pub fn run(
@@ -114,36 +130,52 @@ pub fn run(
     probe_kwp(&b, &known, &mut caps, &mut mechanisms);
     probe_oaep(&b, &known, &mut caps, &mut mechanisms);
     let (t_val, kek) = learnt(&known)?;
-    probe_native(&b, &known.t_obj, &t_val, &mut caps, &mut mechanisms);
+    probe_oaep_sha1(&b, &known, &t_val, &mut caps, &mut mechanisms);
+    for hash in OaepHash::ALL {
+        probe_native(&b, hash, &known.t_obj, &t_val, &mut caps, &mut mechanisms);
+    }
     let probe = probe_private(s, &b.sw_key);
     let pkcs8_from_kwp = probe_pkcs8(&b, &probe, (&known.kek_obj, &kek), &mut caps);
     let targets = Targets {
         aes: (&known.t_obj, &t_val),
         rsa: &probe,
     };
-    let found: Vec<ModeFinding> = WrapMode::ALL
-        .into_iter()
-        .map(|mode| {
-            match unavailable(
-                mode,
-                &caps,
-                allow_hybrid,
-                known.refused.as_deref(),
-                &mechanisms,
-            ) {
-                Some(why) => ModeFinding::rejected(mode, why),
-                None => trial(&b, &caps, mode, &targets),
-            }
-        })
-        .collect();
+    let trials = |hash: OaepHash| -> Vec<ModeFinding> {
+        WrapMode::ALL
+            .into_iter()
+            .map(|mode| {
+                match unavailable(
+                    mode,
+                    hash,
+                    &caps,
+                    allow_hybrid,
+                    known.refused.as_deref(),
+                    &mechanisms,
+                ) {
+                    Some(why) => ModeFinding::rejected(mode, why),
+                    None => trial(&b, &caps, mode, hash, &targets),
+                }
+            })
+            .collect()
+    };
+    let found = trials(OaepHash::Sha256);
+    let found_sha1 = trials(OaepHash::Sha1);
     let (chosen, because) = choose(&found, setting)?;
+    let chosen_sha1 = choose(&found_sha1, setting).map_err(|e| match e {
+        HsmError::SelfTest(why) => why,
+        other => other.to_string(),
+    });
+    let formats = report::formats(&caps, (chosen, &because), &chosen_sha1);
     Ok(Report {
         token,
         mechanisms,
         kwp_mechanism: caps.kwp.map(|n| describe(WrapMechanism::Kwp(n))),
         pkcs8_from_kwp,
-        rsa_oaep_sha256: caps.oaep_sha256,
+        rsa_oaep_sha256: caps.oaep.sha256,
+        rsa_oaep_sha1: caps.oaep.sha1,
         modes: found,
+        modes_sha1: found_sha1,
+        formats,
         known_values: match &known.refused {
             None => "imported (the token takes secret keys from a value)".into(),
             Some(why) => format!(
@@ -154,6 +186,7 @@ pub fn run(
         chosen_mode: chosen.as_str().into(),
         chosen,
         chosen_because: because,
+        chosen_sha1,
         caps,
     })
 }
@@ -196,9 +229,13 @@ fn probe_oaep(
 ) {
     let r = match (&known.refused, &known.t_val) {
         (None, Ok(t_val)) => b
-            .call(WrapMechanism::RsaOaepSha256, &b.wk_obj, &known.t_obj)
+            .call(
+                WrapMechanism::RsaOaep(OaepHash::Sha256),
+                &b.wk_obj,
+                &known.t_obj,
+            )
             .and_then(|out| {
-                judge_oaep_sha256(&b.sw_key, &out, &t_val[..]).map_err(|e| e.to_string())
+                judge_oaep(&b.sw_key, OaepHash::Sha256, &out, &t_val[..]).map_err(|e| e.to_string())
             })
             .map(|()| "OAEP SHA-256 / MGF1-SHA-256 verified".to_string()),
         (Some(_), Ok(_)) if caps.kwp.is_some() => Ok(
@@ -209,9 +246,40 @@ fn probe_oaep(
         ),
         (_, Err(e)) => Err(e.clone()),
     };
-    caps.oaep_sha256 = r.is_ok();
+    caps.oaep.sha256 = r.is_ok();
     mechanisms.push(MechanismFinding::new(
-        OAEP_NAME,
+        oaep_name(OaepHash::Sha256),
+        CKM_RSA_PKCS_OAEP,
+        b.listed,
+        &r,
+    ));
+}
+
+/// OAEP with SHA-1 in the token (AWS's and Google Cloud's SHA-1 formats, Azure's only one),
+/// judged against T's value: known from the start, or learnt and confirmed by two routes.
+fn probe_oaep_sha1(
+    b: &Bench<'_>,
+    known: &KnownKeys<'_>,
+    t_val: &[u8],
+    caps: &mut Capabilities,
+    mechanisms: &mut Vec<MechanismFinding>,
+) {
+    let r = if known.refused.is_some() && caps.kwp.is_none() {
+        Err("not tested: T's value was learnt by OAEP-SHA256 alone, with no RFC 5649 route to confirm it".to_string())
+    } else {
+        b.call(
+            WrapMechanism::RsaOaep(OaepHash::Sha1),
+            &b.wk_obj,
+            &known.t_obj,
+        )
+        .and_then(|out| {
+            judge_oaep(&b.sw_key, OaepHash::Sha1, &out, t_val).map_err(|e| e.to_string())
+        })
+        .map(|()| "OAEP SHA-1 / MGF1-SHA-1 verified".to_string())
+    };
+    caps.oaep.sha1 = r.is_ok();
+    mechanisms.push(MechanismFinding::new(
+        oaep_name(OaepHash::Sha1),
         CKM_RSA_PKCS_OAEP,
         b.listed,
         &r,
@@ -232,21 +300,22 @@ fn learnt(known: &KnownKeys<'_>) -> Result<(Zeroizing<Vec<u8>>, Zeroizing<Vec<u8
     Ok((t_val, kek))
 }
 
-/// One-shot `CKM_RSA_AES_KEY_WRAP` of T.
+/// One-shot `CKM_RSA_AES_KEY_WRAP` of T with OAEP `hash`.
 fn probe_native(
     b: &Bench<'_>,
+    hash: OaepHash,
     t_obj: &SessionObject<'_>,
     t_val: &[u8],
     caps: &mut Capabilities,
     mechanisms: &mut Vec<MechanismFinding>,
 ) {
     let r = b
-        .call(WrapMechanism::RsaAesKeyWrapSha256, &b.wk_obj, t_obj)
-        .and_then(|out| judge_envelope(&b.sw_key, &out, t_val).map_err(|e| e.to_string()))
-        .map(|()| "RSA_OAEP_AES_SHA256 layout verified".to_string());
-    caps.native = r.is_ok();
+        .call(WrapMechanism::RsaAesKeyWrap(hash), &b.wk_obj, t_obj)
+        .and_then(|out| judge_envelope(&b.sw_key, hash, &out, t_val).map_err(|e| e.to_string()))
+        .map(|()| format!("hybrid layout with OAEP {} verified", hash.as_str()));
+    caps.native.set(hash, r.is_ok());
     mechanisms.push(MechanismFinding::new(
-        "CKM_RSA_AES_KEY_WRAP",
+        native_name(hash),
         CKM_RSA_AES_KEY_WRAP,
         b.listed,
         &r,
@@ -296,19 +365,21 @@ fn probe_pkcs8(
             Err(e) => format!("broken: {e}"),
         };
     }
-    if caps.native {
+    // The PKCS#8 inside does not depend on the OAEP hash: either proven hash will do.
+    if let Some(hash) = OaepHash::ALL.into_iter().find(|&h| caps.native.get(h)) {
         caps.pkcs8_native = b
-            .call(WrapMechanism::RsaAesKeyWrapSha256, &b.wk_obj, p_obj)
-            .and_then(|out| open_envelope(&b.sw_key, &out).map_err(|e| e.to_string()))
+            .call(WrapMechanism::RsaAesKeyWrap(hash), &b.wk_obj, p_obj)
+            .and_then(|out| open_envelope(&b.sw_key, hash, &out).map_err(|e| e.to_string()))
             .and_then(|blob| judge_private(&blob, modulus))
             .ok();
     }
     text
 }
 
-/// Why `mode` cannot be tried on this token, if it cannot.
+/// Why `mode` cannot be tried with OAEP `hash` on this token, if it cannot.
 fn unavailable(
     mode: WrapMode,
+    hash: OaepHash,
     caps: &Capabilities,
     allow_hybrid: bool,
     refused: Option<&str>,
@@ -326,14 +397,16 @@ fn unavailable(
             .to_string()
     };
     match mode {
-        WrapMode::HsmNative if !caps.native => Some(format!(
-            "needs CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP SHA-256: {}",
-            finding_of("CKM_RSA_AES_KEY_WRAP")
+        WrapMode::HsmNative if !caps.native.get(hash) => Some(format!(
+            "needs CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP {}: {}",
+            hash.as_str(),
+            finding_of(native_name(hash))
         )),
         WrapMode::HsmTwoStep if caps.kwp.is_none() => Some(no_kwp()),
-        WrapMode::HsmTwoStep if !caps.oaep_sha256 => Some(format!(
-            "needs CKM_RSA_PKCS_OAEP with SHA-256 in the token: {}",
-            finding_of(OAEP_NAME)
+        WrapMode::HsmTwoStep if !caps.oaep.get(hash) => Some(format!(
+            "needs CKM_RSA_PKCS_OAEP with {} in the token: {}",
+            hash.as_str(),
+            finding_of(oaep_name(hash))
         )),
         WrapMode::Hybrid if !allow_hybrid => {
             Some("forbidden by policy.allow_hybrid = false".into())
@@ -354,16 +427,24 @@ struct Targets<'p, 'a> {
     rsa: &'p Result<(SessionObject<'a>, Vec<u8>), String>,
 }
 
-/// `mode` end to end, through the same code that serves real requests, on T and on the
-/// probe private key; only exact output counts.
-fn trial(b: &Bench<'_>, caps: &Capabilities, mode: WrapMode, t: &Targets<'_, '_>) -> ModeFinding {
+/// `mode` with OAEP `hash` end to end, through the same code that serves real requests, on
+/// T and on the probe private key; only exact output counts.
+fn trial(
+    b: &Bench<'_>,
+    caps: &Capabilities,
+    mode: WrapMode,
+    hash: OaepHash,
+    t: &Targets<'_, '_>,
+) -> ModeFinding {
+    let format = Format::hybrid(hash);
+    debug_assert_eq!(format.layout, Layout::Hybrid);
     let wrap = |handle, shape| {
         modes::wrap(
             b.raw,
             b.s,
             caps,
             mode,
-            Algorithm::RsaOaepAesSha256,
+            format,
             Target { handle, shape },
             &b.wk,
         )
@@ -375,7 +456,7 @@ fn trial(b: &Bench<'_>, caps: &Capabilities, mode: WrapMode, t: &Targets<'_, '_>
         length: 32,
     };
     let aes = wrap(t_obj.handle, aes_shape)
-        .and_then(|out| judge_envelope(&b.sw_key, &out, t_val).map_err(|e| e.to_string()))
+        .and_then(|out| judge_envelope(&b.sw_key, hash, &out, t_val).map_err(|e| e.to_string()))
         .map(|()| "exact".to_string());
     let rsa = match t.rsa {
         Ok((p_obj, modulus)) => {
@@ -384,7 +465,7 @@ fn trial(b: &Bench<'_>, caps: &Capabilities, mode: WrapMode, t: &Targets<'_, '_>
                 length: 256,
             };
             wrap(p_obj.handle, rsa_shape)
-                .and_then(|out| open_envelope(&b.sw_key, &out).map_err(|e| e.to_string()))
+                .and_then(|out| open_envelope(&b.sw_key, hash, &out).map_err(|e| e.to_string()))
                 .and_then(|blob| judge_private(&blob, modulus))
                 .and_then(|fit| match fit {
                     Pkcs8Fit::Exact => Ok(match (mode, caps.pkcs8_kwp) {

@@ -3,10 +3,12 @@
 
 use serde::Serialize;
 
-use super::super::HsmError;
-use super::super::modes::{Capabilities, WrapMode};
+use super::super::modes::{Capabilities, WrapMode, no_direct_oaep};
+use super::super::{HsmError, Unsupported};
 use super::CK_MECHANISM_TYPE;
 use crate::config::WrapModeSetting;
+use crate::wrap::soft::OaepHash;
+use crate::wrap::{FORMATS, Format, Layout};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MechanismFinding {
@@ -39,7 +41,14 @@ pub struct Report {
     /// "exact", "zero-padded (N bytes on the probe key)", or why it is unknown.
     pub pkcs8_from_kwp: String,
     pub rsa_oaep_sha256: bool,
+    pub rsa_oaep_sha1: bool,
+    /// The modes tried with OAEP SHA-256 (OCI's formats, and AWS's and Google Cloud's
+    /// SHA-256 ones).
     pub modes: Vec<ModeFinding>,
+    /// The modes tried with OAEP SHA-1 (AWS's and Google Cloud's SHA-1 formats, Azure's).
+    pub modes_sha1: Vec<ModeFinding>,
+    /// Each format, and how this token wraps in it or why it cannot.
+    pub formats: Vec<FormatFinding>,
     /// How the self-test learnt its session keys' values: imported, or generated in the
     /// token and learnt through its own wraps.
     pub known_values: String,
@@ -48,8 +57,78 @@ pub struct Report {
     #[serde(skip)]
     pub chosen: WrapMode,
     pub chosen_because: String,
+    /// The mode for the hybrid formats with OAEP SHA-1, or why there is none.
+    #[serde(skip)]
+    pub chosen_sha1: Result<(WrapMode, String), String>,
     #[serde(skip)]
     pub caps: Capabilities,
+}
+
+/// How this token wraps in one format.
+#[derive(Debug, Clone, Serialize)]
+pub struct FormatFinding {
+    pub format: &'static str,
+    /// The wrap mode, or `None` when the token cannot wrap in this format.
+    pub mode: Option<&'static str>,
+    /// How, or why not.
+    pub detail: String,
+}
+
+/// What each format gets on a token with `caps`, given the mode chosen for each hash.
+pub(super) fn formats(
+    caps: &Capabilities,
+    sha256: (WrapMode, &str),
+    sha1: &Result<(WrapMode, String), String>,
+) -> Vec<FormatFinding> {
+    FORMATS
+        .iter()
+        .map(|f| {
+            let (mode, detail) = match mode_for(f, caps, sha256.0, sha1) {
+                Ok(m) => (Some(m.as_str()), mode_detail(f, m)),
+                Err(e) => (None, e.to_string()),
+            };
+            FormatFinding {
+                format: f.name,
+                mode,
+                detail,
+            }
+        })
+        .collect()
+}
+
+/// What a format's wrap does in `mode`, for the report.
+fn mode_detail(f: &Format, mode: WrapMode) -> String {
+    match f.layout {
+        Layout::Direct => format!(
+            "one C_WrapKey: CKM_RSA_PKCS_OAEP with {} in the token",
+            f.hash.as_str()
+        ),
+        Layout::Hybrid => format!("{mode}, OAEP {}", f.hash.as_str()),
+    }
+}
+
+/// The mode `format` wraps in, or why it cannot run on this token. A direct format is one
+/// `C_WrapKey` in the token (reported as hsm-native: no key material on the host) and needs
+/// OAEP with its hash there; a hybrid one uses the mode the self-test chose for its hash.
+pub(crate) fn mode_for(
+    format: &'static Format,
+    caps: &Capabilities,
+    sha256: WrapMode,
+    sha1: &Result<(WrapMode, String), String>,
+) -> Result<WrapMode, HsmError> {
+    match (format.layout, format.hash) {
+        (Layout::Direct, h) if caps.oaep.get(h) => Ok(WrapMode::HsmNative),
+        (Layout::Direct, _) => Err(no_direct_oaep(format)),
+        (Layout::Hybrid, OaepHash::Sha256) => Ok(sha256),
+        (Layout::Hybrid, OaepHash::Sha1) => match sha1 {
+            Ok((m, _)) => Ok(*m),
+            Err(why) => Err(Unsupported::NoModeFor {
+                format: format.name,
+                why: format!("no wrap mode works with OAEP SHA-1 on this token: {why}"),
+            }
+            .into()),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +229,25 @@ pub(super) fn choose(
     )))
 }
 
+/// One line per mode tried.
+fn modes_text(found: &[ModeFinding]) -> String {
+    let mut out = String::new();
+    for f in found {
+        out += &if f.aes_ok {
+            format!(
+                "  {:<13} {:<8} AES: {}; RSA: {}\n",
+                f.mode,
+                if f.ok { "ok" } else { "partial" },
+                f.aes,
+                f.rsa
+            )
+        } else {
+            format!("  {:<13} rejected {}\n", f.mode, f.aes)
+        };
+    }
+    out
+}
+
 pub(super) fn setting_name(s: WrapModeSetting) -> &'static str {
     match s {
         WrapModeSetting::Auto => "auto",
@@ -168,7 +266,7 @@ impl Report {
         );
         for m in &self.mechanisms {
             out += &format!(
-                "  {:<28} {:<11} {:<10} {}: {}\n",
+                "  {:<31} {:<11} {:<10} {}: {}\n",
                 m.mechanism,
                 m.number,
                 if m.listed { "listed" } else { "not listed" },
@@ -187,24 +285,30 @@ impl Report {
                 "unavailable: the token does not do OAEP with SHA-256"
             }
         );
-        for f in &self.modes {
-            out += &if f.aes_ok {
-                format!(
-                    "  {:<13} {:<8} AES: {}; RSA: {}\n",
-                    f.mode,
-                    if f.ok { "ok" } else { "partial" },
-                    f.aes,
-                    f.rsa
-                )
-            } else {
-                format!("  {:<13} rejected {}\n", f.mode, f.aes)
-            };
-        }
+        out += &modes_text(&self.modes);
         out += &format!(
             "chosen: {} (wrap_mode = {}; {})\n",
             self.chosen_mode, self.wrap_mode_setting, self.chosen_because
         );
+        out += "modes with OAEP SHA-1:\n";
+        out += &modes_text(&self.modes_sha1);
+        out += &match &self.chosen_sha1 {
+            Ok((m, because)) => format!("chosen with OAEP SHA-1: {m} ({because})\n"),
+            Err(why) => format!("chosen with OAEP SHA-1: none ({why})\n"),
+        };
+        out += "formats:\n";
+        for f in &self.formats {
+            out += &match f.mode {
+                Some(_) => format!("  {:<34} ok: {}\n", f.format, f.detail),
+                None => format!("  {:<34} unavailable: {}\n", f.format, f.detail),
+            };
+        }
         out
+    }
+
+    /// The mode `format` wraps in on this token, or why it cannot.
+    pub fn mode_for(&self, format: &'static Format) -> Result<WrapMode, HsmError> {
+        mode_for(format, &self.caps, self.chosen, &self.chosen_sha1)
     }
 }
 

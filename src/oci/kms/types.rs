@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::code::Code;
+
 /// An OCI key version (`KeyVersion`), with OCI's field names. Enum values this code does
 /// not know pass through as text.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -159,6 +161,37 @@ impl KmsError {
             | KmsError::Deadline { attempts, .. } => *attempts,
             KmsError::BadResponse { .. } => 1,
             _ => 0,
+        }
+    }
+
+    /// The canonical code for this failure (src/code.rs), from OCI's HTTP status where OCI
+    /// answered.
+    pub fn code(&self) -> Code {
+        match self {
+            KmsError::Service { status, .. } => match status {
+                400 => Code::InvalidArgument,
+                401 | 403 => Code::PermissionDenied,
+                404 => Code::NotFound,
+                409 => Code::Aborted,
+                412 => Code::FailedPrecondition,
+                429 | 500..=599 => Code::Unavailable,
+                _ => Code::Unknown,
+            },
+            KmsError::Transport { .. } | KmsError::BadResponse { .. } => Code::Unavailable,
+            KmsError::Deadline { .. } => Code::DeadlineExceeded,
+            KmsError::WrappingKey { .. } => Code::FailedPrecondition,
+            KmsError::Local { .. } => Code::Internal,
+        }
+    }
+
+    /// What a caller is told: OCI's status, code, message and opc-request-id, and for an
+    /// answer that could not be read, that the import may have happened.
+    pub fn message(&self) -> String {
+        match self {
+            KmsError::BadResponse { .. } => {
+                format!("{self}; the import may have happened: retry with the same idempotency_key")
+            }
+            _ => self.to_string(),
         }
     }
 }
