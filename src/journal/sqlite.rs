@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use zeroize::Zeroizing;
 
-use super::schema::{self, Dialect};
+use super::schema::{self, Dialect, Migration};
 use super::{Backend, BoxFuture, Entry, JournalError, Made, Outcome, RawClaim, Record, now_ms};
 
 pub struct Sqlite {
@@ -116,8 +116,13 @@ fn open(path: &Path) -> Result<Connection, JournalError> {
 
 /// Brings the file's schema to [`schema::VERSION`] (src/journal/schema.rs).
 fn upgrade(c: &Connection, path: &Path) -> Result<(), JournalError> {
+    migrate(c, path, schema::MIGRATIONS)
+}
+
+/// Brings the file's schema to the last of `migrations`.
+fn migrate(c: &Connection, path: &Path, migrations: &[Migration]) -> Result<(), JournalError> {
     let mut db = Migrating { c, path };
-    let mut upgrade = std::pin::pin!(schema::upgrade(&mut db));
+    let mut upgrade = std::pin::pin!(schema::upgrade_with(&mut db, migrations));
     // Every statement is synchronous: the migration is done when first polled.
     match upgrade
         .as_mut()
@@ -461,5 +466,101 @@ pub(super) fn finish_values(
                 None,
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::schema::Step;
+
+    const ONE: Migration = Migration {
+        version: 1,
+        steps: &[Step::Sql(
+            "CREATE TABLE hsm_bridge_schema_version (version {integer} PRIMARY KEY);
+             CREATE TABLE a (x {integer});",
+        )],
+    };
+    const TWO: Migration = Migration {
+        version: 2,
+        steps: &[
+            Step::Sql("INSERT INTO a VALUES (2)"),
+            Step::AddColumn {
+                table: "a",
+                column: "y",
+                ty: "{bytes}",
+            },
+            Step::AddColumn {
+                table: "a",
+                column: "y",
+                ty: "{bytes}",
+            },
+        ],
+    };
+    const BROKEN: Migration = Migration {
+        version: 3,
+        steps: &[
+            Step::Sql("INSERT INTO a (x) VALUES (3)"),
+            Step::Sql("no such statement"),
+        ],
+    };
+
+    /// The first column of the one row `sql` gives, as text.
+    fn one(c: &Connection, sql: &str) -> String {
+        c.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn migrations_apply_in_order_each_in_a_transaction_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sqlite");
+        let c = Connection::open(&path).unwrap();
+        let e = migrate(&c, &path, &[ONE, TWO, BROKEN]).unwrap_err();
+        assert!(e.to_string().contains("no such statement"), "{e}");
+        // the first two are recorded; the broken one left nothing behind
+        let version = "SELECT max(version) FROM hsm_bridge_schema_version";
+        assert_eq!(one(&c, version), "2");
+        assert_eq!(
+            one(&c, "SELECT count(*) FROM hsm_bridge_schema_version"),
+            "2"
+        );
+        assert_eq!(one(&c, "SELECT sum(x) FROM a"), "2");
+        assert_eq!(
+            one(
+                &c,
+                "SELECT count(*) FROM pragma_table_info('a') WHERE name = 'y'"
+            ),
+            "1"
+        );
+        // up to date: nothing runs again
+        migrate(&c, &path, &[ONE, TWO]).unwrap();
+        assert_eq!(one(&c, "SELECT count(*) FROM a"), "1");
+        // code that knows only version 1 refuses it, and changes nothing
+        let e = migrate(&c, &path, &[ONE]).unwrap_err().to_string();
+        assert!(
+            e.contains("schema version 2") && e.contains("version 1, the newest"),
+            "{e}"
+        );
+        assert_eq!(one(&c, version), "2");
+        assert!(c.is_autocommit(), "no transaction left open");
+    }
+
+    #[test]
+    fn a_new_file_is_made_at_the_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let c = open(&path).unwrap();
+        assert_eq!(
+            one(&c, "SELECT max(version) FROM hsm_bridge_schema_version"),
+            schema::VERSION.to_string()
+        );
+        drop(c);
+        let c = open(&path).unwrap();
+        assert_eq!(
+            one(&c, "SELECT count(*) FROM hsm_bridge_schema_version"),
+            "1"
+        );
     }
 }
