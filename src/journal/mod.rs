@@ -423,6 +423,13 @@ impl Journal {
         }
     }
 
+    /// The backend itself, below the journal's checks: for the journal's rule tests
+    /// (tests/journal_rules.rs), which play a stale holder and a purge of every age with it.
+    #[doc(hidden)]
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
     /// Where the journal is (no password).
     pub fn describe(&self) -> &str {
         &self.what
