@@ -236,7 +236,7 @@ pub(crate) async fn version(db: &mut impl Database) -> Result<i64, JournalError>
         return Ok(0);
     }
     db.number(&format!(
-        "SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}"
+        "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM {VERSION_TABLE}"
     ))
     .await
 }
