@@ -446,16 +446,16 @@ impl Journal {
                     tracing::error!(journal = %self.what, "the import journal is down; imports are refused until it is back: {why}");
                 }
             }
-            Err(JournalError::Forged { token, why }) => {
-                crate::metrics::get().journal_forged();
-                tracing::error!(journal = %self.what, token = %token,
-                    "a journal record cannot be read ({why}): it is not used; someone who can write the database planted or changed it");
-            }
             _ => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::warn!(journal = %self.what, "the import journal is back; imports resume");
                 }
             }
+        }
+        if let Err(JournalError::Forged { token, why }) = &r {
+            crate::metrics::get().journal_forged();
+            tracing::error!(journal = %self.what, token = %token,
+                "a journal record cannot be read ({why}): it is not used; someone who can write the database planted or changed it");
         }
         r
     }

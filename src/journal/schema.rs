@@ -28,7 +28,7 @@ const PG_LOCK: i64 = 0x6873_6d62_7264_676a;
 
 /// The SQL of one database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     Sqlite,
     Postgres,
 }
@@ -92,7 +92,7 @@ impl Dialect {
 
 /// One step of a migration.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// Statements, with `{bytes}` and `{integer}` for the dialect's types.
     Sql(&'static str),
     /// Adds a column (with `{bytes}` or `{integer}` in its type) unless the table has it.
@@ -105,13 +105,13 @@ pub enum Step {
 
 /// The steps that bring a database from the version before to `version`.
 #[derive(Debug)]
-pub struct Migration {
-    pub version: i64,
-    pub steps: &'static [Step],
+pub(crate) struct Migration {
+    pub(crate) version: i64,
+    pub(crate) steps: &'static [Step],
 }
 
 /// Every migration, oldest first; the last one's version is [`VERSION`].
-pub const MIGRATIONS: &[Migration] = &[Migration {
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     steps: &[
         // The tables as hsm-bridge made them before the schema had versions: created where
