@@ -575,9 +575,9 @@ fn attackers_body(
 
 /// Whoever can write the journal's database plants a record for an import cckm has not
 /// made yet (state `unknown`, its body wrapping the attacker's own AES key for the vault),
-/// and edits records cckm made (the body and state of one, the answer of another). None
-/// of them is ever sent or replayed: each call is refused with the reason, audited,
-/// counted and logged, and OCI receives nothing but cckm's own import.
+/// and edits records cckm made (the body and state of one, the answer of another, a state
+/// no hsm-bridge writes). None of them is ever sent or replayed: each call is refused with
+/// the reason, audited, counted and logged, and OCI receives nothing but cckm's own import.
 async fn forged_records(name: &str, store: Store<'_>) {
     let fx = softhsm();
     let dir = fx.dir.join(format!("journal-{name}"));
@@ -699,6 +699,12 @@ async fn forged_records(name: &str, store: Store<'_>) {
         import(&d, request(&r, "k1", "genuine", false)).await,
         "edited state",
     );
+    // ... or to a state no hsm-bridge writes: the row is read as no state at all.
+    sql("UPDATE hsm_bridge_imports SET state = 'resend' WHERE idempotency_key = 'genuine'");
+    refused(
+        import(&d, request(&r, "k1", "genuine", false)).await,
+        "a state no hsm-bridge writes",
+    );
 
     // OCI received cckm's import of k1 once, and the three lost attempts at k2: never the
     // attacker's key, never a second k1 version.
@@ -722,7 +728,7 @@ async fn forged_records(name: &str, store: Store<'_>) {
         .iter()
         .filter(|a| a["code"] == "DATA_LOSS")
         .collect();
-    assert_eq!(forged_audits.len(), 5, "{records:?}");
+    assert_eq!(forged_audits.len(), 6, "{records:?}");
     for a in &forged_audits {
         assert_eq!(a["outcome"], "refused", "{a}");
         assert!(
@@ -733,7 +739,7 @@ async fn forged_records(name: &str, store: Store<'_>) {
     let metrics = d.scrape_metrics().await;
     assert_eq!(
         sample(&metrics, "hsm_bridge_journal_forged_records_total"),
-        5.0,
+        6.0,
         "{metrics}"
     );
     let log = d.log_text();

@@ -11,8 +11,9 @@
 //! same token. The body is wrapped for the vault's key: only the vault can open it.
 //!
 //! Two backends behind [`Backend`]: SQLite (`sqlite.rs`, the default) and PostgreSQL
-//! (`postgres.rs`, for replicas). If the journal cannot be written, an import is refused
-//! before anything is wrapped or sent.
+//! (`postgres.rs`, for replicas), one schema (`schema.rs`: the tables, their versioned
+//! migrations, and the one decoder of a record's row). If the journal cannot be written, an
+//! import is refused before anything is wrapped or sent.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,7 @@ use zeroize::Zeroizing;
 use crate::config::{JournalConfig, JournalStore};
 
 mod postgres;
+pub mod schema;
 pub mod seal;
 mod sqlite;
 
@@ -99,18 +101,15 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> Result<State, JournalError> {
-        Ok(match s {
+    /// The state `s` names, if it names one.
+    fn parse(s: &str) -> Option<State> {
+        Some(match s {
             "claimed" => State::Claimed,
             "prepared" => State::Prepared,
             "accepted" => State::Accepted,
             "failed" => State::Failed,
             "unknown" => State::Unknown,
-            other => {
-                return Err(JournalError::Unavailable(format!(
-                    "a record has an unknown state {other:?}"
-                )));
-            }
+            _ => return None,
         })
     }
 }
@@ -424,13 +423,21 @@ impl Journal {
         }
     }
 
+    /// The backend itself, below the journal's checks: for the journal's rule tests
+    /// (tests/journal_rules.rs), which play a stale holder and a purge of every age with it.
+    #[doc(hidden)]
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
     /// Where the journal is (no password).
     pub fn describe(&self) -> &str {
         &self.what
     }
 
     /// Notes whether the journal answered: one log line when it goes down, one when it is
-    /// back.
+    /// back. A record the backend could not read (src/journal/schema.rs `record`) is
+    /// counted and logged as a forged one: the journal answered, the record is not used.
     fn health<T>(&self, r: Result<T, JournalError>) -> Result<T, JournalError> {
         crate::metrics::get().journal(!matches!(r, Err(JournalError::Unavailable(_))));
         match &r {
@@ -444,6 +451,11 @@ impl Journal {
                     tracing::warn!(journal = %self.what, "the import journal is back; imports resume");
                 }
             }
+        }
+        if let Err(JournalError::Forged { token, why }) = &r {
+            crate::metrics::get().journal_forged();
+            tracing::error!(journal = %self.what, token = %token,
+                "a journal record cannot be read ({why}): it is not used; someone who can write the database planted or changed it");
         }
         r
     }
@@ -511,14 +523,17 @@ impl Journal {
             self.backend
                 .claim(&t.entry, &t.mac, &self.owner, self.lease)
                 .await,
-        )?;
+        );
+        if let Err(JournalError::Forged { .. }) = &raw {
+            // A record that cannot be read: a lease the backend took on it is given back.
+            self.free_refused(&t.entry.token).await;
+        }
+        let raw = raw?;
         Ok(match raw {
             RawClaim::Inserted => Claimed::Fresh(self.lease_on(t.entry.clone(), None)),
             RawClaim::Taken(r) => {
                 if let Err(e) = self.verify(&r).await {
-                    if let Err(free) = self.backend.release(&r.token, &self.owner, false).await {
-                        tracing::warn!(token = %r.token, "freeing the claim on a refused record (it expires by itself): {free}");
-                    }
+                    self.free_refused(&r.token).await;
                     return Err(e);
                 }
                 match r.body.clone() {
@@ -543,6 +558,14 @@ impl Journal {
             }
             RawClaim::Held(_) => Claimed::Busy,
         })
+    }
+
+    /// Gives back this process's lease on the refused record `token`, if it holds one,
+    /// without touching what the record holds.
+    async fn free_refused(&self, token: &str) {
+        if let Err(free) = self.backend.release(token, &self.owner, false).await {
+            tracing::warn!(token = %token, "freeing the claim on a refused record (it expires by itself): {free}");
+        }
     }
 
     /// A lease on `entry`'s record, with the body and its making when one was committed.
@@ -787,14 +810,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
-
-/// The columns every backend reads a record from, in this order.
-pub(crate) const COLUMNS: &str = "token, caller, idempotency_key, operation, target, endpoint, algorithm, request_digest, state, \
-     source_key_label, source_key_id_hex, mode, wrapping_key_sha256, created_id, answer, opc_request_id, \
-     failure_status, failure_code, failure_message, lease_owner, lease_until, created_at, updated_at, \
-     length(body), mac";
-/// The column of the body when it is selected after [`COLUMNS`].
-pub(crate) const BODY_COLUMN: usize = 25;
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@
 //! (loopback or a Unix socket, no `ca_file`) the password is given only to SCRAM-SHA-256:
 //! a server that asks for it in clear text or as MD5 (a local process posing as the
 //! server) is refused before anything is sent.
+//!
+//! The schema, its migrations and the reading of a record are `schema.rs`'s.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -22,57 +24,13 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 use zeroize::Zeroizing;
 
-use super::{
-    BODY_COLUMN, Backend, BoxFuture, COLUMNS, Entry, Failure, JournalError, Made, Outcome,
-    RawClaim, Record, State,
-};
+use super::schema::{self, Dialect};
+use super::{Backend, BoxFuture, Entry, JournalError, Made, Outcome, RawClaim, Record};
 
 /// The server's time, in milliseconds since the epoch.
 const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// Longest wait for a connection or one statement.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Serialises the schema's creation among replicas that start together.
-const SCHEMA_LOCK: i64 = 0x6873_6d62_7264_676a;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS hsm_bridge_imports (
-    token TEXT PRIMARY KEY,
-    caller TEXT NOT NULL,
-    idempotency_key TEXT,
-    operation TEXT NOT NULL,
-    target TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    algorithm TEXT NOT NULL,
-    request_digest BYTEA NOT NULL,
-    state TEXT NOT NULL,
-    body BYTEA,
-    source_key_label TEXT,
-    source_key_id_hex TEXT,
-    mode TEXT,
-    wrapping_key_sha256 TEXT,
-    created_id TEXT,
-    answer TEXT,
-    opc_request_id TEXT,
-    failure_status BIGINT,
-    failure_code TEXT,
-    failure_message TEXT,
-    lease_owner TEXT,
-    lease_until BIGINT NOT NULL DEFAULT 0,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    mac BYTEA
-);
-CREATE INDEX IF NOT EXISTS hsm_bridge_imports_created ON hsm_bridge_imports (created_at);
-CREATE TABLE IF NOT EXISTS hsm_bridge_pin_refusals (
-    token TEXT PRIMARY KEY,
-    said TEXT NOT NULL,
-    at BIGINT NOT NULL
-);
--- A journal made before records carried a MAC gets the column; its old records, without
--- one, are refused when used (and expire).
-ALTER TABLE hsm_bridge_imports ADD COLUMN IF NOT EXISTS mac BYTEA;
-";
-
 pub struct Postgres {
     config: tokio_postgres::Config,
     password_file: Option<PathBuf>,
@@ -166,10 +124,7 @@ impl Postgres {
                 client
             }
         };
-        timed(client.batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
-        )))
-        .await?;
+        schema::upgrade(&mut Migrating(&client)).await?;
         let client = Arc::new(client);
         *slot = Some(client.clone());
         Ok(client)
@@ -477,66 +432,35 @@ fn tls(ca: &std::path::Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect,
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(cfg))
 }
 
-/// A row as a record; a row this code did not write (a state it does not know, a value
-/// of the wrong type) is an error, never a guess.
-fn record(r: &Row, with_body: bool) -> Result<Record, JournalError> {
-    let bad =
-        |e: tokio_postgres::Error| unavailable(format!("a journal record cannot be read: {e}"));
-    let state: String = r.try_get(8).map_err(bad)?;
-    let failure = match r.try_get::<_, Option<i64>>(16).map_err(bad)? {
-        Some(status) => Some(Failure {
-            status: u16::try_from(status)
-                .map_err(|_| unavailable(format!("a journal record has the status {status}")))?,
-            code: r
-                .try_get::<_, Option<String>>(17)
-                .map_err(bad)?
-                .unwrap_or_default(),
-            message: r
-                .try_get::<_, Option<String>>(18)
-                .map_err(bad)?
-                .unwrap_or_default(),
-        }),
-        None => None,
-    };
-    let rec = || -> Result<Record, tokio_postgres::Error> {
-        Ok(Record {
-            token: r.try_get(0)?,
-            caller: r.try_get(1)?,
-            idempotency_key: r.try_get(2)?,
-            operation: r.try_get(3)?,
-            target: r.try_get(4)?,
-            endpoint: r.try_get(5)?,
-            algorithm: r.try_get(6)?,
-            digest: r.try_get(7)?,
-            state: State::Claimed,
-            made: Made {
-                source_key_label: r.try_get(9)?,
-                source_key_id_hex: r.try_get(10)?,
-                mode: r.try_get(11)?,
-                wrapping_key_sha256: r.try_get(12)?,
-            },
-            created_id: r.try_get(13)?,
-            answer: r.try_get(14)?,
-            opc_request_id: r.try_get(15)?,
-            failure: None,
-            lease_owner: r.try_get(19)?,
-            lease_until_ms: r.try_get(20)?,
-            created_at_ms: r.try_get(21)?,
-            updated_at_ms: r.try_get(22)?,
-            body_bytes: r.try_get::<_, Option<i32>>(23)?.map(|n| n as u64),
-            mac: r.try_get(24)?,
-            body: if with_body {
-                r.try_get::<_, Option<Vec<u8>>>(BODY_COLUMN)?
-                    .map(|b| Arc::new(Zeroizing::new(b)))
-            } else {
-                None
-            },
-        })
-    };
-    let mut rec = rec().map_err(bad)?;
-    rec.state = State::parse(&state)?;
-    rec.failure = failure;
-    Ok(rec)
+/// The connection, as migrations see it.
+struct Migrating<'c>(&'c Client);
+
+impl schema::Database for Migrating<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn execute(&mut self, sql: &str) -> Result<(), JournalError> {
+        timed(self.0.batch_execute(sql)).await
+    }
+
+    async fn number(&mut self, sql: &str) -> Result<i64, JournalError> {
+        let row = timed(self.0.query_one(sql, &[])).await?;
+        row.try_get(0).map_err(pg_error)
+    }
+}
+
+/// A record's row, read without panicking whatever it holds.
+impl schema::Row for Row {
+    fn text(&self, i: usize) -> Result<Option<String>, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn integer(&self, i: usize) -> Result<Option<i64>, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, String> {
+        self.try_get(i).map_err(|e| e.to_string())
+    }
 }
 
 /// What the claim statements found, before it is read as records.
@@ -580,7 +504,8 @@ impl Backend for Postgres {
                                 "UPDATE hsm_bridge_imports SET lease_owner = $2, lease_until = {NOW} + $3, updated_at = {NOW}
                                  WHERE token = $1 AND request_digest = $4 AND state IN ('claimed', 'prepared', 'unknown')
                                    AND (lease_owner IS NULL OR lease_until < {NOW})
-                                 RETURNING {COLUMNS}, body"
+                                 RETURNING {}",
+                                schema::columns(true)
                             ),
                             &[&e.token, &owner, &lease_ms, &digest],
                         )
@@ -590,7 +515,7 @@ impl Backend for Postgres {
                     }
                     let held = c
                         .query_opt(
-                            &format!("SELECT {COLUMNS}, body FROM hsm_bridge_imports WHERE token = $1"),
+                            &format!("SELECT {} FROM hsm_bridge_imports WHERE token = $1", schema::columns(true)),
                             &[&e.token],
                         )
                         .await?;
@@ -602,8 +527,8 @@ impl Backend for Postgres {
             .await?;
             Ok(match found {
                 Found::Inserted => RawClaim::Inserted,
-                Found::Taken(row) => RawClaim::Taken(record(&row, true)?),
-                Found::Held(row) => RawClaim::Held(record(&row, true)?),
+                Found::Taken(row) => RawClaim::Taken(schema::record(&row, true)?),
+                Found::Held(row) => RawClaim::Held(schema::record(&row, true)?),
             })
         })
     }
@@ -713,13 +638,13 @@ impl Backend for Postgres {
             let rows = self
                 .with(async |c| {
                     c.query(
-                        &format!("SELECT {COLUMNS} FROM hsm_bridge_imports {filter} ORDER BY created_at DESC LIMIT $1"),
+                        &format!("SELECT {} FROM hsm_bridge_imports {filter} ORDER BY created_at DESC LIMIT $1", schema::columns(false)),
                         &[&limit],
                     )
                     .await
                 })
                 .await?;
-            rows.iter().map(|r| record(r, false)).collect()
+            rows.iter().map(|r| schema::record(r, false)).collect()
         })
     }
 
@@ -728,13 +653,16 @@ impl Backend for Postgres {
             let row = self
                 .with(async |c| {
                     c.query_opt(
-                        &format!("SELECT {COLUMNS} FROM hsm_bridge_imports WHERE token = $1"),
+                        &format!(
+                            "SELECT {} FROM hsm_bridge_imports WHERE token = $1",
+                            schema::columns(false)
+                        ),
                         &[&token],
                     )
                     .await
                 })
                 .await?;
-            row.map(|r| record(&r, false)).transpose()
+            row.map(|r| schema::record(&r, false)).transpose()
         })
     }
 

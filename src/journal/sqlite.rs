@@ -1,7 +1,8 @@
 //! The SQLite journal (the default): one file, WAL, every commit synchronous, created 0600.
 //! rusqlite is blocking, so every statement runs on tokio's blocking threads, one at a time
 //! per process; the daemon and the CLI may share the file (SQLite's own locks, a 5 s busy
-//! wait). Times are this machine's clock.
+//! wait). Times are this machine's clock. The schema, its migrations and the reading of
+//! a record are `schema.rs`'s.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -11,50 +12,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use zeroize::Zeroizing;
 
-use super::{
-    BODY_COLUMN, Backend, BoxFuture, COLUMNS, Entry, Failure, JournalError, Made, Outcome,
-    RawClaim, Record, State, now_ms,
-};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS hsm_bridge_imports (
-    token TEXT PRIMARY KEY,
-    caller TEXT NOT NULL,
-    idempotency_key TEXT,
-    operation TEXT NOT NULL,
-    target TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    algorithm TEXT NOT NULL,
-    request_digest BLOB NOT NULL,
-    state TEXT NOT NULL,
-    body BLOB,
-    source_key_label TEXT,
-    source_key_id_hex TEXT,
-    mode TEXT,
-    wrapping_key_sha256 TEXT,
-    created_id TEXT,
-    answer TEXT,
-    opc_request_id TEXT,
-    failure_status INTEGER,
-    failure_code TEXT,
-    failure_message TEXT,
-    lease_owner TEXT,
-    lease_until INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    mac BLOB
-);
-CREATE INDEX IF NOT EXISTS hsm_bridge_imports_created ON hsm_bridge_imports (created_at);
-CREATE TABLE IF NOT EXISTS hsm_bridge_pin_refusals (
-    token TEXT PRIMARY KEY,
-    said TEXT NOT NULL,
-    at INTEGER NOT NULL
-);
-";
-
-/// A journal made before records carried a MAC gets the column; its old records, without
-/// one, are refused when used (and expire).
-const ADD_MAC: &str = "ALTER TABLE hsm_bridge_imports ADD COLUMN mac BLOB";
+use super::schema::{self, Dialect, Migration};
+use super::{Backend, BoxFuture, Entry, JournalError, Made, Outcome, RawClaim, Record, now_ms};
 
 pub struct Sqlite {
     path: PathBuf,
@@ -96,6 +55,16 @@ impl Sqlite {
             .await
             .map_err(unavailable)?
         })
+    }
+
+    /// As [`Sqlite::run`], for work that also reads records: a record that cannot be read
+    /// is that record's error, and leaves the connection open.
+    fn run_read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<Result<T, JournalError>> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, JournalError>> {
+        let ran = self.run(f);
+        Box::pin(async move { ran.await? })
     }
 }
 
@@ -141,76 +110,82 @@ fn open(path: &Path) -> Result<Connection, JournalError> {
     }
     c.execute_batch("PRAGMA synchronous=FULL;")
         .map_err(|e| at(&e))?;
-    c.execute_batch(SCHEMA).map_err(|e| at(&e))?;
-    let has_mac: bool = c
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('hsm_bridge_imports') WHERE name = 'mac'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n == 1),
-        )
-        .map_err(|e| at(&e))?;
-    if !has_mac {
-        c.execute_batch(ADD_MAC).map_err(|e| at(&e))?;
-    }
+    upgrade(&c, path)?;
     Ok(c)
 }
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    let state: String = r.get(8)?;
-    let failure = match r.get::<_, Option<i64>>(16)? {
-        Some(status) => Some(Failure {
-            status: status as u16,
-            code: r.get::<_, Option<String>>(17)?.unwrap_or_default(),
-            message: r.get::<_, Option<String>>(18)?.unwrap_or_default(),
-        }),
-        None => None,
-    };
-    Ok(Record {
-        token: r.get(0)?,
-        caller: r.get(1)?,
-        idempotency_key: r.get(2)?,
-        operation: r.get(3)?,
-        target: r.get(4)?,
-        endpoint: r.get(5)?,
-        algorithm: r.get(6)?,
-        digest: r.get(7)?,
-        state: State::parse(&state).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, e.into())
-        })?,
-        made: Made {
-            source_key_label: r.get(9)?,
-            source_key_id_hex: r.get(10)?,
-            mode: r.get(11)?,
-            wrapping_key_sha256: r.get(12)?,
-        },
-        created_id: r.get(13)?,
-        answer: r.get(14)?,
-        opc_request_id: r.get(15)?,
-        failure,
-        lease_owner: r.get(19)?,
-        lease_until_ms: r.get(20)?,
-        created_at_ms: r.get(21)?,
-        updated_at_ms: r.get(22)?,
-        body_bytes: r.get::<_, Option<i64>>(23)?.map(|n| n as u64),
-        mac: r.get(24)?,
-        body: None,
-    })
+/// Brings the file's schema to [`schema::VERSION`] (src/journal/schema.rs).
+fn upgrade(c: &Connection, path: &Path) -> Result<(), JournalError> {
+    migrate(c, path, schema::MIGRATIONS)
 }
 
-fn select_one(c: &Connection, token: &str, with_body: bool) -> rusqlite::Result<Option<Record>> {
-    let body = if with_body { ", body" } else { "" };
+/// Brings the file's schema to the last of `migrations`.
+fn migrate(c: &Connection, path: &Path, migrations: &[Migration]) -> Result<(), JournalError> {
+    let mut db = Migrating { c, path };
+    let mut upgrade = std::pin::pin!(schema::upgrade_with(&mut db, migrations));
+    // Every statement is synchronous: the migration is done when first polled.
+    match upgrade
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => Err(unavailable("the schema's migration did not complete")),
+    }
+}
+
+/// The connection to the file at `path`, as migrations see it.
+struct Migrating<'c> {
+    c: &'c Connection,
+    path: &'c Path,
+}
+
+impl Migrating<'_> {
+    /// A database error, with the file's name.
+    fn failed(&self, e: rusqlite::Error) -> JournalError {
+        unavailable(format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl schema::Database for Migrating<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn execute(&mut self, sql: &str) -> Result<(), JournalError> {
+        self.c.execute_batch(sql).map_err(|e| self.failed(e))
+    }
+
+    async fn number(&mut self, sql: &str) -> Result<i64, JournalError> {
+        self.c
+            .query_row(sql, [], |r| r.get(0))
+            .map_err(|e| self.failed(e))
+    }
+}
+
+/// A record's row, read without panicking whatever it holds.
+impl schema::Row for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<Option<String>, String> {
+        self.get(i).map_err(|e| e.to_string())
+    }
+    fn integer(&self, i: usize) -> Result<Option<i64>, String> {
+        self.get(i).map_err(|e| e.to_string())
+    }
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, String> {
+        self.get(i).map_err(|e| e.to_string())
+    }
+}
+
+/// The record of `token`, if there is one; whether it could be read is the inner result.
+fn select_one(
+    c: &Connection,
+    token: &str,
+    with_body: bool,
+) -> rusqlite::Result<Option<Result<Record, JournalError>>> {
+    let columns = schema::columns(with_body);
     c.query_row(
-        &format!("SELECT {COLUMNS}{body} FROM hsm_bridge_imports WHERE token = ?1"),
+        &format!("SELECT {columns} FROM hsm_bridge_imports WHERE token = ?1"),
         [token],
-        |r| {
-            let mut rec = record(r)?;
-            if with_body {
-                rec.body = r
-                    .get::<_, Option<Vec<u8>>>(BODY_COLUMN)?
-                    .map(|b| Arc::new(Zeroizing::new(b)));
-            }
-            Ok(rec)
-        },
+        |r| Ok(schema::record(r, with_body)),
     )
     .optional()
 }
@@ -224,7 +199,7 @@ impl Backend for Sqlite {
         lease: Duration,
     ) -> BoxFuture<'a, Result<RawClaim, JournalError>> {
         let (e, owner, mac) = (entry.clone(), owner.to_string(), mac.to_vec());
-        self.run(move |c| {
+        self.run_read(move |c| {
             let now = now_ms();
             let until = now + lease.as_millis() as i64;
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -243,15 +218,21 @@ impl Backend for Sqlite {
                        AND (lease_owner IS NULL OR lease_until < ?4)",
                     params![e.token, owner, until, now, &e.digest[..]],
                 )?;
-                match select_one(&tx, &e.token, true)? {
-                    Some(r) if taken == 1 => RawClaim::Taken(r),
-                    Some(r) => RawClaim::Held(r),
+                let r = match select_one(&tx, &e.token, true)? {
+                    Some(Ok(r)) => r,
+                    // unreadable: the transaction (and the lease taken) is rolled back
+                    Some(Err(unreadable)) => return Ok(Err(unreadable)),
                     // deleted between the two statements: impossible inside the transaction
                     None => return Err(rusqlite::Error::QueryReturnedNoRows),
+                };
+                if taken == 1 {
+                    RawClaim::Taken(r)
+                } else {
+                    RawClaim::Held(r)
                 }
             };
             tx.commit()?;
-            Ok(out)
+            Ok(Ok(out))
         })
     }
 
@@ -348,23 +329,25 @@ impl Backend for Sqlite {
         limit: u32,
         unresolved: bool,
     ) -> BoxFuture<'_, Result<Vec<Record>, JournalError>> {
-        self.run(move |c| {
+        self.run_read(move |c| {
             let filter = if unresolved {
                 "WHERE state IN ('prepared', 'unknown')"
             } else {
                 ""
             };
+            let columns = schema::columns(false);
             let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM hsm_bridge_imports {filter} ORDER BY created_at DESC LIMIT ?1"
+                "SELECT {columns} FROM hsm_bridge_imports {filter} ORDER BY created_at DESC LIMIT ?1"
             ))?;
-            let rows = st.query_map(params![limit], record)?;
-            rows.collect()
+            let rows = st.query_map(params![limit], |r| Ok(schema::record(r, false)))?;
+            let read: Vec<Result<Record, JournalError>> = rows.collect::<rusqlite::Result<_>>()?;
+            Ok(read.into_iter().collect())
         })
     }
 
     fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
         let token = token.to_string();
-        self.run(move |c| select_one(c, &token, false))
+        self.run_read(move |c| select_one(c, &token, false).map(Option::transpose))
     }
 
     fn pin_refusal<'a>(
@@ -483,5 +466,101 @@ pub(super) fn finish_values(
                 None,
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::schema::Step;
+
+    const ONE: Migration = Migration {
+        version: 1,
+        steps: &[Step::Sql(
+            "CREATE TABLE hsm_bridge_schema_version (version {integer} PRIMARY KEY);
+             CREATE TABLE a (x {integer});",
+        )],
+    };
+    const TWO: Migration = Migration {
+        version: 2,
+        steps: &[
+            Step::Sql("INSERT INTO a VALUES (2)"),
+            Step::AddColumn {
+                table: "a",
+                column: "y",
+                ty: "{bytes}",
+            },
+            Step::AddColumn {
+                table: "a",
+                column: "y",
+                ty: "{bytes}",
+            },
+        ],
+    };
+    const BROKEN: Migration = Migration {
+        version: 3,
+        steps: &[
+            Step::Sql("INSERT INTO a (x) VALUES (3)"),
+            Step::Sql("no such statement"),
+        ],
+    };
+
+    /// The first column of the one row `sql` gives, as text.
+    fn one(c: &Connection, sql: &str) -> String {
+        c.query_row(sql, [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn migrations_apply_in_order_each_in_a_transaction_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sqlite");
+        let c = Connection::open(&path).unwrap();
+        let e = migrate(&c, &path, &[ONE, TWO, BROKEN]).unwrap_err();
+        assert!(e.to_string().contains("no such statement"), "{e}");
+        // the first two are recorded; the broken one left nothing behind
+        let version = "SELECT max(version) FROM hsm_bridge_schema_version";
+        assert_eq!(one(&c, version), "2");
+        assert_eq!(
+            one(&c, "SELECT count(*) FROM hsm_bridge_schema_version"),
+            "2"
+        );
+        assert_eq!(one(&c, "SELECT sum(x) FROM a"), "2");
+        assert_eq!(
+            one(
+                &c,
+                "SELECT count(*) FROM pragma_table_info('a') WHERE name = 'y'"
+            ),
+            "1"
+        );
+        // up to date: nothing runs again
+        migrate(&c, &path, &[ONE, TWO]).unwrap();
+        assert_eq!(one(&c, "SELECT count(*) FROM a"), "1");
+        // code that knows only version 1 refuses it, and changes nothing
+        let e = migrate(&c, &path, &[ONE]).unwrap_err().to_string();
+        assert!(
+            e.contains("schema version 2") && e.contains("version 1, the newest"),
+            "{e}"
+        );
+        assert_eq!(one(&c, version), "2");
+        assert!(c.is_autocommit(), "no transaction left open");
+    }
+
+    #[test]
+    fn a_new_file_is_made_at_the_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let c = open(&path).unwrap();
+        assert_eq!(
+            one(&c, "SELECT max(version) FROM hsm_bridge_schema_version"),
+            schema::VERSION.to_string()
+        );
+        drop(c);
+        let c = open(&path).unwrap();
+        assert_eq!(
+            one(&c, "SELECT count(*) FROM hsm_bridge_schema_version"),
+            "1"
+        );
     }
 }
