@@ -9,6 +9,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
 use serde::Serialize;
 
 use crate::code::Code;
@@ -18,13 +22,13 @@ enum Sink {
     Stderr,
 }
 
-pub struct Audit {
+pub(crate) struct Audit {
     sink: Mutex<Sink>,
 }
 
 /// The export an audit record is about.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub enum Operation {
+pub(crate) enum Operation {
     #[default]
     WrapKey,
     ImportKeyVersion,
@@ -36,7 +40,7 @@ pub enum Operation {
 /// service below it failed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Allowed,
     #[default]
     Refused,
@@ -44,7 +48,15 @@ pub enum Outcome {
 }
 
 impl Operation {
-    pub fn as_str(self) -> &'static str {
+    /// The grant in `server.clients` this operation needs.
+    pub(crate) fn grant(self) -> crate::config::Operation {
+        match self {
+            Operation::WrapKey => crate::config::Operation::Wrap,
+            Operation::ImportKeyVersion | Operation::ImportKey => crate::config::Operation::Import,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Operation::WrapKey => "WrapKey",
             Operation::ImportKeyVersion => "ImportKeyVersion",
@@ -57,7 +69,7 @@ impl Record {
     /// Sets the outcome, code and reason of an attempt that ended with `result`. An export
     /// that made something at the destination (`export.created_id`) is `allowed` whatever
     /// came after (e.g. a version that was not ENABLED within the deadline): the key left.
-    pub fn conclude(&mut self, result: Result<(), (Code, String)>) {
+    pub(crate) fn conclude(&mut self, result: Result<(), (Code, String)>) {
         match result {
             Ok(()) => {
                 self.outcome = Outcome::Allowed;
@@ -77,7 +89,7 @@ impl Record {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
             Outcome::Refused => "refused",
@@ -86,7 +98,7 @@ impl Outcome {
     }
 
     /// The outcome a code stands for.
-    pub fn of(c: Code) -> Outcome {
+    pub(crate) fn of(c: Code) -> Outcome {
         match c {
             Code::Ok => Outcome::Allowed,
             c if c.is_failure() => Outcome::Failed,
@@ -97,7 +109,7 @@ impl Outcome {
 
 /// One export attempt.
 #[derive(Debug, Default, Serialize)]
-pub struct Record {
+pub(crate) struct Record {
     pub time: String,
     pub request_id: String,
     /// The caller's configured name and certificate CN, or why it is unknown.
@@ -136,11 +148,11 @@ pub struct Record {
 
 /// What an audit record says of a caller-supplied value that failed its check: the raw
 /// bytes never reach the log.
-pub const INVALID: &str = "invalid";
+pub(crate) const INVALID: &str = "invalid";
 
 /// `value` if it is at most `max` bytes of printable text, else [`INVALID`]. For values
 /// recorded before (or without) a stricter check.
-pub fn bounded(value: &str, max: usize) -> String {
+pub(crate) fn bounded(value: &str, max: usize) -> String {
     if value.len() <= max && !crate::text::has_deceptive(value) {
         value.to_string()
     } else {
@@ -153,7 +165,7 @@ impl Audit {
     /// symbolic link at `path` is refused (`O_NOFOLLOW`), and so is, checked on the opened
     /// descriptor, a regular file that another user owns or that group or others may write
     /// (or others read); character devices (`/dev/null`, only root makes them) are taken.
-    pub fn open(path: &Path) -> Result<Audit, AuditOpenError> {
+    pub(crate) fn open(path: &Path) -> Result<Audit, AuditOpenError> {
         let sink = if path == Path::new("-") {
             Sink::Stderr
         } else {
@@ -187,7 +199,7 @@ impl Audit {
 
     /// Writes one record as a JSON line and flushes it to the kernel. An error here must
     /// stop the export (fail closed).
-    pub fn write(&self, record: &Record) -> std::io::Result<()> {
+    pub(crate) fn write(&self, record: &Record) -> std::io::Result<()> {
         let r = self.write_line(record);
         let outcome = if r.is_ok() {
             record.outcome.as_str()
@@ -254,13 +266,13 @@ fn check_file(meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
-pub use crate::time::now_rfc3339;
+pub(crate) use crate::time::now_rfc3339;
 
 /// What an export did, learnt along the way: the one record of it that the audit record
 /// embeds (these are its field names) and the CLI prints; the journal keeps how a body was
 /// made from it (`journal::Made`).
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Progress {
+pub(crate) struct Progress {
     #[serde(rename = "source_key_label", skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     #[serde(rename = "source_key_id_hex", skip_serializing_if = "Option::is_none")]
@@ -299,7 +311,7 @@ fn is_zero(n: &u32) -> bool {
 impl Progress {
     /// Takes what `later` knows: each fact it has replaces this one's (a key named in the
     /// request is replaced by the key found; the latest OCI answer by a newer one).
-    pub fn merge(&mut self, later: &Progress) {
+    pub(crate) fn merge(&mut self, later: &Progress) {
         fn take<T: Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
             if theirs.is_some() {
                 mine.clone_from(theirs);
@@ -317,6 +329,159 @@ impl Progress {
         }
         self.replayed |= later.replayed;
         self.on_token |= later.on_token;
+    }
+}
+
+// ---- one attempt in progress, written once, also when its caller leaves
+
+/// The audit record of an export attempt in progress. If the call is dropped before it
+/// answers (the caller cancelled, or its deadline passed on its side), the record is still
+/// written, saying how far the export got: whether the HSM had started, and, for an import
+/// OCI answered, what OCI answered (an import OCI accepted is recorded as allowed, with the
+/// id it created).
+pub(crate) struct Attempt {
+    audit: Arc<Audit>,
+    pub rec: Option<Record>,
+    /// Set by the HSM worker when it starts.
+    pub hsm_started: Arc<AtomicBool>,
+    /// The call's deadline, once read.
+    pub deadline: Option<Instant>,
+    /// The destination's answer to the import, as the caller would have seen it.
+    pub answered: Option<Result<(), (Code, String)>>,
+}
+
+impl Attempt {
+    /// The record of `operation`, asked for under `request_id`.
+    pub(crate) fn new(audit: Arc<Audit>, request_id: String, operation: Operation) -> Self {
+        Attempt {
+            audit,
+            rec: Some(Record {
+                request_id,
+                operation,
+                ..Record::default()
+            }),
+            hsm_started: Arc::new(AtomicBool::new(false)),
+            deadline: None,
+            answered: None,
+        }
+    }
+
+    pub(crate) fn record(&mut self) -> &mut Record {
+        self.rec
+            .as_mut()
+            .expect("the record is with the handler except while an import is being sent")
+    }
+
+    /// The record and its duty to be written, for the task that sends an import: written
+    /// by whoever holds it last.
+    pub(crate) fn hand_off(&mut self) -> Attempt {
+        Attempt {
+            audit: self.audit.clone(),
+            rec: self.rec.take(),
+            hsm_started: self.hsm_started.clone(),
+            deadline: self.deadline,
+            answered: None,
+        }
+    }
+
+    pub(crate) fn take_back(&mut self, mut from: Attempt) {
+        self.rec = from.rec.take();
+        self.answered = from.answered.take();
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some(mut rec) = self.rec.take() else {
+            return;
+        };
+        rec.time = now_rfc3339();
+        rec.code = if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            "DEADLINE_EXCEEDED"
+        } else {
+            "CANCELLED"
+        };
+        let (outcome, reason) = match &self.answered {
+            Some(Ok(())) => (
+                Outcome::Allowed,
+                format!(
+                    "OCI accepted the import ({}), but the caller cancelled or its deadline passed before the answer reached it",
+                    rec.export.created_id.as_deref().unwrap_or("id unknown")
+                ),
+            ),
+            Some(Err((code, message))) => (
+                Outcome::of(*code),
+                format!("the caller cancelled or its deadline passed; OCI answered: {message}"),
+            ),
+            None if self.hsm_started.load(Ordering::SeqCst) => (
+                Outcome::Refused,
+                "the caller cancelled or its deadline passed while the HSM was working; the result was discarded".into(),
+            ),
+            None => (
+                Outcome::Refused,
+                "the caller cancelled or its deadline passed before an HSM session was free; the HSM did no work for this call".into(),
+            ),
+        };
+        // something made at the destination is an export that happened
+        rec.outcome = if rec.export.created_id.is_some() {
+            Outcome::Allowed
+        } else {
+            outcome
+        };
+        rec.reason = Some(reason);
+        if rec.caller.is_empty() {
+            rec.caller = "unknown".into();
+        }
+        if let Err(e) = self.audit.write(&rec) {
+            tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
+        }
+    }
+}
+
+impl Attempt {
+    /// Writes the record of an attempt that ends with `result` (a code and the message the
+    /// caller gets). A record this attempt no longer holds (an import whose answer the
+    /// deadline cut off) is written by the task that sent the import. A failed write of an
+    /// export that succeeded is an error, with what the caller is to be told: nothing
+    /// leaves without its record.
+    pub(crate) fn finish(&mut self, result: Result<(), (Code, String)>) -> Result<(), String> {
+        let Some(mut rec) = self.rec.take() else {
+            return Ok(());
+        };
+        rec.time = now_rfc3339();
+        if rec.caller.is_empty() {
+            // The caller was never identified: say why (bounded text, service/auth.rs).
+            rec.caller = match &result {
+                Err((Code::Unauthenticated, message)) => format!("unauthenticated: {message}"),
+                _ => "unknown".into(),
+            };
+        }
+        let succeeded = result.is_ok();
+        rec.conclude(result);
+        match self.audit.write(&rec) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(request_id = %rec.request_id, "audit log write failed: {e}");
+                if !succeeded {
+                    return Ok(());
+                }
+                Err(if rec.operation == Operation::WrapKey {
+                    format!("the audit log could not be written ({e}); the export was refused")
+                } else {
+                    // The material already went to the vault: say so, and how to learn more.
+                    format!(
+                        "the audit log could not be written ({e}); the answer is withheld, but OCI accepted the import ({}); with an idempotency_key, a retry with the same key returns it without importing again",
+                        rec.export.created_id.as_deref().unwrap_or("id unknown")
+                    )
+                })
+            }
+        }
+    }
+
+    /// The record, no longer to be written by this attempt (the command line writes its
+    /// own, to stderr or not).
+    pub(crate) fn into_record(mut self) -> Option<Record> {
+        self.rec.take()
     }
 }
 

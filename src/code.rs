@@ -1,5 +1,5 @@
 //! Why a call ended, in the canonical status codes (the names gRPC uses too). Every layer's
-//! error says its own code (`HsmError::code`, `KmsError::code`, `ImportError::code`); audit
+//! error says its own code (`HsmError::code`, `KmsError::code`, `ExportError::code`); audit
 //! records and the command line carry the name, and only `service/status.rs` turns a code
 //! into a gRPC status.
 

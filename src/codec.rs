@@ -26,7 +26,7 @@ fn settings() -> BufferSettings {
 /// [`ProstCodec`] with [`BUFFER_BYTES`] buffers (the generated services name it in
 /// `build.rs`).
 #[derive(Debug)]
-pub struct SmallBuffers<T, U>(PhantomData<(T, U)>);
+pub(crate) struct SmallBuffers<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for SmallBuffers<T, U> {
     fn default() -> Self {

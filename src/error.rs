@@ -22,6 +22,8 @@ pub enum Error {
     SecretFile(#[from] crate::hardening::SecretFileError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     #[error("{0}")]
     Io(String),
     #[error("{0}")]

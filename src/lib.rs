@@ -1,41 +1,45 @@
-//! hsm-bridge: moves keys out of a PKCS#11 HSM into OCI Vault, wrapped for the vault
-//! without the key ever in clear outside the HSM.
+//! hsm-bridge: moves keys out of a PKCS#11 HSM into a cloud's key-management service,
+//! wrapped for the cloud without the key ever in clear outside the HSM.
 //!
-//! A tour, in the order a request flows:
-//! - [`config`]: the typed TOML config and its validation.
+//! A tour, in the order a request flows (docs/ARCHITECTURE.md has the files):
+//! - `service`: the gRPC daemon: caller identity, listeners and their limits, requests into
+//!   the export core, canonical codes into gRPC statuses, health, reflection, shutdown.
+//! - [`cli`]: the `hsm-bridge` subcommands, into the same export core.
+//! - `export`: the export core: admission, the wrap, the journal, the `Destination` seam
+//!   (OCI's first), the HSM queue.
 //! - [`hsm`]: the PKCS#11 module, token login, session pool, key lookup, the start-up
 //!   self-test that proves which wrap mechanisms are real, and the three wrap modes.
-//! - [`wrap`]: pure functions: OCI's envelope, wrapping-key parsing, software OAEP / KWP.
-//! - [`oci`]: Oracle Cloud: request signing, identities, the endpoint allow-list, the KMS
-//!   management client with safe retries.
-//! - [`import`]: ImportKeyVersion / ImportKey for the daemon and the CLI: wrapping-key fetch,
-//!   HSM wrap, one body and retry token per import, idempotency claims, waiting for ENABLED.
-//! - [`policy`]: which keys may leave, and for whom.
-//! - [`service`]: the gRPC daemon: caller identity, per-caller policy, bounded HSM queue,
-//!   audit, health, reflection, graceful shutdown.
-//! - [`cli`]: the `hsm-bridge` subcommands.
-//! - [`hardening`]: no core dumps, non-dumpable process.
+//! - [`wrap`]: pure functions: the clouds' formats, layouts and envelopes, wrapping-key
+//!   parsing, software OAEP / KWP.
+//! - [`journal`]: the import journal (SQLite, PostgreSQL).
+//! - [`oci`]: Oracle Cloud's client: request signing, identities, the endpoint allow-list,
+//!   the KMS management client with safe retries.
+//! - `audit`, `code`, `policy`: the audit log, the canonical codes, which keys may leave.
+//! - [`config`], [`hardening`], [`time`]: the typed config, process hardening, times.
+//!
+//! The public modules are what the tests, the benchmarks, the emulator and `main.rs` use;
+//! everything else is the crate's own (`unreachable_pub` is on: Cargo.toml `[lints]`).
 
 // Unsafe code only where it is documented and needed: src/hsm/raw.rs (raw PKCS#11 calls)
 // and src/hardening.rs (locked memory, OpenSSL's secure heap); each allows it itself.
 #![deny(unsafe_code)]
 
-pub mod audit;
+pub(crate) mod audit;
 pub mod cli;
-pub mod code;
-pub mod codec;
+pub(crate) mod code;
+pub(crate) mod codec;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
+pub(crate) mod export;
 pub mod hardening;
 pub mod hsm;
-pub(crate) mod import;
 pub mod journal;
 pub(crate) mod memo;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod oci;
 pub(crate) mod policy;
 pub(crate) mod service;
-pub mod text;
+pub(crate) mod text;
 pub mod time;
 pub mod wrap;
 

@@ -72,14 +72,14 @@ fn seconds() -> Histogram {
 
 /// Most distinct key labels the per-key family keeps; attempts on keys past them are
 /// counted under `key="(other)"`.
-pub const MAX_KEY_LABELS: usize = 256;
+pub(crate) const MAX_KEY_LABELS: usize = 256;
 /// How long one encoding of the exposition serves the scrapes that come after it (a flood
 /// of scrapes costs one encoding per interval, and they share its bytes); a scrape that
 /// arrives while an encoding is made gets that one.
 const ENCODE_EVERY: Duration = Duration::from_millis(100);
 
 /// Every metric the daemon keeps.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     key_labels: AtomicBool,
     /// The key labels the per-key family has, bounded by [`MAX_KEY_LABELS`].
@@ -105,7 +105,7 @@ pub struct Metrics {
 }
 
 /// The process's metrics.
-pub fn get() -> &'static Metrics {
+pub(crate) fn get() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
 }
@@ -231,13 +231,13 @@ impl Metrics {
     }
 
     /// Whether the per-key family is kept (`metrics.key_labels`).
-    pub fn set_key_labels(&self, on: bool) {
+    pub(crate) fn set_key_labels(&self, on: bool) {
         self.key_labels.store(on, Ordering::Relaxed);
     }
 
     /// One export attempt, as its audit record says; `key` only for a key the token has
     /// (never a label a caller merely asked for).
-    pub fn export(
+    pub(crate) fn export(
         &self,
         operation: &'static str,
         outcome: &'static str,
@@ -275,13 +275,13 @@ impl Metrics {
         }
     }
 
-    pub fn hsm_wrap(&self, mode: &'static str, took: Duration) {
+    pub(crate) fn hsm_wrap(&self, mode: &'static str, took: Duration) {
         self.hsm_wrap
             .get_or_create(&ModeLabel { mode })
             .observe(took.as_secs_f64());
     }
 
-    pub fn oci_call(&self, operation: &str, took: Duration) {
+    pub(crate) fn oci_call(&self, operation: &str, took: Duration) {
         self.oci_call
             .get_or_create(&OpLabel {
                 operation: operation.into(),
@@ -290,7 +290,7 @@ impl Metrics {
     }
 
     /// One HTTP attempt to OCI and its status (0: no answer); `retried`: another follows.
-    pub fn oci_attempt(&self, operation: &str, status: u16, retried: bool) {
+    pub(crate) fn oci_attempt(&self, operation: &str, status: u16, retried: bool) {
         let l = OciLabels {
             operation: operation.into(),
             status: status.to_string(),
@@ -301,45 +301,45 @@ impl Metrics {
         }
     }
 
-    pub fn hsm_error(&self, ckr: &str) {
+    pub(crate) fn hsm_error(&self, ckr: &str) {
         self.hsm_errors
             .get_or_create(&CkrLabel { ckr: ckr.into() })
             .inc();
     }
 
-    pub fn queue_enter(&self) {
+    pub(crate) fn queue_enter(&self) {
         self.queue.inc();
     }
-    pub fn queue_leave(&self) {
+    pub(crate) fn queue_leave(&self) {
         self.queue.dec();
     }
-    pub fn session_leased(&self) {
+    pub(crate) fn session_leased(&self) {
         self.sessions_in_use.inc();
     }
-    pub fn session_returned(&self) {
+    pub(crate) fn session_returned(&self) {
         self.sessions_in_use.dec();
     }
-    pub fn audit_failed(&self) {
+    pub(crate) fn audit_failed(&self) {
         self.audit_failures.inc();
     }
-    pub fn journal(&self, ok: bool) {
+    pub(crate) fn journal(&self, ok: bool) {
         if !ok {
             self.journal_failures.inc();
         }
         self.journal_up.set(i64::from(ok));
     }
-    pub fn journal_forged(&self) {
+    pub(crate) fn journal_forged(&self) {
         self.journal_forged.inc();
     }
-    pub fn reinitialised(&self) {
+    pub(crate) fn reinitialised(&self) {
         self.reinits.inc();
     }
-    pub fn serving(&self, yes: bool) {
+    pub(crate) fn serving(&self, yes: bool) {
         self.serving.set(i64::from(yes));
     }
 
     /// The text a scrape gets.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -348,13 +348,13 @@ impl Metrics {
 }
 
 /// Observes the time from its creation to its drop into `hsm_bridge_rpc_seconds`.
-pub struct RpcTimer {
+pub(crate) struct RpcTimer {
     method: &'static str,
     started: Instant,
 }
 
 impl RpcTimer {
-    pub fn start(method: &'static str) -> RpcTimer {
+    pub(crate) fn start(method: &'static str) -> RpcTimer {
         RpcTimer {
             method,
             started: Instant::now(),
@@ -375,14 +375,14 @@ impl Drop for RpcTimer {
 
 /// The longest a metrics connection stays open, whatever it is doing (a scraper that reads
 /// slowly, or not at all, lets go of its connection then).
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// Longest wait for a request's head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The two expositions: the classic text format (0.0.4), and OpenMetrics 1.0 for a scraper
 /// that asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     OpenMetrics,
 }
@@ -390,14 +390,14 @@ pub enum Format {
 impl Format {
     /// What an `Accept` header asks for: OpenMetrics when it names it, else the classic
     /// text (Prometheus asks for both, OpenMetrics first; promtool and curl for neither).
-    pub fn negotiate(accept: Option<&str>) -> Format {
+    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
         match accept {
             Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
             _ => Format::Text,
         }
     }
 
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Text => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -408,7 +408,7 @@ impl Format {
 impl Metrics {
     /// The exposition in `format`: one encoding at a time, which the scrapes that waited
     /// for it, and those within [`ENCODE_EVERY`] of it, share.
-    pub fn exposition(&self, format: Format) -> bytes::Bytes {
+    pub(crate) fn exposition(&self, format: Format) -> bytes::Bytes {
         let asked = Instant::now();
         let slot = format as usize;
         let mut cache = self.encoded.lock().unwrap_or_else(|p| p.into_inner());
@@ -431,7 +431,7 @@ impl Metrics {
 /// The classic text format (0.0.4) of an OpenMetrics exposition: a counter's family is
 /// named after its samples (`x_total`), there is no `# UNIT` and no `# EOF`. Everything
 /// else is written alike in both.
-pub fn classic(openmetrics: &str) -> String {
+pub(crate) fn classic(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
@@ -461,7 +461,7 @@ pub fn classic(openmetrics: &str) -> String {
 /// by hyper, one request per connection, its head within 5 s, the whole connection within
 /// [`CONNECTION_LIFETIME`] (the listener's tracker closes it then); anything else is 404
 /// or 405.
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     mut incoming: tokio_stream::wrappers::ReceiverStream<Result<S, std::io::Error>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -6,7 +6,7 @@ use crate::config::{CallerWrappingKeys, PolicyConfig};
 
 /// Which caller-supplied wrapping keys an export may use (`WrapKey`, `hsm-bridge wrap`).
 #[derive(Debug, Clone)]
-pub struct WrappingKeyPolicy {
+pub(crate) struct WrappingKeyPolicy {
     setting: CallerWrappingKeys,
     /// Lower-case hex SPKI SHA-256: `pinned_wrapping_keys` and the keys in
     /// `pinned_wrapping_key_files`.
@@ -15,7 +15,7 @@ pub struct WrappingKeyPolicy {
 
 impl WrappingKeyPolicy {
     /// From the config; reads each pinned key file (an error names it).
-    pub fn load(p: &PolicyConfig) -> Result<WrappingKeyPolicy, PolicyError> {
+    pub(crate) fn load(p: &PolicyConfig) -> Result<WrappingKeyPolicy, PolicyError> {
         let mut pinned: Vec<String> = p
             .pinned_wrapping_keys
             .iter()
@@ -39,7 +39,7 @@ impl WrappingKeyPolicy {
 
     /// Whether a caller may have a key wrapped for the public key with fingerprint `fp`;
     /// the refusal says which setting decided.
-    pub fn allows(&self, fp: &str) -> Result<(), WrappingKeyRefused> {
+    pub(crate) fn allows(&self, fp: &str) -> Result<(), WrappingKeyRefused> {
         match self.setting {
             CallerWrappingKeys::Any => Ok(()),
             CallerWrappingKeys::None => Err(WrappingKeyRefused::Off),
@@ -58,7 +58,7 @@ pub enum PolicyError {
 
 /// Why a caller's wrapping key may not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WrappingKeyRefused {
+pub(crate) enum WrappingKeyRefused {
     #[error(
         "wrapping for a caller's key is off (policy.caller_wrapping_keys = \"none\"); use ImportKeyVersion, which fetches the vault's key itself"
     )]
@@ -70,14 +70,14 @@ pub enum WrappingKeyRefused {
 }
 
 /// Glob match with `*` (any run, including empty) and `?` (one character).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     glob(pattern, text, &[])
 }
 
 /// Glob match over `https://host[:port]` where `*` and `?` stay inside one DNS label (and
 /// inside the host or the port): `https://*.kms.*.oraclecloud.com` matches one vault
 /// prefix and one region, never `a.b.kms...` or a host that merely ends so.
-pub fn host_glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn host_glob_match(pattern: &str, text: &str) -> bool {
     glob(pattern, text, &['.', ':', '/'])
 }
 
@@ -108,7 +108,7 @@ fn glob(pattern: &str, text: &str, stop: &[char]) -> bool {
 }
 
 /// Whether `label` matches any of `patterns`.
-pub fn any_match(patterns: &[String], label: &str) -> bool {
+pub(crate) fn any_match(patterns: &[String], label: &str) -> bool {
     patterns.iter().any(|p| glob_match(p, label))
 }
 

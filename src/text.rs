@@ -6,7 +6,7 @@
 /// Whether `c` is a control character, a line or paragraph separator (U+2028, U+2029), or
 /// a bidirectional control (marks, embeddings, overrides, isolates: U+061C, U+200E-U+200F,
 /// U+202A-U+202E, U+2066-U+2069), which can make a log line read as something else.
-pub fn is_deceptive(c: char) -> bool {
+pub(crate) fn is_deceptive(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -21,14 +21,14 @@ pub fn is_deceptive(c: char) -> bool {
 }
 
 /// Whether `s` holds any character of [`is_deceptive`].
-pub fn has_deceptive(s: &str) -> bool {
+pub(crate) fn has_deceptive(s: &str) -> bool {
     s.chars().any(is_deceptive)
 }
 
 /// `value` as one JSON line in which the characters of [`is_deceptive`] are escaped
 /// (`\uXXXX`), as JSON allows: the record reads back the same, and no log viewer sees a
 /// line break or a reordering inside it.
-pub fn json_line<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+pub(crate) fn json_line<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, Escaping);
     value.serialize(&mut ser)?;

@@ -834,7 +834,7 @@ async fn queued_call_past_its_deadline_never_reaches_the_hsm() {
         // under load its answer can still arrive after the tonic client's own timer, which
         // then reports CANCELLED "Timeout expired" itself. Either way the call expired in
         // the queue, as the audit record says (the deterministic proof is in
-        // service::queue's unit tests).
+        // src/export/queue.rs's unit tests).
         let client_timer = e.code() == Code::Cancelled && e.message().contains("Timeout expired");
         assert!(e.code() == Code::DeadlineExceeded || client_timer, "{e:?}");
         println!("the probe saw {:?}", e.code());

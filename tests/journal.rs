@@ -529,7 +529,7 @@ fn hex_sql(store: Store<'_>, column: &str) -> String {
 }
 
 /// The retry token and request digest of cckm's ImportKeyVersion of `test-aes-256`, as
-/// anyone can compute them from the source (src/import/mod.rs `describe`,
+/// anyone can compute them from the source (src/export/mod.rs `describe`,
 /// src/oci/kms/rules.rs `retry_token`): nothing secret goes into either.
 fn derive(endpoint: &str, key_ocid: &str, idem: &str) -> (String, [u8; 32]) {
     let scope = format!("cckm ImportKeyVersion {endpoint} {key_ocid}");

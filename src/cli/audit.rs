@@ -1,50 +1,37 @@
 //! The CLI's audit records, in the daemon's audit log and format.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::Error;
-use crate::audit::Operation;
+use crate::audit::{Attempt, Operation};
 use crate::code::Code;
 use crate::config::Config;
-use crate::hsm::KeyRef;
-use crate::wrap::{self, Format};
+use crate::wrap;
 
 /// The CLI's audit records, one per export attempt, like the daemon's: to `audit.path`,
 /// or with `audit.path = "-"` to stderr for every export that happened (a refusal's one
 /// line on stderr is its own record there: the command's error stays one line).
 pub(super) struct CliAudit {
-    audit: crate::audit::Audit,
+    audit: Arc<crate::audit::Audit>,
     to_stderr: bool,
 }
 
 impl CliAudit {
     pub(super) fn open(cfg: &Config) -> Result<CliAudit, Error> {
         Ok(CliAudit {
-            audit: crate::audit::Audit::open(&cfg.audit.path)?,
+            audit: Arc::new(crate::audit::Audit::open(&cfg.audit.path)?),
             to_stderr: cfg.audit.path == Path::new("-"),
         })
     }
 
-    /// A record of `operation` on `key`, by this user.
-    pub(super) fn record(
-        &self,
-        operation: Operation,
-        key: &KeyRef,
-        format: &'static Format,
-    ) -> crate::audit::Record {
+    /// The attempt of `operation` by this user, whose record [`Self::write`] writes.
+    pub(super) fn attempt(&self, operation: Operation) -> Attempt {
         let mut id = [0u8; 8];
         let _ = getrandom::fill(&mut id);
-        let mut rec = crate::audit::Record {
-            request_id: wrap::hex(&id),
-            caller: format!("cli (uid {})", rustix::process::geteuid().as_raw()),
-            operation,
-            algorithm: Some(format.algorithm()),
-            format: Some(format.name),
-            ..Default::default()
-        };
-        rec.export.label = key.label_named().map(str::to_string);
-        rec.export.id_hex = key.id_named().map(wrap::hex);
-        rec
+        let mut attempt = Attempt::new(self.audit.clone(), wrap::hex(&id), operation);
+        attempt.record().caller = format!("cli (uid {})", rustix::process::geteuid().as_raw());
+        attempt
     }
 
     /// Writes `rec` with its outcome; `Err((code, why))` for a refusal. A failed write is an

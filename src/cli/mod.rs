@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -12,6 +13,7 @@ use crate::Error;
 use crate::audit::Operation;
 use crate::code::Code;
 use crate::config::Config;
+use crate::export::{Caller, Export, Exporter, HsmPath};
 use crate::hsm::{Hsm, KeyInfo, KeyRef};
 use crate::wrap::{self, Algorithm, Format, WrappingKey};
 
@@ -315,26 +317,36 @@ fn wrap_key(a: WrapArgs, out: &mut dyn Write) -> Result<(), Error> {
         .fits_wrapping_key(wk.bits)
         .map_err(wrap::WrapError::WrappingKey)?;
     let audit = CliAudit::open(&cfg)?;
-    let mut rec = audit.record(Operation::WrapKey, &key, format);
-    rec.export.wrapping_key_sha256 = Some(wk.fingerprint());
+    let mut attempt = audit.attempt(Operation::WrapKey);
+    let export = Export::admit(Caller::operator(CLI_CALLER), Operation::WrapKey)?
+        .key(key, attempt.record())?
+        .format(format, attempt.record());
+    attempt.record().export.wrapping_key_sha256 = Some(wk.fingerprint());
     let policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
     if allow_any_wrapping_key {
-        rec.reason = Some("--allow-any-wrapping-key: the operator chose the wrapping key".into());
+        attempt.record().reason =
+            Some("--allow-any-wrapping-key: the operator chose the wrapping key".into());
     } else if let Err(why) = policy.allows(&wk.fingerprint()) {
         let why = format!(
             "{why}; an operator who vouches for this key can pass --allow-any-wrapping-key"
         );
-        audit.write(rec, Err((Code::PermissionDenied, why.clone())))?;
+        audit.write(record(attempt)?, Err((Code::PermissionDenied, why.clone())))?;
         return Err(Error::Usage(why));
     }
-    let hsm = open_hsm(&cfg)?;
+    let hsm = Arc::new(open_hsm(&cfg)?);
     let generator = hsm.generator();
-    let wrapped = hsm.wrap(&key, &wk, format, None);
-    hsm.close();
+    let exporter = Exporter::new(HsmPath::Direct(hsm.clone()));
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wrapped = runtime()?.block_on(exporter.wrap(&export, Arc::new(wk.clone()), None, started));
+    drop(exporter);
+    if let Ok(hsm) = Arc::try_unwrap(hsm) {
+        hsm.close();
+    }
+    let mut rec = record(attempt)?;
     let wrapped = match wrapped {
         Ok(w) => w,
         Err(e) => {
-            audit.write(rec, Err((e.code(), e.to_string())))?;
+            audit.write(rec, Err((e.code(), e.message())))?;
             return Err(e.into());
         }
     };
@@ -411,6 +423,25 @@ fn open_hsm(cfg: &Config) -> Result<Hsm, Error> {
     let shared = crate::journal::Journal::if_there(&cfg.journal)?
         .map(|j| j as std::sync::Arc<dyn crate::hsm::SharedRefusal>);
     Ok(Hsm::open_shared(&cfg.hsm, &cfg.policy, shared)?)
+}
+
+/// Whom the CLI's exports are by: the operator (a daemon caller's name cannot collide with
+/// it, it has a space), to whom its idempotency keys belong.
+const CLI_CALLER: &str = "hsm-bridge cli";
+
+/// A runtime for the one export a command makes.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("tokio runtime: {e}")))
+}
+
+/// The record an attempt kept, for the command line to write ([`CliAudit::write`]).
+fn record(attempt: crate::audit::Attempt) -> Result<crate::audit::Record, Error> {
+    attempt
+        .into_record()
+        .ok_or_else(|| Error::Io("the export's audit record was lost".into()))
 }
 
 /// The part of a refusal after "may not be exported: ".

@@ -22,8 +22,8 @@ pub enum KeyRef {
 }
 
 /// Longest label and id a caller may name (PKCS#11 sets no limit; HSMs use 32 to 128 bytes).
-pub const MAX_LABEL: usize = 128;
-pub const MAX_ID: usize = 64;
+pub(crate) const MAX_LABEL: usize = 128;
+pub(crate) const MAX_ID: usize = 64;
 
 impl KeyRef {
     /// A label as callers give it: 1 to `MAX_LABEL` bytes, no control characters, no glob
@@ -190,7 +190,7 @@ const ATTRS: [AttributeType; 9] = [
 ];
 
 /// Reads a key's attributes. `Ok(None)` if the object is not a secret or private key.
-pub fn read_info(s: &Session, handle: ObjectHandle) -> Result<Option<KeyInfo>, CkError> {
+pub(crate) fn read_info(s: &Session, handle: ObjectHandle) -> Result<Option<KeyInfo>, CkError> {
     let attrs = s.get_attributes(handle, &ATTRS)?;
     let mut info = KeyInfo {
         handle,
@@ -231,7 +231,7 @@ pub fn read_info(s: &Session, handle: ObjectHandle) -> Result<Option<KeyInfo>, C
 
 /// Finds the one secret or private key that `key` names. Public keys and certificates that
 /// share the label or id are ignored; two secret/private keys are an error.
-pub fn find(s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
+pub(crate) fn find(s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
     let mut template = Vec::new();
     if let Some(l) = key.label_named() {
         template.push(Attribute::Label(l.as_bytes().to_vec()));
@@ -268,7 +268,7 @@ pub fn find(s: &Session, key: &KeyRef) -> Result<KeyInfo, HsmError> {
 }
 
 /// Whether a cached handle still names the same key.
-pub fn still_matches(info: &KeyInfo, key: &KeyRef) -> bool {
+pub(crate) fn still_matches(info: &KeyInfo, key: &KeyRef) -> bool {
     key.label_named().is_none_or(|l| info.label == l)
         && key.id_named().is_none_or(|id| info.id == id)
         && match key {
@@ -278,7 +278,7 @@ pub fn still_matches(info: &KeyInfo, key: &KeyRef) -> bool {
 }
 
 /// Every secret and private key on the token, sorted by label then id.
-pub fn list(s: &Session) -> Result<Vec<KeyInfo>, HsmError> {
+pub(crate) fn list(s: &Session) -> Result<Vec<KeyInfo>, HsmError> {
     let mut out = Vec::new();
     for class in [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY] {
         let handles = s

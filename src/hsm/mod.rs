@@ -13,7 +13,7 @@ pub(crate) mod pool;
 pub mod raw;
 pub(crate) mod selftest;
 mod token;
-pub mod uri;
+pub(crate) mod uri;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};

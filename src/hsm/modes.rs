@@ -104,19 +104,19 @@ impl Capabilities {
 
 /// A key to wrap: its handle and shape.
 #[derive(Debug, Clone, Copy)]
-pub struct Target {
+pub(crate) struct Target {
     pub handle: ObjectHandle,
     pub shape: KeyShape,
 }
 
 /// A session object destroyed when this goes out of scope.
-pub struct SessionObject<'a> {
+pub(crate) struct SessionObject<'a> {
     session: &'a Session,
     pub handle: ObjectHandle,
 }
 
 impl<'a> SessionObject<'a> {
-    pub fn new(session: &'a Session, handle: ObjectHandle) -> Self {
+    pub(crate) fn new(session: &'a Session, handle: ObjectHandle) -> Self {
         SessionObject { session, handle }
     }
 }
@@ -130,7 +130,7 @@ impl Drop for SessionObject<'_> {
 }
 
 /// Imports `wk` as a session public key with CKA_WRAP.
-pub fn import_wrapping_key<'a>(
+pub(crate) fn import_wrapping_key<'a>(
     s: &'a Session,
     wk: &WrappingKey,
 ) -> Result<SessionObject<'a>, HsmError> {
@@ -151,7 +151,7 @@ pub fn import_wrapping_key<'a>(
 
 /// What a session AES key made from a known value is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AesRole {
+pub(crate) enum AesRole {
     /// Wraps other keys; cannot itself leave the token (hybrid mode's K, the self-test's KEK).
     Wrapping,
     /// Is wrapped; extractable (the self-test's known AES target).
@@ -160,7 +160,7 @@ pub enum AesRole {
 
 /// Creates a session AES key with value `k`. The template's copy of `k` is zeroized
 /// before returning.
-pub fn session_aes<'a>(
+pub(crate) fn session_aes<'a>(
     s: &'a Session,
     k: &[u8],
     role: AesRole,
@@ -186,7 +186,7 @@ pub fn session_aes<'a>(
 }
 
 /// Generates a session AES-256 key in the token that can wrap and be wrapped.
-pub fn session_aes_generate(s: &Session) -> Result<SessionObject<'_>, HsmError> {
+pub(crate) fn session_aes_generate(s: &Session) -> Result<SessionObject<'_>, HsmError> {
     let handle = s
         .generate_key(
             &Mechanism::AesKeyGen,
@@ -214,7 +214,7 @@ fn size_hint(shape: KeyShape) -> usize {
 
 /// Wraps `target` for `wk` in `format`, in `mode` (a direct format always wraps with one
 /// `C_WrapKey` in the token, whatever the mode).
-pub fn wrap(
+pub(crate) fn wrap(
     raw: &RawModule,
     s: &Session,
     caps: &Capabilities,
@@ -425,7 +425,7 @@ fn check_opens(k: &[u8], c2: &[u8], scratch: &mut [u8], shape: KeyShape) -> Resu
 }
 
 /// What an operator reads when the partition forbids private-key wrapping.
-pub const PRIVATE_WRAP_REFUSED: &str = "the partition does not allow private-key wrapping (Luna: key export mode, partition policy 1; AES keys are unaffected)";
+pub(crate) const PRIVATE_WRAP_REFUSED: &str = "the partition does not allow private-key wrapping (Luna: key export mode, partition policy 1; AES keys are unaffected)";
 
 fn check_rsa_export(caps: &Capabilities, mode: WrapMode) -> Result<(), HsmError> {
     if let Some(rv) = &caps.private_wrap_refused {
@@ -447,7 +447,7 @@ fn unavailable(mode: WrapMode) -> HsmError {
 }
 
 /// A direct format on a token that does not do OAEP with its hash.
-pub fn no_direct_oaep(format: &'static Format) -> HsmError {
+pub(crate) fn no_direct_oaep(format: &'static Format) -> HsmError {
     Unsupported::NoDirectOaep {
         format: format.name,
         hash: format.hash.as_str(),
@@ -457,7 +457,7 @@ pub fn no_direct_oaep(format: &'static Format) -> HsmError {
 }
 
 /// Name and number of a wrap mechanism, for messages.
-pub fn describe(m: WrapMechanism) -> String {
+pub(crate) fn describe(m: WrapMechanism) -> String {
     match m {
         WrapMechanism::RsaAesKeyWrap(h) => {
             format!("CKM_RSA_AES_KEY_WRAP (0x1054) with OAEP {}", h.as_str())
@@ -467,7 +467,7 @@ pub fn describe(m: WrapMechanism) -> String {
     }
 }
 
-pub fn kwp_name(n: CK_MECHANISM_TYPE) -> &'static str {
+pub(crate) fn kwp_name(n: CK_MECHANISM_TYPE) -> &'static str {
     match n {
         super::raw::CKM_AES_KEY_WRAP_KWP => "CKM_AES_KEY_WRAP_KWP",
         super::raw::CKM_AES_KEY_WRAP_PAD => "CKM_AES_KEY_WRAP_PAD",

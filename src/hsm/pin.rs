@@ -14,11 +14,11 @@ use crate::hardening::Locked;
 
 /// The user PIN, in locked memory; zeroed when dropped. Its `Debug` shows no digits.
 #[derive(Debug)]
-pub struct Pin(Locked);
+pub(crate) struct Pin(Locked);
 
 impl Pin {
     /// The PIN's bytes, for `C_Login` only.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         self.0.as_slice()
     }
 }
@@ -27,7 +27,7 @@ impl Pin {
 const MAX_PIN: usize = 256;
 
 /// Reads the PIN from `path`. Refused if group or other may read or write the file.
-pub fn from_file(path: &Path) -> Result<Pin, HsmError> {
+pub(crate) fn from_file(path: &Path) -> Result<Pin, HsmError> {
     let bad = |msg: String| HsmError::Pin(format!("PIN file {}: {msg}", path.display()));
     let mut f = crate::hardening::open_private(path, "PIN file")
         .map_err(|e| HsmError::Pin(e.to_string()))?;
@@ -40,7 +40,7 @@ pub fn from_file(path: &Path) -> Result<Pin, HsmError> {
 }
 
 /// Reads the PIN from the environment variable `name`.
-pub fn from_env(name: &str) -> Result<Pin, HsmError> {
+pub(crate) fn from_env(name: &str) -> Result<Pin, HsmError> {
     let value = Zeroizing::new(std::env::var(name).map_err(|_| {
         HsmError::Pin(format!(
             "environment variable {name} (hsm.pin_env) is not set"
@@ -86,14 +86,14 @@ pub trait SharedRefusal: Send + Sync {
 /// (`hsm-bridge pin-reset`) once the PIN is fixed. A journal that cannot be read (within
 /// its 5 s timeout) leaves the marker file to decide, and the log says so: the daemon
 /// starts when the journal is down.
-pub struct Refusal {
+pub(crate) struct Refusal {
     seen: OnceLock<String>,
     marker: Option<PathBuf>,
     shared: Option<std::sync::Arc<dyn SharedRefusal>>,
 }
 
 impl Refusal {
-    pub fn new(
+    pub(crate) fn new(
         marker: Option<PathBuf>,
         shared: Option<std::sync::Arc<dyn SharedRefusal>>,
     ) -> Refusal {
@@ -105,7 +105,7 @@ impl Refusal {
     }
 
     /// Why no `C_Login` may be tried on `token`, if none may.
-    pub fn get(&self, token: &str) -> Option<String> {
+    pub(crate) fn get(&self, token: &str) -> Option<String> {
         if let Some(why) = self.seen.get() {
             return Some(format!(
                 "{why}, earlier; not trying the PIN again (fix it and restart)"
@@ -151,7 +151,7 @@ impl Refusal {
 
     /// Remembers that the token refused the PIN, and leaves the marker and the journal's
     /// record; returns what to add to the refusal's message about them.
-    pub fn set(&self, token: &str, why: &str) -> String {
+    pub(crate) fn set(&self, token: &str, why: &str) -> String {
         let _ = self.seen.set(why.to_string());
         let line = format!(
             "{} token {token:?}: {why}\n",

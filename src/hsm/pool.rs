@@ -7,19 +7,19 @@ use std::time::{Duration, Instant};
 
 use cryptoki::session::Session;
 
-pub struct Pool {
+pub(crate) struct Pool {
     idle: Mutex<Vec<Session>>,
     returned: Condvar,
 }
 
 /// A session on loan; it goes back to the pool when dropped.
-pub struct Lease<'a> {
+pub(crate) struct Lease<'a> {
     pool: &'a Pool,
     session: Option<Session>,
 }
 
 impl Pool {
-    pub fn new(sessions: Vec<Session>) -> Self {
+    pub(crate) fn new(sessions: Vec<Session>) -> Self {
         Pool {
             idle: Mutex::new(sessions),
             returned: Condvar::new(),
@@ -27,7 +27,7 @@ impl Pool {
     }
 
     /// Waits up to `wait` for an idle session; `None` if none came free in time.
-    pub fn get(&self, wait: Duration) -> Option<Lease<'_>> {
+    pub(crate) fn get(&self, wait: Duration) -> Option<Lease<'_>> {
         let deadline = Instant::now() + wait;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -48,14 +48,14 @@ impl Pool {
     }
 
     /// Takes every idle session out (for shutdown).
-    pub fn drain(&self) -> Vec<Session> {
+    pub(crate) fn drain(&self) -> Vec<Session> {
         std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 impl Lease<'_> {
     /// Puts `fresh` in place of the leased session, which closes.
-    pub fn replace(&mut self, fresh: Session) {
+    pub(crate) fn replace(&mut self, fresh: Session) {
         self.session = Some(fresh);
     }
 }

@@ -28,7 +28,7 @@ use crate::config::{JournalConfig, JournalStore};
 
 mod postgres;
 pub mod schema;
-pub mod seal;
+pub(crate) mod seal;
 mod sqlite;
 
 pub use seal::RecordKey;

@@ -31,7 +31,7 @@ use super::{Backend, BoxFuture, Entry, JournalError, Made, Outcome, RawClaim, Re
 const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// Longest wait for a connection or one statement.
 const TIMEOUT: Duration = Duration::from_secs(5);
-pub struct Postgres {
+pub(super) struct Postgres {
     config: tokio_postgres::Config,
     password_file: Option<PathBuf>,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -49,7 +49,7 @@ fn pg_error(e: tokio_postgres::Error) -> JournalError {
 }
 
 /// Where the journal is, for logs: user, hosts, database; never a password.
-pub fn describe(pg: &tokio_postgres::Config) -> String {
+pub(super) fn describe(pg: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = pg
         .get_hosts()
         .iter()
@@ -67,7 +67,7 @@ pub fn describe(pg: &tokio_postgres::Config) -> String {
 }
 
 impl Postgres {
-    pub fn new(
+    pub(super) fn new(
         config: tokio_postgres::Config,
         password_file: Option<PathBuf>,
         ca_file: Option<PathBuf>,

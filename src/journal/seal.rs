@@ -16,10 +16,10 @@ use crate::hardening::Locked;
 use crate::hsm::Hsm;
 
 /// The label of the token's record key when `journal.mac_key_label` is not set.
-pub const DEFAULT_LABEL: &str = "hsm-bridge-journal-mac";
+pub(crate) const DEFAULT_LABEL: &str = "hsm-bridge-journal-mac";
 
 /// Fewest bytes of key a record key may have (the HMAC-SHA256 output length).
-pub const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = 32;
 /// Most bytes read from `journal.mac_key_file`.
 const MAX_FILE_BYTES: usize = 1024;
 
@@ -125,7 +125,7 @@ impl RecordKey {
 const PROBE: &[u8] = b"hsm-bridge journal record key probe";
 
 /// HMAC-SHA256 by OpenSSL.
-pub fn software_mac(key: &[u8], data: &[u8]) -> Result<[u8; 32], String> {
+pub(crate) fn software_mac(key: &[u8], data: &[u8]) -> Result<[u8; 32], String> {
     let pkey = openssl::pkey::PKey::hmac(key).map_err(|e| format!("record MAC: {e}"))?;
     let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &pkey)
         .map_err(|e| format!("record MAC: {e}"))?;
@@ -138,7 +138,7 @@ pub fn software_mac(key: &[u8], data: &[u8]) -> Result<[u8; 32], String> {
 }
 
 /// A record's content as its MAC covers it: everything but the lease and the times.
-pub struct Sealed<'a> {
+pub(crate) struct Sealed<'a> {
     pub entry: &'a Entry,
     pub state: State,
     pub body: Option<&'a [u8]>,
@@ -154,7 +154,7 @@ const DOMAIN: &[u8] = b"hsm-bridge journal record v1\0";
 
 impl<'a> Sealed<'a> {
     /// A record with no answer recorded yet (claimed, prepared, or before an outcome).
-    pub fn unanswered(
+    pub(crate) fn unanswered(
         entry: &'a Entry,
         state: State,
         body: Option<&'a [u8]>,
@@ -175,7 +175,7 @@ impl<'a> Sealed<'a> {
     /// The bytes the MAC is made over: a domain string, then each field as a presence byte
     /// and, when present, its length (4 bytes, big-endian) and bytes. No two different
     /// records encode alike.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
             match v {
                 None => out.push(0),
@@ -226,7 +226,7 @@ impl<'a> Sealed<'a> {
 }
 
 /// The request part of a stored record, as a claim would have written it.
-pub fn entry_of(r: &Record) -> Result<Entry, JournalError> {
+pub(crate) fn entry_of(r: &Record) -> Result<Entry, JournalError> {
     Ok(Entry {
         token: r.token.clone(),
         caller: r.caller.clone(),
@@ -248,7 +248,7 @@ pub fn entry_of(r: &Record) -> Result<Entry, JournalError> {
 }
 
 /// What a stored record's MAC must be made over.
-pub fn sealed_record<'a>(r: &'a Record, entry: &'a Entry) -> Sealed<'a> {
+pub(crate) fn sealed_record<'a>(r: &'a Record, entry: &'a Entry) -> Sealed<'a> {
     Sealed {
         entry,
         state: r.state,

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::schema::{self, Dialect, Migration};
 use super::{Backend, BoxFuture, Entry, JournalError, Made, Outcome, RawClaim, Record, now_ms};
 
-pub struct Sqlite {
+pub(super) struct Sqlite {
     path: PathBuf,
     conn: Arc<Mutex<Option<Connection>>>,
 }
@@ -25,7 +25,7 @@ fn unavailable(e: impl std::fmt::Display) -> JournalError {
 }
 
 impl Sqlite {
-    pub fn new(path: PathBuf) -> Sqlite {
+    pub(super) fn new(path: PathBuf) -> Sqlite {
         Sqlite {
             path,
             conn: Arc::new(Mutex::new(None)),

@@ -37,7 +37,7 @@ fn shown(url: &str) -> String {
 const MAX_URL: usize = 300;
 
 /// Parses and checks `url` against the allow-list.
-pub fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
+pub(crate) fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
     if url.len() > MAX_URL {
         return Err(refuse(url, "longer than any OCI endpoint"));
     }
@@ -95,7 +95,7 @@ pub fn check(url: &str, allowed: &[String]) -> Result<Endpoint, OciError> {
 
 /// Whether the normalised `base` (`https://host[:port]`) matches one of `patterns`, each
 /// `*` inside one DNS label.
-pub fn allowed_by(patterns: &[String], base: &str) -> bool {
+pub(crate) fn allowed_by(patterns: &[String], base: &str) -> bool {
     patterns
         .iter()
         .any(|p| host_glob_match(&p.to_ascii_lowercase(), base))

@@ -3,94 +3,36 @@
 //! socket), or the one entry marked `loopback = true` (plain text on loopback TCP). A caller
 //! no entry names gets nothing.
 
-use std::sync::Arc;
-
 use openssl::nid::Nid;
 use openssl::x509::X509;
 use tonic::Request;
 use tonic::transport::server::UdsConnectInfo;
 
-use crate::config::{ClientConfig, Operation};
-use crate::policy::{any_match, glob_match};
+use crate::config::ClientConfig;
+pub(crate) use crate::export::caller::{Caller, Identity};
 
-/// An identified caller and what it may do. Shared: the [`Authenticator`] makes one per
-/// `[[server.clients]]` entry when the settings are loaded, so identifying the caller of a
-/// call hands out a reference instead of copying its entry (BENCHMARKS.md, "The daemon's
-/// own CPU per call").
-#[derive(Debug, Clone)]
-pub struct Caller(Arc<Identity>);
-
-/// What a [`Caller`] is: its entry's name, how it was recognised, and its grants.
-#[derive(Debug)]
-pub struct Identity {
-    /// The `[[server.clients]]` name: what idempotency keys are scoped to.
-    pub name: String,
-    /// For audit: "name (CN=...)", "name (uid N)" or "name (loopback)".
-    pub display: String,
-    pub operations: Vec<Operation>,
-    /// Label globs of keys this caller may touch.
-    pub keys: Vec<String>,
-    /// Endpoint globs this caller may import into (`None`: every allowed endpoint).
-    pub endpoints: Option<Vec<String>>,
-    /// Compartment OCID globs its imports may land in (`None`: any).
-    pub compartments: Option<Vec<String>>,
-}
-
-impl std::ops::Deref for Caller {
-    type Target = Identity;
-
-    fn deref(&self) -> &Identity {
-        &self.0
-    }
-}
-
-impl Identity {
-    pub fn may(&self, op: Operation) -> bool {
-        self.operations.contains(&op)
-    }
-
-    pub fn may_touch(&self, label: &str) -> bool {
-        any_match(&self.keys, label)
-    }
-
-    /// Whether the normalised endpoint `base` is one this caller may import into.
-    pub fn may_send_to(&self, base: &str) -> bool {
-        self.endpoints
-            .as_ref()
-            .is_none_or(|p| crate::oci::endpoint::allowed_by(p, base))
-    }
-
-    pub fn may_use_compartment(&self, ocid: &str) -> bool {
-        self.compartments
-            .as_ref()
-            .is_none_or(|p| p.iter().any(|p| glob_match(p, ocid)))
-    }
-}
-
-impl Caller {
-    /// Entry `c` as a caller recognised on `transport`: by its CN, its uid, or loopback.
-    /// (An entry that cannot match on `transport` is never handed out; its text says so.)
-    fn from_entry(c: &ClientConfig, transport: Transport) -> Caller {
-        let how = match (transport, &c.subject_cn, c.unix_uid) {
-            (Transport::Tls, Some(cn), _) => format!("CN={cn}"),
-            (Transport::Unix, _, Some(uid)) => format!("uid {uid}"),
-            (Transport::Loopback, _, _) if c.loopback => "loopback".into(),
-            _ => "not on this listener".into(),
-        };
-        Caller(Arc::new(Identity {
-            name: c.name.clone(),
-            display: format!("{} ({how})", c.name),
-            operations: c.operations.clone(),
-            keys: c.keys.clone(),
-            endpoints: c.oci_endpoints.clone(),
-            compartments: c.oci_compartments.clone(),
-        }))
-    }
+/// Entry `c` as a caller recognised on `transport`: by its CN, its uid, or loopback. (An
+/// entry that cannot match on `transport` is never handed out; its text says so.)
+fn from_entry(c: &ClientConfig, transport: Transport) -> Caller {
+    let how = match (transport, &c.subject_cn, c.unix_uid) {
+        (Transport::Tls, Some(cn), _) => format!("CN={cn}"),
+        (Transport::Unix, _, Some(uid)) => format!("uid {uid}"),
+        (Transport::Loopback, _, _) if c.loopback => "loopback".into(),
+        _ => "not on this listener".into(),
+    };
+    Caller::new(Identity {
+        name: c.name.clone(),
+        display: format!("{} ({how})", c.name),
+        operations: c.operations.clone(),
+        keys: c.keys.clone(),
+        endpoints: c.oci_endpoints.clone(),
+        compartments: c.oci_compartments.clone(),
+    })
 }
 
 /// How the listener tells callers apart, fixed at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// mTLS: by certificate subject CN.
     Tls,
     /// Plain text on a Unix socket: by the peer's uid.
@@ -100,7 +42,7 @@ pub enum Transport {
 }
 
 #[derive(Debug, Clone)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     transport: Transport,
     clients: Vec<ClientConfig>,
     /// `clients[i]` as the caller [`Self::identify`] hands out.
@@ -111,11 +53,8 @@ pub struct Authenticator {
 const MAX_CN_SHOWN: usize = 64;
 
 impl Authenticator {
-    pub fn new(transport: Transport, clients: Vec<ClientConfig>) -> Authenticator {
-        let callers = clients
-            .iter()
-            .map(|c| Caller::from_entry(c, transport))
-            .collect();
+    pub(crate) fn new(transport: Transport, clients: Vec<ClientConfig>) -> Authenticator {
+        let callers = clients.iter().map(|c| from_entry(c, transport)).collect();
         Authenticator {
             transport,
             clients,
@@ -124,7 +63,7 @@ impl Authenticator {
     }
 
     /// The entries this listener can ever match (for a start-up warning when there are none).
-    pub fn reachable(&self) -> usize {
+    pub(crate) fn reachable(&self) -> usize {
         self.clients.iter().filter(|c| self.kind_of(c)).count()
     }
 
@@ -137,7 +76,7 @@ impl Authenticator {
     }
 
     /// Whether a client certificate (DER) would identify a caller on this TLS listener.
-    pub fn lists_certificate(&self, leaf: &[u8]) -> bool {
+    pub(crate) fn lists_certificate(&self, leaf: &[u8]) -> bool {
         self.transport == Transport::Tls
             && subject_cn_cached(leaf).is_ok_and(|cn| {
                 self.clients
@@ -148,7 +87,7 @@ impl Authenticator {
 
     /// The caller of `req`, or why it is not recognised (for UNAUTHENTICATED and audit;
     /// bounded, printable text).
-    pub fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Unidentified> {
+    pub(crate) fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Unidentified> {
         let entry = match self.transport {
             Transport::Tls => {
                 let certs = req.peer_certs().ok_or(Unidentified::NoCertificate)?;
@@ -184,7 +123,7 @@ impl Authenticator {
 /// Why a caller is not recognised: the text of UNAUTHENTICATED and of the audit record
 /// (bounded: a CN is quoted at most [`MAX_CN_SHOWN`] characters long).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unidentified {
+pub(crate) enum Unidentified {
     #[error("no client certificate was presented")]
     NoCertificate,
     #[error("the client certificate {0}")]

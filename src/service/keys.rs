@@ -8,7 +8,8 @@ use super::Bridge;
 use super::auth::Caller;
 use super::request::{deadline, key_ref, page_token, parse_page_token, shape};
 use crate::config::Operation;
-use crate::hsm::{Hsm, HsmError, KeyDenied, KeyInfo, KeyRef};
+use crate::export::caller::hide_by_id;
+use crate::hsm::{Hsm, KeyInfo};
 use crate::proto;
 use crate::wrap;
 
@@ -68,14 +69,14 @@ impl Bridge {
             && !caller.may_touch(l)
         {
             return Err(Status::permission_denied(
-                may_not_touch(&caller, l).to_string(),
+                caller.may_not_touch(l).to_string(),
             ));
         }
         let info = self
             .on_hsm(deadline, move |hsm, d| {
                 hsm.find_key(&key, d)
                     .and_then(|info| {
-                        permit(&caller, &info)?;
+                        caller.permit(&info)?;
                         Ok(info)
                     })
                     .map_err(|e| hide_by_id(&key, e))
@@ -104,32 +105,4 @@ pub(super) fn denied(op: &str, caller: &Caller) -> Status {
         "{} may not call {op}; the operator grants operations in server.clients",
         caller.display
     ))
-}
-
-pub(super) fn may_not_touch(caller: &Caller, label: &str) -> KeyDenied {
-    KeyDenied {
-        caller: caller.display.clone(),
-        label: label.to_string(),
-        patterns: caller.keys.clone(),
-    }
-}
-
-/// The key `caller` found, if its patterns allow it.
-pub(super) fn permit(caller: &Caller, info: &KeyInfo) -> Result<(), KeyDenied> {
-    if caller.may_touch(&info.label) {
-        Ok(())
-    } else {
-        Err(may_not_touch(caller, &info.label))
-    }
-}
-
-/// A key named by id only (no label) that is missing, or that the caller may not touch, gets one answer
-/// that names no key: probing ids learns neither labels nor which ids exist.
-pub(super) fn hide_by_id(key: &KeyRef, e: HsmError) -> HsmError {
-    match (key.label_named(), key.id_named(), &e) {
-        (None, Some(id), HsmError::KeyNotFound(_) | HsmError::Denied(_)) => {
-            HsmError::NoKeyYouMayUse(format!("CKA_ID {}", wrap::hex(id)))
-        }
-        _ => e,
-    }
 }

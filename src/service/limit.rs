@@ -30,7 +30,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 /// What a tracker does with a socket that arrives when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenFull {
+pub(crate) enum WhenFull {
     /// Close the newcomer (members have proved who they are).
     Refuse,
     /// Close the oldest member (of the newcomer's address, when that address is at its cap):
@@ -40,7 +40,7 @@ pub enum WhenFull {
 
 /// One listener's (or one stage's) limits.
 #[derive(Debug, Clone)]
-pub struct Caps {
+pub(crate) struct Caps {
     /// How the listener is named in logs, e.g. "server.listen".
     pub what: &'static str,
     pub max: usize,
@@ -54,7 +54,7 @@ pub struct Caps {
 }
 
 /// What a tracker knows of one open connection.
-pub struct Conn {
+pub(crate) struct Conn {
     id: u64,
     peer: Option<SocketAddr>,
     opened: Instant,
@@ -107,7 +107,7 @@ impl Conn {
 /// The connection a call came on, in the call's request extensions (set by
 /// [`InFlightLayer`]).
 #[derive(Clone)]
-pub struct ConnHandle(pub Arc<Conn>);
+pub(crate) struct ConnHandle(pub Arc<Conn>);
 
 struct Members {
     next_id: u64,
@@ -121,14 +121,14 @@ struct Members {
 }
 
 /// The open connections of one listener or stage.
-pub struct Tracker {
+pub(crate) struct Tracker {
     caps: Caps,
     members: Mutex<Members>,
 }
 
 impl Tracker {
     /// A tracker with `caps`, and its sweeper (which ends when the tracker is dropped).
-    pub fn new(caps: Caps) -> Arc<Tracker> {
+    pub(crate) fn new(caps: Caps) -> Arc<Tracker> {
         let t = Arc::new(Tracker {
             caps,
             members: Mutex::new(Members {
@@ -165,7 +165,7 @@ impl Tracker {
     }
 
     /// Admits a connection from `peer`, or says why not (the caller closes it).
-    pub fn admit(self: &Arc<Self>, peer: Option<SocketAddr>) -> Option<Slot> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: Option<SocketAddr>) -> Option<Slot> {
         let mut m = self.lock();
         let ip = peer.map(|p| p.ip());
         let crowded = |m: &Members| {
@@ -255,7 +255,7 @@ impl Tracker {
     }
 
     /// The member connected from `peer`, if any.
-    pub fn find(&self, peer: &SocketAddr) -> Option<Arc<Conn>> {
+    pub(crate) fn find(&self, peer: &SocketAddr) -> Option<Arc<Conn>> {
         self.lock().by_peer.get(peer).cloned()
     }
 
@@ -320,13 +320,13 @@ async fn sweep(tracker: Weak<Tracker>, every: Duration) {
 }
 
 /// A connection's membership: it leaves its tracker when dropped.
-pub struct Slot {
+pub(crate) struct Slot {
     tracker: Arc<Tracker>,
     conn: Arc<Conn>,
 }
 
 impl Slot {
-    pub fn conn(&self) -> &Arc<Conn> {
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
         &self.conn
     }
 }
@@ -338,7 +338,7 @@ impl Drop for Slot {
 }
 
 /// A socket that is a member of a tracker while it is open, and notes when bytes move.
-pub struct Limited<S> {
+pub(crate) struct Limited<S> {
     slot: Slot,
     io: S,
 }
@@ -346,7 +346,7 @@ pub struct Limited<S> {
 impl<S> Limited<S> {
     /// Moves the connection to `tracker` (after a TLS handshake: from the handshake stage
     /// to the established connections); false, and still where it was, if it has no room.
-    pub fn enter(&mut self, tracker: &Arc<Tracker>) -> bool {
+    pub(crate) fn enter(&mut self, tracker: &Arc<Tracker>) -> bool {
         match tracker.admit(self.slot.conn.peer) {
             Some(slot) => {
                 self.slot = slot;
@@ -356,7 +356,7 @@ impl<S> Limited<S> {
         }
     }
 
-    pub fn conn(&self) -> &Arc<Conn> {
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
         self.slot.conn()
     }
 }
@@ -451,7 +451,7 @@ fn closed() -> std::io::Error {
 /// Accepts with `accept` (a socket and its peer's address, if it has one) until the
 /// returned stream is dropped, each socket a member of `tracker` or closed at once. Accept
 /// errors (EMFILE included) pause the loop briefly instead of spinning.
-pub fn incoming<S, F, Fut>(
+pub(crate) fn incoming<S, F, Fut>(
     tracker: Arc<Tracker>,
     mut accept: F,
 ) -> ReceiverStream<Result<Limited<S>, std::io::Error>>
@@ -495,7 +495,7 @@ fn reserve(limit: u64) -> u64 {
 
 /// The connection caps that fit in the file limit `limit`: `wanted` as asked when they
 /// fit beside the [`reserve`], else each cut in proportion (at least 1).
-pub fn plan(limit: u64, wanted: &[usize]) -> Vec<usize> {
+pub(crate) fn plan(limit: u64, wanted: &[usize]) -> Vec<usize> {
     let room = limit.saturating_sub(reserve(limit)) as usize;
     let sum: usize = wanted.iter().sum();
     if sum <= room {
@@ -508,7 +508,7 @@ pub fn plan(limit: u64, wanted: &[usize]) -> Vec<usize> {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard one; returns (the limit now, the limit before).
-pub fn raise_file_limit() -> (u64, u64) {
+pub(crate) fn raise_file_limit() -> (u64, u64) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let r = getrlimit(Resource::Nofile);
     let before = r.current.unwrap_or(u64::MAX);
@@ -527,7 +527,7 @@ pub fn raise_file_limit() -> (u64, u64) {
 /// Counts each call on its connection (so that a connection with a call in progress is
 /// never idle) and hands the call its connection ([`ConnHandle`]).
 #[derive(Clone)]
-pub struct InFlightLayer(pub Arc<Tracker>);
+pub(crate) struct InFlightLayer(pub Arc<Tracker>);
 
 impl<S> tower_layer::Layer<S> for InFlightLayer {
     type Service = InFlight<S>;
@@ -541,7 +541,7 @@ impl<S> tower_layer::Layer<S> for InFlightLayer {
 }
 
 #[derive(Clone)]
-pub struct InFlight<S> {
+pub(crate) struct InFlight<S> {
     inner: S,
     tracker: Arc<Tracker>,
 }

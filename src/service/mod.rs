@@ -9,21 +9,20 @@
 //! `request.rs` (what a call carries, parsed), `auth.rs` (who calls), `keys.rs`
 //! (ListSourceKeys, GetSourceKey, what a caller may see), `wrap_key.rs` (WrapKey and the
 //! admission every export shares), `imports.rs` (ImportKeyVersion, ImportKey), `audit.rs`
-//! (the records and the guard that writes one per attempt), `queue.rs`, `limit.rs`,
+//! (the caller identified first, the record written with the call's result), `limit.rs`,
 //! `server.rs`, and `status.rs`, the one mapping of errors to gRPC codes.
 
-pub mod audit;
-pub mod auth;
+pub(crate) mod audit;
+pub(crate) mod auth;
 mod imports;
 mod keys;
-pub mod limit;
+pub(crate) mod limit;
 mod notify;
-pub mod queue;
 mod reload;
 mod request;
-pub mod server;
-pub mod status;
-pub mod tls;
+pub(crate) mod server;
+pub(crate) mod status;
+pub(crate) mod tls;
 mod wrap_key;
 
 use std::sync::Arc;
@@ -31,35 +30,35 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use crate::audit::{self as audit_log, Audit, Record};
+use crate::audit::{self as audit_log, Attempt, Audit, Record};
 use crate::config::{PolicyConfig, ProtectionMode};
+use crate::export::oci::OciSide;
+use crate::export::queue::HsmQueue;
+use crate::export::{Exporter, HsmPath};
 use crate::hsm::{Hsm, HsmError};
-use crate::import;
 use crate::policy::WrappingKeyPolicy;
 use crate::proto::{self, key_source_bridge_server::KeySourceBridge};
 use crate::wrap;
-use audit::AuditOnDrop;
 use auth::{Authenticator, Caller};
-use queue::{HsmQueue, Refused};
 
 /// What SIGHUP may replace (`server.rs`, `reload`): a call takes the settings current at
 /// its start and keeps them to its end.
-pub struct Settings {
+pub(crate) struct Settings {
     auth: Authenticator,
     /// Which caller-supplied wrapping keys `WrapKey` may use.
     wrapping_policy: WrappingKeyPolicy,
     /// The OCI client, identities and endpoint allow-list (and the shared journal).
-    oci: Arc<import::OciSide>,
+    oci: Arc<OciSide>,
     /// `policy.protection_modes`: what an import may create or add a version to.
     protection_modes: Vec<ProtectionMode>,
 }
 
 impl Settings {
-    pub fn new(
+    pub(crate) fn new(
         auth: Authenticator,
         policy: &PolicyConfig,
         wrapping_policy: WrappingKeyPolicy,
-        oci: import::OciSide,
+        oci: OciSide,
     ) -> Settings {
         Settings {
             auth,
@@ -71,11 +70,11 @@ impl Settings {
 }
 
 /// Everything a call needs, shared by all calls.
-pub struct Bridge {
+pub(crate) struct Bridge {
     hsm: Arc<Hsm>,
     audit: Arc<Audit>,
-    /// Admission to the HSM: bounded, fair, deadline-aware.
-    queue: HsmQueue,
+    /// The export core, over the HSM queue (bounded, fair, deadline-aware).
+    exporter: Exporter,
     /// Callers' wrapping keys, parsed once each.
     wrapping_keys: wrap::wrapping_key::ParsedKeys,
     settings: std::sync::RwLock<Arc<Settings>>,
@@ -107,7 +106,11 @@ impl KeySourceBridge for Bridge {
         req: Request<proto::WrapKeyRequest>,
     ) -> Result<Response<proto::WrapKeyResponse>, Status> {
         let _timer = crate::metrics::RpcTimer::start("WrapKey");
-        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit_log::Operation::WrapKey);
+        let mut guard = Attempt::new(
+            self.audit.clone(),
+            request::request_id(&req),
+            audit_log::Operation::WrapKey,
+        );
         let result = self.wrap_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
@@ -117,9 +120,9 @@ impl KeySourceBridge for Bridge {
         req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
         let _timer = crate::metrics::RpcTimer::start("ImportKeyVersion");
-        let mut guard = AuditOnDrop::new(
+        let mut guard = Attempt::new(
             self.audit.clone(),
-            &req,
+            request::request_id(&req),
             audit_log::Operation::ImportKeyVersion,
         );
         let result = self.import_key_version_inner(req, &mut guard).await;
@@ -131,14 +134,18 @@ impl KeySourceBridge for Bridge {
         req: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
         let _timer = crate::metrics::RpcTimer::start("ImportKey");
-        let mut guard = AuditOnDrop::new(self.audit.clone(), &req, audit_log::Operation::ImportKey);
+        let mut guard = Attempt::new(
+            self.audit.clone(),
+            request::request_id(&req),
+            audit_log::Operation::ImportKey,
+        );
         let result = self.import_key_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
 }
 
 impl Bridge {
-    pub fn new(
+    pub(crate) fn new(
         hsm: Arc<Hsm>,
         audit: Arc<Audit>,
         max_queue: usize,
@@ -146,7 +153,10 @@ impl Bridge {
         tls: Option<tls::TlsState>,
     ) -> Bridge {
         Bridge {
-            queue: HsmQueue::new(&hsm, hsm.sessions(), max_queue),
+            exporter: Exporter::new(HsmPath::Queued(
+                HsmQueue::new(&hsm, hsm.sessions(), max_queue),
+                hsm.clone(),
+            )),
             wrapping_keys: wrap::wrapping_key::ParsedKeys::new(hsm.min_wrapping_key_bits()),
             hsm,
             audit,
@@ -157,7 +167,7 @@ impl Bridge {
 
     /// Whether a client certificate (DER) names a `[[server.clients]]` entry now: a TLS
     /// connection whose certificate does not is closed after its handshake.
-    pub fn lists_certificate(&self, leaf: &[u8]) -> bool {
+    pub(crate) fn lists_certificate(&self, leaf: &[u8]) -> bool {
         self.settings().auth.lists_certificate(leaf)
     }
 
@@ -170,13 +180,13 @@ impl Bridge {
     }
 
     /// Puts `new` in place for calls that start from now on.
-    pub fn replace_settings(&self, new: Settings) {
+    pub(crate) fn replace_settings(&self, new: Settings) {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
     }
 
     /// Waits until every queued or running HSM call has finished (for shutdown).
-    pub async fn drain(&self, within: Duration) -> bool {
-        self.queue.drain(within).await
+    pub(crate) async fn drain(&self, within: Duration) -> bool {
+        self.exporter.hsm().drain(within).await
     }
 
     /// Runs `work` on an HSM worker (which has a session), if the queue has room; gives up
@@ -187,18 +197,11 @@ impl Bridge {
         deadline: Option<Instant>,
         work: impl FnOnce(&Hsm, Option<Instant>) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, Status> {
-        self.queue
+        self.exporter
+            .hsm()
             .run(deadline, work)
             .await
-            .map_err(|r| match r {
-                Refused::Full { capacity } => Status::resource_exhausted(format!(
-                    "the HSM queue is full ({capacity} calls in progress or waiting; server.max_queue); retry with backoff"
-                )),
-                Refused::Deadline => status::status(&HsmError::DeadlineExceeded),
-                Refused::Closed => Status::unavailable("the daemon is shutting down"),
-                Refused::Failed => Status::internal("HSM worker failed"),
-            })?
-            .map_err(|e| status::status(&e))
+            .map_err(|e| status::export(&e))
     }
 
     /// The caller of `req`, recorded in `rec`: the first thing every call does, before any

@@ -14,7 +14,7 @@ fn send(states: &[NotifyState<'_>]) {
 }
 
 /// The daemon is serving at `addr`.
-pub fn ready(addr: &str) {
+pub(super) fn ready(addr: &str) {
     send(&[
         NotifyState::Ready,
         NotifyState::Status(&format!("serving on {addr}")),
@@ -22,7 +22,7 @@ pub fn ready(addr: &str) {
 }
 
 /// A reload starts (systemd 253 and later want the monotonic time with it).
-pub fn reloading() {
+pub(super) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
@@ -30,18 +30,18 @@ pub fn reloading() {
 }
 
 /// A reload is done (or was refused, keeping the old settings): ready again.
-pub fn reloaded(status: &str) {
+pub(super) fn reloaded(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// Shutdown has begun.
-pub fn stopping() {
+pub(super) fn stopping() {
     send(&[NotifyState::Stopping]);
 }
 
 /// With `WatchdogSec=`, a keep-alive at half the interval for as long as the runtime runs:
 /// it says the daemon's event loop is alive (the token's health is the health service's).
-pub fn spawn_watchdog() {
+pub(super) fn spawn_watchdog() {
     let Some(every) = sd_notify::watchdog_enabled() else {
         return;
     };

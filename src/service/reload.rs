@@ -20,20 +20,23 @@ use crate::config::Config;
 use crate::journal::Journal;
 
 /// The settings `cfg` gives, for `transport`, with the daemon's journal.
-pub fn settings(
+pub(super) fn settings(
     cfg: &Config,
     transport: Transport,
     journal: &Arc<Journal>,
 ) -> Result<Settings, Error> {
     let auth = Authenticator::new(transport, cfg.server.clients.clone());
     let wrapping_policy = crate::policy::WrappingKeyPolicy::load(&cfg.policy)?;
-    let oci =
-        crate::import::OciSide::load(&cfg.oci, cfg.policy.min_wrapping_key_bits, journal.clone())?;
+    let oci = crate::export::oci::OciSide::load(
+        &cfg.oci,
+        cfg.policy.min_wrapping_key_bits,
+        journal.clone(),
+    )?;
     Ok(Settings::new(auth, &cfg.policy, wrapping_policy, oci))
 }
 
 /// What a reload needs: where the config is, and what it was at start.
-pub struct Reloader {
+pub(super) struct Reloader {
     pub path: PathBuf,
     pub transport: Transport,
     /// The TLS of new connections, when the daemon speaks TLS.
@@ -48,7 +51,7 @@ pub struct Reloader {
 /// `policy.exportable`, `policy.allow_hybrid` and `policy.min_wrapping_key_bits` (which the
 /// HSM layer and WrapKey's key cache hold), every `[server]` setting but the clients and the
 /// TLS files, `[journal]`, `[audit]`, `[metrics]`.
-pub fn fixed_parts(cfg: &Config) -> Vec<(&'static str, String)> {
+pub(super) fn fixed_parts(cfg: &Config) -> Vec<(&'static str, String)> {
     let s = &cfg.server;
     let v = |x: &dyn std::fmt::Debug| format!("{x:?}");
     vec![
@@ -104,7 +107,7 @@ fn changed(now: &[(&'static str, String)], then: &[(&'static str, String)]) -> V
 
 impl Reloader {
     /// Reloads on every SIGHUP, for as long as the runtime runs.
-    pub fn spawn(self, bridge: Arc<Bridge>) {
+    pub(super) fn spawn(self, bridge: Arc<Bridge>) {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("no SIGHUP handler: the config cannot be reloaded without a restart");

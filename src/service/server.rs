@@ -30,7 +30,7 @@ const PROCESS_SERVICE: &str = "hsm-bridge.process";
 const HEALTH_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until a signal; `Ok` after a clean shutdown.
-pub fn serve(cfg: Config) -> Result<(), Error> {
+pub(crate) fn serve(cfg: Config) -> Result<(), Error> {
     let listen = cfg.server.listen()?;
     let tls = match &listen {
         Listen::Tcp(_) if !cfg.server.plaintext => Some(super::tls::TlsState::new(

@@ -4,11 +4,11 @@
 use tonic::Status;
 
 use crate::code::Code;
+use crate::export::ExportError;
 use crate::hsm::HsmError;
-use crate::import::ImportError;
 
 /// tonic's code for a canonical code.
-pub fn grpc(c: Code) -> tonic::Code {
+pub(crate) fn grpc(c: Code) -> tonic::Code {
     match c {
         Code::Ok => tonic::Code::Ok,
         Code::Cancelled => tonic::Code::Cancelled,
@@ -31,7 +31,7 @@ pub fn grpc(c: Code) -> tonic::Code {
 }
 
 /// The canonical code for tonic's (the status a handler answered, for its audit record).
-pub fn canonical(c: tonic::Code) -> Code {
+pub(crate) fn canonical(c: tonic::Code) -> Code {
     Code::ALL
         .into_iter()
         .find(|&x| grpc(x) == c)
@@ -39,7 +39,7 @@ pub fn canonical(c: tonic::Code) -> Code {
 }
 
 /// An HSM-layer error as a status; its CKR code is counted.
-pub fn status(e: &HsmError) -> Status {
+pub(crate) fn status(e: &HsmError) -> Status {
     if let Some(rv) = e.rv() {
         crate::metrics::get().hsm_error(&crate::hsm::ckr_name(rv));
     }
@@ -47,21 +47,21 @@ pub fn status(e: &HsmError) -> Status {
 }
 
 /// A caller's wrapping key the policy refuses.
-pub fn refused_wrapping_key(e: &crate::policy::WrappingKeyRefused) -> Status {
+pub(crate) fn refused_wrapping_key(e: &crate::policy::WrappingKeyRefused) -> Status {
     Status::permission_denied(e.to_string())
 }
 
-/// An import's refusal as a status.
-pub fn import(e: &ImportError) -> Status {
+/// An export's refusal as a status.
+pub(crate) fn export(e: &ExportError) -> Status {
     match e {
-        ImportError::Hsm(h) => status(h),
+        ExportError::Hsm(h) => status(h),
         other => Status::new(grpc(other.code()), other.message()),
     }
 }
 
-impl From<ImportError> for Status {
-    fn from(e: ImportError) -> Status {
-        import(&e)
+impl From<ExportError> for Status {
+    fn from(e: ExportError) -> Status {
+        export(&e)
     }
 }
 
@@ -131,7 +131,7 @@ mod tests {
             (429, "TooManyRequests", G::Unavailable),
             (503, "ServiceUnavailable", G::Unavailable),
         ] {
-            let s = import(&ImportError::Oci(service(status, code)));
+            let s = export(&ExportError::Oci(service(status, code)));
             assert_eq!(s.code(), grpc, "{status}");
             assert!(
                 s.message().contains(code) && s.message().contains("OPC1"),
@@ -145,12 +145,12 @@ mod tests {
             why: "could not connect".into(),
             attempts: 5,
         };
-        assert_eq!(import(&ImportError::Oci(t)).code(), G::Unavailable);
+        assert_eq!(export(&ExportError::Oci(t)).code(), G::Unavailable);
         let d = KmsError::Deadline {
             op: "ImportKey",
             attempts: 1,
             last: String::new(),
         };
-        assert_eq!(import(&ImportError::Oci(d)).code(), G::DeadlineExceeded);
+        assert_eq!(export(&ExportError::Oci(d)).code(), G::DeadlineExceeded);
     }
 }

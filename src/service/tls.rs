@@ -33,7 +33,7 @@ use crate::config::ServerConfig;
 /// The TLS configuration new handshakes use, and the client CA calls are checked against;
 /// a reload replaces both and starts a new generation.
 #[derive(Clone)]
-pub struct TlsState(Arc<RwLock<Current>>);
+pub(crate) struct TlsState(Arc<RwLock<Current>>);
 
 struct Current {
     config: Arc<rustls::ServerConfig>,
@@ -42,13 +42,13 @@ struct Current {
 }
 
 /// A server configuration and the client verifier inside it.
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     config: rustls::ServerConfig,
     clients: Arc<dyn ClientCertVerifier>,
 }
 
 impl TlsState {
-    pub fn new(t: ServerTls) -> TlsState {
+    pub(crate) fn new(t: ServerTls) -> TlsState {
         TlsState(Arc::new(RwLock::new(Current {
             config: Arc::new(t.config),
             clients: t.clients,
@@ -62,7 +62,7 @@ impl TlsState {
     }
 
     /// New connections from now on use `t`; calls on open ones are checked against it.
-    pub fn replace(&self, t: ServerTls) {
+    pub(crate) fn replace(&self, t: ServerTls) {
         let mut c = self.0.write().unwrap_or_else(|p| p.into_inner());
         c.config = Arc::new(t.config);
         c.clients = t.clients;
@@ -72,7 +72,11 @@ impl TlsState {
     /// Whether the client CA (and CRL) in place now accepts `chain` (the connection's
     /// certificates, leaf first): free when `conn` was checked under the current
     /// generation, a verification otherwise (remembered on `conn`).
-    pub fn vouches(&self, conn: Option<&Conn>, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+    pub(crate) fn vouches(
+        &self,
+        conn: Option<&Conn>,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         let (clients, generation) = {
             let c = self.0.read().unwrap_or_else(|p| p.into_inner());
@@ -99,7 +103,7 @@ fn usage(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
 /// The server side of mutual TLS from `server.tls_cert`, `tls_key`, `client_ca` and
 /// `client_crl`. The key file is opened once and checked on the descriptor (the checked
 /// file is the one read).
-pub fn server_config(s: &ServerConfig) -> Result<ServerTls, Error> {
+pub(crate) fn server_config(s: &ServerConfig) -> Result<ServerTls, Error> {
     let (Some(cert), Some(key), Some(ca)) = (&s.tls_cert, &s.tls_key, &s.client_ca) else {
         return Err(Error::Usage(
             "TLS needs server.tls_cert, server.tls_key and server.client_ca".into(),
@@ -152,14 +156,14 @@ pub fn server_config(s: &ServerConfig) -> Result<ServerTls, Error> {
 }
 
 /// Whether a finished handshake may become a connection: its certificate names a client.
-pub type Listed = Arc<dyn Fn(&CertificateDer<'_>) -> bool + Send + Sync>;
+pub(crate) type Listed = Arc<dyn Fn(&CertificateDer<'_>) -> bool + Send + Sync>;
 
 /// The TLS connections of `tcp` (sockets in the handshake stage): each handshake runs in a
 /// task of its own (a slow one holds up nobody), with the configuration current when it
 /// starts, and at most `timeout`. A finished handshake whose certificate `listed` accepts
 /// moves to `established` if it has room (else it is closed); one it does not stays where
 /// it is, and is closed when the handshake stage's time is up.
-pub fn incoming(
+pub(crate) fn incoming(
     mut tcp: ReceiverStream<Result<Limited<TcpStream>, std::io::Error>>,
     tls: TlsState,
     timeout: Duration,

@@ -483,7 +483,7 @@ fn byok(ciphertext: &[u8], kek: &AzureKek, generator: &str) -> Vec<u8> {
 }
 
 /// Base64url without padding (RFC 4648 section 5).
-pub fn base64url(bytes: &[u8]) -> String {
+pub(crate) fn base64url(bytes: &[u8]) -> String {
     openssl::base64::encode_block(bytes)
         .chars()
         .filter_map(|c| match c {

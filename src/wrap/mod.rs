@@ -5,7 +5,7 @@
 //! AES key K, a padded PKCS#8 blob being re-wrapped) lives only in zeroizing buffers.
 
 pub mod envelope;
-pub mod format;
+pub(crate) mod format;
 pub mod soft;
 pub mod verify;
 pub(crate) mod wrapping_key;

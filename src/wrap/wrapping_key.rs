@@ -8,9 +8,9 @@ use openssl::rsa::Rsa;
 use super::{WrapError, hex};
 
 /// Largest PEM input accepted. An RSA-16384 SPKI PEM is about 2.8 KiB.
-pub const MAX_PEM_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_PEM_BYTES: usize = 16 * 1024;
 /// Largest modulus accepted; bigger keys are no safer and cost the HSM more.
-pub const MAX_BITS: u32 = 16384;
+pub(crate) const MAX_BITS: u32 = 16384;
 
 /// A validated RSA wrapping public key.
 #[derive(Clone)]
@@ -133,7 +133,7 @@ impl WrappingKey {
 /// callers send the same vault key again and again. Only keys that passed every check are
 /// kept; at `CAPACITY` distinct keys the cache starts over, so hostile callers cannot grow it
 /// (at most `CAPACITY` × `MAX_PEM_BYTES` of text).
-pub struct ParsedKeys {
+pub(crate) struct ParsedKeys {
     min_bits: u32,
     keys: crate::memo::Memo<std::sync::Arc<WrappingKey>>,
 }
@@ -141,7 +141,7 @@ pub struct ParsedKeys {
 impl ParsedKeys {
     const CAPACITY: usize = 256;
 
-    pub fn new(min_bits: u32) -> ParsedKeys {
+    pub(crate) fn new(min_bits: u32) -> ParsedKeys {
         ParsedKeys {
             min_bits,
             keys: crate::memo::Memo::new(Self::CAPACITY, MAX_PEM_BYTES),
@@ -149,7 +149,7 @@ impl ParsedKeys {
     }
 
     /// The key `pem` holds, parsed and checked as [`WrappingKey::from_pem`] does.
-    pub fn get(&self, pem: &[u8]) -> Result<std::sync::Arc<WrappingKey>, WrapError> {
+    pub(crate) fn get(&self, pem: &[u8]) -> Result<std::sync::Arc<WrappingKey>, WrapError> {
         if pem.len() > MAX_PEM_BYTES {
             // refused by from_pem; not worth looking up
             return WrappingKey::from_pem(pem, self.min_bits).map(std::sync::Arc::new);

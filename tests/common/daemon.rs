@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use super::{Fixture, process_dir, write_config};
 
 /// Test certificates, made once per test process.
-pub fn certs() -> &'static PathBuf {
+pub(crate) fn certs() -> &'static PathBuf {
     static CERTS: OnceLock<PathBuf> = OnceLock::new();
     CERTS.get_or_init(|| {
         let dir = process_dir("certs");
@@ -23,7 +23,7 @@ pub fn certs() -> &'static PathBuf {
 
 /// A fresh CA, server certificate and client certificates in `dir`
 /// (tests/make-test-certs.sh).
-pub fn make_certs(dir: &Path) {
+pub(crate) fn make_certs(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-test-certs.sh");
     let out = Command::new("bash").arg(script).arg(dir).output().unwrap();
     assert!(
@@ -34,7 +34,7 @@ pub fn make_certs(dir: &Path) {
 }
 
 /// The clients every TLS daemon config knows.
-pub const CLIENTS: &str = r#"
+pub(crate) const CLIENTS: &str = r#"
 [[server.clients]]
 name = "cckm"
 subject_cn = "cckm.example"
@@ -49,7 +49,7 @@ keys = ["test-aes-*"]
 "#;
 
 /// The [server] lines of a TLS daemon on a free loopback port with the test certificates.
-pub fn tls_server_lines() -> String {
+pub(crate) fn tls_server_lines() -> String {
     let c = certs();
     format!(
         "listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
@@ -61,7 +61,7 @@ pub fn tls_server_lines() -> String {
 
 /// A daemon config on `fx`'s token: `policy` lines go into [policy]; `server` replaces
 /// the default TLS [server] lines. Returns the config and its audit log.
-pub fn daemon_config(
+pub(crate) fn daemon_config(
     fx: &Fixture,
     name: &str,
     policy: &str,
@@ -82,7 +82,7 @@ pub fn daemon_config(
     (config, audit)
 }
 
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     /// "127.0.0.1:PORT" or "unix:/path".
     pub addr: String,
@@ -94,24 +94,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `hsm-bridge serve` and waits for it to say where it listens; its stderr
     /// goes next to the config.
-    pub fn start(config: &Path, extra_args: &[&str]) -> Daemon {
+    pub(crate) fn start(config: &Path, extra_args: &[&str]) -> Daemon {
         Self::start_logging_to(config, extra_args, &config.with_extension("log"))
     }
 
     /// As [`Daemon::start`], with `env` set for the daemon.
-    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
         Self::start_full(config, &[], &config.with_extension("log"), env)
     }
 
     /// As [`Daemon::start`], with stderr to `log`.
-    pub fn start_logging_to(config: &Path, extra_args: &[&str], log: &Path) -> Daemon {
+    pub(crate) fn start_logging_to(config: &Path, extra_args: &[&str], log: &Path) -> Daemon {
         Self::start_full(config, extra_args, log, &[])
     }
 
     /// As [`Daemon::start`], with both the soft and the hard `RLIMIT_NOFILE` at `files`
     /// (systemd's default is 1,024), set by util-linux's `prlimit`, which then becomes the
     /// daemon (same process).
-    pub fn start_with_file_limit(config: &Path, files: u64) -> Daemon {
+    pub(crate) fn start_with_file_limit(config: &Path, files: u64) -> Daemon {
         let limit = format!("--nofile={files}:{files}");
         Self::start_cmd(
             Command::new("prlimit")
@@ -174,12 +174,15 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// A TLS channel, with the client certificate `who` (e.g. "cckm") or none.
-    pub async fn channel(&self, who: Option<&str>) -> Result<Channel, tonic::transport::Error> {
+    pub(crate) async fn channel(
+        &self,
+        who: Option<&str>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let c = &self.tls;
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(
@@ -199,12 +202,12 @@ impl Daemon {
     }
 
     /// A KeySourceBridge client over mTLS as `who`.
-    pub async fn client(&self, who: &str) -> KeySourceBridgeClient<Channel> {
+    pub(crate) async fn client(&self, who: &str) -> KeySourceBridgeClient<Channel> {
         KeySourceBridgeClient::new(self.channel(Some(who)).await.expect("mTLS connect"))
     }
 
     /// A plain-text channel (loopback daemons with plaintext = true).
-    pub async fn plain_channel(&self) -> Channel {
+    pub(crate) async fn plain_channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
@@ -213,7 +216,7 @@ impl Daemon {
     }
 
     /// A plain-text channel over the daemon's Unix socket ("unix:/path" daemons).
-    pub async fn unix_channel(&self) -> Channel {
+    pub(crate) async fn unix_channel(&self) -> Channel {
         let path = PathBuf::from(
             self.addr
                 .strip_prefix("unix:")
@@ -227,7 +230,7 @@ impl Daemon {
     }
 
     /// Sends SIGHUP (reload).
-    pub fn hangup(&self) {
+    pub(crate) fn hangup(&self) {
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(self.pid() as i32).unwrap(),
             rustix::process::Signal::HUP,
@@ -236,7 +239,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(self.pid() as i32).unwrap(),
             rustix::process::Signal::TERM,
@@ -245,7 +248,7 @@ impl Daemon {
     }
 
     /// Waits for the process to exit (at most `within`).
-    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) fn wait(&mut self, within: Duration) -> ExitStatus {
         let end = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -259,12 +262,12 @@ impl Daemon {
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The address of the listener whose log line says `what` (e.g. "metrics listening").
-    pub fn side_addr(&self, what: &str) -> String {
+    pub(crate) fn side_addr(&self, what: &str) -> String {
         let log = self.log_text();
         log.lines()
             .find(|l| l.contains(what))
@@ -274,22 +277,22 @@ impl Daemon {
     }
 
     /// The metrics listener's address, from the daemon's log.
-    pub fn metrics_addr(&self) -> String {
+    pub(crate) fn metrics_addr(&self) -> String {
         self.side_addr("metrics listening")
     }
 
     /// The plain-text health listener's address, from the daemon's log.
-    pub fn health_addr(&self) -> String {
+    pub(crate) fn health_addr(&self) -> String {
         self.side_addr("health probes listening")
     }
 
     /// GET /metrics on the daemon's metrics listener: the body.
-    pub async fn scrape_metrics(&self) -> String {
+    pub(crate) async fn scrape_metrics(&self) -> String {
         self.scrape_as(None).await.1
     }
 
     /// GET /metrics with `accept` as the Accept header: the content type and the body.
-    pub async fn scrape_as(&self, accept: Option<&str>) -> (String, String) {
+    pub(crate) async fn scrape_as(&self, accept: Option<&str>) -> (String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut c = tokio::net::TcpStream::connect(self.metrics_addr())
             .await
@@ -320,7 +323,7 @@ impl Daemon {
 }
 
 /// The value of the sample `name{labels}` (labels in the exporter's order), 0 if absent.
-pub fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
@@ -362,7 +365,7 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixConnector {
 }
 
 /// The audit log's records.
-pub fn audit_records(path: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn audit_records(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()

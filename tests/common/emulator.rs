@@ -13,7 +13,7 @@ use super::{KeyPair, keypair};
 
 /// The emulator's binary (the workspace member `emulator/`), built once per test process
 /// into this workspace's target folder (a no-op when `cargo test` has built it already).
-pub fn binary() -> &'static PathBuf {
+pub(crate) fn binary() -> &'static PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -44,7 +44,7 @@ pub fn binary() -> &'static PathBuf {
 }
 
 /// An OCI API identity for tests: key pair and an ~/.oci/config-style file.
-pub struct ApiIdentity {
+pub(crate) struct ApiIdentity {
     pub key: KeyPair,
     pub config: PathBuf,
     pub fingerprint: String,
@@ -52,7 +52,7 @@ pub struct ApiIdentity {
     pub user: String,
 }
 
-pub fn api_identity(dir: &Path, name: &str) -> ApiIdentity {
+pub(crate) fn api_identity(dir: &Path, name: &str) -> ApiIdentity {
     let key = keypair(
         dir,
         name,
@@ -94,7 +94,7 @@ pub fn api_identity(dir: &Path, name: &str) -> ApiIdentity {
     }
 }
 
-pub struct Emulator {
+pub(crate) struct Emulator {
     child: Child,
     /// `https://localhost:PORT`: what the daemon is given (the certificate names localhost).
     pub base: String,
@@ -105,7 +105,7 @@ pub struct Emulator {
 }
 
 /// A client that trusts the test CA.
-pub fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(certs().join("ca.pem")).unwrap();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -130,12 +130,12 @@ use rustls::pki_types::pem::PemObject;
 impl Emulator {
     /// Starts the emulator on a free port, accepting `api_keys` (public PEM files), with
     /// `keys` seeded (`NAME=SHAPE`), and the test oracle on.
-    pub fn start(dir: &Path, api_keys: &[&Path], keys: &[&str]) -> Emulator {
+    pub(crate) fn start(dir: &Path, api_keys: &[&Path], keys: &[&str]) -> Emulator {
         Self::start_with(dir, api_keys, keys, 150)
     }
 
     /// As [`Emulator::start`], with new versions CREATING for `enable_after_ms`.
-    pub fn start_with(
+    pub(crate) fn start_with(
         dir: &Path,
         api_keys: &[&Path],
         keys: &[&str],
@@ -146,7 +146,7 @@ impl Emulator {
 
     /// As [`Emulator::start_with`], the vault's wrapping key being `wrapping_private_pem`
     /// (so that a test can wrap for it as anyone could with the public half).
-    pub fn start_with_wrapping_key(
+    pub(crate) fn start_with_wrapping_key(
         dir: &Path,
         api_keys: &[&Path],
         keys: &[&str],
@@ -243,25 +243,25 @@ impl Emulator {
     }
 
     /// The request log.
-    pub async fn requests(&self) -> Vec<Value> {
+    pub(crate) async fn requests(&self) -> Vec<Value> {
         match self.control(reqwest::Method::GET, "requests", None).await {
             Value::Array(v) => v,
             other => panic!("{other}"),
         }
     }
 
-    pub async fn fault(&self, f: Value) {
+    pub(crate) async fn fault(&self, f: Value) {
         self.control(reqwest::Method::POST, "faults", Some(f)).await;
     }
 
     /// A key, with `versionIds`.
-    pub async fn key(&self, id: &str) -> Value {
+    pub(crate) async fn key(&self, id: &str) -> Value {
         self.control(reqwest::Method::GET, &format!("keys/{id}"), None)
             .await
     }
 
     /// The material a version was imported with.
-    pub async fn material(&self, version_id: &str) -> Vec<u8> {
+    pub(crate) async fn material(&self, version_id: &str) -> Vec<u8> {
         let v = self
             .control(
                 reqwest::Method::GET,
@@ -273,7 +273,7 @@ impl Emulator {
     }
 
     /// The `[oci]` section (with a `default` connection) for a daemon config.
-    pub fn oci_config(&self, identity: &ApiIdentity, max_attempts: u32) -> String {
+    pub(crate) fn oci_config(&self, identity: &ApiIdentity, max_attempts: u32) -> String {
         format!(
             "\n[oci]\nallowed_endpoints = [\"https://localhost:{}\"]\nca_bundle = \"{}\"\ntimeout_ms = 5000\nmax_attempts = {max_attempts}\n\n[oci.connections.default]\nconfig_file = \"{}\"\n",
             self.port,

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use super::Fixture;
 
 /// Builds the fault module once per test process; its path.
-pub fn module() -> &'static PathBuf {
+pub(crate) fn module() -> &'static PathBuf {
     static M: OnceLock<PathBuf> = OnceLock::new();
     M.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -31,7 +31,7 @@ pub fn module() -> &'static PathBuf {
 
 /// Config text made by `write_config` for `fx`, rewritten to load the fault module in front
 /// of `fx`'s module, logging calls to `log` and reading instructions from `control`.
-pub fn route(fx: &Fixture, config_text: &str, log: &Path, control: &Path) -> String {
+pub(crate) fn route(fx: &Fixture, config_text: &str, log: &Path, control: &Path) -> String {
     config_text
         .replace(
             &format!("module = \"{}\"", fx.module),
@@ -49,7 +49,7 @@ pub fn route(fx: &Fixture, config_text: &str, log: &Path, control: &Path) -> Str
 }
 
 /// How many times the fault module logged `function`.
-pub fn calls(log: &Path, function: &str) -> usize {
+pub(crate) fn calls(log: &Path, function: &str) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -60,7 +60,7 @@ pub fn calls(log: &Path, function: &str) -> usize {
 /// Rewrites the config at `config` (made by `write_config` for `fx`) to load the fault
 /// module in front of `fx`'s module, with a fresh call log and an empty control file named
 /// after `name`; returns the log's path.
-pub fn route_config(fx: &Fixture, config: &Path, name: &str) -> PathBuf {
+pub(crate) fn route_config(fx: &Fixture, config: &Path, name: &str) -> PathBuf {
     let (log, ctl) = (
         fx.dir.join(format!("{name}.calls")),
         fx.dir.join(format!("{name}.control")),
@@ -74,7 +74,7 @@ pub fn route_config(fx: &Fixture, config: &Path, name: &str) -> PathBuf {
 
 /// The calls the hostile-input tests count, in this order: key lookups, wraps, new
 /// sessions, and the health probe's token checks.
-pub const COUNTED: [&str; 4] = [
+pub(crate) const COUNTED: [&str; 4] = [
     "C_FindObjectsInit",
     "C_WrapKey",
     "C_OpenSession",

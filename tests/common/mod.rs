@@ -3,10 +3,10 @@
 //! openssl command line.
 #![allow(dead_code)]
 
-pub mod daemon;
-pub mod emulator;
-pub mod fault;
-pub mod postgres;
+pub(crate) mod daemon;
+pub(crate) mod emulator;
+pub(crate) mod fault;
+pub(crate) mod postgres;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -14,18 +14,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-pub const TOKEN: &str = "hsm-bridge-test";
-pub const PIN: &str = "test-user-pin-8271";
+pub(crate) const TOKEN: &str = "hsm-bridge-test";
+pub(crate) const PIN: &str = "test-user-pin-8271";
 const SO_PIN: &str = "test-so-pin-1";
 
 /// The SoftHSM2 module (Debian's path unless the environment names another).
-pub fn module() -> String {
+pub(crate) fn module() -> String {
     std::env::var("HSM_BRIDGE_PKCS11_MODULE")
         .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
 }
 
 /// The kryoptic module that `./softhsm-setup.sh --with-kryoptic` builds.
-pub fn kryoptic_module() -> PathBuf {
+pub(crate) fn kryoptic_module() -> PathBuf {
     std::env::var_os("HSM_BRIDGE_KRYOPTIC_MODULE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -35,7 +35,7 @@ pub fn kryoptic_module() -> PathBuf {
 
 /// Which software token a fixture runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
+pub(crate) enum TokenKind {
     SoftHsm,
     Kryoptic,
     /// A kryoptic token behind the project's fault module with its Luna rules
@@ -46,9 +46,9 @@ pub enum TokenKind {
 }
 
 /// The Luna rules of a Luna fixture's configs: a partition in key export mode.
-pub const LUNA_KEY_EXPORT: &str = "luna,partition=key-export";
+pub(crate) const LUNA_KEY_EXPORT: &str = "luna,partition=key-export";
 /// Luna's default partition mode: no private key may be wrapped.
-pub const LUNA_CLONING: &str = "luna";
+pub(crate) const LUNA_CLONING: &str = "luna";
 
 impl TokenKind {
     /// The environment variable that points the module at its configuration.
@@ -61,20 +61,20 @@ impl TokenKind {
 }
 
 /// A wrapping key pair on disk.
-pub struct KeyPair {
+pub(crate) struct KeyPair {
     pub private_pem: PathBuf,
     pub public_pem: PathBuf,
 }
 
 /// Wrapping keys, made once per test process.
-pub struct WrappingKeys {
+pub(crate) struct WrappingKeys {
     pub wk4096: KeyPair,
     pub wk2048: KeyPair,
     pub wk1024: KeyPair,
     pub ec_public_pem: PathBuf,
 }
 
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub kind: TokenKind,
     pub dir: PathBuf,
     pub module: String,
@@ -88,19 +88,19 @@ pub struct Fixture {
 }
 
 /// Known-value AES keys: label, CKA_ID, length.
-pub const AES_KEYS: [(&str, &str, usize); 3] = [
+pub(crate) const AES_KEYS: [(&str, &str, usize); 3] = [
     ("test-aes-128", "1001", 16),
     ("test-aes-192", "1002", 24),
     ("test-aes-256", "1003", 32),
 ];
 /// RSA keys generated inside the token: label, CKA_ID, bits.
-pub const RSA_KEYS: [(&str, &str, u32); 3] = [
+pub(crate) const RSA_KEYS: [(&str, &str, u32); 3] = [
     ("test-rsa-2048", "2001", 2048),
     ("test-rsa-3072", "2002", 3072),
     ("test-rsa-4096", "2003", 4096),
 ];
 
-pub fn process_dir(what: &str) -> PathBuf {
+pub(crate) fn process_dir(what: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{what}-{name}"));
@@ -109,7 +109,7 @@ pub fn process_dir(what: &str) -> PathBuf {
     dir
 }
 
-pub fn wrapping_keys() -> &'static WrappingKeys {
+pub(crate) fn wrapping_keys() -> &'static WrappingKeys {
     static WK: OnceLock<WrappingKeys> = OnceLock::new();
     WK.get_or_init(|| {
         let dir = process_dir("wrapping-keys");
@@ -164,7 +164,7 @@ pub fn wrapping_keys() -> &'static WrappingKeys {
 }
 
 /// The SoftHSM2 test token of this test process.
-pub fn softhsm() -> &'static Fixture {
+pub(crate) fn softhsm() -> &'static Fixture {
     static FX: OnceLock<Fixture> = OnceLock::new();
     FX.get_or_init(|| make_fixture(TokenKind::SoftHsm, module()))
 }
@@ -172,7 +172,7 @@ pub fn softhsm() -> &'static Fixture {
 /// The kryoptic test token of this test process. Without the kryoptic module the tests
 /// fail, saying how to build it; `HSM_BRIDGE_SKIP_KRYOPTIC=1` turns that into a loud skip
 /// (`.ci/run` never sets it).
-pub fn kryoptic() -> Option<&'static Fixture> {
+pub(crate) fn kryoptic() -> Option<&'static Fixture> {
     static FX: OnceLock<Fixture> = OnceLock::new();
     let module = kryoptic_module();
     if !module.is_file() {
@@ -191,14 +191,14 @@ pub fn kryoptic() -> Option<&'static Fixture> {
 
 /// Says that tests are skipped, on the terminal: written to the process's stderr directly,
 /// so the test harness's output capture does not hide it.
-pub fn skip_notice(msg: &str) {
+pub(crate) fn skip_notice(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "\n*** SKIPPED {msg} ***\n");
 }
 
 /// The Luna-like test token of this test process (a kryoptic token of its own behind the
 /// fault module's Luna rules); `None` where the kryoptic tests are skipped.
-pub fn luna() -> Option<&'static Fixture> {
+pub(crate) fn luna() -> Option<&'static Fixture> {
     static FX: OnceLock<Fixture> = OnceLock::new();
     let module = kryoptic()?.module.clone();
     Some(FX.get_or_init(|| make_fixture(TokenKind::Luna, module)))
@@ -207,7 +207,7 @@ pub fn luna() -> Option<&'static Fixture> {
 impl Fixture {
     /// The module a config on this token loads: the token's own, or for a Luna fixture the
     /// fault module in front of it.
-    pub fn daemon_module(&self) -> String {
+    pub(crate) fn daemon_module(&self) -> String {
         match self.kind {
             TokenKind::Luna => fault::module().display().to_string(),
             _ => self.module.clone(),
@@ -325,11 +325,11 @@ fn make_fixture(kind: TokenKind, module: String) -> Fixture {
 }
 
 /// The label of the import journal's record key (the daemon's default).
-pub const RECORD_KEY: &str = "hsm-bridge-journal-mac";
+pub(crate) const RECORD_KEY: &str = "hsm-bridge-journal-mac";
 
 /// A generic secret key for the import journal's record MACs, generated inside the token:
 /// sensitive, private, not extractable, as `softhsm-setup.sh` makes it.
-pub fn make_record_key(fx: &Fixture, label: &str) {
+pub(crate) fn make_record_key(fx: &Fixture, label: &str) {
     p11_ok(
         fx,
         &[
@@ -368,7 +368,11 @@ fn generate_pair(fx: &Fixture, key_type: &str, label: &str, id: &str) {
 /// Writes a config next to the token, after `edit` has changed the base text. Each config
 /// has an import journal and a PIN-refusal marker of its own (named after it), so a test
 /// that makes the token refuse the PIN stops only its own configs from logging in.
-pub fn write_config(fx: &Fixture, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+pub(crate) fn write_config(
+    fx: &Fixture,
+    name: &str,
+    edit: impl FnOnce(String) -> String,
+) -> PathBuf {
     let luna = match fx.kind {
         TokenKind::Luna => format!(
             ", FAULT_PKCS11_MODULE = \"{}\", FAULT_PKCS11_LUNA = \"{LUNA_KEY_EXPORT}\"",
@@ -404,7 +408,7 @@ exportable = ["test-*"]
 
 /// The first `n` lines a started process prints on stdout (fewer if it exits or `within`
 /// passes), trimmed; the rest of its stdout is drained so it never blocks on the pipe.
-pub fn first_lines(
+pub(crate) fn first_lines(
     child: &mut std::process::Child,
     n: usize,
     within: std::time::Duration,
@@ -427,7 +431,7 @@ pub fn first_lines(
     rx.recv_timeout(within).unwrap_or_default()
 }
 
-pub fn write_private(path: &Path, bytes: &[u8]) {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
@@ -464,13 +468,13 @@ fn write_aes(fx: &Fixture, label: &str, id: &str, value: &[u8], extractable: boo
 }
 
 /// pkcs11-tool against the test token, logged in.
-pub fn p11(fx: &Fixture, args: &[&str]) -> Output {
+pub(crate) fn p11(fx: &Fixture, args: &[&str]) -> Output {
     pkcs11_tool(&fx.module, (fx.kind.conf_var(), &fx.conf), TOKEN, PIN, args)
 }
 
 /// pkcs11-tool on `module` (configured by the variable and file `conf`) against the token
 /// `token`, logged in.
-pub fn pkcs11_tool(
+pub(crate) fn pkcs11_tool(
     module: &str,
     conf: (&str, &Path),
     token: &str,
@@ -506,7 +510,7 @@ fn p11_ok(fx: &Fixture, args: &[&str]) {
 }
 
 /// A key pair made by the openssl command line (`genpkey` arguments), PEM files in `dir`.
-pub fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> KeyPair {
+pub(crate) fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> KeyPair {
     let private_pem = dir.join(format!("{name}.key.pem"));
     let public_pem = dir.join(format!("{name}.pub.pem"));
     let mut args: Vec<&str> = genpkey.to_vec();
@@ -527,7 +531,7 @@ pub fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> KeyPair {
 }
 
 /// Runs the openssl command line; panics with its stderr on failure.
-pub fn openssl_ok(args: &[&str]) -> Vec<u8> {
+pub(crate) fn openssl_ok(args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl")
         .args(args)
         .output()
@@ -544,18 +548,18 @@ pub fn openssl_ok(args: &[&str]) -> Vec<u8> {
 /// the token at that instant sees a torn file: "no token labelled ...". So every process
 /// that logs in to a test token starts under this lock: the CLI and pkcs11-tool for their
 /// whole (short) run, the daemon until it listens.
-pub fn token_login_lock() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn token_login_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The real binary.
-pub fn hsm_bridge(args: &[&str]) -> Output {
+pub(crate) fn hsm_bridge(args: &[&str]) -> Output {
     hsm_bridge_with_env(args, &[])
 }
 
 /// The real binary, with extra environment variables.
-pub fn hsm_bridge_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn hsm_bridge_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let _login = token_login_lock();
     Command::new(env!("CARGO_BIN_EXE_hsm-bridge"))
         .args(args)
@@ -567,7 +571,7 @@ pub fn hsm_bridge_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// Runs the binary and expects success; returns stdout.
-pub fn hsm_bridge_ok(args: &[&str]) -> String {
+pub(crate) fn hsm_bridge_ok(args: &[&str]) -> String {
     let out = hsm_bridge(args);
     assert!(
         out.status.success(),
@@ -579,7 +583,7 @@ pub fn hsm_bridge_ok(args: &[&str]) -> String {
 
 /// Runs the binary and expects a refusal: non-zero exit, exactly one line on stderr, no
 /// panic. Returns that line.
-pub fn hsm_bridge_refuses(args: &[&str]) -> String {
+pub(crate) fn hsm_bridge_refuses(args: &[&str]) -> String {
     let out = hsm_bridge(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -600,7 +604,7 @@ pub fn hsm_bridge_refuses(args: &[&str]) -> String {
 /// Opens OCI key material with the openssl command line (not the code under test):
 /// OAEP-SHA256 / MGF1-SHA256 decrypt of the first modulus-length bytes, then
 /// `enc -d -id-aes256-wrap-pad` of the rest; or the OAEP decrypt alone for RSA_OAEP_SHA256.
-pub fn openssl_unwrap(
+pub(crate) fn openssl_unwrap(
     material: &Path,
     wrapping_private: &Path,
     modulus_len: usize,
@@ -618,7 +622,7 @@ pub fn openssl_unwrap(
 /// Opens `material` with the openssl command line: RSA-OAEP with `md` (and MGF1-`md`, empty
 /// label) of the key itself when `direct`, else of a one-time AES-256 key followed by RFC
 /// 5649 of the key under it.
-pub fn openssl_open(
+pub(crate) fn openssl_open(
     material: &Path,
     wrapping_private: &Path,
     modulus_len: usize,
@@ -675,7 +679,12 @@ pub fn openssl_open(
 }
 
 /// Opens wrapped `material` (bytes, not a file) for `wk` with the openssl command line.
-pub fn open_material(material: &[u8], wk: &KeyPair, modulus_len: usize, alg: &str) -> Vec<u8> {
+pub(crate) fn open_material(
+    material: &[u8],
+    wk: &KeyPair,
+    modulus_len: usize,
+    alg: &str,
+) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("m.bin");
     std::fs::write(&f, material).unwrap();
@@ -685,7 +694,7 @@ pub fn open_material(material: &[u8], wk: &KeyPair, modulus_len: usize, alg: &st
 /// Checks that `der` is an exact PKCS#8 RSA private key (re-encoding it gives the same
 /// bytes, so no trailing padding) whose key is consistent, and returns its modulus as the
 /// openssl command line prints it.
-pub fn pkcs8_modulus(der: &[u8]) -> String {
+pub(crate) fn pkcs8_modulus(der: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("k.der");
     write_private(&f, der);
@@ -701,7 +710,7 @@ pub fn pkcs8_modulus(der: &[u8]) -> String {
 
 /// The token's modulus for the key pair with `label`, read from its public key object
 /// with pkcs11-tool, as the openssl command line prints it.
-pub fn token_modulus(p11: impl Fn(&[&str]) -> Output, label: &str) -> String {
+pub(crate) fn token_modulus(p11: impl Fn(&[&str]) -> Output, label: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("pub.der");
     let out = p11(&[
@@ -732,13 +741,13 @@ pub fn token_modulus(p11: impl Fn(&[&str]) -> Output, label: &str) -> String {
 }
 
 /// Reads `selftest --json` for a config.
-pub fn selftest_json(config: &Path) -> serde_json::Value {
+pub(crate) fn selftest_json(config: &Path) -> serde_json::Value {
     let out = hsm_bridge_ok(&["selftest", "--config", config.to_str().unwrap(), "--json"]);
     serde_json::from_str(&out).unwrap()
 }
 
 /// An RSA-4096 wrapping key pair in `dir`, as a vault has.
-pub fn rsa4096(dir: &Path) -> KeyPair {
+pub(crate) fn rsa4096(dir: &Path) -> KeyPair {
     keypair(
         dir,
         "wk",
@@ -753,7 +762,7 @@ pub fn rsa4096(dir: &Path) -> KeyPair {
 }
 
 /// Hex SHA-256 of a PEM public key's SubjectPublicKeyInfo DER, by the openssl command line.
-pub fn spki_sha256_hex(public_pem: &Path) -> String {
+pub(crate) fn spki_sha256_hex(public_pem: &Path) -> String {
     let der = openssl_ok(&[
         "pkey",
         "-pubin",

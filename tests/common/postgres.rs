@@ -12,9 +12,9 @@ use std::process::{Command, Output};
 use super::{process_dir, write_private};
 
 /// The journal's database user.
-pub const USER: &str = "hsm_bridge";
+pub(crate) const USER: &str = "hsm_bridge";
 
-pub struct Postgres {
+pub(crate) struct Postgres {
     pub dir: PathBuf,
     pub port: u16,
     /// The password, in a file only its owner reads (for `journal.password_file`).
@@ -46,12 +46,12 @@ impl Postgres {
     /// Starts a fresh cluster named `name`. Without the server binaries the test fails,
     /// saying how to install them; `HSM_BRIDGE_SKIP_POSTGRES=1` turns that into a skip that
     /// the test run prints (`.ci/run` never sets it).
-    pub fn start(name: &str) -> Option<Postgres> {
+    pub(crate) fn start(name: &str) -> Option<Postgres> {
         Self::start_with(name, None)
     }
 
     /// As [`Postgres::start`], with TLS on: `cert` and `key` (PEM) are the server's.
-    pub fn start_tls(
+    pub(crate) fn start_tls(
         name: &str,
         cert: &std::path::Path,
         key: &std::path::Path,
@@ -160,7 +160,7 @@ impl Postgres {
     }
 
     /// Starts the server (again, after [`Postgres::stop`]) on the same port and data.
-    pub fn start_again(&self) {
+    pub(crate) fn start_again(&self) {
         self.ok(self
             .cmd("pg_ctl")
             .arg("-D")
@@ -178,7 +178,7 @@ impl Postgres {
     }
 
     /// Stops the server (fast: open connections are closed).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.ok(self
             .cmd("pg_ctl")
             .arg("-D")
@@ -187,7 +187,7 @@ impl Postgres {
     }
 
     /// Runs SQL as the journal's user through the Unix socket.
-    pub fn sql(&self, db: &str, sql: &str) -> String {
+    pub(crate) fn sql(&self, db: &str, sql: &str) -> String {
         let out = self.ok(self
             .cmd("psql")
             .arg("-h")
@@ -198,12 +198,12 @@ impl Postgres {
     }
 
     /// A new, empty database.
-    pub fn create_db(&self, db: &str) {
+    pub(crate) fn create_db(&self, db: &str) {
         self.sql("postgres", &format!("CREATE DATABASE {db}"));
     }
 
     /// The `[journal]` lines of a daemon config on database `db`.
-    pub fn journal_lines(&self, db: &str) -> String {
+    pub(crate) fn journal_lines(&self, db: &str) -> String {
         format!(
             "url = \"postgres://{USER}@127.0.0.1:{}/{db}\"\npassword_file = \"{}\"\n",
             self.port,

@@ -40,7 +40,7 @@ mod keys;
 mod report;
 
 use keys::{KnownKeys, fit_text, judge_private, known_keys, probe_private, software_key};
-pub use report::{MechanismFinding, ModeFinding, Report, TokenSummary};
+pub(crate) use report::{MechanismFinding, ModeFinding, Report, TokenSummary};
 use report::{choose, setting_name};
 
 /// What the probes work with: the session, the throw-away software key pair and its public
@@ -112,7 +112,7 @@ fn native_name(hash: OaepHash) -> &'static str {
 }
 
 /// Runs the self-test on session `s` and picks the mode for `setting`.
-pub fn run(
+pub(crate) fn run(
     raw: &RawModule,
     s: &Session,
     listed: &[CK_MECHANISM_TYPE],

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// No room in the queue.
     Full { capacity: usize },
     /// The deadline passed while waiting for a session.
@@ -111,11 +111,11 @@ impl<R> Shared<R> {
 }
 
 /// The HSM's work queue and its workers.
-pub type HsmQueue = WorkQueue<crate::hsm::Hsm>;
+pub(crate) type HsmQueue = WorkQueue<crate::hsm::Hsm>;
 
 /// A bounded FIFO queue of blocking work on a shared resource `R`, served by a fixed
 /// number of worker threads.
-pub struct WorkQueue<R: Send + Sync + 'static> {
+pub(crate) struct WorkQueue<R: Send + Sync + 'static> {
     shared: Arc<Shared<R>>,
     /// One permit per call in progress or waiting.
     slots: Arc<Semaphore>,
@@ -142,7 +142,7 @@ impl<R: Send + Sync + 'static> WorkQueue<R> {
     /// `workers` threads working on `resource` (held weakly: a worker holds it only while
     /// it works, so its owner can take it back once the work is done), and room for
     /// `max_queue` calls waiting beyond those.
-    pub fn new(resource: &Arc<R>, workers: usize, max_queue: usize) -> WorkQueue<R> {
+    pub(crate) fn new(resource: &Arc<R>, workers: usize, max_queue: usize) -> WorkQueue<R> {
         let workers = workers.max(1);
         let capacity = workers + max_queue;
         let shared = Arc::new(Shared {
@@ -172,7 +172,7 @@ impl<R: Send + Sync + 'static> WorkQueue<R> {
     /// Runs `work` on a worker if the queue has room (else refuses at once); waits for its
     /// turn and its result until `deadline`. Past the deadline the caller is answered, and a
     /// call that had not started never starts.
-    pub async fn run<T, F>(&self, deadline: Option<Instant>, work: F) -> Answer<T>
+    pub(crate) async fn run<T, F>(&self, deadline: Option<Instant>, work: F) -> Answer<T>
     where
         T: Send + 'static,
         F: FnOnce(&R, Option<Instant>) -> T + Send + 'static,
@@ -234,7 +234,7 @@ impl<R: Send + Sync + 'static> WorkQueue<R> {
     }
 
     /// Waits until nothing is in progress or waiting (for shutdown); false on timeout.
-    pub async fn drain(&self, within: Duration) -> bool {
+    pub(crate) async fn drain(&self, within: Duration) -> bool {
         tokio::time::timeout(within, self.slots.acquire_many(self.capacity as u32))
             .await
             .is_ok()

@@ -1,41 +1,37 @@
 //! One import's path through the journal (src/journal/): claim the record, wrap, commit the
-//! body, send, record OCI's answer. A retry of a key finds the record and gets the recorded
+//! body, send, record the destination's answer. A retry of a key finds the record and gets the recorded
 //! answer or refusal, or re-sends the recorded bytes; every one only after the checks a
 //! fresh import passes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use std::sync::atomic::AtomicBool;
+
 use zeroize::Zeroizing;
 
-use super::{Described, ImportError, MAX_CLAIM_WAIT, OciSide, Progress, note, note_error};
-use crate::hsm::{WrapMode, Wrapped};
-use crate::journal::{Claimed, Entry, Failure, JournalError, Lease, Made, Outcome, Record, Ticket};
-use crate::oci::kms::{self, Answer, Call, KmsError};
+use super::{
+    Described, Destination, Export, ExportError, Exporter, ImportAsk, MAX_CLAIM_WAIT, Progress,
+};
+use crate::hsm::WrapMode;
+use crate::journal::{
+    Claimed, Entry, Failure, Journal, JournalError, Lease, Made, Outcome, Record, Ticket,
+};
+use crate::oci::kms::{self, Answer, KmsError};
 use crate::wrap;
 
 /// What an import does next.
-pub enum Prepared {
-    /// Send `body` with `token`; `lease` holds the record until OCI's answer is in it.
+pub(super) enum Prepared {
+    /// Send `body` with `token`; `lease` holds the record until the answer is in it.
+    /// `resent`: the body was sent before and its answer lost.
     Send {
         token: String,
         body: Arc<Zeroizing<Vec<u8>>>,
         lease: Lease,
+        resent: bool,
     },
-    /// OCI accepted this key's import before: its recorded answer, no new import call.
+    /// The destination accepted this key's import before: its recorded answer, no new call.
     Answered(Box<Record>),
-}
-
-/// What `prepare` runs: the checks of the source key for a recorded import, and for a
-/// fresh one the HSM wrap for the vault's key and the JSON body around the wrapped bytes.
-pub struct Steps<C, W, B> {
-    /// For a recorded import: the checks a fresh wrap would make of the source key (found,
-    /// the caller may touch it, it may leave), without wrapping.
-    pub recheck: C,
-    pub wrap: W,
-    pub build: B,
 }
 
 /// Claims the import's journal record and gets what to do: the recorded answer or
@@ -43,67 +39,63 @@ pub struct Steps<C, W, B> {
 /// body is committed before this returns. A call that finds the record claimed elsewhere
 /// waits for it within `call.deadline`, then gets a retryable `ABORTED`. A journal that
 /// cannot be written refuses the import here, before anything is wrapped or sent.
-pub async fn prepare<E, C, CFut, W, WFut, B>(
-    oci: &Arc<OciSide>,
-    call: &Call<'_>,
-    idempotency_key: Option<&str>,
+pub(super) async fn prepare<D: Destination>(
+    exporter: &Exporter,
+    export: &Export,
+    dest: &D,
+    ask: ImportAsk<'_>,
     request: &Described,
     progress: &mut Progress,
-    steps: Steps<C, W, B>,
-) -> Result<Prepared, E>
-where
-    E: From<ImportError>,
-    C: FnOnce() -> CFut,
-    CFut: std::future::Future<Output = Result<(), E>>,
-    W: FnOnce(Arc<wrap::WrappingKey>) -> WFut,
-    WFut: std::future::Future<Output = Result<Wrapped, E>>,
-    B: FnOnce(&Wrapped) -> Result<Vec<u8>, E>,
-{
+    hsm_started: Arc<AtomicBool>,
+) -> Result<Prepared, ExportError> {
+    let idempotency_key = ask.idempotency_key;
     let token = kms::retry_token(idempotency_key, &request.scope);
     let entry = Entry {
         token: token.clone(),
         caller: request.caller.clone(),
         idempotency_key: idempotency_key.map(str::to_string),
-        operation: request.op.to_string(),
+        operation: request.operation.as_str().to_string(),
         target: request.target.clone(),
         endpoint: request.endpoint.clone(),
         algorithm: request.algorithm.to_string(),
         digest: request.digest,
     };
-    let until = call
+    let until = ask
         .deadline
         .unwrap_or_else(|| Instant::now() + MAX_CLAIM_WAIT);
-    let ticket = oci.journal.ticket(entry).await.map_err(ImportError::from)?;
-    let mut lease = match claim(oci, &ticket, until).await? {
+    let journal = dest.journal();
+    let ticket = journal.ticket(entry).await?;
+    let mut lease = match claim(journal, &ticket, until).await? {
         Next::Fresh(lease) => lease,
         Next::Recorded(lease, r) => {
             // A recorded import: as allowed now as a fresh one would be, or nothing is returned.
-            (steps.recheck)().await?;
+            exporter.recheck(export, ask.deadline).await?;
             progress.replayed = true;
             progress.merge(&made_progress(&r));
             progress.on_token = true;
             return match lease {
                 Some(lease) => match r.body.clone() {
-                    Some(body) => Ok(Prepared::Send { token, body, lease }),
-                    None => Err(ImportError::from(JournalError::Unavailable(
+                    Some(body) => Ok(Prepared::Send {
+                        token,
+                        body,
+                        lease,
+                        resent: true,
+                    }),
+                    None => Err(ExportError::from(JournalError::Unavailable(
                         "a recorded import has no body".into(),
-                    ))
-                    .into()),
+                    ))),
                 },
-                None if r.failure.is_some() => Err(ImportError::Oci(recorded_refusal(&r)).into()),
+                None if r.failure.is_some() => Err(ExportError::Oci(recorded_refusal(&r))),
                 None => Ok(Prepared::Answered(r)),
             };
         }
     };
-    let wk = oci.kms.wrapping_key(call).await.map_err(|e| {
-        note_error(progress, &e);
-        ImportError::Oci(e)
-    })?;
-    // recorded now: a refused wrap is audited with the vault key it was for
+    let wk = dest.wrapping_key(progress).await?;
+    // recorded now: a refused wrap is audited with the wrapping key it was for
     let fp = wk.fingerprint();
     progress.wrapping_key_sha256 = Some(fp.clone());
-    let wrapped = (steps.wrap)(wk).await?;
-    let body = Arc::new(Zeroizing::new((steps.build)(&wrapped)?));
+    let wrapped = exporter.wrap(export, wk, ask.deadline, hsm_started).await?;
+    let body = Arc::new(Zeroizing::new(dest.body(&wrapped)?));
     let made = Progress {
         wrapping_key_sha256: Some(fp),
         mode: Some(wrapped.mode.as_str()),
@@ -113,12 +105,14 @@ where
         on_token: true,
         ..Progress::default()
     };
-    lease
-        .prepare(body.clone(), &journal_made(&made))
-        .await
-        .map_err(ImportError::from)?;
+    lease.prepare(body.clone(), &journal_made(&made)).await?;
     progress.merge(&made);
-    Ok(Prepared::Send { token, body, lease })
+    Ok(Prepared::Send {
+        token,
+        body,
+        lease,
+        resent: false,
+    })
 }
 
 /// What a claim found: nothing sent before (this call holds the lease), or a record (with
@@ -129,23 +123,27 @@ enum Next {
 }
 
 /// Claims `ticket`'s record, waiting (until `until`) while another call or replica holds it.
-async fn claim(oci: &OciSide, ticket: &Ticket, until: Instant) -> Result<Next, ImportError> {
+async fn claim(
+    journal: &Arc<Journal>,
+    ticket: &Ticket,
+    until: Instant,
+) -> Result<Next, ExportError> {
     let mut pause = Duration::from_millis(20);
     loop {
-        match oci.journal.claim(ticket).await? {
+        match journal.claim(ticket).await? {
             Claimed::Fresh(lease) => return Ok(Next::Fresh(lease)),
             Claimed::Resend(lease, r) => return Ok(Next::Recorded(Some(lease), Box::new(r))),
             Claimed::Accepted(r) | Claimed::Failed(r) => {
                 return Ok(Next::Recorded(None, Box::new(r)));
             }
             Claimed::Mismatch => {
-                return Err(ImportError::invalid(
+                return Err(ExportError::invalid(
                     "idempotency_key was already used for a different request (source key, algorithm, target or details); use a new key",
                 ));
             }
             Claimed::Busy => {
                 if Instant::now() + pause >= until {
-                    return Err(ImportError::in_progress(
+                    return Err(ExportError::in_progress(
                         "an import with this idempotency_key is in progress (in this daemon or on another replica); retry with the same key",
                     ));
                 }
@@ -156,23 +154,18 @@ async fn claim(oci: &OciSide, ticket: &Ticket, until: Instant) -> Result<Next, I
     }
 }
 
-/// Sends a prepared import with `send(body, token)` and records OCI's answer in the
-/// journal, or returns the answer recorded before. `progress` learns OCI's request id,
-/// the attempts and what was created.
-pub async fn send<T, F, Fut>(
+/// Sends a prepared import to `dest` and records its answer in the journal, or returns the
+/// answer recorded before. For bytes sent before whose answer was lost, the destination is
+/// asked first for what that send made. `progress` learns the request id, the attempts and
+/// what was made.
+pub(super) async fn send<D: Destination>(
     prepared: Prepared,
     progress: &mut Progress,
-    send: F,
-    created: fn(&T) -> &String,
-) -> Result<T, ImportError>
-where
-    T: Serialize + DeserializeOwned,
-    F: FnOnce(Arc<Zeroizing<Vec<u8>>>, String) -> Fut,
-    Fut: std::future::Future<Output = Result<Answer<T>, KmsError>>,
-{
+    dest: &D,
+) -> Result<D::Answer, ExportError> {
     match prepared {
         Prepared::Answered(r) => {
-            let value: T = r
+            let value: D::Answer = r
                 .answer
                 .as_deref()
                 .and_then(|a| serde_json::from_str(a).ok())
@@ -186,12 +179,24 @@ where
             progress.opc_request_id = r.opc_request_id.clone();
             Ok(value)
         }
-        Prepared::Send { token, body, lease } => {
-            let answer = send(body, token).await;
+        Prepared::Send {
+            token,
+            body,
+            lease,
+            resent,
+        } => {
+            let found = match resent {
+                true => dest.find_lost(&token).await.transpose(),
+                false => None,
+            };
+            let answer = match found {
+                Some(found) => found,
+                None => dest.send(body, token).await,
+            };
             note(progress, &answer);
-            lease.finish(&outcome(&answer, created)).await;
+            lease.finish(&outcome::<D>(&answer)).await;
             let value = answer?.value;
-            progress.created_id = Some(created(&value).clone());
+            progress.created_id = Some(D::created_id(&value).to_string());
             Ok(value)
         }
     }
@@ -204,15 +209,12 @@ fn definitive(status: u16) -> bool {
     (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 409 | 429)
 }
 
-/// What the journal records of OCI's answer.
-fn outcome<T: Serialize>(
-    answer: &Result<Answer<T>, KmsError>,
-    created: fn(&T) -> &String,
-) -> Outcome {
+/// What the journal records of the destination's answer.
+fn outcome<D: Destination>(answer: &Result<Answer<D::Answer>, KmsError>) -> Outcome {
     match answer {
         Ok(a) => match serde_json::to_string(&a.value) {
             Ok(json) => Outcome::Accepted {
-                created_id: created(&a.value).clone(),
+                created_id: D::created_id(&a.value).to_string(),
                 answer: json,
                 opc_request_id: a.opc_request_id.clone(),
             },
@@ -259,6 +261,20 @@ fn recorded_refusal(r: &Record) -> KmsError {
         message: format!("{} (recorded at {})", f.message, r.updated_at()),
         opc_request_id: r.opc_request_id.clone().unwrap_or_default(),
         attempts: 0,
+    }
+}
+
+/// Records the answer in `progress`.
+fn note<T>(progress: &mut Progress, r: &Result<Answer<T>, KmsError>) {
+    match r {
+        Ok(a) => {
+            progress.opc_request_id = Some(a.opc_request_id.clone());
+            progress.attempts = a.attempts;
+        }
+        Err(e) => {
+            progress.opc_request_id = e.opc_request_id().map(str::to_string);
+            progress.attempts = e.attempts();
+        }
     }
 }
 

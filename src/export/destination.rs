@@ -1,0 +1,84 @@
+//! Where an import goes: the seam between the export core and a cloud. A destination
+//! gives the wrapping key its import needs, builds the body around the wrapped key, sends it
+//! exactly once per journal token, finds the result of an import whose answer was lost, and
+//! polls what it made until it is usable. OCI is the first (src/oci/import.rs); a new cloud
+//! is a module that implements this, and one registration where the daemon and the command
+//! line turn requests into destinations (docs/ARCHITECTURE.md, "Adding a cloud").
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use super::{Caller, ExportError};
+use crate::audit::{Progress, Record};
+use crate::hsm::Wrapped;
+use crate::journal::Journal;
+use crate::oci::kms::{Answer, KmsError};
+use crate::wrap::WrappingKey;
+
+/// A cloud's side of one import.
+pub(crate) trait Destination: Send + Sync + 'static {
+    /// What the cloud answers an import with (OCI: the key version, or the key), as the
+    /// journal records it for a retry.
+    type Answer: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The journal this destination's imports are recorded in.
+    fn journal(&self) -> &Arc<Journal>;
+
+    /// Where the import goes (the endpoint), as the journal and the idempotency scope name it.
+    fn endpoint(&self) -> &str;
+
+    /// What the import names there (a key, or where a new key goes).
+    fn target(&self) -> &str;
+
+    /// What else the request asks, as stable text: bound to the idempotency key, so that the
+    /// same key with other details is refused.
+    fn details(&self) -> String;
+
+    /// The destination's checks before anything is wrapped: the caller may reach it, and
+    /// what it names may receive the key (OCI: the key's protection mode and compartment).
+    /// What it learns goes into `rec`.
+    fn admit(
+        &self,
+        caller: &Caller,
+        rec: &mut Record,
+    ) -> impl Future<Output = Result<(), ExportError>> + Send;
+
+    /// The wrapping key for this import (OCI: the vault's), noted in `progress`.
+    fn wrapping_key(
+        &self,
+        progress: &mut Progress,
+    ) -> impl Future<Output = Result<Arc<WrappingKey>, ExportError>> + Send;
+
+    /// The import call's body around the wrapped key.
+    fn body(&self, wrapped: &Wrapped) -> Result<Vec<u8>, ExportError>;
+
+    /// The result of an earlier send under `token` whose answer was lost, if the cloud can
+    /// tell (a cloud without a retry token leaves a mark to find); `None` to send the
+    /// recorded bytes again. OCI's retry token makes a second send safe, so OCI says `None`.
+    fn find_lost(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Option<Answer<Self::Answer>>, KmsError>> + Send;
+
+    /// Sends `body` under `token`: the cloud imports once however often one token is sent.
+    fn send(
+        &self,
+        body: Arc<Zeroizing<Vec<u8>>>,
+        token: String,
+    ) -> impl Future<Output = Result<Answer<Self::Answer>, KmsError>> + Send;
+
+    /// The id of what an answer says was made.
+    fn created_id(answer: &Self::Answer) -> &str;
+
+    /// Waits until what `answer` made is usable (OCI: `ENABLED`), at most until `deadline`.
+    fn poll(
+        &self,
+        answer: Self::Answer,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Self::Answer, ExportError>> + Send;
+}
