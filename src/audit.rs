@@ -48,12 +48,15 @@ pub(crate) enum Outcome {
 }
 
 impl Operation {
-    /// The grant in `server.clients` this operation needs.
-    pub(crate) fn grant(self) -> crate::config::Operation {
-        match self {
-            Operation::WrapKey => crate::config::Operation::Wrap,
-            Operation::ImportKeyVersion | Operation::ImportKey => crate::config::Operation::Import,
-        }
+    /// The operation `name` names (as [`Self::as_str`] gives it), e.g. in a journal record.
+    pub(crate) fn parse(name: &str) -> Option<Operation> {
+        [
+            Operation::WrapKey,
+            Operation::ImportKeyVersion,
+            Operation::ImportKey,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == name)
     }
 
     pub(crate) fn as_str(self) -> &'static str {

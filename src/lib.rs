@@ -34,6 +34,7 @@ pub(crate) mod export;
 pub mod hardening;
 pub mod hsm;
 pub mod journal;
+pub(crate) mod keyref;
 pub(crate) mod memo;
 pub(crate) mod metrics;
 pub mod oci;

@@ -67,6 +67,25 @@ impl serde_json::ser::Formatter for Escaping {
     }
 }
 
+/// The causes of `e` (its `source()` chain, not `e` itself), each as ": cause": for one-line
+/// messages that keep the reason a library error wraps, e.g. "connection refused".
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = String::new();
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        // Libraries often wrap an error in one that says the same: said once.
+        let said = c.to_string();
+        if said != last && !last.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        last = said;
+        cur = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

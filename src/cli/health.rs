@@ -115,7 +115,7 @@ fn cannot_connect(a: &HealthArgs, e: &tonic::transport::Error) -> String {
         }
         cur = c.source();
     }
-    let why = format!("{e}{}", crate::error::causes(e));
+    let why = format!("{e}{}", crate::text::causes(e));
     if why.contains("NotValidForName") || why.contains("not valid for name") {
         return format!(
             "{}: the daemon's certificate does not name the host; pass --server-name with a name it carries ({why})",

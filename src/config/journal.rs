@@ -6,6 +6,9 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+/// The label of the token's record key when `journal.mac_key_label` is not set.
+pub(crate) const DEFAULT_MAC_KEY_LABEL: &str = "hsm-bridge-journal-mac";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalConfig {
@@ -102,7 +105,7 @@ impl JournalConfig {
     pub fn mac_key_label(&self) -> &str {
         self.mac_key_label
             .as_deref()
-            .unwrap_or(crate::journal::seal::DEFAULT_LABEL)
+            .unwrap_or(DEFAULT_MAC_KEY_LABEL)
     }
 
     /// Whether the PostgreSQL journal must use TLS: with `ca_file`, or when a host is not on
@@ -122,7 +125,7 @@ impl JournalConfig {
             );
         }
         if let Some(l) = &self.mac_key_label {
-            crate::hsm::KeyRef::label(l).map_err(|e| format!("journal.mac_key_label: {e}"))?;
+            crate::keyref::KeyRef::label(l).map_err(|e| format!("journal.mac_key_label: {e}"))?;
         }
         super::validate::in_range("journal.lease_secs", self.lease_secs, 1..=300)?;
         match &self.store {

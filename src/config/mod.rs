@@ -227,10 +227,12 @@ pub struct HsmConfig {
 
 impl HsmConfig {
     /// What the token must match.
-    pub fn token_match(&self) -> Result<crate::hsm::uri::TokenMatch, crate::hsm::uri::UriError> {
+    pub fn token_match(
+        &self,
+    ) -> Result<crate::keyref::uri::TokenMatch, crate::keyref::uri::UriError> {
         match &self.token {
-            Some(uri) => crate::hsm::uri::TokenMatch::parse(uri),
-            None => Ok(crate::hsm::uri::TokenMatch::label(&self.token_label)),
+            Some(uri) => crate::keyref::uri::TokenMatch::parse(uri),
+            None => Ok(crate::keyref::uri::TokenMatch::label(&self.token_label)),
         }
     }
 

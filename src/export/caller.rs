@@ -82,6 +82,15 @@ impl Caller {
         })
     }
 
+    /// Whether this caller is granted the operation an export is (`server.clients`).
+    pub(crate) fn may_export(&self, operation: crate::audit::Operation) -> bool {
+        use crate::audit::Operation as Export;
+        self.may(match operation {
+            Export::WrapKey => Operation::Wrap,
+            Export::ImportKeyVersion | Export::ImportKey => Operation::Import,
+        })
+    }
+
     /// Why this caller may not touch the key labelled `label`.
     pub(crate) fn may_not_touch(&self, label: &str) -> KeyDenied {
         KeyDenied {

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::{
     Described, Destination, Export, ExportError, Exporter, ImportAsk, MAX_CLAIM_WAIT, Progress,
 };
+use crate::audit::Operation;
 use crate::hsm::WrapMode;
 use crate::journal::{
     Claimed, Entry, Failure, Journal, JournalError, Lease, Made, Outcome, Record, Ticket,
@@ -251,11 +252,9 @@ fn recorded_refusal(r: &Record) -> KmsError {
         message: String::new(),
     });
     KmsError::Service {
-        op: if r.operation == "ImportKey" {
-            "ImportKey"
-        } else {
-            "ImportKeyVersion"
-        },
+        op: Operation::parse(&r.operation)
+            .unwrap_or(Operation::ImportKeyVersion)
+            .as_str(),
         status: f.status,
         code: f.code,
         message: format!("{} (recorded at {})", f.message, r.updated_at()),

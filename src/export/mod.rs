@@ -213,7 +213,7 @@ pub(crate) struct Export {
 impl Export {
     /// The first check of every export: `caller` may do `operation`.
     pub(crate) fn admit(caller: Caller, operation: Operation) -> Result<Admission, ExportError> {
-        if !caller.may(operation.grant()) {
+        if !caller.may_export(operation) {
             return Err(ExportError::denied(format!(
                 "{} may not call {}; the operator grants operations in server.clients",
                 caller.display,

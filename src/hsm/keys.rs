@@ -1,112 +1,14 @@
 //! Finding source keys on the token: by label or CKA_ID, among secret and private keys
 //! only, with a handle cache. Reads attributes, never key values.
 
-use std::fmt;
-
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::HsmError;
+use crate::keyref::uri;
+pub use crate::keyref::{KeyRef, KeyRefError};
 use crate::wrap::{KeyAlgorithm, KeyShape, hex};
-
-/// How a caller names a source key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum KeyRef {
-    /// Exact `CKA_LABEL`.
-    Label(String),
-    /// `CKA_ID` bytes.
-    Id(Vec<u8>),
-    /// A PKCS#11 URI (RFC 7512): label and/or id, maybe the class and the token.
-    Uri(super::uri::KeyUri),
-}
-
-/// Longest label and id a caller may name (PKCS#11 sets no limit; HSMs use 32 to 128 bytes).
-pub(crate) const MAX_LABEL: usize = 128;
-pub(crate) const MAX_ID: usize = 64;
-
-impl KeyRef {
-    /// A label as callers give it: 1 to `MAX_LABEL` bytes, no control characters, no glob
-    /// characters (`* ? [ ]`: labels are matched exactly, and globs belong to policy).
-    pub fn label(l: &str) -> Result<KeyRef, KeyRefError> {
-        if l.is_empty() {
-            return Err(KeyRefError::EmptyLabel);
-        }
-        if l.len() > MAX_LABEL {
-            return Err(KeyRefError::LabelTooLong(l.len()));
-        }
-        if crate::text::has_deceptive(l) {
-            return Err(KeyRefError::ControlInLabel);
-        }
-        if l.contains(['*', '?', '[', ']']) {
-            return Err(KeyRefError::GlobInLabel);
-        }
-        Ok(KeyRef::Label(l.to_string()))
-    }
-
-    /// A CKA_ID as hex: 1 to `MAX_ID` bytes.
-    pub fn id_hex(h: &str) -> Result<KeyRef, KeyRefError> {
-        if h.len() > 2 * MAX_ID {
-            return Err(KeyRefError::IdTooLong(h.len()));
-        }
-        crate::wrap::unhex(h)
-            .filter(|b| !b.is_empty())
-            .map(KeyRef::Id)
-            .ok_or_else(|| KeyRefError::NotHex(h.to_string()))
-    }
-
-    /// A PKCS#11 URI, e.g. `pkcs11:object=demo-aes-256;type=secret-key` (see `uri.rs`).
-    pub fn uri(u: &str) -> Result<KeyRef, super::uri::UriError> {
-        Ok(KeyRef::Uri(super::uri::KeyUri::parse(u)?))
-    }
-
-    /// The label this names, if it names one (for the caller's label patterns, which apply
-    /// before the token is asked).
-    pub fn label_named(&self) -> Option<&str> {
-        match self {
-            KeyRef::Label(l) => Some(l),
-            KeyRef::Uri(u) => u.label.as_deref(),
-            KeyRef::Id(_) => None,
-        }
-    }
-
-    /// The CKA_ID this names, if any.
-    pub fn id_named(&self) -> Option<&[u8]> {
-        match self {
-            KeyRef::Id(id) => Some(id),
-            KeyRef::Uri(u) => u.id.as_deref(),
-            KeyRef::Label(_) => None,
-        }
-    }
-}
-
-/// Why a caller's key reference is refused (before the token is asked).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyRefError {
-    #[error("the label is empty")]
-    EmptyLabel,
-    #[error("the label is {0} bytes; at most {MAX_LABEL}")]
-    LabelTooLong(usize),
-    #[error("the label contains control characters, line separators or bidirectional controls")]
-    ControlInLabel,
-    #[error("the label contains glob characters (* ? [ ]); labels are matched exactly")]
-    GlobInLabel,
-    #[error("the id is {0} hex digits; at most {max}", max = 2 * MAX_ID)]
-    IdTooLong(usize),
-    /// At most `2 * MAX_ID` characters (checked first), so quoting it is bounded.
-    #[error("the id {0:?} is not hex (an even number of 0-9a-f digits)")]
-    NotHex(String),
-}
-
-impl fmt::Display for KeyRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyRef::Label(l) => write!(f, "label {l:?}"),
-            KeyRef::Id(id) => write!(f, "id {}", hex(id)),
-            KeyRef::Uri(u) => write!(f, "{u}"),
-        }
-    }
-}
 
 /// What the token says about a key. No values.
 #[derive(Debug, Clone)]
@@ -128,7 +30,7 @@ pub struct KeyInfo {
 
 impl KeyInfo {
     /// Whether the key is of the class a URI's `type` asks for.
-    pub fn class_is(&self, c: super::uri::KeyClass) -> bool {
+    pub fn class_is(&self, c: uri::KeyClass) -> bool {
         self.class == c.object_class()
     }
 
@@ -272,7 +174,7 @@ pub(crate) fn still_matches(info: &KeyInfo, key: &KeyRef) -> bool {
     key.label_named().is_none_or(|l| info.label == l)
         && key.id_named().is_none_or(|id| info.id == id)
         && match key {
-            KeyRef::Uri(super::uri::KeyUri { class: Some(c), .. }) => info.class_is(*c),
+            KeyRef::Uri(uri::KeyUri { class: Some(c), .. }) => info.class_is(*c),
             _ => true,
         }
 }
@@ -299,6 +201,7 @@ pub(crate) fn list(s: &Session) -> Result<Vec<KeyInfo>, HsmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyref::{MAX_ID, MAX_LABEL};
 
     #[test]
     fn caller_labels_and_ids_are_checked() {

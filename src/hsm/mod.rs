@@ -13,7 +13,6 @@ pub(crate) mod pool;
 pub mod raw;
 pub(crate) mod selftest;
 mod token;
-pub(crate) mod uri;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -26,6 +25,7 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
 use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
+pub use crate::keyref::uri;
 use crate::wrap::{Format, KeyShape, WrapError, WrappingKey};
 pub use error::{ExportRefusal, HsmError, KeyDenied, Unsupported, ckr_name, recoverable};
 pub use keys::{KeyInfo, KeyRef, KeyRefError};

@@ -45,7 +45,7 @@ fn unavailable(e: impl std::fmt::Display) -> JournalError {
 /// A client library error with its causes ("error communicating with the server" says
 /// nothing; the reason is below it).
 fn pg_error(e: tokio_postgres::Error) -> JournalError {
-    JournalError::Unavailable(format!("{e}{}", crate::error::causes(&e)))
+    JournalError::Unavailable(format!("{e}{}", crate::text::causes(&e)))
 }
 
 /// Where the journal is, for logs: user, hosts, database; never a password.

@@ -15,9 +15,6 @@ use super::{Entry, Failure, JournalError, Made, Record, State};
 use crate::hardening::Locked;
 use crate::hsm::Hsm;
 
-/// The label of the token's record key when `journal.mac_key_label` is not set.
-pub(crate) const DEFAULT_LABEL: &str = "hsm-bridge-journal-mac";
-
 /// Fewest bytes of key a record key may have (the HMAC-SHA256 output length).
 pub(crate) const MIN_KEY_BYTES: usize = 32;
 /// Most bytes read from `journal.mac_key_file`.

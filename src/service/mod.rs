@@ -105,7 +105,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::WrapKeyRequest>,
     ) -> Result<Response<proto::WrapKeyResponse>, Status> {
-        let _timer = crate::metrics::RpcTimer::start("WrapKey");
+        let _timer = crate::metrics::RpcTimer::start(audit_log::Operation::WrapKey.as_str());
         let mut guard = Attempt::new(
             self.audit.clone(),
             request::request_id(&req),
@@ -119,7 +119,8 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::ImportKeyVersionResponse>, Status> {
-        let _timer = crate::metrics::RpcTimer::start("ImportKeyVersion");
+        let _timer =
+            crate::metrics::RpcTimer::start(audit_log::Operation::ImportKeyVersion.as_str());
         let mut guard = Attempt::new(
             self.audit.clone(),
             request::request_id(&req),
@@ -133,7 +134,7 @@ impl KeySourceBridge for Bridge {
         &self,
         req: Request<proto::ImportKeyRequest>,
     ) -> Result<Response<proto::ImportKeyResponse>, Status> {
-        let _timer = crate::metrics::RpcTimer::start("ImportKey");
+        let _timer = crate::metrics::RpcTimer::start(audit_log::Operation::ImportKey.as_str());
         let mut guard = Attempt::new(
             self.audit.clone(),
             request::request_id(&req),

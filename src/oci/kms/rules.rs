@@ -131,7 +131,7 @@ pub(super) fn describe(e: reqwest::Error) -> String {
     } else {
         "the connection failed"
     };
-    format!("{what}{}", crate::error::causes(&e))
+    format!("{what}{}", crate::text::causes(&e))
 }
 
 #[cfg(test)]

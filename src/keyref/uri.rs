@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::keys::{KeyRefError, MAX_ID, MAX_LABEL};
+use super::{KeyRefError, MAX_ID, MAX_LABEL};
 
 /// Why a PKCS#11 URI is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
