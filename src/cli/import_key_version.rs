@@ -1,5 +1,5 @@
-//! `import-key-version`: the import module's path for one key, without gRPC, queue or
-//! callers, audited like the daemon's.
+//! `import-key-version`: the export core's import (src/export/) of one key, the operator as
+//! the caller, without gRPC or the queue, audited like the daemon's.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use crate::hsm::Hsm;
 use crate::oci::kms::KeyVersion;
 use crate::wrap::{Algorithm, Format};
 
-/// `import-key-version`: the import module's path for one key, audited.
+/// `import-key-version`: the export core's import of one key into OCI, audited.
 pub(super) fn import_key_version_cmd(
     a: ImportKeyVersionArgs,
     out: &mut dyn Write,
