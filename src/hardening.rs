@@ -52,7 +52,7 @@ pub fn no_core_dumps() -> Result<(), HardeningError> {
 /// check by path cannot slip through), that it is a regular file, owned by this user or by
 /// root (not by another user who could have planted or could rewrite it), that group and
 /// others cannot read or write. `what` names the file in the error, e.g. "PIN file".
-pub fn open_private(
+pub(crate) fn open_private(
     path: &std::path::Path,
     what: &'static str,
 ) -> Result<std::fs::File, SecretFileError> {
@@ -70,7 +70,7 @@ pub fn open_private(
 }
 
 /// The checks of [`open_private`] on a file's metadata.
-pub fn check_private(meta: &std::fs::Metadata) -> Result<(), FileCheck> {
+pub(crate) fn check_private(meta: &std::fs::Metadata) -> Result<(), FileCheck> {
     use std::os::unix::fs::MetadataExt;
     if !meta.is_file() {
         return Err(FileCheck::NotRegular);
@@ -94,7 +94,7 @@ fn group_read_of_a_mounted_secret(meta: &std::fs::Metadata, mode: u32) -> bool {
 
 /// A file must belong to this user or to root: another user could have planted it, or
 /// could rewrite it.
-pub fn check_owner(meta: &std::fs::Metadata) -> Result<(), FileCheck> {
+pub(crate) fn check_owner(meta: &std::fs::Metadata) -> Result<(), FileCheck> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
@@ -198,11 +198,12 @@ impl Locked {
     }
 
     /// Whether the pages are locked in RAM.
-    pub fn is_locked(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_locked(&self) -> bool {
         self.locked
     }
 
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: `len <= map_len` bytes of our mapping, initialised (anonymous maps are
         // zero-filled), borrowed for no longer than `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -236,7 +237,7 @@ impl std::fmt::Debug for Locked {
 }
 
 /// Size of each thread's scratch for transient secrets.
-pub const SCRATCH_LEN: usize = 8192;
+pub(crate) const SCRATCH_LEN: usize = 8192;
 
 thread_local! {
     static SCRATCH: RefCell<Option<Locked>> = const { RefCell::new(None) };
@@ -245,7 +246,7 @@ thread_local! {
 /// Runs `f` with this thread's [`SCRATCH_LEN`]-byte [`Locked`] scratch (mapped on first use,
 /// kept for the thread's life), zeroed again when `f` returns or unwinds. For secrets that
 /// live only during one call: K in hybrid mode, a padded private key being trimmed.
-pub fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> Result<R, HardeningError> {
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> Result<R, HardeningError> {
     /// Zeroes the scratch however `f` ends.
     struct Wipe<'a>(&'a mut [u8]);
     impl Drop for Wipe<'_> {
@@ -307,7 +308,7 @@ pub fn openssl_secure_used() -> usize {
 }
 
 /// One line on how secrets are held, for the start-up log.
-pub fn memory_report() -> String {
+pub(crate) fn memory_report() -> String {
     let lim = rustix::process::getrlimit(Resource::Memlock)
         .current
         .map_or_else(|| "unlimited".to_string(), |b| format!("{} KiB", b / 1024));

@@ -17,8 +17,9 @@
 //! - `audit`, `code`, `policy`: the audit log, the canonical codes, which keys may leave.
 //! - [`config`], [`hardening`], [`time`]: the typed config, process hardening, times.
 //!
-//! The public modules are what the tests, the benchmarks, the emulator and `main.rs` use;
-//! everything else is the crate's own (`unreachable_pub` is on: Cargo.toml `[lints]`).
+//! Everything is the crate's own unless the tests, the benchmarks, the emulator or `main.rs`
+//! use it: the public modules hold only those items public, the rest `pub(crate)`
+//! (`unreachable_pub` is on: Cargo.toml `[lints]`).
 
 // Unsafe code only where it is documented and needed: src/hsm/raw.rs (raw PKCS#11 calls)
 // and src/hardening.rs (locked memory, OpenSSL's secure heap); each allows it itself.

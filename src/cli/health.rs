@@ -14,7 +14,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use super::{Error, io};
 
 #[derive(Debug, Args)]
-pub struct HealthArgs {
+pub(crate) struct HealthArgs {
     /// The daemon's address, HOST:PORT (e.g. 127.0.0.1:50051).
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: String,

@@ -33,11 +33,11 @@ use import_key_version::import_key_version_cmd;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the gRPC daemon (KeySourceBridge, health, reflection) until SIGTERM or SIGINT.
     Serve {
         /// Config file (TOML).
@@ -83,7 +83,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum JournalCommand {
+pub(crate) enum JournalCommand {
     /// The newest records, newest first.
     List {
         #[command(flatten)]
@@ -101,7 +101,7 @@ pub enum JournalCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct Common {
+pub(crate) struct Common {
     /// Config file (TOML).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
@@ -111,7 +111,7 @@ pub struct Common {
 }
 
 #[derive(Debug, Args)]
-pub struct WrapArgs {
+pub(crate) struct WrapArgs {
     #[command(flatten)]
     pub common: Common,
     #[command(flatten)]
@@ -145,7 +145,7 @@ pub struct WrapArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ImportKeyVersionArgs {
+pub(crate) struct ImportKeyVersionArgs {
     #[command(flatten)]
     pub common: Common,
     #[command(flatten)]
@@ -174,7 +174,7 @@ pub struct ImportKeyVersionArgs {
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
-pub struct KeyArg {
+pub(crate) struct KeyArg {
     /// CKA_LABEL of the key, exact.
     #[arg(long)]
     pub label: Option<String>,

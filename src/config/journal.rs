@@ -218,7 +218,7 @@ fn url_sslmode(url: &str) -> Option<String> {
 }
 
 /// Whether every host the URL names is loopback or a Unix socket.
-pub fn on_this_machine(pg: &tokio_postgres::Config) -> bool {
+pub(crate) fn on_this_machine(pg: &tokio_postgres::Config) -> bool {
     use tokio_postgres::config::Host;
     !pg.get_hosts().is_empty()
         && pg.get_hosts().iter().all(|h| match h {

@@ -6,7 +6,7 @@ use super::ServerConfig;
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
+pub(crate) enum Listen {
     Tcp(std::net::SocketAddr),
     Unix(PathBuf),
 }
@@ -16,7 +16,7 @@ impl ServerConfig {
     /// plain text only on loopback or a Unix socket and only with `plaintext = true`; TLS
     /// needs a certificate, its key and a client CA, because callers are identified by
     /// their certificate. Errors name the setting.
-    pub fn listen(&self) -> Result<Listen, super::ConfigError> {
+    pub(crate) fn listen(&self) -> Result<Listen, super::ConfigError> {
         self.listen_text().map_err(super::ConfigError::Listen)
     }
 

@@ -88,7 +88,7 @@ pub struct ServerConfig {
     #[serde(default = "default_io_threads")]
     pub io_threads: usize,
     #[serde(default)]
-    pub clients: Vec<ClientConfig>,
+    pub(crate) clients: Vec<ClientConfig>,
     /// `IP:PORT` of a plain-text listener that serves only `grpc.health.v1.Health` (for
     /// probes that cannot do mutual TLS, e.g. Kubernetes' gRPC probes); unset: none.
     pub health_listen: Option<String>,
@@ -160,7 +160,7 @@ fn default_listen() -> String {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClientConfig {
+pub(crate) struct ClientConfig {
     pub name: String,
     /// TLS callers: the client certificate's subject CN.
     #[serde(default)]
@@ -185,7 +185,7 @@ pub struct ClientConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Operation {
+pub(crate) enum Operation {
     List,
     Wrap,
     Import,
@@ -210,7 +210,7 @@ pub struct HsmConfig {
     #[serde(default = "default_sessions")]
     pub sessions: usize,
     #[serde(default)]
-    pub wrap_mode: WrapModeSetting,
+    pub(crate) wrap_mode: WrapModeSetting,
     /// Least time between two re-initialisations of the module (C_Finalize, C_Initialize,
     /// login, new sessions) after device-level errors.
     #[serde(default = "default_reinit_interval")]
@@ -218,7 +218,7 @@ pub struct HsmConfig {
     /// The role to log in as: "user" (`CKU_USER`; Luna's Crypto Officer) or a vendor
     /// number (e.g. Luna's Crypto User, 0x80000001).
     #[serde(default)]
-    pub user_type: UserType,
+    pub(crate) user_type: UserType,
     /// The marker a refused PIN leaves (`journal.pin_marker`): while it exists, nothing
     /// logs in. Set when the config is loaded.
     #[serde(skip)]
@@ -227,7 +227,7 @@ pub struct HsmConfig {
 
 impl HsmConfig {
     /// What the token must match.
-    pub fn token_match(
+    pub(crate) fn token_match(
         &self,
     ) -> Result<crate::keyref::uri::TokenMatch, crate::keyref::uri::UriError> {
         match &self.token {
@@ -237,7 +237,7 @@ impl HsmConfig {
     }
 
     /// The token as messages name it: its label, or the URI.
-    pub fn token_name(&self) -> &str {
+    pub(crate) fn token_name(&self) -> &str {
         self.token.as_deref().unwrap_or(&self.token_label)
     }
 }
@@ -245,7 +245,7 @@ impl HsmConfig {
 /// `hsm.user_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(untagged)]
-pub enum UserType {
+pub(crate) enum UserType {
     #[default]
     #[serde(skip)]
     User,
@@ -256,13 +256,13 @@ pub enum UserType {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum UserTypeName {
+pub(crate) enum UserTypeName {
     User,
 }
 
 impl UserType {
     /// The `CK_USER_TYPE` to log in as.
-    pub fn ck_user_type(self) -> cryptoki_sys::CK_USER_TYPE {
+    pub(crate) fn ck_user_type(self) -> cryptoki_sys::CK_USER_TYPE {
         match self {
             UserType::User | UserType::Named(UserTypeName::User) => cryptoki_sys::CKU_USER,
             UserType::Number(n) => n,
@@ -281,7 +281,7 @@ fn default_reinit_interval() -> u64 {
 /// `hsm.wrap_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum WrapModeSetting {
+pub(crate) enum WrapModeSetting {
     #[default]
     Auto,
     HsmNative,
@@ -309,7 +309,7 @@ pub struct PolicyConfig {
     pub min_wrapping_key_bits: u32,
     /// OCI protection modes an import may create or add a version to.
     #[serde(default = "default_protection_modes")]
-    pub protection_modes: Vec<ProtectionMode>,
+    pub(crate) protection_modes: Vec<ProtectionMode>,
 }
 
 impl Default for PolicyConfig {
@@ -329,13 +329,13 @@ impl Default for PolicyConfig {
 /// An OCI key protection mode (`EXTERNAL` keys cannot be imported into).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum ProtectionMode {
+pub(crate) enum ProtectionMode {
     Hsm,
     Software,
 }
 
 impl ProtectionMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProtectionMode::Hsm => "HSM",
             ProtectionMode::Software => "SOFTWARE",
@@ -343,7 +343,7 @@ impl ProtectionMode {
     }
 
     /// OCI's name; an empty one is OCI's default, HSM.
-    pub fn parse(s: &str) -> Option<ProtectionMode> {
+    pub(crate) fn parse(s: &str) -> Option<ProtectionMode> {
         match s {
             "" | "HSM" => Some(ProtectionMode::Hsm),
             "SOFTWARE" => Some(ProtectionMode::Software),
@@ -602,8 +602,8 @@ fn expand_str(s: &str) -> Result<String, String> {
 mod journal;
 mod listen;
 mod validate;
-pub use journal::{JournalConfig, JournalStore, on_this_machine};
-pub use listen::Listen;
+pub use journal::{JournalConfig, JournalStore};
+pub(crate) use listen::Listen;
 
 #[cfg(test)]
 mod tests;

@@ -182,7 +182,7 @@ impl HsmError {
 /// Codes after which a fresh, logged-in session may succeed: the session or the login was
 /// lost, or the device hiccuped. Never `CKR_PIN_INCORRECT` (a Luna partition locks after a
 /// few bad PINs) and never a refusal about the key or the mechanism.
-pub fn recoverable(rv: RvError) -> bool {
+pub(crate) fn recoverable(rv: RvError) -> bool {
     matches!(
         rv,
         RvError::SessionHandleInvalid
@@ -207,7 +207,7 @@ pub enum ExportRefusal {
 }
 
 /// The PKCS#11 name of a return value: `RvError::MechanismInvalid` -> `CKR_MECHANISM_INVALID`.
-pub fn ckr_name(rv: RvError) -> String {
+pub(crate) fn ckr_name(rv: RvError) -> String {
     let debug = format!("{rv:?}");
     let mut out = String::from("CKR");
     for c in debug.chars() {

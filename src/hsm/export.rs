@@ -8,7 +8,11 @@ use crate::wrap::{Format, KeyShape};
 impl Hsm {
     /// Why `info` may not leave in `format`, or `Ok` if it may: the cloud must take it in
     /// that format, the token must allow it out, and policy must list it.
-    pub fn export_check(&self, info: &KeyInfo, format: &Format) -> Result<KeyShape, HsmError> {
+    pub(crate) fn export_check(
+        &self,
+        info: &KeyInfo,
+        format: &Format,
+    ) -> Result<KeyShape, HsmError> {
         let refuse = |refusal, why: String| HsmError::NotExportable {
             key: info.name(),
             why,
@@ -43,7 +47,7 @@ impl Hsm {
     }
 
     /// Whether `policy.exportable` lists the key's label.
-    pub fn exportable_by_policy(&self, info: &KeyInfo) -> bool {
+    pub(crate) fn exportable_by_policy(&self, info: &KeyInfo) -> bool {
         crate::policy::any_match(&self.exportable, &info.label)
     }
 }

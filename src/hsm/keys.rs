@@ -6,8 +6,8 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 
 use super::HsmError;
+pub use crate::keyref::KeyRef;
 use crate::keyref::uri;
-pub use crate::keyref::{KeyRef, KeyRefError};
 use crate::wrap::{KeyAlgorithm, KeyShape, hex};
 
 /// What the token says about a key. No values.
@@ -30,12 +30,12 @@ pub struct KeyInfo {
 
 impl KeyInfo {
     /// Whether the key is of the class a URI's `type` asks for.
-    pub fn class_is(&self, c: uri::KeyClass) -> bool {
+    pub(crate) fn class_is(&self, c: uri::KeyClass) -> bool {
         self.class == c.object_class()
     }
 
     /// OCI shape, if OCI has one for this key type (importable or not).
-    pub fn shape(&self) -> Option<KeyShape> {
+    pub(crate) fn shape(&self) -> Option<KeyShape> {
         let algorithm = match (self.class, self.key_type) {
             (ObjectClass::SECRET_KEY, KeyType::AES) => KeyAlgorithm::Aes,
             (ObjectClass::PRIVATE_KEY, KeyType::RSA) => KeyAlgorithm::Rsa,
@@ -48,13 +48,13 @@ impl KeyInfo {
     }
 
     /// The PKCS#11 key type without its prefix: "AES", "RSA", "EC", "DES3", ...
-    pub fn key_type_name(&self) -> String {
+    pub(crate) fn key_type_name(&self) -> String {
         let t = self.key_type.to_string();
         t.strip_prefix("CKK_").map(str::to_string).unwrap_or(t)
     }
 
     /// "AES-256", "RSA-3072", "EC private key", ...
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.shape() {
             Some(s) => s.describe(),
             None => format!(
@@ -70,7 +70,7 @@ impl KeyInfo {
     }
 
     /// How the key is named in messages: its label, or its id when it has none.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         if self.label.is_empty() {
             format!("id {}", hex(&self.id))
         } else {

@@ -25,11 +25,11 @@ use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 
 use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
-pub use crate::keyref::uri;
+pub(crate) use crate::keyref::uri;
 use crate::wrap::{Format, KeyShape, WrapError, WrappingKey};
-pub use error::{ExportRefusal, HsmError, KeyDenied, Unsupported, ckr_name, recoverable};
-pub use keys::{KeyInfo, KeyRef, KeyRefError};
-pub use modes::WrapMode;
+pub(crate) use error::{ExportRefusal, HsmError, KeyDenied, Unsupported, ckr_name, recoverable};
+pub use keys::{KeyInfo, KeyRef};
+pub(crate) use modes::WrapMode;
 pub use pin::SharedRefusal;
 use token::{bring_up, initialize, login};
 
@@ -144,7 +144,7 @@ impl Hsm {
 
     /// As [`Hsm::open`], with refused PINs also remembered in (and read from) `shared`:
     /// the import journal, which replicas share.
-    pub fn open_shared(
+    pub(crate) fn open_shared(
         cfg: &HsmConfig,
         policy: &PolicyConfig,
         shared: Option<std::sync::Arc<dyn pin::SharedRefusal>>,
@@ -204,22 +204,22 @@ impl Hsm {
     }
 
     /// The mode `format` wraps in on this token, or why it cannot.
-    pub fn mode_for(&self, format: &'static Format) -> Result<WrapMode, HsmError> {
+    pub(crate) fn mode_for(&self, format: &'static Format) -> Result<WrapMode, HsmError> {
         self.report.mode_for(format)
     }
 
     /// Whether `info` may leave in some format (the key listings' "exportable").
-    pub fn exportable(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
+    pub(crate) fn exportable(&self, info: &KeyInfo) -> Result<KeyShape, HsmError> {
         self.export_check(info, Format::widest())
     }
 
-    pub fn selftest_report(&self) -> &selftest::Report {
+    pub(crate) fn selftest_report(&self) -> &selftest::Report {
         &self.report
     }
 
     /// What made a wrap, for envelopes that name it (Azure's `.byok` `generator`): this tool
     /// and the token, with its firmware.
-    pub fn generator(&self) -> String {
+    pub(crate) fn generator(&self) -> String {
         let t = &self.report.token;
         format!(
             "hsm-bridge {}; {} {} firmware {}",
@@ -234,7 +234,7 @@ impl Hsm {
         &self.setup.token_label
     }
 
-    pub fn min_wrapping_key_bits(&self) -> u32 {
+    pub(crate) fn min_wrapping_key_bits(&self) -> u32 {
         self.min_wrapping_key_bits
     }
 
@@ -277,7 +277,7 @@ impl Hsm {
     /// A token too busy to lend a session within a second counts as working. A module that
     /// is down is re-initialised here when the interval allows, so health recovers without
     /// traffic.
-    pub fn probe(&self) -> Result<(), HsmError> {
+    pub(crate) fn probe(&self) -> Result<(), HsmError> {
         let kwp = self.report.caps.kwp;
         let r = self.on_session(Some(Instant::now() + Duration::from_secs(1)), |up, s| {
             self.check_token(up)?;
@@ -308,12 +308,16 @@ impl Hsm {
     }
 
     /// Number of sessions in the pool.
-    pub fn sessions(&self) -> usize {
+    pub(crate) fn sessions(&self) -> usize {
         self.setup.sessions
     }
 
     /// Finds a key: a cached handle if it still names the same key, else `C_FindObjects`.
-    pub fn find_key(&self, key: &KeyRef, deadline: Option<Instant>) -> Result<KeyInfo, HsmError> {
+    pub(crate) fn find_key(
+        &self,
+        key: &KeyRef,
+        deadline: Option<Instant>,
+    ) -> Result<KeyInfo, HsmError> {
         self.on_session(deadline, |up, s| self.find_key_in(up, s, key))
     }
 
@@ -321,7 +325,7 @@ impl Hsm {
     /// found, `permit` allows it (a caller's patterns) and it may leave (the cloud's rules,
     /// token attributes and policy). For an answer recorded earlier, which must be as
     /// allowed now as a fresh export would be.
-    pub fn check_export(
+    pub(crate) fn check_export(
         &self,
         key: &KeyRef,
         format: &'static Format,
@@ -535,7 +539,7 @@ impl Hsm {
     }
 
     /// Every secret and private key on the token.
-    pub fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
+    pub(crate) fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
         self.on_session(deadline, |_, s| keys::list(s))
     }
 
@@ -558,7 +562,7 @@ impl Hsm {
     /// A wrapping key below policy, or of a size the format does not take, is refused before
     /// any HSM call; a key the cloud does not take in the format, or a format this token
     /// cannot do, after the key is looked up and before anything is wrapped.
-    pub fn wrap_if(
+    pub(crate) fn wrap_if(
         &self,
         key: &KeyRef,
         wk: &WrappingKey,
@@ -574,7 +578,11 @@ impl Hsm {
 
     /// The checks of a wrap that need no token: the wrapping key against policy and the
     /// format.
-    pub fn precheck(&self, wk: &WrappingKey, format: &'static Format) -> Result<(), HsmError> {
+    pub(crate) fn precheck(
+        &self,
+        wk: &WrappingKey,
+        format: &'static Format,
+    ) -> Result<(), HsmError> {
         if wk.bits < self.min_wrapping_key_bits {
             return Err(HsmError::Wrap(WrapError::WrappingKey(format!(
                 "RSA-{} is below the minimum of {} bits (policy.min_wrapping_key_bits)",

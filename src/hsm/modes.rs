@@ -45,20 +45,20 @@ impl fmt::Display for WrapMode {
 
 /// One finding for each OAEP hash.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ByHash<T> {
+pub(crate) struct ByHash<T> {
     pub sha256: T,
     pub sha1: T,
 }
 
 impl<T: Copy> ByHash<T> {
-    pub fn get(&self, hash: OaepHash) -> T {
+    pub(crate) fn get(&self, hash: OaepHash) -> T {
         match hash {
             OaepHash::Sha256 => self.sha256,
             OaepHash::Sha1 => self.sha1,
         }
     }
 
-    pub fn set(&mut self, hash: OaepHash, value: T) {
+    pub(crate) fn set(&mut self, hash: OaepHash, value: T) {
         match hash {
             OaepHash::Sha256 => self.sha256 = value,
             OaepHash::Sha1 => self.sha1 = value,
@@ -68,7 +68,7 @@ impl<T: Copy> ByHash<T> {
 
 /// What the self-test proved the token does.
 #[derive(Debug, Clone, Default)]
-pub struct Capabilities {
+pub(crate) struct Capabilities {
     /// The mechanism number that is RFC 5649 on this token.
     pub kwp: Option<CK_MECHANISM_TYPE>,
     /// `CKM_RSA_PKCS_OAEP` honours the hash (and MGF1 of the same hash).
@@ -90,7 +90,7 @@ pub struct Capabilities {
 impl Capabilities {
     /// Whether `other` proves the same behaviour: the same mechanisms and the same kind of
     /// PKCS#8 output (the number of padding bytes depends on the probe key, so it may differ).
-    pub fn same_behaviour(&self, other: &Capabilities) -> bool {
+    pub(crate) fn same_behaviour(&self, other: &Capabilities) -> bool {
         let kind = |f: Option<Pkcs8Fit>| f.map(|f| matches!(f, Pkcs8Fit::Exact));
         self.kwp == other.kwp
             && self.oaep == other.oaep

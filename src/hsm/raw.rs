@@ -26,22 +26,22 @@ use cryptoki_sys as sys;
 
 use crate::wrap::soft::OaepHash;
 
-pub use sys::{CK_MECHANISM_TYPE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_SLOT_ID};
+pub(crate) use sys::{CK_MECHANISM_TYPE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_SLOT_ID};
 
 /// `CKM_RSA_AES_KEY_WRAP`.
-pub const CKM_RSA_AES_KEY_WRAP: CK_MECHANISM_TYPE = sys::CKM_RSA_AES_KEY_WRAP;
+pub(crate) const CKM_RSA_AES_KEY_WRAP: CK_MECHANISM_TYPE = sys::CKM_RSA_AES_KEY_WRAP;
 /// `CKM_AES_KEY_WRAP_KWP` (PKCS#11 3.0 name for RFC 5649).
-pub const CKM_AES_KEY_WRAP_KWP: CK_MECHANISM_TYPE = sys::CKM_AES_KEY_WRAP_KWP;
+pub(crate) const CKM_AES_KEY_WRAP_KWP: CK_MECHANISM_TYPE = sys::CKM_AES_KEY_WRAP_KWP;
 /// `CKM_AES_KEY_WRAP_PAD`; RFC 5649 on SoftHSM2, something else on other tokens.
-pub const CKM_AES_KEY_WRAP_PAD: CK_MECHANISM_TYPE = sys::CKM_AES_KEY_WRAP_PAD;
+pub(crate) const CKM_AES_KEY_WRAP_PAD: CK_MECHANISM_TYPE = sys::CKM_AES_KEY_WRAP_PAD;
 /// Thales Luna's vendor RFC 5649.
-pub const CKM_LUNA_AES_KWP: CK_MECHANISM_TYPE = 0x8000_0171;
+pub(crate) const CKM_LUNA_AES_KWP: CK_MECHANISM_TYPE = 0x8000_0171;
 /// `CKM_RSA_PKCS_OAEP`.
-pub const CKM_RSA_PKCS_OAEP: CK_MECHANISM_TYPE = sys::CKM_RSA_PKCS_OAEP;
+pub(crate) const CKM_RSA_PKCS_OAEP: CK_MECHANISM_TYPE = sys::CKM_RSA_PKCS_OAEP;
 
 /// A wrap mechanism with the parameters the clouds' formats need (src/wrap/format.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WrapMechanism {
+pub(crate) enum WrapMechanism {
     /// `CKM_RSA_AES_KEY_WRAP` with a 256-bit AES key and OAEP with the hash and MGF1 of the
     /// same hash.
     RsaAesKeyWrap(OaepHash),
@@ -53,7 +53,7 @@ pub enum WrapMechanism {
 
 /// The library, opened a second time for raw calls through its function list (many
 /// modules export only `C_GetFunctionList`, not the functions themselves).
-pub struct RawModule {
+pub(crate) struct RawModule {
     /// Keeps the library mapped while the function pointers below are in use.
     _lib: sys::Pkcs11,
     wrap_key_fn: unsafe extern "C" fn(
@@ -82,7 +82,7 @@ pub struct RawModule {
 impl RawModule {
     /// Opens the module at `path` (already loaded and initialised by `cryptoki`); logins
     /// will be as `user_type`.
-    pub fn open(path: &Path, user_type: sys::CK_USER_TYPE) -> Result<Self, RawOpenError> {
+    pub(crate) fn open(path: &Path, user_type: sys::CK_USER_TYPE) -> Result<Self, RawOpenError> {
         // SAFETY: loading a PKCS#11 library runs its initialisers; this is the same file
         // `cryptoki` has just loaded, so dlopen returns the existing instance.
         let lib = unsafe { sys::Pkcs11::new(path) }.map_err(|e| RawOpenError(e.to_string()))?;
@@ -122,7 +122,10 @@ impl RawModule {
     }
 
     /// Every mechanism number the slot lists, including ones `cryptoki` has no name for.
-    pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>, RvError> {
+    pub(crate) fn mechanism_list(
+        &self,
+        slot: CK_SLOT_ID,
+    ) -> Result<Vec<CK_MECHANISM_TYPE>, RvError> {
         let mut count: sys::CK_ULONG = 0;
         // SAFETY: size query with a null buffer, as the standard allows.
         check(unsafe { (self.mechanism_list_fn)(slot, ptr::null_mut(), &mut count) })?;
@@ -142,7 +145,7 @@ impl RawModule {
     }
 
     /// `C_Login` as the configured role with `pin`.
-    pub fn login_user(&self, session: CK_SESSION_HANDLE, pin: &[u8]) -> Result<(), RvError> {
+    pub(crate) fn login_user(&self, session: CK_SESSION_HANDLE, pin: &[u8]) -> Result<(), RvError> {
         // SAFETY: `pin` is valid for `pin.len()` bytes for the whole call; PKCS#11 declares
         // the pointer mutable but C_Login only reads it.
         check(unsafe {
@@ -157,7 +160,7 @@ impl RawModule {
 
     /// `C_WrapKey` with `mech`, into a buffer of `size_hint` bytes; one call when the hint
     /// is big enough, a size query and a second call otherwise.
-    pub fn wrap_key(
+    pub(crate) fn wrap_key(
         &self,
         session: CK_SESSION_HANDLE,
         mech: WrapMechanism,
@@ -264,7 +267,7 @@ fn sized_output(
 /// Why the module's own function list could not be had.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct RawOpenError(String);
+pub(crate) struct RawOpenError(String);
 
 /// Largest wrap output taken from a token: an RSA-16384 OAEP block and an RFC 5649 wrap of
 /// an RSA-4096 PKCS#8 are each under 4 KiB. A larger size asked for is a broken token, and

@@ -35,7 +35,7 @@ pub use seal::RecordKey;
 use seal::Sealed;
 
 /// A future a backend returns.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why the journal could not do what was asked. Every one refuses an import that has not
 /// been sent yet; none affects WrapKey or listing.
@@ -91,7 +91,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Claimed => "claimed",
             State::Prepared => "prepared",
@@ -169,10 +169,10 @@ pub struct Record {
 
 impl Record {
     /// When the record was made, RFC 3339.
-    pub fn created_at(&self) -> String {
+    pub(crate) fn created_at(&self) -> String {
         rfc3339_ms(self.created_at_ms)
     }
-    pub fn updated_at(&self) -> String {
+    pub(crate) fn updated_at(&self) -> String {
         rfc3339_ms(self.updated_at_ms)
     }
 }
@@ -398,7 +398,7 @@ impl Journal {
     /// for a SQLite journal whose file does not exist yet (a command run by another user,
     /// root say, must not create the daemon's journal; SQLite itself gives the files it
     /// adds to an existing one the database's owner).
-    pub fn if_there(cfg: &JournalConfig) -> Result<Option<Arc<Journal>>, JournalError> {
+    pub(crate) fn if_there(cfg: &JournalConfig) -> Result<Option<Arc<Journal>>, JournalError> {
         match &cfg.store {
             Some(JournalStore::Sqlite(path)) if !path.exists() => Ok(None),
             _ => Journal::new(cfg).map(Some),
@@ -431,7 +431,7 @@ impl Journal {
     }
 
     /// Where the journal is (no password).
-    pub fn describe(&self) -> &str {
+    pub(crate) fn describe(&self) -> &str {
         &self.what
     }
 
@@ -630,7 +630,7 @@ impl Journal {
 
     /// The start-up report: one line listing the records a crash left unresolved, and
     /// the purge of expired ones. Failures are logged: the daemon starts anyway.
-    pub async fn report_at_start(&self) {
+    pub(crate) async fn report_at_start(&self) {
         match self.purge().await {
             Ok(0) => {}
             Ok(n) => {
@@ -669,7 +669,7 @@ impl Journal {
     }
 
     /// Purges expired records every hour, for as long as the process runs.
-    pub fn spawn_purge(self: &Arc<Self>) {
+    pub(crate) fn spawn_purge(self: &Arc<Self>) {
         let journal = self.clone();
         tokio::spawn(async move {
             loop {
@@ -703,7 +703,7 @@ impl crate::hsm::SharedRefusal for Journal {
 impl Journal {
     /// Removes the record of a refused PIN for `token` (`hsm-bridge pin-reset`); what it
     /// said, if there was one.
-    pub fn clear_pin_refusal(&self, token: &str) -> Result<Option<String>, JournalError> {
+    pub(crate) fn clear_pin_refusal(&self, token: &str) -> Result<Option<String>, JournalError> {
         blocking(self.backend.clear_pin_refusal(token))
     }
 }

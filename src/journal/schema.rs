@@ -21,7 +21,7 @@ use super::{Failure, JournalError, Made, Record, State};
 pub const VERSION: i64 = 1;
 
 /// The table that records the migrations a database has had.
-pub const VERSION_TABLE: &str = "hsm_bridge_schema_version";
+pub(crate) const VERSION_TABLE: &str = "hsm_bridge_schema_version";
 
 /// Serialises migrations among PostgreSQL clients that start together (an advisory lock).
 const PG_LOCK: i64 = 0x6873_6d62_7264_676a;

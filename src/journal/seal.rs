@@ -31,7 +31,7 @@ pub enum RecordKey {
 
 impl RecordKey {
     /// The token's key labelled `label`; one MAC is made to prove it is there and usable.
-    pub fn token(hsm: &Arc<Hsm>, label: &str) -> Result<RecordKey, JournalError> {
+    pub(crate) fn token(hsm: &Arc<Hsm>, label: &str) -> Result<RecordKey, JournalError> {
         let key = RecordKey::Token {
             hsm: Arc::downgrade(hsm),
             label: label.to_string(),
@@ -50,7 +50,7 @@ impl RecordKey {
 
     /// The secret in `path`: a private file (owner, mode checked on the descriptor) of at
     /// least [`MIN_KEY_BYTES`] bytes, all of which are the key.
-    pub fn file(path: &Path) -> Result<RecordKey, JournalError> {
+    pub(crate) fn file(path: &Path) -> Result<RecordKey, JournalError> {
         use std::io::Read;
         let at = |e: &dyn std::fmt::Display| {
             JournalError::NoKey(format!("journal.mac_key_file {}: {e}", path.display()))
@@ -87,7 +87,7 @@ impl RecordKey {
     }
 
     /// Where the key is, for logs.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             RecordKey::Token { label, .. } => format!("the token's secret key {label:?}"),
             RecordKey::File { path, .. } => format!("the secret in {}", path.display()),
@@ -95,7 +95,7 @@ impl RecordKey {
     }
 
     /// HMAC-SHA256 of `data`.
-    pub async fn mac(&self, data: Vec<u8>) -> Result<[u8; 32], JournalError> {
+    pub(crate) async fn mac(&self, data: Vec<u8>) -> Result<[u8; 32], JournalError> {
         match self {
             RecordKey::Token { hsm, label } => {
                 let hsm = hsm.upgrade().ok_or_else(|| {

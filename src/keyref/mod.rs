@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::wrap::hex;
 
-pub mod uri;
+pub(crate) mod uri;
 
 /// How a caller names a source key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,7 +26,7 @@ pub(crate) const MAX_ID: usize = 64;
 impl KeyRef {
     /// A label as callers give it: 1 to `MAX_LABEL` bytes, no control characters, no glob
     /// characters (`* ? [ ]`: labels are matched exactly, and globs belong to policy).
-    pub fn label(l: &str) -> Result<KeyRef, KeyRefError> {
+    pub(crate) fn label(l: &str) -> Result<KeyRef, KeyRefError> {
         if l.is_empty() {
             return Err(KeyRefError::EmptyLabel);
         }
@@ -43,7 +43,7 @@ impl KeyRef {
     }
 
     /// A CKA_ID as hex: 1 to `MAX_ID` bytes.
-    pub fn id_hex(h: &str) -> Result<KeyRef, KeyRefError> {
+    pub(crate) fn id_hex(h: &str) -> Result<KeyRef, KeyRefError> {
         if h.len() > 2 * MAX_ID {
             return Err(KeyRefError::IdTooLong(h.len()));
         }
@@ -54,13 +54,13 @@ impl KeyRef {
     }
 
     /// A PKCS#11 URI, e.g. `pkcs11:object=demo-aes-256;type=secret-key` (see `uri.rs`).
-    pub fn uri(u: &str) -> Result<KeyRef, uri::UriError> {
+    pub(crate) fn uri(u: &str) -> Result<KeyRef, uri::UriError> {
         Ok(KeyRef::Uri(uri::KeyUri::parse(u)?))
     }
 
     /// The label this names, if it names one (for the caller's label patterns, which apply
     /// before the token is asked).
-    pub fn label_named(&self) -> Option<&str> {
+    pub(crate) fn label_named(&self) -> Option<&str> {
         match self {
             KeyRef::Label(l) => Some(l),
             KeyRef::Uri(u) => u.label.as_deref(),
@@ -69,7 +69,7 @@ impl KeyRef {
     }
 
     /// The CKA_ID this names, if any.
-    pub fn id_named(&self) -> Option<&[u8]> {
+    pub(crate) fn id_named(&self) -> Option<&[u8]> {
         match self {
             KeyRef::Id(id) => Some(id),
             KeyRef::Uri(u) => u.id.as_deref(),
@@ -80,7 +80,7 @@ impl KeyRef {
 
 /// Why a caller's key reference is refused (before the token is asked).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyRefError {
+pub(crate) enum KeyRefError {
     #[error("the label is empty")]
     EmptyLabel,
     #[error("the label is {0} bytes; at most {MAX_LABEL}")]

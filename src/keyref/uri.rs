@@ -11,7 +11,7 @@ use super::{KeyRefError, MAX_ID, MAX_LABEL};
 
 /// Why a PKCS#11 URI is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UriError {
+pub(crate) enum UriError {
     #[error("a PKCS#11 URI starts with \"pkcs11:\"")]
     Scheme,
     #[error("the URI is {0} bytes; at most 1024")]
@@ -48,7 +48,7 @@ pub enum UriError {
 
 /// What a URI says of the token. Every attribute given must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct TokenMatch {
+pub(crate) struct TokenMatch {
     pub label: Option<String>,
     pub manufacturer: Option<String>,
     pub serial: Option<String>,
@@ -58,7 +58,7 @@ pub struct TokenMatch {
 
 impl TokenMatch {
     /// A token named by label only (`hsm.token_label`).
-    pub fn label(label: &str) -> TokenMatch {
+    pub(crate) fn label(label: &str) -> TokenMatch {
         TokenMatch {
             label: Some(label.to_string()),
             ..TokenMatch::default()
@@ -66,7 +66,7 @@ impl TokenMatch {
     }
 
     /// Whether a token with these (space-trimmed) fields, in `slot`, matches.
-    pub fn matches(
+    pub(crate) fn matches(
         &self,
         label: &str,
         manufacturer: &str,
@@ -87,7 +87,7 @@ impl TokenMatch {
     }
 
     /// A token URI (`hsm.token`): token attributes only.
-    pub fn parse(uri: &str) -> Result<TokenMatch, UriError> {
+    pub(crate) fn parse(uri: &str) -> Result<TokenMatch, UriError> {
         let attrs = parse(uri)?;
         let mut t = TokenMatch::default();
         for (name, value) in attrs {
@@ -127,14 +127,14 @@ impl TokenMatch {
 
 /// Which kind of key a URI's `type` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyClass {
+pub(crate) enum KeyClass {
     Secret,
     Private,
 }
 
 impl KeyClass {
     /// The `CKA_CLASS` of keys of this kind.
-    pub fn object_class(self) -> cryptoki::object::ObjectClass {
+    pub(crate) fn object_class(self) -> cryptoki::object::ObjectClass {
         match self {
             KeyClass::Secret => cryptoki::object::ObjectClass::SECRET_KEY,
             KeyClass::Private => cryptoki::object::ObjectClass::PRIVATE_KEY,
@@ -147,13 +147,13 @@ impl KeyClass {
 pub struct KeyUri {
     pub label: Option<String>,
     pub id: Option<Vec<u8>>,
-    pub class: Option<KeyClass>,
-    pub token: TokenMatch,
+    pub(crate) class: Option<KeyClass>,
+    pub(crate) token: TokenMatch,
 }
 
 impl KeyUri {
     /// A key URI (`--key`, `KeyRef.pkcs11_uri`): object, id, type and token attributes.
-    pub fn parse(uri: &str) -> Result<KeyUri, UriError> {
+    pub(crate) fn parse(uri: &str) -> Result<KeyUri, UriError> {
         let mut k = KeyUri {
             label: None,
             id: None,

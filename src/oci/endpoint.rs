@@ -9,7 +9,7 @@ use crate::policy::host_glob_match;
 
 /// A checked endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `https://host[:port]`, normalised (lower case, default port dropped).
     pub base: String,
     pub host: String,

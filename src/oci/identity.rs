@@ -14,9 +14,14 @@ use super::OciError;
 use super::signer::{RequestSigner, fingerprint};
 use crate::hardening::Locked;
 
-/// A profile's identity, ready to sign.
+/// A profile's identity, ready to sign. Only the signer is used to sign; the rest is what
+/// the profile says, for its `Debug` form and the tests.
 #[derive(Debug)]
-pub struct Identity {
+#[allow(
+    dead_code,
+    reason = "what the profile says, kept beside the signer made of it"
+)]
+pub(crate) struct Identity {
     pub profile: String,
     pub tenancy: String,
     pub user: String,
@@ -92,7 +97,7 @@ fn read_private(path: &Path) -> Result<Locked, OciError> {
 
 impl Identity {
     /// Loads `profile` from the config file at `file`.
-    pub fn load(file: &Path, profile: &str) -> Result<Identity, OciError> {
+    pub(crate) fn load(file: &Path, profile: &str) -> Result<Identity, OciError> {
         let mut f = std::fs::File::open(file).map_err(|e| err(file, e))?;
         let meta = f.metadata().map_err(|e| err(file, e))?;
         let mut text = Zeroizing::new(String::new());

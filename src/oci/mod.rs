@@ -7,15 +7,15 @@
 
 pub(crate) mod endpoint;
 pub(crate) mod identity;
-pub mod kms;
+pub(crate) mod kms;
 pub mod signer;
 
-pub use identity::Identity;
+pub(crate) use identity::Identity;
 pub use signer::{RequestParts, RequestSigner};
 
 /// Whether `id` looks like an OCID starting with `prefix` (e.g. "ocid1.key."): at most 255
 /// characters of letters, digits, '.', '-' and '_'.
-pub fn is_ocid(id: &str, prefix: &str) -> bool {
+pub(crate) fn is_ocid(id: &str, prefix: &str) -> bool {
     id.starts_with(prefix)
         && id.len() <= 255
         && id

@@ -132,7 +132,9 @@ impl RequestSigner {
     }
 
     /// The signed header names, in order, and the signing string for `req`.
-    pub fn signing_string(req: &RequestParts<'_>) -> Result<(Vec<&'static str>, String), OciError> {
+    pub(crate) fn signing_string(
+        req: &RequestParts<'_>,
+    ) -> Result<(Vec<&'static str>, String), OciError> {
         let (host, target) = host_and_target(req.url)?;
         let mut names = vec!["date", "(request-target)", "host"];
         let mut lines = vec![

@@ -48,7 +48,7 @@ pub enum KeyAlgorithm {
 }
 
 impl KeyAlgorithm {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             KeyAlgorithm::Aes => "AES",
             KeyAlgorithm::Rsa => "RSA",
@@ -73,7 +73,7 @@ impl KeyShape {
     }
 
     /// Human form: "AES-256", "RSA-3072".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("{}-{}", self.algorithm.as_str(), self.length * 8)
     }
 }

@@ -15,7 +15,7 @@ use super::soft::OaepHash;
 
 /// A cloud that takes keys in one of the formats below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Cloud {
+pub(crate) enum Cloud {
     Oci,
     Aws,
     Gcp,
@@ -24,22 +24,13 @@ pub enum Cloud {
 
 impl Cloud {
     /// The prefix of its formats' names: "oci", "aws", "gcp", "azure".
-    pub fn as_str(self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cloud::Oci => "oci",
             Cloud::Aws => "aws",
             Cloud::Gcp => "gcp",
             Cloud::Azure => "azure",
-        }
-    }
-
-    /// The service, as messages name it.
-    pub fn product(self) -> &'static str {
-        match self {
-            Cloud::Oci => "OCI Vault",
-            Cloud::Aws => "AWS KMS",
-            Cloud::Gcp => "Google Cloud KMS",
-            Cloud::Azure => "Azure Key Vault",
         }
     }
 }
@@ -57,7 +48,7 @@ pub enum Layout {
 
 /// What the wrapped bytes are handed over in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Envelope {
+pub(crate) enum Envelope {
     /// The bytes themselves (the cloud's API base64-encodes them).
     Raw,
     /// Azure's `.byok` JSON file, which names the key-exchange key.
@@ -82,13 +73,13 @@ struct Takes {
 pub struct Format {
     /// `CLOUD:NAME`, with the cloud's own algorithm name.
     pub name: &'static str,
-    pub cloud: Cloud,
+    pub(crate) cloud: Cloud,
     pub layout: Layout,
     /// The OAEP hash, for both the label hash and MGF1.
     pub hash: OaepHash,
     /// The wrapping key's size in bits, where the method fixes it.
     pub wrapping_bits: Option<u32>,
-    pub envelope: Envelope,
+    pub(crate) envelope: Envelope,
     takes: Takes,
 }
 
@@ -282,7 +273,7 @@ const BYOK_ENC: &str = "CKM_RSA_AES_KEY_WRAP";
 
 impl Format {
     /// The format `name` names, or an error that lists every known name.
-    pub fn parse(name: &str) -> Result<&'static Format, WrapError> {
+    pub(crate) fn parse(name: &str) -> Result<&'static Format, WrapError> {
         FORMATS
             .iter()
             .find(|f| f.name == name)
@@ -290,7 +281,7 @@ impl Format {
     }
 
     /// Every name, comma-separated, for messages and `--help`.
-    pub fn names() -> String {
+    pub(crate) fn names() -> String {
         FORMATS
             .iter()
             .map(|f| f.name)
@@ -309,7 +300,7 @@ impl Format {
     /// The format a request names: `format` when given (then `algorithm`, OCI's name, must
     /// be absent or name the same format), else OCI's format for `algorithm`, else OCI's
     /// default, `oci:RSA_OAEP_AES_SHA256`.
-    pub fn resolve(
+    pub(crate) fn resolve(
         format: Option<&str>,
         algorithm: Option<Algorithm>,
     ) -> Result<&'static Format, WrapError> {
@@ -329,7 +320,7 @@ impl Format {
 
     /// The key-exchange key for this format from `id`: required for `azure:byok` (and
     /// checked), refused for every other format.
-    pub fn kek(&self, id: Option<&str>) -> Result<Option<AzureKek>, WrapError> {
+    pub(crate) fn kek(&self, id: Option<&str>) -> Result<Option<AzureKek>, WrapError> {
         match (self.envelope, id) {
             (Envelope::AzureByok, None) => Err(WrapError::Format(format!(
                 "{self} needs the key-exchange key's versioned id (--azure-kek-id, or azure_kek_id over gRPC)"
@@ -346,7 +337,7 @@ impl Format {
 
     /// The format that takes every key any format takes (OCI's hybrid): what "exportable"
     /// means where no format is named, as in key listings.
-    pub fn widest() -> &'static Format {
+    pub(crate) fn widest() -> &'static Format {
         &FORMATS[0]
     }
 
@@ -359,7 +350,7 @@ impl Format {
     }
 
     /// OCI's `wrappingAlgorithm` for this format, if it is one of OCI's.
-    pub fn oci_algorithm(&self) -> Option<Algorithm> {
+    pub(crate) fn oci_algorithm(&self) -> Option<Algorithm> {
         match (self.cloud, self.layout) {
             (Cloud::Oci, Layout::Hybrid) => Some(Algorithm::RsaOaepAesSha256),
             (Cloud::Oci, Layout::Direct) => Some(Algorithm::RsaOaepSha256),
@@ -368,14 +359,14 @@ impl Format {
     }
 
     /// The cloud's own name for it (after `CLOUD:`).
-    pub fn algorithm(&self) -> &'static str {
+    pub(crate) fn algorithm(&self) -> &'static str {
         self.name
             .split_once(':')
             .map_or(self.name, |(_, algorithm)| algorithm)
     }
 
     /// Whether the cloud takes a key of `shape` in this format; the reason if not.
-    pub fn takes(&self, shape: KeyShape) -> Result<(), String> {
+    pub(crate) fn takes(&self, shape: KeyShape) -> Result<(), String> {
         let (taken, why) = match shape.algorithm {
             KeyAlgorithm::Aes => (self.takes.aes, self.takes.aes_refused),
             KeyAlgorithm::Rsa => (self.takes.rsa, self.takes.rsa_refused),
@@ -392,7 +383,7 @@ impl Format {
     }
 
     /// The message for a key that is neither AES nor RSA (`what` describes it).
-    pub fn takes_no(&self, what: &str) -> String {
+    pub(crate) fn takes_no(&self, what: &str) -> String {
         match self.cloud {
             Cloud::Oci => format!("it is {what}; OCI imports only AES and RSA keys"),
             _ => format!(
@@ -404,7 +395,7 @@ impl Format {
 
     /// What to use instead when this direct format cannot run (the token does not do OAEP
     /// with its hash, or the key is not AES).
-    pub fn instead(&self) -> String {
+    pub(crate) fn instead(&self) -> String {
         match (self.cloud, self.hash) {
             (Cloud::Oci, _) => "use RSA_OAEP_AES_SHA256".into(),
             (Cloud::Aws, OaepHash::Sha256) => {
@@ -422,7 +413,7 @@ impl Format {
     }
 
     /// Whether a wrapping key of `bits` fits the method; the reason if not.
-    pub fn fits_wrapping_key(&self, bits: u32) -> Result<(), String> {
+    pub(crate) fn fits_wrapping_key(&self, bits: u32) -> Result<(), String> {
         match self.wrapping_bits {
             Some(want) if want != bits => Err(format!(
                 "{} wraps for an RSA-{want} key, and this wrapping key is RSA-{bits}",
@@ -435,7 +426,7 @@ impl Format {
     /// The bytes the cloud's API takes (before its own base64), from the token's output.
     /// For `azure:byok`, the `.byok` file naming `kek` (checked by [`AzureKek::parse`]);
     /// `generator` names this tool and the token.
-    pub fn seal(
+    pub(crate) fn seal(
         &self,
         material: Vec<u8>,
         kek: Option<&AzureKek>,
@@ -503,7 +494,7 @@ pub struct AzureKek(String);
 impl AzureKek {
     /// Checks that `id` is a versioned key id; the `.byok` file must name the exact version
     /// Azure made the key-exchange key as.
-    pub fn parse(id: &str) -> Result<AzureKek, String> {
+    pub(crate) fn parse(id: &str) -> Result<AzureKek, String> {
         let shown: String = id.chars().take(80).collect();
         let bad = |why: &str| {
             format!(
@@ -531,7 +522,8 @@ impl AzureKek {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

@@ -11,7 +11,7 @@ pub mod verify;
 pub(crate) mod wrapping_key;
 
 pub use envelope::{Algorithm, KeyAlgorithm, KeyShape};
-pub use format::{AzureKek, Cloud, FORMATS, Format, Layout};
+pub use format::{AzureKek, FORMATS, Format, Layout};
 pub use wrapping_key::WrappingKey;
 
 /// Errors from parsing outside input and from the software crypto.

@@ -24,7 +24,7 @@ pub enum OaepHash {
 
 impl OaepHash {
     /// Both, in the order the self-test proves them.
-    pub const ALL: [OaepHash; 2] = [OaepHash::Sha256, OaepHash::Sha1];
+    pub(crate) const ALL: [OaepHash; 2] = [OaepHash::Sha256, OaepHash::Sha1];
 
     fn md(self) -> &'static openssl::md::MdRef {
         match self {
@@ -34,7 +34,7 @@ impl OaepHash {
     }
 
     /// "SHA-256" or "SHA-1", for messages.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OaepHash::Sha256 => "SHA-256",
             OaepHash::Sha1 => "SHA-1",
@@ -122,7 +122,11 @@ pub fn kwp_unwrap(kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, Wrap
 
 /// As [`kwp_unwrap`], into `out` (at least `wrapped.len() - 8` bytes, e.g. locked memory);
 /// the plaintext's length.
-pub fn kwp_unwrap_into(kek: &[u8], wrapped: &[u8], out: &mut [u8]) -> Result<usize, WrapError> {
+pub(crate) fn kwp_unwrap_into(
+    kek: &[u8],
+    wrapped: &[u8],
+    out: &mut [u8],
+) -> Result<usize, WrapError> {
     let kw = aes_kw::KwpAes256::new_from_slice(kek)
         .map_err(|_| WrapError::Crypto(format!("KWP key must be 32 bytes, not {}", kek.len())))?;
     let need = wrapped.len().saturating_sub(8);

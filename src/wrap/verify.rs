@@ -67,7 +67,7 @@ pub enum Mismatch {
 }
 
 /// Accepts `ct` only if it is RSA-OAEP with `hash` and MGF1-`hash` of `expected`.
-pub fn judge_oaep<T: HasPrivate>(
+pub(crate) fn judge_oaep<T: HasPrivate>(
     key: &PKeyRef<T>,
     hash: OaepHash,
     ct: &[u8],
@@ -101,7 +101,7 @@ fn open_oaep<T: HasPrivate>(
 }
 
 /// Accepts `ct` only if it is RFC 5649 of `expected` under `kek`.
-pub fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), Mismatch> {
+pub(crate) fn judge_kwp(kek: &[u8], ct: &[u8], expected: &[u8]) -> Result<(), Mismatch> {
     let pt = kwp_unwrap(kek, ct).map_err(|_| Mismatch::NotKwp(ct.len()))?;
     if pt[..] == *expected {
         Ok(())
@@ -136,7 +136,7 @@ pub fn open_envelope<T: HasPrivate>(
 }
 
 /// Accepts `material` only if it is the hybrid layout with `hash` of exactly `expected`.
-pub fn judge_envelope<T: HasPrivate>(
+pub(crate) fn judge_envelope<T: HasPrivate>(
     key: &PKeyRef<T>,
     hash: OaepHash,
     material: &[u8],

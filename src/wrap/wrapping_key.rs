@@ -118,12 +118,12 @@ impl WrappingKey {
     }
 
     /// Modulus length in bytes: the length of OAEP output.
-    pub fn modulus_len(&self) -> usize {
+    pub(crate) fn modulus_len(&self) -> usize {
         self.bits.div_ceil(8) as usize
     }
 
     /// Hex SHA-256 of the SPKI DER.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         hex(&self.spki_sha256)
     }
 }

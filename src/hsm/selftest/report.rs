@@ -11,7 +11,7 @@ use crate::wrap::soft::OaepHash;
 use crate::wrap::{FORMATS, Format, Layout};
 
 #[derive(Debug, Clone, Serialize)]
-pub struct MechanismFinding {
+pub(crate) struct MechanismFinding {
     pub mechanism: String,
     pub number: String,
     pub listed: bool,
@@ -20,7 +20,7 @@ pub struct MechanismFinding {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ModeFinding {
+pub(crate) struct ModeFinding {
     pub mode: &'static str,
     pub ok: bool,
     /// Result for an AES-256 target.
@@ -34,7 +34,7 @@ pub struct ModeFinding {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub token: TokenSummary,
     pub mechanisms: Vec<MechanismFinding>,
     pub kwp_mechanism: Option<String>,
@@ -66,7 +66,7 @@ pub struct Report {
 
 /// How this token wraps in one format.
 #[derive(Debug, Clone, Serialize)]
-pub struct FormatFinding {
+pub(crate) struct FormatFinding {
     pub format: &'static str,
     /// The wrap mode, or `None` when the token cannot wrap in this format.
     pub mode: Option<&'static str>,
@@ -132,7 +132,7 @@ pub(crate) fn mode_for(
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct TokenSummary {
+pub(crate) struct TokenSummary {
     pub label: String,
     pub manufacturer: String,
     pub model: String,
@@ -259,7 +259,7 @@ pub(super) fn setting_name(s: WrapModeSetting) -> &'static str {
 
 impl Report {
     /// The human form printed by `hsm-bridge selftest`.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut out = format!(
             "token: {} ({} {}, firmware {})\nmechanisms:\n",
             self.token.label, self.token.manufacturer, self.token.model, self.token.firmware
@@ -307,7 +307,7 @@ impl Report {
     }
 
     /// The mode `format` wraps in on this token, or why it cannot.
-    pub fn mode_for(&self, format: &'static Format) -> Result<WrapMode, HsmError> {
+    pub(crate) fn mode_for(&self, format: &'static Format) -> Result<WrapMode, HsmError> {
         mode_for(format, &self.caps, self.chosen, &self.chosen_sha1)
     }
 }

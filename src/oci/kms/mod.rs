@@ -31,12 +31,12 @@ mod rules;
 mod types;
 
 use rules::{MAX_ID_TEXT, bounded, describe, ocid_for_url};
-pub use rules::{backoff, error_body, retry_token, retryable};
-pub use types::*;
+pub(crate) use rules::{backoff, error_body, retry_token, retryable};
+pub(crate) use types::*;
 
 /// Who calls where, for how long: the context of one OCI operation.
 #[derive(Clone, Copy)]
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     pub identity: &'a Identity,
     /// Already checked against the allow-list.
     pub endpoint: &'a Endpoint,
@@ -55,7 +55,7 @@ struct Request<'a> {
     retry_token: Option<&'a str>,
 }
 
-pub struct KmsClient {
+pub(crate) struct KmsClient {
     http: reqwest::Client,
     timeout: Duration,
     max_attempts: u32,
@@ -96,7 +96,10 @@ fn tls(ca_bundle: Option<&std::path::Path>) -> Result<rustls::ClientConfig, Stri
 }
 
 impl KmsClient {
-    pub fn new(cfg: &OciConfig, min_wrapping_bits: u32) -> Result<KmsClient, super::OciError> {
+    pub(crate) fn new(
+        cfg: &OciConfig,
+        min_wrapping_bits: u32,
+    ) -> Result<KmsClient, super::OciError> {
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(
                 tls(cfg.ca_bundle.as_deref()).map_err(super::OciError::Client)?,
@@ -119,7 +122,7 @@ impl KmsClient {
     }
 
     /// Checks `url` against the allow-list (nothing is sent to an endpoint that fails).
-    pub fn endpoint(&self, url: &str) -> Result<Endpoint, super::OciError> {
+    pub(crate) fn endpoint(&self, url: &str) -> Result<Endpoint, super::OciError> {
         super::endpoint::check(url, &self.allowed)
     }
 
@@ -303,7 +306,7 @@ impl KmsClient {
 
     /// The vault's RSA wrapping key, checked like a caller's (RSA, size, exponent); cached
     /// per endpoint.
-    pub async fn wrapping_key(&self, call: &Call<'_>) -> Result<Arc<WrappingKey>, KmsError> {
+    pub(crate) async fn wrapping_key(&self, call: &Call<'_>) -> Result<Arc<WrappingKey>, KmsError> {
         let ep = call.endpoint;
         if let Some((k, at)) = self.lock_cache().get(&ep.base)
             && at.elapsed() < WRAPPING_KEY_TTL
@@ -336,7 +339,7 @@ impl KmsClient {
     }
 
     /// ImportKeyVersion with `body` (exactly these bytes on every attempt) and `retry_token`.
-    pub async fn import_key_version(
+    pub(crate) async fn import_key_version(
         &self,
         call: &Call<'_>,
         key_id: &str,
@@ -358,7 +361,7 @@ impl KmsClient {
     }
 
     /// ImportKey with `body` and `retry_token`, as for [`Self::import_key_version`].
-    pub async fn import_key(
+    pub(crate) async fn import_key(
         &self,
         call: &Call<'_>,
         body: &[u8],
@@ -374,7 +377,11 @@ impl KmsClient {
         self.call(call, req, "Key").await
     }
 
-    pub async fn get_key(&self, call: &Call<'_>, key_id: &str) -> Result<Answer<Key>, KmsError> {
+    pub(crate) async fn get_key(
+        &self,
+        call: &Call<'_>,
+        key_id: &str,
+    ) -> Result<Answer<Key>, KmsError> {
         let key_id = ocid_for_url("GetKey", key_id, "ocid1.key.")?;
         let req = Request {
             op: "GetKey",
@@ -386,7 +393,7 @@ impl KmsClient {
         self.call(call, req, "Key").await
     }
 
-    pub async fn get_key_version(
+    pub(crate) async fn get_key_version(
         &self,
         call: &Call<'_>,
         key_id: &str,
@@ -409,7 +416,7 @@ impl KmsClient {
 
     /// Polls until `state()` of the fetched value is `ENABLED`, at most until `deadline`
     /// (or `max_wait` without one). `Ok(None)` when time ran out first, with the last value.
-    pub async fn wait_enabled<T, F, Fut>(
+    pub(crate) async fn wait_enabled<T, F, Fut>(
         &self,
         mut fetch: F,
         state: impl Fn(&T) -> &str,

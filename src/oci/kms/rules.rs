@@ -13,7 +13,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// Whether OCI's answer may be retried (OCI's SDKs' rules).
-pub fn retryable(status: u16, code: &str) -> bool {
+pub(crate) fn retryable(status: u16, code: &str) -> bool {
     match status {
         429 => true,
         409 => matches!(code, "IncorrectState" | "LockConflict"),
@@ -25,7 +25,7 @@ pub fn retryable(status: u16, code: &str) -> bool {
 
 /// Sleep before attempt `attempt + 1` (attempt counts from 1): `BACKOFF_BASE * 2^(attempt-1)`,
 /// capped, with "equal jitter" (half fixed, half random) so that callers spread out.
-pub fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let step = BACKOFF_BASE
         .saturating_mul(1u32 << (attempt.saturating_sub(1)).min(16))
         .min(BACKOFF_CAP);
@@ -37,7 +37,7 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// A retry token: derived from the caller's idempotency key (same key, same token), or
 /// random. 32 characters from `[0-9a-f]`, within OCI's token alphabet.
-pub fn retry_token(idempotency_key: Option<&str>, scope: &str) -> String {
+pub(crate) fn retry_token(idempotency_key: Option<&str>, scope: &str) -> String {
     match idempotency_key {
         Some(k) => {
             let mut h = openssl::sha::Sha256::new();
@@ -56,7 +56,7 @@ pub fn retry_token(idempotency_key: Option<&str>, scope: &str) -> String {
 }
 
 /// `{"code","message"}` of an OCI error body, or what is known without one.
-pub fn error_body(body: &[u8]) -> (String, String) {
+pub(crate) fn error_body(body: &[u8]) -> (String, String) {
     #[derive(Deserialize)]
     struct E {
         #[serde(default)]

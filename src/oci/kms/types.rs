@@ -10,7 +10,7 @@ use crate::code::Code;
 /// not know pass through as text.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyVersion {
+pub(crate) struct KeyVersion {
     pub id: String,
     pub key_id: String,
     #[serde(default)]
@@ -29,7 +29,7 @@ pub struct KeyVersion {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyShapeJson {
+pub(crate) struct KeyShapeJson {
     pub algorithm: String,
     pub length: u32,
 }
@@ -37,7 +37,7 @@ pub struct KeyShapeJson {
 /// An OCI key (`Key`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Key {
+pub(crate) struct Key {
     pub id: String,
     #[serde(default)]
     pub compartment_id: String,
@@ -66,7 +66,7 @@ pub(super) struct WrappingKeyJson {
 /// `wrappedImportKey`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WrappedImportKey {
+pub(crate) struct WrappedImportKey {
     /// Base64 of the wrapped bytes.
     pub key_material: String,
     pub wrapping_algorithm: &'static str,
@@ -75,14 +75,14 @@ pub struct WrappedImportKey {
 /// `ImportKeyVersionDetails`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ImportKeyVersionDetails {
+pub(crate) struct ImportKeyVersionDetails {
     pub wrapped_import_key: WrappedImportKey,
 }
 
 /// `ImportKeyDetails`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ImportKeyDetails {
+pub(crate) struct ImportKeyDetails {
     pub compartment_id: String,
     pub display_name: String,
     pub key_shape: KeyShapeJson,
@@ -198,7 +198,7 @@ impl KmsError {
 
 /// A successful call's value, with OCI's request id and the number of attempts it took.
 #[derive(Debug, Clone)]
-pub struct Answer<T> {
+pub(crate) struct Answer<T> {
     pub value: T,
     pub opc_request_id: String,
     pub attempts: u32,
