@@ -195,7 +195,7 @@ impl HsmPath {
 }
 
 /// An export being admitted: the caller may do the operation; the key and the format are
-/// next ([`Admission::key`], [`Admission::format`]).
+/// next ([`Admission::key`], [`KeyAdmitted::format`]).
 pub(crate) struct Admission {
     caller: Caller,
     operation: Operation,
