@@ -75,6 +75,11 @@ pub(crate) trait Destination: Send + Sync + 'static {
     /// The id of what an answer says was made.
     fn created_id(answer: &Self::Answer) -> &str;
 
+    /// Notes in the audit record what the import made, where the destination names it
+    /// apart from the export's own fields (OCI's ImportKey: the new key is the record's
+    /// key). Called whether or not the import succeeded; `created` is the id made, if any.
+    fn record_made(&self, _rec: &mut Record, _created: Option<&str>) {}
+
     /// Waits until what `answer` made is usable (OCI: `ENABLED`), at most until `deadline`.
     fn poll(
         &self,

@@ -358,10 +358,9 @@ impl Exporter {
         .await;
         attempt.record().export.merge(&progress);
         let answer = send(dest.clone(), prepared?, progress, attempt, ask.deadline).await;
-        if export.operation == Operation::ImportKey
-            && let Some(rec) = attempt.rec.as_mut()
-        {
-            rec.oci_key_id = rec.export.created_id.clone();
+        if let Some(rec) = attempt.rec.as_mut() {
+            let created = rec.export.created_id.clone();
+            dest.record_made(rec, created.as_deref());
         }
         let answer = answer?;
         if !ask.wait {

@@ -497,6 +497,11 @@ impl Destination for NewKey {
         &answer.id
     }
 
+    /// The new key is the record's OCI key.
+    fn record_made(&self, rec: &mut Record, created: Option<&str>) {
+        rec.oci_key_id = created.map(str::to_string);
+    }
+
     async fn poll(
         &self,
         key: kms::Key,
