@@ -1,9 +1,8 @@
 //! OCI Vault as an import destination (src/export/destination.rs), over the OCI client
-//! (src/oci/): the client, the
-//! `[oci.connections]` identities and the endpoint allow-list (with the journal they share),
-//! and the two imports, a new version of a key (`ImportKeyVersion`) and a new key
-//! (`ImportKey`): GetKey's checks, the vault's wrapping key, the JSON bodies, the send under
-//! `opc-retry-token`, and the wait for `ENABLED`.
+//! (src/oci/): the client, the `[oci.connections]` identities and the endpoint allow-list
+//! (with the journal they share), and the two imports, a new version of a key
+//! (`ImportKeyVersion`) and a new key (`ImportKey`): GetKey's checks, the vault's wrapping
+//! key, the JSON bodies, the send under `opc-retry-token`, and the wait for `ENABLED`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
