@@ -270,11 +270,14 @@ fn note<T>(progress: &mut Progress, r: &Result<Answer<T>, KmsError>) {
             progress.opc_request_id = Some(a.opc_request_id.clone());
             progress.attempts = a.attempts;
         }
-        Err(e) => {
-            progress.opc_request_id = e.opc_request_id().map(str::to_string);
-            progress.attempts = e.attempts();
-        }
+        Err(e) => note_error(progress, e),
     }
+}
+
+/// Notes a failed call's request id and attempts in `progress` (for the audit record).
+pub(super) fn note_error(progress: &mut Progress, e: &KmsError) {
+    progress.opc_request_id = e.opc_request_id().map(str::to_string);
+    progress.attempts = e.attempts();
 }
 
 fn journal_made(p: &Progress) -> Made {

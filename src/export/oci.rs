@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::journal::note_error;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
 use crate::config::{OciConfig, ProtectionMode};
@@ -188,12 +189,6 @@ async fn existing_key(
         .value;
     protection_allowed(modes, &key.protection_mode, &format!("key {key_id}"))?;
     Ok(key)
-}
-
-/// Notes a failed call's request id and attempts in `progress` (for the audit record).
-fn note_error(progress: &mut Progress, e: &KmsError) {
-    progress.opc_request_id = e.opc_request_id().map(str::to_string);
-    progress.attempts = e.attempts();
 }
 
 /// Waits for `ENABLED`; a timeout is DEADLINE_EXCEEDED naming what was created.
