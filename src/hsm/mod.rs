@@ -543,8 +543,9 @@ impl Hsm {
         self.on_session(deadline, |_, s| keys::list(s))
     }
 
-    /// Wraps the key `key` names for `wk` in `format`, after the export checks. With a
-    /// deadline, gives up (before any HSM work) if no session is free in time.
+    /// Wraps the key `key` names for `wk` in `format`, after the export checks: those of
+    /// [`Hsm::precheck`], then those of [`Hsm::wrap_if`]. With a deadline, gives up (before
+    /// any HSM work) if no session is free in time.
     pub fn wrap(
         &self,
         key: &KeyRef,
@@ -552,16 +553,16 @@ impl Hsm {
         format: &'static Format,
         deadline: Option<Instant>,
     ) -> Result<Wrapped, HsmError> {
+        self.precheck(wk, format)?;
         self.wrap_if(key, wk, format, deadline, |_| Ok(()))
     }
 
-    /// As [`Hsm::wrap`], with `permit` asked about the key found (a caller's label
-    /// patterns, for a key named by id) before anything is wrapped. A session-level error
-    /// gets one retry on a fresh, logged-in session.
-    ///
-    /// A wrapping key below policy, or of a size the format does not take, is refused before
-    /// any HSM call; a key the cloud does not take in the format, or a format this token
-    /// cannot do, after the key is looked up and before anything is wrapped.
+    /// The wrap for a `wk` that passed [`Hsm::precheck`] for `format` (the export core makes
+    /// that check before the HSM queue), with `permit` asked about the key found (a caller's
+    /// label patterns, for a key named by id) before anything is wrapped. A key the cloud
+    /// does not take in the format, or a format this token cannot do, is refused after the
+    /// key is looked up and before anything is wrapped. A session-level error gets one retry
+    /// on a fresh, logged-in session.
     pub(crate) fn wrap_if(
         &self,
         key: &KeyRef,
@@ -570,14 +571,13 @@ impl Hsm {
         deadline: Option<Instant>,
         permit: impl Fn(&KeyInfo) -> Result<(), KeyDenied>,
     ) -> Result<Wrapped, HsmError> {
-        self.precheck(wk, format)?;
         self.on_session(deadline, |up, s| {
             self.wrap_on(up, s, key, wk, format, &permit)
         })
     }
 
     /// The checks of a wrap that need no token: the wrapping key against policy and the
-    /// format.
+    /// format. Made once per wrap, before any HSM call.
     pub(crate) fn precheck(
         &self,
         wk: &WrappingKey,
