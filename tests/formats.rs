@@ -93,6 +93,32 @@ fn wrapping_key(fx: &Fixture, bits: u32) -> &KeyPair {
     }
 }
 
+/// `hsm-bridge wrap` of the key labelled `label` for `wk` in `format`, into `out` (the
+/// operator vouches for the wrapping key: the wrap core, not the policy, is under test).
+fn wrap_args<'a>(
+    config: &'a str,
+    label: &'a str,
+    wk: &'a KeyPair,
+    format: &'a str,
+    out: &'a str,
+) -> Vec<&'a str> {
+    let wk = wk.public_pem.to_str().unwrap();
+    vec![
+        "wrap",
+        "--config",
+        config,
+        "--allow-any-wrapping-key",
+        "--label",
+        label,
+        "--wrapping-key",
+        wk,
+        "--format",
+        format,
+        "--out",
+        out,
+    ]
+}
+
 /// Checks a `.byok` file field by field and returns its ciphertext.
 fn open_byok(bytes: &[u8]) -> Vec<u8> {
     let v: serde_json::Value = serde_json::from_slice(bytes).expect("the .byok file is JSON");
@@ -205,16 +231,8 @@ async fn every_format_gives_the_exact_key(fx: &Fixture) {
                 .path()
                 .join(format!("{}-{label}.bin", case.format.replace(':', "_")));
             let o = out.to_str().unwrap();
-            let mut args = vec![
-                "wrap",
-                "--config",
-                cfg,
-                "--allow-any-wrapping-key",
-                "--label",
-                label,
-            ];
-            args.extend(["--wrapping-key", wk.public_pem.to_str().unwrap()]);
-            args.extend(["--format", case.format, "--out", o, "--json"]);
+            let mut args = wrap_args(cfg, label, wk, case.format, o);
+            args.push("--json");
             if case.format == "azure:byok" {
                 args.extend(["--azure-kek-id", KEK]);
             }
@@ -464,16 +482,7 @@ async fn cloud_rules_are_refused_with_their_reason_before_the_hsm_wraps() {
     let out = dir.path().join("never.bin");
     let cfg = config.to_str().unwrap();
     let cli = |label: &str, wk: &KeyPair, format: &str, extra: &[&str]| {
-        let mut a = vec![
-            "wrap",
-            "--config",
-            cfg,
-            "--allow-any-wrapping-key",
-            "--label",
-            label,
-        ];
-        a.extend(["--wrapping-key", wk.public_pem.to_str().unwrap()]);
-        a.extend(["--format", format, "--out", out.to_str().unwrap()]);
+        let mut a = wrap_args(cfg, label, wk, format, out.to_str().unwrap());
         a.extend_from_slice(extra);
         hsm_bridge_refuses(&a)
     };
