@@ -33,6 +33,8 @@ pub(crate) enum Operation {
     WrapKey,
     ImportKeyVersion,
     ImportKey,
+    /// An import into a `[destinations.NAME]` (gRPC `Import`, `hsm-bridge import`).
+    Import,
 }
 
 /// How an export attempt ended: `allowed` (the material left: returned, or sent to OCI),
@@ -54,6 +56,7 @@ impl Operation {
             Operation::WrapKey,
             Operation::ImportKeyVersion,
             Operation::ImportKey,
+            Operation::Import,
         ]
         .into_iter()
         .find(|o| o.as_str() == name)
@@ -64,6 +67,7 @@ impl Operation {
             Operation::WrapKey => "WrapKey",
             Operation::ImportKeyVersion => "ImportKeyVersion",
             Operation::ImportKey => "ImportKey",
+            Operation::Import => "Import",
         }
     }
 }
@@ -123,6 +127,14 @@ pub(crate) struct Record {
     /// The vault management endpoint the import went to (normalised), or "invalid".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_endpoint: Option<String>,
+    /// `Import`: the `[destinations.NAME]` it went to, and that destination's cloud.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<&'static str>,
+    /// `Import`: the cloud's key (an AWS key ARN), the one named or the one made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_key_id: Option<String>,
     /// The `[oci.connections]` identity the import was signed with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_connection: Option<String>,
@@ -210,18 +222,7 @@ impl Audit {
             crate::metrics::get().audit_failed();
             "refused"
         };
-        crate::metrics::get().export(
-            record.operation.as_str(),
-            outcome,
-            record.export.key_type,
-            record.export.mode,
-            record.format,
-            record
-                .export
-                .label
-                .as_deref()
-                .filter(|_| record.export.on_token),
-        );
+        crate::metrics::get().export(record, outcome);
         r
     }
 

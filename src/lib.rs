@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub(crate) mod audit;
+pub(crate) mod aws;
 pub mod cli;
 pub(crate) mod code;
 pub(crate) mod codec;

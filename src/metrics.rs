@@ -23,6 +23,9 @@ struct ExportLabels {
     key_type: &'static str,
     mode: &'static str,
     format: &'static str,
+    /// `Import`: the destination's cloud and its `[destinations]` name; else "none".
+    cloud: &'static str,
+    destination: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +71,19 @@ type Seconds<L> = Family<L, Histogram, fn() -> Histogram>;
 fn seconds() -> Histogram {
     // 100 µs to about 52 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// `name` as a `&'static str`, kept once per distinct name: for destination names, which
+/// only the config makes (a handful; a reload that renames them adds a few bytes).
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(n);
+    n
 }
 
 /// Most distinct key labels the per-key family keeps; attempts on keys past them are
@@ -150,7 +166,7 @@ impl Metrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "hsm_bridge_exports",
-            "Export attempts (WrapKey, ImportKeyVersion, ImportKey, CLI), by operation, outcome, key type, wrap mode and format",
+            "Export attempts (WrapKey, ImportKeyVersion, ImportKey, Import, CLI), by operation, outcome, key type, wrap mode, format, cloud and destination",
             self.exports.clone(),
         );
         r.register(
@@ -235,24 +251,25 @@ impl Metrics {
         self.key_labels.store(on, Ordering::Relaxed);
     }
 
-    /// One export attempt, as its audit record says; `key` only for a key the token has
-    /// (never a label a caller merely asked for).
-    pub(crate) fn export(
-        &self,
-        operation: &'static str,
-        outcome: &'static str,
-        key_type: Option<&'static str>,
-        mode: Option<&'static str>,
-        format: Option<&'static str>,
-        key: Option<&str>,
-    ) {
+    /// One export attempt, as its audit record says, with `outcome`. The key's label only
+    /// for a key the token has (never a label a caller merely asked for); the destination
+    /// only once it is one the config names (the record has its cloud).
+    pub(crate) fn export(&self, rec: &crate::audit::Record, outcome: &'static str) {
+        let key = rec.export.label.as_deref().filter(|_| rec.export.on_token);
+        let operation = rec.operation.as_str();
+        let destination = match (rec.cloud, rec.destination.as_deref()) {
+            (Some(_), Some(d)) => intern(d),
+            _ => "none",
+        };
         self.exports
             .get_or_create(&ExportLabels {
                 operation,
                 outcome,
-                key_type: key_type.unwrap_or("unknown"),
-                mode: mode.unwrap_or("none"),
-                format: format.unwrap_or("none"),
+                key_type: rec.export.key_type.unwrap_or("unknown"),
+                mode: rec.export.mode.unwrap_or("none"),
+                format: rec.format.unwrap_or("none"),
+                cloud: rec.cloud.unwrap_or("none"),
+                destination,
             })
             .inc();
         if let (true, Some(key)) = (self.key_labels.load(Ordering::Relaxed), key) {
@@ -524,17 +541,18 @@ mod tests {
         let m = Metrics::new();
         m.set_key_labels(true);
         for i in 0..MAX_KEY_LABELS + 50 {
-            m.export(
-                "WrapKey",
-                "allowed",
-                Some("AES"),
-                Some("hybrid"),
-                Some("oci:RSA_OAEP_AES_SHA256"),
-                Some(&format!("k{i}")),
-            );
+            let mut rec = crate::audit::Record::default();
+            rec.export.key_type = Some("AES");
+            rec.export.mode = Some("hybrid");
+            rec.format = Some("oci:RSA_OAEP_AES_SHA256");
+            rec.export.label = Some(format!("k{i}"));
+            rec.export.on_token = true;
+            m.export(&rec, "allowed");
         }
         // a label a caller only asked for is never recorded
-        m.export("WrapKey", "refused", None, None, None, None);
+        let mut asked = crate::audit::Record::default();
+        asked.export.label = Some("asked".into());
+        m.export(&asked, "refused");
         let text = m.text();
         let series = text
             .lines()

@@ -6,13 +6,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::audit::CliAudit;
+use super::import::CliImport;
 use super::{Error, ImportKeyVersionArgs, io};
 use crate::audit::Operation;
-use crate::config::Config;
 use crate::export::oci::{self, NewVersion, OciSide, Vault};
-use crate::export::{Caller, Export, Exporter, HsmPath, ImportAsk, Progress};
-use crate::hsm::Hsm;
+use crate::export::{Caller, Export, ImportAsk, Progress};
 use crate::oci::kms::KeyVersion;
 use crate::wrap::{Algorithm, Format};
 
@@ -33,25 +31,16 @@ pub(super) fn import_key_version_cmd(
     } = a;
     let alg: Algorithm = algorithm.parse()?;
     let key = key.key_ref()?;
-    let cfg = Config::load(&common.config)?;
-    let audit = CliAudit::open(&cfg)?;
-    let journal = crate::journal::Journal::new(&cfg.journal)?;
+    let cli = CliImport::open(&common.config)?;
     let oci = Arc::new(OciSide::load(
-        &cfg.oci,
-        cfg.policy.min_wrapping_key_bits,
-        journal.clone(),
+        &cli.cfg.oci,
+        cli.cfg.policy.min_wrapping_key_bits,
+        cli.journal.clone(),
     )?);
-    let hsm = Arc::new(Hsm::open_shared(
-        &cfg.hsm,
-        &cfg.policy,
-        Some(journal.clone()),
-    )?);
-    journal.set_key(crate::journal::Journal::key_from(&cfg.journal, &hsm)?);
-    let rt = super::runtime()?;
     let started = std::time::Instant::now();
-    let mut attempt = audit.attempt(Operation::ImportKeyVersion);
-    let exporter = Exporter::new(HsmPath::Direct(hsm.clone()));
-    let result = rt.block_on(async {
+    let mut attempt = cli.audit.attempt(Operation::ImportKeyVersion);
+    let exporter = cli.exporter();
+    let result = cli.rt.block_on(async {
         let rec = attempt.record();
         let export = Export::admit(
             Caller::operator(super::CLI_CALLER),
@@ -69,7 +58,7 @@ pub(super) fn import_key_version_cmd(
             oci,
             (&endpoint, &connection),
             (rec.request_id.clone(), None),
-            cfg.policy.protection_modes.clone(),
+            cli.cfg.policy.protection_modes.clone(),
             rec,
         )?;
         let dest = NewVersion {
@@ -85,25 +74,7 @@ pub(super) fn import_key_version_cmd(
             .import(&export, std::sync::Arc::new(dest), ask, &mut attempt)
             .await
     });
-    drop(rt);
-    drop(exporter);
-    // The journal holds the HSM only weakly: the module is closed here, whatever it holds.
-    if let Ok(hsm) = Arc::try_unwrap(hsm) {
-        hsm.close();
-    }
-    let rec = super::record(attempt)?;
-    let progress = rec.export.clone();
-    let version = match result {
-        Ok(v) => {
-            audit.write(rec, Ok(()))?;
-            v
-        }
-        Err(e) => {
-            let (code, message) = (e.code(), e.message());
-            audit.write(rec, Err((code, message.clone())))?;
-            return Err(Error::Oci(format!("{code}: {message}")));
-        }
-    };
+    let (version, progress) = cli.finish(exporter, attempt, result)?;
     print_import(
         out,
         common.json,

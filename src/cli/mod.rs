@@ -19,6 +19,7 @@ use crate::wrap::{self, Algorithm, Format, WrappingKey};
 
 mod audit;
 mod health;
+mod import;
 mod import_key_version;
 mod journal;
 
@@ -60,6 +61,9 @@ pub(crate) enum Command {
     /// Add a version to an OCI key from a token key: fetch the vault's wrapping key, wrap in
     /// the HSM, ImportKeyVersion (with retries), optionally wait until ENABLED.
     ImportKeyVersion(ImportKeyVersionArgs),
+    /// Import a token key into a [destinations.NAME] of the config (AWS KMS): a new version
+    /// of the target key, or a new key; exactly once per idempotency key.
+    Import(ImportArgs),
     /// Run the known-answer self-test and report which wrap mode the token supports.
     Selftest {
         #[command(flatten)]
@@ -173,6 +177,39 @@ pub(crate) struct ImportKeyVersionArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub key: KeyArg,
+    /// A [destinations.NAME] of the config.
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// The cloud's key that gets the new material (AWS: key ARN or id).
+    #[arg(long, value_name = "ID", required_unless_present = "new_key")]
+    pub target: Option<String>,
+    /// Create a new key of the source key's shape instead.
+    #[arg(long, conflicts_with = "target")]
+    pub new_key: bool,
+    /// With --new-key, AWS KeyUsage: ENCRYPT_DECRYPT (AES's) or SIGN_VERIFY (RSA's default).
+    #[arg(long, value_name = "USAGE", requires = "new_key")]
+    pub key_usage: Option<String>,
+    /// The format, CLOUD:NAME; default the cloud's for the key's shape (AWS:
+    /// aws:RSAES_OAEP_SHA_256 for AES, aws:RSA_AES_KEY_WRAP_SHA_256 for RSA).
+    #[arg(long, value_name = "NAME")]
+    pub format: Option<String>,
+    /// The material expires this many days from now (AWS: at most 365); default never.
+    #[arg(long, value_name = "DAYS")]
+    pub valid_for_days: Option<u32>,
+    /// Running again with the same value imports once, whatever answer was lost.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Wait until the key is usable with the new material.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub(crate) struct KeyArg {
     /// CKA_LABEL of the key, exact.
@@ -242,6 +279,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Keys { common } => keys(&common, out),
         Command::Wrap(a) => wrap_key(a, out),
         Command::ImportKeyVersion(a) => import_key_version_cmd(a, out),
+        Command::Import(a) => import::import_cmd(a, out),
         Command::Selftest { common } => selftest(&common, out),
         Command::Journal { command } => journal::run(command, out),
         Command::PinReset { config } => journal::pin_reset(&config, out),

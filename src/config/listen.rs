@@ -91,6 +91,7 @@ mod tests {
                 keys: vec!["*".into()],
                 oci_endpoints: None,
                 oci_compartments: None,
+                destinations: Vec::new(),
             });
         }
         s

@@ -33,6 +33,9 @@ pub struct Config {
     pub journal: JournalConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[destinations.NAME]`: where imports by destination name go (destinations.rs).
+    #[serde(default)]
+    pub(crate) destinations: BTreeMap<String, Destination>,
     /// The file this was loaded from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -181,6 +184,9 @@ pub(crate) struct ClientConfig {
     /// Compartment OCIDs (globs) this caller's imports may land in; unset = any.
     #[serde(default)]
     pub oci_compartments: Option<Vec<String>>,
+    /// `[destinations.NAME]` names this caller may import into (`Import`); unset = none.
+    #[serde(default)]
+    pub destinations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -533,6 +539,7 @@ impl Config {
         if self.audit.path != Path::new("-") {
             fix(&mut self.audit.path);
         }
+        destinations::resolve(&mut self.destinations, fix);
         self.journal.resolve(base, fix)?;
         self.hsm.pin_marker = self.journal.pin_marker.clone();
         Ok(())
@@ -599,9 +606,11 @@ fn expand_str(s: &str) -> Result<String, String> {
     Ok(out)
 }
 
+mod destinations;
 mod journal;
 mod listen;
 mod validate;
+pub(crate) use destinations::{AwsDestination, Destination};
 pub use journal::{JournalConfig, JournalStore};
 pub(crate) use listen::Listen;
 

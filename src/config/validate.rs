@@ -33,6 +33,7 @@ impl Config {
         )?;
         in_range("server.io_threads", s.io_threads, 1..=64)?;
         self.journal.validate()?;
+        super::destinations::validate(&self.destinations)?;
         if let Some(l) = &self.server.health_listen {
             l.parse::<std::net::SocketAddr>()
                 .map_err(|_| format!("server.health_listen = {l:?} is not IP:PORT"))?;
@@ -156,6 +157,14 @@ impl Config {
             loopback += usize::from(c.loopback);
             if loopback > 1 {
                 return Err("more than one [[server.clients]] has loopback = true".into());
+            }
+            for d in &c.destinations {
+                if !self.destinations.contains_key(d) {
+                    return Err(format!(
+                        "{at}: destinations names {:?}, which is no [destinations.NAME] here",
+                        d.chars().take(80).collect::<String>()
+                    ));
+                }
             }
             for p in c.oci_endpoints.iter().flatten() {
                 if !p.to_ascii_lowercase().starts_with("https://") {

@@ -30,6 +30,8 @@ pub(crate) struct Identity {
     pub endpoints: Option<Vec<String>>,
     /// Compartment OCID globs its imports may land in (`None`: any).
     pub compartments: Option<Vec<String>>,
+    /// `[destinations.NAME]` names it may import into (`None`: every one).
+    pub destinations: Option<Vec<String>>,
 }
 
 impl std::ops::Deref for Caller {
@@ -61,6 +63,13 @@ impl Identity {
             .as_ref()
             .is_none_or(|p| p.iter().any(|p| glob_match(p, ocid)))
     }
+
+    /// Whether this caller may import into the destination `name`.
+    pub(crate) fn may_use_destination(&self, name: &str) -> bool {
+        self.destinations
+            .as_ref()
+            .is_none_or(|d| d.iter().any(|d| d == name))
+    }
 }
 
 impl Caller {
@@ -79,6 +88,7 @@ impl Caller {
             keys: vec!["*".into()],
             endpoints: None,
             compartments: None,
+            destinations: None,
         })
     }
 
@@ -87,7 +97,7 @@ impl Caller {
         use crate::audit::Operation as Export;
         self.may(match operation {
             Export::WrapKey => Operation::Wrap,
-            Export::ImportKeyVersion | Export::ImportKey => Operation::Import,
+            Export::ImportKeyVersion | Export::ImportKey | Export::Import => Operation::Import,
         })
     }
 

@@ -1,7 +1,7 @@
 //! Where an import goes: the seam between the export core and a cloud. A destination
 //! gives the wrapping key its import needs, builds the body around the wrapped key, sends it
 //! exactly once per journal token, finds the result of an import whose answer was lost, and
-//! polls what it made until it is usable. OCI is the first (src/oci/import.rs); a new cloud
+//! polls what it made until it is usable. OCI (src/export/oci.rs) and AWS KMS (src/export/aws.rs) are two; a new cloud
 //! is a module that implements this, and one registration where the daemon and the command
 //! line turn requests into destinations (docs/ARCHITECTURE.md, "Adding a cloud").
 
@@ -48,21 +48,27 @@ pub(crate) trait Destination: Send + Sync + 'static {
         rec: &mut Record,
     ) -> impl Future<Output = Result<(), ExportError>> + Send;
 
-    /// The wrapping key for this import (OCI: the vault's), noted in `progress`.
+    /// The wrapping key for this import (OCI: the vault's; AWS: one handed out for this
+    /// import alone), noted in `progress`. `token` is the journal's token for the import,
+    /// for a destination that leaves a mark with what it makes.
     fn wrapping_key(
         &self,
+        token: &str,
         progress: &mut Progress,
     ) -> impl Future<Output = Result<Arc<WrappingKey>, ExportError>> + Send;
 
-    /// The import call's body around the wrapped key.
-    fn body(&self, wrapped: &Wrapped) -> Result<Vec<u8>, ExportError>;
+    /// The import call's body around the wrapped key (what the journal records and
+    /// [`Self::send`] sends), for the import under `token`.
+    fn body(&self, token: &str, wrapped: &Wrapped) -> Result<Vec<u8>, ExportError>;
 
-    /// The result of an earlier send under `token` whose answer was lost, if the cloud can
-    /// tell (a cloud without a retry token leaves a mark to find); `None` to send the
-    /// recorded bytes again. OCI's retry token makes a second send safe, so OCI says `None`.
+    /// The result of an earlier send of `body` under `token` whose answer was lost, if the
+    /// cloud can tell (a cloud without a retry token leaves a mark to find), finishing what
+    /// that send left undone; `None` to send the recorded bytes again. OCI's retry token
+    /// makes a second send safe, so OCI says `None`.
     fn find_lost(
         &self,
         token: &str,
+        body: &[u8],
     ) -> impl Future<Output = Result<Option<Answer<Self::Answer>>, KmsError>> + Send;
 
     /// Sends `body` under `token`: the cloud imports once however often one token is sent.

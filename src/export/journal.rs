@@ -91,12 +91,12 @@ pub(super) async fn prepare<D: Destination>(
             };
         }
     };
-    let wk = dest.wrapping_key(progress).await?;
+    let wk = dest.wrapping_key(&token, progress).await?;
     // recorded now: a refused wrap is audited with the wrapping key it was for
     let fp = wk.fingerprint();
     progress.wrapping_key_sha256 = Some(fp.clone());
     let wrapped = exporter.wrap(export, wk, ask.deadline, hsm_started).await?;
-    let body = Arc::new(Zeroizing::new(dest.body(&wrapped)?));
+    let body = Arc::new(Zeroizing::new(dest.body(&token, &wrapped)?));
     let made = Progress {
         wrapping_key_sha256: Some(fp),
         mode: Some(wrapped.mode.as_str()),
@@ -187,7 +187,7 @@ pub(super) async fn send<D: Destination>(
             resent,
         } => {
             let found = match resent {
-                true => dest.find_lost(&token).await.transpose(),
+                true => dest.find_lost(&token, &body).await.transpose(),
                 false => None,
             };
             let answer = match found {

@@ -25,16 +25,19 @@ use crate::journal::JournalError;
 use crate::oci::kms::KmsError;
 use crate::wrap::{self, Format, WrappingKey};
 
+pub(crate) mod aws;
 pub(crate) mod caller;
 mod destination;
 mod journal;
 pub(crate) mod oci;
 pub(crate) mod queue;
+mod to;
 
 pub(crate) use crate::audit::Progress;
 pub(crate) use caller::Caller;
 pub(crate) use destination::Destination;
 use queue::{HsmQueue, Refused};
+pub(crate) use to::ImportTo;
 
 /// Why an export stopped, for the caller: each says its canonical code (src/code.rs).
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +316,28 @@ impl Exporter {
             .await
     }
 
+    /// The shape of the key `admitted` names, found on the token, allowed by the caller's
+    /// patterns and able to leave (policy, token attributes): what a destination's format
+    /// and key follow from, known before any cloud is called.
+    pub(crate) async fn shape(
+        &self,
+        admitted: &KeyAdmitted,
+        deadline: Option<Instant>,
+    ) -> Result<wrap::KeyShape, ExportError> {
+        let (key, caller) = (admitted.key.clone(), admitted.admission.caller.clone());
+        self.hsm
+            .run(deadline, move |hsm, d| {
+                let info = hsm
+                    .find_key(&key, d)
+                    .map_err(|e| caller::hide_by_id(&key, e))?;
+                caller
+                    .permit(&info)
+                    .map_err(|e| caller::hide_by_id(&key, e.into()))?;
+                hsm.exportable(&info)
+            })
+            .await
+    }
+
     /// For bytes recorded for an idempotency key: the key checks of [`Self::wrap`] without
     /// the wrap.
     async fn recheck(&self, export: &Export, deadline: Option<Instant>) -> Result<(), ExportError> {
@@ -405,7 +430,7 @@ async fn send<D: Destination>(
                 rx.close();
                 rx.try_recv().map_err(|_| {
                     ExportError::AnswerLate(
-                        "the deadline passed while OCI was answering the import: its answer goes to the audit log, and a retry with the same idempotency_key returns it without importing again".into(),
+                        "the deadline passed while the destination was answering the import: its answer goes to the audit log, and a retry with the same idempotency_key returns it without importing again".into(),
                     )
                 })?
             }

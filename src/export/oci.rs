@@ -350,18 +350,26 @@ impl Destination for NewVersion {
         Vault::admit_compartment(caller, &key.compartment_id)
     }
 
-    async fn wrapping_key(&self, progress: &mut Progress) -> Result<Arc<WrappingKey>, ExportError> {
+    async fn wrapping_key(
+        &self,
+        _token: &str,
+        progress: &mut Progress,
+    ) -> Result<Arc<WrappingKey>, ExportError> {
         self.vault.wrapping_key(progress).await
     }
 
-    fn body(&self, wrapped: &Wrapped) -> Result<Vec<u8>, ExportError> {
+    fn body(&self, _token: &str, wrapped: &Wrapped) -> Result<Vec<u8>, ExportError> {
         serde_json::to_vec(&kms::ImportKeyVersionDetails {
             wrapped_import_key: wrapped_import_key(wrapped),
         })
         .map_err(|e| ExportError::Body(e.to_string()))
     }
 
-    async fn find_lost(&self, _token: &str) -> Result<Option<Answer<kms::KeyVersion>>, KmsError> {
+    async fn find_lost(
+        &self,
+        _token: &str,
+        _body: &[u8],
+    ) -> Result<Option<Answer<kms::KeyVersion>>, KmsError> {
         Ok(None)
     }
 
@@ -450,11 +458,15 @@ impl Destination for NewKey {
         self.vault.admit_caller(caller)
     }
 
-    async fn wrapping_key(&self, progress: &mut Progress) -> Result<Arc<WrappingKey>, ExportError> {
+    async fn wrapping_key(
+        &self,
+        _token: &str,
+        progress: &mut Progress,
+    ) -> Result<Arc<WrappingKey>, ExportError> {
         self.vault.wrapping_key(progress).await
     }
 
-    fn body(&self, wrapped: &Wrapped) -> Result<Vec<u8>, ExportError> {
+    fn body(&self, _token: &str, wrapped: &Wrapped) -> Result<Vec<u8>, ExportError> {
         let d = &self.details;
         serde_json::to_vec(&kms::ImportKeyDetails {
             compartment_id: d.compartment_id.clone(),
@@ -471,7 +483,11 @@ impl Destination for NewKey {
         .map_err(|e| ExportError::Body(e.to_string()))
     }
 
-    async fn find_lost(&self, _token: &str) -> Result<Option<Answer<kms::Key>>, KmsError> {
+    async fn find_lost(
+        &self,
+        _token: &str,
+        _body: &[u8],
+    ) -> Result<Option<Answer<kms::Key>>, KmsError> {
         Ok(None)
     }
 

@@ -27,6 +27,7 @@ fn from_entry(c: &ClientConfig, transport: Transport) -> Caller {
         keys: c.keys.clone(),
         endpoints: c.oci_endpoints.clone(),
         compartments: c.oci_compartments.clone(),
+        destinations: Some(c.destinations.clone()),
     })
 }
 

@@ -12,7 +12,7 @@ use super::{Bridge, Settings};
 use crate::audit::{Attempt, INVALID, Operation, Record};
 use crate::config::ProtectionMode;
 use crate::export::oci::{self, KeyDetails, NewKey, NewVersion, Vault};
-use crate::export::{Export, ImportAsk, check_idempotency_key};
+use crate::export::{Export, ImportAsk, ImportTo, check_idempotency_key};
 use crate::proto;
 use crate::wrap::Format;
 
@@ -135,6 +135,49 @@ impl Bridge {
             .await?;
         Ok(proto::ImportKeyResponse {
             key: Some(proto_key(&key)),
+        })
+    }
+}
+
+impl Bridge {
+    /// `Import`: the export admitted (caller, key), then the export core's import into the
+    /// destination the request names (src/export/to.rs).
+    pub(super) async fn import_inner(
+        &self,
+        req: Request<proto::ImportRequest>,
+        guard: &mut Attempt,
+    ) -> Result<proto::ImportResponse, Status> {
+        let (settings, caller, deadline) = self.begin(&req, guard)?;
+        let body = req.get_ref();
+        let admitted = Export::admit(caller, Operation::Import)?
+            .key(key_ref(body.source_key.as_ref())?, guard.record())?;
+        let idem = check_idempotency_key(&body.idempotency_key)?;
+        let to = ImportTo {
+            destination: &body.destination,
+            target: &body.target,
+            create: body.create.as_ref().map(|c| c.key_usage.as_str()),
+            format: &body.format,
+            valid_to: (body.valid_to_unix != 0).then_some(body.valid_to_unix),
+        };
+        let ask = ImportAsk {
+            idempotency_key: idem,
+            wait: body.wait_for_enabled,
+            deadline,
+        };
+        let made = self
+            .exporter
+            .import_to(&settings.destinations, admitted, to, ask, guard)
+            .await?;
+        Ok(proto::ImportResponse {
+            cloud: made.cloud.into(),
+            destination: made.destination,
+            key_id: made.key_id,
+            version_id: made.version_id,
+            state: made.state,
+            version_state: made.version_state,
+            time_created: made.time_created,
+            created_key: made.created_key,
+            format: made.format.into(),
         })
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Settings {
     oci: Arc<OciSide>,
     /// `policy.protection_modes`: what an import may create or add a version to.
     protection_modes: Vec<ProtectionMode>,
+    /// The `[destinations]` (AWS KMS for now) and their clients.
+    destinations: Arc<crate::aws::AwsSide>,
 }
 
 impl Settings {
@@ -58,13 +60,14 @@ impl Settings {
         auth: Authenticator,
         policy: &PolicyConfig,
         wrapping_policy: WrappingKeyPolicy,
-        oci: OciSide,
+        (oci, destinations): (OciSide, crate::aws::AwsSide),
     ) -> Settings {
         Settings {
             auth,
             wrapping_policy,
             oci: Arc::new(oci),
             protection_modes: policy.protection_modes.clone(),
+            destinations: Arc::new(destinations),
         }
     }
 }
@@ -141,6 +144,20 @@ impl KeySourceBridge for Bridge {
             audit_log::Operation::ImportKey,
         );
         let result = self.import_key_inner(req, &mut guard).await;
+        self.audit(&mut guard, result).map(Response::new)
+    }
+
+    async fn import(
+        &self,
+        req: Request<proto::ImportRequest>,
+    ) -> Result<Response<proto::ImportResponse>, Status> {
+        let _timer = crate::metrics::RpcTimer::start(audit_log::Operation::Import.as_str());
+        let mut guard = Attempt::new(
+            self.audit.clone(),
+            request::request_id(&req),
+            audit_log::Operation::Import,
+        );
+        let result = self.import_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
 }

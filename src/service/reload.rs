@@ -32,7 +32,17 @@ pub(super) fn settings(
         cfg.policy.min_wrapping_key_bits,
         journal.clone(),
     )?;
-    Ok(Settings::new(auth, &cfg.policy, wrapping_policy, oci))
+    let destinations = crate::aws::AwsSide::new(
+        &cfg.destinations,
+        cfg.policy.min_wrapping_key_bits,
+        journal.clone(),
+    );
+    Ok(Settings::new(
+        auth,
+        &cfg.policy,
+        wrapping_policy,
+        (oci, destinations),
+    ))
 }
 
 /// What a reload needs: where the config is, and what it was at start.

@@ -24,7 +24,6 @@ pub(crate) enum Cloud {
 
 impl Cloud {
     /// The prefix of its formats' names: "oci", "aws", "gcp", "azure".
-    #[cfg(test)]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cloud::Oci => "oci",

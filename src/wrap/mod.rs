@@ -11,6 +11,7 @@ pub mod verify;
 pub(crate) mod wrapping_key;
 
 pub use envelope::{Algorithm, KeyAlgorithm, KeyShape};
+pub(crate) use format::Cloud;
 pub use format::{AzureKek, FORMATS, Format, Layout};
 pub use wrapping_key::WrappingKey;
 

@@ -100,7 +100,8 @@ pub(crate) struct ImportKeyDetails {
 pub enum KmsError {
     /// OCI answered with an error status.
     #[error(
-        "OCI {op} answered {status} {code}: {message} (opc-request-id {opc_request_id}; attempt {attempts})"
+        "{} {op} answered {status} {code}: {message} ({} {opc_request_id}; attempt {attempts})",
+        service(.op).0, service(.op).1
     )]
     Service {
         op: &'static str,
@@ -111,7 +112,7 @@ pub enum KmsError {
         attempts: u32,
     },
     /// No answer: connect error, reset or timeout on every attempt.
-    #[error("OCI {op} at {endpoint} did not answer after {attempts} attempt(s): {why}")]
+    #[error("{} {op} at {endpoint} did not answer after {attempts} attempt(s): {why}", service(.op).0)]
     Transport {
         op: &'static str,
         endpoint: String,
@@ -119,7 +120,7 @@ pub enum KmsError {
         attempts: u32,
     },
     /// The caller's deadline came first.
-    #[error("OCI {op}: the call's deadline passed after {attempts} attempt(s){last}")]
+    #[error("{} {op}: the call's deadline passed after {attempts} attempt(s){last}", service(.op).0)]
     Deadline {
         op: &'static str,
         attempts: u32,
@@ -127,7 +128,8 @@ pub enum KmsError {
     },
     /// A success status with a body that is not what OCI sends.
     #[error(
-        "OCI {op} answered {status} with a body that is not a {expected}: {why} (opc-request-id {opc_request_id})"
+        "{} {op} answered {status} with a body that is not a {expected}: {why} ({} {opc_request_id})",
+        service(.op).0, service(.op).1
     )]
     BadResponse {
         op: &'static str,
@@ -140,8 +142,18 @@ pub enum KmsError {
     #[error("the vault's wrapping key at {endpoint} is refused: {why}")]
     WrappingKey { endpoint: String, why: String },
     /// Signing or building the request failed (nothing was sent).
-    #[error("OCI {op}: {why}")]
+    #[error("{} {op}: {why}", service(.op).0)]
     Local { op: &'static str, why: String },
+}
+
+/// The service an operation belongs to and what it calls its request ids, as messages name
+/// them: AWS KMS's calls (src/aws/) fail with this type too, by their own operation names.
+fn service(op: &str) -> (&'static str, &'static str) {
+    if crate::aws::OPERATIONS.contains(&op) {
+        ("AWS KMS", "x-amzn-RequestId")
+    } else {
+        ("OCI", "opc-request-id")
+    }
 }
 
 impl KmsError {

@@ -1,0 +1,163 @@
+//! `import`: the export core's import of one key into a `[destinations.NAME]`
+//! (src/export/to.rs), the operator as the caller, without gRPC or the queue, audited like
+//! the daemon's. The setup and the ending it shares with `import-key-version`
+//! ([`CliImport`]).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::audit::CliAudit;
+use super::{Error, ImportArgs, io};
+use crate::audit::{Attempt, Operation};
+use crate::config::Config;
+use crate::export::{
+    Caller, Export, ExportError, Exporter, HsmPath, ImportAsk, ImportTo, Progress,
+};
+use crate::hsm::Hsm;
+use crate::journal::Journal;
+
+/// What an import from the command line opens: the config, the audit log, the journal (its
+/// key from the token), the token, and a runtime.
+pub(super) struct CliImport {
+    pub cfg: Config,
+    pub audit: CliAudit,
+    pub journal: Arc<Journal>,
+    pub hsm: Arc<Hsm>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl CliImport {
+    pub(super) fn open(config: &std::path::Path) -> Result<CliImport, Error> {
+        let cfg = Config::load(config)?;
+        let audit = CliAudit::open(&cfg)?;
+        let journal = Journal::new(&cfg.journal)?;
+        let hsm = Arc::new(Hsm::open_shared(
+            &cfg.hsm,
+            &cfg.policy,
+            Some(journal.clone()),
+        )?);
+        journal.set_key(Journal::key_from(&cfg.journal, &hsm)?);
+        Ok(CliImport {
+            cfg,
+            audit,
+            journal,
+            hsm,
+            rt: super::runtime()?,
+        })
+    }
+
+    /// The export core over the token, directly.
+    pub(super) fn exporter(&self) -> Exporter {
+        Exporter::new(HsmPath::Direct(self.hsm.clone()))
+    }
+
+    /// Ends the import: the runtime and the token closed, the audit record written (an
+    /// error if it cannot be); the answer with what the record says was done.
+    pub(super) fn finish<T>(
+        self,
+        exporter: Exporter,
+        attempt: Attempt,
+        result: Result<T, ExportError>,
+    ) -> Result<(T, Progress), Error> {
+        let CliImport { audit, hsm, rt, .. } = self;
+        drop(rt);
+        drop(exporter);
+        // The journal holds the HSM only weakly: the module is closed here, whatever it holds.
+        if let Ok(hsm) = Arc::try_unwrap(hsm) {
+            hsm.close();
+        }
+        let rec = super::record(attempt)?;
+        let progress = rec.export.clone();
+        match result {
+            Ok(v) => {
+                audit.write(rec, Ok(()))?;
+                Ok((v, progress))
+            }
+            Err(e) => {
+                let (code, message) = (e.code(), e.message());
+                audit.write(rec, Err((code, message.clone())))?;
+                Err(Error::Oci(format!("{code}: {message}")))
+            }
+        }
+    }
+}
+
+/// `import`: one key into a destination, audited.
+pub(super) fn import_cmd(a: ImportArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let key = a.key.key_ref()?;
+    let cli = CliImport::open(&a.common.config)?;
+    let started = std::time::Instant::now();
+    let mut attempt = cli.audit.attempt(Operation::Import);
+    let exporter = cli.exporter();
+    let valid_to = a.valid_for_days.map(|d| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        now + i64::from(d) * 86_400
+    });
+    let result = cli.rt.block_on(async {
+        let admitted = Export::admit(Caller::operator(super::CLI_CALLER), Operation::Import)?
+            .key(key, attempt.record())?;
+        let idem = match a.idempotency_key.as_deref() {
+            Some(k) => crate::export::check_idempotency_key(k)?,
+            None => None,
+        };
+        let to = ImportTo {
+            destination: &a.to,
+            target: a.target.as_deref().unwrap_or(""),
+            create: a.new_key.then_some(a.key_usage.as_deref().unwrap_or("")),
+            format: a.format.as_deref().unwrap_or(""),
+            valid_to,
+        };
+        let ask = ImportAsk {
+            idempotency_key: idem,
+            wait: a.wait,
+            deadline: None,
+        };
+        let destinations = Arc::new(crate::aws::AwsSide::new(
+            &cli.cfg.destinations,
+            cli.cfg.policy.min_wrapping_key_bits,
+            cli.journal.clone(),
+        ));
+        exporter
+            .import_to(&destinations, admitted, to, ask, &mut attempt)
+            .await
+    });
+    let (made, progress) = cli.finish(exporter, attempt, result)?;
+    let ms = started.elapsed().as_millis();
+    if a.common.json {
+        let v = json!({
+            "cloud": made.cloud,
+            "destination": made.destination,
+            "key_id": made.key_id,
+            "version_id": made.version_id,
+            "state": made.state,
+            "version_state": made.version_state,
+            "time_created": made.time_created,
+            "created_key": made.created_key,
+            "format": made.format,
+            "mode": progress.mode,
+            "request_id": progress.opc_request_id,
+            "wrapping_key_sha256": progress.wrapping_key_sha256,
+            "millis": ms,
+        });
+        writeln!(out, "{v}").map_err(io)?;
+    } else {
+        writeln!(
+            out,
+            "imported {} into {} ({}) as {} material {} ({}, key {}), {} mode, {ms} ms",
+            progress.label.as_deref().unwrap_or("?"),
+            made.destination,
+            made.cloud,
+            made.key_id,
+            made.version_id,
+            made.version_state,
+            made.state,
+            progress.mode.unwrap_or("?"),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
