@@ -110,3 +110,52 @@ fn env_expansion_and_relative_paths() {
         "{e}"
     );
 }
+
+#[test]
+fn destinations_are_checked() {
+    let aws = "[destinations.prod]\ncloud = \"aws\"\nregion = \"us-east-1\"\naccount = \"111122223333\"\n";
+    let c = parse(&format!("{MIN}{aws}ca_bundle = \"ca.pem\"\n")).unwrap();
+    let Destination::Aws(a) = &c.destinations["prod"];
+    assert_eq!(a.endpoint_url(), "https://kms.us-east-1.amazonaws.com");
+    assert_eq!(a.ca_bundle.as_deref(), Some(Path::new("/etc/hb/ca.pem")));
+    assert_eq!(a.wrapping_key_spec, "RSA_4096");
+    // the region's FIPS endpoint is allowed by default; another host is not
+    parse(&format!(
+        "{MIN}{aws}endpoint = \"https://kms-fips.us-east-1.amazonaws.com\"\n"
+    ))
+    .unwrap();
+    for (extra, says) in [
+        (
+            "endpoint = \"https://kms.evil.example\"\n",
+            "allowed_endpoints",
+        ),
+        (
+            "endpoint = \"http://kms.us-east-1.amazonaws.com\"\n",
+            "https",
+        ),
+        ("regoin = \"x\"\n", "regoin"),
+        ("wrapping_key_spec = \"RSA_1024\"\n", "RSA_4096"),
+        (
+            "allowed_endpoints = [\"http://x\"]\nendpoint = \"http://x\"\n",
+            "https://",
+        ),
+    ] {
+        let e = parse(&format!("{MIN}{aws}{extra}")).unwrap_err();
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+    for (table, says) in [
+        (aws.replace("111122223333", "1111"), "12-digit"),
+        (aws.replace("us-east-1", "US East"), "region"),
+        (aws.replace("\"aws\"", "\"gcp\""), "gcp"),
+        (aws.replace("prod", "\"a b\""), "destination name"),
+    ] {
+        let e = parse(&format!("{MIN}{table}")).unwrap_err();
+        assert!(e.contains(says), "{table}: {e}");
+    }
+    // a caller may be granted only destinations the config has
+    let client =
+        "[[server.clients]]\nname = \"c\"\nsubject_cn = \"c\"\noperations = [\"import\"]\n";
+    parse(&format!("{MIN}{aws}{client}destinations = [\"prod\"]\n")).unwrap();
+    let e = parse(&format!("{MIN}{aws}{client}destinations = [\"test\"]\n")).unwrap_err();
+    assert!(e.contains("no [destinations.NAME]"), "{e}");
+}
