@@ -15,6 +15,8 @@
 #   - makes dev TLS material in .softhsm/tls/ (a CA, a server certificate for localhost and
 #     127.0.0.1, client certificates; tests/make-test-certs.sh), remade when it nears expiry;
 #   - makes a dev OCI API-key identity in .softhsm/oci/ for the local OCI KMS emulator;
+#   - makes dev AWS credentials in .softhsm/aws/ for the local AWS KMS emulator (a random
+#     secret access key in a file of mode 0600, and a credentials file with its profile);
 #   - writes .softhsm/env with export lines for scripts and tests.
 #
 # With --with-kryoptic, also: builds the kryoptic PKCS#11 soft token (pinned version, from
@@ -287,6 +289,26 @@ fingerprint=$fp
 region=us-ashburn-1
 key_file=api_key.pem
 EOC
+fi
+
+# --- dev AWS credentials, for the local AWS KMS emulator -------------------------------
+# .softhsm/aws/credentials is an AWS shared credentials file with profile [hsm-bridge];
+# the emulator reads the same secret from .softhsm/aws/secret-access-key
+# (aws-kms-emulator --secret-access-key-file). Not an AWS account.
+aws="$dir/aws"
+if [ ! -f "$aws/credentials" ] || [ ! -f "$aws/secret-access-key" ]; then
+    say "making dev AWS credentials in $aws"
+    rm -rf "$aws"
+    mkdir -p "$aws"
+    (umask 077 && openssl rand -hex 20 >"$aws/secret-access-key") ||
+        die "could not make the dev AWS secret"
+    (umask 077 && cat >"$aws/credentials" <<EOC
+# Dev credentials made by softhsm-setup.sh for the local AWS KMS emulator; not an AWS account.
+[hsm-bridge]
+aws_access_key_id = AKIAHSMBRIDGEDEV0001
+aws_secret_access_key = $(cat "$aws/secret-access-key")
+EOC
+    )
 fi
 
 # --- environment for scripts and tests ------------------------------------------------

@@ -301,7 +301,7 @@ async fn every_format_gives_the_exact_key(fx: &Fixture) {
     // ... and so do the metrics.
     let metrics = d.scrape_metrics().await;
     let azure = format!(
-        "hsm_bridge_exports_total{{operation=\"WrapKey\",outcome=\"allowed\",key_type=\"AES\",mode=\"{}\",format=\"azure:byok\"}}",
+        "hsm_bridge_exports_total{{operation=\"WrapKey\",outcome=\"allowed\",key_type=\"AES\",mode=\"{}\",format=\"azure:byok\",cloud=\"none\",destination=\"none\"}}",
         report["formats"]
             .as_array()
             .unwrap()

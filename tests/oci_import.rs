@@ -784,21 +784,21 @@ async fn metrics_count_exactly_what_happened() {
         .to_string();
     assert_eq!(
         moved(&format!(
-            "hsm_bridge_exports_total{{operation=\"WrapKey\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\",format=\"oci:RSA_OAEP_AES_SHA256\"}}"
+            "hsm_bridge_exports_total{{operation=\"WrapKey\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\",format=\"oci:RSA_OAEP_AES_SHA256\",cloud=\"none\",destination=\"none\"}}"
         )),
         2.0,
         "{after}"
     );
     assert_eq!(
         moved(
-            "hsm_bridge_exports_total{operation=\"WrapKey\",outcome=\"refused\",key_type=\"unknown\",mode=\"none\",format=\"none\"}"
+            "hsm_bridge_exports_total{operation=\"WrapKey\",outcome=\"refused\",key_type=\"unknown\",mode=\"none\",format=\"none\",cloud=\"none\",destination=\"none\"}"
         ),
         1.0,
         "{after}"
     );
     assert_eq!(
         moved(&format!(
-            "hsm_bridge_exports_total{{operation=\"ImportKeyVersion\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\",format=\"oci:RSA_OAEP_AES_SHA256\"}}"
+            "hsm_bridge_exports_total{{operation=\"ImportKeyVersion\",outcome=\"allowed\",key_type=\"AES\",mode=\"{mode}\",format=\"oci:RSA_OAEP_AES_SHA256\",cloud=\"none\",destination=\"none\"}}"
         )),
         1.0,
         "{after}"

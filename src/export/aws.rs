@@ -307,6 +307,17 @@ impl AwsImport {
     }
 }
 
+/// `caller` may import into `kms`'s destination (`server.clients[].destinations`).
+pub(crate) fn granted(caller: &Caller, kms: &Kms) -> Result<(), ExportError> {
+    if caller.may_use_destination(&kms.name) {
+        return Ok(());
+    }
+    Err(ExportError::denied(format!(
+        "{} may not import into destination {} (its destinations in server.clients); nothing was sent",
+        caller.display, kms.name
+    )))
+}
+
 fn body_of(bytes: &[u8]) -> Result<Body, KmsError> {
     serde_json::from_slice(bytes).map_err(|e| KmsError::Local {
         op: "ImportKeyMaterial",
@@ -355,12 +366,7 @@ impl Destination for AwsImport {
     /// (an ARN that says otherwise is refused before anything is sent), made for imported
     /// material and of the source key's spec.
     async fn admit(&self, caller: &Caller, rec: &mut Record) -> Result<(), ExportError> {
-        if !caller.may_use_destination(&self.kms.name) {
-            return Err(ExportError::denied(format!(
-                "{} may not import into destination {} (its destinations in server.clients); nothing was sent",
-                caller.display, self.kms.name
-            )));
-        }
+        granted(caller, &self.kms)?;
         let Target::Key(key) = &self.target else {
             return Ok(());
         };

@@ -60,13 +60,7 @@ impl Exporter {
             ))
         })?;
         attempt.record().cloud = Some(Cloud::Aws.as_str());
-        let caller = &admitted.admission.caller;
-        if !caller.may_use_destination(&kms.name) {
-            return Err(ExportError::denied(format!(
-                "{} may not import into destination {} (its destinations in server.clients); nothing was sent",
-                caller.display, kms.name
-            )));
-        }
+        aws::granted(&admitted.admission.caller, &kms)?;
         let target = match (to.create, to.target) {
             (Some(_), t) if !t.is_empty() => {
                 return Err(ExportError::invalid(
@@ -109,6 +103,9 @@ impl Exporter {
             to.valid_to,
             ask.deadline,
         )?;
+        // The token can wrap in it (the self-test's finding): else refused here, before a
+        // key is created or parameters are asked for.
+        self.hsm.token().mode_for(format)?;
         let made = self.import(&export, Arc::new(dest), ask, attempt).await?;
         attempt.record().cloud_key_id = Some(made.key_arn.clone());
         Ok(Made {

@@ -1,7 +1,7 @@
 //! SIGHUP: the config file read again, validated in full, and what can change without
 //! touching the HSM put in place for calls that start from then on: the client list, the
 //! wrapping-key policy, `policy.protection_modes`, the OCI endpoint allow-list and
-//! identities, and the TLS certificate, key, client CA and CRL (for new connections; a call
+//! identities, the `[destinations]` (their clients are made anew at first use), and the TLS certificate, key, client CA and CRL (for new connections; a call
 //! on an open one is let through only if its certificate passes the new CA and CRL). Calls in flight finish under the settings they started with. A file that
 //! fails any check is logged with the reason, and the old settings stay. Settings that need
 //! the HSM, the listener, the runtime or the journal again (`[hsm]`, `policy.exportable`,

@@ -436,13 +436,13 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn random(n: usize) -> Vec<u8> {
+pub(crate) fn random(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     openssl::rand::rand_bytes(&mut v).unwrap();
     v
 }
 
-fn write_aes(fx: &Fixture, label: &str, id: &str, value: &[u8], extractable: bool) {
+pub(crate) fn write_aes(fx: &Fixture, label: &str, id: &str, value: &[u8], extractable: bool) {
     let f = fx.dir.join(format!("{id}.key"));
     write_private(&f, value);
     let key_type = format!("AES:{}", value.len());
