@@ -554,7 +554,8 @@ impl Destination for AwsImport {
         }
     }
 
-    /// Waits until the key is `Enabled` with this material current.
+    /// Waits until the key is `Enabled` with this material imported: current, or (an
+    /// answer replayed after later rotations) no longer current but still the key's.
     async fn poll(
         &self,
         imported: Imported,
@@ -568,21 +569,32 @@ impl Destination for AwsImport {
                 .await
                 .map_err(ExportError::Oci)?
                 .value;
-            let state = meta.key_state().map_or("", |s| s.as_str());
-            if state == "Enabled"
-                && meta
-                    .current_key_material_id()
-                    .is_none_or(|c| c == imported.key_material_id)
-            {
+            let state = meta.key_state().map_or("", |s| s.as_str()).to_string();
+            let material = match meta.current_key_material_id() {
+                _ if state != "Enabled" => None,
+                Some(c) if c != imported.key_material_id => self
+                    .kms
+                    .materials(&imported.key_arn, Some(until))
+                    .await
+                    .map_err(ExportError::Oci)?
+                    .value
+                    .into_iter()
+                    .find(|m| m.key_material_id() == Some(&imported.key_material_id))
+                    .and_then(|m| m.key_material_state().cloned())
+                    .filter(|s| *s != KeyMaterialState::PendingRotation)
+                    .map(|s| s.as_str().to_string()),
+                _ => Some("CURRENT".to_string()),
+            };
+            if let Some(material_state) = material {
                 return Ok(Imported {
-                    key_state: state.to_string(),
-                    material_state: "CURRENT".into(),
+                    key_state: state,
+                    material_state,
                     ..imported
                 });
             }
             if Instant::now() + Duration::from_millis(250) >= until {
                 return Err(ExportError::not_enabled(format!(
-                    "key {} material {} was imported but the key is still {state} at the deadline; call again with the same idempotency_key",
+                    "key {} material {} was imported but the key is {state} without it at the deadline; call again with the same idempotency_key",
                     imported.key_arn, imported.key_material_id
                 )));
             }
