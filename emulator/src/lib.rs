@@ -15,6 +15,7 @@
 //! `GET material/{versionId}` (only with `--test-oracle`).
 
 pub mod auth;
+pub mod aws;
 mod server;
 mod state;
 
