@@ -7,6 +7,7 @@ pub(crate) mod daemon;
 pub(crate) mod emulator;
 pub(crate) mod fault;
 pub(crate) mod postgres;
+pub(crate) mod python;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
