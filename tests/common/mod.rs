@@ -3,6 +3,7 @@
 //! openssl command line.
 #![allow(dead_code)]
 
+pub(crate) mod aws_emulator;
 pub(crate) mod daemon;
 pub(crate) mod emulator;
 pub(crate) mod fault;
