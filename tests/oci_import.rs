@@ -532,35 +532,7 @@ fn cli_import_key_version() {
 
 /// A virtualenv with Oracle's Python SDK, made once under the target folder.
 fn oci_sdk_python() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-sdk-venv");
-    let python = venv.join("bin/python");
-    let ready = std::process::Command::new(&python)
-        .args(["-c", "import oci, cryptography"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        let _ = std::fs::remove_dir_all(&venv);
-        let run = |cmd: &mut std::process::Command| {
-            let o = cmd.output().unwrap();
-            assert!(
-                o.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        run(std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv));
-        run(std::process::Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            OCI_SDK,
-        ]));
-    }
-    python
+    common::python::venv("oci-sdk-venv", "import oci, cryptography", &[OCI_SDK])
 }
 
 /// The SDK release the fidelity test pins.

@@ -15,6 +15,8 @@
 //! `GET material/{versionId}` (only with `--test-oracle`).
 
 pub mod auth;
+pub mod aws;
+mod server;
 mod state;
 
 use std::net::SocketAddr;
@@ -22,15 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use openssl::pkey::PKey;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 
 pub use state::{Emulator, Fault};
 
@@ -95,24 +89,6 @@ impl From<&str> for EmulatorError {
     }
 }
 
-fn tls_config(opts: &Options) -> Result<rustls::ServerConfig, EmulatorError> {
-    let certs = CertificateDer::pem_file_iter(&opts.tls_cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", opts.tls_cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&opts.tls_key)
-        .map_err(|e| format!("{}: {e}", opts.tls_key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("TLS certificate and key: {e}"))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
-}
-
 /// Builds the emulator's state from the options.
 pub fn build(opts: &Options) -> Result<Emulator, EmulatorError> {
     let mut keys = auth::ApiKeys::default();
@@ -150,132 +126,77 @@ pub fn build(opts: &Options) -> Result<Emulator, EmulatorError> {
     Ok(emu)
 }
 
+/// The body of an emulator binary's `main`: logs to stderr filtered by the environment
+/// variable `log_var` (default `warn`), runs `serve` on two worker threads, and reports a
+/// failure as `NAME: why` on stderr.
+pub fn main_with(
+    name: &str,
+    log_var: &str,
+    serve: impl std::future::Future<Output = Result<(), EmulatorError>>,
+) -> std::process::ExitCode {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env(log_var).unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(serve).map_err(|e| e.to_string()));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Serves until the process ends. Prints `oci-kms-emulator: listening on https://ADDR`, then
 /// one `key NAME OCID` line per seeded key, on stdout.
 pub async fn run(opts: Options) -> Result<(), EmulatorError> {
-    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&opts)?));
+    let tls = server::tls_config(&opts.tls_cert, &opts.tls_key)?;
     let emu = Arc::new(build(&opts)?);
-    let listener =
-        TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| EmulatorError::Listen {
-                addr: opts.listen,
-                source,
-            })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| EmulatorError::Listen {
-            addr: opts.listen,
-            source,
-        })?;
+    let (listener, addr) = server::bind(opts.listen).await?;
     println!("oci-kms-emulator: listening on https://{addr}");
     for (name, id) in emu.seeded() {
         println!("key {name} {id}");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+    server::serve(listener, tls, emu).await
+}
+
+impl server::Service for Emulator {
+    const MAX_BODY: usize = MAX_BODY;
+
+    fn too_large(&self) -> state::Reply {
+        state::Reply::error(413, "PayloadTooLarge", "the request body is too large")
+    }
+
+    fn handle(&self, parts: &hyper::http::request::Parts, body: &[u8]) -> state::Outcome {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
-        let (tls, emu) = (tls.clone(), emu.clone());
-        tokio::spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, "TLS handshake: {e}");
-                    return;
-                }
-            };
-            let svc = service_fn(move |req| {
-                let emu = emu.clone();
-                async move { serve_one(&emu, req).await }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, "connection: {e}");
-            }
-        });
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        Emulator::handle(
+            self,
+            &state::HttpRequest {
+                method: parts.method.as_str(),
+                target,
+                path: parts.uri.path(),
+                query: parts.uri.query().unwrap_or(""),
+                header: &header,
+                body,
+            },
+        )
     }
-}
-
-/// Dropping the connection without an answer (an injected fault).
-#[derive(Debug)]
-struct Dropped;
-
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped by fault injection")
-    }
-}
-
-impl std::error::Error for Dropped {}
-
-async fn serve_one(
-    emu: &Emulator,
-    req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Dropped> {
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            let r = state::Reply::error(413, "PayloadTooLarge", "the request body is too large");
-            return Ok(to_hyper(r));
-        }
-    };
-    let outcome = handle_parts(emu, &parts, &body);
-    match outcome {
-        state::Outcome::Reply { reply, delay } => {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            Ok(to_hyper(reply))
-        }
-        state::Outcome::Drop { delay } => {
-            tokio::time::sleep(delay).await;
-            Err(Dropped)
-        }
-    }
-}
-
-/// The synchronous part: no reference to the request's headers outlives it.
-fn handle_parts(
-    emu: &Emulator,
-    parts: &hyper::http::request::Parts,
-    body: &[u8],
-) -> state::Outcome {
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    emu.handle(&state::HttpRequest {
-        method: parts.method.as_str(),
-        target,
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        header: &header,
-        body,
-    })
-}
-
-fn to_hyper(r: state::Reply) -> hyper::Response<Full<Bytes>> {
-    let mut b = hyper::Response::builder()
-        .status(r.status)
-        .header("content-type", r.content_type);
-    for (k, v) in r.headers {
-        b = b.header(k, v);
-    }
-    b.body(Full::new(Bytes::from(r.body)))
-        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
 }

@@ -11,36 +11,39 @@ use serde_json::Value;
 use super::daemon::certs;
 use super::{KeyPair, keypair};
 
-/// The emulator's binary (the workspace member `emulator/`), built once per test process
-/// into this workspace's target folder (a no-op when `cargo test` has built it already).
+/// The OCI emulator's binary (see [`emulator_binary`]).
 pub(crate) fn binary() -> &'static PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args([
-                "build",
-                "--locked",
-                "-q",
-                "-p",
-                "oci-kms-emulator",
-                "--bin",
-                "oci-kms-emulator",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building oci-kms-emulator: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("target/tmp is inside the target folder")
-            .to_path_buf();
-        target.join("debug/oci-kms-emulator")
-    })
+    BIN.get_or_init(|| emulator_binary("oci-kms-emulator"))
+}
+
+/// Binary `name` of the workspace member `emulator/`, built into this workspace's target
+/// folder (a no-op when `cargo test` has built it already).
+pub(crate) fn emulator_binary(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args([
+            "build",
+            "--locked",
+            "-q",
+            "-p",
+            "oci-kms-emulator",
+            "--bin",
+            name,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target/tmp is inside the target folder")
+        .to_path_buf();
+    target.join("debug").join(name)
 }
 
 /// An OCI API identity for tests: key pair and an ~/.oci/config-style file.
@@ -126,6 +129,26 @@ pub(crate) fn http_client() -> reqwest::Client {
 }
 
 use rustls::pki_types::pem::PemObject;
+
+/// A call to an emulator's unsigned control API, `{base}/_emulator/{path}`; its JSON
+/// answer, which must be a success.
+pub(crate) async fn control(
+    http: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut b = http.request(method, format!("{base}/_emulator/{path}"));
+    if let Some(v) = body {
+        b = b.body(v.to_string());
+    }
+    let r = b.send().await.unwrap();
+    let status = r.status();
+    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(status.is_success(), "emulator control {path}: {status} {v}");
+    v
+}
 
 impl Emulator {
     /// Starts the emulator on a free port, accepting `api_keys` (public PEM files), with
@@ -229,17 +252,7 @@ impl Emulator {
     }
 
     async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut b = self
-            .http
-            .request(method, format!("{}/_emulator/{path}", self.base));
-        if let Some(v) = body {
-            b = b.body(v.to_string());
-        }
-        let r = b.send().await.unwrap();
-        let status = r.status();
-        let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-        assert!(status.is_success(), "emulator control {path}: {status} {v}");
-        v
+        control(&self.http, &self.base, method, path, body).await
     }
 
     /// The request log.

@@ -3,10 +3,12 @@
 //! openssl command line.
 #![allow(dead_code)]
 
+pub(crate) mod aws_emulator;
 pub(crate) mod daemon;
 pub(crate) mod emulator;
 pub(crate) mod fault;
 pub(crate) mod postgres;
+pub(crate) mod python;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
