@@ -146,19 +146,31 @@ impl AwsEmulator {
         .await
     }
 
-    /// A key: `KeyMetadata`, `materials`, `rotate_on_demand_calls`, `import_calls`.
-    pub(crate) async fn key(&self, key_id: &str) -> Value {
-        self.control(reqwest::Method::GET, &format!("keys/{key_id}"), None)
+    /// A key of any origin, made through the control API with `body` ({KeySpec, KeyUsage,
+    /// Origin}); its `KeyMetadata`.
+    pub(crate) async fn create_key_with(&self, body: Value) -> Value {
+        self.control(reqwest::Method::POST, "keys", Some(body))
             .await
     }
 
-    /// The plaintext a key material was imported as (32 bytes for AES, PKCS#8 DER for RSA
+    /// A key, by id or ARN: `KeyMetadata`, `materials`, `rotate_on_demand_calls`,
+    /// `import_calls`.
+    pub(crate) async fn key(&self, key_id: &str) -> Value {
+        self.control(
+            reqwest::Method::GET,
+            &format!("keys/{}", bare(key_id)),
+            None,
+        )
+        .await
+    }
+
+    /// The plaintext a key material (of a key by id or ARN) was imported as (32 bytes for AES, PKCS#8 DER for RSA
     /// and EC).
     pub(crate) async fn material(&self, key_id: &str, key_material_id: &str) -> Vec<u8> {
         let v = self
             .control(
                 reqwest::Method::GET,
-                &format!("material/{key_id}/{key_material_id}"),
+                &format!("material/{}/{key_material_id}", bare(key_id)),
                 None,
             )
             .await;
@@ -188,4 +200,9 @@ impl Drop for AwsEmulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A key id from a key id or ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`).
+fn bare(key: &str) -> &str {
+    key.rsplit_once("key/").map_or(key, |(_, id)| id)
 }

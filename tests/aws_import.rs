@@ -1,0 +1,638 @@
+//! AWS KMS as a destination, end to end: the real daemon (gRPC `Import`) and the real
+//! command line (`hsm-bridge import`) on SoftHSM2, kryoptic and the Luna-like token, the
+//! real `aws-kms-emulator` (SigV4 checked, real unwraps; its test oracle says what material
+//! a key holds), and the daemon killed with SIGKILL where an answer can be lost.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::aws_emulator::AwsEmulator;
+use common::daemon::{Daemon, audit_records, certs, daemon_config};
+use common::*;
+use hsm_bridge::proto::{self, key_ref::Key};
+use serde_json::{Value, json};
+use tonic::Code;
+
+const DEST: &str = "aws-test";
+
+/// The `[destinations.NAME]` table for `emu`.
+fn destination(emu: &AwsEmulator, name: &str, allowed: Option<&str>) -> String {
+    let allowed = allowed.map_or(String::new(), |a| {
+        format!("allowed_endpoints = [\"{a}\"]\n")
+    });
+    format!(
+        "\n[destinations.{name}]\ncloud = \"aws\"\nregion = \"{}\"\naccount = \"{}\"\nendpoint = \"{}\"\n{allowed}profile = \"{}\"\nca_bundle = \"{}\"\ntimeout_ms = 20000\n",
+        emu.region,
+        emu.account,
+        emu.base,
+        emu.profile,
+        certs().join("ca.pem").display()
+    )
+}
+
+/// A daemon config on `fx` whose caller `cckm` may import into `grants`, with the
+/// destination `aws-test` on `emu` (its endpoint allowed exactly) and metrics on.
+fn config(fx: &Fixture, emu: &AwsEmulator, name: &str, grants: &[&str]) -> (PathBuf, PathBuf) {
+    let (config, audit) = daemon_config(fx, name, "", None);
+    let grants: Vec<String> = grants.iter().map(|g| format!("\"{g}\"")).collect();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "name = \"cckm\"\n",
+        &format!("name = \"cckm\"\ndestinations = [{}]\n", grants.join(", ")),
+    );
+    let text = format!(
+        "{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+        destination(emu, DEST, Some(&emu.base))
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, audit)
+}
+
+/// The environment the daemon and the command line find their AWS credentials in: the
+/// emulator's credentials file, no shared config, no instance metadata.
+fn aws_env(emu: &AwsEmulator, dir: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            emu.credentials_file.display().to_string(),
+        ),
+        (
+            "AWS_CONFIG_FILE".into(),
+            dir.join("no-aws-config").display().to_string(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
+
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn start(config: &Path, env: &[(String, String)]) -> Daemon {
+    Daemon::start_with_env(config, &borrowed(env))
+}
+
+fn label(l: &str) -> Option<proto::KeyRef> {
+    Some(proto::KeyRef {
+        key: Some(Key::Label(l.into())),
+    })
+}
+
+/// The format an AES key goes to AWS in from `fx`: SoftHSM2 2.6 cannot wrap with
+/// OAEP-SHA256 (its self-test says so), so there the SHA-1 form, on request; elsewhere the
+/// default (aws:RSAES_OAEP_SHA_256).
+fn aes_format(fx: &Fixture) -> &'static str {
+    match fx.kind {
+        TokenKind::SoftHsm => "aws:RSAES_OAEP_SHA_1",
+        _ => "",
+    }
+}
+
+/// An `Import` of the key labelled `l` on `fx` into `target` (a key ARN), or with `create`
+/// into a new key with that usage ("" for the default).
+fn request(
+    fx: &Fixture,
+    l: &str,
+    (target, create): (&str, Option<&str>),
+    idem: &str,
+) -> proto::ImportRequest {
+    let format = match l.contains("-aes-") || l.contains("-aws-") {
+        true => aes_format(fx),
+        false => "",
+    };
+    proto::ImportRequest {
+        source_key: label(l),
+        destination: DEST.into(),
+        target: target.into(),
+        create: create.map(|u| proto::CreateOptions {
+            key_usage: u.into(),
+        }),
+        format: format.into(),
+        idempotency_key: idem.into(),
+        wait_for_enabled: true,
+        valid_to_unix: 0,
+    }
+}
+
+async fn import(
+    d: &Daemon,
+    req: proto::ImportRequest,
+) -> Result<proto::ImportResponse, tonic::Status> {
+    let mut r = tonic::Request::new(req);
+    r.set_timeout(Duration::from_secs(30));
+    d.client("cckm")
+        .await
+        .import(r)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Retries `req` until it is answered (a retryable code: again after 200 ms).
+async fn until_answered(d: &Daemon, req: &proto::ImportRequest) -> proto::ImportResponse {
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        match import(d, req.clone()).await {
+            Ok(v) => return v,
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Code::Unavailable | Code::Aborted | Code::DeadlineExceeded
+                ) && Instant::now() < end =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{req:?}: {e:?}"),
+        }
+    }
+}
+
+fn arn(meta: &Value) -> String {
+    meta["Arn"].as_str().unwrap().to_string()
+}
+
+/// `hsm-bridge import` with the AWS environment; its JSON answer.
+fn cli_import(config: &Path, env: &[(String, String)], args: &[&str]) -> Value {
+    let mut all = vec![
+        "import",
+        "--config",
+        config.to_str().unwrap(),
+        "--to",
+        DEST,
+        "--json",
+    ];
+    all.extend(args);
+    let out = hsm_bridge_with_env(&all, &borrowed(env));
+    assert!(
+        out.status.success(),
+        "hsm-bridge {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The emulator's signed requests of operation `op`.
+async fn calls(emu: &AwsEmulator, op: &str) -> usize {
+    emu.requests()
+        .await
+        .iter()
+        .filter(|r| r["op"] == op)
+        .count()
+}
+
+/// Polls `emu` until `done` says yes about key `arn` (at most 30 s).
+async fn until_key(emu: &AwsEmulator, arn: &str, done: impl Fn(&Value) -> bool) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if done(&emu.key(arn).await) {
+            return;
+        }
+        assert!(Instant::now() < end, "{}", emu.key(arn).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn materials(key: &Value) -> Vec<Value> {
+    key["materials"].as_array().cloned().unwrap_or_default()
+}
+
+/// AES-256 and RSA-3072 from every token land in KMS as exactly the token's keys: through
+/// the daemon into a key waiting for its material and into a new key, and the same
+/// through the command line. The audit records and the metrics name the destination and
+/// the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_and_rsa_land_as_the_tokens_keys() {
+    let mut tokens = vec![softhsm()];
+    match (kryoptic(), luna()) {
+        (Some(k), Some(l)) => tokens.extend([k, l]),
+        _ => skip_notice("kryoptic is not set up: only SoftHSM2 here"),
+    }
+    for fx in tokens {
+        let kind = format!("{:?}", fx.kind).to_lowercase();
+        let dir = fx.dir.join(format!("aws-{kind}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let emu = AwsEmulator::start(&dir);
+        let env = aws_env(&emu, &dir);
+        let (config, audit) = config(fx, &emu, &format!("aws-land-{kind}"), &[DEST]);
+        let daemon = start(&config, &env);
+        let modulus = token_modulus(|a| p11(fx, a), "test-rsa-3072");
+
+        // AES-256 into a key that waits for its material.
+        let k1 = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
+        let r = import(&daemon, request(fx, "test-aes-256", (&k1, None), ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.cloud.as_str(), r.destination.as_str(), r.key_id.as_str()),
+            ("aws", DEST, k1.as_str())
+        );
+        assert_eq!(
+            (r.state.as_str(), r.version_state.as_str()),
+            ("Enabled", "CURRENT")
+        );
+        let expected = match aes_format(fx) {
+            "" => "aws:RSAES_OAEP_SHA_256",
+            f => f,
+        };
+        assert_eq!(r.format, expected);
+        assert!(!r.created_key);
+        assert_eq!(
+            emu.material(&k1, &r.version_id).await,
+            fx.aes["test-aes-256"],
+            "{kind}: KMS holds the token's AES key"
+        );
+
+        // RSA-3072 into a new key.
+        let r = import(&daemon, request(fx, "test-rsa-3072", ("", Some("")), ""))
+            .await
+            .unwrap();
+        assert!(r.created_key);
+        assert_eq!(r.format, "aws:RSA_AES_KEY_WRAP_SHA_256");
+        let key = emu.key(&r.key_id).await;
+        assert_eq!(key["KeyMetadata"]["KeySpec"], "RSA_3072", "{key}");
+        assert_eq!(key["KeyMetadata"]["KeyUsage"], "SIGN_VERIFY", "{key}");
+        assert_eq!(key["KeyMetadata"]["KeyState"], "Enabled", "{key}");
+        assert_eq!(
+            pkcs8_modulus(&emu.material(&r.key_id, &r.version_id).await),
+            modulus,
+            "{kind}: KMS holds the token's RSA key"
+        );
+
+        // The audit records and the metrics name the destination and the cloud.
+        let recs = audit_records(&audit);
+        let imports: Vec<&Value> = recs.iter().filter(|r| r["operation"] == "Import").collect();
+        assert_eq!(imports.len(), 2, "{recs:?}");
+        for rec in &imports {
+            assert_eq!(rec["outcome"], "allowed", "{rec}");
+            assert_eq!(rec["destination"], DEST, "{rec}");
+            assert_eq!(rec["cloud"], "aws", "{rec}");
+            assert!(
+                rec["cloud_key_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("arn:aws:kms:"),
+                "{rec}"
+            );
+        }
+        assert_eq!(imports[0]["cloud_key_id"], k1.as_str());
+        let metrics = daemon.scrape_metrics().await;
+        let counted: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("hsm_bridge_exports_total{")
+                    && l.contains("operation=\"Import\"")
+                    && l.contains("outcome=\"allowed\"")
+                    && l.contains("cloud=\"aws\"")
+                    && l.contains(&format!("destination=\"{DEST}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(counted, 2.0, "{metrics}");
+        drop(daemon);
+
+        // The same through the command line.
+        let k2 = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
+        let mut args = vec!["--label", "test-aes-256", "--target", &k2, "--wait"];
+        if !aes_format(fx).is_empty() {
+            args.extend(["--format", aes_format(fx)]);
+        }
+        let v = cli_import(&config, &env, &args);
+        assert_eq!(v["key_id"], k2.as_str(), "{v}");
+        assert_eq!(v["cloud"], "aws", "{v}");
+        assert_eq!(
+            emu.material(&k2, v["version_id"].as_str().unwrap()).await,
+            fx.aes["test-aes-256"],
+            "{kind}: the command line's import holds the token's AES key"
+        );
+        let v = cli_import(
+            &config,
+            &env,
+            &[
+                "--label",
+                "test-rsa-3072",
+                "--new-key",
+                "--key-usage",
+                "ENCRYPT_DECRYPT",
+            ],
+        );
+        let k3 = v["key_id"].as_str().unwrap();
+        assert_eq!(
+            emu.key(k3).await["KeyMetadata"]["KeyUsage"],
+            "ENCRYPT_DECRYPT"
+        );
+        assert_eq!(
+            pkcs8_modulus(&emu.material(k3, v["version_id"].as_str().unwrap()).await),
+            modulus,
+            "{kind}: the command line's import holds the token's RSA key"
+        );
+        let recs = audit_records(&audit);
+        assert_eq!(
+            recs.iter()
+                .filter(|r| r["operation"] == "Import" && r["outcome"] == "allowed")
+                .count(),
+            4,
+            "{recs:?}"
+        );
+    }
+}
+
+/// A known AES-256 key besides the fixture's, written once into this process's SoftHSM2
+/// token: new material for a key that has some.
+fn next_aes() -> &'static Vec<u8> {
+    static NEXT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| {
+        let v = random(32);
+        write_aes(softhsm(), "test-aws-next", "5001", &v, true);
+        v
+    })
+}
+
+/// New material for a symmetric key that has some is imported and rotated to, with one
+/// RotateKeyOnDemand; the same request again is answered from the journal. An RSA key
+/// that has its material is refused before anything is wrapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_material_for_a_symmetric_key_rotates_once() {
+    let fx = softhsm();
+    let next = next_aes().clone();
+    let dir = fx.dir.join("aws-rotate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = AwsEmulator::start(&dir);
+    let env = aws_env(&emu, &dir);
+    let (config, _audit) = config(fx, &emu, "aws-rotate", &[DEST]);
+    let daemon = start(&config, &env);
+
+    let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
+    let first = import(&daemon, request(fx, "test-aes-256", (&k, None), "rot-1"))
+        .await
+        .unwrap();
+    let req = request(fx, "test-aws-next", (&k, None), "rot-2");
+    let second = import(&daemon, req.clone()).await.unwrap();
+    assert_ne!(first.version_id, second.version_id);
+    assert_eq!(second.version_state, "CURRENT");
+    let key = emu.key(&k).await;
+    assert_eq!(key["rotate_on_demand_calls"], 1, "{key}");
+    assert_eq!(
+        key["KeyMetadata"]["CurrentKeyMaterialId"],
+        second.version_id.as_str(),
+        "{key}"
+    );
+    let states: Vec<(String, String)> = materials(&key)
+        .iter()
+        .map(|m| {
+            (
+                m["KeyMaterialId"].as_str().unwrap().to_string(),
+                m["KeyMaterialState"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (first.version_id.clone(), "NON_CURRENT".into()),
+            (second.version_id.clone(), "CURRENT".into())
+        ],
+        "{key}"
+    );
+    assert_eq!(emu.material(&k, &second.version_id).await, next);
+
+    // The same request again: the recorded answer; nothing is sent.
+    let before = emu.requests().await.len();
+    let again = import(&daemon, req).await.unwrap();
+    assert_eq!(again.version_id, second.version_id);
+    assert_eq!(calls(&emu, "ImportKeyMaterial").await, 2);
+    assert_eq!(emu.key(&k).await["rotate_on_demand_calls"], 1);
+    let after: Vec<Value> = emu.requests().await[before..].to_vec();
+    assert!(
+        after.iter().all(|r| r["op"] == "DescribeKey"),
+        "a replay only looks at the key: {after:?}"
+    );
+
+    // An RSA key has its material for good.
+    let r = import(
+        &daemon,
+        request(fx, "test-rsa-3072", ("", Some("")), "rsa-1"),
+    )
+    .await
+    .unwrap();
+    let imports = calls(&emu, "ImportKeyMaterial").await;
+    let e = import(
+        &daemon,
+        request(fx, "test-rsa-3072", (&r.key_id, None), "rsa-2"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("never changes"), "{e:?}");
+    assert_eq!(calls(&emu, "ImportKeyMaterial").await, imports);
+    assert_eq!(calls(&emu, "GetParametersForImport").await, imports);
+}
+
+/// What AWS would not take, and what the destination does not cover, is refused with the
+/// reason before anything is wrapped or sent: AES-128, a key ARN in another account, a
+/// caller not granted the destination, a key made without Origin EXTERNAL, an endpoint
+/// outside the destination's allow-list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_come_before_anything_is_sent() {
+    let fx = softhsm();
+    let dir = fx.dir.join("aws-refusals");
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = AwsEmulator::start(&dir);
+    let env = aws_env(&emu, &dir);
+    let (config, audit) = config(fx, &emu, "aws-refusals", &[DEST]);
+    let daemon = start(&config, &env);
+
+    let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
+    let e = import(&daemon, request(fx, "test-aes-128", (&k, None), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("AES-128") && e.message().contains("nothing was wrapped or sent"),
+        "{e:?}"
+    );
+    // SoftHSM2 cannot wrap with OAEP-SHA256: the default format is refused, naming the
+    // SHA-1 form, before anything is sent.
+    let mut default = request(fx, "test-aes-256", (&k, None), "");
+    default.format.clear();
+    let e = import(&daemon, default).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("aws:RSAES_OAEP_SHA_1"), "{e:?}");
+    let other = k.replace(&emu.account, "444455556666");
+    let e = import(&daemon, request(fx, "test-aes-256", (&other, None), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("444455556666"), "{e:?}");
+    let mut to_elsewhere = request(fx, "test-aes-256", (&k, None), "");
+    to_elsewhere.destination = "aws-unknown".into();
+    let e = import(&daemon, to_elsewhere).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(DEST),
+        "names what is configured: {e:?}"
+    );
+    assert_eq!(
+        emu.requests().await,
+        Vec::<Value>::new(),
+        "nothing was sent"
+    );
+
+    // Made by KMS itself: described, then refused.
+    let own = emu
+        .create_key_with(json!({"KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT", "Origin": "AWS_KMS"}))
+        .await;
+    let e = import(&daemon, request(fx, "test-aes-256", (&arn(&own), None), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("EXTERNAL"), "{e:?}");
+    let ops: Vec<Value> = emu
+        .requests()
+        .await
+        .iter()
+        .map(|r| r["op"].clone())
+        .collect();
+    assert_eq!(ops, vec![json!("DescribeKey")]);
+    drop(daemon);
+
+    // A caller the destination is not granted to.
+    let (ungranted, _) = self::config(fx, &emu, "aws-ungranted", &[]);
+    let daemon = start(&ungranted, &env);
+    let e = import(&daemon, request(fx, "test-aes-256", (&k, None), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("destinations"), "{e:?}");
+    drop(daemon);
+
+    // An endpoint outside the destination's allow-list: the config is refused.
+    let (outside, _) = daemon_config(fx, "aws-outside", "", None);
+    let text = std::fs::read_to_string(&outside).unwrap();
+    std::fs::write(&outside, format!("{text}{}", destination(&emu, DEST, None))).unwrap();
+    let out = hsm_bridge_with_env(
+        &[
+            "import",
+            "--config",
+            outside.to_str().unwrap(),
+            "--to",
+            DEST,
+            "--label",
+            "test-aes-256",
+            "--target",
+            &k,
+        ],
+        &borrowed(&env),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("allowed_endpoints"), "{err}");
+    assert_eq!(emu.requests().await.len(), 1, "nothing more was sent");
+    assert!(
+        audit_records(&audit)
+            .iter()
+            .filter(|r| r["operation"] == "Import")
+            .all(|r| r["outcome"] == "refused"),
+        "every refusal is audited as one"
+    );
+}
+
+/// Where a kill can lose an answer.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// KMS imported the first material; the answer never came.
+    AfterFirstImport,
+    /// KMS took the new material (pending rotation); the answer never came.
+    AfterNewMaterial,
+    /// KMS rotated to it; the answer never came.
+    DuringRotation,
+}
+
+/// SIGKILL where an answer is lost, a restart, and the caller's retry: answered, the key
+/// has the one new material, exactly the token's key, and RotateKeyOnDemand was called at
+/// most once for the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_never_imports_or_rotates_twice() {
+    let fx = softhsm();
+    let next = next_aes().clone();
+    let dir = fx.dir.join("aws-crash");
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = AwsEmulator::start(&dir);
+    let env = aws_env(&emu, &dir);
+    let (config, _audit) = config(fx, &emu, "aws-crash", &[DEST]);
+    let mut daemon = start(&config, &env);
+    for (i, kill) in [
+        Kill::AfterFirstImport,
+        Kill::AfterNewMaterial,
+        Kill::DuringRotation,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
+        let (source, value) = match kill {
+            Kill::AfterFirstImport => ("test-aes-256", fx.aes["test-aes-256"].clone()),
+            _ => {
+                // the key has its first material already
+                import(
+                    &daemon,
+                    request(fx, "test-aes-256", (&k, None), &format!("base-{i}")),
+                )
+                .await
+                .unwrap();
+                ("test-aws-next", next.clone())
+            }
+        };
+        let op = match kill {
+            Kill::DuringRotation => "RotateKeyOnDemand",
+            _ => "ImportKeyMaterial",
+        };
+        emu.fault(json!({"op": op, "drop": true, "processed": true, "delay_ms": 60000}))
+            .await;
+        let req = request(fx, source, (&k, None), &format!("crash-{i}"));
+        let first = {
+            let (d, req) = (&daemon, req.clone());
+            async move { import(d, req).await }
+        };
+        let landed = until_key(&emu, &k, |key| {
+            let m = materials(key);
+            match kill {
+                Kill::AfterFirstImport => key["KeyMetadata"]["KeyState"] == "Enabled",
+                Kill::AfterNewMaterial => m
+                    .iter()
+                    .any(|m| m["KeyMaterialState"] == "PENDING_ROTATION"),
+                Kill::DuringRotation => {
+                    key["rotate_on_demand_calls"] == 1
+                        && m.len() == 2
+                        && m[1]["KeyMaterialState"] == "CURRENT"
+                }
+            }
+        });
+        tokio::select! {
+            r = first => panic!("{kill:?}: the call ended before the kill: {r:?}"),
+            () = landed => {}
+        }
+        drop(daemon); // SIGKILL
+        emu.clear_faults().await;
+        daemon = start(&config, &env);
+        let r = until_answered(&daemon, &req).await;
+        let key = emu.key(&k).await;
+        let m = materials(&key);
+        let expected = match kill {
+            Kill::AfterFirstImport => 1,
+            _ => 2,
+        };
+        assert_eq!(m.len(), expected, "{kill:?}: one new material: {key}");
+        assert_eq!(
+            key["rotate_on_demand_calls"],
+            expected - 1,
+            "{kill:?}: at most one rotation: {key}"
+        );
+        assert_eq!(
+            key["KeyMetadata"]["CurrentKeyMaterialId"],
+            r.version_id.as_str(),
+            "{kill:?}"
+        );
+        assert_eq!(r.version_state, "CURRENT", "{kill:?}");
+        assert_eq!(emu.material(&k, &r.version_id).await, value, "{kill:?}");
+    }
+}
