@@ -466,10 +466,10 @@ async fn refusals_come_before_anything_is_sent() {
     let mut to_elsewhere = request(fx, "test-aes-256", (&k, None), "");
     to_elsewhere.destination = "aws-unknown".into();
     let e = import(&daemon, to_elsewhere).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(
         e.message().contains(DEST),
-        "names what is configured: {e:?}"
+        "names what the caller may use: {e:?}"
     );
     assert_eq!(
         emu.requests().await,
@@ -635,4 +635,131 @@ async fn a_crash_never_imports_or_rotates_twice() {
         assert_eq!(r.version_state, "CURRENT", "{kill:?}");
         assert_eq!(emu.material(&k, &r.version_id).await, value, "{kill:?}");
     }
+}
+
+/// Credentials that belong to another account than the destination's: a key an import
+/// would create lands there, so it is refused once KMS names the key's account, before
+/// parameters are asked for or anything is wrapped or imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_of_another_account_import_nothing() {
+    let fx = softhsm();
+    let dir = fx.dir.join("aws-other-account");
+    std::fs::create_dir_all(&dir).unwrap();
+    // the emulator is account 444455556666; the destination says 111122223333
+    let mut emu = AwsEmulator::start_with(&dir, &["--account", "444455556666"]);
+    emu.account = "111122223333".into();
+    let env = aws_env(&emu, &dir);
+    let (config, _audit) = config(fx, &emu, "aws-other-account", &[DEST]);
+    let daemon = start(&config, &env);
+    let e = import(&daemon, request(fx, "test-rsa-3072", ("", Some("")), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("444455556666") && e.message().contains("new key"),
+        "{e:?}"
+    );
+    let ops: Vec<Value> = emu
+        .requests()
+        .await
+        .iter()
+        .map(|r| r["op"].clone())
+        .collect();
+    assert_eq!(
+        ops,
+        vec![json!("CreateKey")],
+        "nothing but the key was asked for"
+    );
+}
+
+/// A rotation that KMS refuses after it took the new material is not the import's final
+/// answer: the retry under the same idempotency key finds the material and rotates to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rotation_is_finished_by_the_retry() {
+    let fx = softhsm();
+    let next = next_aes().clone();
+    let dir = fx.dir.join("aws-refused-rotation");
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = AwsEmulator::start(&dir);
+    let env = aws_env(&emu, &dir);
+    let (config, _audit) = config(fx, &emu, "aws-refused-rotation", &[DEST]);
+    let daemon = start(&config, &env);
+    let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
+    import(&daemon, request(fx, "test-aes-256", (&k, None), "first"))
+        .await
+        .unwrap();
+    emu.fault(json!({"op": "RotateKeyOnDemand", "status": 400, "code": "DisabledException"}))
+        .await;
+    let req = request(fx, "test-aws-next", (&k, None), "second");
+    let e = import(&daemon, req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "retryable: {e:?}");
+    assert!(e.message().contains("the material was imported"), "{e:?}");
+    let r = import(&daemon, req).await.unwrap();
+    assert_eq!(r.version_state, "CURRENT");
+    assert_eq!(emu.material(&k, &r.version_id).await, next);
+    let key = emu.key(&k).await;
+    assert_eq!(materials(&key).len(), 2, "{key}");
+    assert_eq!(
+        calls(&emu, "ImportKeyMaterial").await,
+        2,
+        "the retry sent nothing again"
+    );
+}
+
+/// `hsm-bridge import --valid-to DATE`: the material expires then, and the same command
+/// again (same idempotency key) is the same request, answered without a second import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_material_from_the_command_line_imports_once() {
+    let fx = softhsm();
+    let dir = fx.dir.join("aws-valid-to");
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = AwsEmulator::start(&dir);
+    let env = aws_env(&emu, &dir);
+    let (config, _audit) = config(fx, &emu, "aws-valid-to", &[DEST]);
+    let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
+    // 00:00 UTC, 100 days from now
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400
+        + 100;
+    let date = civil_date(days as i64);
+    let args = [
+        "--label",
+        "test-aes-256",
+        "--target",
+        &k,
+        "--format",
+        "aws:RSAES_OAEP_SHA_1",
+        "--valid-to",
+        &date,
+        "--idempotency-key",
+        "expiring-1",
+    ];
+    let first = cli_import(&config, &env, &args);
+    let again = cli_import(&config, &env, &args);
+    assert_eq!(first["version_id"], again["version_id"]);
+    assert_eq!(calls(&emu, "ImportKeyMaterial").await, 1);
+    let meta = &emu.key(&k).await["KeyMetadata"];
+    assert_eq!(meta["ExpirationModel"], "KEY_MATERIAL_EXPIRES", "{meta}");
+    assert_eq!(
+        meta["ValidTo"].as_f64().unwrap() as u64,
+        days * 86_400,
+        "{meta}"
+    );
+}
+
+/// YYYY-MM-DD of `days` since 1970.
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }

@@ -23,7 +23,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::{AwsDestination, Destination};
 use crate::journal::Journal;
-use crate::oci::kms::{Answer, KmsError};
+use crate::oci::kms::{Answer, KmsError, MAX_ERROR_TEXT, MAX_ID_TEXT, bounded};
 
 /// The KMS operations this daemon calls (error messages name the service by them).
 pub(crate) const OPERATIONS: [&str; 6] = [
@@ -74,11 +74,6 @@ impl AwsSide {
         }
     }
 
-    /// Every destination's name.
-    pub(crate) fn names(&self) -> Vec<&str> {
-        self.destinations.keys().map(String::as_str).collect()
-    }
-
     /// The destination `name`, if it is an AWS one.
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<Kms>> {
         self.destinations.get(name)
@@ -117,9 +112,9 @@ impl KeyArn {
         );
         let key_id = resource.strip_prefix("key/")?;
         (arn == "arn"
-            && partition.starts_with("aws")
+            && matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
             && service == "kms"
-            && !region.is_empty()
+            && region_ok(region)
             && account.len() == 12
             && account.bytes().all(|b| b.is_ascii_digit())
             && key_id_ok(key_id))
@@ -131,12 +126,17 @@ impl KeyArn {
     }
 }
 
-/// A key id as KMS makes them: a UUID, or `mrk-` and 32 hex digits.
+/// An AWS region's name: 1 to 32 lower-case letters, digits and '-'.
+pub(crate) fn region_ok(r: &str) -> bool {
+    (1..=32).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A key id as KMS makes them for single-region keys: a UUID. (Multi-region keys, `mrk-`,
+/// are not import targets here: their new material waits for every replica's import.)
 pub(crate) fn key_id_ok(id: &str) -> bool {
     let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-    if let Some(rest) = id.strip_prefix("mrk-") {
-        return rest.len() == 32 && hex(rest);
-    }
     let groups: Vec<&str> = id.split('-').collect();
     groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| hex(g))
 }
@@ -454,11 +454,11 @@ fn sdk_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let rid = e.request_id().unwrap_or_default().to_string();
+    let rid = bounded(e.request_id().unwrap_or_default(), MAX_ID_TEXT);
     match &e {
         SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or("Unknown").to_string();
-            let message = se.err().message().unwrap_or_default().to_string();
+            let code = bounded(se.err().code().unwrap_or("Unknown"), MAX_ID_TEXT);
+            let message = bounded(se.err().message().unwrap_or_default(), MAX_ERROR_TEXT);
             let http = se.raw().status().as_u16();
             KmsError::Service {
                 op,
@@ -472,7 +472,7 @@ where
         _ => KmsError::Transport {
             op,
             endpoint: String::new(),
-            why: DisplayErrorContext(&e).to_string(),
+            why: bounded(&DisplayErrorContext(&e).to_string(), MAX_ERROR_TEXT),
             attempts: 1,
         },
     }
@@ -528,6 +528,8 @@ mod tests {
             format!("arn:aws:s3:us-east-1:111122223333:key/{id}"),
             format!("arn:aws:kms:us-east-1:111122223333:alias/{id}"),
             format!("arn:aws:kms:us-east-1:111122223333:key/{id}/x"),
+            format!("arn:awsx:kms:us-east-1:111122223333:key/{id}"),
+            format!("arn:aws:kms:US EAST:111122223333:key/{id}"),
         ] {
             assert_eq!(KeyArn::parse(&bad), None, "{bad}");
         }

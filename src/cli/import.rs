@@ -91,12 +91,13 @@ pub(super) fn import_cmd(a: ImportArgs, out: &mut dyn Write) -> Result<(), Error
     let started = std::time::Instant::now();
     let mut attempt = cli.audit.attempt(Operation::Import);
     let exporter = cli.exporter();
-    let valid_to = a.valid_for_days.map(|d| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        now + i64::from(d) * 86_400
-    });
+    let valid_to =
+        match a.valid_to.as_deref() {
+            Some(d) => Some(crate::time::parse_date(d).ok_or_else(|| {
+                Error::Usage(format!("--valid-to {d:?}: give a date, YYYY-MM-DD"))
+            })?),
+            None => None,
+        };
     let result = cli.rt.block_on(async {
         let admitted = Export::admit(Caller::operator(super::CLI_CALLER), Operation::Import)?
             .key(key, attempt.record())?;

@@ -198,9 +198,10 @@ pub(crate) struct ImportArgs {
     /// aws:RSAES_OAEP_SHA_256 for AES, aws:RSA_AES_KEY_WRAP_SHA_256 for RSA).
     #[arg(long, value_name = "NAME")]
     pub format: Option<String>,
-    /// The material expires this many days from now (AWS: at most 365); default never.
-    #[arg(long, value_name = "DAYS")]
-    pub valid_for_days: Option<u32>,
+    /// The material expires at 00:00 UTC of this date, YYYY-MM-DD (AWS: at most 365 days
+    /// ahead); default never. A date, not a duration: running again means the same request.
+    #[arg(long, value_name = "DATE")]
+    pub valid_to: Option<String>,
     /// Running again with the same value imports once, whatever answer was lost.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,

@@ -71,14 +71,18 @@ impl AwsDestination {
         })
     }
 
-    fn validate(&self, at: &str) -> Result<(), String> {
+    /// The wrapping key's size in bits.
+    pub(crate) fn wrapping_bits(&self) -> u32 {
+        match self.wrapping_key_spec.as_str() {
+            "RSA_2048" => 2048,
+            "RSA_3072" => 3072,
+            _ => 4096,
+        }
+    }
+
+    fn validate(&self, at: &str, min_bits: u32) -> Result<(), String> {
         let r = &self.region;
-        if r.is_empty()
-            || r.len() > 32
-            || !r
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !crate::aws::region_ok(r) {
             return Err(format!(
                 "{at}.region = {r:?} is not an AWS region (e.g. \"us-east-1\")"
             ));
@@ -102,6 +106,12 @@ impl AwsDestination {
         ) {
             return Err(format!(
                 "{at}.wrapping_key_spec = {:?}: give RSA_2048, RSA_3072 or RSA_4096",
+                self.wrapping_key_spec
+            ));
+        }
+        if self.wrapping_bits() < min_bits {
+            return Err(format!(
+                "{at}.wrapping_key_spec = {:?} is below policy.min_wrapping_key_bits = {min_bits}: every import would be refused after KMS made its parameters",
                 self.wrapping_key_spec
             ));
         }
@@ -132,6 +142,7 @@ pub(crate) fn name_ok(name: &str) -> bool {
 /// Checks every destination.
 pub(super) fn validate(
     destinations: &std::collections::BTreeMap<String, Destination>,
+    min_bits: u32,
 ) -> Result<(), String> {
     for (name, d) in destinations {
         if !name_ok(name) {
@@ -142,7 +153,7 @@ pub(super) fn validate(
         }
         let at = format!("destinations.{name}");
         match d {
-            Destination::Aws(a) => a.validate(&at)?,
+            Destination::Aws(a) => a.validate(&at, min_bits)?,
         }
     }
     Ok(())

@@ -33,7 +33,7 @@ impl Config {
         )?;
         in_range("server.io_threads", s.io_threads, 1..=64)?;
         self.journal.validate()?;
-        super::destinations::validate(&self.destinations)?;
+        super::destinations::validate(&self.destinations, self.policy.min_wrapping_key_bits)?;
         if let Some(l) = &self.server.health_listen {
             l.parse::<std::net::SocketAddr>()
                 .map_err(|_| format!("server.health_listen = {l:?} is not IP:PORT"))?;

@@ -130,9 +130,35 @@ pub(crate) struct Imported {
     pub key_created: String,
 }
 
-/// The mark new material carries: the journal token of the import.
+/// The mark symmetric material carries: the journal token of the import and a nonce of
+/// this wrap (recorded in the body, which the journal MACs), so that an idempotency key
+/// reused after its record expired never finds the earlier import's material.
 fn mark(token: &str) -> String {
-    format!("hsm-bridge {token}")
+    let mut nonce = [0u8; 8];
+    let _ = getrandom::fill(&mut nonce);
+    format!("hsm-bridge {token} {}", crate::wrap::hex(&nonce))
+}
+
+/// A failure after KMS took the material (rotating, reading the key): not the import's
+/// final answer. Recorded as unknown, so that a retry under the same idempotency key
+/// finds the material and finishes (src/export/journal.rs).
+fn unfinished(e: KmsError) -> KmsError {
+    let op = match &e {
+        KmsError::Service { op, .. }
+        | KmsError::Transport { op, .. }
+        | KmsError::Deadline { op, .. }
+        | KmsError::BadResponse { op, .. }
+        | KmsError::Local { op, .. } => *op,
+        KmsError::WrappingKey { .. } => "ImportKeyMaterial",
+    };
+    KmsError::Transport {
+        op,
+        endpoint: String::new(),
+        why: format!(
+            "{e}; the material was imported: retry with the same idempotency_key to finish"
+        ),
+        attempts: e.attempts(),
+    }
 }
 
 impl AwsImport {
@@ -227,6 +253,11 @@ impl AwsImport {
                 }));
             }
         }
+        if meta.multi_region() == Some(true) {
+            return Err(ExportError::invalid(format!(
+                "key {arn} is a multi-Region key: its new material waits for every replica's import, which hsm-bridge does not do; nothing was wrapped or sent"
+            )));
+        }
         let origin = meta.origin().map_or("", |o| o.as_str());
         if origin != "EXTERNAL" {
             return Err(ExportError::invalid(format!(
@@ -290,6 +321,46 @@ impl AwsImport {
             opc_request_id: rid,
             attempts: 1,
         })
+    }
+
+    /// The answer for marked material `id` of the import `b` in `state`: rotated to now if
+    /// it is pending and the import asked for it (the one rotation of the request); a
+    /// failure from here on is [`unfinished`].
+    async fn finish(
+        &self,
+        b: &Body,
+        mark: &str,
+        (id, rid): (String, String),
+        state: Option<&KeyMaterialState>,
+    ) -> Result<Answer<Imported>, KmsError> {
+        let state = match state {
+            Some(KeyMaterialState::PendingRotation) if b.new_material => {
+                self.rotate(&b.key_id, mark).await.map_err(unfinished)?;
+                match self.marked(&b.key_id, mark).await.map_err(unfinished)? {
+                    Some((m, _)) => m
+                        .key_material_state()
+                        .map_or("", |s| s.as_str())
+                        .to_string(),
+                    None => String::new(),
+                }
+            }
+            Some(s @ (KeyMaterialState::Current | KeyMaterialState::NonCurrent)) => {
+                s.as_str().to_string()
+            }
+            other => {
+                return Err(unfinished(KmsError::Local {
+                    op: "ListKeyRotations",
+                    why: format!(
+                        "material {id} of key {} is {}",
+                        b.key_id,
+                        other.map_or("in no state", |s| s.as_str())
+                    ),
+                }));
+            }
+        };
+        self.imported((&b.key_id, id, &state), b.created_key, rid)
+            .await
+            .map_err(unfinished)
     }
 
     /// Rotates to the pending material `id` of `key_arn`: once. A rotation whose answer
@@ -371,10 +442,10 @@ impl Destination for AwsImport {
             return Ok(());
         };
         if let Some(arn) = KeyArn::parse(key) {
-            rec.cloud_key_id = Some(key.clone());
             if arn.account != self.kms.cfg.account || arn.region != self.kms.cfg.region {
                 return Err(self.deny_outside(&format!("key {key}"), &arn.region, &arn.account));
             }
+            rec.cloud_key_id = Some(key.clone());
         } else if key_id_ok(key) {
             rec.cloud_key_id = Some(key.clone());
         } else {
@@ -431,7 +502,32 @@ impl Destination for AwsImport {
                     .await
                     .map_err(|e| noted(progress, e))?
                     .value;
-                (meta.arn().unwrap_or_default().to_string(), false, true)
+                let arn = meta.arn().unwrap_or_default().to_string();
+                // The credentials' account may not be the destination's: nothing is
+                // imported into a key KMS made elsewhere (the empty key is named so that
+                // an operator can delete it).
+                match KeyArn::parse(&arn) {
+                    Some(a)
+                        if a.account == self.kms.cfg.account && a.region == self.kms.cfg.region => {
+                    }
+                    Some(a) => {
+                        return Err(self.deny_outside(
+                            &format!("the new key {arn} (the credentials' account)"),
+                            &a.region,
+                            &a.account,
+                        ));
+                    }
+                    None => {
+                        return Err(ExportError::Oci(KmsError::BadResponse {
+                            op: "CreateKey",
+                            status: 200,
+                            expected: "key ARN",
+                            why: "the new key's Arn is missing or malformed".into(),
+                            opc_request_id: String::new(),
+                        }));
+                    }
+                }
+                (arn, false, true)
             }
         };
         let params = self
@@ -493,16 +589,7 @@ impl Destination for AwsImport {
             return Ok(None);
         };
         let id = m.key_material_id().unwrap_or_default().to_string();
-        let state = m.key_material_state().map_or("", |s| s.as_str());
-        if b.new_material && m.key_material_state() == Some(&KeyMaterialState::PendingRotation) {
-            self.rotate(&b.key_id, mark).await?;
-            return self
-                .imported((&b.key_id, id, "CURRENT"), b.created_key, rid)
-                .await
-                .map(Some);
-        }
-        let state = state.to_string();
-        self.imported((&b.key_id, id, &state), b.created_key, rid)
+        self.finish(&b, mark, (id, rid), m.key_material_state())
             .await
             .map(Some)
     }
@@ -525,21 +612,30 @@ impl Destination for AwsImport {
             description: b.description.as_deref(),
         };
         let imported = self.kms.import(call, self.deadline).await;
-        let (id, rid) = match (imported, &b.description) {
-            (Ok(a), _) => (a.value, a.opc_request_id),
+        match (imported, &b.description) {
+            (Ok(a), Some(mark)) if b.new_material => {
+                let pending = KeyMaterialState::PendingRotation;
+                self.finish(&b, mark, (a.value, a.opc_request_id), Some(&pending))
+                    .await
+            }
+            (Ok(a), _) => self
+                .imported(
+                    (&b.key_id, a.value, "CURRENT"),
+                    b.created_key,
+                    a.opc_request_id,
+                )
+                .await
+                .map_err(unfinished),
             (Err(e), Some(mark)) if b.new_material => match self.marked(&b.key_id, mark).await {
-                Ok(Some((m, rid))) => (m.key_material_id().unwrap_or_default().to_string(), rid),
-                _ => return Err(e),
+                Ok(Some((m, rid))) => {
+                    let id = m.key_material_id().unwrap_or_default().to_string();
+                    self.finish(&b, mark, (id, rid), m.key_material_state())
+                        .await
+                }
+                _ => Err(e),
             },
-            (Err(e), _) => return Err(e),
-        };
-        if b.new_material
-            && let Some(mark) = &b.description
-        {
-            self.rotate(&b.key_id, mark).await?;
+            (Err(e), _) => Err(e),
         }
-        self.imported((&b.key_id, id, "CURRENT"), b.created_key, rid)
-            .await
     }
 
     fn created_id(answer: &Imported) -> &str {

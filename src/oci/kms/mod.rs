@@ -30,8 +30,10 @@ const WRAPPING_KEY_TTL: Duration = Duration::from_secs(3600);
 mod rules;
 mod types;
 
-use rules::{MAX_ID_TEXT, bounded, describe, ocid_for_url};
-pub(crate) use rules::{backoff, error_body, retry_token, retryable};
+pub(crate) use rules::{
+    MAX_ERROR_TEXT, MAX_ID_TEXT, backoff, bounded, error_body, retry_token, retryable,
+};
+use rules::{describe, ocid_for_url};
 pub(crate) use types::*;
 
 /// Who calls where, for how long: the context of one OCI operation.

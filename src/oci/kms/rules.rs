@@ -80,14 +80,14 @@ pub(crate) fn error_body(body: &[u8]) -> (String, String) {
 }
 
 /// Most of OCI's error message that goes into a status and an audit record.
-const MAX_ERROR_TEXT: usize = 512;
+pub(crate) const MAX_ERROR_TEXT: usize = 512;
 /// Most of an OCI error code or request id kept.
-pub(super) const MAX_ID_TEXT: usize = 128;
+pub(crate) const MAX_ID_TEXT: usize = 128;
 
 /// At most `max` bytes of `text` (cut at a character boundary, "…" added), control
 /// characters replaced by spaces: what OCI says is copied into statuses and audit records,
 /// never without bound.
-pub(super) fn bounded(text: &str, max: usize) -> String {
+pub(crate) fn bounded(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
