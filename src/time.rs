@@ -113,6 +113,12 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
+/// The date `YYYY-MM-DD` of `days` since 1970 (what [`parse_date`] reads).
+pub fn date(days: i64) -> String {
+    let (year, month, day) = civil(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 /// 00:00 UTC of the date `YYYY-MM-DD`, in seconds since 1970; `None` for anything else
 /// (a day the month does not have included).
 pub(crate) fn parse_date(s: &str) -> Option<i64> {
@@ -154,6 +160,9 @@ mod tests {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
         assert!(parse_date("2028-02-29").is_some());
+        for days in [0, 59, 20_000, 21_000] {
+            assert_eq!(parse_date(&date(days)), Some(days * 86_400));
+        }
     }
 
     fn at(secs: u64, millis: u64) -> SystemTime {

@@ -73,6 +73,39 @@ fn start(config: &Path, env: &[(String, String)]) -> Daemon {
     Daemon::start_with_env(config, &borrowed(env))
 }
 
+/// A test's emulator (started with `args`; `account`: the destination's account, if not
+/// the emulator's), the AWS environment, and a daemon config granting `cckm` the
+/// destination.
+struct Rig {
+    emu: AwsEmulator,
+    env: Vec<(String, String)>,
+    config: PathBuf,
+    audit: PathBuf,
+}
+
+fn rig(fx: &Fixture, name: &str, args: &[&str], account: Option<&str>) -> Rig {
+    let dir = fx.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut emu = AwsEmulator::start_with(&dir, args);
+    if let Some(a) = account {
+        emu.account = a.into();
+    }
+    let env = aws_env(&emu, &dir);
+    let (config, audit) = config(fx, &emu, name, &[DEST]);
+    Rig {
+        emu,
+        env,
+        config,
+        audit,
+    }
+}
+
+impl Rig {
+    fn daemon(&self) -> Daemon {
+        start(&self.config, &self.env)
+    }
+}
+
 fn label(l: &str) -> Option<proto::KeyRef> {
     Some(proto::KeyRef {
         key: Some(Key::Label(l.into())),
@@ -354,12 +387,9 @@ fn next_aes() -> &'static Vec<u8> {
 async fn new_material_for_a_symmetric_key_rotates_once() {
     let fx = softhsm();
     let next = next_aes().clone();
-    let dir = fx.dir.join("aws-rotate");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = AwsEmulator::start(&dir);
-    let env = aws_env(&emu, &dir);
-    let (config, _audit) = config(fx, &emu, "aws-rotate", &[DEST]);
-    let daemon = start(&config, &env);
+    let rig = rig(fx, "aws-rotate", &[], None);
+    let emu = &rig.emu;
+    let daemon = rig.daemon();
 
     let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
     let first = import(&daemon, request(fx, "test-aes-256", (&k, None), "rot-1"))
@@ -399,7 +429,7 @@ async fn new_material_for_a_symmetric_key_rotates_once() {
     let before = emu.requests().await.len();
     let again = import(&daemon, req).await.unwrap();
     assert_eq!(again.version_id, second.version_id);
-    assert_eq!(calls(&emu, "ImportKeyMaterial").await, 2);
+    assert_eq!(calls(emu, "ImportKeyMaterial").await, 2);
     assert_eq!(emu.key(&k).await["rotate_on_demand_calls"], 1);
     let after: Vec<Value> = emu.requests().await[before..].to_vec();
     assert!(
@@ -414,7 +444,7 @@ async fn new_material_for_a_symmetric_key_rotates_once() {
     )
     .await
     .unwrap();
-    let imports = calls(&emu, "ImportKeyMaterial").await;
+    let imports = calls(emu, "ImportKeyMaterial").await;
     let e = import(
         &daemon,
         request(fx, "test-rsa-3072", (&r.key_id, None), "rsa-2"),
@@ -423,8 +453,8 @@ async fn new_material_for_a_symmetric_key_rotates_once() {
     .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("never changes"), "{e:?}");
-    assert_eq!(calls(&emu, "ImportKeyMaterial").await, imports);
-    assert_eq!(calls(&emu, "GetParametersForImport").await, imports);
+    assert_eq!(calls(emu, "ImportKeyMaterial").await, imports);
+    assert_eq!(calls(emu, "GetParametersForImport").await, imports);
 }
 
 /// What AWS would not take, and what the destination does not cover, is refused with the
@@ -434,12 +464,10 @@ async fn new_material_for_a_symmetric_key_rotates_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_come_before_anything_is_sent() {
     let fx = softhsm();
-    let dir = fx.dir.join("aws-refusals");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = AwsEmulator::start(&dir);
-    let env = aws_env(&emu, &dir);
-    let (config, audit) = config(fx, &emu, "aws-refusals", &[DEST]);
-    let daemon = start(&config, &env);
+    let rig = rig(fx, "aws-refusals", &[], None);
+    let (emu, env) = (&rig.emu, &rig.env);
+    let audit = &rig.audit;
+    let daemon = rig.daemon();
 
     let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
     let e = import(&daemon, request(fx, "test-aes-128", (&k, None), ""))
@@ -496,8 +524,8 @@ async fn refusals_come_before_anything_is_sent() {
     drop(daemon);
 
     // A caller the destination is not granted to.
-    let (ungranted, _) = self::config(fx, &emu, "aws-ungranted", &[]);
-    let daemon = start(&ungranted, &env);
+    let (ungranted, _) = self::config(fx, emu, "aws-ungranted", &[]);
+    let daemon = start(&ungranted, env);
     let e = import(&daemon, request(fx, "test-aes-256", (&k, None), ""))
         .await
         .unwrap_err();
@@ -508,7 +536,7 @@ async fn refusals_come_before_anything_is_sent() {
     // An endpoint outside the destination's allow-list: the config is refused.
     let (outside, _) = daemon_config(fx, "aws-outside", "", None);
     let text = std::fs::read_to_string(&outside).unwrap();
-    std::fs::write(&outside, format!("{text}{}", destination(&emu, DEST, None))).unwrap();
+    std::fs::write(&outside, format!("{text}{}", destination(emu, DEST, None))).unwrap();
     let out = hsm_bridge_with_env(
         &[
             "import",
@@ -521,14 +549,14 @@ async fn refusals_come_before_anything_is_sent() {
             "--target",
             &k,
         ],
-        &borrowed(&env),
+        &borrowed(env),
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("allowed_endpoints"), "{err}");
     assert_eq!(emu.requests().await.len(), 1, "nothing more was sent");
     assert!(
-        audit_records(&audit)
+        audit_records(audit)
             .iter()
             .filter(|r| r["operation"] == "Import")
             .all(|r| r["outcome"] == "refused"),
@@ -554,12 +582,9 @@ enum Kill {
 async fn a_crash_never_imports_or_rotates_twice() {
     let fx = softhsm();
     let next = next_aes().clone();
-    let dir = fx.dir.join("aws-crash");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = AwsEmulator::start(&dir);
-    let env = aws_env(&emu, &dir);
-    let (config, _audit) = config(fx, &emu, "aws-crash", &[DEST]);
-    let mut daemon = start(&config, &env);
+    let rig = rig(fx, "aws-crash", &[], None);
+    let (emu, env, config) = (&rig.emu, &rig.env, &rig.config);
+    let mut daemon = rig.daemon();
     for (i, kill) in [
         Kill::AfterFirstImport,
         Kill::AfterNewMaterial,
@@ -593,7 +618,7 @@ async fn a_crash_never_imports_or_rotates_twice() {
             let (d, req) = (&daemon, req.clone());
             async move { import(d, req).await }
         };
-        let landed = until_key(&emu, &k, |key| {
+        let landed = until_key(emu, &k, |key| {
             let m = materials(key);
             match kill {
                 Kill::AfterFirstImport => key["KeyMetadata"]["KeyState"] == "Enabled",
@@ -613,7 +638,7 @@ async fn a_crash_never_imports_or_rotates_twice() {
         }
         drop(daemon); // SIGKILL
         emu.clear_faults().await;
-        daemon = start(&config, &env);
+        daemon = start(config, env);
         let r = until_answered(&daemon, &req).await;
         let key = emu.key(&k).await;
         let m = materials(&key);
@@ -643,14 +668,14 @@ async fn a_crash_never_imports_or_rotates_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_of_another_account_import_nothing() {
     let fx = softhsm();
-    let dir = fx.dir.join("aws-other-account");
-    std::fs::create_dir_all(&dir).unwrap();
-    // the emulator is account 444455556666; the destination says 111122223333
-    let mut emu = AwsEmulator::start_with(&dir, &["--account", "444455556666"]);
-    emu.account = "111122223333".into();
-    let env = aws_env(&emu, &dir);
-    let (config, _audit) = config(fx, &emu, "aws-other-account", &[DEST]);
-    let daemon = start(&config, &env);
+    let rig = rig(
+        fx,
+        "aws-other-account",
+        &["--account", "444455556666"],
+        Some("111122223333"),
+    );
+    let emu = &rig.emu;
+    let daemon = rig.daemon();
     let e = import(&daemon, request(fx, "test-rsa-3072", ("", Some("")), ""))
         .await
         .unwrap_err();
@@ -678,12 +703,9 @@ async fn credentials_of_another_account_import_nothing() {
 async fn a_refused_rotation_is_finished_by_the_retry() {
     let fx = softhsm();
     let next = next_aes().clone();
-    let dir = fx.dir.join("aws-refused-rotation");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = AwsEmulator::start(&dir);
-    let env = aws_env(&emu, &dir);
-    let (config, _audit) = config(fx, &emu, "aws-refused-rotation", &[DEST]);
-    let daemon = start(&config, &env);
+    let rig = rig(fx, "aws-refused-rotation", &[], None);
+    let emu = &rig.emu;
+    let daemon = rig.daemon();
     let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
     import(&daemon, request(fx, "test-aes-256", (&k, None), "first"))
         .await
@@ -700,7 +722,7 @@ async fn a_refused_rotation_is_finished_by_the_retry() {
     let key = emu.key(&k).await;
     assert_eq!(materials(&key).len(), 2, "{key}");
     assert_eq!(
-        calls(&emu, "ImportKeyMaterial").await,
+        calls(emu, "ImportKeyMaterial").await,
         2,
         "the retry sent nothing again"
     );
@@ -711,11 +733,8 @@ async fn a_refused_rotation_is_finished_by_the_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_material_from_the_command_line_imports_once() {
     let fx = softhsm();
-    let dir = fx.dir.join("aws-valid-to");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = AwsEmulator::start(&dir);
-    let env = aws_env(&emu, &dir);
-    let (config, _audit) = config(fx, &emu, "aws-valid-to", &[DEST]);
+    let rig = rig(fx, "aws-valid-to", &[], None);
+    let (emu, env, config) = (&rig.emu, &rig.env, &rig.config);
     let k = arn(&emu.create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await);
     // 00:00 UTC, 100 days from now
     let days = std::time::SystemTime::now()
@@ -724,7 +743,7 @@ async fn expiring_material_from_the_command_line_imports_once() {
         .as_secs()
         / 86_400
         + 100;
-    let date = civil_date(days as i64);
+    let date = hsm_bridge::time::date(days as i64);
     let args = [
         "--label",
         "test-aes-256",
@@ -737,10 +756,10 @@ async fn expiring_material_from_the_command_line_imports_once() {
         "--idempotency-key",
         "expiring-1",
     ];
-    let first = cli_import(&config, &env, &args);
-    let again = cli_import(&config, &env, &args);
+    let first = cli_import(config, env, &args);
+    let again = cli_import(config, env, &args);
     assert_eq!(first["version_id"], again["version_id"]);
-    assert_eq!(calls(&emu, "ImportKeyMaterial").await, 1);
+    assert_eq!(calls(emu, "ImportKeyMaterial").await, 1);
     let meta = &emu.key(&k).await["KeyMetadata"];
     assert_eq!(meta["ExpirationModel"], "KEY_MATERIAL_EXPIRES", "{meta}");
     assert_eq!(
@@ -748,18 +767,4 @@ async fn expiring_material_from_the_command_line_imports_once() {
         days * 86_400,
         "{meta}"
     );
-}
-
-/// YYYY-MM-DD of `days` since 1970.
-fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }

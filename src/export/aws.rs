@@ -22,7 +22,7 @@ use aws_sdk_kms::types::{KeyMaterialState, KeyMetadata, RotationsListEntry};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::journal::note_error;
+use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
 use crate::aws::{AwsSide, ImportCall, KeyArn, Kms, key_id_ok};
@@ -232,10 +232,7 @@ impl AwsImport {
             .kms
             .describe_key(key_id, self.deadline)
             .await
-            .map_err(|e| {
-                note_error(progress, &e);
-                ExportError::Oci(e)
-            })?
+            .map_err(noted(progress))?
             .value;
         let arn = meta.arn().unwrap_or_default();
         match KeyArn::parse(arn) {
@@ -471,10 +468,6 @@ impl Destination for AwsImport {
     ) -> Result<Arc<WrappingKey>, ExportError> {
         let symmetric = self.spec == "SYMMETRIC_DEFAULT";
         let mark = symmetric.then(|| mark(token));
-        let noted = |progress: &mut Progress, e: KmsError| {
-            note_error(progress, &e);
-            ExportError::Oci(e)
-        };
         let (key_arn, new_material, created) = match &self.target {
             Target::Key(key) => {
                 let meta = self.checked_key(key, progress).await?;
@@ -500,7 +493,7 @@ impl Destination for AwsImport {
                         self.deadline,
                     )
                     .await
-                    .map_err(|e| noted(progress, e))?
+                    .map_err(noted(progress))?
                     .value;
                 let arn = meta.arn().unwrap_or_default().to_string();
                 // The credentials' account may not be the destination's: nothing is
@@ -534,7 +527,7 @@ impl Destination for AwsImport {
             .kms
             .parameters(&key_arn, self.format.algorithm(), self.deadline)
             .await
-            .map_err(|e| noted(progress, e))?;
+            .map_err(noted(progress))?;
         progress.opc_request_id = Some(params.opc_request_id.clone());
         let bad_key = |why: String| {
             ExportError::Oci(KmsError::WrappingKey {

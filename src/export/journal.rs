@@ -274,6 +274,14 @@ fn note<T>(progress: &mut Progress, r: &Result<Answer<T>, KmsError>) {
     }
 }
 
+/// A failed call as the export's error, its request id and attempts noted in `progress`.
+pub(super) fn noted(progress: &mut Progress) -> impl FnOnce(KmsError) -> super::ExportError + '_ {
+    |e| {
+        note_error(progress, &e);
+        super::ExportError::Oci(e)
+    }
+}
+
 /// Notes a failed call's request id and attempts in `progress` (for the audit record).
 pub(super) fn note_error(progress: &mut Progress, e: &KmsError) {
     progress.opc_request_id = e.opc_request_id().map(str::to_string);

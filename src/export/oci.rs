@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::journal::note_error;
+use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
 use crate::config::{OciConfig, ProtectionMode};
@@ -182,10 +182,7 @@ async fn existing_key(
         .kms
         .get_key(call, key_id)
         .await
-        .map_err(|e| {
-            note_error(progress, &e);
-            ExportError::Oci(e)
-        })?
+        .map_err(noted(progress))?
         .value;
     protection_allowed(modes, &key.protection_mode, &format!("key {key_id}"))?;
     Ok(key)
@@ -282,10 +279,11 @@ impl Vault {
 
     /// The vault's wrapping key (cached per endpoint).
     async fn wrapping_key(&self, progress: &mut Progress) -> Result<Arc<WrappingKey>, ExportError> {
-        self.oci.kms.wrapping_key(&self.call()).await.map_err(|e| {
-            note_error(progress, &e);
-            ExportError::Oci(e)
-        })
+        self.oci
+            .kms
+            .wrapping_key(&self.call())
+            .await
+            .map_err(noted(progress))
     }
 
     /// The compartment `ocid` is one `caller` may import into.
