@@ -138,6 +138,11 @@ async fn boto3_drives_the_emulator() {
             .contains(&json!("RSASSA_PSS_SHA_256"))
     );
     assert_eq!(v["rsa_direct_oaep"][0], "ValidationException");
+    assert_eq!(v["rsa"]["public_key_matches"], true, "GetPublicKey: {v}");
+    assert_eq!(
+        v["public_key_of_symmetric"][0],
+        "UnsupportedOperationException"
+    );
 
     // refusals, by type
     let code = |name: &str| v[name][0].as_str().unwrap().to_string();

@@ -768,3 +768,47 @@ async fn expiring_material_from_the_command_line_imports_once() {
         "{meta}"
     );
 }
+
+/// An RSA key's first material carries no mark: after a crash that lost KMS's answer, and
+/// once the import token has expired (a re-send would be refused), the retry finds the
+/// import by KMS's public key for the key being the token's, and sends nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_rsa_import_is_found_by_its_public_key() {
+    let fx = softhsm();
+    let rig = rig(fx, "aws-lost-rsa", &["--import-token-ttl-secs", "5"], None);
+    let emu = &rig.emu;
+    let mut daemon = rig.daemon();
+    let k = arn(&emu.create_key("RSA_3072", "SIGN_VERIFY").await);
+    emu.fault(
+        json!({"op": "ImportKeyMaterial", "drop": true, "processed": true, "delay_ms": 60000}),
+    )
+    .await;
+    let req = request(fx, "test-rsa-3072", (&k, None), "lost-rsa");
+    let first = {
+        let (d, req) = (&daemon, req.clone());
+        async move { import(d, req).await }
+    };
+    let landed = until_key(emu, &k, |key| key["KeyMetadata"]["KeyState"] == "Enabled");
+    tokio::select! {
+        r = first => panic!("the call ended before the kill: {r:?}"),
+        () = landed => {}
+    }
+    drop(daemon); // SIGKILL
+    emu.clear_faults().await;
+    // the import token expires: the recorded bytes could not be sent again
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    daemon = rig.daemon();
+    let r = until_answered(&daemon, &req).await;
+    let key = emu.key(&k).await;
+    assert_eq!(
+        key["KeyMetadata"]["CurrentKeyMaterialId"],
+        r.version_id.as_str(),
+        "{key}"
+    );
+    assert_eq!(key["import_calls"], 1, "nothing was sent again: {key}");
+    assert_eq!(calls(emu, "GetPublicKey").await, 1);
+    assert_eq!(
+        pkcs8_modulus(&emu.material(&k, &r.version_id).await),
+        token_modulus(|a| p11(fx, a), "test-rsa-3072")
+    );
+}

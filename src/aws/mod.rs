@@ -26,8 +26,9 @@ use crate::journal::Journal;
 use crate::oci::kms::{Answer, KmsError, MAX_ERROR_TEXT, MAX_ID_TEXT, bounded};
 
 /// The KMS operations this daemon calls (error messages name the service by them).
-pub(crate) const OPERATIONS: [&str; 6] = [
+pub(crate) const OPERATIONS: [&str; 7] = [
     "DescribeKey",
+    "GetPublicKey",
     "CreateKey",
     "GetParametersForImport",
     "ImportKeyMaterial",
@@ -222,6 +223,20 @@ impl Kms {
             .key_metadata
             .ok_or_else(|| bad(OP, "KeyMetadata", &rid))?;
         Ok(answer(meta, rid))
+    }
+
+    /// GetPublicKey: an asymmetric key's public key (DER SubjectPublicKeyInfo).
+    pub(crate) async fn public_key(
+        &self,
+        key_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Answer<Vec<u8>>, KmsError> {
+        const OP: &str = "GetPublicKey";
+        let c = self.client().await?;
+        let out = within(OP, deadline, c.get_public_key().key_id(key_id).send()).await?;
+        let rid = out.request_id().unwrap_or_default().to_string();
+        let spki = out.public_key.ok_or_else(|| bad(OP, "PublicKey", &rid))?;
+        Ok(answer(spki.into_inner(), rid))
     }
 
     /// CreateKey with `Origin = EXTERNAL`, tagged with `tag` (the journal token that made it).

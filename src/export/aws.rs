@@ -13,7 +13,9 @@
 //! so a lost answer to a first import is re-sent; new material carries the journal token in
 //! its `KeyMaterialDescription`, and a retry lists the key's materials before anything is
 //! sent again: found and rotated, the import is answered; found pending, it is rotated (the
-//! one RotateKeyOnDemand of the request); not found, the recorded bytes are sent.
+//! one RotateKeyOnDemand of the request); not found, the recorded bytes are sent. RSA
+//! material carries no mark: a retry asks for the key's public key first, and the import
+//! landed if it is the source key's.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,6 +114,9 @@ struct Body {
     /// `KeyMaterialDescription`: the mark a retry looks for.
     description: Option<String>,
     created_key: bool,
+    /// An RSA source key's modulus (hex): what a retry compares KMS's public key with.
+    #[serde(default)]
+    modulus: Option<String>,
 }
 
 /// What an AWS import made.
@@ -360,6 +365,48 @@ impl AwsImport {
             .map_err(unfinished)
     }
 
+    /// The import of an RSA key `b` whose answer was lost, found by KMS's public key for the
+    /// key being the source key's (asymmetric material carries no mark); `None` while the
+    /// key has no material, or another's (then the recorded bytes are sent, and KMS says
+    /// what it says).
+    async fn find_by_public_key(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
+        let Some(modulus) = &b.modulus else {
+            return Ok(None);
+        };
+        let spki = match self.kms.public_key(&b.key_id, self.deadline).await {
+            Ok(a) => a,
+            Err(KmsError::Service { code, .. }) if code == "KMSInvalidStateException" => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let theirs = openssl::pkey::PKey::public_key_from_der(&spki.value)
+            .and_then(|k| k.rsa())
+            .map(|r| modulus_hex(&r.n().to_vec()))
+            .map_err(|_| KmsError::BadResponse {
+                op: "GetPublicKey",
+                status: 200,
+                expected: "RSA SubjectPublicKeyInfo",
+                why: "the key's PublicKey does not parse".into(),
+                opc_request_id: spki.opc_request_id.clone(),
+            })?;
+        if theirs != *modulus {
+            return Ok(None);
+        }
+        let meta = self.kms.describe_key(&b.key_id, self.deadline).await?.value;
+        let id = meta
+            .current_key_material_id()
+            .unwrap_or_default()
+            .to_string();
+        self.imported(
+            (&b.key_id, id, "CURRENT"),
+            b.created_key,
+            spki.opc_request_id,
+        )
+        .await
+        .map(Some)
+    }
+
     /// Rotates to the pending material `id` of `key_arn`: once. A rotation whose answer
     /// was lost is recognised by the material being current.
     async fn rotate(&self, key_arn: &str, mark: &str) -> Result<(), KmsError> {
@@ -384,6 +431,12 @@ pub(crate) fn granted(caller: &Caller, kms: &Kms) -> Result<(), ExportError> {
         "{} may not import into destination {} (its destinations in server.clients); nothing was sent",
         caller.display, kms.name
     )))
+}
+
+/// A modulus as hex, without leading zero bytes (PKCS#11 and OpenSSL may differ there).
+fn modulus_hex(n: &[u8]) -> String {
+    let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+    crate::wrap::hex(&n[first..])
 }
 
 fn body_of(bytes: &[u8]) -> Result<Body, KmsError> {
@@ -563,6 +616,7 @@ impl Destination for AwsImport {
             new_material: p.new_material,
             description: p.description.clone(),
             created_key: p.created,
+            modulus: wrapped.key.modulus.as_deref().map(modulus_hex),
         })
         .map_err(|e| ExportError::Body(e.to_string()))
     }
@@ -576,7 +630,7 @@ impl Destination for AwsImport {
     ) -> Result<Option<Answer<Imported>>, KmsError> {
         let b = body_of(body)?;
         let Some(mark) = &b.description else {
-            return Ok(None);
+            return self.find_by_public_key(&b).await;
         };
         let Some((m, rid)) = self.marked(&b.key_id, mark).await? else {
             return Ok(None);

@@ -1,9 +1,10 @@
 //! Where an import goes: the seam between the export core and a cloud. A destination
 //! gives the wrapping key its import needs, builds the body around the wrapped key, sends it
 //! exactly once per journal token, finds the result of an import whose answer was lost, and
-//! polls what it made until it is usable. OCI (src/export/oci.rs) and AWS KMS (src/export/aws.rs) are two; a new cloud
-//! is a module that implements this, and one registration where the daemon and the command
-//! line turn requests into destinations (docs/ARCHITECTURE.md, "Adding a cloud").
+//! polls what it made until it is usable. OCI (src/export/oci.rs) and AWS KMS
+//! (src/export/aws.rs) implement it; a new cloud is a module that implements this, and one
+//! registration where the daemon and the command line turn requests into destinations
+//! (src/export/to.rs; docs/ARCHITECTURE.md, "Adding a cloud").
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
-//! ImportKeyVersion and ImportKey as RPCs: each request turned into the export core's types
-//! (src/export/: the export, OCI's destination, what the import asks), the one import
-//! function, and its answer as the RPC's.
+//! ImportKeyVersion, ImportKey and Import as RPCs: each request turned into the export
+//! core's types (src/export/: the export, OCI's destination or a destination by name, what
+//! the import asks), the one import function, and its answer as the RPC's.
 
 use std::sync::Arc;
 

@@ -192,7 +192,13 @@ out["rsa"] = {
     "state": rsa_meta["KeyState"],
     "key_spec": rsa_meta["KeySpec"],
     "signing_algorithms": rsa_meta.get("SigningAlgorithms"),
+    # GetPublicKey: the imported key's public half, as DER SubjectPublicKeyInfo
+    "public_key_matches": kms.get_public_key(KeyId=signing["KeyId"])["PublicKey"]
+    == private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ),
 }
+out["public_key_of_symmetric"] = error(kms.get_public_key, KeyId=key_id)
 out["rsa_direct_oaep"] = error(
     kms.get_parameters_for_import,
     KeyId=signing["KeyId"], WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_4096",

@@ -7,7 +7,7 @@
 //! `aws-kms-emulator` binary. Never for production: it holds imported keys in memory and,
 //! with `--test-oracle`, hands them out.
 //!
-//! Operations: CreateKey, DescribeKey, GetParametersForImport, ImportKeyMaterial,
+//! Operations: CreateKey, DescribeKey, GetPublicKey, GetParametersForImport, ImportKeyMaterial,
 //! RotateKeyOnDemand, ListKeyRotations. Test control, unsigned, under `/_emulator/`:
 //! `GET requests` (the request log), `POST faults`, `DELETE faults`, `POST keys` (a key
 //! made without a signature), `GET keys/{keyId}` (a key, its materials and call counts),
@@ -412,6 +412,7 @@ impl AwsKms {
         match op {
             "CreateKey" => self.create_key(body, now),
             "DescribeKey" => self.describe_key(body, now),
+            "GetPublicKey" => self.get_public_key(body, now),
             "GetParametersForImport" => self.get_parameters_for_import(body, now),
             "ImportKeyMaterial" => self.import_key_material(body, now),
             "RotateKeyOnDemand" => self.rotate_key_on_demand(body, now),

@@ -1,4 +1,4 @@
-//! CreateKey, DescribeKey, RotateKeyOnDemand and ListKeyRotations.
+//! CreateKey, DescribeKey, GetPublicKey, RotateKeyOnDemand and ListKeyRotations.
 
 use std::time::SystemTime;
 
@@ -144,6 +144,43 @@ impl AwsKms {
         let mut inner = self.lock();
         let key = self.resolve(&mut inner, key_id, now)?;
         Ok(json!({ "KeyMetadata": key.metadata() }))
+    }
+
+    /// The public key of an asymmetric key's current material, as DER SubjectPublicKeyInfo.
+    pub(super) fn get_public_key(
+        &self,
+        body: &Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<Value, AwsError> {
+        let mut i = Input::new(body);
+        let key_id = i.key_id()?;
+        i.objects("GrantTokens", 10).ok();
+        i.finish()?;
+        let mut inner = self.lock();
+        let key = self.resolve(&mut inner, key_id, now)?;
+        if !matches!(key.spec, Spec::Rsa(_) | Spec::Ecc(_)) {
+            return Err(unsupported(format!(
+                "{} is a {} key; GetPublicKey is supported only for asymmetric KMS keys.",
+                key.arn,
+                key.spec.name()
+            )));
+        }
+        if key.state() != "Enabled" {
+            return Err(invalid_state(format!("{} is pending import.", key.arn)));
+        }
+        let private = key
+            .current()
+            .and_then(|m| m.bytes.as_ref())
+            .ok_or_else(|| invalid_state(format!("{} has no current key material.", key.arn)))?;
+        let spki = openssl::pkey::PKey::private_key_from_der(private)
+            .and_then(|k| k.public_key_to_der())
+            .map_err(|e| AwsError::internal(format!("the key's public key: {e}")))?;
+        Ok(json!({
+            "KeyId": key.arn,
+            "PublicKey": openssl::base64::encode_block(&spki),
+            "KeySpec": key.spec.name(),
+            "KeyUsage": key.usage,
+        }))
     }
 
     pub(super) fn rotate_key_on_demand(
