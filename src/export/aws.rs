@@ -167,7 +167,9 @@ fn unfinished(e: KmsError) -> KmsError {
 }
 
 impl AwsImport {
-    /// An import of a key of `shape` in `format` into `kms`'s destination.
+    /// An import of a key of `shape` in `format` into `kms`'s destination, for a caller
+    /// already [`granted`] it (`Exporter::import_to` checks that first, before the token is
+    /// asked anything).
     pub(crate) fn new(
         aws: Arc<AwsSide>,
         kms: Arc<Kms>,
@@ -422,14 +424,22 @@ impl AwsImport {
     }
 }
 
-/// `caller` may import into `kms`'s destination (`server.clients[].destinations`).
-pub(crate) fn granted(caller: &Caller, kms: &Kms) -> Result<(), ExportError> {
-    if caller.may_use_destination(&kms.name) {
+/// `caller` may import into the destination `name` (`server.clients[].destinations`); a
+/// refusal names only the destinations the caller may use.
+pub(crate) fn granted(caller: &Caller, name: &str) -> Result<(), ExportError> {
+    if caller.may_use_destination(name) {
         return Ok(());
     }
+    let mine = caller.destinations.as_deref().unwrap_or_default();
     Err(ExportError::denied(format!(
-        "{} may not import into destination {} (its destinations in server.clients); nothing was sent",
-        caller.display, kms.name
+        "{} may not import into destination {:?} (its destinations in server.clients: {}); nothing was sent",
+        caller.display,
+        bounded(name, 64),
+        if mine.is_empty() {
+            "none".into()
+        } else {
+            mine.join(", ")
+        }
     )))
 }
 
@@ -483,11 +493,10 @@ impl Destination for AwsImport {
         )
     }
 
-    /// The caller may use the destination; a key named must be in its account and region
-    /// (an ARN that says otherwise is refused before anything is sent), made for imported
-    /// material and of the source key's spec.
-    async fn admit(&self, caller: &Caller, rec: &mut Record) -> Result<(), ExportError> {
-        granted(caller, &self.kms)?;
+    /// A key named must be in the destination's account and region (an ARN that says
+    /// otherwise is refused before anything is sent), made for imported material and of
+    /// the source key's spec. (The caller's grant is checked before this import is made.)
+    async fn admit(&self, _caller: &Caller, rec: &mut Record) -> Result<(), ExportError> {
         let Target::Key(key) = &self.target else {
             return Ok(());
         };

@@ -50,20 +50,7 @@ impl Exporter {
     ) -> Result<Made, ExportError> {
         attempt.record().destination = Some(bounded(to.destination, 64));
         // The grant first: a caller learns nothing of destinations it may not use.
-        let caller = &admitted.admission.caller;
-        if !caller.may_use_destination(to.destination) {
-            let mine = caller.destinations.as_deref().unwrap_or_default();
-            return Err(ExportError::denied(format!(
-                "{} may not import into destination {:?} (its destinations in server.clients: {}); nothing was sent",
-                caller.display,
-                bounded(to.destination, 64),
-                if mine.is_empty() {
-                    "none".into()
-                } else {
-                    mine.join(", ")
-                }
-            )));
-        }
+        aws::granted(&admitted.admission.caller, to.destination)?;
         let kms = destinations.get(to.destination).cloned().ok_or_else(|| {
             ExportError::not_configured(format!(
                 "no destination {:?} in the daemon's [destinations]",
