@@ -34,6 +34,15 @@ fn symmetric_only(key: &Key, what: &str) -> Result<(), AwsError> {
     )))
 }
 
+/// The key a request of only `KeyId` and `GrantTokens` names (DescribeKey, GetPublicKey).
+fn key_request(body: &Map<String, Value>) -> Result<&str, AwsError> {
+    let mut i = Input::new(body);
+    let key_id = i.key_id()?;
+    i.objects("GrantTokens", 10).ok();
+    i.finish()?;
+    Ok(key_id)
+}
+
 /// Reads and checks the `Tags` member: at most 50 `{TagKey, TagValue}`.
 fn check_tags(i: &mut Input<'_>) -> Result<(), AwsError> {
     for tag in i.objects("Tags", 50)? {
@@ -137,10 +146,7 @@ impl AwsKms {
         body: &Map<String, Value>,
         now: SystemTime,
     ) -> Result<Value, AwsError> {
-        let mut i = Input::new(body);
-        let key_id = i.key_id()?;
-        i.objects("GrantTokens", 10).ok();
-        i.finish()?;
+        let key_id = key_request(body)?;
         let mut inner = self.lock();
         let key = self.resolve(&mut inner, key_id, now)?;
         Ok(json!({ "KeyMetadata": key.metadata() }))
@@ -152,10 +158,7 @@ impl AwsKms {
         body: &Map<String, Value>,
         now: SystemTime,
     ) -> Result<Value, AwsError> {
-        let mut i = Input::new(body);
-        let key_id = i.key_id()?;
-        i.objects("GrantTokens", 10).ok();
-        i.finish()?;
+        let key_id = key_request(body)?;
         let mut inner = self.lock();
         let key = self.resolve(&mut inner, key_id, now)?;
         if !matches!(key.spec, Spec::Rsa(_) | Spec::Ecc(_)) {
