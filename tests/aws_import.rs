@@ -225,6 +225,24 @@ async fn until_key(emu: &AwsEmulator, arn: &str, done: impl Fn(&Value) -> bool) 
     }
 }
 
+/// Sends `req` to `daemon` and kills the daemon (SIGKILL) once `landed` says yes about
+/// key `k` of `emu`, before the call is answered (`what` names the case); the emulator's
+/// faults are cleared after.
+async fn kill_once_landed(
+    daemon: Daemon,
+    req: &proto::ImportRequest,
+    (emu, k): (&AwsEmulator, &str),
+    landed: impl Fn(&Value) -> bool,
+    what: &str,
+) {
+    tokio::select! {
+        r = import(&daemon, req.clone()) => panic!("{what}: the call ended before the kill: {r:?}"),
+        () = until_key(emu, k, landed) => {}
+    }
+    drop(daemon); // SIGKILL
+    emu.clear_faults().await;
+}
+
 fn materials(key: &Value) -> Vec<Value> {
     key["materials"].as_array().cloned().unwrap_or_default()
 }
@@ -614,11 +632,7 @@ async fn a_crash_never_imports_or_rotates_twice() {
         emu.fault(json!({"op": op, "drop": true, "processed": true, "delay_ms": 60000}))
             .await;
         let req = request(fx, source, (&k, None), &format!("crash-{i}"));
-        let first = {
-            let (d, req) = (&daemon, req.clone());
-            async move { import(d, req).await }
-        };
-        let landed = until_key(emu, &k, |key| {
+        let landed = |key: &Value| {
             let m = materials(key);
             match kill {
                 Kill::AfterFirstImport => key["KeyMetadata"]["KeyState"] == "Enabled",
@@ -631,13 +645,8 @@ async fn a_crash_never_imports_or_rotates_twice() {
                         && m[1]["KeyMaterialState"] == "CURRENT"
                 }
             }
-        });
-        tokio::select! {
-            r = first => panic!("{kill:?}: the call ended before the kill: {r:?}"),
-            () = landed => {}
-        }
-        drop(daemon); // SIGKILL
-        emu.clear_faults().await;
+        };
+        kill_once_landed(daemon, &req, (emu, &k), landed, &format!("{kill:?}")).await;
         daemon = start(config, env);
         let r = until_answered(&daemon, &req).await;
         let key = emu.key(&k).await;
@@ -777,27 +786,18 @@ async fn a_lost_rsa_import_is_found_by_its_public_key() {
     let fx = softhsm();
     let rig = rig(fx, "aws-lost-rsa", &["--import-token-ttl-secs", "5"], None);
     let emu = &rig.emu;
-    let mut daemon = rig.daemon();
+    let daemon = rig.daemon();
     let k = arn(&emu.create_key("RSA_3072", "SIGN_VERIFY").await);
     emu.fault(
         json!({"op": "ImportKeyMaterial", "drop": true, "processed": true, "delay_ms": 60000}),
     )
     .await;
     let req = request(fx, "test-rsa-3072", (&k, None), "lost-rsa");
-    let first = {
-        let (d, req) = (&daemon, req.clone());
-        async move { import(d, req).await }
-    };
-    let landed = until_key(emu, &k, |key| key["KeyMetadata"]["KeyState"] == "Enabled");
-    tokio::select! {
-        r = first => panic!("the call ended before the kill: {r:?}"),
-        () = landed => {}
-    }
-    drop(daemon); // SIGKILL
-    emu.clear_faults().await;
+    let landed = |key: &Value| key["KeyMetadata"]["KeyState"] == "Enabled";
+    kill_once_landed(daemon, &req, (emu, &k), landed, "RSA import").await;
     // the import token expires: the recorded bytes could not be sent again
     tokio::time::sleep(Duration::from_secs(6)).await;
-    daemon = rig.daemon();
+    let daemon = rig.daemon();
     let r = until_answered(&daemon, &req).await;
     let key = emu.key(&k).await;
     assert_eq!(
