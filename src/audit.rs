@@ -35,6 +35,9 @@ pub(crate) enum Operation {
     ImportKey,
     /// An import into a `[destinations.NAME]` (gRPC `Import`, `hsm-bridge import`).
     Import,
+    /// New material generated in the HSM and imported into a `[destinations.NAME]` (gRPC
+    /// `RotateKey`, `hsm-bridge rotate`).
+    RotateKey,
 }
 
 /// How an export attempt ended: `allowed` (the material left: returned, or sent to OCI),
@@ -57,6 +60,7 @@ impl Operation {
             Operation::ImportKeyVersion,
             Operation::ImportKey,
             Operation::Import,
+            Operation::RotateKey,
         ]
         .into_iter()
         .find(|o| o.as_str() == name)
@@ -68,6 +72,7 @@ impl Operation {
             Operation::ImportKeyVersion => "ImportKeyVersion",
             Operation::ImportKey => "ImportKey",
             Operation::Import => "Import",
+            Operation::RotateKey => "RotateKey",
         }
     }
 }
@@ -306,6 +311,10 @@ pub(crate) struct Progress {
     /// (no new wrap).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// A rotation: whether this attempt generated the key in the HSM (`false`: an earlier
+    /// attempt of the same request had).
+    #[serde(rename = "generated_key", skip_serializing_if = "Option::is_none")]
+    pub generated: Option<bool>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -328,6 +337,7 @@ impl Progress {
         take(&mut self.key_type, &later.key_type);
         take(&mut self.opc_request_id, &later.opc_request_id);
         take(&mut self.created_id, &later.created_id);
+        take(&mut self.generated, &later.generated);
         if later.attempts > 0 {
             self.attempts = later.attempts;
         }

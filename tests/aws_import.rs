@@ -5,112 +5,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use common::aws_emulator::AwsEmulator;
-use common::daemon::{Daemon, audit_records, certs, daemon_config};
+use common::aws_rig::*;
+use common::daemon::{Daemon, audit_records, daemon_config, until_answered_by};
 use common::*;
-use hsm_bridge::proto::{self, key_ref::Key};
+use hsm_bridge::proto;
 use serde_json::{Value, json};
 use tonic::Code;
-
-const DEST: &str = "aws-test";
-
-/// The `[destinations.NAME]` table for `emu`.
-fn destination(emu: &AwsEmulator, name: &str, allowed: Option<&str>) -> String {
-    let allowed = allowed.map_or(String::new(), |a| {
-        format!("allowed_endpoints = [\"{a}\"]\n")
-    });
-    format!(
-        "\n[destinations.{name}]\ncloud = \"aws\"\nregion = \"{}\"\naccount = \"{}\"\nendpoint = \"{}\"\n{allowed}profile = \"{}\"\nca_bundle = \"{}\"\ntimeout_ms = 20000\n",
-        emu.region,
-        emu.account,
-        emu.base,
-        emu.profile,
-        certs().join("ca.pem").display()
-    )
-}
-
-/// A daemon config on `fx` whose caller `cckm` may import into `grants`, with the
-/// destination `aws-test` on `emu` (its endpoint allowed exactly) and metrics on.
-fn config(fx: &Fixture, emu: &AwsEmulator, name: &str, grants: &[&str]) -> (PathBuf, PathBuf) {
-    let (config, audit) = daemon_config(fx, name, "", None);
-    let grants: Vec<String> = grants.iter().map(|g| format!("\"{g}\"")).collect();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "name = \"cckm\"\n",
-        &format!("name = \"cckm\"\ndestinations = [{}]\n", grants.join(", ")),
-    );
-    let text = format!(
-        "{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
-        destination(emu, DEST, Some(&emu.base))
-    );
-    std::fs::write(&config, text).unwrap();
-    (config, audit)
-}
-
-/// The environment the daemon and the command line find their AWS credentials in: the
-/// emulator's credentials file, no shared config, no instance metadata.
-fn aws_env(emu: &AwsEmulator, dir: &Path) -> Vec<(String, String)> {
-    vec![
-        (
-            "AWS_SHARED_CREDENTIALS_FILE".into(),
-            emu.credentials_file.display().to_string(),
-        ),
-        (
-            "AWS_CONFIG_FILE".into(),
-            dir.join("no-aws-config").display().to_string(),
-        ),
-        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-    ]
-}
-
-fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-fn start(config: &Path, env: &[(String, String)]) -> Daemon {
-    Daemon::start_with_env(config, &borrowed(env))
-}
-
-/// A test's emulator (started with `args`; `account`: the destination's account, if not
-/// the emulator's), the AWS environment, and a daemon config granting `cckm` the
-/// destination.
-struct Rig {
-    emu: AwsEmulator,
-    env: Vec<(String, String)>,
-    config: PathBuf,
-    audit: PathBuf,
-}
-
-fn rig(fx: &Fixture, name: &str, args: &[&str], account: Option<&str>) -> Rig {
-    let dir = fx.dir.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut emu = AwsEmulator::start_with(&dir, args);
-    if let Some(a) = account {
-        emu.account = a.into();
-    }
-    let env = aws_env(&emu, &dir);
-    let (config, audit) = config(fx, &emu, name, &[DEST]);
-    Rig {
-        emu,
-        env,
-        config,
-        audit,
-    }
-}
-
-impl Rig {
-    fn daemon(&self) -> Daemon {
-        start(&self.config, &self.env)
-    }
-}
-
-fn label(l: &str) -> Option<proto::KeyRef> {
-    Some(proto::KeyRef {
-        key: Some(Key::Label(l.into())),
-    })
-}
 
 /// The format an AES key goes to AWS in from `fx`: SoftHSM2 2.6 cannot wrap with
 /// OAEP-SHA256 (its self-test says so), so there the SHA-1 form, on request; elsewhere the
@@ -163,21 +67,9 @@ async fn import(
 
 /// Retries `req` until it is answered (a retryable code: again after 200 ms).
 async fn until_answered(d: &Daemon, req: &proto::ImportRequest) -> proto::ImportResponse {
-    let end = Instant::now() + Duration::from_secs(90);
-    loop {
-        match import(d, req.clone()).await {
-            Ok(v) => return v,
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Code::Unavailable | Code::Aborted | Code::DeadlineExceeded
-                ) && Instant::now() < end =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{req:?}: {e:?}"),
-        }
-    }
+    until_answered_by(&format!("{req:?}"), || import(d, req.clone()))
+        .await
+        .0
 }
 
 fn arn(meta: &Value) -> String {
@@ -204,27 +96,6 @@ fn cli_import(config: &Path, env: &[(String, String)], args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The emulator's signed requests of operation `op`.
-async fn calls(emu: &AwsEmulator, op: &str) -> usize {
-    emu.requests()
-        .await
-        .iter()
-        .filter(|r| r["op"] == op)
-        .count()
-}
-
-/// Polls `emu` until `done` says yes about key `arn` (at most 30 s).
-async fn until_key(emu: &AwsEmulator, arn: &str, done: impl Fn(&Value) -> bool) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if done(&emu.key(arn).await) {
-            return;
-        }
-        assert!(Instant::now() < end, "{}", emu.key(arn).await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Sends `req` to `daemon` and kills the daemon (SIGKILL) once `landed` says yes about
 /// key `k` of `emu`, before the call is answered (`what` names the case); the emulator's
 /// faults are cleared after.
@@ -241,10 +112,6 @@ async fn kill_once_landed(
     }
     drop(daemon); // SIGKILL
     emu.clear_faults().await;
-}
-
-fn materials(key: &Value) -> Vec<Value> {
-    key["materials"].as_array().cloned().unwrap_or_default()
 }
 
 /// AES-256 and RSA-3072 from every token land in KMS as exactly the token's keys: through

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, audit_records, daemon_config, sample};
+use common::daemon::{Daemon, audit_records, daemon_config, sample, until_answered_by};
 use common::emulator::{ApiIdentity, Emulator, api_identity};
 use common::postgres::Postgres;
 use common::*;
@@ -102,23 +102,7 @@ async fn until_answered(
     d: &Daemon,
     req: &proto::ImportKeyVersionRequest,
 ) -> (proto::KeyVersion, u32) {
-    let end = Instant::now() + Duration::from_secs(90);
-    let mut calls = 0;
-    loop {
-        calls += 1;
-        match import(d, req.clone()).await {
-            Ok(v) => return (v, calls),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Code::Unavailable | Code::Aborted | Code::DeadlineExceeded
-                ) && Instant::now() < end =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{req:?}: {e:?}"),
-        }
-    }
+    until_answered_by(&format!("{req:?}"), || import(d, req.clone())).await
 }
 
 /// The emulator's log entries that are ImportKeyVersion calls for `key_id`.

@@ -64,6 +64,9 @@ pub(crate) enum Command {
     /// Import a token key into a [destinations.NAME] of the config (AWS KMS): a new version
     /// of the target key, or a new key; exactly once per idempotency key.
     Import(ImportArgs),
+    /// Generate new key material in the HSM (labelled BASE-N) and import it as the target
+    /// key's new version: one journaled unit, exactly once per idempotency key.
+    Rotate(RotateArgs),
     /// Run the known-answer self-test and report which wrap mode the token supports.
     Selftest {
         #[command(flatten)]
@@ -211,6 +214,31 @@ pub(crate) struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct RotateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// A [destinations.NAME] of the config.
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// The cloud's key that gets the new version (AWS: key ARN or id of a symmetric key).
+    #[arg(long, value_name = "ID")]
+    pub target: String,
+    /// The new HSM key is labelled BASE-N (N one more than the highest on the token).
+    #[arg(long, value_name = "LABEL")]
+    pub base: String,
+    /// The format, CLOUD:NAME; default the cloud's for an AES-256 key.
+    #[arg(long, value_name = "NAME")]
+    pub format: Option<String>,
+    /// Names the rotation: running again with the same value finishes it, whatever was
+    /// lost, and never makes a second key. Default: a fresh one, printed on stderr first.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Wait until the key is usable with the new material.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub(crate) struct KeyArg {
     /// CKA_LABEL of the key, exact.
@@ -281,6 +309,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Wrap(a) => wrap_key(a, out),
         Command::ImportKeyVersion(a) => import_key_version_cmd(a, out),
         Command::Import(a) => import::import_cmd(a, out),
+        Command::Rotate(a) => import::rotate_cmd(a, out),
         Command::Selftest { common } => selftest(&common, out),
         Command::Journal { command } => journal::run(command, out),
         Command::PinReset { config } => journal::pin_reset(&config, out),

@@ -195,6 +195,9 @@ pub(crate) enum Operation {
     List,
     Wrap,
     Import,
+    /// New material generated in the HSM and imported (`RotateKey`, `hsm-bridge rotate`);
+    /// the new key's label must match the caller's `keys`.
+    Rotate,
 }
 
 #[derive(Debug, Deserialize)]

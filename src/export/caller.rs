@@ -84,7 +84,12 @@ impl Caller {
         Caller::new(Identity {
             name: name.to_string(),
             display: name.to_string(),
-            operations: vec![Operation::List, Operation::Wrap, Operation::Import],
+            operations: vec![
+                Operation::List,
+                Operation::Wrap,
+                Operation::Import,
+                Operation::Rotate,
+            ],
             keys: vec!["*".into()],
             endpoints: None,
             compartments: None,
@@ -98,6 +103,7 @@ impl Caller {
         self.may(match operation {
             Export::WrapKey => Operation::Wrap,
             Export::ImportKeyVersion | Export::ImportKey | Export::Import => Operation::Import,
+            Export::RotateKey => Operation::Rotate,
         })
     }
 

@@ -95,6 +95,14 @@ pub(super) async fn prepare<D: Destination>(
     // recorded now: a refused wrap is audited with the wrapping key it was for
     let fp = wk.fingerprint();
     progress.wrapping_key_sha256 = Some(fp.clone());
+    if let Some(new) = export.make.clone() {
+        // A rotation's key: made once per request (an earlier attempt's is found by its id),
+        // after the destination gave its wrapping key and before the body is committed.
+        let (info, made) = exporter.make_key(export, new, ask.deadline).await?;
+        progress.label = Some(info.label.clone());
+        progress.id_hex = Some(wrap::hex(&info.id));
+        progress.generated = Some(made);
+    }
     let wrapped = exporter.wrap(export, wk, ask.deadline, hsm_started).await?;
     let body = Arc::new(Zeroizing::new(dest.body(&token, &wrapped)?));
     let made = Progress {

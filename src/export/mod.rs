@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{Attempt, Operation, Record};
 use crate::code::Code;
-use crate::hsm::{Hsm, HsmError, KeyRef, Wrapped};
+use crate::hsm::{Hsm, HsmError, KeyInfo, KeyRef, NewKey, Wrapped};
 use crate::journal::JournalError;
 use crate::oci::kms::KmsError;
 use crate::wrap::{self, Format, WrappingKey};
@@ -31,13 +31,15 @@ mod destination;
 mod journal;
 pub(crate) mod oci;
 pub(crate) mod queue;
+mod rotate;
 mod to;
 
 pub(crate) use crate::audit::Progress;
 pub(crate) use caller::Caller;
 pub(crate) use destination::Destination;
 use queue::{HsmQueue, Refused};
-pub(crate) use to::ImportTo;
+pub(crate) use rotate::RotateTo;
+pub(crate) use to::{ImportTo, Made};
 
 /// Why an export stopped, for the caller: each says its canonical code (src/code.rs).
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +213,9 @@ pub(crate) struct Export {
     pub operation: Operation,
     pub key: KeyRef,
     pub format: &'static Format,
+    /// A rotation: the key is made in the HSM, once per request, before its first wrap
+    /// (`key` names it by the id [`NewKey`] carries; src/export/rotate.rs).
+    pub make: Option<Arc<NewKey>>,
 }
 
 impl Export {
@@ -261,6 +266,7 @@ impl KeyAdmitted {
             operation: self.admission.operation,
             key: self.key,
             format,
+            make: None,
         }
     }
 }
@@ -352,6 +358,26 @@ impl Exporter {
                 hsm.check_export(&key, format, d, |info| caller.permit(info))
                     .map(|_| ())
                     .map_err(|e| caller::hide_by_id(&key, e))
+            })
+            .await
+    }
+
+    /// For a rotation: the key `new` describes, found on the token (made by an earlier
+    /// attempt of the same request) or generated now, once the caller's patterns and
+    /// `policy.exportable` allow its label. Whether it was made now.
+    async fn make_key(
+        &self,
+        export: &Export,
+        new: Arc<NewKey>,
+        deadline: Option<Instant>,
+    ) -> Result<(KeyInfo, bool), ExportError> {
+        let caller = export.caller.clone();
+        self.hsm
+            .run(deadline, move |hsm, d| {
+                hsm.find_or_generate(&new, d, |label| match caller.may_touch(label) {
+                    true => Ok(()),
+                    false => Err(caller.may_not_touch(label)),
+                })
             })
             .await
     }
@@ -455,6 +481,23 @@ pub(crate) struct Described {
     pub(crate) algorithm: &'static str,
 }
 
+/// Caller, operation, endpoint and target of `export` into `dest`: with the idempotency
+/// key, what the journal token is derived from.
+fn scope<D: Destination>(export: &Export, dest: &D) -> String {
+    scope_of(&export.caller, export.operation, dest)
+}
+
+/// The scope of `caller`'s `operation` into `dest`.
+fn scope_of<D: Destination>(caller: &Caller, operation: Operation, dest: &D) -> String {
+    format!(
+        "{} {} {} {}",
+        caller.name,
+        operation.as_str(),
+        dest.endpoint(),
+        dest.target()
+    )
+}
+
 /// What `export` into `dest` is bound to.
 fn describe<D: Destination>(export: &Export, dest: &D) -> Described {
     let key = match &export.key {
@@ -462,13 +505,7 @@ fn describe<D: Destination>(export: &Export, dest: &D) -> Described {
         KeyRef::Id(id) => format!("id:{}", wrap::hex(id)),
         KeyRef::Uri(u) => format!("uri:{u}"),
     };
-    let op = export.operation.as_str();
-    let scope = format!(
-        "{} {op} {} {}",
-        export.caller.name,
-        dest.endpoint(),
-        dest.target()
-    );
+    let scope = scope(export, dest);
     let mut h = openssl::sha::Sha256::new();
     // The cloud's own algorithm name: for OCI's formats, the digest is what it always was.
     for part in [&scope, &key, export.format.algorithm(), &dest.details()] {

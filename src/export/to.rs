@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use super::aws::{self, AwsImport, Target};
-use super::{ExportError, Exporter, ImportAsk, KeyAdmitted};
+use super::aws::{self, AwsImport, Imported, Target};
+use super::{Caller, ExportError, Exporter, ImportAsk, KeyAdmitted};
 use crate::audit::{Attempt, bounded};
-use crate::aws::AwsSide;
-use crate::wrap::{Cloud, Format};
+use crate::aws::{AwsSide, Kms};
+use crate::wrap::{Cloud, Format, KeyShape};
 
 /// What an import into a destination asks, beyond the key and the journal's terms.
 pub(crate) struct ImportTo<'a> {
@@ -26,6 +26,7 @@ pub(crate) struct ImportTo<'a> {
 }
 
 /// What an import into a destination made.
+#[derive(Debug, Clone)]
 pub(crate) struct Made {
     pub cloud: &'static str,
     pub destination: String,
@@ -48,16 +49,38 @@ impl Exporter {
         ask: ImportAsk<'_>,
         attempt: &mut Attempt,
     ) -> Result<Made, ExportError> {
-        attempt.record().destination = Some(bounded(to.destination, 64));
-        // The grant first: a caller learns nothing of destinations it may not use.
-        aws::granted(&admitted.admission.caller, to.destination)?;
-        let kms = destinations.get(to.destination).cloned().ok_or_else(|| {
-            ExportError::not_configured(format!(
-                "no destination {:?} in the daemon's [destinations]",
-                bounded(to.destination, 64),
-            ))
-        })?;
-        attempt.record().cloud = Some(Cloud::Aws.as_str());
+        let checked = self
+            .check_import_to(destinations, admitted, to, ask, attempt)
+            .await?;
+        let made = self
+            .import(&checked.export, Arc::new(checked.dest), ask, attempt)
+            .await?;
+        Ok(Made::aws(
+            &checked.kms,
+            made,
+            checked.export.format,
+            attempt,
+        ))
+    }
+
+    /// Everything [`Self::import_to`] checks before the import itself, without calling the
+    /// cloud or wrapping: the grant, the destination, the target, the source key (found,
+    /// allowed to leave), the format for its shape, the cloud's rules for that shape, and
+    /// whether the token can wrap in that format. What the import would be.
+    pub(crate) async fn check_import_to(
+        &self,
+        destinations: &Arc<AwsSide>,
+        admitted: KeyAdmitted,
+        to: ImportTo<'_>,
+        ask: ImportAsk<'_>,
+        attempt: &mut Attempt,
+    ) -> Result<Checked, ExportError> {
+        let kms = destination(
+            destinations,
+            &admitted.admission.caller,
+            to.destination,
+            attempt,
+        )?;
         let target = match (to.create, to.target) {
             (Some(_), t) if !t.is_empty() => {
                 return Err(ExportError::invalid(
@@ -75,16 +98,7 @@ impl Exporter {
             (None, t) => Target::Key(t.to_string()),
         };
         let shape = self.shape(&admitted, ask.deadline).await?;
-        let format = match to.format {
-            "" => aws::default_format(shape),
-            f => Format::parse(f).map_err(|e| ExportError::invalid(e.to_string()))?,
-        };
-        if format.cloud != Cloud::Aws {
-            return Err(ExportError::invalid(format!(
-                "format {} is not AWS's; destination {} is AWS KMS",
-                format.name, kms.name
-            )));
-        }
+        let format = format_for(to.format, shape, &kms)?;
         let target = match target {
             Target::New { usage } if usage.is_empty() => Target::New {
                 usage: aws::default_usage(shape).to_string(),
@@ -103,9 +117,66 @@ impl Exporter {
         // The token can wrap in it (the self-test's finding): else refused here, before a
         // key is created or parameters are asked for.
         self.hsm.token().mode_for(format)?;
-        let made = self.import(&export, Arc::new(dest), ask, attempt).await?;
+        Ok(Checked { export, dest, kms })
+    }
+}
+
+/// An import into a destination that passed every check made before the cloud is called.
+pub(crate) struct Checked {
+    export: super::Export,
+    dest: AwsImport,
+    kms: Arc<Kms>,
+}
+
+/// The destination `name`, for `caller` (granted it first: a caller learns nothing of
+/// destinations it may not use), noted in `attempt`'s record.
+pub(super) fn destination(
+    destinations: &AwsSide,
+    caller: &Caller,
+    name: &str,
+    attempt: &mut Attempt,
+) -> Result<Arc<Kms>, ExportError> {
+    attempt.record().destination = Some(bounded(name, 64));
+    aws::granted(caller, name)?;
+    let kms = destinations.get(name).cloned().ok_or_else(|| {
+        ExportError::not_configured(format!(
+            "no destination {:?} in the daemon's [destinations]",
+            bounded(name, 64),
+        ))
+    })?;
+    attempt.record().cloud = Some(Cloud::Aws.as_str());
+    Ok(kms)
+}
+
+/// The format `name` names (for `kms`'s cloud), or the cloud's for a key of `shape`.
+pub(super) fn format_for(
+    name: &str,
+    shape: KeyShape,
+    kms: &Kms,
+) -> Result<&'static Format, ExportError> {
+    let format = match name {
+        "" => aws::default_format(shape),
+        f => Format::parse(f).map_err(|e| ExportError::invalid(e.to_string()))?,
+    };
+    if format.cloud != Cloud::Aws {
+        return Err(ExportError::invalid(format!(
+            "format {} is not AWS's; destination {} is AWS KMS",
+            format.name, kms.name
+        )));
+    }
+    Ok(format)
+}
+
+impl Made {
+    /// What an import into AWS destination `kms` made, noted in `attempt`'s record.
+    pub(super) fn aws(
+        kms: &Kms,
+        made: Imported,
+        format: &'static Format,
+        attempt: &mut Attempt,
+    ) -> Made {
         attempt.record().cloud_key_id = Some(made.key_arn.clone());
-        Ok(Made {
+        Made {
             cloud: Cloud::Aws.as_str(),
             destination: kms.name.clone(),
             key_id: made.key_arn,
@@ -115,6 +186,6 @@ impl Exporter {
             time_created: made.key_created,
             created_key: made.created_key,
             format: format.name,
-        })
+        }
     }
 }

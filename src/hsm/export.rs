@@ -48,6 +48,11 @@ impl Hsm {
 
     /// Whether `policy.exportable` lists the key's label.
     pub(crate) fn exportable_by_policy(&self, info: &KeyInfo) -> bool {
-        crate::policy::any_match(&self.exportable, &info.label)
+        self.exportable_label(&info.label)
+    }
+
+    /// Whether `policy.exportable` lists `label`.
+    pub(crate) fn exportable_label(&self, label: &str) -> bool {
+        crate::policy::any_match(&self.exportable, label)
     }
 }

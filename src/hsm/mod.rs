@@ -6,6 +6,7 @@
 
 mod error;
 mod export;
+mod generate;
 pub(crate) mod keys;
 pub(crate) mod modes;
 pub(crate) mod pin;
@@ -28,6 +29,7 @@ use crate::config::{HsmConfig, PolicyConfig, WrapModeSetting};
 pub(crate) use crate::keyref::uri;
 use crate::wrap::{Format, KeyShape, WrapError, WrappingKey};
 pub(crate) use error::{ExportRefusal, HsmError, KeyDenied, Unsupported, ckr_name, recoverable};
+pub(crate) use generate::{NewKey, check_base, rotation_id};
 pub use keys::{KeyInfo, KeyRef};
 pub(crate) use modes::WrapMode;
 pub use pin::SharedRefusal;
@@ -63,6 +65,8 @@ pub struct Hsm {
     pin: pin::Pin,
     /// Set when the token refused the PIN after start-up: no further `C_Login` is tried.
     pin_refused: pin::Refusal,
+    /// Held while a rotation picks its label and generates (src/hsm/generate.rs).
+    generating: generate::GenerateLock,
 }
 
 /// The module's current generation and its state.
@@ -195,6 +199,7 @@ impl Hsm {
             min_wrapping_key_bits: policy.min_wrapping_key_bits,
             pin,
             pin_refused,
+            generating: Default::default(),
         })
     }
 

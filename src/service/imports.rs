@@ -12,7 +12,8 @@ use super::{Bridge, Settings};
 use crate::audit::{Attempt, INVALID, Operation, Record};
 use crate::config::ProtectionMode;
 use crate::export::oci::{self, KeyDetails, NewKey, NewVersion, Vault};
-use crate::export::{Export, ImportAsk, ImportTo, check_idempotency_key};
+use crate::export::{Export, ImportAsk, ImportTo, Made, RotateTo, check_idempotency_key};
+use crate::hsm::KeyRef;
 use crate::proto;
 use crate::wrap::Format;
 
@@ -168,17 +169,58 @@ impl Bridge {
             .exporter
             .import_to(&settings.destinations, admitted, to, ask, guard)
             .await?;
-        Ok(proto::ImportResponse {
-            cloud: made.cloud.into(),
-            destination: made.destination,
-            key_id: made.key_id,
-            version_id: made.version_id,
-            state: made.state,
-            version_state: made.version_state,
-            time_created: made.time_created,
-            created_key: made.created_key,
-            format: made.format.into(),
+        Ok(proto_made(made))
+    }
+
+    /// `RotateKey`: the export core's rotation (src/export/rotate.rs), and the key it made
+    /// as the token describes it now.
+    pub(super) async fn rotate_key_inner(
+        &self,
+        req: Request<proto::RotateKeyRequest>,
+        guard: &mut Attempt,
+    ) -> Result<proto::RotateKeyResponse, Status> {
+        let (settings, caller, deadline) = self.begin(&req, guard)?;
+        let body = req.get_ref();
+        let idem = check_idempotency_key(&body.idempotency_key)?;
+        let to = RotateTo {
+            destination: &body.destination,
+            target: &body.target,
+            base: &body.base_label,
+            format: &body.format,
+        };
+        let ask = ImportAsk {
+            idempotency_key: idem,
+            wait: body.wait_for_enabled,
+            deadline,
+        };
+        let rotated = self
+            .exporter
+            .rotate_to(&settings.destinations, caller, to, ask, guard)
+            .await?;
+        let id = crate::wrap::unhex(&rotated.id_hex).unwrap_or_default();
+        let info = self
+            .on_hsm(deadline, move |hsm, d| hsm.find_key(&KeyRef::Id(id), d))
+            .await?;
+        Ok(proto::RotateKeyResponse {
+            new_key: Some(super::keys::source_key(&self.hsm, &info)),
+            generated: rotated.generated,
+            import: Some(proto_made(rotated.made)),
         })
+    }
+}
+
+/// What an import into a destination made, as the RPC answers it.
+fn proto_made(made: Made) -> proto::ImportResponse {
+    proto::ImportResponse {
+        cloud: made.cloud.into(),
+        destination: made.destination,
+        key_id: made.key_id,
+        version_id: made.version_id,
+        state: made.state,
+        version_state: made.version_state,
+        time_created: made.time_created,
+        created_key: made.created_key,
+        format: made.format.into(),
     }
 }
 

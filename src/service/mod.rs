@@ -160,6 +160,20 @@ impl KeySourceBridge for Bridge {
         let result = self.import_inner(req, &mut guard).await;
         self.audit(&mut guard, result).map(Response::new)
     }
+
+    async fn rotate_key(
+        &self,
+        req: Request<proto::RotateKeyRequest>,
+    ) -> Result<Response<proto::RotateKeyResponse>, Status> {
+        let _timer = crate::metrics::RpcTimer::start(audit_log::Operation::RotateKey.as_str());
+        let mut guard = Attempt::new(
+            self.audit.clone(),
+            request::request_id(&req),
+            audit_log::Operation::RotateKey,
+        );
+        let result = self.rotate_key_inner(req, &mut guard).await;
+        self.audit(&mut guard, result).map(Response::new)
+    }
 }
 
 impl Bridge {

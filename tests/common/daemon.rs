@@ -372,3 +372,30 @@ pub(crate) fn audit_records(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
         .collect()
 }
+
+/// Calls `call` until it answers: again 200 ms after each retryable refusal (UNAVAILABLE,
+/// ABORTED, DEADLINE_EXCEEDED), for at most 90 s; any other refusal panics, naming `what`.
+/// The answer, and how many calls it took.
+pub(crate) async fn until_answered_by<T, F, Fut>(what: &str, call: F) -> (T, u32)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let end = std::time::Instant::now() + Duration::from_secs(90);
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        match call().await {
+            Ok(v) => return (v, calls),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded
+                ) && std::time::Instant::now() < end =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
+}

@@ -61,6 +61,17 @@ pub(crate) fn calls(log: &Path, function: &str) -> usize {
 /// module in front of `fx`'s module, with a fresh call log and an empty control file named
 /// after `name`; returns the log's path.
 pub(crate) fn route_config(fx: &Fixture, config: &Path, name: &str) -> PathBuf {
+    route_config_with_control(fx, config, name).0
+}
+
+/// As [`route_config`], returning the log's and the control file's paths. A Luna-like
+/// fixture's config already loads the fault module: only the log and the control file are
+/// added.
+pub(crate) fn route_config_with_control(
+    fx: &Fixture,
+    config: &Path,
+    name: &str,
+) -> (PathBuf, PathBuf) {
     let (log, ctl) = (
         fx.dir.join(format!("{name}.calls")),
         fx.dir.join(format!("{name}.control")),
@@ -68,8 +79,19 @@ pub(crate) fn route_config(fx: &Fixture, config: &Path, name: &str) -> PathBuf {
     let _ = std::fs::remove_file(&log);
     std::fs::write(&ctl, "").unwrap();
     let text = std::fs::read_to_string(config).unwrap();
-    std::fs::write(config, route(fx, &text, &log, &ctl)).unwrap();
-    log
+    let text = match fx.kind {
+        super::TokenKind::Luna => text.replace(
+            "module_env = { ",
+            &format!(
+                "module_env = {{ FAULT_PKCS11_LOG = \"{}\", FAULT_PKCS11_CONTROL = \"{}\", ",
+                log.display(),
+                ctl.display()
+            ),
+        ),
+        _ => route(fx, &text, &log, &ctl),
+    };
+    std::fs::write(config, text).unwrap();
+    (log, ctl)
 }
 
 /// The calls the hostile-input tests count, in this order: key lookups, wraps, new

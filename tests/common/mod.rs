@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod aws_emulator;
+pub(crate) mod aws_rig;
 pub(crate) mod daemon;
 pub(crate) mod emulator;
 pub(crate) mod fault;
