@@ -22,6 +22,7 @@ mod health;
 mod import;
 mod import_key_version;
 mod journal;
+mod migrate;
 
 use audit::CliAudit;
 use import_key_version::import_key_version_cmd;
@@ -67,6 +68,10 @@ pub(crate) enum Command {
     /// Generate new key material in the HSM (labelled BASE-N) and import it as the target
     /// key's new version: one journaled unit, exactly once per idempotency key.
     Rotate(RotateArgs),
+    /// Import many keys as a plan (TOML) says, N at a time, with progress, a report, and
+    /// resume: a second run answers what the first finished from the journal and finishes
+    /// the rest under the same idempotency keys.
+    Migrate(MigrateArgs),
     /// Run the known-answer self-test and report which wrap mode the token supports.
     Selftest {
         #[command(flatten)]
@@ -239,6 +244,26 @@ pub(crate) struct RotateArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The plan (TOML): name = "...", then [[items]] of source (a label or label glob) or
+    /// source_id (hex), to (a [destinations.NAME]), target (a key) or new_key = true, and
+    /// optionally id, key_usage, format.
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// Check every import as far as it goes without calling the cloud or wrapping.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Imports in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Where the JSON report goes (default: the plan's path with .report.json added).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub(crate) struct KeyArg {
     /// CKA_LABEL of the key, exact.
@@ -310,6 +335,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::ImportKeyVersion(a) => import_key_version_cmd(a, out),
         Command::Import(a) => import::import_cmd(a, out),
         Command::Rotate(a) => import::rotate_cmd(a, out),
+        Command::Migrate(a) => migrate::migrate_cmd(a, out),
         Command::Selftest { common } => selftest(&common, out),
         Command::Journal { command } => journal::run(command, out),
         Command::PinReset { config } => journal::pin_reset(&config, out),

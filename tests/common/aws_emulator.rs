@@ -164,6 +164,14 @@ impl AwsEmulator {
         .await
     }
 
+    /// The ids of every key the emulator has.
+    pub(crate) async fn key_ids(&self) -> Vec<String> {
+        match self.control(reqwest::Method::GET, "keys", None).await {
+            Value::Array(v) => v.iter().map(|k| k.as_str().unwrap().to_string()).collect(),
+            other => panic!("{other}"),
+        }
+    }
+
     /// The plaintext a key material (of a key by id or ARN) was imported as (32 bytes for AES, PKCS#8 DER for RSA
     /// and EC).
     pub(crate) async fn material(&self, key_id: &str, key_material_id: &str) -> Vec<u8> {

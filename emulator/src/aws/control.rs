@@ -49,6 +49,10 @@ impl AwsKms {
                     Err(e) => e.reply(),
                 }
             }
+            ("GET", "keys") => {
+                let ids: Vec<String> = self.lock().keys.keys().cloned().collect();
+                json_reply(200, &json!(ids))
+            }
             ("GET", r) if r.starts_with("keys/") => self.key_report(&r["keys/".len()..], now),
             ("GET", r) if r.starts_with("material/") => self.oracle(&r["material/".len()..], now),
             _ => not_found("no such emulator control route"),
