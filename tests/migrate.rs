@@ -1,7 +1,9 @@
-//! `hsm-bridge migrate`, end to end: the real command line on the SoftHSM2 test token with
-//! 200 keys of known values, the real `aws-kms-emulator` with faults (throttling, a lost
-//! answer) and a key KMS does not take in the plan; the run killed with SIGKILL halfway and
-//! run again; two workers on one PostgreSQL journal sharing a plan; a dry run.
+//! `hsm-bridge migrate` and `hsm-bridge reconcile`, end to end: the real command line on the
+//! SoftHSM2 test token with 200 keys of known values, the real `aws-kms-emulator` with faults
+//! (throttling, a lost answer) and a key KMS does not take in the plan; the run killed with
+//! SIGKILL halfway and run again; two workers on one PostgreSQL journal sharing a plan; a dry
+//! run; and reconcile finding a version made outside the daemon and an HSM key deleted after
+//! its export.
 
 mod common;
 
@@ -333,5 +335,157 @@ async fn a_dry_run_checks_without_calling_the_cloud() {
             .unwrap_or_default()
             .is_empty(),
         "a dry run exports nothing"
+    );
+}
+
+/// `hsm-bridge` with the rig's AWS environment: (success, stdout, stderr).
+fn cli(rig: &Rig, args: &[&str]) -> (bool, String, String) {
+    let out = hsm_bridge_with_env(args, &borrowed(&rig.env));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reconcile after three imports: one whose key later got a version from outside (an import
+/// through another journal), one whose HSM key was deleted afterwards, one as it should be;
+/// and a key never exported. It names each, and exits non-zero for what is out of place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_outside_versions_and_deleted_hsm_keys() {
+    let fx = softhsm();
+    let keys = make_keys(fx, "test-rec", 0x5245, 4);
+    let rig = migrate_rig(fx, "reconcile");
+    let config = rig.config.to_str().unwrap();
+    let mut arns = Vec::new();
+    for label in ["test-rec-000", "test-rec-001", "test-rec-002"] {
+        let k = rig
+            .emu
+            .create_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT")
+            .await;
+        let k = k["Arn"].as_str().unwrap().to_string();
+        let (ok, _, err) = cli(
+            &rig,
+            &[
+                "import",
+                "--config",
+                config,
+                "--label",
+                label,
+                "--to",
+                DEST,
+                "--target",
+                &k,
+                "--format",
+                "aws:RSAES_OAEP_SHA_1",
+                "--wait",
+            ],
+        );
+        assert!(ok, "{err}");
+        arns.push(k);
+    }
+    // New material for the first key through a config with a journal of its own: this
+    // journal never hears of it.
+    let other = rig.config.with_file_name("reconcile-other.toml");
+    let text = std::fs::read_to_string(&rig.config)
+        .unwrap()
+        .replace(".sqlite\"\n", "-other.sqlite\"\n");
+    assert!(text.contains("-other.sqlite"), "{text}");
+    std::fs::write(&other, text).unwrap();
+    let (ok, _, err) = cli(
+        &rig,
+        &[
+            "import",
+            "--config",
+            other.to_str().unwrap(),
+            "--label",
+            "test-rec-003",
+            "--to",
+            DEST,
+            "--target",
+            &arns[0],
+            "--format",
+            "aws:RSAES_OAEP_SHA_1",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{err}");
+    // The second key's HSM key is deleted after its export.
+    let out = p11(
+        fx,
+        &[
+            "--delete-object",
+            "--type",
+            "secrkey",
+            "--label",
+            "test-rec-001",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let (ok, stdout, stderr) = cli(
+        &rig,
+        &["reconcile", "--config", config, "--to", DEST, "--json"],
+    );
+    assert!(!ok, "drift makes the exit status non-zero");
+    assert!(stderr.contains("out of place"), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let imports = r["imports"].as_array().unwrap();
+    let row = |label: &str| {
+        imports
+            .iter()
+            .find(|i| i["source_key_label"] == label)
+            .unwrap_or_else(|| panic!("{label}: {r}"))
+            .clone()
+    };
+    let first = row("test-rec-000");
+    assert_eq!(first["hsm_key"], "present", "{first}");
+    assert_eq!(first["version_state"], "NON_CURRENT", "{first}");
+    assert_eq!(first["current"], false, "{first}");
+    let deleted = row("test-rec-001");
+    assert_eq!(deleted["hsm_key"], "missing", "{deleted}");
+    assert!(
+        deleted["problem"]
+            .as_str()
+            .unwrap()
+            .contains("no longer on the token")
+    );
+    let fine = row("test-rec-002");
+    assert_eq!(
+        (&fine["hsm_key"], &fine["version_state"], &fine["current"]),
+        (&json!("present"), &json!("CURRENT"), &json!(true)),
+        "{fine}"
+    );
+    assert!(fine.get("problem").is_none(), "{fine}");
+    // The version made outside: on the first key, current, explained by no record.
+    let outside = r["unexplained_versions"].as_array().unwrap();
+    assert_eq!(outside.len(), 1, "{r}");
+    assert_eq!(outside[0]["key_id"], arns[0].as_str());
+    assert_eq!(outside[0]["current"], true);
+    let material = rig
+        .emu
+        .material(&arns[0], outside[0]["version_id"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        material, keys["test-rec-003"],
+        "the outside version is test-rec-003"
+    );
+    // test-rec-003 went there through the other journal: this one says it never did.
+    let never: Vec<&str> = r["never_exported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["label"].as_str())
+        .collect();
+    assert!(never.contains(&"test-rec-003"), "{never:?}");
+    assert!(!never.contains(&"test-rec-000"), "{never:?}");
+    assert_eq!(r["problems"], 2, "{r}");
+
+    // The table says the same for a person.
+    let (_, table, _) = cli(&rig, &["reconcile", "--config", config, "--to", DEST]);
+    assert!(table.contains("no longer on the token"), "{table}");
+    assert!(
+        table.contains("versions no journal record explains"),
+        "{table}"
     );
 }

@@ -23,6 +23,7 @@ mod import;
 mod import_key_version;
 mod journal;
 mod migrate;
+mod reconcile;
 
 use audit::CliAudit;
 use import_key_version::import_key_version_cmd;
@@ -72,6 +73,9 @@ pub(crate) enum Command {
     /// resume: a second run answers what the first finished from the journal and finishes
     /// the rest under the same idempotency keys.
     Migrate(MigrateArgs),
+    /// The journal's imports into a destination next to what the destination and the token
+    /// hold now, and the drift between them; exit non-zero when something is out of place.
+    Reconcile(ReconcileArgs),
     /// Run the known-answer self-test and report which wrap mode the token supports.
     Selftest {
         #[command(flatten)]
@@ -244,6 +248,15 @@ pub(crate) struct RotateArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ReconcileArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// A [destinations.NAME] of the config.
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct MigrateArgs {
     #[command(flatten)]
     pub common: Common,
@@ -336,6 +349,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Import(a) => import::import_cmd(a, out),
         Command::Rotate(a) => import::rotate_cmd(a, out),
         Command::Migrate(a) => migrate::migrate_cmd(a, out),
+        Command::Reconcile(a) => reconcile::reconcile_cmd(a, out),
         Command::Selftest { common } => selftest(&common, out),
         Command::Journal { command } => journal::run(command, out),
         Command::PinReset { config } => journal::pin_reset(&config, out),

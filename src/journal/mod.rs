@@ -294,8 +294,12 @@ pub trait Backend: Send + Sync {
         limit: u32,
         unresolved: bool,
     ) -> BoxFuture<'_, Result<Vec<Record>, JournalError>>;
-    /// One record, with its answer but without its body.
-    fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>>;
+    /// One record, with its answer; with its body if `with_body`.
+    fn get<'a>(
+        &'a self,
+        token: &'a str,
+        with_body: bool,
+    ) -> BoxFuture<'a, Result<Option<Record>, JournalError>>;
     /// Deletes records made more than `age` ago whose lease is free or expired.
     fn purge(&self, age: Duration) -> BoxFuture<'_, Result<u64, JournalError>>;
     /// What a refusal of the PIN recorded for the token `token`, if anything.
@@ -620,7 +624,18 @@ impl Journal {
     }
 
     pub async fn get(&self, token: &str) -> Result<Option<Record>, JournalError> {
-        self.health(self.backend.get(token).await)
+        self.health(self.backend.get(token, false).await)
+    }
+
+    /// One record, if it passes its integrity check (its MAC, which covers the body, is the
+    /// record key's); returned without its body.
+    pub(crate) async fn get_verified(&self, token: &str) -> Result<Option<Record>, JournalError> {
+        let Some(mut r) = self.health(self.backend.get(token, true).await)? else {
+            return Ok(None);
+        };
+        self.verify(&r).await?;
+        r.body = None;
+        Ok(Some(r))
     }
 
     /// Deletes records older than `journal.retention_hours`.

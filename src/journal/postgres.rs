@@ -648,21 +648,25 @@ impl Backend for Postgres {
         })
     }
 
-    fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
+    fn get<'a>(
+        &'a self,
+        token: &'a str,
+        with_body: bool,
+    ) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
         Box::pin(async move {
             let row = self
                 .with(async |c| {
                     c.query_opt(
                         &format!(
                             "SELECT {} FROM hsm_bridge_imports WHERE token = $1",
-                            schema::columns(false)
+                            schema::columns(with_body)
                         ),
                         &[&token],
                     )
                     .await
                 })
                 .await?;
-            row.map(|r| schema::record(&r, false)).transpose()
+            row.map(|r| schema::record(&r, with_body)).transpose()
         })
     }
 

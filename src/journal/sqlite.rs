@@ -345,9 +345,13 @@ impl Backend for Sqlite {
         })
     }
 
-    fn get<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
+    fn get<'a>(
+        &'a self,
+        token: &'a str,
+        with_body: bool,
+    ) -> BoxFuture<'a, Result<Option<Record>, JournalError>> {
         let token = token.to_string();
-        self.run_read(move |c| select_one(c, &token, false).map(Option::transpose))
+        self.run_read(move |c| select_one(c, &token, with_body).map(Option::transpose))
     }
 
     fn pin_refusal<'a>(
