@@ -48,9 +48,12 @@ fn write_plan(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// `hsm-bridge migrate` started with the rig's AWS environment.
 fn start_migrate(rig: &Rig, config: &Path, plan: &Path, report: &Path, extra: &[&str]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hsm-bridge"));
-    c.args(["migrate", "--config"])
-        .arg(config)
-        .arg("--plan")
+    c.arg("migrate");
+    // An empty config: through a daemon (`extra` names it).
+    if !config.as_os_str().is_empty() {
+        c.arg("--config").arg(config);
+    }
+    c.arg("--plan")
         .arg(plan)
         .arg("--report")
         .arg(report)
@@ -487,5 +490,75 @@ async fn reconcile_finds_outside_versions_and_deleted_hsm_keys() {
     assert!(
         table.contains("versions no journal record explains"),
         "{table}"
+    );
+}
+
+/// The same plan through a running daemon (gRPC `Import`, as the caller its certificate
+/// names) instead of in process: every key imported once, and a second run answered by the
+/// daemon's journal with nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_through_the_daemon_imports_each_key_once() {
+    let fx = softhsm();
+    let keys = make_keys(fx, "test-mig-d", 0x4444, 20);
+    let rig = migrate_rig(fx, "migrate-daemon");
+    let daemon = rig.daemon();
+    let dir = fx.dir.join("migrate-daemon");
+    let plan = write_plan(
+        &dir,
+        "plan",
+        &format!(
+            "name = \"through\"\n\n[[items]]\nsource = \"test-mig-d-*\"\nto = \"{DEST}\"\nnew_key = true\nformat = \"aws:RSAES_OAEP_SHA_1\"\n"
+        ),
+    );
+    let tls = common::daemon::certs();
+    let path = |f: &str| tls.join(f).display().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("cckm.pem"), path("cckm.key"));
+    let args = [
+        "--addr",
+        daemon.addr.as_str(),
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--server-name",
+        "localhost",
+        "--parallel",
+        "8",
+    ];
+    let (ok, stdout, stderr, report) = migrate(&rig, Path::new(""), &plan, &args);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(report["summary"]["imported"], 20, "{}", report["summary"]);
+    for r in rows(&report) {
+        let label = r["source_key_label"].as_str().unwrap();
+        let value = rig
+            .emu
+            .material(
+                r["key_id"].as_str().unwrap(),
+                r["version_id"].as_str().unwrap(),
+            )
+            .await;
+        assert_eq!(&value, &keys[label], "{label}");
+    }
+    let imports = calls(&rig.emu, "ImportKeyMaterial").await;
+    assert_eq!(imports, 20);
+    let (ok, _, stderr, report) = migrate(&rig, Path::new(""), &plan, &args);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        report["summary"]["already_done"], 20,
+        "{}",
+        report["summary"]
+    );
+    assert_eq!(calls(&rig.emu, "ImportKeyMaterial").await, imports);
+    // The daemon audited them, as its caller's.
+    drop(daemon);
+    let recs = common::daemon::audit_records(&rig.audit);
+    let imports: Vec<&Value> = recs.iter().filter(|r| r["operation"] == "Import").collect();
+    assert_eq!(imports.len(), 40, "{recs:?}");
+    assert!(
+        imports
+            .iter()
+            .all(|r| r["caller"].as_str().unwrap().starts_with("cckm"))
     );
 }

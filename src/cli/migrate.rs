@@ -23,16 +23,20 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use tonic::transport::Channel;
+
 use super::audit::CliAudit;
+use super::health::Connect;
 use super::import::CliImport;
 use super::{Error, MigrateArgs, io};
-use crate::audit::{Attempt, Operation};
+use crate::audit::Operation;
 use crate::code::Code;
 use crate::export::{
     Caller, Export, ExportError, Exporter, HsmPath, ImportAsk, ImportTo, KeyAdmitted,
 };
 use crate::hsm::KeyRef;
 use crate::policy::glob_match;
+use crate::proto::{self, key_source_bridge_client::KeySourceBridgeClient};
 
 /// Largest plan file, and most imports one plan may name.
 const MAX_PLAN_BYTES: u64 = 1 << 20;
@@ -293,14 +297,39 @@ fn units(plan: &Plan, labels: &[String]) -> Result<Vec<Unit>, Error> {
     Ok(out)
 }
 
-/// What the runs share.
+/// What the run's workers share.
 struct Shared {
-    exporter: Exporter,
-    destinations: Arc<crate::aws::AwsSide>,
-    audit: CliAudit,
+    way: Way,
     dry_run: bool,
     queue: Mutex<VecDeque<Unit>>,
     progress: Mutex<Progress>,
+}
+
+/// How a run's imports are made.
+enum Way {
+    /// In this process: the export core over the token, the operator as the caller,
+    /// every attempt audited as `hsm-bridge import`'s is.
+    InProcess {
+        exporter: Exporter,
+        destinations: Arc<crate::aws::AwsSide>,
+        audit: CliAudit,
+    },
+    /// Through a running daemon's gRPC `Import`, as the caller its certificate names (the
+    /// daemon audits).
+    Daemon {
+        client: KeySourceBridgeClient<Channel>,
+        conn: Box<Connect>,
+    },
+}
+
+/// What one attempt of an import gave.
+struct Tried {
+    /// The key and version ids made (empty for a dry run's check), or the refusal.
+    made: Result<(String, String), (Code, String)>,
+    /// An earlier run made it: the journal's answer.
+    replayed: bool,
+    label: Option<String>,
+    id_hex: Option<String>,
 }
 
 /// The run's tally and how it is shown.
@@ -387,12 +416,15 @@ fn refusal(code: Code) -> bool {
 
 impl Shared {
     /// One import (or its dry-run checks), retried within the run while its failure is one
-    /// a retry may mend; audited once per attempt.
+    /// a retry may mend.
     async fn run(&self, unit: &Unit) -> Row {
         let started = Instant::now();
         let mut row = Row {
             item: unit.item.clone(),
-            source_key_label: None,
+            source_key_label: unit
+                .key
+                .as_ref()
+                .and_then(|k| k.label_named().map(str::to_string)),
             source_key_id_hex: None,
             destination: unit.to.clone(),
             target: match &unit.new_key {
@@ -417,48 +449,35 @@ impl Shared {
         let mut pause = Duration::from_millis(250);
         loop {
             row.attempts += 1;
-            let mut attempt = self.audit.attempt(Operation::Import);
-            let result = self.attempt(unit, key.clone(), &mut attempt).await;
-            let progress = attempt.record().export.clone();
-            row.source_key_label = progress.label.clone().or(row.source_key_label);
-            row.source_key_id_hex = progress.id_hex.clone().or(row.source_key_id_hex);
-            // A dry run exports nothing: no audit record.
-            let written = match (self.dry_run, super::record(attempt)) {
-                (true, _) => Ok(()),
-                (false, Ok(rec)) => self.audit.write(
-                    rec,
-                    result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| (e.code(), e.message())),
-                ),
-                (false, Err(e)) => Err(e),
+            let tried = match &self.way {
+                Way::InProcess {
+                    exporter,
+                    destinations,
+                    audit,
+                } => {
+                    self.in_process(unit, key.clone(), (exporter, destinations, audit))
+                        .await
+                }
+                Way::Daemon { client, conn } => {
+                    through_daemon(unit, key, client.clone(), conn).await
+                }
             };
-            match (result, written) {
-                (_, Err(e)) => {
-                    row.outcome = "failed";
-                    row.reason = Some(e.to_string());
-                    break;
-                }
-                (Ok(Some(made)), Ok(())) => {
-                    row.outcome = match progress.replayed {
-                        true => "already-done",
-                        false => "imported",
+            row.source_key_label = tried.label.or(row.source_key_label);
+            row.source_key_id_hex = tried.id_hex.or(row.source_key_id_hex);
+            match tried.made {
+                Ok((key_id, version_id)) => {
+                    row.outcome = match (self.dry_run, tried.replayed) {
+                        (true, _) => "checked",
+                        (false, true) => "already-done",
+                        (false, false) => "imported",
                     };
-                    row.key_id = made.key_id;
-                    row.version_id = made.version_id;
-                    row.code = None;
-                    row.reason = None;
+                    (row.key_id, row.version_id) = (key_id, version_id);
+                    (row.code, row.reason) = (None, None);
                     break;
                 }
-                (Ok(None), Ok(())) => {
-                    row.outcome = "checked";
-                    break;
-                }
-                (Err(e), Ok(())) => {
-                    let code = e.code();
+                Err((code, why)) => {
                     row.code = Some(code.name());
-                    row.reason = Some(e.message());
+                    row.reason = Some(why);
                     if refusal(code) {
                         row.outcome = "refused";
                         break;
@@ -476,39 +495,148 @@ impl Shared {
         row
     }
 
-    /// One attempt: the import (`Some` of what it made), or with `dry_run` its checks
-    /// (`None`).
-    async fn attempt(
+    /// One attempt in this process: the import, or with `dry_run` its checks; audited (a dry
+    /// run exports nothing and is not).
+    async fn in_process(
         &self,
         unit: &Unit,
         key: KeyRef,
-        attempt: &mut Attempt,
-    ) -> Result<Option<crate::export::Made>, ExportError> {
-        let admitted: KeyAdmitted =
-            Export::admit(Caller::operator(super::CLI_CALLER), Operation::Import)?
-                .key(key, attempt.record())?;
-        let to = ImportTo {
-            destination: &unit.to,
-            target: &unit.target,
-            create: unit.new_key.as_deref(),
-            format: &unit.format,
-            valid_to: None,
-        };
-        let ask = ImportAsk {
-            idempotency_key: Some(&unit.idempotency_key),
-            wait: true,
-            deadline: Some(Instant::now() + Duration::from_secs(120)),
-        };
-        if self.dry_run {
-            self.exporter
-                .check_import_to(&self.destinations, admitted, to, ask, attempt)
+        (exporter, destinations, audit): (&Exporter, &Arc<crate::aws::AwsSide>, &CliAudit),
+    ) -> Tried {
+        let mut attempt = audit.attempt(Operation::Import);
+        let result = async {
+            let admitted: KeyAdmitted =
+                Export::admit(Caller::operator(super::CLI_CALLER), Operation::Import)?
+                    .key(key, attempt.record())?;
+            let to = ImportTo {
+                destination: &unit.to,
+                target: &unit.target,
+                create: unit.new_key.as_deref(),
+                format: &unit.format,
+                valid_to: None,
+            };
+            let ask = ImportAsk {
+                idempotency_key: Some(&unit.idempotency_key),
+                wait: true,
+                deadline: Some(Instant::now() + CALL_TIMEOUT),
+            };
+            if self.dry_run {
+                exporter
+                    .check_import_to(destinations, admitted, to, ask, &mut attempt)
+                    .await?;
+                return Ok((String::new(), String::new()));
+            }
+            let made = exporter
+                .import_to(destinations, admitted, to, ask, &mut attempt)
                 .await?;
-            return Ok(None);
+            Ok::<_, ExportError>((made.key_id, made.version_id))
         }
-        self.exporter
-            .import_to(&self.destinations, admitted, to, ask, attempt)
-            .await
-            .map(Some)
+        .await;
+        let progress = attempt.record().export.clone();
+        let written = match (self.dry_run, super::record(attempt)) {
+            (true, _) => Ok(()),
+            (false, Ok(rec)) => audit.write(
+                rec,
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| (e.code(), e.message())),
+            ),
+            (false, Err(e)) => Err(e),
+        };
+        let made = match (result, written) {
+            (_, Err(e)) => Err((Code::Internal, e.to_string())),
+            (Ok(m), Ok(())) => Ok(m),
+            (Err(e), Ok(())) => Err((e.code(), e.message())),
+        };
+        Tried {
+            made,
+            replayed: progress.replayed,
+            label: progress.label,
+            id_hex: progress.id_hex,
+        }
+    }
+}
+
+/// Longest wait for one import (the wait until the key is usable included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One attempt through the daemon: gRPC `Import` under the unit's idempotency key.
+async fn through_daemon(
+    unit: &Unit,
+    key: &KeyRef,
+    mut client: KeySourceBridgeClient<Channel>,
+    conn: &Connect,
+) -> Tried {
+    let source = match key {
+        KeyRef::Label(l) => proto::key_ref::Key::Label(l.clone()),
+        KeyRef::Id(id) => proto::key_ref::Key::IdHex(crate::wrap::hex(id)),
+        KeyRef::Uri(u) => proto::key_ref::Key::Pkcs11Uri(u.to_string()),
+    };
+    let mut req = tonic::Request::new(proto::ImportRequest {
+        source_key: Some(proto::KeyRef { key: Some(source) }),
+        destination: unit.to.clone(),
+        target: unit.target.clone(),
+        create: unit.new_key.as_ref().map(|u| proto::CreateOptions {
+            key_usage: u.clone(),
+        }),
+        format: unit.format.clone(),
+        idempotency_key: unit.idempotency_key.clone(),
+        wait_for_enabled: true,
+        valid_to_unix: 0,
+    });
+    req.set_timeout(CALL_TIMEOUT);
+    match client.import(req).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            Tried {
+                made: Ok((r.key_id, r.version_id)),
+                replayed: r.replayed,
+                label: None,
+                id_hex: None,
+            }
+        }
+        Err(s) => {
+            let code = Code::ALL
+                .get(s.code() as usize)
+                .copied()
+                .unwrap_or(Code::Unknown);
+            // A status the daemon sent has its headers; one made here, from a broken
+            // connection, has none: say how we came.
+            let why = match s.metadata().is_empty() {
+                true => conn.refused(&s),
+                false => s.message().to_string(),
+            };
+            Tried {
+                made: Err((code, why)),
+                replayed: false,
+                label: None,
+                id_hex: None,
+            }
+        }
+    }
+}
+
+/// The labels of the keys the daemon lets its caller see, page by page.
+async fn daemon_labels(
+    client: &mut KeySourceBridgeClient<Channel>,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut labels = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_source_keys(proto::ListSourceKeysRequest {
+                page_size: 1000,
+                page_token,
+                exportable_only: false,
+            })
+            .await?
+            .into_inner();
+        labels.extend(page.keys.into_iter().map(|k| k.label));
+        if page.next_page_token.is_empty() {
+            return Ok(labels);
+        }
+        page_token = page.next_page_token;
     }
 }
 
@@ -518,39 +646,77 @@ pub(super) fn migrate_cmd(a: MigrateArgs, out: &mut dyn Write) -> Result<(), Err
         return Err(Error::Usage("--parallel must be 1 to 256".into()));
     }
     let plan = read_plan(&a.plan)?;
-    let cli = CliImport::open(&a.common.config)?;
-    let labels: Vec<String> = cli
-        .hsm
-        .list_keys(None)?
-        .into_iter()
-        .map(|k| k.label)
-        .collect();
-    let units = units(&plan, &labels)?;
-    let total = units.len();
-    let started_at = crate::audit::now_rfc3339();
     let report_path = a.report.clone().unwrap_or_else(|| {
         let mut p = a.plan.clone().into_os_string();
         p.push(".report.json");
         PathBuf::from(p)
     });
-    let CliImport {
-        cfg,
-        audit,
-        journal,
-        hsm,
-        rt,
-    } = cli;
+    // The way, the runtime, the token's labels (for the globs), and what to close after.
+    let daemon = a.addr.clone().map(|addr| Connect {
+        addr,
+        tls: a.tls.clone(),
+    });
+    let (way, rt, labels, hsm) = match (&a.config, daemon) {
+        (Some(config), None) => {
+            let cli = CliImport::open(config)?;
+            let labels: Vec<String> = cli
+                .hsm
+                .list_keys(None)?
+                .into_iter()
+                .map(|k| k.label)
+                .collect();
+            let CliImport {
+                cfg,
+                audit,
+                journal,
+                hsm,
+                rt,
+            } = cli;
+            let way = Way::InProcess {
+                exporter: Exporter::new(HsmPath::Queued(
+                    crate::export::queue::HsmQueue::new(&hsm, hsm.sessions(), a.parallel * 2),
+                    hsm.clone(),
+                )),
+                destinations: Arc::new(crate::aws::AwsSide::new(
+                    &cfg.destinations,
+                    cfg.policy.min_wrapping_key_bits,
+                    journal.clone(),
+                )),
+                audit,
+            };
+            (way, rt, labels, Some(hsm))
+        }
+        (None, Some(conn)) => {
+            if a.dry_run {
+                return Err(Error::Usage(
+                    "--dry-run runs the checks in process: give --config instead of --addr".into(),
+                ));
+            }
+            let rt = super::runtime()?;
+            let (client, labels) = rt.block_on(async {
+                let mut client = KeySourceBridgeClient::new(conn.channel(None).await?);
+                let labels = daemon_labels(&mut client)
+                    .await
+                    .map_err(|s| Error::Io(conn.refused(&s)))?;
+                Ok::<_, Error>((client, labels))
+            })?;
+            (
+                Way::Daemon {
+                    client,
+                    conn: Box::new(conn),
+                },
+                rt,
+                labels,
+                None,
+            )
+        }
+        _ => return Err(Error::Usage("give --config or --addr, not both".into())),
+    };
+    let units = units(&plan, &labels)?;
+    let total = units.len();
+    let started_at = crate::audit::now_rfc3339();
     let shared = Arc::new(Shared {
-        exporter: Exporter::new(HsmPath::Queued(
-            crate::export::queue::HsmQueue::new(&hsm, hsm.sessions(), a.parallel * 2),
-            hsm.clone(),
-        )),
-        destinations: Arc::new(crate::aws::AwsSide::new(
-            &cfg.destinations,
-            cfg.policy.min_wrapping_key_bits,
-            journal.clone(),
-        )),
-        audit,
+        way,
         dry_run: a.dry_run,
         queue: Mutex::new(units.into()),
         progress: Mutex::new(Progress {
@@ -588,13 +754,11 @@ pub(super) fn migrate_cmd(a: MigrateArgs, out: &mut dyn Write) -> Result<(), Err
         while workers.join_next().await.is_some() {}
     });
     drop(rt);
-    let shared = Arc::try_unwrap(shared)
+    let Shared { way, progress, .. } = Arc::try_unwrap(shared)
         .map_err(|_| Error::Io("a migrate worker outlived the run".into()))?;
-    let Shared {
-        exporter, progress, ..
-    } = shared;
-    drop(exporter);
-    if let Ok(hsm) = Arc::try_unwrap(hsm) {
+    // The export core holds the token through its queue: gone before the token is closed.
+    drop(way);
+    if let Some(hsm) = hsm.and_then(|h| Arc::try_unwrap(h).ok()) {
         hsm.close();
     }
     let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -612,7 +776,7 @@ pub(super) fn migrate_cmd(a: MigrateArgs, out: &mut dyn Write) -> Result<(), Err
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Io(e.to_string()))?;
     std::fs::write(&report_path, format!("{json}\n"))
         .map_err(|e| Error::Io(format!("the report {}: {e}", report_path.display())))?;
-    if a.common.json {
+    if a.json {
         writeln!(out, "{json}").map_err(io)?;
     } else {
         print_table(&report, out)?;

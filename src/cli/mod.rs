@@ -258,8 +258,18 @@ pub(crate) struct ReconcileArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct MigrateArgs {
+    /// Config file: the imports run in this process, the operator as the caller.
+    #[arg(long, value_name = "FILE", required_unless_present = "addr")]
+    pub config: Option<PathBuf>,
+    /// Instead, through the running daemon at HOST:PORT (gRPC Import, as the caller its
+    /// certificate names).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "config")]
+    pub addr: Option<String>,
     #[command(flatten)]
-    pub common: Common,
+    pub tls: health::Tls,
+    /// Print the JSON report on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
     /// The plan (TOML): name = "...", then [[items]] of source (a label or label glob) or
     /// source_id (hex), to (a [destinations.NAME]), target (a key) or new_key = true, and
     /// optionally id, key_usage, format.

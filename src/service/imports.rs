@@ -169,7 +169,7 @@ impl Bridge {
             .exporter
             .import_to(&settings.destinations, admitted, to, ask, guard)
             .await?;
-        Ok(proto_made(made))
+        Ok(proto_made(made, guard.record().export.replayed))
     }
 
     /// `RotateKey`: the export core's rotation (src/export/rotate.rs), and the key it made
@@ -204,13 +204,14 @@ impl Bridge {
         Ok(proto::RotateKeyResponse {
             new_key: Some(super::keys::source_key(&self.hsm, &info)),
             generated: rotated.generated,
-            import: Some(proto_made(rotated.made)),
+            import: Some(proto_made(rotated.made, guard.record().export.replayed)),
         })
     }
 }
 
-/// What an import into a destination made, as the RPC answers it.
-fn proto_made(made: Made) -> proto::ImportResponse {
+/// What an import into a destination made (`replayed`: an earlier call did), as the RPC
+/// answers it.
+fn proto_made(made: Made, replayed: bool) -> proto::ImportResponse {
     proto::ImportResponse {
         cloud: made.cloud.into(),
         destination: made.destination,
@@ -221,6 +222,7 @@ fn proto_made(made: Made) -> proto::ImportResponse {
         time_created: made.time_created,
         created_key: made.created_key,
         format: made.format.into(),
+        replayed,
     }
 }
 
