@@ -865,7 +865,7 @@ mod tests {
                 "target or new_key",
             ),
             (
-                "name = \"q4\"\n[[items]]\nsource = \"a\"\nto = \"x\"\nnew_key = true\nid = \"1\"\n[[items]]\nsource = \"b\"\nto = \"x\"\nnew_key = true\n",
+                "name = \"q4\"\n[[items]]\nsource = \"a\"\nto = \"x\"\nnew_key = true\nid = \"2\"\n[[items]]\nsource = \"b\"\nto = \"x\"\nnew_key = true\n",
                 "unique",
             ),
             ("name = \"q4\"\nother = 1\n", "unknown field"),
