@@ -689,10 +689,12 @@ async fn oci_faults_end_in_clear_answers_without_duplicates() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_exactly_what_happened() {
+/// An emulator with one AES-256 key ("aes") and a daemon on the SoftHSM fixture that may
+/// call it, with its metrics listener on and any caller wrapping key allowed; `edit` may
+/// change the daemon's config file before the daemon starts.
+fn metrics_setup(name: &str, edit: impl FnOnce(&std::path::Path)) -> (Emulator, Daemon) {
     let fx = softhsm();
-    let dir = fx.dir.join("oci-metrics");
+    let dir = fx.dir.join(format!("oci-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     let identity = api_identity(&dir, "api");
     let emu = Emulator::start(&dir, &[identity.key.public_pem.as_path()], &["aes=AES-256"]);
@@ -700,8 +702,50 @@ async fn metrics_count_exactly_what_happened() {
         "caller_wrapping_keys = \"any\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
         emu.oci_config(&identity, 3)
     );
-    let (config, _audit) = daemon_config(fx, "metrics", &policy, None);
+    let (config, _audit) = daemon_config(fx, name, &policy, None);
+    edit(&config);
     let d = Daemon::start(&config, &[]);
+    (emu, d)
+}
+
+/// WrapKey of `label` for the fixture's RSA-4096 key.
+fn metrics_wrap(label: &str) -> proto::WrapKeyRequest {
+    proto::WrapKeyRequest {
+        source_key: by_label(label),
+        wrapping_public_key_pem: std::fs::read_to_string(&softhsm().wk.wk4096.public_pem).unwrap(),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        ..Default::default()
+    }
+}
+
+/// ImportKeyVersion of test-aes-256 into the emulator's key "aes", answered at once, after
+/// one 429 that the daemon retries.
+async fn metrics_import_after_a_429(emu: &Emulator, d: &Daemon, idempotency_key: &str) {
+    emu.fault(json!({"method": "POST", "path_contains": "/keyVersions/import", "count": 1, "status": 429}))
+        .await;
+    let req = proto::ImportKeyVersionRequest {
+        source_key: by_label("test-aes-256"),
+        oci_key_id: emu.keys["aes"].clone(),
+        oci: Some(proto::OciTarget {
+            connection: String::new(),
+            management_endpoint: emu.base.clone(),
+        }),
+        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+        idempotency_key: idempotency_key.into(),
+        wait_for_enabled: false,
+    };
+    d.client("cckm")
+        .await
+        .import_key_version(req)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_happened() {
+    let fx = softhsm();
+    let (emu, d) = metrics_setup("metrics", |_| {});
+    let dir = fx.dir.join("oci-metrics");
     let before = d.scrape_metrics().await;
     assert_eq!(
         sample(&before, "hsm_bridge_health_serving"),
@@ -715,38 +759,18 @@ async fn metrics_count_exactly_what_happened() {
     assert_eq!(sample(&before, "hsm_bridge_journal_up"), 1.0);
 
     // two wraps, one refused call, one import with a 429 retry
-    let wk = std::fs::read_to_string(&fx.wk.wk4096.public_pem).unwrap();
-    let wrap = |label: &str| proto::WrapKeyRequest {
-        source_key: by_label(label),
-        wrapping_public_key_pem: wk.clone(),
-        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-        ..Default::default()
-    };
     let mut cckm = d.client("cckm").await;
     for _ in 0..2 {
-        cckm.wrap_key(wrap("test-aes-256")).await.unwrap();
+        cckm.wrap_key(metrics_wrap("test-aes-256")).await.unwrap();
     }
     let e = d
         .client("limited")
         .await
-        .wrap_key(wrap("test-rsa-2048"))
+        .wrap_key(metrics_wrap("test-rsa-2048"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    emu.fault(json!({"method": "POST", "path_contains": "/keyVersions/import", "count": 1, "status": 429}))
-        .await;
-    let req = proto::ImportKeyVersionRequest {
-        source_key: by_label("test-aes-256"),
-        oci_key_id: emu.keys["aes"].clone(),
-        oci: Some(proto::OciTarget {
-            connection: String::new(),
-            management_endpoint: emu.base.clone(),
-        }),
-        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-        idempotency_key: "metrics-1".into(),
-        wait_for_enabled: false,
-    };
-    cckm.import_key_version(req).await.unwrap();
+    metrics_import_after_a_429(&emu, &d, "metrics-1").await;
 
     let after = d.scrape_metrics().await;
     let moved = |series: &str| sample(&after, series) - sample(&before, series);
@@ -833,11 +857,12 @@ async fn metrics_count_exactly_what_happened() {
     assert!(open.ends_with("# EOF\n"), "{open}");
 }
 
-/// `promtool check metrics` of an exposition: it must pass with nothing to say. promtool is
-/// `.tools/bin/promtool` (`./softhsm-setup.sh --with-promtool`) or `HSM_BRIDGE_PROMTOOL`;
-/// without it the test fails saying how to get it; `HSM_BRIDGE_SKIP_PROMTOOL=1` makes that
-/// a skip the run prints (`.ci/run` never sets it).
-fn promtool_check(text: &str) {
+/// promtool (Prometheus' own checker): `.tools/bin/promtool` (`./softhsm-setup.sh
+/// --with-promtool`) or `HSM_BRIDGE_PROMTOOL`, run with `args` and `stdin`; its exit status
+/// and what it said. Without it the test fails saying how to get it;
+/// `HSM_BRIDGE_SKIP_PROMTOOL=1` makes that a skip the run prints (`None`; `.ci/run` never
+/// sets it).
+fn promtool(args: &[&str], stdin: &str) -> Option<(bool, String)> {
     use std::io::Write;
     let promtool = std::env::var_os("HSM_BRIDGE_PROMTOOL")
         .map(std::path::PathBuf::from)
@@ -845,7 +870,7 @@ fn promtool_check(text: &str) {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/promtool")
         });
     let Ok(mut child) = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -854,7 +879,7 @@ fn promtool_check(text: &str) {
         let msg = "promtool missing: run ./softhsm-setup.sh --with-promtool";
         if std::env::var("HSM_BRIDGE_SKIP_PROMTOOL").as_deref() == Ok("1") {
             skip_notice(msg);
-            return;
+            return None;
         }
         panic!("{msg} (or set HSM_BRIDGE_SKIP_PROMTOOL=1 to skip this check)");
     };
@@ -862,7 +887,7 @@ fn promtool_check(text: &str) {
         .stdin
         .take()
         .unwrap()
-        .write_all(text.as_bytes())
+        .write_all(stdin.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let said = format!(
@@ -870,8 +895,383 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    Some((out.status.success(), said))
+}
+
+/// `promtool check metrics` of an exposition: it must pass with nothing to say.
+fn promtool_check(text: &str) {
+    if let Some((ok, said)) = promtool(&["check", "metrics"], text) {
+        assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    }
+}
+
+/// The Grafana dashboard (deploy/grafana/hsm-bridge.json) against the daemon's own scrape:
+/// every query is PromQL that promtool parses, every metric it names is one the daemon
+/// exports, and every label it groups or matches by is one that metric carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_asks_only_for_what_the_daemon_exports() {
+    let fx = softhsm();
+    // The fault module in front of the token, for one PKCS#11 error that reaches a caller.
+    let mut control = None;
+    let (emu, d) = metrics_setup("dashboard", |config| {
+        control = Some(common::fault::route_config_with_control(fx, config, "dashboard").1);
+    });
+    // A series of every family that has labels: a wrap, an import retried after a 429, and
+    // a key lookup that fails with CKR_FUNCTION_FAILED.
+    let mut cckm = d.client("cckm").await;
+    cckm.wrap_key(metrics_wrap("test-aes-256")).await.unwrap();
+    metrics_import_after_a_429(&emu, &d, "dashboard-1").await;
+    std::fs::write(control.unwrap(), "C_FindObjectsInit 0x6 1\n").unwrap();
+    let e = cckm
+        .wrap_key(metrics_wrap("test-aes-192"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("CKR_FUNCTION_FAILED"), "{e:?}");
+    let scrape = Exposition::parse(&d.scrape_metrics().await);
+
+    // The checker itself sees a metric the daemon lacks, and a label a metric lacks.
     assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}\n{text}"
+        !scrape
+            .problems("rate(hsm_bridge_no_such_thing_total[5m])")
+            .is_empty()
     );
+    assert!(
+        !scrape
+            .problems("sum by (ckr) (rate(hsm_bridge_rpc_seconds_count[5m]))")
+            .is_empty()
+    );
+    assert!(
+        !scrape
+            .problems("hsm_bridge_journal_up{outcome=\"x\"}")
+            .is_empty()
+    );
+
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/hsm-bridge.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(dashboard["schemaVersion"], 39);
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "a ${{datasource}} variable of Prometheus data sources"
+    );
+    let mut uids = Vec::new();
+    datasource_uids(&dashboard, &mut uids);
+    assert!(
+        uids.iter().all(|u| u == "${datasource}"),
+        "data sources are ${{datasource}}, never a fixed uid: {uids:?}"
+    );
+    let mut exprs = Vec::new();
+    panel_exprs(&dashboard["panels"], &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    let mut problems = Vec::new();
+    for (panel, expr) in &exprs {
+        for p in scrape.problems(expr) {
+            problems.push(format!("panel {panel:?}: {p}\n    {expr}"));
+        }
+    }
+    for v in variables.iter().filter(|v| v["type"] == "query") {
+        let q = v["definition"].as_str().unwrap();
+        for p in scrape.problems(q) {
+            problems.push(format!("variable {}: {p}\n    {q}", v["name"]));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // PromQL syntax: every query as a recording rule, with Grafana's interval variables as
+    // durations; `promtool check rules` parses them all.
+    let mut rules = String::from("groups:\n  - name: hsm-bridge-dashboard\n    rules:\n");
+    for (i, (_, expr)) in exprs.iter().enumerate() {
+        let promql = ["$__rate_interval", "$__interval", "$__range"]
+            .iter()
+            .fold(expr.clone(), |e, v| e.replace(v, "5m"));
+        rules.push_str(&format!(
+            "      - record: hsm_bridge_dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&promql).unwrap()
+        ));
+    }
+    let file = fx.dir.join("oci-dashboard").join("dashboard-rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    if let Some((ok, said)) = promtool(&["check", "rules", file.to_str().unwrap()], "") {
+        assert!(
+            ok && said.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+            "promtool: {said}\n{rules}"
+        );
+    }
+}
+
+/// Every `uid` of a `datasource` object anywhere in `v`.
+fn datasource_uids(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == "datasource"
+                    && let Some(uid) = x.get("uid")
+                {
+                    out.push(uid.as_str().unwrap_or_default().to_string());
+                }
+                datasource_uids(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| datasource_uids(x, out)),
+        _ => {}
+    }
+}
+
+/// (panel title, expr) of every target of every panel, rows' panels included.
+fn panel_exprs(panels: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    for p in panels.as_array().into_iter().flatten() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a target without expr: {t}"));
+            out.push((
+                p["title"].as_str().unwrap_or_default().to_string(),
+                expr.to_string(),
+            ));
+        }
+        panel_exprs(&p["panels"], out);
+    }
+}
+
+/// What a scrape (the classic text format) exports: each family with its type, and the
+/// label names carried by each sample name's series.
+struct Exposition {
+    families: std::collections::BTreeMap<String, String>,
+    labels: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// Labels Prometheus puts on every series it scrapes (the target's), not the daemon.
+const TARGET_LABELS: [&str; 2] = ["job", "instance"];
+
+impl Exposition {
+    fn parse(text: &str) -> Exposition {
+        let mut families = std::collections::BTreeMap::new();
+        let mut labels: std::collections::BTreeMap<_, std::collections::BTreeSet<_>> =
+            Default::default();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap();
+                families.insert(name.to_string(), kind.to_string());
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let end = line.find(['{', ' ']).unwrap();
+            let set = labels.entry(line[..end].to_string()).or_default();
+            if line[end..].starts_with('{') {
+                let (names, _) = matchers(&line[end + 1..]);
+                set.extend(names);
+            }
+        }
+        Exposition { families, labels }
+    }
+
+    /// The family a series name belongs to: a gauge's, or a counter's (classic names end
+    /// in `_total`; OpenMetrics' family is the name without it), or a histogram's
+    /// `_bucket`, `_sum` or `_count`.
+    fn family(&self, series: &str) -> Option<&str> {
+        let typed = |name: &str, kinds: &[&str]| {
+            self.families
+                .get_key_value(name)
+                .filter(|(_, k)| kinds.contains(&k.as_str()))
+                .map(|(n, _)| n.as_str())
+        };
+        typed(series, &["gauge", "counter", "untyped"]).or_else(|| {
+            [
+                ("_bucket", &["histogram"][..]),
+                ("_sum", &["histogram", "summary"]),
+                ("_count", &["histogram", "summary"]),
+                ("_total", &["counter"]),
+            ]
+            .iter()
+            .find_map(|(suffix, kinds)| typed(series.strip_suffix(suffix)?, kinds))
+        })
+    }
+
+    /// What is wrong with `expr`: each `hsm_bridge_` name that is no series of a family
+    /// in the scrape, and each label in its matchers or in a `by`/`without` (of the
+    /// aggregation's own argument) or `on`/`ignoring`/`group_*` (of the whole expression)
+    /// that the named series do not carry.
+    fn problems(&self, expr: &str) -> Vec<String> {
+        let q = Query::scan(expr);
+        let mut out = Vec::new();
+        let mut check = |series: &str, label: &str, why: &str| {
+            if TARGET_LABELS.contains(&label) {
+                return;
+            }
+            match self.labels.get(series) {
+                Some(have) if have.contains(label) => {}
+                Some(have) => out.push(format!(
+                    "{series} has no label {label:?} ({why}); it has {have:?}"
+                )),
+                None => out.push(format!(
+                    "the scrape has no series of {series}, so its label {label:?} ({why}) cannot be checked: make the test produce one"
+                )),
+            }
+        };
+        for (series, _, matched) in &q.series {
+            for l in matched {
+                check(series, l, "matcher");
+            }
+        }
+        for (labels, scope) in &q.groupings {
+            for (series, at, _) in &q.series {
+                if scope.contains(at) {
+                    for l in labels {
+                        check(series, l, "grouping");
+                    }
+                }
+            }
+        }
+        for (series, _, _) in &q.series {
+            if self.family(series).is_none() {
+                out.push(format!("{series} is not exported by the daemon"));
+            }
+        }
+        if q.series.is_empty() {
+            out.push("names no hsm_bridge_ metric".into());
+        }
+        out
+    }
+}
+
+/// The label names of a matcher or label list that starts after its `{`, and the bytes
+/// read up to and including its `}`.
+fn matchers(s: &str) -> (Vec<String>, usize) {
+    let b = s.as_bytes();
+    let (mut names, mut i) = (Vec::new(), 0);
+    loop {
+        while i < b.len() && (b[i] == b' ' || b[i] == b',') {
+            i += 1;
+        }
+        if i >= b.len() || b[i] == b'}' {
+            return (names, i + 1);
+        }
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            i += 1;
+        }
+        names.push(s[start..i].to_string());
+        while i < b.len() && b[i] != b'"' {
+            i += 1;
+        }
+        i += 1;
+        while i < b.len() && b[i] != b'"' {
+            i += if b[i] == b'\\' { 2 } else { 1 };
+        }
+        i += 1;
+    }
+}
+
+/// The parts of a PromQL expression the dashboard test checks.
+struct Query {
+    /// Each `hsm_bridge_` series name, its byte offset, and the labels of its matchers.
+    series: Vec<(String, usize, Vec<String>)>,
+    /// Each grouping's labels and the byte range it applies to.
+    groupings: Vec<(Vec<String>, std::ops::Range<usize>)>,
+}
+
+impl Query {
+    fn scan(expr: &str) -> Query {
+        let b = expr.as_bytes();
+        // The end of the parenthesised group that opens at `open`.
+        let close = |open: usize| {
+            let mut depth = 0;
+            (open..b.len())
+                .find(|&j| {
+                    depth += match b[j] {
+                        b'(' => 1,
+                        b')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .unwrap_or(b.len())
+        };
+        // The start of the parenthesised group that ends at `end`.
+        let open = |end: usize| {
+            let mut depth = 0;
+            (0..=end)
+                .rev()
+                .find(|&j| {
+                    depth += match b[j] {
+                        b')' => 1,
+                        b'(' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .unwrap_or(0)
+        };
+        let skip_space = |mut j: usize| {
+            while j < b.len() && b[j] == b' ' {
+                j += 1;
+            }
+            j
+        };
+        let mut q = Query {
+            series: Vec::new(),
+            groupings: Vec::new(),
+        };
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            if c == b'"' || c == b'\'' || c == b'`' {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                continue;
+            }
+            if !(c.is_ascii_alphabetic() || c == b'_' || c == b':') {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let next = skip_space(i);
+            if word.starts_with("hsm_bridge_") {
+                let mut matched = Vec::new();
+                if next < b.len() && b[next] == b'{' {
+                    let (names, used) = matchers(&expr[next + 1..]);
+                    matched = names;
+                    i = next + 1 + used;
+                }
+                q.series.push((word.to_string(), start, matched));
+            } else if next < b.len() && b[next] == b'(' {
+                let whole = ["on", "ignoring", "group_left", "group_right"].contains(&word);
+                if word == "by" || word == "without" || whole {
+                    let end = close(next);
+                    let labels = expr[next + 1..end]
+                        .split(',')
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    let after = skip_space(end + 1);
+                    let scope = if whole {
+                        0..b.len()
+                    } else if after < b.len() && b[after] == b'(' {
+                        after..close(after)
+                    } else {
+                        // `sum(x) by (l)`: the group before the keyword
+                        let before = expr[..start].trim_end().len().saturating_sub(1);
+                        open(before)..before
+                    };
+                    q.groupings.push((labels, scope));
+                    i = end + 1;
+                }
+            }
+        }
+        q
+    }
 }
