@@ -166,7 +166,7 @@ impl Metrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "hsm_bridge_exports",
-            "Export attempts (WrapKey, ImportKeyVersion, ImportKey, Import, CLI), by operation, outcome, key type, wrap mode, format, cloud and destination",
+            "Export attempts (WrapKey, ImportKeyVersion, ImportKey, Import, RotateKey, CLI), by operation, outcome, key type, wrap mode, format, cloud and destination",
             self.exports.clone(),
         );
         r.register(
