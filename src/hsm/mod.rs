@@ -490,14 +490,14 @@ impl Hsm {
         if let Some(handle) = cached {
             // A handle can go stale (key deleted, handle reused): check it still names
             // the same key, else fall back to a search.
-            if let Ok(Some(info)) = keys::read_info(s, handle)
+            if let Ok(Some(info)) = keys::read_info(&self.raw, s, handle)
                 && keys::still_matches(&info, key)
             {
                 return Ok(info);
             }
             cache().remove(key);
         }
-        let info = keys::find(s, key)?;
+        let info = keys::find(&self.raw, s, key)?;
         cache().insert(key.clone(), info.handle);
         Ok(info)
     }
@@ -540,7 +540,7 @@ impl Hsm {
 
     /// Every secret and private key on the token.
     pub(crate) fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
-        self.on_session(deadline, |_, s| keys::list(s))
+        self.on_session(deadline, |_, s| keys::list(&self.raw, s))
     }
 
     /// Wraps the key `key` names for `wk` in `format`, after the export checks: those of
