@@ -1,5 +1,8 @@
 //! Finding source keys on the token: by label or CKA_ID, among secret and private keys
-//! only, with a handle cache. Reads attributes, never key values.
+//! only, with a handle cache; and the search and reads of a listing. Reads attributes,
+//! never key values.
+
+use std::num::NonZeroUsize;
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -25,7 +28,7 @@ pub struct KeyInfo {
     pub wrap_with_trusted: bool,
     /// AES: `CKA_VALUE_LEN`. RSA: modulus length. In bytes.
     pub length: usize,
-    /// RSA: `CKA_MODULUS`.
+    /// RSA: `CKA_MODULUS` (not kept by a listing, which needs only its length).
     pub modulus: Option<Vec<u8>>,
 }
 
@@ -214,23 +217,41 @@ pub(crate) fn still_matches(info: &KeyInfo, key: &KeyRef) -> bool {
         }
 }
 
-/// Every secret and private key on the token, sorted by label then id.
-pub(crate) fn list(raw: &RawModule, s: &Session) -> Result<Vec<KeyInfo>, HsmError> {
-    let mut out = Vec::new();
-    for class in [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY] {
-        let handles = s
-            .find_objects(&[Attribute::Class(class), Attribute::Token(true)])
-            .map_err(|e| HsmError::pkcs11("C_FindObjects", e))?;
-        for h in handles {
-            match read_info(raw, s, h) {
-                Ok(Some(info)) => out.push(info),
-                Ok(None) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
-                Err(e) => return Err(HsmError::pkcs11("C_GetAttributeValue", e)),
-            }
+/// Handles per `C_FindObjects` call in a search of the whole token (`cryptoki`'s default,
+/// 10, is a round trip per 10 objects on a network HSM).
+const SEARCH_BATCH: NonZeroUsize = NonZeroUsize::new(1024).expect("not zero");
+
+/// Every token object, by handle only: one search whatever the class (a search costs
+/// SoftHSM2 the same whatever it matches, so one search for all costs half of one per key
+/// class; which objects are not keys, a later page of a listing already knows).
+pub(crate) fn search(s: &Session) -> Result<Vec<ObjectHandle>, HsmError> {
+    s.iter_objects_with_cache_size(&[Attribute::Token(true)], SEARCH_BATCH)
+        .and_then(Iterator::collect)
+        .map_err(|e| HsmError::pkcs11("C_FindObjects", e))
+}
+
+/// What each of `handles` is: its key, or `None` for an object that is not a secret or
+/// private key. An object gone since the search is left out.
+pub(crate) fn read_all(
+    raw: &RawModule,
+    s: &Session,
+    handles: &[ObjectHandle],
+) -> Result<Vec<(ObjectHandle, Option<KeyInfo>)>, HsmError> {
+    let mut out = Vec::with_capacity(handles.len());
+    for &h in handles {
+        match read_info(raw, s, h) {
+            Ok(info) => out.push((h, info)),
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+            Err(e) => return Err(HsmError::pkcs11("C_GetAttributeValue", e)),
         }
     }
-    out.sort_by(|a, b| (&a.label, &a.id).cmp(&(&b.label, &b.id)));
     Ok(out)
+}
+
+/// The order of a listing and of its page tokens (src/service/request.rs): by label, then
+/// id.
+pub(crate) fn sort(keys: &mut [KeyInfo]) {
+    keys.sort_by(|a, b| (&a.label, &a.id).cmp(&(&b.label, &b.id)));
 }
 
 #[cfg(test)]
