@@ -556,6 +556,155 @@ async fn list_and_get_follow_paging_and_the_callers_patterns() {
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 
+/// Every label a walk through ListSourceKeys in pages of `page` lists, in order, with the
+/// number of pages; `between(n)` runs after page n when another page follows.
+async fn walk_pages(
+    c: &mut KeySourceBridgeClient<Channel>,
+    page: u32,
+    mut between: impl FnMut(usize),
+) -> (Vec<(String, String)>, usize) {
+    let mut keys = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = c
+            .list_source_keys(proto::ListSourceKeysRequest {
+                page_size: page,
+                page_token: token.clone(),
+                exportable_only: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.keys.len() <= page as usize);
+        keys.extend(r.keys.into_iter().map(|k| (k.label, k.id_hex)));
+        pages += 1;
+        if r.next_page_token.is_empty() {
+            return (keys, pages);
+        }
+        between(pages);
+        token = r.next_page_token;
+    }
+}
+
+/// A token of its own with the keys `page-00` to `page-19` (ids 0001 to 0014).
+fn paging_token(name: &str) -> Fixture {
+    let fx = common::bare_softhsm(name);
+    for i in 0..20 {
+        write_aes(
+            &fx,
+            &format!("page-{i:02}"),
+            &format!("{:04x}", i + 1),
+            &random(16),
+            true,
+        );
+    }
+    fx
+}
+
+fn delete_key(fx: &Fixture, label: &str) {
+    let out = p11(
+        fx,
+        &["--delete-object", "--type", "secrkey", "--label", label],
+    );
+    assert!(
+        out.status.success(),
+        "delete {label}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A walk through the listing while keys are added and removed between its pages: each key
+/// there throughout is listed once, in order; one added past the cursor is listed, one
+/// added before it is not; one removed before the walk reaches it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_lists_each_key_once_while_keys_come_and_go() {
+    let _shared = shared().await;
+    // A token of its own: other tests count the fixture's keys.
+    let fx = paging_token("paging");
+    let (config, _) = daemon_config(&fx, "paging", "", None);
+    let d = Daemon::start(&config, &[]);
+    let mut c = d.client("cckm").await;
+    let (keys, pages) = walk_pages(&mut c, 5, |page| match page {
+        // The cursor is at page-03.
+        1 => {
+            write_aes(&fx, "page-10a", "0101", &random(16), true);
+            write_aes(&fx, "page-01a", "0102", &random(16), true);
+            delete_key(&fx, "page-15");
+        }
+        // The cursor is at page-08 (id 0009): the same label sorts by id around it.
+        2 => {
+            delete_key(&fx, "page-05");
+            write_aes(&fx, "page-08", "0000", &random(16), true);
+            write_aes(&fx, "page-08", "ffff", &random(16), true);
+            write_aes(&fx, "page-99", "0103", &random(16), true);
+        }
+        _ => {}
+    })
+    .await;
+    let mut want: Vec<(String, String)> = vec![(RECORD_KEY.into(), "0f01".into())];
+    for (i, label) in (0..20).map(|i| (i, format!("page-{i:02}"))) {
+        if i == 15 {
+            continue;
+        }
+        want.push((label.clone(), format!("{:04x}", i + 1)));
+        match i {
+            8 => want.push((label, "ffff".into())),
+            10 => want.push(("page-10a".into(), "0101".into())),
+            _ => {}
+        }
+    }
+    want.push(("page-99".into(), "0103".into()));
+    assert_eq!(keys, want);
+    assert_eq!(pages, 5);
+
+    // A walk begun afterwards lists the keys added before the old cursor, and not the
+    // removed ones.
+    let (keys, _) = walk_pages(&mut c, 1000, |_| {}).await;
+    let has = |l: &str, id: &str| keys.iter().any(|k| k.0 == l && k.1 == id);
+    assert!(
+        has("page-01a", "0102") && has("page-08", "0000"),
+        "{keys:?}"
+    );
+    assert!(
+        !has("page-05", "0006") && !has("page-15", "0010"),
+        "{keys:?}"
+    );
+    assert_eq!(keys.len(), 24);
+}
+
+/// The later pages of a listing reuse what its first page read of the keys still there, so
+/// a walk through a large token reads each key once, not once per page (BENCHMARKS.md,
+/// "Listing a large token page by page").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_pages_read_only_the_keys_they_have_not_seen() {
+    let _shared = shared().await;
+    let fx = paging_token("paging-reads");
+    let (config, _) = daemon_config(&fx, "paging-reads", "", None);
+    let log = common::fault::route_config(&fx, &config, "paging-reads");
+    let d = Daemon::start(&config, &[]);
+    let mut c = d.client("cckm").await;
+    let reads = || common::fault::calls(&log, "C_GetAttributeValue");
+    let mut at_page = Vec::new();
+    let before = reads();
+    let (keys, pages) = walk_pages(&mut c, 5, |page| {
+        at_page.push(reads());
+        if page == 2 {
+            write_aes(&fx, "page-10a", "0101", &random(16), true);
+            write_aes(&fx, "page-10b", "0102", &random(16), true);
+        }
+    })
+    .await;
+    assert_eq!((keys.len(), pages), (23, 5));
+    // The first page reads every object on the token (21 keys); each later page reads
+    // only what was added since (one call per object, a few more if a value were longer
+    // than the room the daemon gives it).
+    let first = at_page[0] - before;
+    assert!((21..=42).contains(&first), "first page: {first} reads");
+    let later = reads() - at_page[0];
+    assert!(later <= 4, "later pages: {later} reads for 2 new keys");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imports_are_authorised_and_audited_before_anything_is_sent() {
     let _shared = shared().await;

@@ -139,7 +139,7 @@ impl Hsm {
         let _one = self.generating.lock().unwrap_or_else(|p| p.into_inner());
         self.on_session(deadline, |up, s| {
             // Made by another call of this request while this one waited for the lock.
-            match keys::find(s, &key) {
+            match keys::find(&self.raw, s, &key) {
                 Ok(info) => return Ok((info, false)),
                 Err(HsmError::KeyNotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -164,7 +164,7 @@ impl Hsm {
             let handle = rw
                 .generate_key(&Mechanism::AesKeyGen, &template(new.shape, &label, &new.id)?)
                 .map_err(|e| HsmError::pkcs11("C_GenerateKey (CKM_AES_KEY_GEN)", e))?;
-            let info = keys::read_info(s, handle)
+            let info = keys::read_info(&self.raw, s, handle)
                 .map_err(|e| HsmError::pkcs11("C_GetAttributeValue", e))?
                 .ok_or_else(|| HsmError::KeyNotFound(format!("the generated key {label:?}")))?;
             tracing::info!(label = %info.label, "generated a key for a rotation");

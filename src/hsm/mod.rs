@@ -8,6 +8,7 @@ mod error;
 mod export;
 mod generate;
 pub(crate) mod keys;
+mod listing;
 pub(crate) mod modes;
 pub(crate) mod pin;
 pub(crate) mod pool;
@@ -117,6 +118,8 @@ struct Up {
     slot: Slot,
     pool: pool::Pool,
     cache: Mutex<HashMap<KeyRef, ObjectHandle>>,
+    /// What the last listing read, for its later pages (src/hsm/listing.rs).
+    listing: Mutex<Option<listing::Listing<KeyInfo>>>,
 }
 
 /// Least time between attempts to re-initialise a module that is down (when
@@ -495,14 +498,14 @@ impl Hsm {
         if let Some(handle) = cached {
             // A handle can go stale (key deleted, handle reused): check it still names
             // the same key, else fall back to a search.
-            if let Ok(Some(info)) = keys::read_info(s, handle)
+            if let Ok(Some(info)) = keys::read_info(&self.raw, s, handle)
                 && keys::still_matches(&info, key)
             {
                 return Ok(info);
             }
             cache().remove(key);
         }
-        let info = keys::find(s, key)?;
+        let info = keys::find(&self.raw, s, key)?;
         cache().insert(key.clone(), info.handle);
         Ok(info)
     }
@@ -543,9 +546,66 @@ impl Hsm {
         })
     }
 
-    /// Every secret and private key on the token.
+    /// Every secret and private key on the token, sorted by label then id, read afresh
+    /// (without RSA moduli: a listing keeps only their length). What was read is kept for
+    /// later pages of the listing ([`Hsm::list_keys_again`]).
     pub(crate) fn list_keys(&self, deadline: Option<Instant>) -> Result<Vec<KeyInfo>, HsmError> {
-        self.on_session(deadline, |_, s| keys::list(s))
+        self.on_session(deadline, |up, s| self.listing(up, s, false))
+    }
+
+    /// As [`Hsm::list_keys`], for a later page of a listing: the token is searched afresh,
+    /// so which keys are listed is current, but what the last listing read of an object
+    /// found again is reused and only new objects are read (src/hsm/listing.rs says what
+    /// may be stale, and for how long).
+    pub(crate) fn list_keys_again(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<KeyInfo>, HsmError> {
+        self.on_session(deadline, |up, s| self.listing(up, s, true))
+    }
+
+    fn listing(&self, up: &Up, s: &Session, reuse: bool) -> Result<Vec<KeyInfo>, HsmError> {
+        let found = keys::search(s)?;
+        let raw: Vec<u64> = found.iter().map(ObjectHandle::handle).collect();
+        let now = Instant::now();
+        let kept = || up.listing.lock().unwrap_or_else(|p| p.into_inner());
+        let recalled = if reuse {
+            kept()
+                .as_ref()
+                .and_then(|l| Some((l.read_at(), l.recall(&raw, now)?)))
+        } else {
+            None
+        };
+        let (since, mut out, unread) = match recalled {
+            Some((at, (known, unread))) => (
+                Some(at),
+                known,
+                unread.into_iter().map(|i| found[i]).collect(),
+            ),
+            None => (None, Vec::new(), found),
+        };
+        let read: Vec<(ObjectHandle, Option<KeyInfo>)> = keys::read_all(&self.raw, s, &unread)?
+            .into_iter()
+            .map(|(h, info)| (h, info.map(|i| KeyInfo { modulus: None, ..i })))
+            .collect();
+        let entries = read.iter().map(|(h, info)| (h.handle(), info.clone()));
+        let mut kept = kept();
+        match since {
+            // Only into the listing this page started from: another page may have
+            // replaced it with a fresher one meanwhile.
+            Some(at) => {
+                if let Some(l) = kept.as_mut().filter(|l| l.read_at() == at)
+                    && !l.update(&raw, entries)
+                {
+                    *kept = None;
+                }
+            }
+            None => *kept = listing::Listing::new(entries, now),
+        }
+        drop(kept);
+        out.extend(read.into_iter().filter_map(|(_, info)| info));
+        keys::sort(&mut out);
+        Ok(out)
     }
 
     /// Wraps the key `key` names for `wk` in `format`, after the export checks: those of
@@ -633,7 +693,7 @@ impl Hsm {
     }
 
     /// Replaces the leased session with a fresh one, logs in again (see [`login`]) and
-    /// forgets cached handles.
+    /// forgets cached handles and the last listing.
     fn renew(&self, up: &Up, s: &mut pool::Lease<'_>) -> Result<(), HsmError> {
         let fresh = self
             .pkcs11
@@ -648,6 +708,7 @@ impl Hsm {
         )?;
         s.replace(fresh);
         up.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *up.listing.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
 

@@ -8,6 +8,9 @@
 //!   twice).
 //! - `C_Login` with the PIN read straight from its locked page (`cryptoki` would copy it into
 //!   an ordinary heap string first).
+//! - `C_GetAttributeValue` in one pre-sized call (`cryptoki`'s `get_attributes` asks for the
+//!   sizes of a label or an id first, and each call costs SoftHSM2 about as much as the
+//!   whole read: BENCHMARKS.md, "Listing a large token page by page").
 //! - Setting the module's environment (`hsm.module_env`) before it loads.
 //!
 //! The module is opened a second time with `dlopen`, which returns the same, already
@@ -21,7 +24,9 @@ use std::ffi::c_void;
 use std::path::Path;
 use std::ptr;
 
-use cryptoki::error::{Rv, RvError};
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, Rv, RvError};
+use cryptoki::object::{Attribute, AttributeType};
 use cryptoki_sys as sys;
 
 use crate::wrap::soft::OaepHash;
@@ -75,6 +80,12 @@ pub(crate) struct RawModule {
         *mut sys::CK_UTF8CHAR,
         sys::CK_ULONG,
     ) -> sys::CK_RV,
+    get_attribute_value_fn: unsafe extern "C" fn(
+        sys::CK_SESSION_HANDLE,
+        sys::CK_OBJECT_HANDLE,
+        *mut sys::CK_ATTRIBUTE,
+        sys::CK_ULONG,
+    ) -> sys::CK_RV,
     /// The role `C_Login` logs in as (`hsm.user_type`).
     user_type: sys::CK_USER_TYPE,
 }
@@ -100,23 +111,30 @@ impl RawModule {
             return Err(RawOpenError("C_GetFunctionList returned no list".into()));
         }
         // SAFETY: `list` is non-null and points to the module's CK_FUNCTION_LIST.
-        let (wrap, mechs, login) = unsafe {
+        let (wrap, mechs, login, attrs) = unsafe {
             (
                 (*list).C_WrapKey,
                 (*list).C_GetMechanismList,
                 (*list).C_Login,
+                (*list).C_GetAttributeValue,
             )
         };
-        match (wrap, mechs, login) {
-            (Some(wrap_key_fn), Some(mechanism_list_fn), Some(login_fn)) => Ok(RawModule {
+        match (wrap, mechs, login, attrs) {
+            (
+                Some(wrap_key_fn),
+                Some(mechanism_list_fn),
+                Some(login_fn),
+                Some(get_attribute_value_fn),
+            ) => Ok(RawModule {
                 _lib: lib,
                 wrap_key_fn,
                 mechanism_list_fn,
                 login_fn,
+                get_attribute_value_fn,
                 user_type,
             }),
             _ => Err(RawOpenError(
-                "the module's function list has no C_WrapKey / C_GetMechanismList / C_Login".into(),
+                "the module's function list has no C_WrapKey / C_GetMechanismList / C_Login / C_GetAttributeValue".into(),
             )),
         }
     }
@@ -156,6 +174,70 @@ impl RawModule {
                 pin.len() as sys::CK_ULONG,
             )
         })
+    }
+
+    /// `C_GetAttributeValue` of `wanted` in one call: an attribute of fixed size into a
+    /// buffer of its size, any other into a buffer of the size given with it. The
+    /// attributes the token returned, as `cryptoki` parses them (those the object does not
+    /// have, or keeps secret, are left out); `None` when the token says a buffer was too
+    /// small. A token may also answer a too-small buffer as an attribute it does not have
+    /// (PKCS#11 lets it pick either code when both apply): the caller checks that what it
+    /// needs came back.
+    pub(crate) fn attributes_once(
+        &self,
+        session: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        wanted: &[(AttributeType, usize)],
+    ) -> Result<Option<Vec<Attribute>>, CkError> {
+        let mut buffers: Vec<Vec<u8>> = wanted
+            .iter()
+            .map(|(t, room)| vec![0u8; t.fixed_size().unwrap_or(*room)])
+            .collect();
+        let mut template: Vec<sys::CK_ATTRIBUTE> = wanted
+            .iter()
+            .zip(buffers.iter_mut())
+            .map(|((t, _), b)| sys::CK_ATTRIBUTE {
+                type_: (*t).into(),
+                pValue: b.as_mut_ptr().cast(),
+                ulValueLen: b.len() as sys::CK_ULONG,
+            })
+            .collect();
+        // SAFETY: each entry of `template` points to its own buffer in `buffers`, with its
+        // length; both live until the end of this function, and the token writes at most
+        // `ulValueLen` bytes into each.
+        let rv = unsafe {
+            (self.get_attribute_value_fn)(
+                session,
+                object,
+                template.as_mut_ptr(),
+                template.len() as sys::CK_ULONG,
+            )
+        };
+        match Rv::from(rv) {
+            Rv::Ok | Rv::Error(RvError::AttributeSensitive | RvError::AttributeTypeInvalid) => {}
+            Rv::Error(RvError::BufferTooSmall) => return Ok(None),
+            Rv::Error(e) => return Err(CkError::Pkcs11(e, Function::GetAttributeValue)),
+        }
+        let mut out = Vec::with_capacity(template.len());
+        for (a, b) in template.iter().zip(&buffers) {
+            if a.ulValueLen == sys::CK_UNAVAILABLE_INFORMATION {
+                continue;
+            }
+            // A length beyond the buffer is a broken token: refused, never trusted.
+            if a.ulValueLen as usize > b.len() {
+                tracing::error!(
+                    bytes = a.ulValueLen,
+                    buffer = b.len(),
+                    "the token says it wrote more than the attribute buffer holds; refused"
+                );
+                return Err(CkError::Pkcs11(
+                    RvError::FunctionFailed,
+                    Function::GetAttributeValue,
+                ));
+            }
+            out.push(Attribute::try_from(*a)?);
+        }
+        Ok(Some(out))
     }
 
     /// `C_WrapKey` with `mech`, into a buffer of `size_hint` bytes; one call when the hint

@@ -46,6 +46,7 @@ pub(super) fn start(
         slot,
         pool: pool::Pool::new(sessions),
         cache: Mutex::new(HashMap::new()),
+        listing: Mutex::new(None),
     };
     Ok((up, token))
 }

@@ -33,7 +33,15 @@ impl Bridge {
             n => n.min(MAX_PAGE),
         };
         let after = parse_page_token(&body.page_token)?;
-        let keys = self.on_hsm(deadline, |hsm, d| hsm.list_keys(d)).await?;
+        // A later page reuses what the first page read of keys still there; which keys are
+        // on the token is searched afresh for every page (src/hsm/listing.rs).
+        let keys = match after {
+            None => self.on_hsm(deadline, |hsm, d| hsm.list_keys(d)).await?,
+            Some(_) => {
+                self.on_hsm(deadline, |hsm, d| hsm.list_keys_again(d))
+                    .await?
+            }
+        };
         let mut visible = keys
             .iter()
             .filter(|k| caller.may_touch(&k.label))

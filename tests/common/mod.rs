@@ -218,9 +218,10 @@ impl Fixture {
     }
 }
 
-fn make_fixture(kind: TokenKind, module: String) -> Fixture {
-    let dir = process_dir(&format!("{kind:?}").to_lowercase());
-    let conf = match kind {
+/// A fresh token labelled [`TOKEN`] with the test PINs in `dir`; the module's configuration
+/// file.
+fn init_token(kind: TokenKind, module: &str, dir: &Path) -> PathBuf {
+    match kind {
         TokenKind::SoftHsm => {
             std::fs::create_dir_all(dir.join("tokens")).unwrap();
             let conf = dir.join("softhsm2.conf");
@@ -262,7 +263,7 @@ fn make_fixture(kind: TokenKind, module: String) -> Fixture {
             let tool = |args: &[&str]| {
                 let out = Command::new("pkcs11-tool")
                     .env("KRYOPTIC_CONF", &conf)
-                    .args(["--module", &module])
+                    .args(["--module", module])
                     .args(args)
                     .output()
                     .expect("pkcs11-tool not found: run ./softhsm-setup.sh first");
@@ -295,7 +296,34 @@ fn make_fixture(kind: TokenKind, module: String) -> Fixture {
             ]);
             conf
         }
+    }
+}
+
+/// A SoftHSM2 token of its own for one test (`name` tells it apart), with the import
+/// journal's record key and no other key: for a test that adds and removes keys, which
+/// would upset the tests that count the shared fixture's.
+pub(crate) fn bare_softhsm(name: &str) -> Fixture {
+    let dir = process_dir(&format!("softhsm-{name}"));
+    let module = module();
+    let conf = init_token(TokenKind::SoftHsm, &module, &dir);
+    write_private(&dir.join("user-pin"), format!("{PIN}\n").as_bytes());
+    let fx = Fixture {
+        kind: TokenKind::SoftHsm,
+        config: dir.join("hsm-bridge.toml"),
+        conf,
+        module,
+        aes: HashMap::new(),
+        wk: wrapping_keys(),
+        dir,
     };
+    make_record_key(&fx, RECORD_KEY);
+    write_config(&fx, "hsm-bridge.toml", |c| c);
+    fx
+}
+
+fn make_fixture(kind: TokenKind, module: String) -> Fixture {
+    let dir = process_dir(&format!("{kind:?}").to_lowercase());
+    let conf = init_token(kind, &module, &dir);
     write_private(&dir.join("user-pin"), format!("{PIN}\n").as_bytes());
 
     let mut fx = Fixture {

@@ -16,7 +16,7 @@
 //! With `FAULT_PKCS11_LUNA`, it also behaves as a Luna partition does (see `luna.rs`).
 //!
 //! Replaced: C_Initialize, C_Finalize, C_Login, C_WrapKey, C_OpenSession, C_GetTokenInfo,
-//! C_FindObjectsInit, and for the Luna rules C_CreateObject, C_GenerateKey,
+//! C_FindObjectsInit, C_GetAttributeValue, and for the Luna rules C_CreateObject, C_GenerateKey,
 //! C_GenerateKeyPair, C_UnwrapKey, C_GetMechanismList, C_GetMechanismInfo. Everything else is
 //! the real module's own function pointer.
 
@@ -415,6 +415,12 @@ forward!(
     (s: CK_SESSION_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG)
 );
 
+forward!(
+    get_attribute_value,
+    C_GetAttributeValue,
+    (s: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: CK_ATTRIBUTE_PTR, count: CK_ULONG)
+);
+
 /// # Safety
 /// `list` must be a valid pointer to write a function-list pointer to.
 #[unsafe(no_mangle)]
@@ -431,6 +437,7 @@ pub unsafe extern "C" fn C_GetFunctionList(list: CK_FUNCTION_LIST_PTR_PTR) -> CK
         l.C_OpenSession = Some(open_session);
         l.C_GetTokenInfo = Some(get_token_info);
         l.C_FindObjectsInit = Some(find_objects_init);
+        l.C_GetAttributeValue = Some(get_attribute_value);
         l.C_CreateObject = Some(create_object);
         l.C_GenerateKey = Some(generate_key);
         l.C_GenerateKeyPair = Some(generate_key_pair);
