@@ -50,6 +50,7 @@ mod common;
 
 use common::Fixture;
 use common::daemon::{self, Daemon};
+use common::proc::{cpu_seconds, rss_kib};
 
 const KEYS: [(&str, &str); 2] = [("AES-256", "test-aes-256"), ("RSA-3072", "test-rsa-3072")];
 const FEW_FILLERS: usize = 10;
@@ -282,18 +283,6 @@ fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// A process's CPU time so far, user + system, in seconds (`/proc/PID/stat`; threads that
-/// have exited included). `pid` is a number or "self".
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in brackets and may hold spaces: state is
-    // the first, utime the 12th, stime the 13th.
-    let rest = &stat[stat.rfind(')').unwrap() + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
-}
-
 /// CPU seconds so far of a process's threads named `hsm-worker-*` (the daemon's HSM
 /// workers, src/service/queue.rs); the rest of its CPU is the network side's.
 fn hsm_worker_cpu_seconds(pid: &str) -> f64 {
@@ -425,19 +414,6 @@ fn perf_record(pid: &str, out: &Path, secs: u64) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("perf record (install linux-perf)")
-}
-
-/// A process's (current RSS, peak RSS) in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// `n` channels to the daemon: mutual TLS as the test client `cckm`, or plain text.

@@ -11,10 +11,14 @@ use serde_json::Value;
 use super::daemon::certs;
 use super::{KeyPair, keypair};
 
-/// The OCI emulator's binary (see [`emulator_binary`]).
+/// The OCI emulator's binary: `HSM_BRIDGE_EMULATOR_BIN` (another build of it, e.g. an
+/// optimised one for benches/fleet.rs), or [`emulator_binary`]'s.
 pub(crate) fn binary() -> &'static PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| emulator_binary("oci-kms-emulator"))
+    BIN.get_or_init(|| match std::env::var_os("HSM_BRIDGE_EMULATOR_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => emulator_binary("oci-kms-emulator"),
+    })
 }
 
 /// Binary `name` of the workspace member `emulator/`, built into this workspace's target
@@ -253,6 +257,11 @@ impl Emulator {
 
     async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         control(&self.http, &self.base, method, path, body).await
+    }
+
+    /// The emulator's process id (a benchmark reads its CPU time).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The request log.

@@ -8,7 +8,9 @@ pub(crate) mod aws_rig;
 pub(crate) mod daemon;
 pub(crate) mod emulator;
 pub(crate) mod fault;
+pub(crate) mod journal;
 pub(crate) mod postgres;
+pub(crate) mod proc;
 pub(crate) mod python;
 
 use std::collections::HashMap;
