@@ -7,6 +7,8 @@
 //! unfinished is retried under the same keys (the journal re-sends the recorded bytes or
 //! finds what landed). Workers on several machines sharing one PostgreSQL journal can run one
 //! plan: the journal's claim lets one of them do an import, and the others get its answer.
+//! Idempotency keys belong to a caller (the operator in process, the certificate's caller
+//! through a daemon): a plan resumes only the way it was run.
 //!
 //! `--dry-run` makes every check an import makes before the cloud is called (the key found
 //! and allowed to leave, the destination, the cloud's rules for its shape, the format on this
