@@ -12,6 +12,8 @@ repository root (after ./softhsm-setup.sh). A block's info string says what it i
   rust excerpt=F  lines of F, as they stand there
   json audit      an audit record: its fields in the order the daemon writes them
   text layout     paths in the repository
+  toml plan       a migrate plan: `hsm-bridge migrate --dry-run` of it with the shipped config
+                  must pass
 
 Every block has a time limit, and whatever a block leaves running is stopped after it. A
 block with no info string, or one this script does not know, is an error: every block is
@@ -21,6 +23,8 @@ covered.
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +153,21 @@ def audit(body, state):
         fail(f"the sample audit record's fields are not the daemon's: {sample_keys} against {real}")
 
 
+def plan(body):
+    d = tempfile.mkdtemp()
+    try:
+        path = os.path.join(d, "plan.toml")
+        with open(path, "w") as f:
+            f.write(body)
+        bash(
+            "./target/release/hsm-bridge migrate --config config/hsm-bridge.toml"
+            f" --plan {shlex.quote(path)} --report {shlex.quote(path)}.report.json --dry-run",
+            "the migrate plan",
+        )
+    finally:
+        shutil.rmtree(d)
+
+
 def layout(body):
     for line in body.splitlines():
         if not line or line.startswith(" "):
@@ -179,6 +198,8 @@ def main():
                 audit(body, state)
             elif kind == "text layout":
                 layout(body)
+            elif kind == "toml plan":
+                plan(body)
             else:
                 fail(f"block {n} has an info string this script does not know: {info!r}")
         step("README examples: all ran")
