@@ -35,7 +35,6 @@ use hsm_bridge::config::Config;
 use hsm_bridge::hsm::Hsm;
 use hsm_bridge::journal::Journal;
 use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
-use hsm_bridge::proto::{self, key_ref::Key};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -135,23 +134,6 @@ fn fleet_config(
     config
 }
 
-/// An ImportKeyVersion of the fixture's test-aes-256 into the emulator's key "k".
-fn import_request(emu: &Emulator, wait: bool) -> proto::ImportKeyVersionRequest {
-    proto::ImportKeyVersionRequest {
-        source_key: Some(proto::KeyRef {
-            key: Some(Key::Label("test-aes-256".into())),
-        }),
-        oci_key_id: emu.keys["k"].clone(),
-        oci: Some(proto::OciTarget {
-            connection: String::new(),
-            management_endpoint: emu.base.clone(),
-        }),
-        algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-        idempotency_key: String::new(),
-        wait_for_enabled: wait,
-    }
-}
-
 /// What one load gave.
 struct Load {
     latencies: Vec<Duration>,
@@ -183,7 +165,7 @@ async fn load(
         .map(|w| {
             let mut client = KeySourceBridgeClient::new(channels[w % channels.len()].clone());
             let (next, tag) = (next.clone(), tag.to_string());
-            let template = import_request(emu, a.wait);
+            let template = emu.import_request("k", String::new(), a.wait);
             tokio::spawn(async move {
                 let (mut lat, mut errors) = (Vec::new(), BTreeMap::<String, usize>::new());
                 loop {

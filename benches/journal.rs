@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use hsm_bridge::config::Config;
 use hsm_bridge::hsm::{Hsm, KeyRef};
 use hsm_bridge::journal::Journal;
-use hsm_bridge::proto::{self, key_ref::Key};
 use hsm_bridge::wrap::{Algorithm, Format, WrappingKey};
 
 #[path = "../tests/common/mod.rs"]
@@ -70,19 +69,11 @@ async fn imports(d: &Daemon, emu: &Emulator, tag: &str, n: usize) -> Vec<Duratio
     let mut c = d.client("cckm").await;
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 5 {
-        let req = proto::ImportKeyVersionRequest {
-            source_key: Some(proto::KeyRef {
-                key: Some(Key::Label("test-aes-256".into())),
-            }),
-            oci_key_id: emu.keys["k"].clone(),
-            oci: Some(proto::OciTarget {
-                connection: String::new(),
-                management_endpoint: emu.base.clone(),
-            }),
-            algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
-            idempotency_key: format!("bench-{tag}-{}-{i}", std::process::id()),
-            wait_for_enabled: false,
-        };
+        let req = emu.import_request(
+            "k",
+            format!("bench-{tag}-{}-{i}", std::process::id()),
+            false,
+        );
         let t = Instant::now();
         c.import_key_version(req).await.expect("import");
         if i >= 5 {

@@ -50,20 +50,6 @@ fn args() -> Args {
     a
 }
 
-/// Resident set of process `pid`, in MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 /// A plan of `n` items, the fixture's AES-256 key into a new key each.
 fn plan(dir: &Path, name: &str, n: usize) -> std::path::PathBuf {
     let mut text = format!("name = \"{name}\"\n");
@@ -123,10 +109,11 @@ fn run(
     let mut rss = Vec::new();
     let mut sampled: Option<Instant> = None;
     while child.try_wait().unwrap().is_none() {
+        // (0 before the process has its memory, or once it has exited: no sample.)
         if sampled.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-            && let Some(r) = rss_mib(pid)
+            && let (kib @ 1.., _) = common::proc::rss_kib(pid)
         {
-            rss.push(r);
+            rss.push(kib as f64 / 1024.0);
             sampled = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(20));

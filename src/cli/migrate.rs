@@ -599,10 +599,7 @@ async fn through_daemon(
             }
         }
         Err(s) => {
-            let code = Code::ALL
-                .get(s.code() as usize)
-                .copied()
-                .unwrap_or(Code::Unknown);
+            let code = crate::service::status::canonical(s.code());
             // A status the daemon sent has its headers; one made here, from a broken
             // connection, has none: say how we came.
             let why = match s.metadata().is_empty() {

@@ -155,6 +155,30 @@ pub(crate) async fn control(
 }
 
 impl Emulator {
+    /// An ImportKeyVersion of the fixture's test-aes-256 into this emulator's key `key`
+    /// (RSA_OAEP_AES_SHA256, the default connection).
+    pub(crate) fn import_request(
+        &self,
+        key: &str,
+        idempotency_key: String,
+        wait: bool,
+    ) -> hsm_bridge::proto::ImportKeyVersionRequest {
+        use hsm_bridge::proto;
+        proto::ImportKeyVersionRequest {
+            source_key: Some(proto::KeyRef {
+                key: Some(proto::key_ref::Key::Label("test-aes-256".into())),
+            }),
+            oci_key_id: self.keys[key].clone(),
+            oci: Some(proto::OciTarget {
+                connection: String::new(),
+                management_endpoint: self.base.clone(),
+            }),
+            algorithm: proto::WrappingAlgorithm::RsaOaepAesSha256 as i32,
+            idempotency_key,
+            wait_for_enabled: wait,
+        }
+    }
+
     /// Starts the emulator on a free port, accepting `api_keys` (public PEM files), with
     /// `keys` seeded (`NAME=SHAPE`), and the test oracle on.
     pub(crate) fn start(dir: &Path, api_keys: &[&Path], keys: &[&str]) -> Emulator {
