@@ -27,7 +27,9 @@
 
 pub(crate) mod audit;
 pub(crate) mod aws;
+pub(crate) mod azure;
 pub mod cli;
+pub(crate) mod clouds;
 pub(crate) mod code;
 pub(crate) mod codec;
 pub mod config;

@@ -49,6 +49,7 @@ fn request(
         idempotency_key: idem.into(),
         wait_for_enabled: true,
         valid_to_unix: 0,
+        ..Default::default()
     }
 }
 

@@ -5,8 +5,6 @@
 //! (src/export/aws.rs), each failing as a [`KmsError`] with KMS's error name, message and
 //! request id. Secrets never pass through here but inside the SDK's credential providers.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kms::Client;
@@ -21,8 +19,7 @@ use aws_sdk_kms::types::{
 };
 use tokio::sync::OnceCell;
 
-use crate::config::{AwsDestination, Destination};
-use crate::journal::Journal;
+use crate::config::AwsDestination;
 use crate::oci::kms::{Answer, KmsError, MAX_ERROR_TEXT, MAX_ID_TEXT, bounded};
 
 /// The KMS operations this daemon calls (error messages name the service by them).
@@ -36,48 +33,18 @@ pub(crate) const OPERATIONS: [&str; 7] = [
     "ListKeyRotations",
 ];
 
-/// Every AWS destination of the config, with the journal their imports are recorded in.
-pub(crate) struct AwsSide {
-    destinations: BTreeMap<String, Arc<Kms>>,
-    pub journal: Arc<Journal>,
-    /// `policy.min_wrapping_key_bits`: what KMS's wrapping keys must reach.
-    pub min_wrapping_bits: u32,
-}
-
-impl AwsSide {
-    /// The AWS destinations of `destinations`; their clients are made at first use (the
+impl Kms {
+    /// The AWS destination `name` of the config (its client is made at first use: the
     /// credential chain may ask the network).
-    pub(crate) fn new(
-        destinations: &BTreeMap<String, Destination>,
-        min_wrapping_bits: u32,
-        journal: Arc<Journal>,
-    ) -> AwsSide {
-        let destinations = destinations
-            .iter()
-            .map(|(name, d)| match d {
-                Destination::Aws(a) => (
-                    name.clone(),
-                    Arc::new(Kms {
-                        name: name.clone(),
-                        endpoint: crate::oci::endpoint::check(&a.endpoint_url(), &a.allowed())
-                            .map(|e| e.base)
-                            .unwrap_or_default(),
-                        cfg: a.clone(),
-                        client: OnceCell::new(),
-                    }),
-                ),
-            })
-            .collect();
-        AwsSide {
-            destinations,
-            journal,
-            min_wrapping_bits,
+    pub(crate) fn new(name: &str, a: &AwsDestination) -> Kms {
+        Kms {
+            name: name.to_string(),
+            endpoint: crate::oci::endpoint::check(&a.endpoint_url(), &a.allowed())
+                .map(|e| e.base)
+                .unwrap_or_default(),
+            cfg: a.clone(),
+            client: OnceCell::new(),
         }
-    }
-
-    /// The destination `name`, if it is an AWS one.
-    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Kms>> {
-        self.destinations.get(name)
     }
 }
 

@@ -49,8 +49,8 @@ impl CliImport {
     }
 
     /// The config's destinations.
-    pub(super) fn destinations(&self) -> Arc<crate::aws::AwsSide> {
-        Arc::new(crate::aws::AwsSide::new(
+    pub(super) fn destinations(&self) -> Arc<crate::clouds::Clouds> {
+        Arc::new(crate::clouds::Clouds::new(
             &self.cfg.destinations,
             self.cfg.policy.min_wrapping_key_bits,
             self.journal.clone(),
@@ -120,6 +120,8 @@ pub(super) fn import_cmd(a: ImportArgs, out: &mut dyn Write) -> Result<(), Error
             create: a.new_key.then_some(a.key_usage.as_deref().unwrap_or("")),
             format: a.format.as_deref().unwrap_or(""),
             valid_to,
+            key_ops: &a.key_ops,
+            create_kek: a.create_kek,
         };
         let ask = ImportAsk {
             idempotency_key: idem,

@@ -313,7 +313,7 @@ enum Way {
     /// every attempt audited as `hsm-bridge import`'s is.
     InProcess {
         exporter: Exporter,
-        destinations: Arc<crate::aws::AwsSide>,
+        destinations: Arc<crate::clouds::Clouds>,
         audit: CliAudit,
     },
     /// Through a running daemon's gRPC `Import`, as the caller its certificate names (the
@@ -503,7 +503,7 @@ impl Shared {
         &self,
         unit: &Unit,
         key: KeyRef,
-        (exporter, destinations, audit): (&Exporter, &Arc<crate::aws::AwsSide>, &CliAudit),
+        (exporter, destinations, audit): (&Exporter, &Arc<crate::clouds::Clouds>, &CliAudit),
     ) -> Tried {
         let mut attempt = audit.attempt(Operation::Import);
         let result = async {
@@ -516,6 +516,8 @@ impl Shared {
                 create: unit.new_key.as_deref(),
                 format: &unit.format,
                 valid_to: None,
+                key_ops: &[],
+                create_kek: false,
             };
             let ask = ImportAsk {
                 idempotency_key: Some(&unit.idempotency_key),
@@ -586,6 +588,7 @@ async fn through_daemon(
         idempotency_key: unit.idempotency_key.clone(),
         wait_for_enabled: true,
         valid_to_unix: 0,
+        ..Default::default()
     });
     req.set_timeout(CALL_TIMEOUT);
     match client.import(req).await {
@@ -676,7 +679,7 @@ pub(super) fn migrate_cmd(a: MigrateArgs, out: &mut dyn Write) -> Result<(), Err
                     crate::export::queue::HsmQueue::new(&hsm, hsm.sessions(), a.parallel * 2),
                     hsm.clone(),
                 )),
-                destinations: Arc::new(crate::aws::AwsSide::new(
+                destinations: Arc::new(crate::clouds::Clouds::new(
                     &cfg.destinations,
                     cfg.policy.min_wrapping_key_bits,
                     journal.clone(),

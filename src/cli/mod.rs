@@ -197,11 +197,12 @@ pub(crate) struct ImportArgs {
     /// A [destinations.NAME] of the config.
     #[arg(long, value_name = "NAME")]
     pub to: String,
-    /// The cloud's key that gets the new material (AWS: key ARN or id).
+    /// The cloud's key that gets the new material (AWS: key ARN or id; Azure: the key's
+    /// name, and with --new-key the new key's).
     #[arg(long, value_name = "ID", required_unless_present = "new_key")]
     pub target: Option<String>,
     /// Create a new key of the source key's shape instead.
-    #[arg(long, conflicts_with = "target")]
+    #[arg(long)]
     pub new_key: bool,
     /// With --new-key, AWS KeyUsage: ENCRYPT_DECRYPT (AES's) or SIGN_VERIFY (RSA's default).
     #[arg(long, value_name = "USAGE", requires = "new_key")]
@@ -220,6 +221,15 @@ pub(crate) struct ImportArgs {
     /// Wait until the key is usable with the new material.
     #[arg(long)]
     pub wait: bool,
+    /// Azure: the key operations of what is imported, comma-separated (default the key
+    /// type's: RSA encrypt, decrypt, sign, verify, wrapKey, unwrapKey; AES the same but
+    /// sign and verify).
+    #[arg(long, value_name = "OPS", value_delimiter = ',')]
+    pub key_ops: Vec<String>,
+    /// Azure: make the destination's key-exchange key (kek_name) if the vault has none;
+    /// the destination must allow it (kek_create = true).
+    #[arg(long)]
+    pub create_kek: bool,
 }
 
 #[derive(Debug, Args)]

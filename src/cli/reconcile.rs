@@ -94,12 +94,21 @@ struct KeyNow {
 pub(super) fn reconcile_cmd(a: ReconcileArgs, out: &mut dyn Write) -> Result<(), Error> {
     let cli = CliImport::open(&a.common.config)?;
     let destinations = cli.destinations();
-    let kms = destinations.get(&a.to).cloned().ok_or_else(|| {
-        Error::Usage(format!(
-            "no destination {:?} in the config's [destinations]",
-            a.to
-        ))
-    })?;
+    let kms = match destinations.get(&a.to) {
+        Some(crate::clouds::Dest::Aws(kms)) => kms.clone(),
+        Some(_) => {
+            return Err(Error::Usage(format!(
+                "destination {:?} is not AWS KMS: reconcile reads AWS destinations only",
+                a.to
+            )));
+        }
+        None => {
+            return Err(Error::Usage(format!(
+                "no destination {:?} in the config's [destinations]",
+                a.to
+            )));
+        }
+    };
     let deadline = || Some(Instant::now() + Duration::from_secs(60));
     let result = cli.rt.block_on(async {
         let records = cli.journal.list(MAX_RECORDS).await?;

@@ -1,8 +1,9 @@
 //! `[destinations.NAME]`: where imports may go, each a cloud, an account and a region (the
 //! policy unit a caller is granted by name, `server.clients[].destinations`). A caller names
 //! a destination, never an endpoint or an account: the daemon's signed requests and wrapped
-//! keys go nowhere the operator did not write here. AWS KMS for now (src/aws/); the other
-//! clouds' destinations are refused by name until they exist.
+//! keys go nowhere the operator did not write here. AWS KMS (src/aws/) and Azure Key Vault
+//! or Managed HSM (src/azure/); the other clouds' destinations are refused by name until
+//! they exist.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,253 @@ use serde::Deserialize;
 #[serde(tag = "cloud", rename_all = "lowercase")]
 pub(crate) enum Destination {
     Aws(AwsDestination),
+    Azure(AzureDestination),
+}
+
+/// `cloud = "azure"`: one Azure Key Vault (Premium) or Managed HSM, reached with one
+/// Microsoft Entra ID application's credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AzureDestination {
+    /// `https://NAME.vault.azure.net` or `https://NAME.managedhsm.azure.net`: where keys
+    /// are imported, and where the key-exchange key must be.
+    pub vault: String,
+    /// "key_vault" or "managed_hsm"; default from the vault's host name (required for a
+    /// host that says neither, such as the tests' emulator). A Managed HSM takes AES keys
+    /// (oct-HSM); a Key Vault Premium does not.
+    pub kind: Option<AzureKind>,
+    /// The key-exchange key's versioned id (`{vault}/keys/NAME/VERSION`): every import is
+    /// wrapped for exactly this key. Or `kek_name`.
+    pub kek: Option<String>,
+    /// The key-exchange key by name: its latest version is used; with `kek_create`, a
+    /// caller that asks may have the daemon make it when the vault has none.
+    pub kek_name: Option<String>,
+    /// Whether a caller may ask the daemon to make the `kek_name` key (RSA-HSM,
+    /// `kek_bits`, key operations `["import"]` only).
+    #[serde(default)]
+    pub kek_create: bool,
+    /// The size of a key-exchange key the daemon makes: 2048, 3072 or 4096 (default).
+    #[serde(default = "default_kek_bits")]
+    pub kek_bits: u32,
+    /// The Microsoft Entra ID tenant (directory) id.
+    pub tenant: String,
+    /// The application's (client) id.
+    pub client_id: String,
+    /// A file holding the application's client secret (only the secret; a final newline
+    /// is dropped).
+    pub client_secret_file: Option<PathBuf>,
+    /// A PKCS#12 file holding the application's certificate and RSA private key.
+    pub client_certificate_file: Option<PathBuf>,
+    /// A file holding the PKCS#12 file's password, if it has one.
+    pub client_certificate_password_file: Option<PathBuf>,
+    /// Kubernetes workload identity: the service account token the kubelet projects
+    /// (`federated_token_file`, default the `AZURE_FEDERATED_TOKEN_FILE` the webhook sets)
+    /// is exchanged for a token.
+    #[serde(default)]
+    pub workload_identity: bool,
+    pub federated_token_file: Option<PathBuf>,
+    /// The Entra ID authority tokens are asked of; default
+    /// `https://login.microsoftonline.com`. (`AZURE_AUTHORITY_HOST` is never used: the
+    /// environment cannot send the daemon's credentials elsewhere.)
+    pub authority: Option<String>,
+    /// Globs over `https://host[:port]` that `vault` and `authority` must match; default
+    /// Azure's Key Vault, Managed HSM and Entra ID hosts.
+    pub allowed_endpoints: Option<Vec<String>>,
+    /// PEM certificates trusted besides the system's roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// One call's time limit, connecting included.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// What an Azure destination is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AzureKind {
+    KeyVault,
+    ManagedHsm,
+}
+
+impl AzureKind {
+    /// The resource whose tokens the service takes (what its challenge names).
+    pub(crate) fn resource(self) -> &'static str {
+        match self {
+            AzureKind::KeyVault => "https://vault.azure.net",
+            AzureKind::ManagedHsm => "https://managedhsm.azure.net",
+        }
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            AzureKind::KeyVault => "an Azure Key Vault",
+            AzureKind::ManagedHsm => "an Azure Managed HSM",
+        }
+    }
+}
+
+fn default_kek_bits() -> u32 {
+    4096
+}
+
+/// Azure's public hosts for vaults, Managed HSMs and Entra ID.
+const AZURE_HOSTS: [&str; 3] = [
+    "https://*.vault.azure.net",
+    "https://*.managedhsm.azure.net",
+    "https://login.microsoftonline.com",
+];
+
+/// The public Entra ID authority.
+pub(crate) const AZURE_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+impl AzureDestination {
+    /// What `vault` must match.
+    pub(crate) fn allowed(&self) -> Vec<String> {
+        self.allowed_endpoints
+            .clone()
+            .unwrap_or_else(|| AZURE_HOSTS.iter().map(|h| h.to_string()).collect())
+    }
+
+    /// The vault, normalised (`https://host[:port]`).
+    pub(crate) fn vault_base(&self) -> Result<String, String> {
+        crate::oci::endpoint::check(&self.vault, &self.allowed())
+            .map(|e| e.base)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The authority, normalised.
+    pub(crate) fn authority_base(&self) -> Result<String, String> {
+        let a = self.authority.as_deref().unwrap_or(AZURE_AUTHORITY);
+        crate::oci::endpoint::check(a, &self.allowed())
+            .map(|e| e.base)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The vault's kind: as configured, else from its host.
+    pub(crate) fn kind(&self) -> Option<AzureKind> {
+        self.kind.or_else(|| {
+            let host = self.vault_base().ok()?;
+            if host.ends_with(".managedhsm.azure.net") {
+                Some(AzureKind::ManagedHsm)
+            } else if host.ends_with(".vault.azure.net") {
+                Some(AzureKind::KeyVault)
+            } else {
+                None
+            }
+        })
+    }
+
+    fn validate(&self, at: &str, min_bits: u32) -> Result<(), String> {
+        for p in self.allowed() {
+            if !p.to_ascii_lowercase().starts_with("https://") {
+                return Err(format!(
+                    "{at}.allowed_endpoints: {p:?} must start with https:// (requests carry tokens and wrapped keys)"
+                ));
+            }
+        }
+        let vault = self.vault_base().map_err(|e| {
+            format!("{at}.vault: {e}; nothing is sent there (list it in {at}.allowed_endpoints)")
+        })?;
+        self.authority_base().map_err(|e| {
+            format!(
+                "{at}.authority: {e}; no credential is sent there (list it in {at}.allowed_endpoints)"
+            )
+        })?;
+        if self.kind().is_none() {
+            return Err(format!(
+                "{at}.kind: {vault} is neither *.vault.azure.net nor *.managedhsm.azure.net: say kind = \"key_vault\" or \"managed_hsm\""
+            ));
+        }
+        match (&self.kek, &self.kek_name) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at}: give kek (a versioned key id) or kek_name, not both"
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "{at}: give kek (the key-exchange key's versioned id, {vault}/keys/NAME/VERSION) or kek_name"
+                ));
+            }
+            (Some(kek), None) => {
+                let id = crate::azure::KeyId::parse(kek).map_err(|e| format!("{at}.kek: {e}"))?;
+                if id.vault != vault {
+                    return Err(format!(
+                        "{at}.kek: the key-exchange key is in {}, not in {vault}: Azure imports only with a key-exchange key of the same vault or Managed HSM",
+                        id.vault
+                    ));
+                }
+                if id.version.is_none() {
+                    return Err(format!(
+                        "{at}.kek must be the versioned id ({kek}/VERSION), or use kek_name for the latest version"
+                    ));
+                }
+                if self.kek_create {
+                    return Err(format!(
+                        "{at}.kek_create needs kek_name (the daemon makes a key by name)"
+                    ));
+                }
+            }
+            (None, Some(name)) => {
+                if !crate::azure::key_name_ok(name) {
+                    return Err(format!(
+                        "{at}.kek_name must be 1 to 127 letters, digits and '-'"
+                    ));
+                }
+            }
+        }
+        if !matches!(self.kek_bits, 2048 | 3072 | 4096) {
+            return Err(format!("{at}.kek_bits: give 2048, 3072 or 4096"));
+        }
+        if self.kek_create && self.kek_bits < min_bits {
+            return Err(format!(
+                "{at}.kek_bits = {} is below policy.min_wrapping_key_bits = {min_bits}",
+                self.kek_bits
+            ));
+        }
+        let guid = |s: &str| {
+            let g: Vec<&str> = s.split('-').collect();
+            g.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+                && g.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        let domain = |s: &str| {
+            (1..=253).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
+        if !guid(&self.tenant) && !domain(&self.tenant) {
+            return Err(format!(
+                "{at}.tenant must be the directory's id (a GUID) or its domain name"
+            ));
+        }
+        if !guid(&self.client_id) {
+            return Err(format!(
+                "{at}.client_id must be the application's (client) id, a GUID"
+            ));
+        }
+        let ways = [
+            self.client_secret_file.is_some(),
+            self.client_certificate_file.is_some(),
+            self.workload_identity,
+        ];
+        if ways.iter().filter(|w| **w).count() != 1 {
+            return Err(format!(
+                "{at}: give exactly one of client_secret_file, client_certificate_file, workload_identity = true"
+            ));
+        }
+        if self.client_certificate_password_file.is_some() && self.client_certificate_file.is_none()
+        {
+            return Err(format!(
+                "{at}.client_certificate_password_file is for client_certificate_file"
+            ));
+        }
+        if self.federated_token_file.is_some() && !self.workload_identity {
+            return Err(format!(
+                "{at}.federated_token_file is for workload_identity = true"
+            ));
+        }
+        super::validate::in_range(&format!("{at}.timeout_ms"), self.timeout_ms, 100..=600_000)?;
+        Ok(())
+    }
 }
 
 /// `cloud = "aws"`: AWS KMS in one account and region.
@@ -154,6 +402,7 @@ pub(super) fn validate(
         let at = format!("destinations.{name}");
         match d {
             Destination::Aws(a) => a.validate(&at, min_bits)?,
+            Destination::Azure(a) => a.validate(&at, min_bits)?,
         }
     }
     Ok(())
@@ -169,6 +418,20 @@ pub(super) fn resolve(
             Destination::Aws(a) => {
                 if let Some(ca) = a.ca_bundle.as_mut() {
                     fix(ca);
+                }
+            }
+            Destination::Azure(a) => {
+                for p in [
+                    &mut a.ca_bundle,
+                    &mut a.client_secret_file,
+                    &mut a.client_certificate_file,
+                    &mut a.client_certificate_password_file,
+                    &mut a.federated_token_file,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    fix(p);
                 }
             }
         }

@@ -613,7 +613,7 @@ mod destinations;
 mod journal;
 mod listen;
 mod validate;
-pub(crate) use destinations::{AwsDestination, Destination};
+pub(crate) use destinations::{AwsDestination, AzureDestination, AzureKind, Destination};
 pub use journal::{JournalConfig, JournalStore};
 pub(crate) use listen::Listen;
 

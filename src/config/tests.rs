@@ -115,7 +115,9 @@ fn env_expansion_and_relative_paths() {
 fn destinations_are_checked() {
     let aws = "[destinations.prod]\ncloud = \"aws\"\nregion = \"us-east-1\"\naccount = \"111122223333\"\n";
     let c = parse(&format!("{MIN}{aws}ca_bundle = \"ca.pem\"\n")).unwrap();
-    let Destination::Aws(a) = &c.destinations["prod"];
+    let Destination::Aws(a) = &c.destinations["prod"] else {
+        panic!("an AWS destination")
+    };
     assert_eq!(a.endpoint_url(), "https://kms.us-east-1.amazonaws.com");
     assert_eq!(a.ca_bundle.as_deref(), Some(Path::new("/etc/hb/ca.pem")));
     assert_eq!(a.wrapping_key_spec, "RSA_4096");
@@ -158,4 +160,77 @@ fn destinations_are_checked() {
     parse(&format!("{MIN}{aws}{client}destinations = [\"prod\"]\n")).unwrap();
     let e = parse(&format!("{MIN}{aws}{client}destinations = [\"test\"]\n")).unwrap_err();
     assert!(e.contains("no [destinations.NAME]"), "{e}");
+}
+
+#[test]
+fn azure_destinations_are_checked() {
+    let azure = "[destinations.az]\ncloud = \"azure\"\nvault = \"https://contoso.vault.azure.net\"\ntenant = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\nclient_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret_file = \"azure-secret\"\n";
+    let kek = "kek = \"https://contoso.vault.azure.net/keys/byok-kek/0123abcd\"\n";
+    let c = parse(&format!("{MIN}{azure}{kek}")).unwrap();
+    let Destination::Azure(a) = &c.destinations["az"] else {
+        panic!("an Azure destination")
+    };
+    assert_eq!(a.kind(), Some(super::AzureKind::KeyVault));
+    assert_eq!(
+        a.client_secret_file.as_deref(),
+        Some(Path::new("/etc/hb/azure-secret"))
+    );
+    assert_eq!(
+        a.authority_base().unwrap(),
+        "https://login.microsoftonline.com"
+    );
+    let mhsm = azure.replace("contoso.vault", "contoso.managedhsm");
+    let c = parse(&format!(
+        "{MIN}{mhsm}kek_name = \"kek\"\nkek_create = true\n"
+    ))
+    .unwrap();
+    let Destination::Azure(a) = &c.destinations["az"] else {
+        panic!("an Azure destination")
+    };
+    assert_eq!(a.kind(), Some(super::AzureKind::ManagedHsm));
+    for (table, says) in [
+        (format!("{azure}"), "kek_name"),
+        (
+            format!("{azure}kek = \"https://other.vault.azure.net/keys/k/1\"\n"),
+            "same vault",
+        ),
+        (
+            format!("{azure}kek = \"https://contoso.vault.azure.net/keys/k\"\n"),
+            "versioned",
+        ),
+        (format!("{azure}{kek}kek_name = \"k\"\n"), "not both"),
+        (
+            format!("{azure}{kek}kek_create = true\n"),
+            "kek_create needs kek_name",
+        ),
+        (
+            azure.replace("https://contoso.vault.azure.net", "https://evil.example") + kek,
+            "allowed_endpoints",
+        ),
+        (
+            azure.replace("https://contoso", "http://contoso") + kek,
+            "https",
+        ),
+        (
+            format!("{azure}{kek}authority = \"https://login.evil.example\"\n"),
+            "authority",
+        ),
+        (
+            format!("{azure}{kek}workload_identity = true\n"),
+            "exactly one of",
+        ),
+        (
+            azure.replace("00000000-0000-0000-0000-000000000001", "app") + kek,
+            "GUID",
+        ),
+    ] {
+        let e = parse(&format!("{MIN}{table}")).unwrap_err();
+        assert!(e.contains(says), "{table}: {e}");
+    }
+    // a host that says neither kind must say which
+    let local = azure.replace("https://contoso.vault.azure.net", "https://localhost:8443")
+        + "allowed_endpoints = [\"https://localhost:8443\", \"https://login.microsoftonline.com\"]\nkek = \"https://localhost:8443/keys/k/1\"\n";
+    let e = parse(&format!("{MIN}{local}")).unwrap_err();
+    assert!(e.contains("kind"), "{e}");
+    parse(&format!("{MIN}{local}kind = \"managed_hsm\"\n")).unwrap();
 }

@@ -27,7 +27,8 @@ use zeroize::Zeroizing;
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
-use crate::aws::{AwsSide, ImportCall, KeyArn, Kms, key_id_ok};
+use crate::aws::{ImportCall, KeyArn, Kms, key_id_ok};
+use crate::clouds::Clouds;
 use crate::hsm::Wrapped;
 use crate::journal::Journal;
 use crate::oci::kms::{Answer, KmsError};
@@ -78,7 +79,7 @@ pub(crate) enum Target {
 
 /// One import into an AWS destination.
 pub(crate) struct AwsImport {
-    aws: Arc<AwsSide>,
+    aws: Arc<Clouds>,
     kms: Arc<Kms>,
     target: Target,
     /// The KMS key spec of the source key.
@@ -171,7 +172,7 @@ impl AwsImport {
     /// already [`granted`] it (`Exporter::import_to` checks that first, before the token is
     /// asked anything).
     pub(crate) fn new(
-        aws: Arc<AwsSide>,
+        aws: Arc<Clouds>,
         kms: Arc<Kms>,
         target: Target,
         (shape, format): (KeyShape, &'static Format),

@@ -26,6 +26,7 @@ use crate::oci::kms::KmsError;
 use crate::wrap::{self, Format, WrappingKey};
 
 pub(crate) mod aws;
+pub(crate) mod azure;
 pub(crate) mod caller;
 mod destination;
 mod journal;

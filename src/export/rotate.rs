@@ -17,7 +17,7 @@ use super::aws::{AwsImport, Target};
 use super::to::{Made, destination, format_for};
 use super::{Caller, Export, ExportError, Exporter, ImportAsk, scope_of};
 use crate::audit::{Attempt, Operation};
-use crate::aws::AwsSide;
+use crate::clouds::Clouds;
 use crate::hsm::{KeyRef, NewKey, check_base, rotation_id};
 use crate::wrap::{KeyAlgorithm, KeyShape};
 
@@ -54,7 +54,7 @@ impl Exporter {
     /// token) before anything is generated, then the import of a key made in the HSM.
     pub(crate) async fn rotate_to(
         &self,
-        destinations: &Arc<AwsSide>,
+        destinations: &Arc<Clouds>,
         caller: Caller,
         to: RotateTo<'_>,
         ask: ImportAsk<'_>,

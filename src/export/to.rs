@@ -2,14 +2,18 @@
 //! `Import` and `hsm-bridge import` alike: the destination by name, the source key's shape
 //! from the token (the key found and allowed to leave, before any cloud is called), the
 //! format (the caller's, or the cloud's for that shape; either must take the key), then the
-//! export core's import into the cloud's destination (src/export/aws.rs).
+//! export core's import into the cloud's destination (src/export/aws.rs,
+//! src/export/azure.rs).
 
 use std::sync::Arc;
 
 use super::aws::{self, AwsImport, Imported, Target};
+use super::azure::{self as az, AzureImport};
 use super::{Caller, ExportError, Exporter, ImportAsk, KeyAdmitted};
 use crate::audit::{Attempt, bounded};
-use crate::aws::{AwsSide, Kms};
+use crate::aws::Kms;
+use crate::azure::Vault;
+use crate::clouds::{Clouds, Dest};
 use crate::wrap::{Cloud, Format, KeyShape};
 
 /// What an import into a destination asks, beyond the key and the journal's terms.
@@ -21,8 +25,13 @@ pub(crate) struct ImportTo<'a> {
     pub create: Option<&'a str>,
     /// A format name; "" for the cloud's format for the key's shape.
     pub format: &'a str,
-    /// When the material expires (seconds since 1970); `None`: never.
+    /// When the material expires (seconds since 1970); `None`: never. (AWS)
     pub valid_to: Option<i64>,
+    /// The key operations of what the import makes; empty: the key type's. (Azure)
+    pub key_ops: &'a [String],
+    /// Make the destination's key-exchange key if it has none, where the destination
+    /// allows it. (Azure)
+    pub create_kek: bool,
 }
 
 /// What an import into a destination made.
@@ -43,7 +52,7 @@ impl Exporter {
     /// Imports the admitted key into the destination `to` names.
     pub(crate) async fn import_to(
         &self,
-        destinations: &Arc<AwsSide>,
+        destinations: &Arc<Clouds>,
         admitted: KeyAdmitted,
         to: ImportTo<'_>,
         ask: ImportAsk<'_>,
@@ -52,15 +61,21 @@ impl Exporter {
         let checked = self
             .check_import_to(destinations, admitted, to, ask, attempt)
             .await?;
-        let made = self
-            .import(&checked.export, Arc::new(checked.dest), ask, attempt)
-            .await?;
-        Ok(Made::aws(
-            &checked.kms,
-            made,
-            checked.export.format,
-            attempt,
-        ))
+        let format = checked.export.format;
+        match checked.dest {
+            CheckedDest::Aws(dest, kms) => {
+                let made = self
+                    .import(&checked.export, Arc::new(dest), ask, attempt)
+                    .await?;
+                Ok(Made::aws(&kms, made, format, attempt))
+            }
+            CheckedDest::Azure(dest, vault) => {
+                let made = self
+                    .import(&checked.export, Arc::new(dest), ask, attempt)
+                    .await?;
+                Ok(Made::azure(&vault, made, format, attempt))
+            }
+        }
     }
 
     /// Everything [`Self::import_to`] checks before the import itself, without calling the
@@ -69,18 +84,27 @@ impl Exporter {
     /// whether the token can wrap in that format. What the import would be.
     pub(crate) async fn check_import_to(
         &self,
-        destinations: &Arc<AwsSide>,
+        destinations: &Arc<Clouds>,
         admitted: KeyAdmitted,
         to: ImportTo<'_>,
         ask: ImportAsk<'_>,
         attempt: &mut Attempt,
     ) -> Result<Checked, ExportError> {
-        let kms = destination(
+        let dest = destination_of(
             destinations,
             &admitted.admission.caller,
             to.destination,
             attempt,
         )?;
+        let kms = match dest {
+            Dest::Aws(kms) => kms.clone(),
+            Dest::Azure(vault) => {
+                let vault = vault.clone();
+                return self
+                    .check_azure(destinations, vault, admitted, to, ask, attempt)
+                    .await;
+            }
+        };
         let target = match (to.create, to.target) {
             (Some(_), t) if !t.is_empty() => {
                 return Err(ExportError::invalid(
@@ -117,35 +141,119 @@ impl Exporter {
         // The token can wrap in it (the self-test's finding): else refused here, before a
         // key is created or parameters are asked for.
         self.hsm.token().mode_for(format)?;
-        Ok(Checked { export, dest, kms })
+        Ok(Checked {
+            export,
+            dest: CheckedDest::Aws(dest, kms),
+        })
+    }
+
+    /// [`Self::check_import_to`] for an Azure destination: the key name, the source key's
+    /// shape against the vault's kind (AES only into a Managed HSM), `azure:byok`, the key
+    /// operations, the token's mode for the format.
+    async fn check_azure(
+        &self,
+        destinations: &Arc<Clouds>,
+        vault: Arc<Vault>,
+        admitted: KeyAdmitted,
+        to: ImportTo<'_>,
+        ask: ImportAsk<'_>,
+        attempt: &mut Attempt,
+    ) -> Result<Checked, ExportError> {
+        if to.target.is_empty() {
+            return Err(ExportError::invalid(
+                "target is required: the Key Vault key's name (a new version of it, or with create a new key of that name)",
+            ));
+        }
+        if to.valid_to.is_some() {
+            return Err(ExportError::invalid(
+                "valid_to is AWS's; an Azure key's expiry is not set by an import",
+            ));
+        }
+        if to.create.is_some_and(|u| !u.is_empty()) {
+            return Err(ExportError::invalid(
+                "key_usage is AWS's; give an Azure key's operations as key_ops",
+            ));
+        }
+        let shape = self.shape(&admitted, ask.deadline).await?;
+        let format = match to.format {
+            "" => az::default_format(),
+            f => Format::parse(f).map_err(|e| ExportError::invalid(e.to_string()))?,
+        };
+        if format.cloud != Cloud::Azure {
+            return Err(ExportError::invalid(format!(
+                "format {} is not Azure's; destination {} is {} (azure:byok)",
+                format.name,
+                vault.name,
+                vault.kind.describe()
+            )));
+        }
+        let export = admitted.format(format, attempt.record());
+        let dest = AzureImport::new(
+            destinations.clone(),
+            vault.clone(),
+            (to.target, to.create.is_some(), to.create_kek),
+            (shape, format),
+            to.key_ops,
+            self.hsm.token().generator(),
+            ask.deadline,
+        )?;
+        self.hsm.token().mode_for(format)?;
+        Ok(Checked {
+            export,
+            dest: CheckedDest::Azure(dest, vault),
+        })
     }
 }
 
 /// An import into a destination that passed every check made before the cloud is called.
 pub(crate) struct Checked {
     export: super::Export,
-    dest: AwsImport,
-    kms: Arc<Kms>,
+    dest: CheckedDest,
+}
+
+enum CheckedDest {
+    Aws(AwsImport, Arc<Kms>),
+    Azure(AzureImport, Arc<Vault>),
 }
 
 /// The destination `name`, for `caller` (granted it first: a caller learns nothing of
 /// destinations it may not use), noted in `attempt`'s record.
-pub(super) fn destination(
-    destinations: &AwsSide,
+fn destination_of<'a>(
+    destinations: &'a Clouds,
     caller: &Caller,
     name: &str,
     attempt: &mut Attempt,
-) -> Result<Arc<Kms>, ExportError> {
+) -> Result<&'a Dest, ExportError> {
     attempt.record().destination = Some(bounded(name, 64));
     aws::granted(caller, name)?;
-    let kms = destinations.get(name).cloned().ok_or_else(|| {
+    let dest = destinations.get(name).ok_or_else(|| {
         ExportError::not_configured(format!(
             "no destination {:?} in the daemon's [destinations]",
             bounded(name, 64),
         ))
     })?;
-    attempt.record().cloud = Some(Cloud::Aws.as_str());
-    Ok(kms)
+    attempt.record().cloud = Some(match dest {
+        Dest::Aws(_) => Cloud::Aws.as_str(),
+        Dest::Azure(_) => Cloud::Azure.as_str(),
+    });
+    Ok(dest)
+}
+
+/// The AWS destination `name`, for `caller`, noted in `attempt`'s record: what a rotation
+/// imports into (AWS KMS only).
+pub(super) fn destination(
+    destinations: &Clouds,
+    caller: &Caller,
+    name: &str,
+    attempt: &mut Attempt,
+) -> Result<Arc<Kms>, ExportError> {
+    match destination_of(destinations, caller, name, attempt)? {
+        Dest::Aws(kms) => Ok(kms.clone()),
+        Dest::Azure(_) => Err(ExportError::not_configured(format!(
+            "destination {:?} is Azure: a rotation imports into AWS KMS only",
+            bounded(name, 64)
+        ))),
+    }
 }
 
 /// The format `name` names (for `kms`'s cloud), or the cloud's for a key of `shape`.
@@ -168,6 +276,28 @@ pub(super) fn format_for(
 }
 
 impl Made {
+    /// What an import into Azure destination `vault` made, noted in `attempt`'s record.
+    pub(super) fn azure(
+        vault: &Vault,
+        made: az::Imported,
+        format: &'static Format,
+        attempt: &mut Attempt,
+    ) -> Made {
+        attempt.record().cloud_key_id = Some(made.key_id.clone());
+        let state = if made.enabled { "Enabled" } else { "Disabled" };
+        Made {
+            cloud: Cloud::Azure.as_str(),
+            destination: vault.name.clone(),
+            key_id: made.key_id,
+            version_id: made.version,
+            state: state.to_string(),
+            version_state: state.to_string(),
+            time_created: made.created,
+            created_key: made.created_key,
+            format: format.name,
+        }
+    }
+
     /// What an import into AWS destination `kms` made, noted in `attempt`'s record.
     pub(super) fn aws(
         kms: &Kms,

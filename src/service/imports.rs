@@ -159,6 +159,8 @@ impl Bridge {
             create: body.create.as_ref().map(|c| c.key_usage.as_str()),
             format: &body.format,
             valid_to: (body.valid_to_unix != 0).then_some(body.valid_to_unix),
+            key_ops: &body.key_ops,
+            create_kek: body.create_kek,
         };
         let ask = ImportAsk {
             idempotency_key: idem,

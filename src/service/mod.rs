@@ -52,7 +52,7 @@ pub(crate) struct Settings {
     /// `policy.protection_modes`: what an import may create or add a version to.
     protection_modes: Vec<ProtectionMode>,
     /// The `[destinations]` (AWS KMS for now) and their clients.
-    destinations: Arc<crate::aws::AwsSide>,
+    destinations: Arc<crate::clouds::Clouds>,
 }
 
 impl Settings {
@@ -60,7 +60,7 @@ impl Settings {
         auth: Authenticator,
         policy: &PolicyConfig,
         wrapping_policy: WrappingKeyPolicy,
-        (oci, destinations): (OciSide, crate::aws::AwsSide),
+        (oci, destinations): (OciSide, crate::clouds::Clouds),
     ) -> Settings {
         Settings {
             auth,

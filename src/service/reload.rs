@@ -32,7 +32,7 @@ pub(super) fn settings(
         cfg.policy.min_wrapping_key_bits,
         journal.clone(),
     )?;
-    let destinations = crate::aws::AwsSide::new(
+    let destinations = crate::clouds::Clouds::new(
         &cfg.destinations,
         cfg.policy.min_wrapping_key_bits,
         journal.clone(),

@@ -74,17 +74,21 @@ impl std::fmt::Debug for KmsClient {
     }
 }
 
-/// The TLS client config: the platform's roots plus `ca_bundle`, on ring.
-fn tls(ca_bundle: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+/// The TLS client config: the platform's roots plus `ca_bundle`, on ring (also Azure's
+/// client's, src/azure/).
+pub(crate) fn tls(ca_bundle: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra = match ca_bundle {
         Some(p) => CertificateDer::pem_file_iter(p)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("oci.ca_bundle {}: {e}", p.display()))?,
+            .map_err(|e| format!("ca_bundle {}: {e}", p.display()))?,
         None => Vec::new(),
     };
     if ca_bundle.is_some() && extra.is_empty() {
-        return Err("oci.ca_bundle holds no PEM certificate".into());
+        return Err(format!(
+            "ca_bundle {} holds no PEM certificate",
+            ca_bundle.unwrap_or(std::path::Path::new("")).display()
+        ));
     }
     let verifier =
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())

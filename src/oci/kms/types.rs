@@ -151,6 +151,8 @@ pub enum KmsError {
 fn service(op: &str) -> (&'static str, &'static str) {
     if crate::aws::OPERATIONS.contains(&op) {
         ("AWS KMS", "x-amzn-RequestId")
+    } else if crate::azure::OPERATIONS.contains(&op) {
+        ("Azure Key Vault", "x-ms-request-id")
     } else {
         ("OCI", "opc-request-id")
     }
