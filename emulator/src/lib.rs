@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod aws;
+pub mod azure;
 mod server;
 mod state;
 

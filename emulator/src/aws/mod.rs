@@ -20,7 +20,7 @@ mod keys;
 mod ops;
 pub mod protocol;
 pub mod sigv4;
-mod unwrap;
+pub(crate) mod unwrap;
 
 #[cfg(test)]
 mod tests;
@@ -161,7 +161,10 @@ impl Request<'_> {
     }
 }
 
-fn read_secret(path: &std::path::Path, what: &str) -> Result<Zeroizing<String>, EmulatorError> {
+pub(crate) fn read_secret(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Zeroizing<String>, EmulatorError> {
     let s = Zeroizing::new(
         std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?,
     );
