@@ -452,6 +452,13 @@ fn model(op: &'static str, rsp: azure_core::http::Response<Key>) -> Result<Answe
 /// a token); no answer is `Transport`.
 fn failed(op: &'static str, e: azure_core::Error) -> KmsError {
     use azure_core::error::ErrorKind;
+    // The SDK's outer message says what failed; the causes say why.
+    let mut why = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        why = format!("{why}: {c}");
+        cause = c.source();
+    }
     match e.kind() {
         ErrorKind::HttpResponse {
             status,
@@ -469,7 +476,7 @@ fn failed(op: &'static str, e: azure_core::Error) -> KmsError {
             let message = error
                 .and_then(|e| e["message"].as_str())
                 .map(str::to_string)
-                .unwrap_or_else(|| e.to_string());
+                .unwrap_or(why);
             let rid = raw_response
                 .as_ref()
                 .and_then(|r| r.headers().get_optional_str(&REQUEST_ID))
@@ -487,7 +494,7 @@ fn failed(op: &'static str, e: azure_core::Error) -> KmsError {
             op,
             status: 401,
             code: "CredentialUnavailable".into(),
-            message: bounded(&e.to_string(), MAX_ERROR_TEXT),
+            message: bounded(&why, MAX_ERROR_TEXT),
             opc_request_id: String::new(),
             attempts: 1,
         },
@@ -495,13 +502,13 @@ fn failed(op: &'static str, e: azure_core::Error) -> KmsError {
             op,
             status: 200,
             expected: "Key Vault answer",
-            why: bounded(&e.to_string(), MAX_ERROR_TEXT),
+            why: bounded(&why, MAX_ERROR_TEXT),
             opc_request_id: String::new(),
         },
         _ => KmsError::Transport {
             op,
             endpoint: String::new(),
-            why: bounded(&e.to_string(), MAX_ERROR_TEXT),
+            why: bounded(&why, MAX_ERROR_TEXT),
             attempts: 1,
         },
     }

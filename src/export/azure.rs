@@ -361,6 +361,50 @@ impl AzureImport {
         Ok((kid, Arc::new(wk)))
     }
 
+    /// The key named, for a fresh import: absent for a new key; else present, of the source
+    /// key's type and not managed by Key Vault (a certificate's key).
+    async fn check_target(&self, progress: &mut Progress) -> Result<(), ExportError> {
+        let got = self.vault.get_key(&self.name, None, self.deadline).await;
+        match (got, self.create) {
+            (Err(KmsError::Service { status: 404, .. }), true) => Ok(()),
+            (Ok(_), true) => Err(ExportError::invalid(format!(
+                "key {} exists: import a new version of it (no create), or name a new key; nothing was wrapped or sent",
+                self.key_id()
+            ))),
+            (Err(KmsError::Service { status: 404, .. }), false) => {
+                Err(ExportError::not_configured(format!(
+                    "there is no key {}: ask for a new key (create) to make it; nothing was wrapped or sent",
+                    self.key_id()
+                )))
+            }
+            (Err(e), _) => Err(noted(progress)(e)),
+            (Ok(k), false) => {
+                let k = k.value;
+                if k.managed == Some(true) {
+                    return Err(ExportError::invalid(format!(
+                        "key {} is managed by Key Vault (a certificate's key): it takes no imported version",
+                        self.key_id()
+                    )));
+                }
+                let kty = k
+                    .key
+                    .as_ref()
+                    .and_then(|j| j.kty.as_ref())
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                let family = |t: &str| t.trim_end_matches("-HSM").to_string();
+                if family(&kty) != family(self.kty) {
+                    return Err(ExportError::invalid(format!(
+                        "key {} is {kty}; the source key would be a {} version; nothing was wrapped or sent",
+                        self.key_id(),
+                        self.kty
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The version of key `b.name` that carries `b.mark`, if any (none while the key does
     /// not exist), confirmed for an RSA key by its public key being the source key's.
     async fn marked(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
@@ -485,63 +529,22 @@ impl Destination for AzureImport {
         )
     }
 
-    /// The key named: absent for a new key; else present, of the source key's type and not
-    /// managed by Key Vault (a certificate's key).
+    /// The key named, for the record. (What the vault holds is checked when a fresh import
+    /// asks for the wrapping key: a retry of a recorded import must not be refused because
+    /// its own first send made the key.)
     async fn admit(&self, _caller: &Caller, rec: &mut Record) -> Result<(), ExportError> {
         rec.cloud_key_id = Some(self.key_id());
-        let mut progress = Progress::default();
-        let got = self.vault.get_key(&self.name, None, self.deadline).await;
-        match (got, self.create) {
-            (Err(KmsError::Service { status: 404, .. }), true) => Ok(()),
-            (Ok(_), true) => Err(ExportError::invalid(format!(
-                "key {} exists: import a new version of it (no create), or name a new key; nothing was wrapped or sent",
-                self.key_id()
-            ))),
-            (Err(KmsError::Service { status: 404, .. }), false) => {
-                Err(ExportError::not_configured(format!(
-                    "there is no key {}: ask for a new key (create) to make it; nothing was wrapped or sent",
-                    self.key_id()
-                )))
-            }
-            (Err(e), _) => {
-                let e = noted(&mut progress)(e);
-                rec.export.merge(&progress);
-                Err(e)
-            }
-            (Ok(k), false) => {
-                let k = k.value;
-                if k.managed == Some(true) {
-                    return Err(ExportError::invalid(format!(
-                        "key {} is managed by Key Vault (a certificate's key): it takes no imported version",
-                        self.key_id()
-                    )));
-                }
-                let kty = k
-                    .key
-                    .as_ref()
-                    .and_then(|j| j.kty.as_ref())
-                    .map(|t| t.to_string())
-                    .unwrap_or_default();
-                let family = |t: &str| t.trim_end_matches("-HSM").to_string();
-                if family(&kty) != family(self.kty) {
-                    return Err(ExportError::invalid(format!(
-                        "key {} is {kty}; the source key would be a {} version; nothing was wrapped or sent",
-                        self.key_id(),
-                        self.kty
-                    )));
-                }
-                Ok(())
-            }
-        }
+        Ok(())
     }
 
-    /// The destination's key-exchange key, read (or made, when asked and allowed) and
-    /// checked.
+    /// The key named, checked ([`AzureImport::check_target`]); then the destination's
+    /// key-exchange key, read (or made, when asked and allowed) and checked.
     async fn wrapping_key(
         &self,
         _token: &str,
         progress: &mut Progress,
     ) -> Result<Arc<WrappingKey>, ExportError> {
+        self.check_target(progress).await?;
         let (kid, wk) = self.kek(progress).await?;
         *self.kek.lock().unwrap_or_else(|p| p.into_inner()) = Some(kid);
         Ok(wk)

@@ -65,8 +65,12 @@ fn default_code(status: u16) -> &'static str {
 }
 
 impl Fault {
-    fn matches(&self, op: Option<&str>, name: Option<&str>) -> bool {
+    /// Whether the fault applies to this call: a Key Vault call that carries a token (the
+    /// SDKs' first, tokenless request is the challenge's, not the call's), except for a
+    /// fault that changes the challenge itself; token calls always.
+    fn matches(&self, op: Option<&str>, name: Option<&str>, authenticated: bool) -> bool {
         self.count > 0
+            && (authenticated || self.challenge_resource.is_some())
             && self.op.as_deref().is_none_or(|o| Some(o) == op)
             && self.name.as_deref().is_none_or(|n| Some(n) == name)
     }
@@ -104,10 +108,19 @@ impl AzureKv {
         self.lock().faults.push(f);
     }
 
-    /// The first fault matching this call, its count taken down by one.
-    pub(super) fn take_fault(&self, op: Option<&str>, name: Option<&str>) -> Option<Fault> {
+    /// The first fault matching this call (`authenticated`: a token call, or a Key Vault
+    /// call with a token), its count taken down by one.
+    pub(super) fn take_fault(
+        &self,
+        op: Option<&str>,
+        name: Option<&str>,
+        authenticated: bool,
+    ) -> Option<Fault> {
         let mut inner = self.lock();
-        let i = inner.faults.iter().position(|f| f.matches(op, name))?;
+        let i = inner
+            .faults
+            .iter()
+            .position(|f| f.matches(op, name, authenticated))?;
         let f = &mut inner.faults[i];
         f.count -= 1;
         let out = f.clone();

@@ -415,7 +415,7 @@ impl AzureKv {
             fault: false,
             request_id: request_id.clone(),
         };
-        let fault = self.take_fault(route.op(), route.name());
+        let fault = self.take_fault(route.op(), route.name(), had_token || route.is_authority());
         let (mut reply, delay) = match fault {
             None => {
                 let (r, how) = self.call(req, &route, now);

@@ -1,0 +1,495 @@
+//! Azure Key Vault and Managed HSM as destinations, end to end: the real daemon (gRPC
+//! `Import`) and the real command line (`hsm-bridge import`) on SoftHSM2, kryoptic and the
+//! Luna-like token, the real `azure-kv-emulator` (the bearer challenge, tokens from its
+//! Entra ID endpoint, the key-exchange key's checks and a real OAEP-SHA1 + RFC 5649 unwrap;
+//! its test oracle says what a version holds), and the daemon killed with SIGKILL after
+//! Azure took an import and before its answer came.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::azure_emulator::AzureEmulator;
+use common::daemon::{Daemon, audit_records, certs, daemon_config, until_answered_by};
+use common::*;
+use hsm_bridge::proto::{self, key_ref::Key};
+use serde_json::{Value, json};
+use tonic::Code;
+
+const KV: &str = "azure-kv";
+const MHSM: &str = "azure-mhsm";
+
+/// The `[destinations.NAME]` table for `emu`, its key-exchange key given by `kek` (a line
+/// such as `kek = "..."` or `kek_name = "..."`).
+fn destination(emu: &AzureEmulator, name: &str, kek: &str) -> String {
+    let kind = if emu.resource.contains("managedhsm") {
+        "managed_hsm"
+    } else {
+        "key_vault"
+    };
+    format!(
+        "\n[destinations.{name}]\ncloud = \"azure\"\nvault = \"{base}\"\nkind = \"{kind}\"\n{kek}\ntenant = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\nauthority = \"{base}\"\nallowed_endpoints = [\"{base}\"]\nca_bundle = \"{}\"\ntimeout_ms = 20000\n",
+        emu.tenant,
+        emu.client_id,
+        emu.secret_file.display(),
+        certs().join("ca.pem").display(),
+        base = emu.base,
+    )
+}
+
+/// A daemon config on `fx` whose caller `cckm` may import into `destinations` (name,
+/// table), with metrics on.
+fn config(fx: &Fixture, name: &str, destinations: &[(&str, String)]) -> (PathBuf, PathBuf) {
+    let (config, audit) = daemon_config(fx, name, "", None);
+    let grants: Vec<String> = destinations
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect();
+    let mut text = std::fs::read_to_string(&config).unwrap().replace(
+        "name = \"cckm\"\n",
+        &format!("name = \"cckm\"\ndestinations = [{}]\n", grants.join(", ")),
+    );
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    for (_, table) in destinations {
+        text.push_str(table);
+    }
+    std::fs::write(&config, text).unwrap();
+    (config, audit)
+}
+
+fn label(l: &str) -> Option<proto::KeyRef> {
+    Some(proto::KeyRef {
+        key: Some(Key::Label(l.into())),
+    })
+}
+
+/// An `Import` of the key labelled `l` into key `name` of `dest` (a new key with `create`).
+fn request(l: &str, dest: &str, name: &str, create: bool, idem: &str) -> proto::ImportRequest {
+    proto::ImportRequest {
+        source_key: label(l),
+        destination: dest.into(),
+        target: name.into(),
+        create: create.then(proto::CreateOptions::default),
+        idempotency_key: idem.into(),
+        wait_for_enabled: true,
+        ..Default::default()
+    }
+}
+
+async fn import(
+    d: &Daemon,
+    req: proto::ImportRequest,
+) -> Result<proto::ImportResponse, tonic::Status> {
+    let mut r = tonic::Request::new(req);
+    r.set_timeout(Duration::from_secs(30));
+    d.client("cckm")
+        .await
+        .import(r)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// `hsm-bridge import` into `dest`; its JSON answer.
+fn cli_import(config: &Path, dest: &str, args: &[&str]) -> Value {
+    let mut all = vec![
+        "import",
+        "--config",
+        config.to_str().unwrap(),
+        "--to",
+        dest,
+        "--json",
+    ];
+    all.extend(args);
+    let out = hsm_bridge(&all);
+    assert!(
+        out.status.success(),
+        "hsm-bridge {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The emulator's calls of operation `op` that carried a token (the SDK's first,
+/// tokenless request of a client is answered by the challenge).
+async fn calls(emu: &AzureEmulator, op: &str) -> usize {
+    emu.requests()
+        .await
+        .iter()
+        .filter(|r| r["op"] == op && (r["token"] == true || op == "Token"))
+        .count()
+}
+
+/// The versions of key `name` the emulator holds.
+async fn versions(emu: &AzureEmulator, name: &str) -> Vec<Value> {
+    if !emu.names().await.iter().any(|n| n == name) {
+        return Vec::new();
+    }
+    let k = emu.key(name).await;
+    k["versions"].as_array().cloned().unwrap_or_default()
+}
+
+/// The version id at the end of a key id.
+fn version_of(kid: &str) -> String {
+    kid.rsplit('/').next().unwrap().to_string()
+}
+
+/// RSA-3072 into a Key Vault and AES-256 into a Managed HSM, from every token, land as
+/// exactly the token's keys: a new key through the daemon, a new version of it through the
+/// command line; each version tagged with its import's mark; a replay sends nothing; the
+/// audit records name the cloud and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_into_key_vault_and_aes_into_managed_hsm_land_as_the_tokens_keys() {
+    let mut tokens = vec![softhsm()];
+    match (kryoptic(), luna()) {
+        (Some(k), Some(l)) => tokens.extend([k, l]),
+        _ => skip_notice("kryoptic is not set up: only SoftHSM2 here"),
+    }
+    for fx in tokens {
+        let kind = format!("{:?}", fx.kind).to_lowercase();
+        let dir = fx.dir.join(format!("azure-{kind}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kv = AzureEmulator::start(&dir, false);
+        let mhsm = AzureEmulator::start(&dir, true);
+        let kv_kek = kv.kek("byok-kek", 4096).await;
+        let (config, audit) = config(
+            fx,
+            &format!("azure-land-{kind}"),
+            &[
+                (KV, destination(&kv, KV, &format!("kek = \"{kv_kek}\""))),
+                // The Managed HSM's key-exchange key is made by the daemon, asked for.
+                (
+                    MHSM,
+                    destination(
+                        &mhsm,
+                        MHSM,
+                        "kek_name = \"hsm-bridge-kek\"\nkek_create = true\nkek_bits = 3072",
+                    ),
+                ),
+            ],
+        );
+        let daemon = Daemon::start(&config, &[]);
+        let modulus = token_modulus(|a| p11(fx, a), "test-rsa-3072");
+
+        // RSA-3072 into a new Key Vault key.
+        let rsa_name = format!("rsa-{kind}");
+        let r = import(
+            &daemon,
+            request("test-rsa-3072", KV, &rsa_name, true, "rsa-1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.cloud.as_str(), r.destination.as_str(), r.format.as_str()),
+            ("azure", KV, "azure:byok")
+        );
+        assert_eq!(r.key_id, format!("{}/keys/{rsa_name}", kv.base));
+        assert!(r.created_key);
+        assert_eq!(
+            (r.state.as_str(), r.version_state.as_str()),
+            ("Enabled", "Enabled")
+        );
+        let first = kv.material(&rsa_name, &r.version_id).await;
+        assert_eq!(
+            pkcs8_modulus(&first),
+            modulus,
+            "{kind}: the Key Vault holds the token's RSA key"
+        );
+
+        // AES-256 into a new Managed HSM key, its key-exchange key made first.
+        let aes_name = format!("aes-{kind}");
+        let mut req = request("test-aes-256", MHSM, &aes_name, true, "aes-1");
+        req.create_kek = true;
+        req.key_ops = vec!["wrapKey".into(), "unwrapKey".into()];
+        let r = import(&daemon, req).await.unwrap();
+        assert_eq!(r.key_id, format!("{}/keys/{aes_name}", mhsm.base));
+        assert_eq!(
+            mhsm.material(&aes_name, &r.version_id).await,
+            fx.aes["test-aes-256"],
+            "{kind}: the Managed HSM holds the token's AES key"
+        );
+        let kek = versions(&mhsm, "hsm-bridge-kek").await;
+        assert_eq!(kek.len(), 1, "{kek:?}");
+        assert_eq!(kek[0]["key_ops"], json!(["import"]), "{kek:?}");
+        assert_eq!(kek[0]["kty"], "RSA-HSM", "{kek:?}");
+        let v = versions(&mhsm, &aes_name).await;
+        assert_eq!(v[0]["key_ops"], json!(["wrapKey", "unwrapKey"]), "{v:?}");
+
+        // The same requests again: answered from the journal, nothing sent.
+        let imports = calls(&kv, "ImportKey").await + calls(&mhsm, "ImportKey").await;
+        let again = import(
+            &daemon,
+            request("test-rsa-3072", KV, &rsa_name, true, "rsa-1"),
+        )
+        .await
+        .unwrap();
+        assert!(again.replayed);
+        assert_eq!(
+            imports,
+            calls(&kv, "ImportKey").await + calls(&mhsm, "ImportKey").await
+        );
+        drop(daemon);
+
+        // New versions through the command line.
+        let made = cli_import(
+            &config,
+            KV,
+            &["--label", "test-rsa-3072", "--target", &rsa_name],
+        );
+        assert_eq!(made["cloud"], "azure", "{made}");
+        let second = made["version_id"].as_str().unwrap();
+        assert_eq!(
+            pkcs8_modulus(&kv.material(&rsa_name, second).await),
+            modulus
+        );
+        let made = cli_import(
+            &config,
+            MHSM,
+            &["--label", "test-aes-256", "--target", &aes_name],
+        );
+        assert_eq!(
+            mhsm.material(&aes_name, made["version_id"].as_str().unwrap())
+                .await,
+            fx.aes["test-aes-256"]
+        );
+        let v = versions(&kv, &rsa_name).await;
+        assert_eq!(v.len(), 2, "{v:?}");
+        for version in &v {
+            let mark = version["tags"]["hsm-bridge-request"].as_str().unwrap_or("");
+            assert!(mark.starts_with("hsm-bridge "), "{version}");
+        }
+        assert_ne!(
+            v[0]["tags"]["hsm-bridge-request"], v[1]["tags"]["hsm-bridge-request"],
+            "each import carries a mark of its own"
+        );
+
+        let recs = audit_records(&audit);
+        let imports: Vec<&Value> = recs.iter().filter(|r| r["operation"] == "Import").collect();
+        assert!(imports.len() >= 3, "{recs:?}");
+        for rec in imports {
+            assert_eq!(rec["outcome"], "allowed", "{rec}");
+            assert_eq!(rec["cloud"], "azure", "{rec}");
+            assert_eq!(rec["format"], "azure:byok", "{rec}");
+            assert!(
+                rec["cloud_key_id"].as_str().unwrap().contains("/keys/"),
+                "{rec}"
+            );
+        }
+    }
+}
+
+/// What Azure would not take, and a key-exchange key it would not import with, are refused
+/// with the reason before the HSM wraps: AES into a Key Vault, a key-exchange key with more
+/// operations than `import`, a key-exchange key in another vault, a key-exchange key the
+/// destination does not let the daemon make, a challenge that asks for another resource's
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_come_before_the_hsm_wraps() {
+    let fx = softhsm();
+    let dir = fx.dir.join("azure-refusals");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kv = AzureEmulator::start(&dir, false);
+    let kek = kv.kek("byok-kek", 3072).await;
+    let wide = kv
+        .create_key("wide-kek", "RSA-HSM", 3072, &["import", "wrapKey"])
+        .await;
+    let wide = wide["key"]["kid"].as_str().unwrap().to_string();
+    let (config, audit) = config(
+        fx,
+        "azure-refusals",
+        &[
+            (KV, destination(&kv, KV, &format!("kek = \"{kek}\""))),
+            (
+                "azure-wide",
+                destination(&kv, "azure-wide", &format!("kek = \"{wide}\"")),
+            ),
+            (
+                "azure-named",
+                destination(&kv, "azure-named", "kek_name = \"not-made-yet\""),
+            ),
+        ],
+    );
+    let daemon = Daemon::start(&config, &[]);
+
+    // AES into a Key Vault Premium: refused before the cloud is asked anything.
+    let e = import(&daemon, request("test-aes-256", KV, "aes", true, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("Managed HSM") && e.message().contains("nothing was wrapped or sent"),
+        "{e:?}"
+    );
+    assert_eq!(
+        calls(&kv, "GetKey").await,
+        0,
+        "nothing was asked of the vault"
+    );
+
+    // A key-exchange key with more operations than import.
+    let e = import(
+        &daemon,
+        request("test-rsa-3072", "azure-wide", "rsa", true, ""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("exactly [\"import\"]") && e.message().contains("wrapKey"),
+        "{e:?}"
+    );
+
+    // No key-exchange key, and the destination does not let the daemon make one.
+    let mut req = request("test-rsa-3072", "azure-named", "rsa", true, "");
+    let e = import(&daemon, req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("create_kek"), "{e:?}");
+    req.create_kek = true;
+    let e = import(&daemon, req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("kek_create"), "{e:?}");
+    assert!(kv.names().await.iter().all(|n| n != "not-made-yet"));
+
+    // A challenge that names another resource: no token is asked for it.
+    let tokens = calls(&kv, "Token").await;
+    kv.fault(
+        json!({"op": "GetKey", "challenge_resource": "https://management.azure.com", "count": 10}),
+    )
+    .await;
+    let fresh = Daemon::start(&config, &[]);
+    let e = import(&fresh, request("test-rsa-3072", KV, "rsa", true, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("https://management.azure.com")
+            && e.message().contains("https://vault.azure.net/.default"),
+        "{e:?}"
+    );
+    kv.clear_faults().await;
+    drop(fresh);
+    assert_eq!(
+        calls(&kv, "Token").await,
+        tokens,
+        "no token was asked for another resource"
+    );
+
+    assert_eq!(calls(&kv, "ImportKey").await, 0, "nothing was imported");
+    let recs = audit_records(&audit);
+    let refused: Vec<&Value> = recs.iter().filter(|r| r["operation"] == "Import").collect();
+    assert!(refused.len() >= 5, "{recs:?}");
+    for r in refused {
+        assert_eq!(r["outcome"], "refused", "{r}");
+        assert!(r["mode"].is_null(), "nothing was wrapped: {r}");
+    }
+    drop(daemon);
+
+    // A key-exchange key in another vault: the config is refused.
+    let (other, _) = self::config(
+        fx,
+        "azure-other-vault",
+        &[(
+            KV,
+            destination(
+                &kv,
+                KV,
+                "kek = \"https://elsewhere.vault.azure.net/keys/byok-kek/0123456789abcdef0123456789abcdef\"",
+            ),
+        )],
+    );
+    let out = hsm_bridge(&[
+        "import",
+        "--config",
+        other.to_str().unwrap(),
+        "--to",
+        KV,
+        "--label",
+        "test-rsa-3072",
+        "--new-key",
+        "--target",
+        "rsa",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("https://elsewhere.vault.azure.net") && err.contains("same vault"),
+        "{err}"
+    );
+    assert_eq!(calls(&kv, "ImportKey").await, 0);
+}
+
+/// Polls `emu` until key `name` has `n` versions (at most 30 s).
+async fn until_versions(emu: &AzureEmulator, name: &str, n: usize) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while versions(emu, name).await.len() < n {
+        assert!(Instant::now() < end, "{:?}", versions(emu, name).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Azure took the import and its answer was lost: killed (SIGKILL) before the answer came,
+/// the retry under the same idempotency key finds the version by its mark and answers OK
+/// without a second PUT; a lost answer without a crash is found the same way in the call
+/// itself. On SoftHSM2 and the Luna-like token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_azure_accepted_leaves_one_version() {
+    let mut tokens = vec![softhsm()];
+    match luna() {
+        Some(l) => tokens.push(l),
+        None => skip_notice("the Luna-like token is not set up: only SoftHSM2 here"),
+    }
+    for fx in tokens {
+        let kind = format!("{:?}", fx.kind).to_lowercase();
+        let dir = fx.dir.join(format!("azure-crash-{kind}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kv = AzureEmulator::start(&dir, false);
+        let kek = kv.kek("byok-kek", 4096).await;
+        let (config, _) = config(
+            fx,
+            &format!("azure-crash-{kind}"),
+            &[(KV, destination(&kv, KV, &format!("kek = \"{kek}\"")))],
+        );
+        let modulus = token_modulus(|a| p11(fx, a), "test-rsa-3072");
+
+        // Killed after Azure made the version, before the answer.
+        kv.fault(json!({"op": "ImportKey", "processed": true, "delay_ms": 60000}))
+            .await;
+        let daemon = Daemon::start(&config, &[]);
+        let req = request("test-rsa-3072", KV, "crash", true, "crash-1");
+        tokio::select! {
+            r = import(&daemon, req.clone()) => panic!("{kind}: the call ended before the kill: {r:?}"),
+            () = until_versions(&kv, "crash", 1) => {}
+        }
+        drop(daemon); // SIGKILL
+        kv.clear_faults().await;
+        let daemon = Daemon::start(&config, &[]);
+        let (r, _) = until_answered_by(&format!("{req:?}"), || import(&daemon, req.clone())).await;
+        let v = versions(&kv, "crash").await;
+        assert_eq!(v.len(), 1, "{kind}: one version: {v:?}");
+        assert_eq!(calls(&kv, "ImportKey").await, 1, "{kind}: one PUT");
+        assert_eq!(r.version_id, version_of(v[0]["kid"].as_str().unwrap()));
+        assert!(r.created_key);
+        assert_eq!(
+            pkcs8_modulus(&kv.material("crash", &r.version_id).await),
+            modulus
+        );
+
+        // A lost answer without a crash: found in the call itself.
+        kv.fault(json!({"op": "ImportKey", "drop": true, "processed": true}))
+            .await;
+        let r = import(
+            &daemon,
+            request("test-rsa-3072", KV, "crash", false, "crash-2"),
+        )
+        .await
+        .unwrap();
+        let v = versions(&kv, "crash").await;
+        assert_eq!(v.len(), 2, "{kind}: {v:?}");
+        assert_eq!(calls(&kv, "ImportKey").await, 2);
+        assert!(
+            v.iter()
+                .any(|x| version_of(x["kid"].as_str().unwrap()) == r.version_id)
+        );
+        drop(daemon);
+    }
+}
