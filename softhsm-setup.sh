@@ -17,6 +17,8 @@
 #   - makes a dev OCI API-key identity in .softhsm/oci/ for the local OCI KMS emulator;
 #   - makes dev AWS credentials in .softhsm/aws/ for the local AWS KMS emulator (a random
 #     secret access key in a file of mode 0600, and a credentials file with its profile);
+#   - makes a dev Entra ID client secret in .softhsm/azure/ for the local Azure Key Vault
+#     emulator (random, in a file of mode 0600);
 #   - writes .softhsm/env with export lines for scripts and tests.
 #
 # With --with-kryoptic, also: builds the kryoptic PKCS#11 soft token (pinned version, from
@@ -309,6 +311,19 @@ aws_access_key_id = AKIAHSMBRIDGEDEV0001
 aws_secret_access_key = $(cat "$aws/secret-access-key")
 EOC
     )
+fi
+
+# --- a dev Entra ID client secret, for the local Azure Key Vault emulator ---------------
+# .softhsm/azure/client-secret is read by the emulator (azure-kv-emulator
+# --client-secret-file) and by the destination azure-local of config/hsm-bridge.toml
+# (client_secret_file). Not an Azure application.
+azure="$dir/azure"
+if [ ! -f "$azure/client-secret" ]; then
+    say "making a dev Entra ID client secret in $azure"
+    rm -rf "$azure"
+    mkdir -p "$azure"
+    (umask 077 && openssl rand -hex 24 >"$azure/client-secret") ||
+        die "could not make the dev Azure client secret"
 fi
 
 # --- environment for scripts and tests ------------------------------------------------

@@ -384,6 +384,40 @@ async fn refusals_come_before_the_hsm_wraps() {
     }
     drop(daemon);
 
+    // A client secret file others may read: refused, nothing sent with it.
+    let open_secret = dir.join("open-client-secret");
+    std::fs::copy(&kv.secret_file, &open_secret).unwrap();
+    std::fs::set_permissions(
+        &open_secret,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let table = destination(&kv, KV, &format!("kek = \"{kek}\"")).replace(
+        &kv.secret_file.display().to_string(),
+        &open_secret.display().to_string(),
+    );
+    let (open, _) = self::config(fx, "azure-open-secret", &[(KV, table)]);
+    let tokens = calls(&kv, "Token").await;
+    let out = hsm_bridge(&[
+        "import",
+        "--config",
+        open.to_str().unwrap(),
+        "--to",
+        KV,
+        "--label",
+        "test-rsa-3072",
+        "--new-key",
+        "--target",
+        "rsa",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client secret file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(calls(&kv, "Token").await, tokens, "no token was asked for");
+
     // A key-exchange key in another vault: the config is refused.
     let (other, _) = self::config(
         fx,

@@ -48,6 +48,9 @@ const CREATE: &str = "KeyVault.createKey";
 const IMPORT: &str = "KeyVault.importKey";
 const VERSIONS: &str = "KeyVault.getKeyVersions";
 
+/// Largest secret file read (a client secret, a PKCS#12 file, its password).
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
 /// Most versions of one key read when looking for an import's mark.
 const MAX_VERSIONS: usize = 10_000;
 
@@ -235,13 +238,22 @@ impl Vault {
         client_options: ClientOptions,
     ) -> Result<Arc<dyn TokenCredential>, String> {
         let c = &self.cfg;
-        let read = |p: &std::path::Path| {
-            std::fs::read(p)
-                .map(Zeroizing::new)
-                .map_err(|e| format!("{}: {e}", p.display()))
+        // Checked as every secret file is (src/hardening.rs: a regular file of this user or
+        // root that no one else may read), at most 64 KiB, read into a buffer zeroed after.
+        let read = |p: &std::path::Path, what: &'static str| {
+            use std::io::Read;
+            let f = crate::hardening::open_private(p, what).map_err(|e| e.to_string())?;
+            let mut buf = Zeroizing::new(Vec::new());
+            f.take(MAX_SECRET_FILE + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            if buf.len() as u64 > MAX_SECRET_FILE {
+                return Err(format!("{}: {what} is larger than 64 KiB", p.display()));
+            }
+            Ok(buf)
         };
         if let Some(f) = &c.client_secret_file {
-            let bytes = read(f)?;
+            let bytes = read(f, "Azure client secret file")?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| format!("{}: the client secret is not UTF-8", f.display()))?;
             let secret = text.strip_suffix('\n').unwrap_or(text);
@@ -261,7 +273,7 @@ impl Vault {
         if let Some(f) = &c.client_certificate_file {
             let password = match &c.client_certificate_password_file {
                 Some(p) => {
-                    let bytes = read(p)?;
+                    let bytes = read(p, "Azure certificate password file")?;
                     let text = std::str::from_utf8(&bytes)
                         .map_err(|_| format!("{}: not UTF-8", p.display()))?;
                     Some(Secret::new(text.trim_end_matches(['\r', '\n']).to_string()))
@@ -271,7 +283,7 @@ impl Vault {
             let cred = azure_identity::ClientCertificateCredential::new(
                 c.tenant.clone(),
                 c.client_id.clone(),
-                SecretBytes::new(read(f)?.to_vec()),
+                SecretBytes::new(read(f, "Azure client certificate file")?.to_vec()),
                 Some(azure_identity::ClientCertificateCredentialOptions {
                     client_options,
                     password,

@@ -169,11 +169,15 @@ fn print_made(
     } else {
         writeln!(
             out,
-            "imported {} into {} ({}) as {} material {} ({}, key {}), {} mode, {ms} ms",
+            "imported {} into {} ({}) as {} {} {} ({}, key {}), {} mode, {ms} ms",
             progress.label.as_deref().unwrap_or("?"),
             made.destination,
             made.cloud,
             made.key_id,
+            match made.cloud {
+                "aws" => "material",
+                _ => "version",
+            },
             made.version_id,
             made.version_state,
             made.state,
