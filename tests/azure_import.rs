@@ -527,3 +527,68 @@ async fn a_crash_after_azure_accepted_leaves_one_version() {
         drop(daemon);
     }
 }
+
+/// A certificate credential: the application's PKCS#12 file (made here with the openssl
+/// command line, with a password in a file of its own) signs the client assertion the
+/// emulator checks against the registered certificate; the import lands, and every token
+/// was got by assertion, none by secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_credential_gets_the_tokens() {
+    let fx = softhsm();
+    let dir = fx.dir.join("azure-certificate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kv = AzureEmulator::start(&dir, false);
+    let kek = kv.kek("byok-kek", 3072).await;
+    let password = dir.join("p12-password");
+    write_private(&password, b"correct horse\n");
+    let p12 = dir.join("client.p12");
+    openssl_ok(&[
+        "pkcs12",
+        "-export",
+        "-in",
+        kv.client_key_and_cert.to_str().unwrap(),
+        "-out",
+        p12.to_str().unwrap(),
+        "-passout",
+        &format!("file:{}", password.display()),
+    ]);
+    std::fs::set_permissions(&p12, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let table = destination(&kv, KV, &format!("kek = \"{kek}\"")).replace(
+        &format!("client_secret_file = \"{}\"", kv.secret_file.display()),
+        &format!(
+            "client_certificate_file = \"{}\"\nclient_certificate_password_file = \"{}\"",
+            p12.display(),
+            password.display()
+        ),
+    );
+    let (config, _) = config(fx, "azure-certificate", &[(KV, table)]);
+    let made = cli_import(
+        &config,
+        KV,
+        &[
+            "--label",
+            "test-rsa-3072",
+            "--new-key",
+            "--target",
+            "by-cert",
+        ],
+    );
+    assert_eq!(
+        pkcs8_modulus(
+            &kv.material("by-cert", made["version_id"].as_str().unwrap())
+                .await
+        ),
+        token_modulus(|a| p11(fx, a), "test-rsa-3072")
+    );
+    let tokens: Vec<Value> = kv
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["op"] == "Token")
+        .collect();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert_eq!(t["status"], 200, "{t}");
+        assert_eq!(t["client_auth"], "assertion", "{t}");
+    }
+}
