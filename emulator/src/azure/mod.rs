@@ -25,6 +25,9 @@ mod keys;
 pub mod protocol;
 mod token;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
