@@ -5,6 +5,7 @@
 
 pub(crate) mod aws_emulator;
 pub(crate) mod aws_rig;
+pub(crate) mod azure_emulator;
 pub(crate) mod daemon;
 pub(crate) mod emulator;
 pub(crate) mod fault;
