@@ -300,7 +300,8 @@ fn tokens_by_client_secret() {
     assert_eq!(call(&r.kv, t, "GET", "/keys/none", Value::Null).status, 404);
     assert_eq!(r.kv.log()[0].client_auth.as_deref(), Some("secret"));
 
-    let cases: Vec<(String, Vec<u8>, (u16, &str, u64))> = vec![
+    type Case = (String, Vec<u8>, (u16, &'static str, u64));
+    let cases: Vec<Case> = vec![
         (
             token_path(),
             secret_form(vault, "wrong"),
