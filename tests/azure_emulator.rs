@@ -253,6 +253,13 @@ async fn azure_sdk_drives_the_emulator() {
             "{op} never answered 200: {log:?}"
         );
     }
+    // the log names the versions the imports made
+    let made: Vec<&str> = log
+        .iter()
+        .filter(|e| e["op"] == "ImportKey" && e["name"] == "imported" && e["status"] == 200)
+        .map(|e| e["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(made, versions);
     let mlog = mhsm.requests().await;
     assert!(
         mlog.iter()
