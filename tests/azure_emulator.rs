@@ -4,7 +4,7 @@
 //! key, import .byok files, list versions) and the refusals as the SDK's exceptions, then
 //! what the emulator holds compared with what the SDK sent (through the test oracle); and
 //! the emulator's HTTP edges (the challenge, the token endpoint's errors, faults) driven
-//! directly.
+//! directly; and the `.byok` files `hsm-bridge wrap --format azure:byok` writes, imported.
 
 mod common;
 
@@ -466,4 +466,162 @@ async fn challenge_token_errors_and_faults() {
         ]
     );
     assert_eq!(emu.key("kek").await["versions"][0]["kid"], kek.as_str());
+}
+
+/// A PEM public key file from a KeyBundle's `n` and `e`.
+fn kek_pem(bundle: &Value, path: &std::path::Path) {
+    let part = |name: &str| {
+        let s = bundle["key"][name].as_str().unwrap();
+        let mut b64: String = s
+            .chars()
+            .map(|c| match c {
+                '-' => '+',
+                '_' => '/',
+                c => c,
+            })
+            .collect();
+        while !b64.len().is_multiple_of(4) {
+            b64.push('=');
+        }
+        openssl::bn::BigNum::from_slice(&openssl::base64::decode_block(&b64).unwrap()).unwrap()
+    };
+    let rsa = openssl::rsa::Rsa::from_public_components(part("n"), part("e")).unwrap();
+    std::fs::write(path, rsa.public_key_to_pem().unwrap()).unwrap();
+}
+
+/// `hsm-bridge wrap --format azure:byok` of `label` for the KEK `bundle`; the .byok bytes.
+fn daemon_byok(
+    fx: &common::Fixture,
+    label: &str,
+    bundle: &Value,
+    dir: &std::path::Path,
+) -> Vec<u8> {
+    let kid = bundle["key"]["kid"].as_str().unwrap();
+    let version = kid.rsplit('/').next().unwrap();
+    let pem = dir.join(format!("kek-{version}.pem"));
+    kek_pem(bundle, &pem);
+    let out = dir.join(format!("{label}-{version}.byok"));
+    common::hsm_bridge_ok(&[
+        "wrap",
+        "--config",
+        fx.config.to_str().unwrap(),
+        "--allow-any-wrapping-key",
+        "--label",
+        label,
+        "--wrapping-key",
+        pem.to_str().unwrap(),
+        "--format",
+        "azure:byok",
+        "--azure-kek-id",
+        kid,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    std::fs::read(&out).unwrap()
+}
+
+/// The `.byok` files `hsm-bridge wrap --format azure:byok` writes (src/wrap/format.rs) are
+/// what the emulator takes: test-rsa-3072 as RSA-HSM into the Key Vault, test-aes-256 as
+/// oct-HSM into the Managed HSM (and refused by the Key Vault), each landing as exactly the
+/// token's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_byok_files_import() {
+    let fx = common::softhsm();
+    let dir = test_dir("byok");
+    let kv = AzureEmulator::start(&dir, false);
+    let mhsm = AzureEmulator::start(&dir, true);
+    let put = |name: &str, kty: &str, byok: &[u8]| {
+        let body = json!({"key": {"kty": kty, "key_hsm": b64url(byok)}});
+        let path = format!("/keys/{name}?api-version=2025-07-01");
+        (path, body.to_string().into_bytes())
+    };
+    let token = |emu: &AzureEmulator| {
+        let secret = std::fs::read_to_string(&emu.secret_file).unwrap();
+        let path = format!("/{}/oauth2/v2.0/token", emu.tenant);
+        let scope = format!("{}/.default", emu.resource);
+        (path, scope, secret)
+    };
+
+    let (tpath, scope, secret) = token(&kv);
+    let (status, _, v) = token_request(&kv, &tpath, &scope, &secret).await;
+    assert_eq!(status, 200);
+    let kv_token = v["access_token"].as_str().unwrap().to_string();
+    let kek = kv.create_key("kek", "RSA-HSM", 3072, &["import"]).await;
+    let byok = daemon_byok(fx, "test-rsa-3072", &kek, &dir);
+    let (path, body) = put("rsa", "RSA-HSM", &byok);
+    let (status, _, v) = raw(
+        &kv,
+        reqwest::Method::PUT,
+        &path,
+        Some(&kv_token),
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let version = v["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    assert_eq!(
+        common::pkcs8_modulus(&kv.material("rsa", version).await),
+        common::token_modulus(|a| common::p11(fx, a), "test-rsa-3072")
+    );
+    // AES keys are for a Managed HSM
+    let byok = daemon_byok(fx, "test-aes-256", &kek, &dir);
+    let (path, body) = put("aes", "oct-HSM", &byok);
+    let (status, _, v) = raw(
+        &kv,
+        reqwest::Method::PUT,
+        &path,
+        Some(&kv_token),
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("BadParameter")),
+        "{v}"
+    );
+
+    let (tpath, scope, secret) = token(&mhsm);
+    let (status, _, v) = token_request(&mhsm, &tpath, &scope, &secret).await;
+    assert_eq!(status, 200);
+    let hsm_token = v["access_token"].as_str().unwrap().to_string();
+    let kek = mhsm.create_key("kek", "RSA-HSM", 2048, &["import"]).await;
+    let byok = daemon_byok(fx, "test-aes-256", &kek, &dir);
+    let (path, body) = put("aes", "oct-HSM", &byok);
+    let (status, _, v) = raw(
+        &mhsm,
+        reqwest::Method::PUT,
+        &path,
+        Some(&hsm_token),
+        None,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let version = v["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    assert_eq!(mhsm.material("aes", version).await, fx.aes["test-aes-256"]);
+}
+
+/// Base64url without padding.
+fn b64url(b: &[u8]) -> String {
+    openssl::base64::encode_block(b)
+        .chars()
+        .filter_map(|c| match c {
+            '+' => Some('-'),
+            '/' => Some('_'),
+            '=' => None,
+            c => Some(c),
+        })
+        .collect()
 }
