@@ -13,6 +13,9 @@
 //! `GET requests` (the request log), `POST faults`, `DELETE faults`, `POST keys`,
 //! `GET keys/{id}` (a key and all its version ids),
 //! `GET material/{versionId}` (only with `--test-oracle`).
+//!
+//! The AWS KMS endpoint (`aws-kms-emulator`) is in src/aws/, the Azure Key Vault and
+//! Managed HSM endpoint (`azure-kv-emulator`) in src/azure/.
 
 pub mod auth;
 pub mod aws;

@@ -25,6 +25,9 @@ mod keys;
 pub mod protocol;
 mod token;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,7 +121,8 @@ pub struct LogEntry {
     pub op: Option<String>,
     /// The key name in the path.
     pub name: Option<String>,
-    /// The key version in the path.
+    /// The key version in the path, else the one a successful answer names: the version
+    /// a create or import made (also when a fault dropped the answer), the latest read.
     pub version: Option<String>,
     pub status: u16,
     /// The error's code (`error.code` for Key Vault, `error` for Entra ID).
@@ -353,6 +357,16 @@ fn error_code(r: &Reply) -> Option<String> {
     }
 }
 
+/// The version a successful answer's key bundle names (the last part of its kid).
+fn made_version(r: &Reply) -> Option<String> {
+    if r.status != 200 {
+        return None;
+    }
+    let v = serde_json::from_slice::<Value>(&r.body).ok()?;
+    let kid = v["key"]["kid"].as_str()?;
+    Some(kid.rsplit('/').next()?.to_string())
+}
+
 impl AzureKv {
     pub fn new(cfg: Config) -> AzureKv {
         AzureKv {
@@ -429,6 +443,7 @@ impl AzureKv {
                     if f.processed {
                         let (r, how) = self.call(req, &route, now);
                         entry.status = r.status;
+                        entry.version = entry.version.take().or_else(|| made_version(&r));
                         entry.client_auth = how.map(|h| h.name().to_string());
                         entry.code = Some("(handled; answer dropped)".into());
                     } else {
@@ -450,6 +465,7 @@ impl AzureKv {
         reply.headers.push(("x-ms-request-id", request_id));
         entry.status = reply.status;
         entry.code = error_code(&reply);
+        entry.version = entry.version.take().or_else(|| made_version(&reply));
         self.record(entry);
         Outcome::Reply { reply, delay }
     }

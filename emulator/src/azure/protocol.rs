@@ -175,7 +175,7 @@ pub(crate) fn b64url_decode(s: &str) -> Option<Vec<u8>> {
             c => c,
         })
         .collect();
-    while std.len() % 4 != 0 {
+    while !std.len().is_multiple_of(4) {
         std.push('=');
     }
     openssl::base64::decode_block(&std).ok()
