@@ -189,7 +189,7 @@ fn azure_destinations_are_checked() {
     };
     assert_eq!(a.kind(), Some(super::AzureKind::ManagedHsm));
     for (table, says) in [
-        (format!("{azure}"), "kek_name"),
+        (azure.to_string(), "kek_name"),
         (
             format!("{azure}kek = \"https://other.vault.azure.net/keys/k/1\"\n"),
             "same vault",
