@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod aws;
 pub mod azure;
+mod open;
 mod server;
 mod state;
 

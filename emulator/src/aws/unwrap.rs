@@ -12,7 +12,8 @@ use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, Private};
 use zeroize::Zeroizing;
 
-use hsm_bridge::wrap::soft::{OaepHash, oaep_decrypt};
+use crate::open::oaep_decrypt;
+use hsm_bridge::wrap::soft::OaepHash;
 use hsm_bridge::wrap::verify::der_sequence_len;
 
 use super::keys::Spec;

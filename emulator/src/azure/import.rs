@@ -14,7 +14,8 @@ use openssl::pkey::{Id, PKey, Private};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use hsm_bridge::wrap::soft::{OaepHash, oaep_decrypt};
+use crate::open::oaep_decrypt;
+use hsm_bridge::wrap::soft::OaepHash;
 use hsm_bridge::wrap::verify::der_sequence_len;
 
 use super::AzureKv;

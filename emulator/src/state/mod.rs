@@ -12,9 +12,10 @@ use zeroize::Zeroizing;
 
 use super::EmulatorError;
 use super::auth::{self, ApiKeys};
+use crate::open::oaep_decrypt;
 use hsm_bridge::oci::signer::body_sha256;
 use hsm_bridge::time::rfc3339;
-use hsm_bridge::wrap::soft::{OaepHash, oaep_decrypt};
+use hsm_bridge::wrap::soft::OaepHash;
 use hsm_bridge::wrap::verify::{der_sequence_len, open_envelope};
 use hsm_bridge::wrap::{KeyAlgorithm, KeyShape};
 
