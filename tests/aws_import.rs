@@ -57,13 +57,7 @@ async fn import(
     d: &Daemon,
     req: proto::ImportRequest,
 ) -> Result<proto::ImportResponse, tonic::Status> {
-    let mut r = tonic::Request::new(req);
-    r.set_timeout(Duration::from_secs(30));
-    d.client("cckm")
-        .await
-        .import(r)
-        .await
-        .map(|r| r.into_inner())
+    d.import(req).await
 }
 
 /// Retries `req` until it is answered (a retryable code: again after 200 ms).

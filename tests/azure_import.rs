@@ -81,13 +81,7 @@ async fn import(
     d: &Daemon,
     req: proto::ImportRequest,
 ) -> Result<proto::ImportResponse, tonic::Status> {
-    let mut r = tonic::Request::new(req);
-    r.set_timeout(Duration::from_secs(30));
-    d.client("cckm")
-        .await
-        .import(r)
-        .await
-        .map(|r| r.into_inner())
+    d.import(req).await
 }
 
 /// `hsm-bridge import` into `dest`; its JSON answer.
@@ -108,6 +102,25 @@ fn cli_import(config: &Path, dest: &str, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `hsm-bridge import` of `test-rsa-3072` into a new key `rsa` of `azure-kv` with `config`,
+/// which must fail; its stderr.
+fn cli_refused(config: &Path) -> String {
+    let out = hsm_bridge(&[
+        "import",
+        "--config",
+        config.to_str().unwrap(),
+        "--to",
+        KV,
+        "--label",
+        "test-rsa-3072",
+        "--new-key",
+        "--target",
+        "rsa",
+    ]);
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The emulator's calls of operation `op` that carried a token (the SDK's first,
@@ -398,20 +411,7 @@ async fn refusals_come_before_the_hsm_wraps() {
     );
     let (open, _) = self::config(fx, "azure-open-secret", &[(KV, table)]);
     let tokens = calls(&kv, "Token").await;
-    let out = hsm_bridge(&[
-        "import",
-        "--config",
-        open.to_str().unwrap(),
-        "--to",
-        KV,
-        "--label",
-        "test-rsa-3072",
-        "--new-key",
-        "--target",
-        "rsa",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = cli_refused(&open);
     assert!(
         err.contains("client secret file") && err.contains("chmod 600"),
         "{err}"
@@ -431,20 +431,7 @@ async fn refusals_come_before_the_hsm_wraps() {
             ),
         )],
     );
-    let out = hsm_bridge(&[
-        "import",
-        "--config",
-        other.to_str().unwrap(),
-        "--to",
-        KV,
-        "--label",
-        "test-rsa-3072",
-        "--new-key",
-        "--target",
-        "rsa",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = cli_refused(&other);
     assert!(
         err.contains("https://elsewhere.vault.azure.net") && err.contains("same vault"),
         "{err}"

@@ -24,6 +24,7 @@ use aws_sdk_kms::types::{KeyMaterialState, KeyMetadata, RotationsListEntry};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::destination::{mark, modulus_hex};
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
@@ -134,15 +135,6 @@ pub(crate) struct Imported {
     pub created_key: bool,
     /// The key's creation date (RFC 3339).
     pub key_created: String,
-}
-
-/// The mark symmetric material carries: the journal token of the import and a nonce of
-/// this wrap (recorded in the body, which the journal MACs), so that an idempotency key
-/// reused after its record expired never finds the earlier import's material.
-fn mark(token: &str) -> String {
-    let mut nonce = [0u8; 8];
-    let _ = getrandom::fill(&mut nonce);
-    format!("hsm-bridge {token} {}", crate::wrap::hex(&nonce))
 }
 
 /// A failure after KMS took the material (rotating, reading the key): not the import's
@@ -442,12 +434,6 @@ pub(crate) fn granted(caller: &Caller, name: &str) -> Result<(), ExportError> {
             mine.join(", ")
         }
     )))
-}
-
-/// A modulus as hex, without leading zero bytes (PKCS#11 and OpenSSL may differ there).
-fn modulus_hex(n: &[u8]) -> String {
-    let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
-    crate::wrap::hex(&n[first..])
 }
 
 fn body_of(bytes: &[u8]) -> Result<Body, KmsError> {

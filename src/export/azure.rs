@@ -21,6 +21,7 @@ use azure_security_keyvault_keys::models::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::destination::{mark, modulus_hex};
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
@@ -117,20 +118,6 @@ pub(crate) struct Imported {
     pub created: String,
     /// Whether this import made the key.
     pub created_key: bool,
-}
-
-/// The mark an import's version carries: the journal token and a nonce of this wrap, so
-/// that an idempotency key reused after its record expired never finds an earlier import.
-fn mark(token: &str) -> String {
-    let mut nonce = [0u8; 8];
-    let _ = getrandom::fill(&mut nonce);
-    format!("hsm-bridge {token} {}", crate::wrap::hex(&nonce))
-}
-
-/// A modulus as hex without leading zero bytes.
-fn modulus_hex(n: &[u8]) -> String {
-    let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
-    crate::wrap::hex(&n[first..])
 }
 
 fn bad(op: &'static str, rid: &str, why: String) -> KmsError {

@@ -94,3 +94,20 @@ pub(crate) trait Destination: Send + Sync + 'static {
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<Self::Answer, ExportError>> + Send;
 }
+
+/// The mark an import leaves where its cloud has no retry token (AWS: new material's
+/// `KeyMaterialDescription`; Azure: the version's `hsm-bridge-request` tag): the journal
+/// token and a nonce of this wrap (recorded in the body, which the journal MACs), so that an
+/// idempotency key reused after its record expired never finds an earlier import's.
+pub(super) fn mark(token: &str) -> String {
+    let mut nonce = [0u8; 8];
+    let _ = getrandom::fill(&mut nonce);
+    format!("hsm-bridge {token} {}", crate::wrap::hex(&nonce))
+}
+
+/// A modulus as hex, without leading zero bytes (PKCS#11 and OpenSSL may differ there): what
+/// a retry compares a cloud's public key with.
+pub(super) fn modulus_hex(n: &[u8]) -> String {
+    let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+    crate::wrap::hex(&n[first..])
+}

@@ -6,6 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use hsm_bridge::proto;
 use hsm_bridge::proto::key_source_bridge_client::KeySourceBridgeClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -397,5 +398,21 @@ where
             }
             Err(e) => panic!("{what}: {e:?}"),
         }
+    }
+}
+
+impl Daemon {
+    /// gRPC `Import` as `cckm`, with a 30 s deadline.
+    pub(crate) async fn import(
+        &self,
+        req: proto::ImportRequest,
+    ) -> Result<proto::ImportResponse, tonic::Status> {
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(Duration::from_secs(30));
+        self.client("cckm")
+            .await
+            .import(r)
+            .await
+            .map(|r| r.into_inner())
     }
 }
