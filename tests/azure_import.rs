@@ -29,7 +29,7 @@ fn destination(emu: &AzureEmulator, name: &str, kek: &str) -> String {
         "key_vault"
     };
     format!(
-        "\n[destinations.{name}]\ncloud = \"azure\"\nvault = \"{base}\"\nkind = \"{kind}\"\n{kek}\ntenant = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\nauthority = \"{base}\"\nallowed_endpoints = [\"{base}\"]\nca_bundle = \"{}\"\ntimeout_ms = 20000\n",
+        "\n[destinations.{name}]\ncloud = \"azure\"\nvault = \"{base}\"\nkind = \"{kind}\"\n{kek}\ntenant = \"{}\"\nclient_id = \"{}\"\nclient_secret_file = \"{}\"\nauthority = \"{base}\"\nallowed_endpoints = [\"{base}\"]\nallowed_authorities = [\"{base}\"]\nca_bundle = \"{}\"\ntimeout_ms = 20000\n",
         emu.tenant,
         emu.client_id,
         emu.secret_file.display(),
@@ -339,6 +339,13 @@ async fn refusals_come_before_the_hsm_wraps() {
         "nothing was asked of the vault"
     );
 
+    // The destination's own key-exchange key as the target.
+    let e = import(&daemon, request("test-rsa-3072", KV, "BYOK-kek", false, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("key-exchange key"), "{e:?}");
+
     // A key-exchange key with more operations than import.
     let e = import(
         &daemon,
@@ -390,7 +397,7 @@ async fn refusals_come_before_the_hsm_wraps() {
     assert_eq!(calls(&kv, "ImportKey").await, 0, "nothing was imported");
     let recs = audit_records(&audit);
     let refused: Vec<&Value> = recs.iter().filter(|r| r["operation"] == "Import").collect();
-    assert!(refused.len() >= 5, "{recs:?}");
+    assert!(refused.len() >= 6, "{recs:?}");
     for r in refused {
         assert_eq!(r["outcome"], "refused", "{r}");
         assert!(r["mode"].is_null(), "nothing was wrapped: {r}");
@@ -578,4 +585,82 @@ async fn a_certificate_credential_gets_the_tokens() {
         assert_eq!(t["status"], 200, "{t}");
         assert_eq!(t["client_auth"], "assertion", "{t}");
     }
+}
+
+/// A vault that commits an import late, after the caller's deadline has passed: the PUT is
+/// not cut at the caller's deadline (the send goes on in a task of its own and holds the
+/// request's claim), so the caller's immediate retry waits for that answer instead of
+/// finding nothing and sending again; one version in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_after_the_callers_deadline_is_imported_once() {
+    let fx = softhsm();
+    let dir = fx.dir.join("azure-late-commit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kv = AzureEmulator::start(&dir, false);
+    let kek = kv.kek("byok-kek", 3072).await;
+    let (config, _) = config(
+        fx,
+        "azure-late-commit",
+        &[(KV, destination(&kv, KV, &format!("kek = \"{kek}\"")))],
+    );
+    let daemon = Daemon::start(&config, &[]);
+    kv.fault(json!({"op": "ImportKey", "commit_after_ms": 2500}))
+        .await;
+    let req = request("test-rsa-3072", KV, "late", true, "late-1");
+    let mut short = tonic::Request::new(req.clone());
+    short.set_timeout(Duration::from_secs(1));
+    let e = daemon.client("cckm").await.import(short).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    // At once, as a caller would: answered by the first send's answer, not a second PUT.
+    let (r, _) = until_answered_by(&format!("{req:?}"), || import(&daemon, req.clone())).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = versions(&kv, "late").await;
+    assert_eq!(v.len(), 1, "one version: {v:?}");
+    assert_eq!(calls(&kv, "ImportKey").await, 1, "one PUT");
+    assert_eq!(r.version_id, version_of(v[0]["kid"].as_str().unwrap()));
+}
+
+/// A version listing whose next page is on another host is not followed: the bearer token
+/// goes to the vault only. (The listing is how a lost answer is looked for: here an import
+/// whose answer is dropped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_page_elsewhere_is_not_followed() {
+    let fx = softhsm();
+    let dir = fx.dir.join("azure-next-link");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kv = AzureEmulator::start(&dir, false);
+    let elsewhere = AzureEmulator::start(&dir, false);
+    let kek = kv.kek("byok-kek", 3072).await;
+    let (config, _) = config(
+        fx,
+        "azure-next-link",
+        &[(KV, destination(&kv, KV, &format!("kek = \"{kek}\"")))],
+    );
+    let daemon = Daemon::start(&config, &[]);
+    let next = format!(
+        "{}/keys/next/versions?api-version=2025-07-01&$skiptoken=x",
+        elsewhere.base.replace("localhost", "127.0.0.1")
+    );
+    kv.fault(json!([
+        {"op": "ImportKey", "drop": true, "processed": true},
+        {"op": "GetKeyVersions", "count": 10, "status": 200,
+         "raw_body": json!({"value": [], "nextLink": next}).to_string()}
+    ]))
+    .await;
+    let e = import(
+        &daemon,
+        request("test-rsa-3072", KV, "next", true, "next-1"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(
+        elsewhere.requests().await,
+        Vec::<Value>::new(),
+        "nothing was sent elsewhere"
+    );
+    assert!(calls(&kv, "GetKeyVersions").await >= 1);
 }

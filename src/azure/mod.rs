@@ -23,12 +23,11 @@ use azure_core::credentials::{AccessToken, Secret, SecretBytes, TokenCredential}
 use azure_core::http::headers::HeaderName;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_security_keyvault_keys::models::{
-    CreateKeyParameters, ImportKeyParameters, Key, KeyClientGetKeyOptions,
-    KeyClientListKeyPropertiesVersionsOptions, KeyOperation, KeyProperties, KeyType,
+    CreateKeyParameters, ImportKeyParameters, Key, KeyClientGetKeyOptions, KeyOperation,
+    KeyProperties, KeyType, ListKeyPropertiesResult,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use tokio::sync::OnceCell;
-use tokio_stream::StreamExt;
 use zeroize::Zeroizing;
 
 use crate::config::{AzureDestination, AzureKind};
@@ -51,8 +50,15 @@ const VERSIONS: &str = "KeyVault.getKeyVersions";
 /// Largest secret file read (a client secret, a PKCS#12 file, its password).
 const MAX_SECRET_FILE: u64 = 64 << 10;
 
-/// Most versions of one key read when looking for an import's mark.
+/// Most versions of one key read when looking for an import's mark, in at most this many
+/// pages of at most this many bytes.
 const MAX_VERSIONS: usize = 10_000;
+const MAX_PAGES: usize = 500;
+const MAX_PAGE_BYTES: usize = 1 << 20;
+
+/// The Key Vault REST API version of the listing this module reads itself (the SDK's
+/// default for its own calls).
+const API_VERSION: &str = "2025-07-01";
 
 /// Whether `name` is a Key Vault key name: 1 to 127 letters, digits and '-'.
 pub(crate) fn key_name_ok(name: &str) -> bool {
@@ -127,6 +133,10 @@ pub(crate) struct Vault {
 struct Clients {
     reads: KeyClient,
     writes: KeyClient,
+    /// For the version listing, made here (src/azure/mod.rs, `Vault::versions`): the
+    /// SDK's pager follows a `nextLink` to any host with the token.
+    http: reqwest::Client,
+    credential: Arc<dyn TokenCredential>,
 }
 
 /// A credential that gives tokens for one scope only.
@@ -170,6 +180,13 @@ impl Vault {
         }
     }
 
+    /// `deadline`, or when none is given a bound of its own: no call waits forever, whatever
+    /// the vault or Entra ID answers.
+    pub(crate) fn bound(&self, deadline: Option<Instant>) -> Option<Instant> {
+        let own = Instant::now() + Duration::from_millis(self.cfg.timeout_ms.saturating_mul(4));
+        Some(deadline.map_or(own, |d| d.min(own)))
+    }
+
     /// The scope of the tokens the vault takes.
     pub(crate) fn scope(&self) -> String {
         format!("{}/.default", self.kind.resource())
@@ -191,7 +208,7 @@ impl Vault {
                     .user_agent(concat!("hsm-bridge/", env!("CARGO_PKG_VERSION")))
                     .build()
                     .map_err(|e| local(format!("HTTP client: {e}")))?;
-                let transport = Transport::new(Arc::new(http));
+                let transport = Transport::new(Arc::new(http.clone()));
                 let authority = self.cfg.authority_base().map_err(local)?;
                 let mut cloud = CustomConfiguration::default();
                 cloud.authority_host = authority;
@@ -202,9 +219,7 @@ impl Vault {
                     cloud: Some(cloud.clone()),
                     ..ClientOptions::default()
                 };
-                let inner = self
-                    .credential(options(RetryOptions::default()))
-                    .map_err(local)?;
+                let inner = self.credential(options(reads_retry())).map_err(local)?;
                 let credential: Arc<dyn TokenCredential> = Arc::new(Scoped {
                     inner,
                     scope: self.scope(),
@@ -224,8 +239,10 @@ impl Vault {
                     .map_err(|e| local(format!("Key Vault client: {e}")))
                 };
                 Ok(Clients {
-                    reads: client(RetryOptions::default())?,
+                    reads: client(reads_retry())?,
                     writes: client(RetryOptions::none())?,
+                    http,
+                    credential,
                 })
             })
             .await
@@ -318,7 +335,7 @@ impl Vault {
             key_version: version.map(str::to_string),
             ..Default::default()
         };
-        let rsp = within(GET, deadline, c.get_key(name, Some(options))).await?;
+        let rsp = within(GET, self.bound(deadline), c.get_key(name, Some(options))).await?;
         model(GET, rsp)
     }
 
@@ -348,18 +365,26 @@ impl Vault {
                 op: CREATE,
                 why: e.to_string(),
             })?;
-        let rsp = within(CREATE, deadline, c.create_key(name, content, None)).await?;
+        let rsp = within(
+            CREATE,
+            self.bound(deadline),
+            c.create_key(name, content, None),
+        )
+        .await?;
         model(CREATE, rsp)
     }
 
     /// Imports a key (`PUT /keys/NAME`): a new key, or a new version of it. Never retried
     /// here: a send whose answer is lost is looked for by its mark (src/export/azure.rs).
+    /// Not cut by a caller's deadline (the send runs in a task of its own): only by the
+    /// destination's `timeout_ms`, so that a cut is rare and the mark's search after it
+    /// waits for what Azure may still be doing.
     pub(crate) async fn import(
         &self,
         name: &str,
         params: ImportKeyParameters,
-        deadline: Option<Instant>,
     ) -> Result<Answer<Key>, KmsError> {
+        let deadline = self.bound(None);
         let c = &self.clients().await?.writes;
         let content = params
             .try_into()
@@ -371,45 +396,149 @@ impl Vault {
         model(IMPORT, rsp)
     }
 
-    /// Every version of key `name` (at most [`MAX_VERSIONS`]): ids, attributes and tags.
+    /// Every version of key `name` (at most [`MAX_VERSIONS`], in at most [`MAX_PAGES`]
+    /// pages of at most 1 MiB): ids, attributes and tags. Read here rather than through the
+    /// SDK's pager, which follows a `nextLink` to any https host with the bearer token: a
+    /// next page must be on the vault itself.
     pub(crate) async fn versions(
         &self,
         name: &str,
         deadline: Option<Instant>,
     ) -> Result<Answer<Vec<KeyProperties>>, KmsError> {
-        let c = &self.clients().await?.reads;
-        let options = KeyClientListKeyPropertiesVersionsOptions {
-            maxresults: Some(25),
-            ..Default::default()
-        };
-        let mut pager = c
-            .list_key_properties_versions(name, Some(options))
-            .map_err(|e| failed(VERSIONS, e))?;
+        let c = self.clients().await?;
         let all = async {
-            let mut all = Vec::new();
-            while let Some(item) = pager.next().await {
-                all.push(item.map_err(|e| failed(VERSIONS, e))?);
-                if all.len() >= MAX_VERSIONS {
+            let token = c
+                .credential
+                .get_token(&[self.scope().as_str()], None)
+                .await
+                .map_err(|e| failed(VERSIONS, e))?;
+            let mut url = format!(
+                "{}/keys/{name}/versions?api-version={API_VERSION}&maxresults=25",
+                self.base
+            );
+            let (mut all, mut rid) = (Vec::new(), String::new());
+            for _ in 0..MAX_PAGES {
+                let (page, id) = self.page(&c.http, &url, token.token.secret()).await?;
+                rid = id;
+                all.extend(page.value);
+                if all.len() > MAX_VERSIONS {
                     return Err(KmsError::Local {
                         op: VERSIONS,
                         why: format!("key {name} has more than {MAX_VERSIONS} versions"),
                     });
                 }
+                match page.next_link.filter(|l| !l.is_empty()) {
+                    None => return Ok((all, rid)),
+                    Some(next) => {
+                        if !next.starts_with(&format!("{}/", self.base)) {
+                            return Err(bad_listing(
+                                &rid,
+                                format!(
+                                    "its nextLink {:?} leaves {}; it is not followed",
+                                    bounded(&next, MAX_ID_TEXT),
+                                    self.base
+                                ),
+                            ));
+                        }
+                        url = next;
+                    }
+                }
             }
-            Ok(all)
+            Err(bad_listing(&rid, format!("more than {MAX_PAGES} pages")))
         };
-        let all = match deadline {
+        let (value, rid) = match self.bound(deadline) {
             None => all.await?,
             Some(d) => tokio::time::timeout_at(d.into(), all)
                 .await
                 .map_err(|_| deadline_passed(VERSIONS))??,
         };
         Ok(Answer {
-            value: all,
-            opc_request_id: String::new(),
+            value,
+            opc_request_id: rid,
             attempts: 1,
         })
     }
+
+    /// One page of a version listing.
+    async fn page(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        token: &str,
+    ) -> Result<(ListKeyPropertiesResult, String), KmsError> {
+        let transport = |e: reqwest::Error| KmsError::Transport {
+            op: VERSIONS,
+            endpoint: self.base.clone(),
+            why: bounded(&e.to_string(), MAX_ERROR_TEXT),
+            attempts: 1,
+        };
+        let mut rsp = http
+            .get(url)
+            .bearer_auth(token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = rsp.status().as_u16();
+        let rid = rsp
+            .headers()
+            .get("x-ms-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|r| bounded(r, MAX_ID_TEXT))
+            .unwrap_or_default();
+        let mut body = Vec::new();
+        while let Some(chunk) = rsp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_PAGE_BYTES {
+                return Err(bad_listing(&rid, "a page is larger than 1 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status != 200 {
+            let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+            let error = v.as_ref().map(|v| &v["error"]);
+            return Err(KmsError::Service {
+                op: VERSIONS,
+                status,
+                code: bounded(
+                    error.and_then(|e| e["code"].as_str()).unwrap_or_default(),
+                    MAX_ID_TEXT,
+                ),
+                message: bounded(
+                    error
+                        .and_then(|e| e["message"].as_str())
+                        .unwrap_or_default(),
+                    MAX_ERROR_TEXT,
+                ),
+                opc_request_id: rid,
+                attempts: 1,
+            });
+        }
+        let page = serde_json::from_slice(&body)
+            .map_err(|e| bad_listing(&rid, bounded(&e.to_string(), MAX_ERROR_TEXT)))?;
+        Ok((page, rid))
+    }
+}
+
+fn bad_listing(rid: &str, why: String) -> KmsError {
+    KmsError::BadResponse {
+        op: VERSIONS,
+        status: 200,
+        expected: "version listing",
+        why,
+        opc_request_id: rid.to_string(),
+    }
+}
+
+/// Retries of what is safe to retry (reads, token requests): at most 3, backing off at most
+/// 5 s each. A `Retry-After` can ask for longer (the SDK waits for it); every call is
+/// bounded from outside by [`Vault::bound`].
+fn reads_retry() -> RetryOptions {
+    RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+        max_retries: 3,
+        max_delay: azure_core::time::Duration::seconds(5),
+        max_total_elapsed: azure_core::time::Duration::seconds(20),
+        ..Default::default()
+    })
 }
 
 fn deadline_passed(op: &'static str) -> KmsError {

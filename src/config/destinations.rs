@@ -63,9 +63,12 @@ pub(crate) struct AzureDestination {
     /// `https://login.microsoftonline.com`. (`AZURE_AUTHORITY_HOST` is never used: the
     /// environment cannot send the daemon's credentials elsewhere.)
     pub authority: Option<String>,
-    /// Globs over `https://host[:port]` that `vault` and `authority` must match; default
-    /// Azure's Key Vault, Managed HSM and Entra ID hosts.
+    /// Globs over `https://host[:port]` that `vault` must match; default Azure's Key Vault
+    /// and Managed HSM hosts.
     pub allowed_endpoints: Option<Vec<String>>,
+    /// Globs over `https://host[:port]` that `authority` must match (where the client
+    /// secret or assertion goes); default `https://login.microsoftonline.com`.
+    pub allowed_authorities: Option<Vec<String>>,
     /// PEM certificates trusted besides the system's roots.
     pub ca_bundle: Option<PathBuf>,
     /// One call's time limit, connecting included.
@@ -102,11 +105,10 @@ fn default_kek_bits() -> u32 {
     4096
 }
 
-/// Azure's public hosts for vaults, Managed HSMs and Entra ID.
-const AZURE_HOSTS: [&str; 3] = [
+/// Azure's public hosts for vaults and Managed HSMs.
+const AZURE_HOSTS: [&str; 2] = [
     "https://*.vault.azure.net",
     "https://*.managedhsm.azure.net",
-    "https://login.microsoftonline.com",
 ];
 
 /// The public Entra ID authority.
@@ -127,34 +129,49 @@ impl AzureDestination {
             .map_err(|e| e.to_string())
     }
 
+    /// What `authority` must match.
+    pub(crate) fn allowed_authorities(&self) -> Vec<String> {
+        self.allowed_authorities
+            .clone()
+            .unwrap_or_else(|| vec![AZURE_AUTHORITY.to_string()])
+    }
+
     /// The authority, normalised.
     pub(crate) fn authority_base(&self) -> Result<String, String> {
         let a = self.authority.as_deref().unwrap_or(AZURE_AUTHORITY);
-        crate::oci::endpoint::check(a, &self.allowed())
+        crate::oci::endpoint::check(a, &self.allowed_authorities())
             .map(|e| e.base)
             .map_err(|e| e.to_string())
     }
 
+    /// The kind the vault's host says, if it says one.
+    fn kind_of_host(&self) -> Option<AzureKind> {
+        let host = self.vault_base().ok()?;
+        if host.ends_with(".managedhsm.azure.net") {
+            Some(AzureKind::ManagedHsm)
+        } else if host.ends_with(".vault.azure.net") {
+            Some(AzureKind::KeyVault)
+        } else {
+            None
+        }
+    }
+
     /// The vault's kind: as configured, else from its host.
     pub(crate) fn kind(&self) -> Option<AzureKind> {
-        self.kind.or_else(|| {
-            let host = self.vault_base().ok()?;
-            if host.ends_with(".managedhsm.azure.net") {
-                Some(AzureKind::ManagedHsm)
-            } else if host.ends_with(".vault.azure.net") {
-                Some(AzureKind::KeyVault)
-            } else {
-                None
-            }
-        })
+        self.kind.or_else(|| self.kind_of_host())
     }
 
     fn validate(&self, at: &str, min_bits: u32) -> Result<(), String> {
-        for p in self.allowed() {
-            if !p.to_ascii_lowercase().starts_with("https://") {
-                return Err(format!(
-                    "{at}.allowed_endpoints: {p:?} must start with https:// (requests carry tokens and wrapped keys)"
-                ));
+        for (field, list) in [
+            ("allowed_endpoints", self.allowed()),
+            ("allowed_authorities", self.allowed_authorities()),
+        ] {
+            for p in list {
+                if !p.to_ascii_lowercase().starts_with("https://") {
+                    return Err(format!(
+                        "{at}.{field}: {p:?} must start with https:// (requests carry secrets, tokens and wrapped keys)"
+                    ));
+                }
             }
         }
         let vault = self.vault_base().map_err(|e| {
@@ -162,9 +179,18 @@ impl AzureDestination {
         })?;
         self.authority_base().map_err(|e| {
             format!(
-                "{at}.authority: {e}; no credential is sent there (list it in {at}.allowed_endpoints)"
+                "{at}.authority: {e}; no credential is sent there (list it in {at}.allowed_authorities)"
             )
         })?;
+        if let (Some(said), Some(host)) = (self.kind, self.kind_of_host())
+            && said != host
+        {
+            return Err(format!(
+                "{at}.kind: {vault} is {}, not {}",
+                host.describe(),
+                said.describe()
+            ));
+        }
         if self.kind().is_none() {
             return Err(format!(
                 "{at}.kind: {vault} is neither *.vault.azure.net nor *.managedhsm.azure.net: say kind = \"key_vault\" or \"managed_hsm\""

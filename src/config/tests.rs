@@ -213,7 +213,16 @@ fn azure_destinations_are_checked() {
         ),
         (
             format!("{azure}{kek}authority = \"https://login.evil.example\"\n"),
-            "authority",
+            "allowed_authorities",
+        ),
+        (
+            // the vault's hosts are not where a client secret may go
+            format!("{azure}{kek}authority = \"https://evil.vault.azure.net\"\n"),
+            "allowed_authorities",
+        ),
+        (
+            format!("{azure}{kek}kind = \"managed_hsm\"\n"),
+            "is an Azure Key Vault",
         ),
         (
             format!("{azure}{kek}workload_identity = true\n"),
@@ -229,7 +238,7 @@ fn azure_destinations_are_checked() {
     }
     // a host that says neither kind must say which
     let local = azure.replace("https://contoso.vault.azure.net", "https://localhost:8443")
-        + "allowed_endpoints = [\"https://localhost:8443\", \"https://login.microsoftonline.com\"]\nkek = \"https://localhost:8443/keys/k/1\"\n";
+        + "allowed_endpoints = [\"https://localhost:8443\"]\nkek = \"https://localhost:8443/keys/k/1\"\n";
     let e = parse(&format!("{MIN}{local}")).unwrap_err();
     assert!(e.contains("kind"), "{e}");
     parse(&format!("{MIN}{local}kind = \"managed_hsm\"\n")).unwrap();

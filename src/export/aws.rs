@@ -516,7 +516,7 @@ impl Destination for AwsImport {
         progress: &mut Progress,
     ) -> Result<Arc<WrappingKey>, ExportError> {
         let symmetric = self.spec == "SYMMETRIC_DEFAULT";
-        let mark = symmetric.then(|| mark(token));
+        let mark = symmetric.then(|| mark(token)).transpose()?;
         let (key_arn, new_material, created) = match &self.target {
             Target::Key(key) => {
                 let meta = self.checked_key(key, progress).await?;

@@ -36,6 +36,10 @@ use crate::wrap::{AzureKek, Format, KeyAlgorithm, KeyShape, WrappingKey};
 /// The tag an import's version carries: its mark.
 const REQUEST_TAG: &str = "hsm-bridge-request";
 
+/// How long a search for a lost answer's version waits before it looks a second time and
+/// says none was made: a PUT cut off by a timeout, or by a crash, may be landing still.
+const LOST_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Key operations a key may be given, by type.
 const RSA_OPS: [&str; 6] = [
     "encrypt",
@@ -155,6 +159,17 @@ impl AzureImport {
             return Err(ExportError::invalid(format!(
                 "target {:?} is not a Key Vault key name (1 to 127 letters, digits and '-')",
                 bounded(name, 64)
+            )));
+        }
+        let kek_name = match (&vault.cfg.kek, &vault.cfg.kek_name) {
+            (Some(id), _) => KeyId::parse(id).map(|id| id.name).unwrap_or_default(),
+            (None, Some(n)) => n.clone(),
+            (None, None) => String::new(),
+        };
+        if name.eq_ignore_ascii_case(&kek_name) {
+            return Err(ExportError::invalid(format!(
+                "target {name:?} is destination {}'s key-exchange key: nothing is imported into it",
+                vault.name
             )));
         }
         let kty = key_type(shape, vault.kind).map_err(|why| {
@@ -300,6 +315,11 @@ impl AzureImport {
                 "the key-exchange key {kid} is {kty:?}; Azure imports only with an RSA-HSM key-exchange key"
             )));
         }
+        if key.release_policy.is_some() {
+            return Err(refuse(format!(
+                "the key-exchange key {kid} has a release policy: its private key could leave the HSM"
+            )));
+        }
         let ops = jwk.key_ops.clone().unwrap_or_default();
         if ops != ["import"] {
             return Err(refuse(format!(
@@ -312,6 +332,11 @@ impl AzureImport {
                 .map_or(0, |d| d.as_secs() as i64);
             if a.enabled == Some(false) {
                 return Err(refuse(format!("the key-exchange key {kid} is disabled")));
+            }
+            if a.exportable == Some(true) {
+                return Err(refuse(format!(
+                    "the key-exchange key {kid} is exportable: its private key could leave the HSM"
+                )));
             }
             if a.expires.is_some_and(|t| t.unix_timestamp() <= now) {
                 return Err(refuse(format!("the key-exchange key {kid} has expired")));
@@ -395,7 +420,9 @@ impl AzureImport {
     /// The version of key `b.name` that carries `b.mark`, if any (none while the key does
     /// not exist), confirmed for an RSA key by its public key being the source key's.
     async fn marked(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
-        let versions = match self.vault.versions(&b.name, self.deadline).await {
+        // Not the caller's deadline: a search for what a send made runs to its end.
+        let deadline = self.vault.bound(None);
+        let versions = match self.vault.versions(&b.name, deadline).await {
             Ok(v) => v.value,
             Err(KmsError::Service { status: 404, .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -419,7 +446,7 @@ impl AzureImport {
             })?;
         let key = self
             .vault
-            .get_key(&b.name, Some(&version), self.deadline)
+            .get_key(&b.name, Some(&version), deadline)
             .await?;
         if let Some(want) = &b.modulus {
             let got = key
@@ -439,6 +466,16 @@ impl AzureImport {
             }
         }
         self.imported(b, key).map(Some)
+    }
+
+    /// [`Self::marked`], and if nothing carries the mark yet, once more after
+    /// [`LOST_SETTLE`]: a send cut off by a timeout or a crash may still be landing.
+    async fn marked_or_settled(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
+        if let Some(found) = self.marked(b).await? {
+            return Ok(Some(found));
+        }
+        tokio::time::sleep(LOST_SETTLE).await;
+        self.marked(b).await
     }
 
     /// The answer for the version `key` of the import `b`.
@@ -554,7 +591,7 @@ impl Destination for AzureImport {
             kty: self.kty.to_string(),
             key_ops: self.key_ops.clone(),
             byok: openssl::base64::encode_block(&byok),
-            mark: mark(token),
+            mark: mark(token)?,
             created_key: self.create,
             modulus: wrapped.key.modulus.as_deref().map(modulus_hex),
         })
@@ -567,7 +604,7 @@ impl Destination for AzureImport {
         _token: &str,
         body: &[u8],
     ) -> Result<Option<Answer<Imported>>, KmsError> {
-        self.marked(&body_of(body)?).await
+        self.marked_or_settled(&body_of(body)?).await
     }
 
     /// The PUT. A send that got no answer (or an answer that is not final) is looked for
@@ -602,15 +639,24 @@ impl Destination for AzureImport {
             tags: Some(HashMap::from([(REQUEST_TAG.to_string(), b.mark.clone())])),
             ..Default::default()
         };
-        match self.vault.import(&b.name, params, self.deadline).await {
-            Ok(key) => self.imported(&b, key),
+        match self.vault.import(&b.name, params).await {
+            Ok(key) => {
+                let mut answer = self.imported(&b, key)?;
+                if b.created_key {
+                    // Made as a new key only if this is its one version: another import of
+                    // the same name between the check and the PUT made this one a version.
+                    let versions = self.vault.versions(&b.name, self.vault.bound(None)).await;
+                    answer.value.created_key = versions.is_ok_and(|v| v.value.len() == 1);
+                }
+                Ok(answer)
+            }
             Err(e) => {
                 let finalised = matches!(&e, KmsError::Service { status, .. }
                     if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 409 | 429));
                 if finalised {
                     return Err(e);
                 }
-                match self.marked(&b).await {
+                match self.marked_or_settled(&b).await {
                     Ok(Some(found)) => Ok(found),
                     _ => Err(e),
                 }

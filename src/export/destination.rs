@@ -99,10 +99,11 @@ pub(crate) trait Destination: Send + Sync + 'static {
 /// `KeyMaterialDescription`; Azure: the version's `hsm-bridge-request` tag): the journal
 /// token and a nonce of this wrap (recorded in the body, which the journal MACs), so that an
 /// idempotency key reused after its record expired never finds an earlier import's.
-pub(super) fn mark(token: &str) -> String {
+pub(super) fn mark(token: &str) -> Result<String, ExportError> {
     let mut nonce = [0u8; 8];
-    let _ = getrandom::fill(&mut nonce);
-    format!("hsm-bridge {token} {}", crate::wrap::hex(&nonce))
+    getrandom::fill(&mut nonce)
+        .map_err(|e| ExportError::Body(format!("no random bytes for the import's mark: {e}")))?;
+    Ok(format!("hsm-bridge {token} {}", crate::wrap::hex(&nonce)))
 }
 
 /// A modulus as hex, without leading zero bytes (PKCS#11 and OpenSSL may differ there): what

@@ -43,6 +43,10 @@ pub struct Fault {
     /// or without a token): a server steering the client to ask for another token.
     #[serde(default)]
     pub challenge_resource: Option<String>,
+    /// Handle the call, but let what it makes (a key version) appear only this long after,
+    /// and answer then: a vault that commits late, also when the caller has given up.
+    #[serde(default)]
+    pub commit_after_ms: u64,
 }
 
 fn one() -> u32 {

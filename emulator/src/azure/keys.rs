@@ -167,6 +167,13 @@ impl Public {
     }
 }
 
+std::thread_local! {
+    /// Set while a call under a `commit_after_ms` fault is handled (on this thread, which
+    /// handles it whole): what it makes appears that long after.
+    pub(crate) static COMMIT_AFTER: std::cell::Cell<Option<std::time::Duration>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// One version of a key.
 pub(crate) struct Version {
     pub(crate) id: String,
@@ -490,7 +497,12 @@ impl AzureKv {
             ));
         }
         let bundle = version.bundle(base, name);
-        key.versions.push(version);
+        match COMMIT_AFTER.with(|c| c.get()) {
+            Some(late) => inner
+                .pending
+                .push((SystemTime::now() + late, name.to_string(), version)),
+            None => key.versions.push(version),
+        }
         Ok(bundle)
     }
 

@@ -138,6 +138,8 @@ pub struct LogEntry {
 #[derive(Default)]
 struct Inner {
     keys: BTreeMap<String, Key>,
+    /// Versions a `commit_after_ms` fault made, each with when it appears.
+    pending: Vec<(SystemTime, String, keys::Version)>,
     tokens: HashMap<String, Issued>,
     token_order: VecDeque<String>,
     faults: Vec<Fault>,
@@ -376,7 +378,26 @@ impl AzureKv {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Versions committed late appear once their time has come, before anything is read.
+        let now = SystemTime::now();
+        if inner.pending.iter().any(|(due, _, _)| *due <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.pending)
+                .into_iter()
+                .partition(|(d, _, _)| *d <= now);
+            inner.pending = later;
+            for (_, name, version) in due {
+                inner
+                    .keys
+                    .entry(name)
+                    .or_insert_with(|| Key {
+                        versions: Vec::new(),
+                    })
+                    .versions
+                    .push(version);
+            }
+        }
+        inner
     }
 
     /// The resource tokens for this vault are for.
@@ -454,6 +475,14 @@ impl AzureKv {
                 }
                 match f.answer(&self.cfg.tenant, had_token) {
                     Some(r) => (r, delay),
+                    None if f.commit_after_ms > 0 => {
+                        let late = Duration::from_millis(f.commit_after_ms);
+                        keys::COMMIT_AFTER.with(|c| c.set(Some(late)));
+                        let (r, how) = self.call(req, &route, now);
+                        keys::COMMIT_AFTER.with(|c| c.set(None));
+                        entry.client_auth = how.map(|h| h.name().to_string());
+                        (r, delay.max(late))
+                    }
                     None => {
                         let (r, how) = self.call(req, &route, now);
                         entry.client_auth = how.map(|h| h.name().to_string());
