@@ -664,3 +664,85 @@ async fn a_next_page_elsewhere_is_not_followed() {
     );
     assert!(calls(&kv, "GetKeyVersions").await >= 1);
 }
+
+/// Base64url without padding.
+fn b64url(bytes: &[u8]) -> String {
+    openssl::base64::encode_block(bytes)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
+/// Kubernetes workload identity: the projected service-account token (here a JWT the test
+/// signs with the key of the certificate the emulator trusts, as the federation would
+/// vouch for it) is read from `federated_token_file` and exchanged for the vault's token;
+/// the import lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_identity_gets_the_tokens() {
+    let fx = softhsm();
+    let dir = fx.dir.join("azure-workload");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kv = AzureEmulator::start(&dir, false);
+    let kek = kv.kek("byok-kek", 3072).await;
+    let pem = std::fs::read(&kv.client_key_and_cert).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = b64url(json!({"alg": "RS256", "typ": "JWT"}).to_string().as_bytes());
+    let claims = b64url(
+        json!({
+            "aud": format!("{}/{}/oauth2/v2.0/token", kv.base, kv.tenant),
+            "iss": kv.client_id,
+            "sub": kv.client_id,
+            "nbf": now,
+            "exp": now + 3600,
+            "jti": b64url(&random(16)),
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let mut signer =
+        openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+    signer
+        .update(format!("{header}.{claims}").as_bytes())
+        .unwrap();
+    let jwt = format!(
+        "{header}.{claims}.{}",
+        b64url(&signer.sign_to_vec().unwrap())
+    );
+    let token_file = dir.join("projected-token");
+    std::fs::write(&token_file, jwt).unwrap();
+    let table = destination(&kv, KV, &format!("kek = \"{kek}\"")).replace(
+        &format!("client_secret_file = \"{}\"", kv.secret_file.display()),
+        &format!(
+            "workload_identity = true\nfederated_token_file = \"{}\"",
+            token_file.display()
+        ),
+    );
+    let (config, _) = config(fx, "azure-workload", &[(KV, table)]);
+    let made = cli_import(
+        &config,
+        KV,
+        &[
+            "--label",
+            "test-rsa-3072",
+            "--new-key",
+            "--target",
+            "by-workload",
+        ],
+    );
+    assert_eq!(made["cloud"], "azure", "{made}");
+    let tokens: Vec<Value> = kv
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["op"] == "Token")
+        .collect();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert_eq!(t["status"], 200, "{t}");
+        assert_eq!(t["client_auth"], "assertion", "{t}");
+    }
+}
