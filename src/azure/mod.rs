@@ -11,7 +11,9 @@
 //! credential gives a token for exactly one scope, the destination's kind's
 //! (`https://vault.azure.net/.default` or `https://managedhsm.azure.net/.default`), so a
 //! challenge can never steer the daemon's credentials to another resource. Secrets are read
-//! from their files when the client is first made and live in the SDK's credential after.
+//! from their files when the client is first made and live in the SDK's credential after
+//! (which does not zero them: SECURITY.md). A version listing is read here, not by the
+//! SDK's pager, so that a `nextLink` is followed on the vault only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -256,7 +258,8 @@ impl Vault {
     ) -> Result<Arc<dyn TokenCredential>, String> {
         let c = &self.cfg;
         // Checked as every secret file is (src/hardening.rs: a regular file of this user or
-        // root that no one else may read), at most 64 KiB, read into a buffer zeroed after.
+        // root that no one else may read), at most 64 KiB, read into a buffer zeroed after; the
+        // SDK's `Secret`/`SecretBytes` then keep copies of their own, which they do not zero.
         let read = |p: &std::path::Path, what: &'static str| {
             use std::io::Read;
             let f = crate::hardening::open_private(p, what).map_err(|e| e.to_string())?;
