@@ -8,6 +8,8 @@
 
 mod common;
 
+use oci_kms_emulator::azure::protocol::b64url;
+
 use common::azure_emulator::AzureEmulator;
 use common::daemon::certs;
 use serde_json::{Value, json};
@@ -611,17 +613,4 @@ async fn the_daemons_byok_files_import() {
         .next()
         .unwrap();
     assert_eq!(mhsm.material("aes", version).await, fx.aes["test-aes-256"]);
-}
-
-/// Base64url without padding.
-fn b64url(b: &[u8]) -> String {
-    openssl::base64::encode_block(b)
-        .chars()
-        .filter_map(|c| match c {
-            '+' => Some('-'),
-            '/' => Some('_'),
-            '=' => None,
-            c => Some(c),
-        })
-        .collect()
 }

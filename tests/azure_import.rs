@@ -7,6 +7,8 @@
 
 mod common;
 
+use oci_kms_emulator::azure::protocol::b64url;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -145,6 +147,53 @@ async fn versions(emu: &AzureEmulator, name: &str) -> Vec<Value> {
 /// The version id at the end of a key id.
 fn version_of(kid: &str) -> String {
     kid.rsplit('/').next().unwrap().to_string()
+}
+
+/// A test's Key Vault on SoftHSM2's fixture: a folder of its own, the emulator, and an
+/// RSA-3072 key-exchange key in it.
+struct Vault {
+    dir: PathBuf,
+    kv: AzureEmulator,
+    kek: String,
+}
+
+impl Vault {
+    async fn start(name: &str) -> Vault {
+        let dir = softhsm().dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let kv = AzureEmulator::start(&dir, false);
+        let kek = kv.kek("byok-kek", 3072).await;
+        Vault { dir, kv, kek }
+    }
+
+    /// The destination `azure-kv` on it, with the key-exchange key by its versioned id.
+    fn table(&self) -> String {
+        destination(&self.kv, KV, &format!("kek = \"{}\"", self.kek))
+    }
+
+    /// [`Vault::table`] with `credential` (config lines) instead of the client secret.
+    fn table_with(&self, credential: &str) -> String {
+        self.table().replace(
+            &format!("client_secret_file = \"{}\"", self.kv.secret_file.display()),
+            credential,
+        )
+    }
+}
+
+/// Every token the emulator issued was asked for with a client assertion, none with the
+/// secret.
+async fn tokens_by_assertion(kv: &AzureEmulator) {
+    let tokens: Vec<Value> = kv
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["op"] == "Token")
+        .collect();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert_eq!(t["status"], 200, "{t}");
+        assert_eq!(t["client_auth"], "assertion", "{t}");
+    }
 }
 
 /// RSA-3072 into a Key Vault and AES-256 into a Managed HSM, from every token, land as
@@ -299,10 +348,8 @@ async fn rsa_into_key_vault_and_aes_into_managed_hsm_land_as_the_tokens_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_come_before_the_hsm_wraps() {
     let fx = softhsm();
-    let dir = fx.dir.join("azure-refusals");
-    std::fs::create_dir_all(&dir).unwrap();
-    let kv = AzureEmulator::start(&dir, false);
-    let kek = kv.kek("byok-kek", 3072).await;
+    let vault = Vault::start("azure-refusals").await;
+    let (dir, kv) = (&vault.dir, &vault.kv);
     let wide = kv
         .create_key("wide-kek", "RSA-HSM", 3072, &["import", "wrapKey"])
         .await;
@@ -311,14 +358,14 @@ async fn refusals_come_before_the_hsm_wraps() {
         fx,
         "azure-refusals",
         &[
-            (KV, destination(&kv, KV, &format!("kek = \"{kek}\""))),
+            (KV, vault.table()),
             (
                 "azure-wide",
-                destination(&kv, "azure-wide", &format!("kek = \"{wide}\"")),
+                destination(kv, "azure-wide", &format!("kek = \"{wide}\"")),
             ),
             (
                 "azure-named",
-                destination(&kv, "azure-named", "kek_name = \"not-made-yet\""),
+                destination(kv, "azure-named", "kek_name = \"not-made-yet\""),
             ),
         ],
     );
@@ -334,7 +381,7 @@ async fn refusals_come_before_the_hsm_wraps() {
         "{e:?}"
     );
     assert_eq!(
-        calls(&kv, "GetKey").await,
+        calls(kv, "GetKey").await,
         0,
         "nothing was asked of the vault"
     );
@@ -371,7 +418,7 @@ async fn refusals_come_before_the_hsm_wraps() {
     assert!(kv.names().await.iter().all(|n| n != "not-made-yet"));
 
     // A challenge that names another resource: no token is asked for it.
-    let tokens = calls(&kv, "Token").await;
+    let tokens = calls(kv, "Token").await;
     kv.fault(
         json!({"op": "GetKey", "challenge_resource": "https://management.azure.com", "count": 10}),
     )
@@ -389,12 +436,12 @@ async fn refusals_come_before_the_hsm_wraps() {
     kv.clear_faults().await;
     drop(fresh);
     assert_eq!(
-        calls(&kv, "Token").await,
+        calls(kv, "Token").await,
         tokens,
         "no token was asked for another resource"
     );
 
-    assert_eq!(calls(&kv, "ImportKey").await, 0, "nothing was imported");
+    assert_eq!(calls(kv, "ImportKey").await, 0, "nothing was imported");
     let recs = audit_records(&audit);
     let refused: Vec<&Value> = recs.iter().filter(|r| r["operation"] == "Import").collect();
     assert!(refused.len() >= 6, "{recs:?}");
@@ -412,18 +459,18 @@ async fn refusals_come_before_the_hsm_wraps() {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let table = destination(&kv, KV, &format!("kek = \"{kek}\"")).replace(
-        &kv.secret_file.display().to_string(),
-        &open_secret.display().to_string(),
-    );
+    let table = vault.table_with(&format!(
+        "client_secret_file = \"{}\"",
+        open_secret.display()
+    ));
     let (open, _) = self::config(fx, "azure-open-secret", &[(KV, table)]);
-    let tokens = calls(&kv, "Token").await;
+    let tokens = calls(kv, "Token").await;
     let err = cli_refused(&open);
     assert!(
         err.contains("client secret file") && err.contains("chmod 600"),
         "{err}"
     );
-    assert_eq!(calls(&kv, "Token").await, tokens, "no token was asked for");
+    assert_eq!(calls(kv, "Token").await, tokens, "no token was asked for");
 
     // A key-exchange key in another vault: the config is refused.
     let (other, _) = self::config(
@@ -432,7 +479,7 @@ async fn refusals_come_before_the_hsm_wraps() {
         &[(
             KV,
             destination(
-                &kv,
+                kv,
                 KV,
                 "kek = \"https://elsewhere.vault.azure.net/keys/byok-kek/0123456789abcdef0123456789abcdef\"",
             ),
@@ -443,7 +490,7 @@ async fn refusals_come_before_the_hsm_wraps() {
         err.contains("https://elsewhere.vault.azure.net") && err.contains("same vault"),
         "{err}"
     );
-    assert_eq!(calls(&kv, "ImportKey").await, 0);
+    assert_eq!(calls(kv, "ImportKey").await, 0);
 }
 
 /// Polls `emu` until key `name` has `n` versions (at most 30 s).
@@ -529,10 +576,8 @@ async fn a_crash_after_azure_accepted_leaves_one_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_credential_gets_the_tokens() {
     let fx = softhsm();
-    let dir = fx.dir.join("azure-certificate");
-    std::fs::create_dir_all(&dir).unwrap();
-    let kv = AzureEmulator::start(&dir, false);
-    let kek = kv.kek("byok-kek", 3072).await;
+    let vault = Vault::start("azure-certificate").await;
+    let (dir, kv) = (&vault.dir, &vault.kv);
     let password = dir.join("p12-password");
     write_private(&password, b"correct horse\n");
     let p12 = dir.join("client.p12");
@@ -547,14 +592,11 @@ async fn a_certificate_credential_gets_the_tokens() {
         &format!("file:{}", password.display()),
     ]);
     std::fs::set_permissions(&p12, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let table = destination(&kv, KV, &format!("kek = \"{kek}\"")).replace(
-        &format!("client_secret_file = \"{}\"", kv.secret_file.display()),
-        &format!(
-            "client_certificate_file = \"{}\"\nclient_certificate_password_file = \"{}\"",
-            p12.display(),
-            password.display()
-        ),
-    );
+    let table = vault.table_with(&format!(
+        "client_certificate_file = \"{}\"\nclient_certificate_password_file = \"{}\"",
+        p12.display(),
+        password.display()
+    ));
     let (config, _) = config(fx, "azure-certificate", &[(KV, table)]);
     let made = cli_import(
         &config,
@@ -574,17 +616,7 @@ async fn a_certificate_credential_gets_the_tokens() {
         ),
         token_modulus(|a| p11(fx, a), "test-rsa-3072")
     );
-    let tokens: Vec<Value> = kv
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["op"] == "Token")
-        .collect();
-    assert!(!tokens.is_empty());
-    for t in &tokens {
-        assert_eq!(t["status"], 200, "{t}");
-        assert_eq!(t["client_auth"], "assertion", "{t}");
-    }
+    tokens_by_assertion(kv).await;
 }
 
 /// A vault that commits an import late, after the caller's deadline has passed: the PUT is
@@ -593,16 +625,9 @@ async fn a_certificate_credential_gets_the_tokens() {
 /// finding nothing and sending again; one version in the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_commit_after_the_callers_deadline_is_imported_once() {
-    let fx = softhsm();
-    let dir = fx.dir.join("azure-late-commit");
-    std::fs::create_dir_all(&dir).unwrap();
-    let kv = AzureEmulator::start(&dir, false);
-    let kek = kv.kek("byok-kek", 3072).await;
-    let (config, _) = config(
-        fx,
-        "azure-late-commit",
-        &[(KV, destination(&kv, KV, &format!("kek = \"{kek}\"")))],
-    );
+    let vault = Vault::start("azure-late-commit").await;
+    let kv = &vault.kv;
+    let (config, _) = config(softhsm(), "azure-late-commit", &[(KV, vault.table())]);
     let daemon = Daemon::start(&config, &[]);
     kv.fault(json!({"op": "ImportKey", "commit_after_ms": 2500}))
         .await;
@@ -617,9 +642,9 @@ async fn a_late_commit_after_the_callers_deadline_is_imported_once() {
     // At once, as a caller would: answered by the first send's answer, not a second PUT.
     let (r, _) = until_answered_by(&format!("{req:?}"), || import(&daemon, req.clone())).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let v = versions(&kv, "late").await;
+    let v = versions(kv, "late").await;
     assert_eq!(v.len(), 1, "one version: {v:?}");
-    assert_eq!(calls(&kv, "ImportKey").await, 1, "one PUT");
+    assert_eq!(calls(kv, "ImportKey").await, 1, "one PUT");
     assert_eq!(r.version_id, version_of(v[0]["kid"].as_str().unwrap()));
 }
 
@@ -628,17 +653,10 @@ async fn a_late_commit_after_the_callers_deadline_is_imported_once() {
 /// whose answer is dropped.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_next_page_elsewhere_is_not_followed() {
-    let fx = softhsm();
-    let dir = fx.dir.join("azure-next-link");
-    std::fs::create_dir_all(&dir).unwrap();
-    let kv = AzureEmulator::start(&dir, false);
-    let elsewhere = AzureEmulator::start(&dir, false);
-    let kek = kv.kek("byok-kek", 3072).await;
-    let (config, _) = config(
-        fx,
-        "azure-next-link",
-        &[(KV, destination(&kv, KV, &format!("kek = \"{kek}\"")))],
-    );
+    let vault = Vault::start("azure-next-link").await;
+    let kv = &vault.kv;
+    let elsewhere = AzureEmulator::start(&vault.dir, false);
+    let (config, _) = config(softhsm(), "azure-next-link", &[(KV, vault.table())]);
     let daemon = Daemon::start(&config, &[]);
     let next = format!(
         "{}/keys/next/versions?api-version=2025-07-01&$skiptoken=x",
@@ -662,15 +680,7 @@ async fn a_next_page_elsewhere_is_not_followed() {
         Vec::<Value>::new(),
         "nothing was sent elsewhere"
     );
-    assert!(calls(&kv, "GetKeyVersions").await >= 1);
-}
-
-/// Base64url without padding.
-fn b64url(bytes: &[u8]) -> String {
-    openssl::base64::encode_block(bytes)
-        .trim_end_matches('=')
-        .replace('+', "-")
-        .replace('/', "_")
+    assert!(calls(kv, "GetKeyVersions").await >= 1);
 }
 
 /// Kubernetes workload identity: the projected service-account token (here a JWT the test
@@ -680,10 +690,8 @@ fn b64url(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_identity_gets_the_tokens() {
     let fx = softhsm();
-    let dir = fx.dir.join("azure-workload");
-    std::fs::create_dir_all(&dir).unwrap();
-    let kv = AzureEmulator::start(&dir, false);
-    let kek = kv.kek("byok-kek", 3072).await;
+    let vault = Vault::start("azure-workload").await;
+    let (dir, kv) = (&vault.dir, &vault.kv);
     let pem = std::fs::read(&kv.client_key_and_cert).unwrap();
     let key = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
     let now = std::time::SystemTime::now()
@@ -714,13 +722,10 @@ async fn a_workload_identity_gets_the_tokens() {
     );
     let token_file = dir.join("projected-token");
     std::fs::write(&token_file, jwt).unwrap();
-    let table = destination(&kv, KV, &format!("kek = \"{kek}\"")).replace(
-        &format!("client_secret_file = \"{}\"", kv.secret_file.display()),
-        &format!(
-            "workload_identity = true\nfederated_token_file = \"{}\"",
-            token_file.display()
-        ),
-    );
+    let table = vault.table_with(&format!(
+        "workload_identity = true\nfederated_token_file = \"{}\"",
+        token_file.display()
+    ));
     let (config, _) = config(fx, "azure-workload", &[(KV, table)]);
     let made = cli_import(
         &config,
@@ -734,15 +739,5 @@ async fn a_workload_identity_gets_the_tokens() {
         ],
     );
     assert_eq!(made["cloud"], "azure", "{made}");
-    let tokens: Vec<Value> = kv
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["op"] == "Token")
-        .collect();
-    assert!(!tokens.is_empty());
-    for t in &tokens {
-        assert_eq!(t["status"], 200, "{t}");
-        assert_eq!(t["client_auth"], "assertion", "{t}");
-    }
+    tokens_by_assertion(kv).await;
 }

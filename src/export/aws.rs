@@ -24,7 +24,7 @@ use aws_sdk_kms::types::{KeyMaterialState, KeyMetadata, RotationsListEntry};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::destination::{mark, modulus_hex};
+use super::destination::{mark, modulus_hex, recorded, unbase64};
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
@@ -436,20 +436,6 @@ pub(crate) fn granted(caller: &Caller, name: &str) -> Result<(), ExportError> {
     )))
 }
 
-fn body_of(bytes: &[u8]) -> Result<Body, KmsError> {
-    serde_json::from_slice(bytes).map_err(|e| KmsError::Local {
-        op: "ImportKeyMaterial",
-        why: format!("the recorded import cannot be read: {e}"),
-    })
-}
-
-fn unbase64(op: &'static str, s: &str) -> Result<Vec<u8>, KmsError> {
-    openssl::base64::decode_block(s).map_err(|_| KmsError::Local {
-        op,
-        why: "the recorded import is not base64".into(),
-    })
-}
-
 impl Destination for AwsImport {
     type Answer = Imported;
 
@@ -624,7 +610,7 @@ impl Destination for AwsImport {
         _token: &str,
         body: &[u8],
     ) -> Result<Option<Answer<Imported>>, KmsError> {
-        let b = body_of(body)?;
+        let b: Body = recorded("ImportKeyMaterial", body)?;
         let Some(mark) = &b.description else {
             return self.find_by_public_key(&b).await;
         };
@@ -645,7 +631,7 @@ impl Destination for AwsImport {
         _token: String,
     ) -> Result<Answer<Imported>, KmsError> {
         const OP: &str = "ImportKeyMaterial";
-        let b = body_of(&body)?;
+        let b: Body = recorded(OP, &body)?;
         let call = ImportCall {
             key_id: &b.key_id,
             import_token: unbase64(OP, &b.import_token)?,

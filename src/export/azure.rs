@@ -21,7 +21,7 @@ use azure_security_keyvault_keys::models::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::destination::{mark, modulus_hex};
+use super::destination::{mark, modulus_hex, recorded, unbase64};
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
@@ -132,13 +132,6 @@ fn bad(op: &'static str, rid: &str, why: String) -> KmsError {
         why,
         opc_request_id: rid.to_string(),
     }
-}
-
-fn body_of(bytes: &[u8]) -> Result<Body, KmsError> {
-    serde_json::from_slice(bytes).map_err(|e| KmsError::Local {
-        op: "KeyVault.importKey",
-        why: format!("the recorded import cannot be read: {e}"),
-    })
 }
 
 impl AzureImport {
@@ -604,7 +597,8 @@ impl Destination for AzureImport {
         _token: &str,
         body: &[u8],
     ) -> Result<Option<Answer<Imported>>, KmsError> {
-        self.marked_or_settled(&body_of(body)?).await
+        self.marked_or_settled(&recorded("KeyVault.importKey", body)?)
+            .await
     }
 
     /// The PUT. A send that got no answer (or an answer that is not final) is looked for
@@ -615,13 +609,8 @@ impl Destination for AzureImport {
         _token: String,
     ) -> Result<Answer<Imported>, KmsError> {
         const OP: &str = "KeyVault.importKey";
-        let b = body_of(&body)?;
-        let byok = Zeroizing::new(openssl::base64::decode_block(&b.byok).map_err(|_| {
-            KmsError::Local {
-                op: OP,
-                why: "the recorded import is not base64".into(),
-            }
-        })?);
+        let b: Body = recorded(OP, &body)?;
+        let byok = Zeroizing::new(unbase64(OP, &b.byok)?);
         let params = ImportKeyParameters {
             key: Some(JsonWebKey {
                 kty: Some(b.kty.parse::<KeyType>().map_err(|e| KmsError::Local {

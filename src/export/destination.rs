@@ -112,3 +112,19 @@ pub(super) fn modulus_hex(n: &[u8]) -> String {
     let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
     crate::wrap::hex(&n[first..])
 }
+
+/// An import body as the journal recorded it (`op` names the call it is for).
+pub(super) fn recorded<T: DeserializeOwned>(op: &'static str, bytes: &[u8]) -> Result<T, KmsError> {
+    serde_json::from_slice(bytes).map_err(|e| KmsError::Local {
+        op,
+        why: format!("the recorded import cannot be read: {e}"),
+    })
+}
+
+/// A base64 member of a recorded import body.
+pub(super) fn unbase64(op: &'static str, s: &str) -> Result<Vec<u8>, KmsError> {
+    openssl::base64::decode_block(s).map_err(|_| KmsError::Local {
+        op,
+        why: "the recorded import is not base64".into(),
+    })
+}

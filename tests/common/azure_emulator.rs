@@ -41,21 +41,9 @@ pub(crate) struct AzureEmulator {
     http: reqwest::Client,
 }
 
-/// A random version-4 GUID.
+/// A random version-4 GUID (the emulator's own UUIDs).
 pub(crate) fn guid() -> String {
-    let mut b = [0u8; 16];
-    openssl::rand::rand_bytes(&mut b).unwrap();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hsm_bridge::wrap::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    oci_kms_emulator::aws::protocol::uuid()
 }
 
 /// A self-signed RSA-2048 certificate and its key, PEM.

@@ -68,8 +68,8 @@ pub(crate) fn epoch(t: SystemTime) -> Value {
     json!(ms / 1000.0)
 }
 
-/// A random version-4 UUID (key ids, request ids).
-pub(crate) fn uuid() -> String {
+/// A random version-4 UUID (key ids, request ids; Azure's tenant and client ids in tests).
+pub fn uuid() -> String {
     let mut b = [0u8; 16];
     let _ = getrandom::fill(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;

@@ -42,9 +42,10 @@ use crate::EmulatorError;
 use crate::aws::Request;
 use crate::state::{Outcome, Reply};
 
+use crate::aws::protocol::uuid;
 pub use faults::Fault;
 use keys::Key;
-use protocol::{KvError, challenge, uuid};
+use protocol::{KvError, challenge};
 use token::{ClientAuth, Issued};
 
 /// Largest request body read (a `.byok` for an RSA-4096 key is about 4 KiB).

@@ -3,6 +3,7 @@
 //! "error_codes",...}`, the 401 challenge with its `WWW-Authenticate` header, base64url
 //! both ways, and the random ids (key versions, tokens, request ids).
 
+use crate::aws::protocol::uuid;
 use serde_json::{Value, json};
 
 use crate::state::Reply;
@@ -121,29 +122,13 @@ pub(crate) fn random(n: usize) -> Vec<u8> {
     b
 }
 
-/// A random version-4 UUID.
-pub(crate) fn uuid() -> String {
-    let mut b = random(16);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hsm_bridge::wrap::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 /// A key version: 32 lowercase hex digits.
 pub(crate) fn version_id() -> String {
     hsm_bridge::wrap::hex(&random(16))
 }
 
 /// Base64url without padding (RFC 4648 section 5).
-pub(crate) fn b64url(bytes: &[u8]) -> String {
+pub fn b64url(bytes: &[u8]) -> String {
     openssl::base64::encode_block(bytes)
         .chars()
         .filter_map(|c| match c {
