@@ -1,5 +1,5 @@
 //! Every `[destinations.NAME]` of the config, each with its cloud's client (src/aws/,
-//! src/azure/), and the journal their imports are recorded in: what the daemon and the
+//! src/azure/, src/gcp/), and the journal their imports are recorded in: what the daemon and the
 //! command line turn a request's destination name into (src/export/to.rs).
 
 use std::collections::BTreeMap;
@@ -8,12 +8,14 @@ use std::sync::Arc;
 use crate::aws::Kms;
 use crate::azure::Vault;
 use crate::config::Destination;
+use crate::gcp::KeyRing;
 use crate::journal::Journal;
 
 /// One destination's client.
 pub(crate) enum Dest {
     Aws(Arc<Kms>),
     Azure(Arc<Vault>),
+    Gcp(Arc<KeyRing>),
 }
 
 /// Every destination of the config.
@@ -38,6 +40,7 @@ impl Clouds {
                 let dest = match d {
                     Destination::Aws(a) => Dest::Aws(Arc::new(Kms::new(name, a))),
                     Destination::Azure(a) => Dest::Azure(Arc::new(Vault::new(name, a))),
+                    Destination::Gcp(g) => Dest::Gcp(Arc::new(KeyRing::new(name, g))),
                 };
                 (name.clone(), dest)
             })

@@ -35,6 +35,7 @@ pub(crate) mod codec;
 pub mod config;
 pub(crate) mod error;
 pub(crate) mod export;
+pub(crate) mod gcp;
 pub mod hardening;
 pub mod hsm;
 pub mod journal;

@@ -1,9 +1,9 @@
 //! `[destinations.NAME]`: where imports may go, each a cloud, an account and a region (the
 //! policy unit a caller is granted by name, `server.clients[].destinations`). A caller names
 //! a destination, never an endpoint or an account: the daemon's signed requests and wrapped
-//! keys go nowhere the operator did not write here. AWS KMS (src/aws/) and Azure Key Vault
-//! or Managed HSM (src/azure/); the other clouds' destinations are refused by name until
-//! they exist.
+//! keys go nowhere the operator did not write here. AWS KMS (src/aws/), Azure Key Vault or
+//! Managed HSM (src/azure/) and Google Cloud KMS (src/gcp/); other clouds are refused by
+//! name.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,194 @@ use serde::Deserialize;
 pub(crate) enum Destination {
     Aws(AwsDestination),
     Azure(AzureDestination),
+    Gcp(GcpDestination),
+}
+
+/// `cloud = "gcp"`: one Google Cloud KMS key ring, reached as one service account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GcpDestination {
+    /// The project's id.
+    pub project: String,
+    /// The key ring's location (e.g. "us-east1", "global").
+    pub location: String,
+    /// The key ring's id: import jobs are made in it, and every key imported into is in it.
+    pub key_ring: String,
+    /// "HSM" (default) or "SOFTWARE": the import jobs' protection level, which a key
+    /// imported into must have too.
+    #[serde(default)]
+    pub protection_level: GcpProtection,
+    /// The import jobs' method, by Google's name (`RSA_OAEP_4096_SHA256_AES_256` by
+    /// default): the wrapping key's size, the OAEP hash, hybrid or direct.
+    #[serde(default = "default_import_method")]
+    pub import_method: String,
+    /// A service-account key file (JSON): requests carry a JWT it signs for Cloud KMS alone,
+    /// and the key never leaves the daemon. Unset: tokens from the metadata server.
+    pub credentials_file: Option<PathBuf>,
+    /// The metadata server tokens are asked of without `credentials_file`; default
+    /// `http://metadata.google.internal`. (`GCE_METADATA_HOST` is refused: the environment
+    /// cannot choose where the daemon's tokens come from.)
+    pub metadata_endpoint: Option<String>,
+    /// The Cloud KMS endpoint; default `https://cloudkms.googleapis.com`. It must match
+    /// `allowed_endpoints`.
+    pub endpoint: Option<String>,
+    /// Globs over `https://host[:port]` that `endpoint` must match; default Cloud KMS's
+    /// global and regional endpoints.
+    pub allowed_endpoints: Option<Vec<String>>,
+    /// How long an import job may take to become ACTIVE (Google makes its key in the HSM).
+    #[serde(default = "default_job_wait_ms")]
+    pub job_wait_ms: u64,
+    /// One call's time limit, connecting included.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// A Google Cloud KMS protection level an import may use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub(crate) enum GcpProtection {
+    #[default]
+    #[serde(rename = "HSM")]
+    Hsm,
+    #[serde(rename = "SOFTWARE")]
+    Software,
+}
+
+impl GcpProtection {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GcpProtection::Hsm => "HSM",
+            GcpProtection::Software => "SOFTWARE",
+        }
+    }
+}
+
+fn default_import_method() -> String {
+    "RSA_OAEP_4096_SHA256_AES_256".into()
+}
+
+fn default_job_wait_ms() -> u64 {
+    120_000
+}
+
+/// Cloud KMS's public endpoints: global, and regional (`cloudkms.REGION.rep.googleapis.com`).
+const GCP_HOSTS: [&str; 2] = [
+    "https://cloudkms.googleapis.com",
+    "https://cloudkms.*.rep.googleapis.com",
+];
+
+/// The metadata server of Google's VMs, GKE and Cloud Run.
+pub(crate) const GCP_METADATA: &str = "http://metadata.google.internal";
+
+impl GcpDestination {
+    /// What `endpoint` must match.
+    pub(crate) fn allowed(&self) -> Vec<String> {
+        self.allowed_endpoints
+            .clone()
+            .unwrap_or_else(|| GCP_HOSTS.iter().map(|h| h.to_string()).collect())
+    }
+
+    /// The endpoint, normalised (`https://host[:port]`).
+    pub(crate) fn endpoint_base(&self) -> Result<String, String> {
+        let e = self.endpoint.as_deref().unwrap_or(GCP_HOSTS[0]);
+        crate::oci::endpoint::check(e, &self.allowed())
+            .map(|e| e.base)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `projects/P/locations/L/keyRings/R`.
+    pub(crate) fn key_ring_name(&self) -> String {
+        format!(
+            "projects/{}/locations/{}/keyRings/{}",
+            self.project, self.location, self.key_ring
+        )
+    }
+
+    /// The wrapping format of the import method (`gcp:METHOD`).
+    pub(crate) fn format(&self) -> Option<&'static crate::wrap::Format> {
+        crate::wrap::Format::parse(&format!("gcp:{}", self.import_method)).ok()
+    }
+
+    fn validate(&self, at: &str, min_bits: u32) -> Result<(), String> {
+        let project_ok = |p: &str| {
+            // "my-project", or a domain-scoped "example.com:my-project"
+            let id = p.rsplit_once(':').map_or(p, |(_, id)| id);
+            (6..=30).contains(&id.len())
+                && p.len() <= 100
+                && id.starts_with(|c: char| c.is_ascii_lowercase())
+                && p.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b':')
+                })
+        };
+        if !project_ok(&self.project) {
+            return Err(format!(
+                "{at}.project = {:?} is not a project id (6 to 30 lower-case letters, digits and '-')",
+                self.project.chars().take(64).collect::<String>()
+            ));
+        }
+        if self.location.is_empty()
+            || self.location.len() > 63
+            || !self
+                .location
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!(
+                "{at}.location must be a Cloud KMS location (e.g. \"us-east1\", \"global\")"
+            ));
+        }
+        if !crate::gcp::id_ok(&self.key_ring) {
+            return Err(format!(
+                "{at}.key_ring must be a key ring's id (1 to 63 letters, digits, '-' and '_')"
+            ));
+        }
+        for p in self.allowed() {
+            if !p.to_ascii_lowercase().starts_with("https://") {
+                return Err(format!(
+                    "{at}.allowed_endpoints: {p:?} must start with https:// (requests carry tokens and wrapped keys)"
+                ));
+            }
+        }
+        self.endpoint_base().map_err(|e| {
+            format!("{at}.endpoint: {e}; nothing is sent there (list it in {at}.allowed_endpoints)")
+        })?;
+        let Some(format) = self.format() else {
+            return Err(format!(
+                "{at}.import_method = {:?}: give one of RSA_OAEP_3072_SHA1_AES_256, RSA_OAEP_4096_SHA1_AES_256, RSA_OAEP_3072_SHA256_AES_256, RSA_OAEP_4096_SHA256_AES_256, RSA_OAEP_3072_SHA256, RSA_OAEP_4096_SHA256",
+                self.import_method.chars().take(64).collect::<String>()
+            ));
+        };
+        if format.wrapping_bits.is_some_and(|b| b < min_bits) {
+            return Err(format!(
+                "{at}.import_method = {} wraps for RSA-{}, below policy.min_wrapping_key_bits = {min_bits}",
+                self.import_method,
+                format.wrapping_bits.unwrap_or_default()
+            ));
+        }
+        match (&self.credentials_file, &self.metadata_endpoint) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at}: give credentials_file or metadata_endpoint, not both"
+                ));
+            }
+            (None, Some(m)) => {
+                let m = m.to_ascii_lowercase();
+                let rest = m.strip_prefix("http://").unwrap_or_default();
+                if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+                    return Err(format!(
+                        "{at}.metadata_endpoint must be http://host[:port] (the metadata server speaks plain HTTP on the host's own network)"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        super::validate::in_range(&format!("{at}.timeout_ms"), self.timeout_ms, 100..=600_000)?;
+        super::validate::in_range(
+            &format!("{at}.job_wait_ms"),
+            self.job_wait_ms,
+            100..=3_600_000,
+        )?;
+        Ok(())
+    }
 }
 
 /// `cloud = "azure"`: one Azure Key Vault (Premium) or Managed HSM, reached with one
@@ -429,6 +617,7 @@ pub(super) fn validate(
         match d {
             Destination::Aws(a) => a.validate(&at, min_bits)?,
             Destination::Azure(a) => a.validate(&at, min_bits)?,
+            Destination::Gcp(g) => g.validate(&at, min_bits)?,
         }
     }
     Ok(())
@@ -458,6 +647,11 @@ pub(super) fn resolve(
                 .flatten()
                 {
                     fix(p);
+                }
+            }
+            Destination::Gcp(g) => {
+                if let Some(f) = g.credentials_file.as_mut() {
+                    fix(f);
                 }
             }
         }

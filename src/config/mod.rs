@@ -613,7 +613,9 @@ mod destinations;
 mod journal;
 mod listen;
 mod validate;
-pub(crate) use destinations::{AwsDestination, AzureDestination, AzureKind, Destination};
+pub(crate) use destinations::{
+    AwsDestination, AzureDestination, AzureKind, Destination, GCP_METADATA, GcpDestination,
+};
 pub use journal::{JournalConfig, JournalStore};
 pub(crate) use listen::Listen;
 

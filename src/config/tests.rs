@@ -148,7 +148,7 @@ fn destinations_are_checked() {
     for (table, says) in [
         (aws.replace("111122223333", "1111"), "12-digit"),
         (aws.replace("us-east-1", "US East"), "region"),
-        (aws.replace("\"aws\"", "\"gcp\""), "gcp"),
+        (aws.replace("\"aws\"", "\"ibm\""), "ibm"),
         (aws.replace("prod", "\"a b\""), "destination name"),
     ] {
         let e = parse(&format!("{MIN}{table}")).unwrap_err();
@@ -160,6 +160,77 @@ fn destinations_are_checked() {
     parse(&format!("{MIN}{aws}{client}destinations = [\"prod\"]\n")).unwrap();
     let e = parse(&format!("{MIN}{aws}{client}destinations = [\"test\"]\n")).unwrap_err();
     assert!(e.contains("no [destinations.NAME]"), "{e}");
+}
+
+#[test]
+fn gcp_destinations_are_checked() {
+    let gcp = "[destinations.g]\ncloud = \"gcp\"\nproject = \"acme-keys\"\nlocation = \"us-east1\"\nkey_ring = \"byok\"\n";
+    let c = parse(&format!("{MIN}{gcp}credentials_file = \"sa.json\"\n")).unwrap();
+    let Destination::Gcp(g) = &c.destinations["g"] else {
+        panic!("a Google Cloud destination")
+    };
+    assert_eq!(
+        g.endpoint_base().unwrap(),
+        "https://cloudkms.googleapis.com"
+    );
+    assert_eq!(
+        g.key_ring_name(),
+        "projects/acme-keys/locations/us-east1/keyRings/byok"
+    );
+    assert_eq!(g.protection_level, super::destinations::GcpProtection::Hsm);
+    assert_eq!(
+        g.format().map(|f| f.name),
+        Some("gcp:RSA_OAEP_4096_SHA256_AES_256")
+    );
+    assert_eq!(
+        g.credentials_file.as_deref(),
+        Some(Path::new("/etc/hb/sa.json"))
+    );
+    // a regional endpoint is allowed by default; the metadata server is the default credential
+    parse(&format!(
+        "{MIN}{gcp}endpoint = \"https://cloudkms.us-east1.rep.googleapis.com\"\n"
+    ))
+    .unwrap();
+    for (extra, says) in [
+        (
+            "endpoint = \"https://kms.evil.example\"\n",
+            "allowed_endpoints",
+        ),
+        ("endpoint = \"http://cloudkms.googleapis.com\"\n", "https"),
+        (
+            "import_method = \"RSA_OAEP_2048_SHA256\"\n",
+            "RSA_OAEP_4096_SHA256_AES_256",
+        ),
+        ("protection_level = \"EXTERNAL\"\n", "`SOFTWARE`"),
+        (
+            "credentials_file = \"sa.json\"\nmetadata_endpoint = \"http://127.0.0.1:1\"\n",
+            "not both",
+        ),
+        (
+            "metadata_endpoint = \"https://169.254.169.254/x\"\n",
+            "http://host",
+        ),
+        ("job_wait_ms = 10\n", "job_wait_ms"),
+        ("key_rnig = \"x\"\n", "key_rnig"),
+    ] {
+        let e = parse(&format!("{MIN}{gcp}{extra}")).unwrap_err();
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+    for (table, says) in [
+        (gcp.replace("acme-keys", "Acme"), "project"),
+        (gcp.replace("us-east1", "US East"), "location"),
+        (gcp.replace("byok", "by/ok"), "key_ring"),
+    ] {
+        let e = parse(&format!("{MIN}{table}")).unwrap_err();
+        assert!(e.contains(says), "{table}: {e}");
+    }
+    // a method below the policy's wrapping key size is refused when the config is read
+    let e = parse(&format!(
+        "{}{gcp}import_method = \"RSA_OAEP_3072_SHA256_AES_256\"\n",
+        MIN.replace("[hsm]", "[policy]\nmin_wrapping_key_bits = 4096\n\n[hsm]")
+    ))
+    .unwrap_err();
+    assert!(e.contains("min_wrapping_key_bits"), "{e}");
 }
 
 #[test]

@@ -29,6 +29,7 @@ pub(crate) mod aws;
 pub(crate) mod azure;
 pub(crate) mod caller;
 mod destination;
+pub(crate) mod gcp;
 mod journal;
 pub(crate) mod oci;
 pub(crate) mod queue;

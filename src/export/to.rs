@@ -3,17 +3,19 @@
 //! from the token (the key found and allowed to leave, before any cloud is called), the
 //! format (the caller's, or the cloud's for that shape; either must take the key), then the
 //! export core's import into the cloud's destination (src/export/aws.rs,
-//! src/export/azure.rs).
+//! src/export/azure.rs, src/export/gcp.rs).
 
 use std::sync::Arc;
 
 use super::aws::{self, AwsImport, Imported, Target};
 use super::azure::{self as az, AzureImport};
+use super::gcp::{self as gc, GcpImport};
 use super::{Caller, ExportError, Exporter, ImportAsk, KeyAdmitted};
 use crate::audit::{Attempt, bounded};
 use crate::aws::Kms;
 use crate::azure::Vault;
 use crate::clouds::{Clouds, Dest};
+use crate::gcp::KeyRing;
 use crate::wrap::{Cloud, Format, KeyShape};
 
 /// What an import into a destination asks, beyond the key and the journal's terms.
@@ -75,6 +77,12 @@ impl Exporter {
                     .await?;
                 Ok(Made::azure(&vault, made, format, attempt))
             }
+            CheckedDest::Gcp(dest, ring) => {
+                let made = self
+                    .import(&checked.export, Arc::new(dest), ask, attempt)
+                    .await?;
+                Ok(Made::gcp(&ring, made, format, attempt))
+            }
         }
     }
 
@@ -102,6 +110,12 @@ impl Exporter {
                 let vault = vault.clone();
                 return self
                     .check_azure(destinations, vault, admitted, to, ask, attempt)
+                    .await;
+            }
+            Dest::Gcp(ring) => {
+                let ring = ring.clone();
+                return self
+                    .check_gcp(destinations, ring, admitted, to, ask, attempt)
                     .await;
             }
         };
@@ -205,6 +219,71 @@ impl Exporter {
     }
 }
 
+impl Exporter {
+    /// [`Self::check_import_to`] for a Google Cloud KMS destination: the key (its id or
+    /// resource name in the key ring), the purpose of a new key, the format (the
+    /// destination's import method, or another Google method the caller names: each import
+    /// has a job of its own), the token's mode for it.
+    async fn check_gcp(
+        &self,
+        destinations: &Arc<Clouds>,
+        ring: Arc<KeyRing>,
+        admitted: KeyAdmitted,
+        to: ImportTo<'_>,
+        ask: ImportAsk<'_>,
+        attempt: &mut Attempt,
+    ) -> Result<Checked, ExportError> {
+        if to.target.is_empty() {
+            return Err(ExportError::invalid(
+                "target is required: the Cloud KMS key's id or resource name (a new version of it, or with create a new key of that id)",
+            ));
+        }
+        if to.valid_to.is_some() {
+            return Err(ExportError::invalid(
+                "valid_to is AWS's; a Cloud KMS version does not expire by an import",
+            ));
+        }
+        if !to.key_ops.is_empty() || to.create_kek {
+            return Err(ExportError::invalid(
+                "key_ops and create_kek are Azure's; a Cloud KMS key's use is its purpose (key_usage with create)",
+            ));
+        }
+        let shape = self.shape(&admitted, ask.deadline).await?;
+        let format = match to.format {
+            "" => gc::default_format(&ring)?,
+            f => Format::parse(f).map_err(|e| ExportError::invalid(e.to_string()))?,
+        };
+        if format.cloud != Cloud::Gcp {
+            return Err(ExportError::invalid(format!(
+                "format {} is not Google's; destination {} is Google Cloud KMS (gcp:{} by default)",
+                format.name, ring.name, ring.cfg.import_method
+            )));
+        }
+        if format
+            .wrapping_bits
+            .is_some_and(|b| b < destinations.min_wrapping_bits)
+        {
+            return Err(ExportError::invalid(format!(
+                "format {} wraps for a key below policy.min_wrapping_key_bits = {}",
+                format.name, destinations.min_wrapping_bits
+            )));
+        }
+        let export = admitted.format(format, attempt.record());
+        let dest = GcpImport::new(
+            destinations.clone(),
+            ring.clone(),
+            (to.target, to.create),
+            (shape, format),
+            ask.deadline,
+        )?;
+        self.hsm.token().mode_for(format)?;
+        Ok(Checked {
+            export,
+            dest: CheckedDest::Gcp(dest, ring),
+        })
+    }
+}
+
 /// An import into a destination that passed every check made before the cloud is called.
 pub(crate) struct Checked {
     export: super::Export,
@@ -214,6 +293,7 @@ pub(crate) struct Checked {
 enum CheckedDest {
     Aws(AwsImport, Arc<Kms>),
     Azure(AzureImport, Arc<Vault>),
+    Gcp(GcpImport, Arc<KeyRing>),
 }
 
 /// The destination `name`, for `caller` (granted it first: a caller learns nothing of
@@ -235,6 +315,7 @@ fn destination_of<'a>(
     attempt.record().cloud = Some(match dest {
         Dest::Aws(_) => Cloud::Aws.as_str(),
         Dest::Azure(_) => Cloud::Azure.as_str(),
+        Dest::Gcp(_) => Cloud::Gcp.as_str(),
     });
     Ok(dest)
 }
@@ -249,8 +330,8 @@ pub(super) fn destination(
 ) -> Result<Arc<Kms>, ExportError> {
     match destination_of(destinations, caller, name, attempt)? {
         Dest::Aws(kms) => Ok(kms.clone()),
-        Dest::Azure(_) => Err(ExportError::not_configured(format!(
-            "destination {:?} is Azure: a rotation imports into AWS KMS only",
+        Dest::Azure(_) | Dest::Gcp(_) => Err(ExportError::not_configured(format!(
+            "destination {:?} is not AWS KMS: a rotation imports into AWS KMS only",
             bounded(name, 64)
         ))),
     }
@@ -276,6 +357,28 @@ pub(super) fn format_for(
 }
 
 impl Made {
+    /// What an import into Google Cloud KMS destination `ring` made, noted in `attempt`'s
+    /// record.
+    pub(super) fn gcp(
+        ring: &KeyRing,
+        made: gc::Imported,
+        format: &'static Format,
+        attempt: &mut Attempt,
+    ) -> Made {
+        attempt.record().cloud_key_id = Some(made.key.clone());
+        Made {
+            cloud: Cloud::Gcp.as_str(),
+            destination: ring.name.clone(),
+            key_id: made.key,
+            version_id: made.version,
+            state: made.state.clone(),
+            version_state: made.state,
+            time_created: made.created,
+            created_key: made.created_key,
+            format: format.name,
+        }
+    }
+
     /// What an import into Azure destination `vault` made, noted in `attempt`'s record.
     pub(super) fn azure(
         vault: &Vault,

@@ -153,6 +153,8 @@ fn service(op: &str) -> (&'static str, &'static str) {
         ("AWS KMS", "x-amzn-RequestId")
     } else if crate::azure::OPERATIONS.contains(&op) {
         ("Azure Key Vault", "x-ms-request-id")
+    } else if crate::gcp::OPERATIONS.contains(&op) {
+        ("Google Cloud KMS", "request id")
     } else {
         ("OCI", "opc-request-id")
     }
