@@ -326,6 +326,35 @@ if [ ! -f "$azure/client-secret" ]; then
         die "could not make the dev Azure client secret"
 fi
 
+# --- a dev Google service-account key, for the local Cloud KMS emulator ------------------
+# .softhsm/gcp/service-account.json is trusted by the emulator (gcp-kms-emulator
+# --service-account) and read by the destination gcp-local of config/hsm-bridge.toml
+# (credentials_file). Not a Google service account.
+gcp="$dir/gcp"
+if [ ! -f "$gcp/service-account.json" ]; then
+    say "making a dev Google service-account key in $gcp"
+    rm -rf "$gcp"
+    mkdir -p "$gcp"
+    (
+        umask 077
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$gcp/key.pem" 2>/dev/null &&
+            python3 - "$gcp/key.pem" "$gcp/service-account.json" <<'EOP'
+import json, secrets, sys
+key = open(sys.argv[1]).read()
+json.dump({
+    "type": "service_account",
+    "project_id": "hsm-bridge-dev",
+    "private_key_id": secrets.token_hex(20),
+    "private_key": key,
+    "client_email": "hsm-bridge@hsm-bridge-dev.iam.gserviceaccount.com",
+    "client_id": "100000000000000000001",
+    "token_uri": "https://oauth2.googleapis.com/token",
+}, open(sys.argv[2], "w"), indent=2)
+EOP
+        rm -f "$gcp/key.pem"
+    ) || die "could not make the dev Google service-account key"
+fi
+
 # --- environment for scripts and tests ------------------------------------------------
 env_text="# Written by softhsm-setup.sh. Source it: . .softhsm/env
 export SOFTHSM2_CONF=$conf
