@@ -21,7 +21,9 @@ use azure_security_keyvault_keys::models::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::destination::{mark, modulus_hex, recorded, unbase64};
+use super::destination::{
+    looked_for_twice, mark, modulus_hex, recorded, refused_for_good, unbase64,
+};
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
@@ -35,10 +37,6 @@ use crate::wrap::{AzureKek, Format, KeyAlgorithm, KeyShape, WrappingKey};
 
 /// The tag an import's version carries: its mark.
 const REQUEST_TAG: &str = "hsm-bridge-request";
-
-/// How long a search for a lost answer's version waits before it looks a second time and
-/// says none was made: a PUT cut off by a timeout, or by a crash, may be landing still.
-const LOST_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Key operations a key may be given, by type.
 const RSA_OPS: [&str; 6] = [
@@ -461,16 +459,6 @@ impl AzureImport {
         self.imported(b, key).map(Some)
     }
 
-    /// [`Self::marked`], and if nothing carries the mark yet, once more after
-    /// [`LOST_SETTLE`]: a send cut off by a timeout or a crash may still be landing.
-    async fn marked_or_settled(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
-        if let Some(found) = self.marked(b).await? {
-            return Ok(Some(found));
-        }
-        tokio::time::sleep(LOST_SETTLE).await;
-        self.marked(b).await
-    }
-
     /// The answer for the version `key` of the import `b`.
     fn imported(&self, b: &Body, key: Answer<Key>) -> Result<Answer<Imported>, KmsError> {
         let rid = key.opc_request_id.clone();
@@ -597,8 +585,8 @@ impl Destination for AzureImport {
         _token: &str,
         body: &[u8],
     ) -> Result<Option<Answer<Imported>>, KmsError> {
-        self.marked_or_settled(&recorded("KeyVault.importKey", body)?)
-            .await
+        let b: Body = recorded("KeyVault.importKey", body)?;
+        looked_for_twice(|| self.marked(&b)).await
     }
 
     /// The PUT. A send that got no answer (or an answer that is not final) is looked for
@@ -640,12 +628,10 @@ impl Destination for AzureImport {
                 Ok(answer)
             }
             Err(e) => {
-                let finalised = matches!(&e, KmsError::Service { status, .. }
-                    if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 409 | 429));
-                if finalised {
+                if refused_for_good(&e) {
                     return Err(e);
                 }
-                match self.marked_or_settled(&b).await {
+                match looked_for_twice(|| self.marked(&b)).await {
                     Ok(Some(found)) => Ok(found),
                     _ => Err(e),
                 }

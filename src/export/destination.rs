@@ -128,3 +128,29 @@ pub(super) fn unbase64(op: &'static str, s: &str) -> Result<Vec<u8>, KmsError> {
         why: "the recorded import is not base64".into(),
     })
 }
+
+/// How long a search for a lost answer's import waits before it looks a second time and
+/// says none was made: a send cut off by a timeout, or by a crash, may be landing still.
+pub(super) const LOST_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What `look` finds, and if it finds nothing, what it finds once more after
+/// [`LOST_SETTLE`]: the search for what a send whose answer was lost made, in a cloud that
+/// makes something new on every call that lands (Azure, Google Cloud KMS).
+pub(super) async fn looked_for_twice<T, F>(look: impl Fn() -> F) -> Result<Option<T>, KmsError>
+where
+    F: Future<Output = Result<Option<T>, KmsError>>,
+{
+    if let Some(found) = look().await? {
+        return Ok(Some(found));
+    }
+    tokio::time::sleep(LOST_SETTLE).await;
+    look().await
+}
+
+/// Whether a cloud's error answer to an import refuses it for good, so that nothing it
+/// made need be looked for: a 4xx but authentication (401, 403), a timeout (408), a
+/// conflict (409) and throttling (429).
+pub(super) fn refused_for_good(e: &KmsError) -> bool {
+    matches!(e, KmsError::Service { status, .. }
+        if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 409 | 429))
+}

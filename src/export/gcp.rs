@@ -23,7 +23,7 @@ use google_cloud_kms_v1::model::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::destination::{modulus_hex, recorded, unbase64};
+use super::destination::{looked_for_twice, modulus_hex, recorded, refused_for_good, unbase64};
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
@@ -37,10 +37,6 @@ use crate::wrap::{Format, KeyAlgorithm, KeyShape, WrappingKey};
 /// The label a key this daemon made carries: the journal token of the import that made it
 /// (a retry of that import finds its own key).
 const REQUEST_LABEL: &str = "hsm-bridge-request";
-
-/// How long a search for a lost answer's version waits before it looks a second time and
-/// says none was made: a call cut off by a timeout, or by a crash, may be landing still.
-const LOST_SETTLE: Duration = Duration::from_secs(5);
 
 /// How long before its expiry an import job is no longer used.
 const JOB_MARGIN: Duration = Duration::from_secs(600);
@@ -458,16 +454,6 @@ impl GcpImport {
             .map(|v| self.imported(b, v)))
     }
 
-    /// [`Self::from_job`], and if nothing was made with the job yet, once more after
-    /// [`LOST_SETTLE`]: a send cut off by a timeout or a crash may still be landing.
-    async fn from_job_or_settled(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
-        if let Some(found) = self.from_job(b).await? {
-            return Ok(Some(found));
-        }
-        tokio::time::sleep(LOST_SETTLE).await;
-        self.from_job(b).await
-    }
-
     /// The answer for version `v` of the import `b`.
     fn imported(&self, b: &Body, v: CryptoKeyVersion) -> Answer<Imported> {
         Answer {
@@ -592,8 +578,8 @@ impl Destination for GcpImport {
         _token: &str,
         body: &[u8],
     ) -> Result<Option<Answer<Imported>>, KmsError> {
-        self.from_job_or_settled(&recorded("CloudKMS.importCryptoKeyVersion", body)?)
-            .await
+        let b: Body = recorded("CloudKMS.importCryptoKeyVersion", body)?;
+        looked_for_twice(|| self.from_job(&b)).await
     }
 
     /// The import call. A send that got no answer (or an answer that is not final) is
@@ -616,12 +602,10 @@ impl Destination for GcpImport {
                 Ok(self.imported(&b, v.value))
             }
             Err(e) => {
-                let finalised = matches!(&e, KmsError::Service { status, .. }
-                    if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 409 | 429));
-                if finalised {
+                if refused_for_good(&e) {
                     return Err(e);
                 }
-                match self.from_job_or_settled(&b).await {
+                match looked_for_twice(|| self.from_job(&b)).await {
                     Ok(Some(found)) => Ok(found),
                     _ => Err(e),
                 }
