@@ -198,17 +198,21 @@ pub(crate) struct ImportArgs {
     #[arg(long, value_name = "NAME")]
     pub to: String,
     /// The cloud's key that gets the new material (AWS: key ARN or id; Azure: the key's
-    /// name, and with --new-key the new key's).
+    /// name, and with --new-key the new key's; Google Cloud KMS: the key's id or resource
+    /// name in the destination's key ring, and with --new-key the new key's).
     #[arg(long, value_name = "ID", required_unless_present = "new_key")]
     pub target: Option<String>,
     /// Create a new key of the source key's shape instead.
     #[arg(long)]
     pub new_key: bool,
-    /// With --new-key, AWS KeyUsage: ENCRYPT_DECRYPT (AES's) or SIGN_VERIFY (RSA's default).
+    /// With --new-key, AWS KeyUsage: ENCRYPT_DECRYPT (AES's) or SIGN_VERIFY (RSA's default);
+    /// Google Cloud KMS, the purpose: ENCRYPT_DECRYPT (AES-256's), RAW_ENCRYPT_DECRYPT
+    /// (AES-128's), ASYMMETRIC_SIGN (RSA's default) or ASYMMETRIC_DECRYPT.
     #[arg(long, value_name = "USAGE", requires = "new_key")]
     pub key_usage: Option<String>,
     /// The format, CLOUD:NAME; default the cloud's for the key's shape (AWS:
-    /// aws:RSAES_OAEP_SHA_256 for AES, aws:RSA_AES_KEY_WRAP_SHA_256 for RSA).
+    /// aws:RSAES_OAEP_SHA_256 for AES, aws:RSA_AES_KEY_WRAP_SHA_256 for RSA; Google Cloud
+    /// KMS: gcp: and the destination's import_method).
     #[arg(long, value_name = "NAME")]
     pub format: Option<String>,
     /// The material expires at 00:00 UTC of this date, YYYY-MM-DD (AWS: at most 365 days
@@ -218,7 +222,8 @@ pub(crate) struct ImportArgs {
     /// Running again with the same value imports once, whatever answer was lost.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
-    /// Wait until the key is usable with the new material.
+    /// Wait until the key is usable with the new material (Google Cloud KMS: the version
+    /// ENABLED).
     #[arg(long)]
     pub wait: bool,
     /// Azure: the key operations of what is imported, comma-separated (default the key
@@ -252,7 +257,8 @@ pub(crate) struct RotateArgs {
     /// lost, and never makes a second key. Default: a fresh one, printed on stderr first.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
-    /// Wait until the key is usable with the new material.
+    /// Wait until the key is usable with the new material (Google Cloud KMS: the version
+    /// ENABLED).
     #[arg(long)]
     pub wait: bool,
 }

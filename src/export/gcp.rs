@@ -635,15 +635,23 @@ impl Destination for GcpImport {
             match v.state.as_str() {
                 "ENABLED" => break,
                 "IMPORT_FAILED" => {
-                    return Err(ExportError::not_enabled(format!(
-                        "Cloud KMS could not import version {}: {}",
-                        v.version,
-                        if v.failure.is_empty() {
-                            "no reason given"
-                        } else {
-                            &v.failure
-                        }
-                    )));
+                    // Final: the same bytes would fail again (FAILED_PRECONDITION).
+                    return Err(ExportError::Oci(KmsError::Service {
+                        op: "CloudKMS.getCryptoKeyVersion",
+                        status: 412,
+                        code: "IMPORT_FAILED".into(),
+                        message: format!(
+                            "Cloud KMS could not import version {}: {}",
+                            v.version,
+                            if v.failure.is_empty() {
+                                "no reason given"
+                            } else {
+                                &v.failure
+                            }
+                        ),
+                        opc_request_id: String::new(),
+                        attempts: 1,
+                    }));
                 }
                 "PENDING_IMPORT" => {}
                 other => {
