@@ -236,7 +236,7 @@ impl GcpKms {
 
     /// A new metadata-server token for `email`.
     fn issue(&self, email: &str, now: SystemTime) -> String {
-        let token = format!("ya29.emu.{}", hsm_bridge::wrap::hex(&random(24)));
+        let token = format!("ya29.emu-{}", hsm_bridge::wrap::hex(&random(24)));
         let mut inner = self.lock();
         if inner.token_order.len() >= MAX_TOKENS
             && let Some(old) = inner.token_order.pop_front()
