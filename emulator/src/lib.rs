@@ -15,11 +15,13 @@
 //! `GET material/{versionId}` (only with `--test-oracle`).
 //!
 //! The AWS KMS endpoint (`aws-kms-emulator`) is in src/aws/, the Azure Key Vault and
-//! Managed HSM endpoint (`azure-kv-emulator`) in src/azure/.
+//! Managed HSM endpoint (`azure-kv-emulator`) in src/azure/, the Google Cloud KMS endpoint
+//! and metadata server (`gcp-kms-emulator`) in src/gcp/.
 
 pub mod auth;
 pub mod aws;
 pub mod azure;
+pub mod gcp;
 mod open;
 mod server;
 mod state;

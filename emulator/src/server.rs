@@ -1,4 +1,4 @@
-//! The HTTPS loop both emulators share: TLS from PEM files, one task per connection,
+//! The HTTPS loop the emulators share (and a plain-HTTP one for the GCP metadata server): TLS from PEM files, one task per connection,
 //! request bodies capped, and each request's [`Outcome`] answered now, answered late, or
 //! dropped without an answer.
 
@@ -86,6 +86,37 @@ pub(crate) async fn serve<S: Service>(
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), one)
+                .await
+            {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
+
+/// Serves `svc` over plain HTTP on `listener` until the process ends (the GCP emulator's
+/// metadata server, which is plain HTTP as Compute Engine's is).
+pub(crate) async fn serve_plain<S: Service>(
+    listener: TcpListener,
+    svc: Arc<S>,
+) -> Result<(), EmulatorError> {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let one = service_fn(move |req| {
+                let svc = svc.clone();
+                async move { serve_one(&*svc, req).await }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), one)
                 .await
             {
                 tracing::debug!(%peer, "connection: {e}");

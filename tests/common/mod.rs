@@ -9,6 +9,7 @@ pub(crate) mod azure_emulator;
 pub(crate) mod daemon;
 pub(crate) mod emulator;
 pub(crate) mod fault;
+pub(crate) mod gcp_emulator;
 pub(crate) mod journal;
 pub(crate) mod postgres;
 pub(crate) mod proc;
