@@ -327,22 +327,26 @@ impl GcpImport {
         })?;
         let id = format!("hsm-bridge-{token}-{}", crate::wrap::hex(&nonce));
         let name = format!("{}/importJobs/{id}", self.ring.ring);
-        let wait = Duration::from_millis(self.ring.cfg.job_wait_ms);
-        let until = self
-            .deadline
-            .map_or(Instant::now() + wait, |d| d.min(Instant::now() + wait));
-        let mut job = match self.ring.create_job(&id, self.method(), Some(until)).await {
+        let mut job = match self
+            .ring
+            .create_job(&id, self.method(), self.deadline)
+            .await
+        {
             Ok(j) => j.value,
             // made by this call, whose answer was lost on the way
             Err(KmsError::Service { status: 409, .. }) => {
                 self.ring
-                    .get_job(&name, Some(until))
+                    .get_job(&name, self.deadline)
                     .await
                     .map_err(noted(progress))?
                     .value
             }
             Err(e) => return Err(noted(progress)(e)),
         };
+        let wait = Duration::from_millis(self.ring.cfg.job_wait_ms);
+        let until = self
+            .deadline
+            .map_or(Instant::now() + wait, |d| d.min(Instant::now() + wait));
         let mut pause = Duration::from_millis(200);
         loop {
             let state = name_of(job.state.name());

@@ -157,6 +157,110 @@ impl GcpEmulator {
     }
 }
 
+impl GcpEmulator {
+    /// A self-signed JWT of the service account for Cloud KMS, as the daemon's client
+    /// makes them.
+    fn jwt(&self) -> String {
+        use oci_kms_emulator::azure::protocol::b64url;
+        let sa: Value = serde_json::from_slice(&std::fs::read(&self.sa_file).unwrap()).unwrap();
+        let key = openssl::pkey::PKey::private_key_from_pem(
+            sa["private_key"].as_str().unwrap().as_bytes(),
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.key_id});
+        let claims = json!({
+            "iss": self.email, "sub": self.email,
+            "aud": "https://cloudkms.googleapis.com/",
+            "iat": now, "exp": now + 600,
+        });
+        let signed = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+        signer.update(signed.as_bytes()).unwrap();
+        format!("{signed}.{}", b64url(&signer.sign_to_vec().unwrap()))
+    }
+
+    /// A Cloud KMS call (`path` after `/v1/`) as the service account, enums as names; the
+    /// answer, which must be a success.
+    pub(crate) async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.base))
+            .bearer_auth(self.jwt());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let rsp = req.send().await.unwrap();
+        let status = rsp.status();
+        let body: Value = rsp.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    /// A resource (a key, a version, a job) by its name.
+    pub(crate) async fn get(&self, name: &str) -> Value {
+        self.api(reqwest::Method::GET, name, None).await
+    }
+
+    /// The versions of key `key` (its resource name); none if there is no such key.
+    pub(crate) async fn versions(&self, key: &str) -> Vec<Value> {
+        let rsp = self
+            .http
+            .get(format!(
+                "{}/v1/{key}/cryptoKeyVersions?pageSize=1000",
+                self.base
+            ))
+            .bearer_auth(self.jwt())
+            .send()
+            .await
+            .unwrap();
+        if rsp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Vec::new();
+        }
+        let body: Value = rsp.json().await.unwrap();
+        body["cryptoKeyVersions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Makes import-only key `id` in the key ring, without a first version.
+    pub(crate) async fn create_key(
+        &self,
+        id: &str,
+        purpose: &str,
+        protection: &str,
+        algorithm: &str,
+    ) -> Value {
+        self.api(
+            reqwest::Method::POST,
+            &format!(
+                "{}/cryptoKeys?cryptoKeyId={id}&skipInitialVersionCreation=true",
+                self.key_ring
+            ),
+            Some(json!({
+                "purpose": purpose,
+                "importOnly": true,
+                "versionTemplate": {"protectionLevel": protection, "algorithm": algorithm},
+            })),
+        )
+        .await
+    }
+}
+
 impl Drop for GcpEmulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
