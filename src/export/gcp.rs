@@ -444,7 +444,7 @@ impl GcpImport {
 
     /// The version of key `b.key` made with import job `b.job`, if any (none while the key
     /// does not exist).
-    async fn from_job(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
+    async fn made_with_job(&self, b: &Body) -> Result<Option<Answer<Imported>>, KmsError> {
         // Not the caller's deadline: a search for what a send made runs to its end.
         let deadline = self.ring.bound(None);
         let versions = match self.ring.versions(&b.key, deadline).await {
@@ -583,7 +583,7 @@ impl Destination for GcpImport {
         body: &[u8],
     ) -> Result<Option<Answer<Imported>>, KmsError> {
         let b: Body = recorded("CloudKMS.importCryptoKeyVersion", body)?;
-        looked_for_twice(|| self.from_job(&b)).await
+        looked_for_twice(|| self.made_with_job(&b)).await
     }
 
     /// The import call. A send that got no answer (or an answer that is not final) is
@@ -609,7 +609,7 @@ impl Destination for GcpImport {
                 if refused_for_good(&e) {
                     return Err(e);
                 }
-                match looked_for_twice(|| self.from_job(&b)).await {
+                match looked_for_twice(|| self.made_with_job(&b)).await {
                     Ok(Some(found)) => Ok(found),
                     _ => Err(e),
                 }
