@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::azure_emulator::AzureEmulator;
-use common::daemon::{Daemon, audit_records, certs, daemon_config, until_answered_by};
+use common::daemon::{Daemon, audit_records, certs, destinations_config, until_answered_by};
 use common::*;
 use hsm_bridge::proto::{self, key_ref::Key};
 use serde_json::{Value, json};
@@ -43,21 +43,14 @@ fn destination(emu: &AzureEmulator, name: &str, kek: &str) -> String {
 /// A daemon config on `fx` whose caller `cckm` may import into `destinations` (name,
 /// table), with metrics on.
 fn config(fx: &Fixture, name: &str, destinations: &[(&str, String)]) -> (PathBuf, PathBuf) {
-    let (config, audit) = daemon_config(fx, name, "", None);
-    let grants: Vec<String> = destinations
-        .iter()
-        .map(|(n, _)| format!("\"{n}\""))
-        .collect();
-    let mut text = std::fs::read_to_string(&config).unwrap().replace(
-        "name = \"cckm\"\n",
-        &format!("name = \"cckm\"\ndestinations = [{}]\n", grants.join(", ")),
-    );
-    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    for (_, table) in destinations {
-        text.push_str(table);
-    }
-    std::fs::write(&config, text).unwrap();
-    (config, audit)
+    let grants: Vec<&str> = destinations.iter().map(|(n, _)| *n).collect();
+    let tables: String = destinations.iter().map(|(_, t)| t.as_str()).collect();
+    destinations_config(
+        fx,
+        name,
+        &grants,
+        &format!("{}{tables}", "\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
 }
 
 fn label(l: &str) -> Option<proto::KeyRef> {

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, audit_records, certs, daemon_config, until_answered_by};
+use common::daemon::{Daemon, audit_records, certs, destinations_config, until_answered_by};
 use common::gcp_emulator::GcpEmulator;
 use common::*;
 use hsm_bridge::proto::{self, key_ref::Key};
@@ -46,20 +46,9 @@ fn destination(emu: &GcpEmulator, name: &str, extra: &str) -> String {
 /// A daemon config on `fx` whose caller `cckm` may import into `destinations` (name,
 /// table).
 fn config(fx: &Fixture, name: &str, destinations: &[(&str, String)]) -> (PathBuf, PathBuf) {
-    let (config, audit) = daemon_config(fx, name, "", None);
-    let grants: Vec<String> = destinations
-        .iter()
-        .map(|(n, _)| format!("\"{n}\""))
-        .collect();
-    let mut text = std::fs::read_to_string(&config).unwrap().replace(
-        "name = \"cckm\"\n",
-        &format!("name = \"cckm\"\ndestinations = [{}]\n", grants.join(", ")),
-    );
-    for (_, table) in destinations {
-        text.push_str(table);
-    }
-    std::fs::write(&config, text).unwrap();
-    (config, audit)
+    let grants: Vec<&str> = destinations.iter().map(|(n, _)| *n).collect();
+    let tables: String = destinations.iter().map(|(_, t)| t.as_str()).collect();
+    destinations_config(fx, name, &grants, &format!("{}{tables}", ""))
 }
 
 fn daemon(config: &Path) -> Daemon {
@@ -283,7 +272,7 @@ async fn aes_and_rsa_land_as_the_tokens_keys() {
 
 /// What Google would not take, and an import job it would not import with, are refused
 /// with the reason before the HSM wraps: a job whose key is not its method's size, a job
-/// that never becomes ACTIVE, an expired job, a key of another protection level, a key
+/// that does not become ACTIVE in time (a retryable DEADLINE_EXCEEDED), an expired job, a key of another protection level, a key
 /// outside the key ring, a new key whose id is taken, AES-192, a world-readable
 /// service-account key, and metadata credentials with `GCE_METADATA_HOST` set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +318,7 @@ async fn refusals_come_before_the_hsm_wraps() {
     emu.job_faults(json!({"job_stays_pending": true})).await;
     refused(
         request("test-aes-256", "gcp-quick", "pending", Some(""), ""),
-        Code::FailedPrecondition,
+        Code::DeadlineExceeded,
         &["PENDING_GENERATION", "job_wait_ms", "nothing was wrapped"],
     )
     .await;
@@ -619,5 +608,112 @@ async fn the_metadata_server_gives_the_tokens_and_a_failed_import_says_why() {
     assert!(
         err.contains("IMPORT_FAILED") && err.contains("not what the algorithm takes"),
         "{err}"
+    );
+}
+
+/// What someone else with rights in the key ring makes is not taken as this import's:
+/// a version another made with this import's job (its id is in the job list, its public key
+/// public) after Google refused the import itself (429: nothing made) is not the answer; and
+/// a key carrying this request's label (the token is in the job's id) that already has a
+/// version is not "the key an earlier attempt made" for a new-key import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_others_make_in_the_key_ring_is_not_taken_as_this_imports() {
+    let fx = softhsm();
+    let dir = fx.dir.join("gcp-others");
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = GcpEmulator::start(&dir);
+    let (config, _) = config(fx, "gcp-others", &[(GCP, destination(&emu, GCP, ""))]);
+    let d = daemon(&config);
+    let job_of = async |emu: &GcpEmulator| -> Option<String> {
+        emu.requests()
+            .await
+            .iter()
+            .rev()
+            .find(|r| r["op"] == "GetImportJob")
+            .and_then(|r| r["resource"].as_str().map(str::to_string))
+    };
+
+    // Google refuses the import (429); meanwhile another imports with its job.
+    let target = emu
+        .create_key(
+            "shared",
+            "ENCRYPT_DECRYPT",
+            "HSM",
+            "GOOGLE_SYMMETRIC_ENCRYPTION",
+        )
+        .await;
+    let key = target["name"].as_str().unwrap().to_string();
+    emu.fault(json!({"op": "ImportCryptoKeyVersion", "status": 429, "code": "RESOURCE_EXHAUSTED"}))
+        .await;
+    let req = request("test-aes-256", GCP, "shared", None, "shared-1");
+    let mut planted = None;
+    let call = d.import(req);
+    tokio::pin!(call);
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let refused = emu
+            .requests()
+            .await
+            .iter()
+            .any(|r| r["op"] == "ImportCryptoKeyVersion" && r["status"] == 429);
+        if refused && planted.is_none() {
+            let job = job_of(&emu).await.unwrap();
+            let v = emu
+                .api(
+                    reqwest::Method::POST,
+                    &format!("{key}/cryptoKeyVersions:import"),
+                    Some(json!({
+                        "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION",
+                        "importJob": job,
+                        "wrappedKey": openssl::base64::encode_block(&random(552)),
+                    })),
+                )
+                .await;
+            planted = Some(v["name"].as_str().unwrap().to_string());
+        }
+    };
+    let e = result.expect_err("Google refused the import; another's version is not its answer");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("RESOURCE_EXHAUSTED"), "{e:?}");
+    if let Some(planted) = planted {
+        assert!(!e.message().contains(&planted), "{e:?}");
+    }
+
+    // A first attempt shows the request's token in its job's id; another labels a key with
+    // it and gives the key a version; the retry of the new-key import refuses that key.
+    emu.clear_faults().await;
+    emu.job_faults(json!({"job_key_bits": 3072})).await;
+    let req = request("test-aes-256", GCP, "labelled", Some(""), "labelled-1");
+    let e = d.import(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let job = job_of(&emu).await.unwrap();
+    let id = job.rsplit('/').next().unwrap();
+    let token = id
+        .strip_prefix("hsm-bridge-")
+        .and_then(|t| t.rsplit_once('-'))
+        .map(|(t, _)| t)
+        .unwrap();
+    emu.api(
+        reqwest::Method::POST,
+        &format!("{}/cryptoKeys?cryptoKeyId=labelled", emu.key_ring),
+        Some(json!({
+            "purpose": "ENCRYPT_DECRYPT",
+            "versionTemplate": {"protectionLevel": "HSM", "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION"},
+            "labels": {"hsm-bridge-request": token},
+        })),
+    )
+    .await;
+    let labelled = format!("{}/cryptoKeys/labelled", emu.key_ring);
+    assert_eq!(emu.versions(&labelled).await.len(), 1);
+    let e = d.import(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("exists"), "{e:?}");
+    assert_eq!(
+        emu.versions(&labelled).await.len(),
+        1,
+        "nothing was imported into the key another made"
     );
 }

@@ -149,8 +149,8 @@ where
 
 /// Whether a cloud's error answer to an import refuses it for good, so that nothing it
 /// made need be looked for: a 4xx but authentication (401, 403), a timeout (408), a
-/// conflict (409) and throttling (429).
+/// conflict (409), throttling (429) and a cancelled call (499).
 pub(super) fn refused_for_good(e: &KmsError) -> bool {
     matches!(e, KmsError::Service { status, .. }
-        if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 409 | 429))
+        if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 409 | 429 | 499))
 }

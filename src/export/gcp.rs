@@ -23,7 +23,7 @@ use google_cloud_kms_v1::model::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::destination::{looked_for_twice, modulus_hex, recorded, refused_for_good, unbase64};
+use super::destination::{looked_for_twice, modulus_hex, recorded, unbase64};
 use super::journal::noted;
 use super::{Caller, Destination, ExportError};
 use crate::audit::{Progress, Record, bounded};
@@ -106,6 +106,16 @@ fn template_fits(shape: KeyShape, template: &str) -> bool {
             .chain(algorithm(shape, "RAW_ENCRYPT_DECRYPT"))
             .any(|a| a == template),
     }
+}
+
+/// Whether Google's error answer to an import says it made nothing: a 4xx but a timeout
+/// (408), a conflict (409) and a cancelled call (499). (The call is never retried, so a 401,
+/// 403 or 429 is Google refusing this one call, and the credentials' own failures are 401s
+/// of calls never sent.) Anything else (no answer, a 5xx, an answer that cannot be read)
+/// may hide an import, which is looked for.
+fn answered_without_import(e: &KmsError) -> bool {
+    matches!(e, KmsError::Service { status, .. }
+        if (400..500).contains(status) && !matches!(status, 408 | 409 | 499))
 }
 
 /// One import into a Google Cloud KMS destination.
@@ -276,7 +286,18 @@ impl GcpImport {
             (Ok(k), _) => k.value,
         };
         let ours = key.labels.get(REQUEST_LABEL).map(String::as_str) == Some(token);
-        if self.create.is_some() && !ours {
+        // A key an earlier attempt of this import made holds no version yet (nothing was
+        // committed, so nothing was sent): one with versions is not that key, whatever
+        // its label says.
+        let fresh = ours
+            && self
+                .ring
+                .versions(&self.key, self.deadline)
+                .await
+                .map_err(noted(progress))?
+                .value
+                .is_empty();
+        if self.create.is_some() && !fresh {
             return Err(ExportError::invalid(format!(
                 "key {} exists: import a new version of it (no create), or name a new key; nothing was wrapped or sent",
                 self.key
@@ -311,7 +332,7 @@ impl GcpImport {
                 })?
                 .to_string()
         };
-        Ok((algorithm, None, ours))
+        Ok((algorithm, None, fresh))
     }
 
     /// This import's job: made, waited for until ACTIVE (at most `job_wait_ms`, and the
@@ -333,8 +354,9 @@ impl GcpImport {
             .await
         {
             Ok(j) => j.value,
-            // made by this call, whose answer was lost on the way
-            Err(KmsError::Service { status: 409, .. }) => {
+            // A job of this id exists: the call's answer was lost after Google made it (the
+            // id has a nonce of this attempt, so no other import made it).
+            Err(KmsError::Service { code, .. }) if code == "ALREADY_EXISTS" => {
                 self.ring
                     .get_job(&name, self.deadline)
                     .await
@@ -357,10 +379,15 @@ impl GcpImport {
                 return Err(self.refuse(format!("import job {name} is {state}, not ACTIVE")));
             }
             if Instant::now() + pause >= until {
-                return Err(self.refuse(format!(
-                    "import job {name} is still PENDING_GENERATION after {} s (job_wait_ms, or the call's deadline)",
-                    wait.as_secs()
-                )));
+                // Not a refusal of the job: Google may still make its key (retryable).
+                return Err(ExportError::Oci(KmsError::Deadline {
+                    op: "CloudKMS.getImportJob",
+                    attempts: 1,
+                    last: format!(
+                        ": import job {name} is still PENDING_GENERATION after {} ms (job_wait_ms, or the call's deadline); nothing was wrapped or sent",
+                        wait.as_millis()
+                    ),
+                }));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
@@ -452,10 +479,28 @@ impl GcpImport {
             Err(KmsError::Service { status: 404, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(versions
+        let mut made: Vec<CryptoKeyVersion> = versions
             .into_iter()
-            .find(|v| v.import_job == b.job)
-            .map(|v| self.imported(b, v)))
+            .filter(|v| v.import_job == b.job)
+            .collect();
+        if made.len() > 1 {
+            return Err(KmsError::Local {
+                op: "CloudKMS.listCryptoKeyVersions",
+                why: format!(
+                    "key {} has {} versions made with this import's job {}: nothing is sent again, and none is taken as the answer; an operator must look at the key",
+                    b.key,
+                    made.len(),
+                    b.job
+                ),
+            });
+        }
+        match made.pop() {
+            None => Ok(None),
+            Some(v) => {
+                self.check_version(b, &v)?;
+                Ok(Some(self.imported(b, v)))
+            }
+        }
     }
 
     /// The answer for version `v` of the import `b`.
@@ -606,7 +651,7 @@ impl Destination for GcpImport {
                 Ok(self.imported(&b, v.value))
             }
             Err(e) => {
-                if refused_for_good(&e) {
+                if answered_without_import(&e) {
                     return Err(e);
                 }
                 match looked_for_twice(|| self.made_with_job(&b)).await {
@@ -648,9 +693,9 @@ impl Destination for GcpImport {
                             "Cloud KMS could not import version {}: {}",
                             v.version,
                             if v.failure.is_empty() {
-                                "no reason given"
+                                "no reason given".to_string()
                             } else {
-                                &v.failure
+                                bounded(&v.failure, 500)
                             }
                         ),
                         opc_request_id: String::new(),
@@ -659,10 +704,19 @@ impl Destination for GcpImport {
                 }
                 "PENDING_IMPORT" => {}
                 other => {
-                    return Err(ExportError::not_enabled(format!(
-                        "version {} is {other}",
-                        v.version
-                    )));
+                    // Final: the version will not become ENABLED by waiting.
+                    return Err(ExportError::Oci(KmsError::Service {
+                        op: "CloudKMS.getCryptoKeyVersion",
+                        status: 412,
+                        code: bounded(other, 40),
+                        message: format!(
+                            "version {} is {}, not ENABLED",
+                            v.version,
+                            bounded(other, 40)
+                        ),
+                        opc_request_id: String::new(),
+                        attempts: 1,
+                    }));
                 }
             }
             if Instant::now() + pause >= until {

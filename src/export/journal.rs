@@ -213,9 +213,10 @@ pub(super) async fn send<D: Destination>(
 
 /// Whether OCI's error status refuses the import itself, for good: a retry of the same
 /// bytes would get the same answer. Not: authentication (401, 403; an operator may fix the
-/// API key), timeouts (408), conflicts (409: retry-token in use), throttling (429), 5xx.
+/// API key), timeouts (408), conflicts (409: retry-token in use), throttling (429), a
+/// cancelled call (499: Google's CANCELLED), 5xx.
 fn definitive(status: u16) -> bool {
-    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 409 | 429)
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 409 | 429 | 499)
 }
 
 /// What the journal records of the destination's answer.

@@ -222,8 +222,8 @@ impl Exporter {
 impl Exporter {
     /// [`Self::check_import_to`] for a Google Cloud KMS destination: the key (its id or
     /// resource name in the key ring), the purpose of a new key, the format (the
-    /// destination's import method, or another Google method the caller names: each import
-    /// has a job of its own), the token's mode for it.
+    /// destination's import method; a caller may name it, no other), the token's mode for
+    /// it.
     async fn check_gcp(
         &self,
         destinations: &Arc<Clouds>,
@@ -249,23 +249,15 @@ impl Exporter {
             ));
         }
         let shape = self.shape(&admitted, ask.deadline).await?;
-        let format = match to.format {
-            "" => gc::default_format(&ring)?,
-            f => Format::parse(f).map_err(|e| ExportError::invalid(e.to_string()))?,
-        };
-        if format.cloud != Cloud::Gcp {
+        // The destination's method only: the operator chooses the OAEP hash and the
+        // wrapping key's size, not the caller.
+        let format = gc::default_format(&ring)?;
+        if !to.format.is_empty() && to.format != format.name {
             return Err(ExportError::invalid(format!(
-                "format {} is not Google's; destination {} is Google Cloud KMS (gcp:{} by default)",
-                format.name, ring.name, ring.cfg.import_method
-            )));
-        }
-        if format
-            .wrapping_bits
-            .is_some_and(|b| b < destinations.min_wrapping_bits)
-        {
-            return Err(ExportError::invalid(format!(
-                "format {} wraps for a key below policy.min_wrapping_key_bits = {}",
-                format.name, destinations.min_wrapping_bits
+                "destination {} imports in {} (its import_method); format {:?} is not taken",
+                ring.name,
+                format.name,
+                bounded(to.format, 64)
             )));
         }
         let export = admitted.format(format, attempt.record());

@@ -137,11 +137,13 @@ impl KeyRing {
         if let Some(path) = &self.cfg.credentials_file {
             use std::io::Read;
             // Checked as every secret file is (src/hardening.rs), at most 64 KiB, read into
-            // a buffer zeroed after; the SDK keeps the private key as a string of its own,
-            // which it does not zero (SECURITY.md).
+            // a buffer zeroed after; the parsed JSON and the SDK keep the private key as
+            // strings of their own (the SDK copies it for every token it signs), which are
+            // not zeroed (SECURITY.md).
             let f = crate::hardening::open_private(path, "Google service-account key file")
                 .map_err(|e| e.to_string())?;
-            let mut buf = Zeroizing::new(Vec::new());
+            // sized once: a buffer that grew would leave copies behind, unzeroed
+            let mut buf = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
             f.take(MAX_KEY_FILE + 1)
                 .read_to_end(&mut buf)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -279,7 +281,7 @@ impl KeyRing {
         let c = self.client().await?;
         let mut all = Vec::new();
         let mut token = String::new();
-        loop {
+        for _ in 0..=MAX_VERSIONS / PAGE_SIZE as usize {
             let call = c
                 .list_crypto_key_versions()
                 .set_parent(key)
@@ -297,11 +299,17 @@ impl KeyRing {
                 });
             }
             if page.next_page_token.is_empty() || page.next_page_token == token {
-                break;
+                return answered(Ok(all));
             }
             token = page.next_page_token;
         }
-        answered(Ok(all))
+        Err(KmsError::Local {
+            op: LIST,
+            why: format!(
+                "key {key}'s versions did not end within {} pages",
+                MAX_VERSIONS / PAGE_SIZE as usize + 1
+            ),
+        })
     }
 
     /// Version `name`.
@@ -389,8 +397,9 @@ impl From<KmsError> for Failure {
 
 impl Failure {
     /// As a [`KmsError`]: an answer is a `Service` error with its HTTP status and Google's
-    /// status name (src/export/journal.rs: 401/403/409/429/5xx are not final); credentials
-    /// that gave no token are a 401 of the operation (nothing was sent with a token); no
+    /// status name (src/export/journal.rs: 401/403/409/429/499/5xx are not final);
+    /// credentials that gave no token are a 401 of the operation (nothing was sent with a
+    /// token), or when that may pass (a metadata server that did not answer) `Transport`; no
     /// answer is `Transport`.
     fn kms(self, op: &'static str) -> KmsError {
         let e = match self {
@@ -424,7 +433,10 @@ impl Failure {
                 attempts: 1,
             };
         }
-        if e.is_authentication() {
+        let transient = std::error::Error::source(&e)
+            .and_then(|c| c.downcast_ref::<google_cloud_gax::error::CredentialsError>())
+            .is_some_and(|c| c.is_transient());
+        if e.is_authentication() && !transient {
             return KmsError::Service {
                 op,
                 status: 401,

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Fixture;
 use super::aws_emulator::AwsEmulator;
-use super::daemon::{Daemon, certs, daemon_config};
+use super::daemon::{Daemon, certs, destinations_config};
 
 pub(crate) const DEST: &str = "aws-test";
 
@@ -37,18 +37,15 @@ pub(crate) fn config(
     name: &str,
     grants: &[&str],
 ) -> (PathBuf, PathBuf) {
-    let (config, audit) = daemon_config(fx, name, "", None);
-    let grants: Vec<String> = grants.iter().map(|g| format!("\"{g}\"")).collect();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "name = \"cckm\"\n",
-        &format!("name = \"cckm\"\ndestinations = [{}]\n", grants.join(", ")),
-    );
-    let text = format!(
-        "{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
-        destination(emu, DEST, Some(&emu.base))
-    );
-    std::fs::write(&config, text).unwrap();
-    (config, audit)
+    destinations_config(
+        fx,
+        name,
+        grants,
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+            destination(emu, DEST, Some(&emu.base))
+        ),
+    )
 }
 
 /// The environment the daemon and the command line find their AWS credentials in: the

@@ -60,6 +60,24 @@ pub(crate) fn tls_server_lines() -> String {
     )
 }
 
+/// A [`daemon_config`] on `fx` whose caller `cckm` may import into the destinations
+/// `grants`, with `tables` (the `[destinations.NAME]` tables, and any other) appended.
+pub(crate) fn destinations_config(
+    fx: &Fixture,
+    name: &str,
+    grants: &[&str],
+    tables: &str,
+) -> (PathBuf, PathBuf) {
+    let (config, audit) = daemon_config(fx, name, "", None);
+    let grants: Vec<String> = grants.iter().map(|g| format!("\"{g}\"")).collect();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "name = \"cckm\"\n",
+        &format!("name = \"cckm\"\ndestinations = [{}]\n", grants.join(", ")),
+    );
+    std::fs::write(&config, format!("{text}\n{tables}")).unwrap();
+    (config, audit)
+}
+
 /// A daemon config on `fx`'s token: `policy` lines go into [policy]; `server` replaces
 /// the default TLS [server] lines. Returns the config and its audit log.
 pub(crate) fn daemon_config(
