@@ -263,7 +263,8 @@ impl Vault {
         let read = |p: &std::path::Path, what: &'static str| {
             use std::io::Read;
             let f = crate::hardening::open_private(p, what).map_err(|e| e.to_string())?;
-            let mut buf = Zeroizing::new(Vec::new());
+            // sized once: a buffer that grew would leave copies behind, unzeroed
+            let mut buf = Zeroizing::new(Vec::with_capacity(MAX_SECRET_FILE as usize + 1));
             f.take(MAX_SECRET_FILE + 1)
                 .read_to_end(&mut buf)
                 .map_err(|e| format!("{}: {e}", p.display()))?;

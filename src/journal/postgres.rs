@@ -397,7 +397,8 @@ impl tokio::io::AsyncWrite for Local {
 fn read_password(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, JournalError> {
     let mut f =
         crate::hardening::open_private(path, "journal password file").map_err(unavailable)?;
-    let mut buf = Zeroizing::new(Vec::new());
+    // sized once: a buffer that grew would leave copies behind, unzeroed
+    let mut buf = Zeroizing::new(Vec::with_capacity(1024));
     (&mut f)
         .take(1024)
         .read_to_end(&mut buf)
