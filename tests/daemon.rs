@@ -1099,6 +1099,18 @@ async fn plaintext_only_on_loopback_and_unix_sockets() {
     let (config, _) = daemon_config(fx, "no-ca", "", Some(&server));
     let l = hsm_bridge_refuses(&["serve", "--config", config.to_str().unwrap()]);
     assert!(l.contains("server.client_ca"), "{l}");
+    // A key file larger than any key: refused before it is parsed, read no further.
+    let huge = fx.dir.join("huge-tls.key");
+    write_private(&huge, &vec![b'A'; 70 << 10]);
+    let server = format!(
+        "listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
+        c.join("server.pem").display(),
+        huge.display(),
+        c.join("ca.pem").display()
+    );
+    let (config, _) = daemon_config(fx, "huge-key", "", Some(&server));
+    let l = hsm_bridge_refuses(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(l.contains("server.tls_key") && l.contains("64 KiB"), "{l}");
     // Loopback plain text: no entry, no caller. (Every local user once got every operation
     // on every key here.)
     let (config, audit) = daemon_config(

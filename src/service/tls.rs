@@ -115,10 +115,19 @@ pub(crate) fn server_config(s: &ServerConfig) -> Result<ServerTls, Error> {
     if certs.is_empty() {
         return Err(usage("server.tls_cert", cert, "no certificate in it"));
     }
-    let mut key_pem = zeroize::Zeroizing::new(Vec::new());
-    let mut f = crate::hardening::open_private(key, "server.tls_key")?;
-    std::io::Read::read_to_end(&mut f, &mut key_pem)
-        .map_err(|e| usage("server.tls_key", key, e))?;
+    // At most 64 KiB (an RSA-8192 key in PEM is under 7 KiB), into a buffer sized once: a
+    // buffer that grew would leave copies of the key behind, unzeroed.
+    const MAX_KEY_PEM: usize = 64 << 10;
+    let mut key_pem = zeroize::Zeroizing::new(Vec::with_capacity(MAX_KEY_PEM + 1));
+    let f = crate::hardening::open_private(key, "server.tls_key")?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(f, MAX_KEY_PEM as u64 + 1),
+        &mut key_pem,
+    )
+    .map_err(|e| usage("server.tls_key", key, e))?;
+    if key_pem.len() > MAX_KEY_PEM {
+        return Err(usage("server.tls_key", key, "larger than 64 KiB"));
+    }
     let key_der =
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| usage("server.tls_key", key, e))?;
     let mut roots = rustls::RootCertStore::empty();
