@@ -28,6 +28,14 @@ fn ca_env() -> [(&'static str, String); 1] {
     )]
 }
 
+/// A folder `name` of `fx`'s and an emulator in it.
+fn emulator(fx: &Fixture, name: impl AsRef<Path>) -> (PathBuf, GcpEmulator) {
+    let dir = fx.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let emu = GcpEmulator::start(&dir);
+    (dir, emu)
+}
+
 /// The `[destinations.NAME]` table for `emu`'s key ring, with `extra` lines (credentials
 /// unless `extra` names them).
 fn destination(emu: &GcpEmulator, name: &str, extra: &str) -> String {
@@ -134,9 +142,7 @@ async fn aes_and_rsa_land_as_the_tokens_keys() {
     }
     for fx in tokens {
         let kind = format!("{:?}", fx.kind).to_lowercase();
-        let dir = fx.dir.join(format!("gcp-{kind}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let emu = GcpEmulator::start(&dir);
+        let (_, emu) = emulator(fx, format!("gcp-{kind}"));
         let (config, audit) = config(
             fx,
             &format!("gcp-land-{kind}"),
@@ -272,15 +278,13 @@ async fn aes_and_rsa_land_as_the_tokens_keys() {
 
 /// What Google would not take, and an import job it would not import with, are refused
 /// with the reason before the HSM wraps: a job whose key is not its method's size, a job
-/// that does not become ACTIVE in time (a retryable DEADLINE_EXCEEDED), an expired job, a key of another protection level, a key
-/// outside the key ring, a new key whose id is taken, AES-192, a world-readable
+/// that does not become ACTIVE in time (a retryable DEADLINE_EXCEEDED), an expired job, a
+/// key of another protection level, a key outside the key ring, a new key whose id is taken, AES-192, a world-readable
 /// service-account key, and metadata credentials with `GCE_METADATA_HOST` set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_come_before_the_hsm_wraps() {
     let fx = softhsm();
-    let dir = fx.dir.join("gcp-refusals");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = GcpEmulator::start(&dir);
+    let (dir, emu) = emulator(fx, "gcp-refusals");
     let (config, audit) = config(
         fx,
         "gcp-refusals",
@@ -463,9 +467,7 @@ async fn a_crash_after_google_accepted_leaves_one_version() {
     }
     for fx in tokens {
         let kind = format!("{:?}", fx.kind).to_lowercase();
-        let dir = fx.dir.join(format!("gcp-crash-{kind}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let emu = GcpEmulator::start(&dir);
+        let (_, emu) = emulator(fx, format!("gcp-crash-{kind}"));
         let (config, _) = config(
             fx,
             &format!("gcp-crash-{kind}"),
@@ -521,9 +523,7 @@ async fn a_crash_after_google_accepted_leaves_one_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_commit_after_the_callers_deadline_is_imported_once() {
     let fx = softhsm();
-    let dir = fx.dir.join("gcp-late-commit");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = GcpEmulator::start(&dir);
+    let (_, emu) = emulator(fx, "gcp-late-commit");
     let (config, _) = config(fx, "gcp-late-commit", &[(GCP, destination(&emu, GCP, ""))]);
     let d = daemon(&config);
     emu.fault(json!({"op": "ImportCryptoKeyVersion", "commit_after_ms": 12000}))
@@ -557,9 +557,7 @@ async fn a_late_commit_after_the_callers_deadline_is_imported_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metadata_server_gives_the_tokens_and_a_failed_import_says_why() {
     let fx = softhsm();
-    let dir = fx.dir.join("gcp-metadata");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = GcpEmulator::start(&dir);
+    let (_, emu) = emulator(fx, "gcp-metadata");
     let table = destination(
         &emu,
         GCP,
@@ -619,9 +617,7 @@ async fn the_metadata_server_gives_the_tokens_and_a_failed_import_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_others_make_in_the_key_ring_is_not_taken_as_this_imports() {
     let fx = softhsm();
-    let dir = fx.dir.join("gcp-others");
-    std::fs::create_dir_all(&dir).unwrap();
-    let emu = GcpEmulator::start(&dir);
+    let (_, emu) = emulator(fx, "gcp-others");
     let (config, _) = config(fx, "gcp-others", &[(GCP, destination(&emu, GCP, ""))]);
     let d = daemon(&config);
     let job_of = async |emu: &GcpEmulator| -> Option<String> {
